@@ -1,0 +1,70 @@
+"""Partition a chain of layers into contiguous stages: uniform or explicit counts."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from .errors import ConfigError
+
+__all__ = ["Partition", "uniform", "explicit", "parse_partition"]
+
+#: Per stage, the range of layer indices it holds.
+Partition = tuple[range, ...]
+
+
+def _from_counts(counts: Sequence[int]) -> Partition:
+    stages, start = [], 0
+    for count in counts:
+        stages.append(range(start, start + count))
+        start += count
+    return tuple(stages)
+
+
+def uniform(num_layers: int, stages: int) -> Partition:
+    """Layer counts that differ by at most one, larger stages first.
+
+    >>> [len(s) for s in uniform(11, 4)]
+    [3, 3, 3, 2]
+    """
+    if stages > num_layers:
+        raise ConfigError(
+            f"the schedule has {stages} stages but the model has only {num_layers} layers; "
+            f"use at most {num_layers} stages (fewer --devices or --chunks) or more --layers"
+        )
+    base, extra = divmod(num_layers, stages)
+    return _from_counts([base + (s < extra) for s in range(stages)])
+
+
+def explicit(counts: Sequence[int], num_layers: int, stages: int) -> Partition:
+    """Stages holding ``counts[s]`` layers each; the counts must cover the model.
+
+    >>> [list(s) for s in explicit([1, 2], 3, 2)]
+    [[0], [1, 2]]
+    """
+    text = ",".join(map(str, counts))
+    if len(counts) != stages:
+        raise ConfigError(
+            f"--partition {text} has {len(counts)} stages but the schedule has {stages}; "
+            f"give {stages} layer counts"
+        )
+    if any(c < 1 for c in counts):
+        raise ConfigError(f"--partition {text} has an empty stage; give every stage at least one layer")
+    if sum(counts) != num_layers:
+        raise ConfigError(
+            f"--partition {text} sums to {sum(counts)} layers but the model has {num_layers}; "
+            f"make the counts sum to {num_layers}"
+        )
+    return _from_counts(counts)
+
+
+def parse_partition(text: str, num_layers: int, stages: int) -> Partition:
+    """``uniform`` or comma-separated layer counts such as ``2,3,3,3``."""
+    if text == "uniform":
+        return uniform(num_layers, stages)
+    if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
+        raise ConfigError(
+            f"--partition {text!r} is neither 'uniform' nor comma-separated layer counts; "
+            "write e.g. --partition uniform or --partition 2,3,3,3"
+        )
+    return explicit([int(c) for c in text.replace(" ", "").split(",")], num_layers, stages)
