@@ -1,0 +1,187 @@
+"""The schedule as data: per device, an ordered list of actions, and the rules a valid one keeps.
+
+An action is ``(stage, op, microbatch)`` written as in PyTorch's pipelining
+schedules: ``2F0`` is stage 2's forward of micro-batch 0, ``B`` a full
+backward, ``I`` the backward for the input only and ``W`` the backward for the
+weights only.
+
+>>> s = Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"])
+>>> s.devices, s.num_stages, s.microbatches
+(2, 2, 2)
+>>> print(s)
+device 0: 0F0 0F1 0B1 0B0
+device 1: 1F0 1F1 1B1 1B0
+>>> validate(s, devices=2, microbatches=2)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, NamedTuple, Sequence
+
+from .errors import ScheduleError
+
+__all__ = ["Action", "Schedule", "validate", "OPS"]
+
+#: F forward, B full backward, I input-gradient only, W weight-gradient only.
+OPS = ("F", "B", "I", "W")
+_ACTION = re.compile(r"(\d+)([FBIW])(\d+)")
+
+
+class Action(NamedTuple):
+    """One unit of work: ``op`` of ``stage`` on micro-batch ``microbatch``.
+
+    >>> Action.parse("2F0")
+    Action('2F0')
+    >>> Action(1, "B", 3).stage
+    1
+    """
+
+    stage: int
+    op: str
+    microbatch: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Action":
+        match = _ACTION.fullmatch(text.strip())
+        if not match:
+            raise ScheduleError(
+                f"action {text!r} is not in the form STAGE OP MICROBATCH with OP one of "
+                "F, B, I, W; write e.g. 2F0 or 1B3"
+            )
+        return cls(int(match.group(1)), match.group(2), int(match.group(3)))
+
+    def __str__(self) -> str:
+        return f"{self.stage}{self.op}{self.microbatch}"
+
+    def __repr__(self) -> str:
+        return f"Action('{self}')"
+
+
+class Schedule:
+    """Per device, the ordered actions it runs. Placement is read off the schedule.
+
+    Args:
+        per_device: for each device, its actions (``Action`` or text like ``"2F0"``).
+    """
+
+    __slots__ = ("actions",)
+
+    def __init__(self, per_device: Sequence[Iterable[Action | str]]):
+        self.actions: tuple[tuple[Action, ...], ...] = tuple(
+            tuple(a if isinstance(a, Action) else Action.parse(a) for a in device) for device in per_device
+        )
+
+    @classmethod
+    def parse(cls, rows: Sequence[str]) -> "Schedule":
+        """One whitespace-separated string of actions per device."""
+        return cls([row.split() for row in rows])
+
+    @property
+    def devices(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_stages(self) -> int:
+        return 1 + max((a.stage for device in self.actions for a in device), default=-1)
+
+    @property
+    def microbatches(self) -> int:
+        return 1 + max((a.microbatch for device in self.actions for a in device), default=-1)
+
+    def placement(self) -> dict[int, tuple[int, ...]]:
+        """For each stage, the devices that run its forwards (several means replicas)."""
+        where: dict[int, set[int]] = {}
+        for d, device in enumerate(self.actions):
+            for a in device:
+                if a.op == "F":
+                    where.setdefault(a.stage, set()).add(d)
+        return {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}
+
+    def table(self) -> str:
+        """Step-by-device grid, one column per device, as in the papers' diagrams."""
+        steps = max((len(device) for device in self.actions), default=0)
+        cells = [[str(device[i]) if i < len(device) else "" for device in self.actions] for i in range(steps)]
+        width = max([len(f"device {self.devices - 1}")] + [len(c) for row in cells for c in row])
+        header = " ".join(f"{'device ' + str(d):<{width}}" for d in range(self.devices))
+        return "\n".join([header.rstrip()] + [" ".join(f"{c:<{width}}" for c in row).rstrip() for row in cells])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.actions == other.actions
+
+    def __hash__(self) -> int:
+        return hash(self.actions)
+
+    def __str__(self) -> str:
+        return "\n".join(f"device {d}: " + " ".join(map(str, a)) for d, a in enumerate(self.actions))
+
+    def __repr__(self) -> str:
+        return f"Schedule(devices={self.devices}, stages={self.num_stages}, microbatches={self.microbatches})"
+
+
+def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
+    """Raise ``ScheduleError`` naming device, position, action and rule if ``schedule`` is invalid.
+
+    The rules: the schedule has ``devices`` devices; stages are numbered from 0
+    with none skipped; every (stage, micro-batch) has exactly one F and either
+    one B or one I and one W; each runs once, on the device that ran its F, and
+    after it (W after I).
+    """
+    if schedule.devices != devices:
+        raise ScheduleError(
+            f"the schedule has {schedule.devices} devices but {devices} were asked for; "
+            f"plan one action list per device"
+        )
+    seen: dict[tuple[int, str, int], tuple[int, int]] = {}
+    for d, device in enumerate(schedule.actions):
+        for pos, a in enumerate(device):
+            where = f"device {d}, position {pos}: {a}"
+            if a.op not in OPS:
+                raise ScheduleError(f"{where} has op {a.op!r}; use one of F, B, I, W")
+            if not 0 <= a.microbatch < microbatches:
+                raise ScheduleError(
+                    f"{where} names micro-batch {a.microbatch}, outside 0..{microbatches - 1}; "
+                    f"plan only the {microbatches} micro-batches asked for"
+                )
+            if a in seen:
+                first = seen[a]
+                raise ScheduleError(
+                    f"{where} repeats the action first planned at device {first[0]}, position {first[1]}; "
+                    "every action runs exactly once"
+                )
+            seen[a] = (d, pos)
+            if a.op == "F":
+                continue
+            needs = Action(a.stage, "I" if a.op == "W" else "F", a.microbatch)
+            if needs not in seen:
+                later = [f"device {x}" for x, dev in enumerate(schedule.actions) if needs in dev]
+                rule = (
+                    f"comes before {needs} on the same device; a weight-gradient must follow its input-gradient"
+                    if a.op == "W"
+                    else f"comes before {needs} on the same device; a stage's backward must follow its forward"
+                )
+                if later and later[0] != f"device {d}":
+                    rule = (
+                        f"needs {needs}, which runs on {later[0]}; a backward must run on the device "
+                        "that holds its forward's activations"
+                    )
+                raise ScheduleError(f"{where} {rule}" if later else f"{where} has no {needs} anywhere; plan {needs}")
+            if seen[needs][0] != d:
+                raise ScheduleError(
+                    f"{where} needs {needs}, which runs on device {seen[needs][0]}; a backward must run "
+                    "on the device that holds its forward's activations"
+                )
+    stages = schedule.num_stages
+    for s in range(stages):
+        for m in range(microbatches):
+            key = f"stage {s}, micro-batch {m}"
+            if (s, "F", m) not in seen:
+                raise ScheduleError(f"{key} has no forward {s}F{m}; plan every stage's forward for every micro-batch")
+            full, split = (s, "B", m) in seen, (s, "I", m) in seen or (s, "W", m) in seen
+            if full and split:
+                raise ScheduleError(
+                    f"{key} has both a full backward {s}B{m} and a split one ({s}I{m}/{s}W{m}); plan one or the other"
+                )
+            if not full and not ((s, "I", m) in seen and (s, "W", m) in seen):
+                missing = f"{s}B{m}" if not split else (f"{s}W{m}" if (s, "I", m) in seen else f"{s}I{m}")
+                raise ScheduleError(f"{key} has no {missing}; every forward needs its backward")

@@ -1,0 +1,78 @@
+"""Schedules as data: the action notation, the table, and the validator's rules."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from pipesched import Action, Schedule, ScheduleError, validate
+from pipesched.strategies.gpipe import GPipe
+
+actions = st.builds(Action, st.integers(0, 20), st.sampled_from("FBIW"), st.integers(0, 50))
+
+
+@given(st.lists(st.lists(actions, max_size=6), min_size=1, max_size=4))
+def test_text_form_round_trips(per_device):
+    schedule = Schedule(per_device)
+    rows = [line.split(": ", 1)[1] if ": " in line else "" for line in str(schedule).splitlines()]
+    assert Schedule.parse(rows) == schedule
+    assert all(Action.parse(str(a)) == a for dev in per_device for a in dev)
+
+
+def test_action_notation_follows_pytorch_pipelining():
+    assert Action.parse("2F0") == Action(stage=2, op="F", microbatch=0)
+    assert Action.parse("1B3").op == "B" and str(Action(0, "I", 2)) == "0I2" and str(Action(0, "W", 2)) == "0W2"
+    assert repr(Action(2, "F", 0)) == "Action('2F0')"
+
+
+@pytest.mark.parametrize("text", ["F0", "2X0", "2F", "a2F0", "-1F0"])
+def test_malformed_actions_are_refused(text):
+    with pytest.raises(ScheduleError, match="is not in the form STAGE OP MICROBATCH"):
+        Action.parse(text)
+
+
+def test_gpipe_matches_the_paper_figure():
+    # Huang et al. 2019, figure 2(c): K=4, M=4, every forward then the backwards, last first.
+    expected = [
+        "0F0 0F1 0F2 0F3 0B3 0B2 0B1 0B0",
+        "1F0 1F1 1F2 1F3 1B3 1B2 1B1 1B0",
+        "2F0 2F1 2F2 2F3 2B3 2B2 2B1 2B0",
+        "3F0 3F1 3F2 3F3 3B3 3B2 3B1 3B0",
+    ]
+    assert GPipe().plan(4, 4) == Schedule.parse(expected)
+
+
+def test_table_is_step_by_device():
+    table = Schedule.parse(["0F0 0B0", "1F0 1B0"]).table().splitlines()
+    assert table[0].split() == ["device", "0", "device", "1"]
+    assert table[1].split() == ["0F0", "1F0"] and table[2].split() == ["0B0", "1B0"]
+
+
+VALID = ["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"]
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["0F0 0F1 0B1 0B0 0F1", VALID[1]], r"device 0, position 4: 0F1 repeats the action first planned at device 0, position 1"),
+        (["0F0 0B0 0F1 0B1", "1F0 1F1 1B1"], r"stage 1, micro-batch 0 has no 1B0; every forward needs its backward"),
+        (["0F0 0B1 0F1 0B0", VALID[1]], r"device 0, position 1: 0B1 comes before 0F1 on the same device; a stage's backward must follow"),
+        (["0F0 0F1 0B0", "1F0 1F1 1B1 1B0 0B1"], r"device 1, position 4: 0B1 needs 0F1, which runs on device 0"),
+        (["0F0 0F1 0B1 0B0", "1F0 1B0 1F1 1W1 1I1"], r"1W1 comes before 1I1 on the same device; a weight-gradient must follow"),
+        (["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0 1I0 1W0"], r"1I0 repeats|has both a full backward"),
+        (["0F0 0F1 0B1 0B0 0F2", VALID[1]], r"names micro-batch 2, outside 0..1"),
+        (["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1I0"], r"has no 1W0"),
+        (["0F0 0F1 0B1 0B0", "2F0 2F1 2B1 2B0"], r"stage 1, micro-batch 0 has no forward 1F0"),
+        ([VALID[0]], r"the schedule has 1 devices but 2 were asked for"),
+    ],
+)
+def test_validator_names_device_position_action_and_rule(rows, message):
+    with pytest.raises(ScheduleError, match=message):
+        validate(Schedule.parse(rows), devices=2, microbatches=2)
+
+
+def test_a_valid_split_backward_schedule_passes():
+    validate(Schedule.parse(["0F0 0F1 0I0 0I1 0W0 0W1", "1F0 1I0 1F1 1I1 1W1 1W0"]), devices=2, microbatches=2)
+
+
+def test_placement_reads_replicas_off_the_schedule():
+    dp = Schedule.parse(["0F0 0B0", "0F1 0B1"])
+    assert dp.placement() == {0: (0, 1)}
