@@ -1,0 +1,165 @@
+"""What each action computes: the real NumPy stage passes, or stand-ins of the same shapes.
+
+The engine hands every action to a *workload*. ``NumpyWorkload`` runs the real
+forward, input-gradient and weight-gradient of a stage, accumulates gradients
+per device and sums the loss. ``ShapeWorkload`` (``--no-compute``) produces
+``Buffer`` stand-ins with the byte counts the real arrays would have, so the
+engine's timing and memory accounting are identical and only NumPy is skipped.
+
+What a device holds for a micro-batch between its forward and backward is a
+``Held``: the activations kept for backward (or only the stage input under
+re-materialization), then, after an input-gradient (I), what the deferred
+weight-gradient (W) still needs.
+
+>>> from pipesched.model import Model
+>>> model = Model.from_sizes([4, 3, 2])
+>>> work = ShapeWorkload(model, stages=(range(0, 1), range(1, 2)), rows=[5])
+>>> out, held = work.forward(0, 0, None, keep=True)
+>>> out.nbytes, held_bytes(held)  # 5 rows x 3 floats out; input 4 + output 3 kept
+(120, 280)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import model as nn
+from .model import Layer, Model, Params
+
+__all__ = ["Held", "Buffer", "held_bytes", "NumpyWorkload", "ShapeWorkload"]
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """Stand-in for an array under ``--no-compute``: only its size matters."""
+
+    nbytes: int
+
+
+@dataclass(slots=True)
+class Held:
+    """Arrays a device keeps for one (stage, micro-batch) until its backward is done.
+
+    ``acts`` are the layer inputs (plus the output where a ReLU mask or the loss
+    needs it); under re-materialization only ``[stage input]`` with ``remat``.
+    After I, ``dzs`` holds the pre-activation gradients W needs.
+    """
+
+    acts: list[Any]
+    dzs: list[Any] | None = None
+    remat: bool = False
+
+
+def held_bytes(*helds: Held) -> int:
+    """Bytes of the distinct arrays held by ``helds`` together (a shared array counts once)."""
+    seen: dict[int, int] = {}
+    for held in helds:
+        for buf in held.acts + (held.dzs or []):
+            seen[id(buf)] = buf.nbytes
+    return sum(seen.values())
+
+
+class _Stages:
+    """What both workloads know: stage layers, micro-batch rows, element size."""
+
+    def __init__(self, model: Model, stages: Sequence[range], rows: Sequence[int]):
+        self.model = model
+        self.stages = tuple(stages)
+        self.layers: tuple[tuple[Layer, ...], ...] = tuple(tuple(model.layers[i] for i in r) for r in self.stages)
+        self.rows = list(rows)
+        self.itemsize = model.params[0][0].itemsize
+
+    def _keeps_output(self, stage: int) -> bool:
+        return self.layers[stage][-1].relu or stage == len(self.stages) - 1
+
+    def param_bytes(self, stage: int) -> int:
+        return sum(l.param_count for l in self.layers[stage]) * self.itemsize
+
+
+class NumpyWorkload(_Stages):
+    """Real NumPy passes over the micro-batches of ``x``; gradients per (device, stage)."""
+
+    def __init__(
+        self,
+        model: Model,
+        stages: Sequence[range],
+        x: np.ndarray,
+        target: np.ndarray,
+        loss: str,
+        slices: Sequence[slice],
+    ):
+        super().__init__(model, stages, [s.stop - s.start for s in slices])
+        self.params: list[Params] = [[model.params[i] for i in r] for r in self.stages]
+        self.x, self.target, self.slices = x, target, list(slices)
+        self.loss_fn = nn.LOSSES[loss]
+        self.scale = 1.0 / len(x)
+        self.loss = 0.0
+        self.grads: dict[tuple[int, int], Params] = {}
+
+    def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
+        if x is None:
+            x = self.x[self.slices[mb]]
+        y, acts = nn.forward(self.layers[stage], self.params[stage], x)
+        if stage == len(self.stages) - 1:
+            self.loss += self.loss_fn(y, self.target[self.slices[mb]], self.scale)[0]
+        if not keep:
+            return y, Held([x], remat=True)
+        return y, Held(acts if self._keeps_output(stage) else acts[:-1])
+
+    def recompute(self, stage: int, mb: int, held: Held) -> Held:
+        _, acts = nn.forward(self.layers[stage], self.params[stage], held.acts[0])
+        return Held(acts if self._keeps_output(stage) else acts[:-1])
+
+    def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
+        layers = self.layers[stage]
+        if dy is None:  # the last stage starts backward from its loss
+            dy = self.loss_fn(held.acts[-1], self.target[self.slices[mb]], self.scale)[1]
+        dx, dzs = nn.backward_input(layers, self.params[stage], held.acts, dy, need_dx=stage > 0)
+        return dx, Held(held.acts[: len(layers)], dzs)
+
+    def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
+        grads = self.grads.get((device, stage))
+        if grads is None:
+            grads = self.grads[(device, stage)] = [(np.zeros_like(w), np.zeros_like(b)) for w, b in self.params[stage]]
+        nn.backward_weight(held.acts, held.dzs, grads)
+
+    def model_gradients(self) -> Params:
+        """Per layer of the whole model, the gradient summed over replicas (the all-reduce)."""
+        total = self.model.zeros_like_params()
+        for (_, stage), grads in self.grads.items():
+            for i, (gw, gb) in zip(self.stages[stage], grads):
+                total[i][0][...] += gw
+                total[i][1][...] += gb
+        return total
+
+
+class ShapeWorkload(_Stages):
+    """Byte-exact stand-ins for ``NumpyWorkload``: same structure, no arithmetic."""
+
+    def _buf(self, mb: int, width: int) -> Buffer:
+        return Buffer(self.rows[mb] * width * self.itemsize)
+
+    def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
+        layers = self.layers[stage]
+        if x is None:
+            x = self._buf(mb, layers[0].in_features)
+        y = self._buf(mb, layers[-1].out_features)
+        if not keep:
+            return y, Held([x], remat=True)
+        acts = [x] + [self._buf(mb, l.in_features) for l in layers[1:]]
+        return y, Held(acts + [y] if self._keeps_output(stage) else acts)
+
+    def recompute(self, stage: int, mb: int, held: Held) -> Held:
+        return self.forward(stage, mb, held.acts[0], keep=True)[1]
+
+    def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
+        layers = self.layers[stage]
+        dx = self._buf(mb, layers[0].in_features) if stage > 0 else None
+        dzs = [self._buf(mb, l.out_features) for l in layers]
+        return dx, Held(held.acts[: len(layers)], dzs)
+
+    def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
+        pass
