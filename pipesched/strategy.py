@@ -1,0 +1,135 @@
+"""The strategy plug-in spec, and how strategies are found, loaded, checked and planned.
+
+A strategy is a class with a ``name`` and ``plan(devices, microbatches,
+chunks=1) -> Schedule``; it may also offer ``bubble(devices, microbatches,
+chunks=1)``, the closed-form bubble fraction under unit cost (or ``None``).
+Strategies are discovered through the entry-point group
+``pipesched.strategies`` (the built-ins take that route too), or loaded from a
+file as ``path/to/file.py:ClassName``.
+
+>>> class Sequential:
+...     name = "sequential"
+...     def plan(self, devices, microbatches, chunks=1):
+...         return Schedule([[f"0F{m}" for m in range(microbatches)] + [f"0B{m}" for m in range(microbatches)]])
+>>> print(make_plan(Sequential(), devices=1, microbatches=2))
+device 0: 0F0 0F1 0B0 0B1
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from importlib.metadata import entry_points
+from typing import Protocol, runtime_checkable
+
+from .errors import PipeschedError, ScheduleError, StrategyError
+from .schedule import Schedule, validate
+
+__all__ = ["Strategy", "ENTRY_POINT_GROUP", "available_strategies", "load_strategy", "make_plan", "closed_form_bubble"]
+
+ENTRY_POINT_GROUP = "pipesched.strategies"
+
+
+@runtime_checkable
+class Strategy(Protocol):
+    """What a strategy plug-in provides."""
+
+    name: str
+
+    def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+        """Per device, the ordered actions for ``devices`` devices and ``microbatches`` micro-batches."""
+        ...
+
+
+def available_strategies() -> dict[str, str]:
+    """Registered strategy names, each with the ``module:attr`` it loads from."""
+    return {ep.name: ep.value for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)}
+
+
+def _check(obj: object, label: str) -> Strategy:
+    instance = obj() if inspect.isclass(obj) else obj
+    if not isinstance(getattr(instance, "name", None), str):
+        raise StrategyError(f"strategy {label} has no string attribute 'name'; give the class a name = '...'")
+    if not callable(getattr(instance, "plan", None)):
+        raise StrategyError(
+            f"strategy {label} has no plan(devices, microbatches, chunks=1) method; define one returning a Schedule"
+        )
+    return instance  # type: ignore[return-value]
+
+
+def _load_file(spec: str) -> Strategy:
+    path, _, attr = spec.rpartition(":")
+    if not os.path.isfile(path):
+        raise StrategyError(f"strategy file {path!r} does not exist; give an existing path as path/to/file.py:ClassName")
+    module_name = "_pipesched_plugin_" + re.sub(r"\W", "_", os.path.abspath(path))
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise StrategyError(f"strategy file {path!r} is not a Python file; give a .py file as path/to/file.py:ClassName")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:  # any error in user code is reported, not raised
+        sys.modules.pop(module_name, None)
+        raise StrategyError(
+            f"strategy file {path!r} failed to import ({type(exc).__name__}: {exc}); fix the error in that file"
+        ) from exc
+    if not hasattr(module, attr):
+        classes = sorted(n for n, v in vars(module).items() if inspect.isclass(v) and v.__module__ == module_name)
+        raise StrategyError(
+            f"strategy file {path!r} has no {attr!r}; name one of its classes: {', '.join(classes) or '(none)'}"
+        )
+    return _check(getattr(module, attr), repr(spec))
+
+
+def load_strategy(spec: str) -> Strategy:
+    """A registered strategy by name, or one from ``path/to/file.py:ClassName``."""
+    if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
+        return _load_file(spec)
+    known = available_strategies()
+    if spec not in known:
+        raise StrategyError(
+            f"unknown strategy {spec!r}; use one of {', '.join(known) or '(none registered)'}, "
+            "or path/to/file.py:ClassName"
+        )
+    ep = next(e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == spec)
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        raise StrategyError(
+            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
+        ) from exc
+    return _check(obj, repr(spec))
+
+
+def _label(strategy: Strategy, devices: int, microbatches: int, chunks: int) -> str:
+    return f"strategy {strategy.name!r} (devices={devices}, microbatches={microbatches}, chunks={chunks})"
+
+
+def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+    """Call ``strategy.plan`` and validate the result; every failure names the plug-in and the rule."""
+    label = _label(strategy, devices, microbatches, chunks)
+    try:
+        schedule = strategy.plan(devices, microbatches, chunks)
+    except (ValueError, PipeschedError) as exc:  # the plug-in refusing a configuration, in its own words
+        raise StrategyError(f"{label} cannot plan: {exc}") from exc
+    except Exception as exc:
+        raise StrategyError(f"{label} failed while planning ({type(exc).__name__}: {exc}); fix the plug-in") from exc
+    if not isinstance(schedule, Schedule):
+        raise StrategyError(
+            f"{label} returned a {type(schedule).__name__}, not a pipesched.Schedule; return Schedule(per_device_actions)"
+        )
+    try:
+        validate(schedule, devices, microbatches)
+    except ScheduleError as exc:
+        raise StrategyError(f"{label} planned an invalid schedule: {exc}") from exc
+    return schedule
+
+
+def closed_form_bubble(strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> float | None:
+    """The strategy's own closed-form bubble fraction, or ``None`` if it states none."""
+    bubble = getattr(strategy, "bubble", None)
+    return None if bubble is None else bubble(devices, microbatches, chunks)
