@@ -1,0 +1,246 @@
+"""The ``pipesched`` command: run, train, strategies.
+
+Bad input ends in one sentence on stderr and exit status 2, never a traceback.
+
+    pipesched run --strategy gpipe --devices 4 --microbatches 8
+    pipesched run --json --cost unit
+    pipesched train --steps 10
+    pipesched strategies
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, PipeschedError
+from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, run, train
+from .strategy import available_strategies, load_strategy
+from .trace import to_chrome
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"pipesched: error: {message}\n")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give e.g. 4") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 1e12") from None
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--strategy", default=d.strategy, help="registered name or path/to/file.py:ClassName (default %(default)s)")
+    p.add_argument("--devices", type=_whole, default=d.devices, help="K, pipeline devices (default %(default)s)")
+    p.add_argument("--microbatches", type=_whole, default=d.microbatches, help="M, micro-batches per step (default %(default)s)")
+    p.add_argument("--chunks", type=_whole, default=d.chunks, help="v, model chunks per device (default %(default)s)")
+    p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
+    p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
+    p.add_argument("--partition", default=d.partition, help="'uniform' or layer counts per stage, e.g. 2,3,3,3")
+    p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
+    p.add_argument("--cost", default=d.cost, help="flops or unit (default %(default)s)")
+    p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
+    p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
+    p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
+    p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
+    p.add_argument("--no-compute", action="store_true", help="timing and memory from the cost model alone, no NumPy")
+    p.add_argument("--no-reference", action="store_true", help="skip the full-batch reference pass")
+    p.add_argument("--seed", type=_whole, default=d.seed, help="seed for weights and data (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
+    parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_run = sub.add_parser("run", help="simulate one training step and print its metrics")
+    _add_run_flags(p_run)
+    p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
+    p_train = sub.add_parser("train", help="run several simulated steps with SGD and print the loss")
+    _add_run_flags(p_train)
+    p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
+    p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
+    sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(
+        layers=args.layers, batch=args.batch, microbatches=args.microbatches, devices=args.devices,
+        chunks=args.chunks, strategy=args.strategy, partition=args.partition, remat=args.remat,
+        cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
+        link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
+        reference=not args.no_reference, seed=args.seed,
+    )
+
+
+def format_time(value: float, unit: str) -> str:
+    """Seconds with an SI prefix, or plain units.
+
+    >>> format_time(1.5e-5, "s"), format_time(33.0, "unit")
+    ('15.00 µs', '33 units')
+    """
+    if unit != "s":
+        return f"{value:g} units"
+    for scale, prefix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}"
+    return f"{value:.3g} s"
+
+
+def format_bytes(value: int) -> str:
+    """Binary units: ``format_bytes(3 * 2**20)`` gives '3.00 MiB'.
+
+    >>> format_bytes(512), format_bytes(3 * 2**20)
+    ('512 B', '3.00 MiB')
+    """
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value} B"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _print_run(r: RunResult) -> None:
+    c, m, unit = r.config, r.metrics, r.trace.time_unit
+    counts = ",".join(str(len(s)) for s in r.partition)
+    print(
+        f"{c.strategy}: {c.devices} devices, {c.microbatches} micro-batches, batch {c.batch}, layers {c.layers} "
+        f"(partition {counts}), remat {c.remat}, cost {c.cost}"
+    )
+    print()
+    formula = "none stated" if r.bubble_formula is None else f"{r.bubble_formula:.4f}"
+    caveat = "" if c.cost == "unit" else " (the closed form assumes equal unit-cost stages and free links)"
+    per = "s" if unit == "s" else " unit"
+    summary = [
+        ("makespan", format_time(m.makespan, unit)),
+        ("bubble fraction", f"{m.bubble_fraction:.4f} measured, {formula} closed form{caveat}"),
+        ("throughput", f"{m.throughput:,.6g} samples/{per.strip()}"),
+        ("transfers", _transfers(r)),
+        ("loss", "not computed (--no-compute)" if r.loss is None else f"{r.loss:.6f}"),
+        ("grad rel. error", "not checked" if r.grad_rel_err is None else f"{r.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
+    ]
+    print(_table(summary))
+    print()
+    placement = r.schedule.placement()
+    rows = [("device", "stages", "layers", "busy", "peak activations", "peak memory")]
+    for d in range(c.devices):
+        stages = [s for s, ds in placement.items() if d in ds]
+        layers = ",".join(f"{r.partition[s][0]}-{r.partition[s][-1]}" for s in stages)
+        rows.append((
+            str(d), ",".join(map(str, stages)), layers, format_time(m.busy[d], unit),
+            format_bytes(m.peak_activation_bytes[d]), format_bytes(m.peak_memory_bytes[d]),
+        ))
+    print(_table(rows))
+
+
+def _transfers(r: RunResult) -> str:
+    moves = r.trace.transfers
+    if not moves:
+        return "none (every stage's neighbour is on the same device)"
+    total = sum(t.end - t.start for t in moves)
+    if total == 0:
+        return f"{len(moves)} over the links, free under --cost {r.config.cost}"
+    return (
+        f"{len(moves)} over the links, {format_bytes(sum(t.nbytes for t in moves))} in all, "
+        f"{format_time(total / len(moves), r.trace.time_unit)} each on average"
+    )
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` so that a failure never leaves a half-written file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ConfigError(f"--trace {path}: folder {folder} does not exist; create it or choose another path")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pipesched-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    result = run(_config(args))
+    if args.trace:
+        _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_run(result)
+        if args.trace:
+            print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    results = train(_config(args), steps=args.steps, lr=args.lr)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    rows = [("step", "loss", "grad rel. error")]
+    for i, r in enumerate(results):
+        err = "not checked" if r.grad_rel_err is None else f"{r.grad_rel_err:.2e}"
+        rows.append((str(i), f"{r.loss:.6f}", err))
+    print(_table(rows))
+    print(f"\nloss {results[0].loss:.6f} -> {results[-1].loss:.6f} over {len(results)} steps")
+
+
+def _cmd_strategies(args: argparse.Namespace) -> None:
+    rows = [("name", "source", "description")]
+    for name, source in available_strategies().items():
+        try:
+            doc = (type(load_strategy(name)).__doc__ or "").strip().splitlines()[0]
+        except PipeschedError as exc:
+            doc = f"fails to load: {exc}"
+        rows.append((name, source, doc))
+    print(_table(rows))
+    print("\nany path/to/file.py:ClassName works too")
+
+
+_COMMANDS: dict[str, Any] = {"run": _cmd_run, "train": _cmd_train, "strategies": _cmd_strategies}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipesched`` command; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help)
+        return int(exc.code or 0)
+    try:
+        _COMMANDS[args.command](args)
+    except PipeschedError as exc:
+        print(f"pipesched: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Numbers read off a trace: makespan, bubble, throughput, memory peaks; and the gradient error.
+
+>>> from pipesched.trace import Span, Trace
+>>> t = Trace(devices=2, time_unit="unit", spans=[Span(0, "F", 0, 0, 0.0, 1.0), Span(1, "F", 1, 0, 1.0, 2.0)])
+>>> m = measure(t, samples=4)
+>>> m.makespan, m.bubble_fraction, m.throughput
+(2.0, 0.5, 2.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Params
+from .trace import Trace
+
+__all__ = ["Metrics", "measure", "grad_rel_err"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Timing and memory of one simulated step."""
+
+    makespan: float
+    bubble_fraction: float
+    throughput: float
+    busy: list[float]
+    peak_activation_bytes: list[int]
+    peak_memory_bytes: list[int]
+
+
+def measure(trace: Trace, samples: int) -> Metrics:
+    """Metrics of ``trace`` for a step of ``samples`` samples (see ``formulas`` for "bubble")."""
+    makespan = trace.makespan
+    busy = trace.busy_time()
+    capacity = trace.devices * makespan
+    return Metrics(
+        makespan=makespan,
+        bubble_fraction=1.0 - sum(busy) / capacity if capacity else 0.0,
+        throughput=samples / makespan if makespan else float("inf"),
+        busy=busy,
+        peak_activation_bytes=trace.peak_activation_bytes(),
+        peak_memory_bytes=trace.peak_memory_bytes(),
+    )
+
+
+def grad_rel_err(grads: Params, reference: Params) -> float:
+    """Largest relative error over all parameter tensors: ||g - ref|| / ||ref||.
+
+    A tensor whose reference is all zeros (a dead ReLU's bias) counts its
+    absolute error instead.
+
+    >>> ref = [(np.ones((2, 2)), np.zeros(2))]
+    >>> grad_rel_err([(np.ones((2, 2)) * 1.5, np.zeros(2))], ref)
+    0.5
+    """
+    worst = 0.0
+    for pair, ref_pair in zip(grads, reference):
+        for g, ref in zip(pair, ref_pair):
+            scale = float(np.linalg.norm(ref)) or 1.0
+            worst = max(worst, float(np.linalg.norm(g - ref)) / scale)
+    return worst

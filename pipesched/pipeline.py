@@ -1,0 +1,189 @@
+"""Assemble one run end to end: config -> model -> partition -> strategy -> schedule -> engine -> metrics.
+
+Every check runs before any work, so a bad value fails at once with one sentence.
+
+>>> result = run(RunConfig(layers="16,32x3,4", batch=8, devices=2, microbatches=4, cost="unit"))
+>>> result.metrics.makespan, round(result.bubble_formula, 4)
+(15.0, 0.2)
+>>> result.grad_rel_err < 1e-12
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import microbatch
+from .compute import NumpyWorkload, ShapeWorkload
+from .cost import make_cost_model
+from .engine import REMAT_MODES, simulate
+from .errors import ConfigError
+from .metrics import Metrics, grad_rel_err, measure
+from .model import LOSSES, Model, Params, full_batch_gradients, make_data, parse_layers
+from .partition import Partition, parse_partition
+from .schedule import Schedule
+from .strategy import closed_form_bubble, load_strategy, make_plan
+from .trace import Trace
+
+__all__ = ["RunConfig", "RunResult", "run", "train", "DEFAULT_LAYERS"]
+
+#: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
+DEFAULT_LAYERS = "128,256x10,10"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run depends on; the same config always gives the same numbers."""
+
+    layers: str = DEFAULT_LAYERS
+    batch: int = 32
+    microbatches: int = 8
+    devices: int = 4
+    chunks: int = 1
+    strategy: str = "gpipe"
+    partition: str = "uniform"
+    remat: str = "never"
+    cost: str = "flops"
+    device_flops: float | None = None
+    link_bandwidth: float | None = None
+    link_latency: float | None = None
+    loss: str = "cross_entropy"
+    compute: bool = True
+    reference: bool = True
+    seed: int = 0
+
+
+@dataclass
+class RunResult:
+    """A run's schedule, trace, metrics and numerical results."""
+
+    config: RunConfig
+    schedule: Schedule
+    partition: Partition
+    trace: Trace
+    metrics: Metrics
+    bubble_formula: float | None
+    loss: float | None = None
+    grad_rel_err: float | None = None
+    grads: Params | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object ``pipesched run --json`` prints."""
+        c, m = self.config, self.metrics
+        return {
+            "strategy": c.strategy,
+            "devices": c.devices,
+            "microbatches": c.microbatches,
+            "chunks": c.chunks,
+            "batch": c.batch,
+            "layers": c.layers,
+            "partition": [len(s) for s in self.partition],
+            "remat": c.remat,
+            "cost": c.cost,
+            "time_unit": self.trace.time_unit,
+            "makespan": m.makespan,
+            "bubble_fraction": m.bubble_fraction,
+            "bubble_formula": self.bubble_formula,
+            "throughput": m.throughput,
+            "loss": self.loss,
+            "grad_rel_err": self.grad_rel_err,
+            "busy": m.busy,
+            "peak_activation_bytes": m.peak_activation_bytes,
+            "peak_memory_bytes": m.peak_memory_bytes,
+        }
+
+
+@dataclass
+class _Prepared:
+    config: RunConfig
+    model: Model
+    schedule: Schedule
+    partition: Partition
+    slices: list[slice]
+    bubble_formula: float | None
+    x: np.ndarray
+    target: np.ndarray
+
+
+def _check_counts(c: RunConfig) -> None:
+    for flag, value in (("--devices", c.devices), ("--batch", c.batch), ("--chunks", c.chunks)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    if c.remat not in REMAT_MODES:
+        raise ConfigError(f"--remat {c.remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
+    if c.loss not in LOSSES:
+        raise ConfigError(f"--loss {c.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+
+
+def _prepare(c: RunConfig) -> _Prepared:
+    _check_counts(c)
+    widths = parse_layers(c.layers)
+    num_layers = len(widths) - 1
+    slices = microbatch.split(c.batch, c.microbatches)
+    make_cost_model(c.cost, c.device_flops, c.link_bandwidth, c.link_latency)  # checks the cost flags
+    if c.devices > num_layers:
+        raise ConfigError(
+            f"--devices {c.devices} is more than the {num_layers} layers of --layers {c.layers}; "
+            f"use at most {num_layers} devices or more layers"
+        )
+    strategy = load_strategy(c.strategy)
+    schedule = make_plan(strategy, c.devices, c.microbatches, c.chunks)
+    if schedule.num_stages > num_layers:
+        raise ConfigError(
+            f"strategy {c.strategy!r} plans {schedule.num_stages} stages but --layers {c.layers} has only "
+            f"{num_layers} layers; use fewer --devices or --chunks, or more layers"
+        )
+    partition = parse_partition(c.partition, num_layers, schedule.num_stages)
+    model = Model.from_sizes(widths, seed=c.seed)
+    x, target = make_data(widths, c.batch, c.loss, seed=c.seed)
+    bubble = closed_form_bubble(strategy, c.devices, c.microbatches, c.chunks)
+    return _Prepared(c, model, schedule, partition, slices, bubble, x, target)
+
+
+def _step(p: _Prepared) -> RunResult:
+    c = p.config
+    cost = make_cost_model(c.cost, c.device_flops, c.link_bandwidth, c.link_latency)
+    if c.compute:
+        work: Any = NumpyWorkload(p.model, p.partition, p.x, p.target, c.loss, p.slices)
+    else:
+        work = ShapeWorkload(p.model, p.partition, [s.stop - s.start for s in p.slices])
+    trace = simulate(p.schedule, work, cost, c.remat)
+    result = RunResult(c, p.schedule, p.partition, trace, measure(trace, c.batch), p.bubble_formula)
+    if c.compute:
+        result.loss = work.loss
+        result.grads = work.model_gradients()
+        if c.reference:
+            _, reference = full_batch_gradients(p.model, p.x, p.target, c.loss)
+            result.grad_rel_err = grad_rel_err(result.grads, reference)
+    return result
+
+
+def run(config: RunConfig) -> RunResult:
+    """Simulate one training step (forward and backward of the whole batch) under ``config``."""
+    return _step(_prepare(config))
+
+
+def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
+    """Run ``steps`` simulated steps, each followed by an SGD update of the model's parameters.
+
+    Each result's ``loss`` is the loss before that step's update.
+    """
+    if steps < 1:
+        raise ConfigError(f"--steps {steps} is not allowed; use 1 or more")
+    if not lr > 0:
+        raise ConfigError(f"--lr {lr} is not positive; give a learning rate above 0, e.g. 0.01")
+    if not config.compute:
+        raise ConfigError("train needs real compute to update the model; drop --no-compute")
+    prepared = _prepare(config)
+    results = []
+    for _ in range(steps):
+        result = _step(prepared)
+        for (w, b), (gw, gb) in zip(prepared.model.params, result.grads or []):
+            w -= lr * gw
+            b -= lr * gb
+        results.append(result)
+    return results
+
