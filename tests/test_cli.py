@@ -1,0 +1,122 @@
+"""The command line: outputs a user reads, and every bad input as one sentence with exit status 2."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipesched import formulas
+from pipesched.cli import main
+
+
+def _run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+JSON_KEYS = {
+    "strategy", "devices", "microbatches", "makespan", "bubble_fraction", "bubble_formula", "throughput",
+    "loss", "grad_rel_err", "peak_activation_bytes", "peak_memory_bytes",
+}
+
+
+def test_run_json_has_the_documented_keys(capsys):
+    status, out, _ = _run(capsys, "run", "--strategy", "gpipe", "--devices", "4", "--microbatches", "8", "--json")
+    assert status == 0
+    data = json.loads(out)
+    assert JSON_KEYS <= data.keys()
+    assert data["strategy"] == "gpipe" and data["devices"] == 4 and data["microbatches"] == 8
+    assert data["bubble_formula"] == pytest.approx(3 / 11)
+    assert len(data["peak_activation_bytes"]) == len(data["peak_memory_bytes"]) == 4
+    assert data["grad_rel_err"] < 1e-12
+    assert data["throughput"] == pytest.approx(32 / data["makespan"])
+
+
+def test_run_is_deterministic(capsys):
+    assert _run(capsys, "run", "--json") == _run(capsys, "run", "--json")
+
+
+def test_run_table_shows_measured_and_closed_form_bubble(capsys):
+    status, out, _ = _run(capsys, "run", "--cost", "unit", "--devices", "4", "--microbatches", "8")
+    assert status == 0
+    line = next(l for l in out.splitlines() if l.startswith("bubble fraction"))
+    expected = f"{formulas.gpipe_bubble(4, 8):.4f}"
+    assert f"{expected} measured, {expected} closed form" in line
+    assert "grad rel. error" in out and "peak activations" in out
+
+
+def test_trace_file_is_chrome_json(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    status, _, _ = _run(capsys, "run", "--devices", "2", "--microbatches", "2", "--trace", str(path))
+    assert status == 0
+    events = json.loads(path.read_text())["traceEvents"]
+    assert {e["name"] for e in events if e["ph"] == "X" and e["pid"] == 0} == {
+        "0F0", "0F1", "1F0", "1F1", "0B0", "0B1", "1B0", "1B1"
+    }
+
+
+def test_train_loss_falls(capsys):
+    status, out, _ = _run(capsys, "train", "--steps", "10", "--json")
+    losses = [r["loss"] for r in json.loads(out)]
+    assert status == 0 and losses[-1] < 0.5 * losses[0]
+
+
+def test_strategies_lists_the_builtins(capsys):
+    status, out, _ = _run(capsys, "strategies")
+    assert status == 0 and "gpipe" in out and "pipesched.strategies.gpipe:GPipe" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--devices", "0"], "--devices 0 is not allowed; use 1 or more"),
+        (["--devices", "12"], "--devices 12 is more than the 11 layers of --layers 128,256x10,10; use at most 11 devices"),
+        (["--microbatches", "0"], "--microbatches 0 is not allowed; use 1 or more"),
+        (["--microbatches", "33"], "--microbatches 33 is more than the batch of 32 samples"),
+        (["--layers", "128,,10"], "--layers '128,,10' is malformed at ''"),
+        (["--partition", "2,3,x"], "--partition '2,3,x' is neither 'uniform' nor comma-separated layer counts"),
+        (["--partition", "2,3,3,4"], "--partition 2,3,3,4 sums to 12 layers but the model has 11"),
+        (["--partition", "5,6"], "--partition 5,6 has 2 stages but the schedule has 4"),
+        (["--strategy", "nope"], "unknown strategy 'nope'; use one of gpipe"),
+        (["--remat", "sometimes"], "--remat 'sometimes' is unknown; use one of never, always, except_last"),
+        (["--cost", "free"], "--cost 'free' is unknown; use one of flops, unit"),
+        (["--devices", "four"], "'four' is not a whole number"),
+        (["--link-bandwidth", "0"], "--link-bandwidth 0.0 is not positive"),
+        (["--chunks", "2"], "gpipe places one stage per device, so --chunks 2 cannot apply"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_status_2(capsys, argv, message):
+    status, out, err = _run(capsys, "run", *argv)
+    assert status == 2
+    assert message in err and err.startswith("pipesched: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err and out == ""
+
+
+def test_plugin_file_errors_reach_the_cli(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import not_a_module_anywhere\n")
+    status, _, err = _run(capsys, "run", "--strategy", f"{bad}:X")
+    assert status == 2 and "failed to import (ModuleNotFoundError" in err
+    invalid = tmp_path / "invalid.py"
+    invalid.write_text(
+        "from pipesched import Schedule\n"
+        "class Half:\n    name = 'half'\n"
+        "    def plan(self, devices, microbatches, chunks=1):\n"
+        "        return Schedule([[f'{d}F{m}' for m in range(microbatches)] for d in range(devices)])\n"
+    )
+    status, _, err = _run(capsys, "run", "--strategy", f"{invalid}:Half")
+    assert status == 2 and "planned an invalid schedule: stage 0, micro-batch 0 has no 0B0" in err
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    trace = tmp_path / "out.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipesched.cli", "run", "--devices", "0", "--trace", str(trace)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "pipesched: error: --devices 0 is not allowed; use 1 or more\n"
+    assert not os.path.exists(trace)  # nothing written on failure

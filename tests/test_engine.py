@@ -1,0 +1,195 @@
+"""The SimPy engine: exact gradients, exact unit-cost timing, memory, links, replicas, deadlocks."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from pipesched import DeadlockError, RunConfig, Schedule, formulas, run
+from pipesched.compute import NumpyWorkload, ShapeWorkload
+from pipesched.cost import FlopsCost, UnitCost
+from pipesched.engine import simulate
+from pipesched.microbatch import split
+from pipesched.model import Model, full_batch_gradients, make_data, saved_widths
+from pipesched.partition import uniform
+from pipesched.trace import to_chrome
+
+REMAT = st.sampled_from(["never", "always", "except_last"])
+
+
+@st.composite
+def configs(draw):
+    """A small random model and a GPipe configuration on it, uneven splits included."""
+    widths = draw(st.lists(st.integers(1, 9), min_size=2, max_size=8))
+    layers = len(widths) - 1
+    devices = draw(st.integers(1, min(layers, 5)))
+    batch = draw(st.integers(1, 13))
+    microbatches = draw(st.integers(1, batch))
+    counts = draw(st.lists(st.integers(1, 3), min_size=devices, max_size=devices))
+    partition = ",".join(map(str, counts)) if sum(counts) == layers else "uniform"
+    return RunConfig(
+        layers=",".join(map(str, widths)), batch=batch, microbatches=microbatches, devices=devices,
+        partition=partition, remat=draw(REMAT), loss=draw(st.sampled_from(["cross_entropy", "mse"])),
+        seed=draw(st.integers(0, 3)),
+    )
+
+
+@given(configs())
+def test_gradients_equal_one_unpartitioned_full_batch_pass(config):
+    result = run(config)
+    widths = [int(w) for w in config.layers.split(",")]
+    model = Model.from_sizes(widths, seed=config.seed)
+    x, target = make_data(widths, config.batch, config.loss, seed=config.seed)
+    loss, reference = full_batch_gradients(model, x, target, config.loss)
+    assert result.loss == pytest.approx(loss, rel=1e-12, abs=1e-15)
+    for (gw, gb), (rw, rb) in zip(result.grads, reference):
+        for g, r in ((gw, rw), (gb, rb)):
+            assert np.linalg.norm(g - r) <= 1e-10 * max(np.linalg.norm(r), 1e-300) + 1e-300
+
+
+@given(devices=st.integers(1, 8), microbatches=st.integers(1, 24))
+def test_unit_cost_bubble_is_exactly_the_gpipe_formula(devices, microbatches):
+    config = RunConfig(layers="4x9", batch=24, devices=devices, microbatches=microbatches, cost="unit")
+    m = run(config).metrics
+    assert m.makespan == 3 * (microbatches + devices - 1)  # integer times: exact
+    assert m.busy == [3.0 * microbatches] * devices
+    assert m.bubble_fraction == pytest.approx((devices - 1) / (devices - 1 + microbatches), rel=1e-12)
+
+
+@given(devices=st.integers(1, 6), microbatches=st.integers(1, 12), remat=REMAT)
+def test_remat_recompute_time_matches_the_flow_shop_formula(devices, microbatches, remat):
+    config = RunConfig(layers="4x8", batch=12, devices=devices, microbatches=microbatches, cost="unit",
+                       remat=remat, compute=False)
+    m = run(config).metrics
+    assert m.makespan == formulas.gpipe_unit_makespan(devices, microbatches, remat)
+    assert m.bubble_fraction == pytest.approx(formulas.gpipe_unit_bubble(devices, microbatches, remat), abs=1e-12)
+
+
+def test_unit_cost_start_times_match_the_gpipe_diagram():
+    trace = run(RunConfig(layers="4x4", batch=4, devices=3, microbatches=4, cost="unit")).trace
+    starts = {s.name: s.start for s in trace.spans}
+    # Forward wave: stage s starts micro-batch m at s + m. Backward (B=2), last
+    # micro-batch first, from the last stage down: written out from the figure.
+    expected = {
+        "0F0": 0, "0F1": 1, "0F2": 2, "0F3": 3,
+        "1F0": 1, "1F1": 2, "1F2": 3, "1F3": 4,
+        "2F0": 2, "2F1": 3, "2F2": 4, "2F3": 5,
+        "2B3": 6, "2B2": 8, "2B1": 10, "2B0": 12,
+        "1B3": 8, "1B2": 10, "1B1": 12, "1B0": 14,
+        "0B3": 10, "0B2": 12, "0B1": 14, "0B0": 16,
+    }
+    assert starts == expected
+
+
+def _workloads(widths, devices, microbatches, batch):
+    model = Model.from_sizes(widths, seed=0)
+    stages = uniform(len(widths) - 1, devices)
+    slices = split(batch, microbatches)
+    x, target = make_data(widths, batch, "cross_entropy")
+    real = NumpyWorkload(model, stages, x, target, "cross_entropy", slices)
+    shapes = ShapeWorkload(model, stages, [s.stop - s.start for s in slices])
+    return model, stages, slices, real, shapes
+
+
+@given(
+    widths=st.lists(st.integers(1, 9), min_size=2, max_size=7),
+    devices=st.integers(1, 4),
+    batch=st.integers(1, 11),
+    data=st.data(),
+)
+def test_memory_from_real_arrays_equals_the_shape_count(widths, devices, batch, data):
+    assume(devices <= len(widths) - 1)
+    microbatches = data.draw(st.integers(1, batch))
+    remat = data.draw(REMAT)
+    from pipesched.strategies.gpipe import GPipe
+
+    schedule = GPipe().plan(devices, microbatches)
+    _, _, _, real, shapes = _workloads(widths, devices, microbatches, batch)
+    a = simulate(schedule, real, UnitCost(), remat)
+    b = simulate(schedule, shapes, UnitCost(), remat)
+    assert a.memory == b.memory
+
+
+@given(devices=st.integers(1, 4), batch=st.integers(1, 12), data=st.data())
+def test_peak_activations_follow_from_the_layer_sizes(devices, batch, data):
+    widths = [6, 5, 7, 4, 3]
+    microbatches = data.draw(st.integers(1, batch))
+    config = dict(layers=",".join(map(str, widths)), batch=batch, devices=devices, microbatches=microbatches, cost="unit")
+    never = run(RunConfig(**config, remat="never")).metrics.peak_activation_bytes
+    always = run(RunConfig(**config, remat="always")).metrics.peak_activation_bytes
+    model = Model.from_sizes(widths)
+    rows = [s.stop - s.start for s in split(batch, microbatches)]
+    for d, stage in enumerate(uniform(len(model.layers), devices)):
+        layers = [model.layers[i] for i in stage]
+        full = saved_widths(layers, keep_output=layers[-1].relu or d == devices - 1)
+        # GPipe holds every micro-batch's activations when the forwards end.
+        assert never[d] == batch * full * 8
+        # Remat: inputs of the micro-batches not yet done, plus one recomputed in full.
+        inputs = layers[0].in_features
+        expect = max(sum(rows[: m + 1]) * inputs + rows[m] * (full - inputs) for m in range(microbatches))
+        assert always[d] == expect * 8
+        assert always[d] <= never[d]
+
+
+def test_transfers_on_one_link_queue_and_overlap_compute():
+    model, stages, slices, _, shapes = _workloads([64, 64, 64], 2, 3, 3)
+    from pipesched.strategies.gpipe import GPipe
+
+    slow = FlopsCost(device_flops=1e9, link_bandwidth=1e3, link_latency=0.0)  # sends far slower than compute
+    trace = simulate(GPipe().plan(2, 3), shapes, slow, "never")
+    forward = sorted((t for t in trace.transfers if t.src == 0), key=lambda t: t.start)
+    assert len(forward) == 3
+    for first, second in zip(forward, forward[1:]):
+        assert second.start == pytest.approx(first.end)  # queued behind the previous send
+    spans = {s.name: s for s in trace.spans}
+    assert spans["0F1"].start < forward[0].end  # device 0 computed while its first send was in flight
+    assert spans["1F0"].start == pytest.approx(forward[0].end)  # an action waits for its input
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_replicated_stage_all_reduces_its_gradients_over_a_ring(replicas):
+    widths = [6, 8, 4]
+    batch = 2 * replicas
+    model = Model.from_sizes(widths)
+    x, target = make_data(widths, batch, "cross_entropy")
+    rows = [
+        [f"0F{m}", f"0B{m}"] for m in range(batch)
+    ]
+    per_device = [[a for m in range(d, batch, replicas) for a in rows[m]] for d in range(replicas)]
+    schedule = Schedule(per_device)
+    work = NumpyWorkload(model, (range(0, 2),), x, target, "cross_entropy", split(batch, batch))
+    cost = FlopsCost(device_flops=1e12, link_bandwidth=1e8, link_latency=1e-6)
+    trace = simulate(schedule, work, cost, "never")
+    _, reference = full_batch_gradients(model, x, target, "cross_entropy")
+    for (gw, gb), (rw, rb) in zip(work.model_gradients(), reference):
+        np.testing.assert_allclose(gw, rw, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gb, rb, rtol=1e-12, atol=1e-15)
+    compute_end = max(s.end for s in trace.spans)
+    param_bytes = sum(l.param_count for l in model.layers) * 8
+    chunk = -(-param_bytes // replicas)
+    # Ring all-reduce: 2(R-1) steps, each moving one 1/R chunk over every link at once.
+    assert trace.makespan - compute_end == pytest.approx(2 * (replicas - 1) * (1e-6 + chunk / 1e8), rel=1e-9)
+    assert len(trace.transfers) == replicas * 2 * (replicas - 1)
+
+
+def test_a_deadlocking_schedule_is_detected_and_explained():
+    # Device 0 waits at 0B0 for stage 1's gradient; device 1 first wants 1F1,
+    # whose input 0F1 comes only after 0B0: neither can move.
+    schedule = Schedule.parse(["0F0 0B0 0F1 0B1", "1F1 1F0 1B0 1B1"])
+    _, _, _, real, _ = _workloads([4, 4, 4], 2, 2, 2)
+    with pytest.raises(DeadlockError) as err:
+        simulate(schedule, real, UnitCost(), "never")
+    message = str(err.value)
+    assert "device 0 waits at 0B0 for the gradient of micro-batch 0 from stage 1's backward (on device 1)" in message
+    assert "device 1 waits at 1F1 for the activation of micro-batch 1 from 0F1 (on device 0)" in message
+
+
+def test_chrome_trace_has_a_track_per_device_and_link():
+    trace = run(RunConfig(devices=3, microbatches=4, layers="8x4", batch=8)).trace
+    chrome = json.loads(json.dumps(to_chrome(trace)))
+    names = {e["args"]["name"] for e in chrome["traceEvents"] if e.get("name") == "thread_name"}
+    assert {"device 0", "device 1", "device 2", "link 0->1", "link 1->2", "link 1->0", "link 2->1"} <= names
+    spans = [e for e in chrome["traceEvents"] if e["ph"] == "X" and e["pid"] == 0]
+    assert sorted(e["name"] for e in spans) == sorted(f"{s}{op}{m}" for s in range(3) for op in "FB" for m in range(4))
+    assert len([e for e in chrome["traceEvents"] if e["ph"] == "X" and e["pid"] == 1]) == len(trace.transfers) == 2 * 2 * 4

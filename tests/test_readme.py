@@ -1,0 +1,76 @@
+"""The README stays true: its commands, its plug-in example and its sample output."""
+
+import contextlib
+import io
+import json
+import pathlib
+import shlex
+
+import pytest
+
+from pipesched.cli import main
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _fenced():
+    """(language, text) of every fenced block, in order."""
+    blocks, lang, lines = [], None, []
+    for line in README.splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                blocks.append((lang, "\n".join(lines) + "\n"))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def _blocks(lang):
+    return [text for tag, text in _fenced() if tag == lang]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = next(b.strip() for b in _blocks("sh") if b.strip().endswith("pytest"))
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+
+
+def test_the_plugin_example_runs_from_a_file(tmp_path, capsys):
+    source = next(b for b in _blocks("python") if "class Reverse" in b)
+    (tmp_path / "reverse.py").write_text(source)
+    command = next(b.strip() for b in _blocks("sh") if "reverse.py:Reverse" in b)
+    argv = shlex.split(command)[1:]
+    argv = [a.replace("reverse.py", str(tmp_path / "reverse.py")) for a in argv] + ["--json"]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["grad_rel_err"] < 1e-12 and data["bubble_formula"] is None  # it states no closed form
+    # Equal-cost backwards in any order form the same flow shop: GPipe's bubble.
+    k, m = data["devices"], data["microbatches"]
+    assert data["bubble_fraction"] == pytest.approx((k - 1) / (k - 1 + m))
+
+
+def test_the_api_example_runs():
+    source = next(b for b in _blocks("python") if "pipesched.run(" in b)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(source, "README", "exec"), {})
+    bubble, err = map(float, out.getvalue().split())
+    assert bubble == pytest.approx(3 / 11) and err < 1e-12
+
+
+def test_sample_output_is_what_the_command_prints(capsys):
+    block = next(b for b in _blocks("") if b.startswith("$ pipesched run --strategy gpipe"))
+    command, *expected = block.rstrip("\n").splitlines()
+    assert main(shlex.split(command)[2:]) == 0
+    assert capsys.readouterr().out.rstrip("\n").splitlines() == expected
+
+
+def test_sample_error_is_what_the_command_prints(capsys):
+    block = next(b for b in _blocks("") if "pipesched: error:" in b)
+    command, expected = block.strip().splitlines()
+    assert main(shlex.split(command)[2:]) == 2
+    assert capsys.readouterr().err.strip() == expected

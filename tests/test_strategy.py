@@ -1,0 +1,97 @@
+"""Strategy plug-ins: discovery through entry points, loading from files, and the checks on load and plan."""
+
+import pytest
+
+from pipesched import Schedule, StrategyError, available_strategies, load_strategy, make_plan, run, RunConfig
+
+
+def test_builtin_gpipe_is_found_through_the_entry_point_group():
+    assert available_strategies()["gpipe"] == "pipesched.strategies.gpipe:GPipe"
+    assert load_strategy("gpipe").name == "gpipe"
+
+
+def test_no_global_strategies_module_is_installed():
+    from importlib.metadata import distribution
+
+    import pipesched.strategies.gpipe  # the built-ins live under the project's namespace
+
+    installed = [str(f) for f in distribution("pipesched").files or []]
+    assert installed and not [f for f in installed if f.startswith("strategies/")]
+
+
+PLUGIN = '''
+from pipesched import Action, Schedule
+
+class Reverse:
+    """GPipe, but backwards run in forward order."""
+    name = "reverse"
+    def plan(self, devices, microbatches, chunks=1):
+        return Schedule([[Action(d, "F", m) for m in range(microbatches)]
+                         + [Action(d, "B", m) for m in range(microbatches)] for d in range(devices)])
+'''
+
+
+def test_a_plugin_file_runs_like_a_builtin(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text(PLUGIN)
+    result = run(RunConfig(strategy=f"{path}:Reverse", devices=2, microbatches=4, layers="6x4", batch=8, cost="unit"))
+    assert result.schedule.actions[0][-4:] == Schedule.parse(["0B0 0B1 0B2 0B3"]).actions[0]
+    assert result.grad_rel_err < 1e-12
+    assert result.bubble_formula is None  # the plug-in states no closed form
+
+
+@pytest.mark.parametrize(
+    "source, attr, message",
+    [
+        ("raise RuntimeError('boom')", "X", r"failed to import \(RuntimeError: boom\); fix the error in that file"),
+        ("class A: pass", "B", r"has no 'B'; name one of its classes: A"),
+        ("class A: pass", "A", r"has no string attribute 'name'"),
+        ("class A:\n    name = 'a'", "A", r"has no plan\(devices, microbatches, chunks=1\) method"),
+    ],
+)
+def test_broken_plugin_files_are_named(tmp_path, source, attr, message):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(StrategyError, match=message):
+        load_strategy(f"{path}:{attr}")
+
+
+def test_a_missing_plugin_file_is_named(tmp_path):
+    with pytest.raises(StrategyError, match=r"strategy file '.*nope.py' does not exist"):
+        load_strategy(f"{tmp_path}/nope.py:X")
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(StrategyError, match=r"unknown strategy 'gpip'; use one of .*gpipe"):
+        load_strategy("gpip")
+
+
+class _Returns:
+    name = "returns"
+
+    def __init__(self, value):
+        self.value = value
+
+    def plan(self, devices, microbatches, chunks=1):
+        if isinstance(self.value, Exception):
+            raise self.value
+        return self.value
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([["0F0", "0B0"]], r"returned a list, not a pipesched.Schedule"),
+        (Schedule.parse(["0F0"]), r"planned an invalid schedule: stage 0, micro-batch 0 has no 0B0"),
+        (ValueError("needs chunks 2"), r"'returns' \(devices=1, microbatches=1, chunks=1\) cannot plan: needs chunks 2"),
+        (KeyError("k"), r"failed while planning \(KeyError: 'k'\); fix the plug-in"),
+    ],
+)
+def test_plans_are_checked_and_failures_name_the_plugin(value, message):
+    with pytest.raises(StrategyError, match=message):
+        make_plan(_Returns(value), devices=1, microbatches=1)
+
+
+def test_gpipe_refuses_chunks_with_a_reason():
+    with pytest.raises(StrategyError, match=r"gpipe places one stage per device, so --chunks 2 cannot apply"):
+        make_plan(load_strategy("gpipe"), 2, 2, chunks=2)
