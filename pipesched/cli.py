@@ -1,9 +1,10 @@
-"""The ``pipesched`` command: run, train, strategies.
+"""The ``pipesched`` command: run, compare, train, strategies.
 
 Bad input ends in one sentence on stderr and exit status 2, never a traceback.
 
     pipesched run --strategy gpipe --devices 4 --microbatches 8
     pipesched run --json --cost unit
+    pipesched compare --strategies gpipe,1f1b,interleaved,zb-h1,dp
     pipesched train --steps 10
     pipesched strategies
 """
@@ -19,7 +20,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, PipeschedError
-from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, run, train
+from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, run, train
 from .strategy import available_strategies, load_strategy
 from .trace import to_chrome
 
@@ -47,10 +48,9 @@ def _number(text: str) -> float:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
-    p.add_argument("--strategy", default=d.strategy, help="registered name or path/to/file.py:ClassName (default %(default)s)")
     p.add_argument("--devices", type=_whole, default=d.devices, help="K, pipeline devices (default %(default)s)")
     p.add_argument("--microbatches", type=_whole, default=d.microbatches, help="M, micro-batches per step (default %(default)s)")
-    p.add_argument("--chunks", type=_whole, default=d.chunks, help="v, model chunks per device (default %(default)s)")
+    p.add_argument("--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)")
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
     p.add_argument("--partition", default=d.partition, help="'uniform' or layer counts per stage, e.g. 2,3,3,3")
@@ -70,10 +70,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
     parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    strategy_help = "registered name or path/to/file.py:ClassName (default %(default)s)"
     p_run = sub.add_parser("run", help="simulate one training step and print its metrics")
+    p_run.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     _add_run_flags(p_run)
     p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
+    p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
+    p_compare.add_argument(
+        "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
+    )
+    _add_run_flags(p_compare)
     p_train = sub.add_parser("train", help="run several simulated steps with SGD and print the loss")
+    p_train.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     _add_run_flags(p_train)
     p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
     p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
@@ -81,10 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The strategies ``pipesched compare`` runs unless told otherwise.
+COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
+
+
 def _config(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         layers=args.layers, batch=args.batch, microbatches=args.microbatches, devices=args.devices,
-        chunks=args.chunks, strategy=args.strategy, partition=args.partition, remat=args.remat,
+        chunks=args.chunks, strategy=getattr(args, "strategy", RunConfig.strategy), partition=args.partition, remat=args.remat,
         cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
         link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
         reference=not args.no_reference, seed=args.seed,
@@ -117,6 +129,11 @@ def format_bytes(value: int) -> str:
     return f"{value} B"
 
 
+def _count(n: int, noun: str) -> str:
+    """``_count(1, "device")`` is '1 device', ``_count(2, "micro-batch")`` '2 micro-batches'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
+
+
 def _table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
@@ -125,17 +142,18 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
 def _print_run(r: RunResult) -> None:
     c, m, unit = r.config, r.metrics, r.trace.time_unit
     counts = ",".join(str(len(s)) for s in r.partition)
+    chunks = f", {c.chunks} chunks per device" if c.chunks != 1 else ""
     print(
-        f"{c.strategy}: {c.devices} devices, {c.microbatches} micro-batches, batch {c.batch}, layers {c.layers} "
-        f"(partition {counts}), remat {c.remat}, cost {c.cost}"
+        f"{c.strategy}: {_count(c.devices, 'device')}{chunks}, {_count(c.microbatches, 'micro-batch')}, "
+        f"batch {c.batch}, layers {c.layers} (partition {counts}), remat {c.remat}, cost {c.cost}"
     )
     print()
-    formula = "none stated" if r.bubble_formula is None else f"{r.bubble_formula:.4f}"
     caveat = "" if c.cost == "unit" else " (the closed form assumes equal unit-cost stages and free links)"
+    formula = "no closed form stated" if r.bubble_formula is None else f"{r.bubble_formula:.4f} closed form{caveat}"
     per = "s" if unit == "s" else " unit"
     summary = [
         ("makespan", format_time(m.makespan, unit)),
-        ("bubble fraction", f"{m.bubble_fraction:.4f} measured, {formula} closed form{caveat}"),
+        ("bubble fraction", f"{m.bubble_fraction:.4f} measured, {formula}"),
         ("throughput", f"{m.throughput:,.6g} samples/{per.strip()}"),
         ("transfers", _transfers(r)),
         ("loss", "not computed (--no-compute)" if r.loss is None else f"{r.loss:.6f}"),
@@ -144,13 +162,13 @@ def _print_run(r: RunResult) -> None:
     print(_table(summary))
     print()
     placement = r.schedule.placement()
-    rows = [("device", "stages", "layers", "busy", "peak activations", "peak memory")]
+    rows = [("device", "stages", "layers", "busy", "in flight", "peak activations", "peak memory")]
     for d in range(c.devices):
         stages = [s for s, ds in placement.items() if d in ds]
         layers = ",".join(f"{r.partition[s][0]}-{r.partition[s][-1]}" for s in stages)
         rows.append((
             str(d), ",".join(map(str, stages)), layers, format_time(m.busy[d], unit),
-            format_bytes(m.peak_activation_bytes[d]), format_bytes(m.peak_memory_bytes[d]),
+            str(m.peak_inflight_microbatches[d]), format_bytes(m.peak_activation_bytes[d]), format_bytes(m.peak_memory_bytes[d]),
         ))
     print(_table(rows))
 
@@ -168,12 +186,20 @@ def _transfers(r: RunResult) -> str:
     )
 
 
+def _check_output_path(flag: str, path: str) -> None:
+    """Fail before any work if ``path`` cannot be written as a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder; give a file path such as {os.path.join(path, 'trace.json')}")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(f"{flag} {path}: folder {folder} is not writable; choose another path")
+
+
 def _write_atomic(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that a failure never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ConfigError(f"--trace {path}: folder {folder} does not exist; create it or choose another path")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pipesched-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".pipesched-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -184,6 +210,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
+    if args.trace:
+        _check_output_path("--trace", args.trace)
     result = run(_config(args))
     if args.trace:
         _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
@@ -193,6 +221,42 @@ def _cmd_run(args: argparse.Namespace) -> None:
         _print_run(result)
         if args.trace:
             print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    results = compare(_config(args), names)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+        return
+    c, unit = results[0].config, results[0].trace.time_unit
+    print(
+        f"{_count(c.devices, 'device')}, {_count(c.microbatches, 'micro-batch')}, batch {c.batch}, "
+        f"layers {c.layers}, remat {c.remat}, cost {c.cost}"
+    )
+    print()
+    rows = [("strategy", "chunks", "makespan", "bubble", "formula", "throughput", "peak act.", "peak mem.", "grad err")]
+    for r in results:
+        m = r.metrics
+        rows.append((
+            r.config.strategy, str(r.config.chunks), format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
+            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", f"{m.throughput:,.6g}",
+            format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
+            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
+        ))
+    print(_table(rows))
+    print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
+    rows = [("strategy", "in flight", "peak activations", "peak memory")]
+    for r in results:
+        m = r.metrics
+        rows.append((
+            r.config.strategy, "/".join(map(str, m.peak_inflight_microbatches)),
+            " / ".join(format_bytes(b) for b in m.peak_activation_bytes),
+            " / ".join(format_bytes(b) for b in m.peak_memory_bytes),
+        ))
+    print(_table(rows))
+    if c.cost != "unit":
+        print("\nformula: the closed-form bubble under unit cost and free links, for reference")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -220,7 +284,9 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
     print("\nany path/to/file.py:ClassName works too")
 
 
-_COMMANDS: dict[str, Any] = {"run": _cmd_run, "train": _cmd_train, "strategies": _cmd_strategies}
+_COMMANDS: dict[str, Any] = {
+    "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "strategies": _cmd_strategies,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -237,6 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into head: not an error of the user's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         return 130
     return 0

@@ -3,15 +3,18 @@
 - ``flops`` (default): a layer's forward takes its FLOPs over the device's
   FLOP/s; a full backward twice that (I and W once each); a transfer takes
   latency + bytes / bandwidth. Deterministic. Time is in seconds.
-- ``unit``: the textbook diagrams. A device's whole share of the model costs
-  F=1 and B=2 (I=W=1) per micro-batch, whatever its size; transfers are free.
-  With v stages on a device each costs 1/v of that. Time is in abstract units.
+- ``unit``: the textbook diagrams. The whole model's forward costs K units
+  (K devices), split evenly over the schedule's S stages, so a stage's F costs
+  K/S and B twice that (I=W=F), whatever the micro-batch size; transfers are
+  free. One stage per device: F=1, B=2. v chunks per device: 1/v and 2/v. A
+  data-parallel replica of the whole model: K and 2K, so every strategy is
+  charged the same total work. Time is in abstract units.
 
 Re-materialization recomputes a forward, so under every model it costs one
 more F inside the backward that needs it.
 
 >>> unit = UnitCost()
->>> unit.compute_time("B", [], rows=4, stages_on_device=2), unit.link_time(10**9)
+>>> unit.compute_time("B", [], rows=4, stage_units=0.5), unit.link_time(10**9)
 (1.0, 0.0)
 >>> flops = FlopsCost(device_flops=1e12, link_bandwidth=1e9, link_latency=1e-6)
 >>> flops.link_time(1000)
@@ -20,6 +23,7 @@ more F inside the backward that needs it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -38,8 +42,11 @@ class CostModel(Protocol):
     name: str
     time_unit: str
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stages_on_device: int) -> float:
-        """Duration of ``op`` (F, B, I, W or R) of a stage made of ``layers`` on ``rows`` samples."""
+    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
+        """Duration of ``op`` (F, B, I, W or R) of a stage made of ``layers`` on ``rows`` samples.
+
+        ``stage_units`` is K / S, the stage's forward under the unit model.
+        """
         ...
 
     def link_time(self, nbytes: int) -> float:
@@ -63,12 +70,12 @@ class FlopsCost:
 
     def __post_init__(self) -> None:
         for flag, value in (("--device-flops", self.device_flops), ("--link-bandwidth", self.link_bandwidth)):
-            if not value > 0:
-                raise ConfigError(f"{flag} {value} is not positive; give a rate above 0, e.g. 1e12")
-        if not self.link_latency >= 0:
-            raise ConfigError(f"--link-latency {self.link_latency} is negative; give 0 or more seconds")
+            if not (math.isfinite(value) and value >= 1):
+                raise ConfigError(f"{flag} {value:g} is not a finite rate of at least 1 per second; give e.g. 1e12")
+        if not (math.isfinite(self.link_latency) and self.link_latency >= 0):
+            raise ConfigError(f"--link-latency {self.link_latency:g} is not a finite number of seconds >= 0; give e.g. 5e-6")
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stages_on_device: int) -> float:
+    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         return OP_WEIGHT[op] * sum(l.forward_flops(rows) for l in layers) / self.device_flops
 
     def link_time(self, nbytes: int) -> float:
@@ -77,13 +84,13 @@ class FlopsCost:
 
 @dataclass(frozen=True)
 class UnitCost:
-    """Textbook unit costs: F=1, B=2, I=W=1 per device share; communication is free."""
+    """Textbook unit costs: a stage's F costs K/S units, B twice that, I=W=F; communication is free."""
 
     name: str = "unit"
     time_unit: str = "unit"
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stages_on_device: int) -> float:
-        return OP_WEIGHT[op] / stages_on_device
+    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
+        return OP_WEIGHT[op] * stage_units
 
     def link_time(self, nbytes: int) -> float:
         return 0.0

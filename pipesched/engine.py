@@ -68,6 +68,7 @@ class _Engine:
                 elif a.op in "BI":
                     self.backward_on[(a.stage, a.microbatch)] = d
         self.hosted = [sorted({a.stage for a in actions}) for actions in schedule.actions]
+        self.stage_units = schedule.devices / self.num_stages  # the unit cost model's F of one stage
         self.replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
 
         self.arrived: dict[_Key, Any] = {}
@@ -96,7 +97,7 @@ class _Engine:
 
     def _run(self, device: int, op: str, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
         start = self.env.now
-        duration = self.cost.compute_time(op, self.work.layers[stage], self.work.rows[mb], len(self.hosted[device]))
+        duration = self.cost.compute_time(op, self.work.layers[stage], self.work.rows[mb], self.stage_units)
         yield self.env.timeout(duration)
         self.trace.spans.append(Span(device, op, stage, mb, start, self.env.now))
 

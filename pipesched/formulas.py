@@ -18,6 +18,15 @@ from typing import Sequence
 
 __all__ = [
     "gpipe_bubble",
+    "interleaved_bubble",
+    "zb_h1_bubble",
+    "zb_h1_unit_makespan",
+    "data_parallel_bubble",
+    "ring_allreduce_time",
+    "gpipe_peak_inflight",
+    "one_f_one_b_peak_inflight",
+    "zb_h1_peak_inflight",
+    "interleaved_peak_inflight",
     "bubble_from_ratio",
     "pipeline_speedup",
     "flow_shop_makespan",
@@ -34,6 +43,99 @@ def gpipe_bubble(devices: int, microbatches: int) -> float:
     re-materialization ``always`` (recompute lengthens every backward alike).
     """
     return (devices - 1) / (devices - 1 + microbatches)
+
+
+def interleaved_bubble(devices: int, microbatches: int, chunks: int) -> float:
+    """(K-1)/(v·M + K-1): interleaved 1F1B with v chunks per device, M a multiple of K.
+
+    Source: Narayanan et al., SC 2021, section 2.2.2: the bubble time shrinks by
+    v while the work stays, ratio (K-1)/(v·M).
+    """
+    return (devices - 1) / (chunks * microbatches + devices - 1)
+
+
+def zb_h1_unit_makespan(devices: int, microbatches: int) -> float:
+    """ZB-H1's step length under unit cost with F=I=W=1: 3M + K - 1 for M >= K, else 2(M + K) - 1.
+
+    With M >= K every device is busy 3M and idles K - 1 once, waiting for the
+    first gradient (Qi et al. 2024, section 2.1). With M < K the last device is
+    the bottleneck: it receives micro-batch m at m + K - 1 and runs F and I
+    back to back, so the last I leaves it at 2M + K - 1; that gradient needs
+    K - 1 more steps to reach device 0, whose final W adds one.
+
+    >>> zb_h1_unit_makespan(4, 8), zb_h1_unit_makespan(4, 2)
+    (27.0, 11.0)
+    """
+    if microbatches >= devices:
+        return 3.0 * microbatches + devices - 1
+    return 2.0 * (microbatches + devices) - 1
+
+
+def zb_h1_bubble(devices: int, microbatches: int) -> float:
+    """(K-1)/(3M + K-1) for M >= K: ZB-H1 under unit cost with F=I=W, a third of 1F1B's bubble.
+
+    Source: Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024, section
+    2.1: the bubble is (K-1)(T_F + T_B - 2T_W). For M < K, the idle share of
+    ``zb_h1_unit_makespan``.
+    """
+    return 1.0 - 3.0 * microbatches / zb_h1_unit_makespan(devices, microbatches)
+
+
+def data_parallel_bubble(devices: int, microbatches: int) -> float:
+    """1 - M / (K·ceil(M/K)): idle share of data parallelism with free links under unit cost.
+
+    Device d runs ceil or floor of M/K micro-batches; the step lasts as long
+    as the busiest device.
+    """
+    return 1.0 - microbatches / (devices * -(-microbatches // devices))
+
+
+def ring_allreduce_time(devices: int, nbytes: int, bandwidth: float, latency: float) -> float:
+    """2(K-1) · (latency + ceil(bytes/K) / bandwidth): a ring all-reduce over K devices.
+
+    Reduce-scatter then all-gather, K-1 steps each; in every step each device
+    sends one chunk of 1/K of the bytes to its neighbour, all links at once
+    (Patarasuk and Yuan, 2009). This is 2(K-1)/K · bytes/bandwidth +
+    2(K-1) · latency up to the rounding of the chunk to whole bytes.
+
+    >>> round(ring_allreduce_time(4, 4000, bandwidth=1e9, latency=1e-6) * 1e6, 9)  # 6 steps of 1 + 1 µs
+    12.0
+    """
+    if devices == 1:
+        return 0.0
+    return 2 * (devices - 1) * (latency + -(-nbytes // devices) / bandwidth)
+
+
+def gpipe_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """M: GPipe keeps every micro-batch until its backward (Huang et al. 2019)."""
+    return microbatches
+
+
+def one_f_one_b_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(K-d, M): 1F1B's warm-up K-1-d forwards plus the one in steady state (Narayanan et al. 2021)."""
+    return min(devices - device, microbatches)
+
+
+def zb_h1_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(K, M) on every device: ZB-H1 defers W by d on device d (Qi et al. 2024, section 2.1)."""
+    return min(devices, microbatches)
+
+
+def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chunks: int) -> int:
+    """min(w_d + 1, v·M) chunk-micro-batches, w_d = 2(K-1-d) + (v-1)·g Megatron's warm-up count.
+
+    g is the size of the first round of micro-batches: K when K divides M, else
+    ceil(M / (M // K)) (rounds of at least K, as PyTorch groups them); with
+    v = 1 the warm-up is 1F1B's K-1-d. Source: Megatron-LM,
+    ``forward_backward_pipelining_with_interleaving``.
+    """
+    rounds = max(1, microbatches // devices)
+    first_round = -(-microbatches // rounds)
+    if chunks == 1:
+        warmup = devices - 1 - device
+    else:
+        warmup = 2 * (devices - 1 - device) + (chunks - 1) * first_round
+    return min(warmup + 1, chunks * microbatches)
 
 
 def bubble_from_ratio(ratio: float) -> float:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .compose import inflight_counts
 from .model import Params
 from .trace import Trace
 
-__all__ = ["Metrics", "measure", "grad_rel_err"]
+__all__ = ["Metrics", "measure", "peak_inflight", "grad_rel_err"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Metrics:
     busy: list[float]
     peak_activation_bytes: list[int]
     peak_memory_bytes: list[int]
+    peak_inflight_microbatches: list[int]
 
 
 def measure(trace: Trace, samples: int) -> Metrics:
@@ -43,7 +45,20 @@ def measure(trace: Trace, samples: int) -> Metrics:
         busy=busy,
         peak_activation_bytes=trace.peak_activation_bytes(),
         peak_memory_bytes=trace.peak_memory_bytes(),
+        peak_inflight_microbatches=peak_inflight(trace),
     )
+
+
+def peak_inflight(trace: Trace) -> list[int]:
+    """Per device, the most (stage, micro-batch) pairs whose F has run there and whose B or W has not finished.
+
+    A micro-batch in two chunks of one device counts twice, as Megatron's
+    warm-up count does: each chunk holds its own activations.
+    """
+    per_device: list[list] = [[] for _ in range(trace.devices)]
+    for span in trace.spans:
+        per_device[span.device].append(span)
+    return [max(inflight_counts(sorted(spans, key=lambda s: s.start)), default=0) for spans in per_device]
 
 
 def grad_rel_err(grads: Params, reference: Params) -> float:

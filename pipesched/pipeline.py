@@ -11,8 +11,8 @@ True
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from .schedule import Schedule
 from .strategy import closed_form_bubble, load_strategy, make_plan
 from .trace import Trace
 
-__all__ = ["RunConfig", "RunResult", "run", "train", "DEFAULT_LAYERS"]
+__all__ = ["RunConfig", "RunResult", "run", "compare", "train", "DEFAULT_LAYERS"]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
 DEFAULT_LAYERS = "128,256x10,10"
@@ -42,7 +42,7 @@ class RunConfig:
     batch: int = 32
     microbatches: int = 8
     devices: int = 4
-    chunks: int = 1
+    chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
     strategy: str = "gpipe"
     partition: str = "uniform"
     remat: str = "never"
@@ -93,6 +93,7 @@ class RunResult:
             "busy": m.busy,
             "peak_activation_bytes": m.peak_activation_bytes,
             "peak_memory_bytes": m.peak_memory_bytes,
+            "peak_inflight_microbatches": m.peak_inflight_microbatches,
         }
 
 
@@ -110,8 +111,10 @@ class _Prepared:
 
 def _check_counts(c: RunConfig) -> None:
     for flag, value in (("--devices", c.devices), ("--batch", c.batch), ("--chunks", c.chunks)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    if c.seed < 0:
+        raise ConfigError(f"--seed {c.seed} is negative; give a seed of 0 or more")
     if c.remat not in REMAT_MODES:
         raise ConfigError(f"--remat {c.remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
     if c.loss not in LOSSES:
@@ -124,22 +127,20 @@ def _prepare(c: RunConfig) -> _Prepared:
     num_layers = len(widths) - 1
     slices = microbatch.split(c.batch, c.microbatches)
     make_cost_model(c.cost, c.device_flops, c.link_bandwidth, c.link_latency)  # checks the cost flags
-    if c.devices > num_layers:
-        raise ConfigError(
-            f"--devices {c.devices} is more than the {num_layers} layers of --layers {c.layers}; "
-            f"use at most {num_layers} devices or more layers"
-        )
     strategy = load_strategy(c.strategy)
-    schedule = make_plan(strategy, c.devices, c.microbatches, c.chunks)
+    chunks = c.chunks if c.chunks is not None else getattr(strategy, "default_chunks", 1)
+    c = replace(c, chunks=chunks)
+    schedule = make_plan(strategy, c.devices, c.microbatches, chunks)
     if schedule.num_stages > num_layers:
+        on = f"--devices {c.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
         raise ConfigError(
-            f"strategy {c.strategy!r} plans {schedule.num_stages} stages but --layers {c.layers} has only "
-            f"{num_layers} layers; use fewer --devices or --chunks, or more layers"
+            f"strategy {c.strategy!r} plans {schedule.num_stages} stages on {on} but --layers {c.layers} has only "
+            f"{num_layers} layers; use fewer devices or chunks, or more layers"
         )
     partition = parse_partition(c.partition, num_layers, schedule.num_stages)
     model = Model.from_sizes(widths, seed=c.seed)
     x, target = make_data(widths, c.batch, c.loss, seed=c.seed)
-    bubble = closed_form_bubble(strategy, c.devices, c.microbatches, c.chunks)
+    bubble = closed_form_bubble(strategy, c.devices, c.microbatches, chunks)
     return _Prepared(c, model, schedule, partition, slices, bubble, x, target)
 
 
@@ -164,6 +165,21 @@ def _step(p: _Prepared) -> RunResult:
 def run(config: RunConfig) -> RunResult:
     """Simulate one training step (forward and backward of the whole batch) under ``config``."""
     return _step(_prepare(config))
+
+
+def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
+    """Run ``config`` under each strategy; ``config.chunks`` goes to strategies that take chunks.
+
+    A strategy takes chunks when it declares ``default_chunks``; the others run
+    with one stage per device. All strategies are checked before any is run.
+    """
+    if not strategies:
+        raise ConfigError("--strategies is empty; name at least one, e.g. gpipe,1f1b")
+    prepared = []
+    for name in strategies:
+        takes_chunks = hasattr(load_strategy(name), "default_chunks")
+        prepared.append(_prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
+    return [_step(p) for p in prepared]
 
 
 def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:

@@ -90,6 +90,8 @@ def load_strategy(spec: str) -> Strategy:
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return _load_file(spec)
     known = available_strategies()
+    if spec.endswith(".py"):
+        raise StrategyError(f"strategy {spec!r} names a file but no class; write {spec}:ClassName")
     if spec not in known:
         raise StrategyError(
             f"unknown strategy {spec!r}; use one of {', '.join(known) or '(none registered)'}, "
@@ -98,6 +100,17 @@ def load_strategy(spec: str) -> Strategy:
     ep = next(e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == spec)
     try:
         obj = ep.load()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").startswith("pipesched.strategies") and "site-packages" not in __file__:
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            raise StrategyError(
+                f"strategy {spec!r} cannot load because pipesched is imported from the source folder {here}, "
+                "where the built-in strategies are not yet installed; run from another folder or use the "
+                "pipesched command"
+            ) from exc
+        raise StrategyError(
+            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
+        ) from exc
     except Exception as exc:
         raise StrategyError(
             f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
