@@ -129,6 +129,15 @@ def format_bytes(value: int) -> str:
     return f"{value} B"
 
 
+def format_rate(value: float) -> str:
+    """Whole numbers with separators from 1000 up, six digits below.
+
+    >>> format_rate(1006661.2), format_rate(0.969697)
+    ('1,006,661', '0.969697')
+    """
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.6g}"
+
+
 def _count(n: int, noun: str) -> str:
     """``_count(1, "device")`` is '1 device', ``_count(2, "micro-batch")`` '2 micro-batches'."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
@@ -148,13 +157,17 @@ def _print_run(r: RunResult) -> None:
         f"batch {c.batch}, layers {c.layers} (partition {counts}), remat {c.remat}, cost {c.cost}"
     )
     print()
-    caveat = "" if c.cost == "unit" else " (the closed form assumes equal unit-cost stages and free links)"
+    caveats = [
+        "assumes equal unit-cost stages and free links" if c.cost != "unit" else "",
+        "is stated for --remat never" if c.remat != "never" else "",
+    ]
+    caveat = " and ".join(x for x in caveats if x)
+    caveat = f" (the closed form {caveat})" if caveat else ""
     formula = "no closed form stated" if r.bubble_formula is None else f"{r.bubble_formula:.4f} closed form{caveat}"
-    per = "s" if unit == "s" else " unit"
     summary = [
         ("makespan", format_time(m.makespan, unit)),
         ("bubble fraction", f"{m.bubble_fraction:.4f} measured, {formula}"),
-        ("throughput", f"{m.throughput:,.6g} samples/{per.strip()}"),
+        ("throughput", f"{format_rate(m.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
         ("transfers", _transfers(r)),
         ("loss", "not computed (--no-compute)" if r.loss is None else f"{r.loss:.6f}"),
         ("grad rel. error", "not checked" if r.grad_rel_err is None else f"{r.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
@@ -177,7 +190,7 @@ def _transfers(r: RunResult) -> str:
     moves = r.trace.transfers
     if not moves:
         return "none (every stage's neighbour is on the same device)"
-    total = sum(t.end - t.start for t in moves)
+    total = sum(t.arrival - t.start for t in moves)
     if total == 0:
         return f"{len(moves)} over the links, free under --cost {r.config.cost}"
     return (
@@ -240,7 +253,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         m = r.metrics
         rows.append((
             r.config.strategy, str(r.config.chunks), format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
-            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", f"{m.throughput:,.6g}",
+            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", format_rate(m.throughput),
             format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
             "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
         ))
@@ -300,12 +313,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipeschedError as exc:
         print(f"pipesched: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # e.g. piped into head: not an error of the user's
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "pipesched: error: the model and data do not fit in this machine's memory; "
+            "use --no-compute, or fewer or narrower --layers, or a smaller --batch",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
     return 0

@@ -11,25 +11,24 @@ What a device holds for a micro-batch between its forward and backward is a
 re-materialization), then, after an input-gradient (I), what the deferred
 weight-gradient (W) still needs.
 
->>> from pipesched.model import Model
->>> model = Model.from_sizes([4, 3, 2])
->>> work = ShapeWorkload(model, stages=(range(0, 1), range(1, 2)), rows=[5])
+>>> from pipesched.model import layers_from_widths
+>>> work = ShapeWorkload(layers_from_widths([4, 3, 2]), stages=(range(0, 1), range(1, 2)), rows=[5])
 >>> out, held = work.forward(0, 0, None, keep=True)
->>> out.nbytes, held_bytes(held)  # 5 rows x 3 floats out; input 4 + output 3 kept
+>>> out.nbytes, sum(b.nbytes for b in held.buffers())  # 5 rows x 3 floats out; input 4 + output 3 kept
 (120, 280)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from . import model as nn
 from .model import Layer, Model, Params
 
-__all__ = ["Held", "Buffer", "held_bytes", "NumpyWorkload", "ShapeWorkload"]
+__all__ = ["Held", "Buffer", "Workload", "NumpyWorkload", "ShapeWorkload"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,25 +51,44 @@ class Held:
     dzs: list[Any] | None = None
     remat: bool = False
 
+    def buffers(self) -> list[Any]:
+        """Every array held, for memory accounting."""
+        return self.acts + self.dzs if self.dzs else self.acts
 
-def held_bytes(*helds: Held) -> int:
-    """Bytes of the distinct arrays held by ``helds`` together (a shared array counts once)."""
-    seen: dict[int, int] = {}
-    for held in helds:
-        for buf in held.acts + (held.dzs or []):
-            seen[id(buf)] = buf.nbytes
-    return sum(seen.values())
+
+class Workload(Protocol):
+    """What the engine asks of a workload, per (stage, micro-batch)."""
+
+    layers: tuple[tuple[Layer, ...], ...]
+    rows: list[int]
+
+    def param_bytes(self, stage: int) -> int: ...
+
+    def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
+        """The stage output and what to hold; ``x`` is None for stage 0 (the data)."""
+        ...
+
+    def recompute(self, stage: int, mb: int, held: Held) -> Held:
+        """Full activations again from a re-materialized ``held``."""
+        ...
+
+    def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
+        """The input gradient (None for stage 0) and what W needs; ``dy`` is None on the last stage."""
+        ...
+
+    def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
+        """Accumulate the weight gradients on ``device``."""
+        ...
 
 
 class _Stages:
     """What both workloads know: stage layers, micro-batch rows, element size."""
 
-    def __init__(self, model: Model, stages: Sequence[range], rows: Sequence[int]):
-        self.model = model
+    def __init__(self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int):
         self.stages = tuple(stages)
-        self.layers: tuple[tuple[Layer, ...], ...] = tuple(tuple(model.layers[i] for i in r) for r in self.stages)
+        self.layers: tuple[tuple[Layer, ...], ...] = tuple(tuple(layers[i] for i in r) for r in self.stages)
         self.rows = list(rows)
-        self.itemsize = model.params[0][0].itemsize
+        self.itemsize = itemsize
 
     def _keeps_output(self, stage: int) -> bool:
         return self.layers[stage][-1].relu or stage == len(self.stages) - 1
@@ -91,7 +109,8 @@ class NumpyWorkload(_Stages):
         loss: str,
         slices: Sequence[slice],
     ):
-        super().__init__(model, stages, [s.stop - s.start for s in slices])
+        super().__init__(model.layers, stages, [s.stop - s.start for s in slices], model.params[0][0].itemsize)
+        self.model = model
         self.params: list[Params] = [[model.params[i] for i in r] for r in self.stages]
         self.x, self.target, self.slices = x, target, list(slices)
         self.loss_fn = nn.LOSSES[loss]
@@ -137,7 +156,10 @@ class NumpyWorkload(_Stages):
 
 
 class ShapeWorkload(_Stages):
-    """Byte-exact stand-ins for ``NumpyWorkload``: same structure, no arithmetic."""
+    """Byte-exact stand-ins for ``NumpyWorkload``: same structure, no arithmetic, no weights."""
+
+    def __init__(self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int = 8):
+        super().__init__(layers, stages, rows, itemsize)
 
     def _buf(self, mb: int, width: int) -> Buffer:
         return Buffer(self.rows[mb] * width * self.itemsize)

@@ -1,8 +1,10 @@
 """Cost models: how long an action or a transfer takes in simulated time.
 
 - ``flops`` (default): a layer's forward takes its FLOPs over the device's
-  FLOP/s; a full backward twice that (I and W once each); a transfer takes
-  latency + bytes / bandwidth. Deterministic. Time is in seconds.
+  FLOP/s; a full backward twice that (I and W once each); a transfer keeps
+  its link busy for bytes / bandwidth and lands latency later, so sends on one
+  link queue for their bytes, not for each other's latency. Deterministic.
+  Time is in seconds.
 - ``unit``: the textbook diagrams. The whole model's forward costs K units
   (K devices), split evenly over the schedule's S stages, so a stage's F costs
   K/S and B twice that (I=W=F), whatever the micro-batch size; transfers are
@@ -14,11 +16,11 @@ Re-materialization recomputes a forward, so under every model it costs one
 more F inside the backward that needs it.
 
 >>> unit = UnitCost()
->>> unit.compute_time("B", [], rows=4, stage_units=0.5), unit.link_time(10**9)
-(1.0, 0.0)
+>>> unit.compute_time("B", [], rows=4, stage_units=0.5), unit.transfer_times(10**9)
+(1.0, (0.0, 0.0))
 >>> flops = FlopsCost(device_flops=1e12, link_bandwidth=1e9, link_latency=1e-6)
->>> flops.link_time(1000)
-2e-06
+>>> flops.transfer_times(1000)  # the link is busy 1 µs, the bytes land 1 µs later
+(1e-06, 1e-06)
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class CostModel(Protocol):
         """
         ...
 
-    def link_time(self, nbytes: int) -> float:
-        """Duration of moving ``nbytes`` over one link."""
+    def transfer_times(self, nbytes: int) -> tuple[float, float]:
+        """Moving ``nbytes`` over one link: (time the link is busy, latency until they land)."""
         ...
 
 
@@ -78,8 +80,8 @@ class FlopsCost:
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         return OP_WEIGHT[op] * sum(l.forward_flops(rows) for l in layers) / self.device_flops
 
-    def link_time(self, nbytes: int) -> float:
-        return self.link_latency + nbytes / self.link_bandwidth
+    def transfer_times(self, nbytes: int) -> tuple[float, float]:
+        return nbytes / self.link_bandwidth, self.link_latency
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,8 @@ class UnitCost:
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         return OP_WEIGHT[op] * stage_units
 
-    def link_time(self, nbytes: int) -> float:
-        return 0.0
+    def transfer_times(self, nbytes: int) -> tuple[float, float]:
+        return 0.0, 0.0
 
 
 COST_MODELS = ("flops", "unit")

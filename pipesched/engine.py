@@ -16,12 +16,12 @@ next replica over the links.
 When no event is left but a device has not finished, the schedule deadlocked:
 ``DeadlockError`` names every blocked device and what it waits for.
 
->>> from pipesched.model import Model
+>>> from pipesched.model import layers_from_widths
 >>> from pipesched.compute import ShapeWorkload
 >>> from pipesched.cost import UnitCost
 >>> from pipesched.schedule import Schedule
 >>> schedule = Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"])
->>> work = ShapeWorkload(Model.from_sizes([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2, 2])
+>>> work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2, 2])
 >>> trace = simulate(schedule, work, UnitCost(), remat="never")
 >>> trace.makespan  # (M + K - 1) * (F + B) = 3 * 3
 9.0
@@ -33,13 +33,14 @@ from typing import Any, Generator
 
 import simpy
 
-from .compute import Held, held_bytes
+from .compute import Held, Workload
 from .cost import CostModel
 from .errors import ConfigError, DeadlockError
 from .schedule import Action, Schedule
-from .trace import MemorySample, Span, Trace, Transfer
+from .memory import DeviceMemory
+from .trace import Span, Trace, Transfer
 
-__all__ = ["simulate", "REMAT_MODES"]
+__all__ = ["simulate", "check_remat", "REMAT_MODES"]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
@@ -51,10 +52,15 @@ REMAT_MODES = ("never", "always", "except_last")
 _Key = tuple[Any, ...]
 
 
+def check_remat(remat: str) -> None:
+    """Raise ``ConfigError`` unless ``remat`` is one of ``REMAT_MODES``."""
+    if remat not in REMAT_MODES:
+        raise ConfigError(f"--remat {remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
+
+
 class _Engine:
-    def __init__(self, schedule: Schedule, work: Any, cost: CostModel, remat: str):
-        if remat not in REMAT_MODES:
-            raise ConfigError(f"--remat {remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
+    def __init__(self, schedule: Schedule, work: Workload, cost: CostModel, remat: str):
+        check_remat(remat)
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.env = simpy.Environment()
         self.num_stages = schedule.num_stages
@@ -79,21 +85,19 @@ class _Engine:
         self.waiting: list[str | None] = [None] * schedule.devices
         self.finished = [False] * schedule.devices
 
+        self.memory = [DeviceMemory(sum(work.param_bytes(s) for s in hosted)) for hosted in self.hosted]
         self.trace = Trace(devices=schedule.devices, time_unit=cost.time_unit)
-        self.act_bytes = [0] * schedule.devices
-        self.total_bytes = [sum(work.param_bytes(s) for s in hosted) for hosted in self.hosted]
-        self.trace.memory = [[MemorySample(0.0, 0, total)] for total in self.total_bytes]
+        self.trace.memory = [m.timeline for m in self.memory]
 
     # -- bookkeeping -------------------------------------------------------
-    def _memory(self, device: int, activations: int = 0, other: int = 0) -> None:
-        if activations == 0 and other == 0:
-            return
-        self.act_bytes[device] += activations
-        self.total_bytes[device] += activations + other
-        # every change is a sample, in the order the device made it, so no peak is lost
-        self.trace.memory[device].append(
-            MemorySample(self.env.now, self.act_bytes[device], self.total_bytes[device])
-        )
+    def _keep(self, device: int, held: Held) -> None:
+        self.memory[device].hold(held.buffers(), kept=True)
+
+    def _drop(self, device: int, held: Held) -> None:
+        self.memory[device].release(held.buffers(), kept=True)
+
+    def _sample(self, device: int) -> None:
+        self.memory[device].sample(self.env.now)
 
     def _run(self, device: int, op: str, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
         start = self.env.now
@@ -101,8 +105,10 @@ class _Engine:
         yield self.env.timeout(duration)
         self.trace.spans.append(Span(device, op, stage, mb, start, self.env.now))
 
-    def _deliver(self, key: _Key, payload: Any) -> None:
+    def _deliver(self, device: int, key: _Key, payload: Any) -> None:
         self.arrived[key] = payload
+        self.memory[device].hold([payload], kept=False)  # an arrived buffer waits on its device
+        self._sample(device)
         event = self.pending.pop(key, None)
         if event is not None:
             event.succeed()
@@ -114,47 +120,59 @@ class _Engine:
         return link
 
     def _transfer(self, src: int, dst: int, name: str, nbytes: int) -> Generator[simpy.Event, Any, None]:
+        # The link is busy while the bytes go onto the wire; latency is flight time,
+        # so the next send on the link need not wait for this one to land.
+        busy, latency = self.cost.transfer_times(nbytes)
         with self._link(src, dst).request() as request:
             yield request
             start = self.env.now
-            yield self.env.timeout(self.cost.link_time(nbytes))
-        self.trace.transfers.append(Transfer(src, dst, name, nbytes, start, self.env.now))
+            yield self.env.timeout(busy)
+        end = self.env.now
+        yield self.env.timeout(latency)
+        self.trace.transfers.append(Transfer(src, dst, name, nbytes, start, end, self.env.now))
 
     def _send(self, src: int, dst: int, key: _Key, payload: Any, name: str) -> None:
         if src == dst:
-            self._deliver(key, payload)
+            self._deliver(dst, key, payload)
             return
         moving = self.env.process(self._transfer(src, dst, name, payload.nbytes))
-        moving.callbacks.append(lambda _: self._deliver(key, payload))
+        moving.callbacks.append(lambda _: self._deliver(dst, key, payload))
 
     # -- actions -----------------------------------------------------------
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> Generator[simpy.Event, Any, None]:
         keep = self.remat == "never" or (self.remat == "except_last" and mb == self.microbatches - 1)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
-        self._memory(device, held_bytes(held))
+        self._keep(device, held)
+        if x is not None:  # the arrived input is now held as part of ``held``
+            self.memory[device].release([x], kept=False)
+        self._sample(device)
         yield from self._run(device, "F", stage, mb)
         if stage + 1 < self.num_stages:
             self._send(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, f"{stage}F{mb}")
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> Generator[simpy.Event, Any, None]:
         held = self.held.pop((stage, mb))
-        if held.remat:
+        if held.remat:  # one micro-batch's full activations exist again during recompute and backward
             full = self.work.recompute(stage, mb, held)
-            self._memory(device, held_bytes(full) - held_bytes(held))
+            self._keep(device, full)
+            self._drop(device, held)
+            self._sample(device)
             yield from self._run(device, "R", stage, mb)
             held = full
         dx, for_weights = self.work.backward_input(stage, mb, held, dy)
         if op == "B":
             self._weights(device, stage, mb, for_weights)
             yield from self._run(device, "B", stage, mb)
-            self._memory(device, -held_bytes(held))
-        else:
-            both = held_bytes(held, for_weights)
-            self._memory(device, both - held_bytes(held))
+        else:  # I: the pre-activation gradients appear now and stay, with the layer inputs, for W
+            self._keep(device, for_weights)
+            self._sample(device)
             yield from self._run(device, "I", stage, mb)
-            self._memory(device, held_bytes(for_weights) - both)
             self.held[(stage, mb)] = for_weights
+        self._drop(device, held)
+        if dy is not None:
+            self.memory[device].release([dy], kept=False)
+        self._sample(device)
         if stage > 0:
             self._send(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, f"{stage}{op}{mb}")
 
@@ -162,13 +180,15 @@ class _Engine:
         self.work.backward_weight(device, stage, mb, held)
         if (device, stage) not in self.has_grads:  # the gradient buffer appears with the first W
             self.has_grads.add((device, stage))
-            self._memory(device, other=self.work.param_bytes(stage))
+            self.memory[device].add_fixed(self.work.param_bytes(stage))
+            self._sample(device)
 
     def _weight_only(self, device: int, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
         held = self.held.pop((stage, mb))
         self._weights(device, stage, mb, held)
         yield from self._run(device, "W", stage, mb)
-        self._memory(device, -held_bytes(held))
+        self._drop(device, held)
+        self._sample(device)
 
     def _allreduce(self, device: int, stage: int) -> Generator[simpy.Event, Any, None]:
         ring = self.replicas[stage]
@@ -181,7 +201,8 @@ class _Engine:
             if key not in self.arrived:
                 self.waiting[device] = f"step {step} of the all-reduce of stage {stage} (from device {ring[r - 1]})"
                 yield self._event(key)
-            del self.arrived[key]
+            self.memory[device].release([self.arrived.pop(key)], kept=False)  # summed into the gradient
+            self._sample(device)
         self.waiting[device] = None
 
     def _event(self, key: _Key) -> simpy.Event:
@@ -237,6 +258,9 @@ class _Chunk:
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
 
+    def __repr__(self) -> str:
+        return f"_Chunk(nbytes={self.nbytes})"
+
 
 def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
     kind, stage, mb = key
@@ -249,7 +273,7 @@ def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
     return f"{action} for {what} (on device {where})"
 
 
-def simulate(schedule: Schedule, work: Any, cost: CostModel, remat: str = "never") -> Trace:
+def simulate(schedule: Schedule, work: Workload, cost: CostModel, remat: str = "never") -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
     Returns the trace; numerical results (loss, gradients) stay in ``work``.

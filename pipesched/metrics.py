@@ -38,9 +38,11 @@ def measure(trace: Trace, samples: int) -> Metrics:
     makespan = trace.makespan
     busy = trace.busy_time()
     capacity = trace.devices * makespan
+    # idle / capacity, not 1 - busy / capacity: under unit cost both terms are
+    # whole numbers, so the quotient is the closed form to the last bit
     return Metrics(
         makespan=makespan,
-        bubble_fraction=1.0 - sum(busy) / capacity if capacity else 0.0,
+        bubble_fraction=(capacity - sum(busy)) / capacity if capacity else 0.0,
         throughput=samples / makespan if makespan else float("inf"),
         busy=busy,
         peak_activation_bytes=trace.peak_activation_bytes(),
@@ -65,15 +67,18 @@ def grad_rel_err(grads: Params, reference: Params) -> float:
     """Largest relative error over all parameter tensors: ||g - ref|| / ||ref||.
 
     A tensor whose reference is all zeros (a dead ReLU's bias) counts its
-    absolute error instead.
+    absolute error instead. A non-finite gradient gives ``inf``, never a
+    reassuring zero.
 
     >>> ref = [(np.ones((2, 2)), np.zeros(2))]
     >>> grad_rel_err([(np.ones((2, 2)) * 1.5, np.zeros(2))], ref)
     0.5
     """
     worst = 0.0
-    for pair, ref_pair in zip(grads, reference):
-        for g, ref in zip(pair, ref_pair):
+    for pair, ref_pair in zip(grads, reference, strict=True):
+        for g, ref in zip(pair, ref_pair, strict=True):
+            if not np.all(np.isfinite(g)):
+                return float("inf")
             scale = float(np.linalg.norm(ref)) or 1.0
             worst = max(worst, float(np.linalg.norm(g - ref)) / scale)
     return worst

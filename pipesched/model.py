@@ -34,6 +34,7 @@ __all__ = [
     "Model",
     "Params",
     "parse_layers",
+    "layers_from_widths",
     "forward",
     "backward_input",
     "backward_weight",
@@ -44,6 +45,9 @@ __all__ = [
     "make_data",
     "full_batch_gradients",
 ]
+
+#: Longest chain ``--layers`` accepts; far beyond any pipeline, short of exhausting memory.
+MAX_LAYERS = 100_000
 
 #: Per layer, its weight (in x out) and bias (out,).
 Params = list[tuple[np.ndarray, np.ndarray]]
@@ -84,13 +88,23 @@ def parse_layers(text: str) -> list[int]:
                 f"--layers {text!r} is malformed at {part!r}; write positive widths "
                 "separated by commas, WxN for N repeats, e.g. 128,256x10,10"
             )
-        widths += [int(match.group(1))] * int(match.group(2) or 1)
+        repeat = int(match.group(2) or 1)
+        if len(widths) + repeat > MAX_LAYERS:
+            raise ConfigError(
+                f"--layers {text!r} asks for more than {MAX_LAYERS} layers; give a model of at most {MAX_LAYERS}"
+            )
+        widths += [int(match.group(1))] * repeat
     if len(widths) < 2:
         raise ConfigError(
             f"--layers {text!r} gives {len(widths)} width; give at least an input "
             "and an output width, e.g. 128,10"
         )
     return widths
+
+
+def layers_from_widths(widths: Sequence[int]) -> tuple[Layer, ...]:
+    """The layers of a chain of these widths: ReLU after every layer but the last."""
+    return tuple(Layer(widths[i], widths[i + 1], relu=i < len(widths) - 2) for i in range(len(widths) - 1))
 
 
 @dataclass
@@ -104,9 +118,7 @@ class Model:
     def from_sizes(cls, widths: Sequence[int], seed: int = 0, dtype: type = np.float64) -> "Model":
         """He-initialised model with ``len(widths) - 1`` layers, deterministic in ``seed``."""
         rng = np.random.default_rng(seed)
-        layers = tuple(
-            Layer(widths[i], widths[i + 1], relu=i < len(widths) - 2) for i in range(len(widths) - 1)
-        )
+        layers = layers_from_widths(widths)
         params = [
             (
                 (rng.standard_normal((l.in_features, l.out_features)) * np.sqrt(2.0 / l.in_features)).astype(dtype),

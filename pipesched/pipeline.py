@@ -11,18 +11,20 @@ True
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import microbatch
-from .compute import NumpyWorkload, ShapeWorkload
-from .cost import make_cost_model
-from .engine import REMAT_MODES, simulate
+from .compute import NumpyWorkload, ShapeWorkload, Workload
+from .cost import CostModel, make_cost_model
+from .engine import check_remat, simulate
 from .errors import ConfigError
 from .metrics import Metrics, grad_rel_err, measure
-from .model import LOSSES, Model, Params, full_batch_gradients, make_data, parse_layers
+from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
 from .partition import Partition, parse_partition
 from .schedule import Schedule
 from .strategy import closed_form_bubble, load_strategy, make_plan
@@ -99,65 +101,70 @@ class RunResult:
 
 @dataclass
 class _Prepared:
+    """Everything checked and built before the first simulated step."""
+
     config: RunConfig
-    model: Model
+    layers: tuple[Layer, ...]
     schedule: Schedule
     partition: Partition
     slices: list[slice]
+    cost: CostModel
     bubble_formula: float | None
-    x: np.ndarray
-    target: np.ndarray
+    model: Model | None = None  # weights and data exist only when computing
+    x: np.ndarray | None = None
+    target: np.ndarray | None = None
 
 
-def _check_counts(c: RunConfig) -> None:
-    for flag, value in (("--devices", c.devices), ("--batch", c.batch), ("--chunks", c.chunks)):
+def _check_counts(config: RunConfig) -> None:
+    for flag, value in (("--devices", config.devices), ("--batch", config.batch), ("--chunks", config.chunks)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
-    if c.seed < 0:
-        raise ConfigError(f"--seed {c.seed} is negative; give a seed of 0 or more")
-    if c.remat not in REMAT_MODES:
-        raise ConfigError(f"--remat {c.remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
-    if c.loss not in LOSSES:
-        raise ConfigError(f"--loss {c.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+    if config.seed < 0:
+        raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
+    check_remat(config.remat)
+    if config.loss not in LOSSES:
+        raise ConfigError(f"--loss {config.loss!r} is unknown; use one of {', '.join(LOSSES)}")
 
 
-def _prepare(c: RunConfig) -> _Prepared:
-    _check_counts(c)
-    widths = parse_layers(c.layers)
-    num_layers = len(widths) - 1
-    slices = microbatch.split(c.batch, c.microbatches)
-    make_cost_model(c.cost, c.device_flops, c.link_bandwidth, c.link_latency)  # checks the cost flags
-    strategy = load_strategy(c.strategy)
-    chunks = c.chunks if c.chunks is not None else getattr(strategy, "default_chunks", 1)
-    c = replace(c, chunks=chunks)
-    schedule = make_plan(strategy, c.devices, c.microbatches, chunks)
-    if schedule.num_stages > num_layers:
-        on = f"--devices {c.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
+def _prepare(config: RunConfig) -> _Prepared:
+    _check_counts(config)
+    widths = parse_layers(config.layers)
+    layers = layers_from_widths(widths)
+    slices = microbatch.split(config.batch, config.microbatches)
+    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency)
+    strategy = load_strategy(config.strategy)
+    chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
+    config = replace(config, chunks=chunks)
+    schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
+    if schedule.num_stages > len(layers):
+        on = f"--devices {config.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
         raise ConfigError(
-            f"strategy {c.strategy!r} plans {schedule.num_stages} stages on {on} but --layers {c.layers} has only "
-            f"{num_layers} layers; use fewer devices or chunks, or more layers"
+            f"strategy {config.strategy!r} plans {schedule.num_stages} stages on {on} but --layers "
+            f"{config.layers} has only {len(layers)} layers; use fewer devices or chunks, or more layers"
         )
-    partition = parse_partition(c.partition, num_layers, schedule.num_stages)
-    model = Model.from_sizes(widths, seed=c.seed)
-    x, target = make_data(widths, c.batch, c.loss, seed=c.seed)
-    bubble = closed_form_bubble(strategy, c.devices, c.microbatches, chunks)
-    return _Prepared(c, model, schedule, partition, slices, bubble, x, target)
+    partition = parse_partition(config.partition, len(layers), schedule.num_stages)
+    bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
+    prepared = _Prepared(config, layers, schedule, partition, slices, cost, bubble)
+    if config.compute:
+        prepared.model = Model.from_sizes(widths, seed=config.seed)
+        prepared.x, prepared.target = make_data(widths, config.batch, config.loss, seed=config.seed)
+    return prepared
 
 
 def _step(p: _Prepared) -> RunResult:
-    c = p.config
-    cost = make_cost_model(c.cost, c.device_flops, c.link_bandwidth, c.link_latency)
-    if c.compute:
-        work: Any = NumpyWorkload(p.model, p.partition, p.x, p.target, c.loss, p.slices)
+    config = p.config
+    rows = [s.stop - s.start for s in p.slices]
+    if p.model is None:
+        work: Workload = ShapeWorkload(p.layers, p.partition, rows)
     else:
-        work = ShapeWorkload(p.model, p.partition, [s.stop - s.start for s in p.slices])
-    trace = simulate(p.schedule, work, cost, c.remat)
-    result = RunResult(c, p.schedule, p.partition, trace, measure(trace, c.batch), p.bubble_formula)
-    if c.compute:
+        work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
+    trace = simulate(p.schedule, work, p.cost, config.remat)
+    result = RunResult(config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula)
+    if isinstance(work, NumpyWorkload):
         result.loss = work.loss
         result.grads = work.model_gradients()
-        if c.reference:
-            _, reference = full_batch_gradients(p.model, p.x, p.target, c.loss)
+        if config.reference:
+            _, reference = full_batch_gradients(work.model, work.x, work.target, config.loss)
             result.grad_rel_err = grad_rel_err(result.grads, reference)
     return result
 
@@ -189,11 +196,12 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
     """
     if steps < 1:
         raise ConfigError(f"--steps {steps} is not allowed; use 1 or more")
-    if not lr > 0:
+    if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"--lr {lr} is not positive; give a learning rate above 0, e.g. 0.01")
     if not config.compute:
         raise ConfigError("train needs real compute to update the model; drop --no-compute")
     prepared = _prepare(config)
+    assert prepared.model is not None  # compute is on
     results = []
     for _ in range(steps):
         result = _step(prepared)

@@ -136,6 +136,11 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     for d, device in enumerate(schedule.actions):
         for pos, a in enumerate(device):
             where = f"device {d}, position {pos}: {a}"
+            if not isinstance(a, Action):
+                raise ScheduleError(f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)")
+            for field, value in (("stage", a.stage), ("micro-batch", a.microbatch)):
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ScheduleError(f"{where} has {field} {value!r}; use a whole number of 0 or more")
             if a.op not in OPS:
                 raise ScheduleError(f"{where} has op {a.op!r}; use one of F, B, I, W")
             if not 0 <= a.microbatch < microbatches:

@@ -50,7 +50,13 @@ def available_strategies() -> dict[str, str]:
 
 
 def _check(obj: object, label: str) -> Strategy:
-    instance = obj() if inspect.isclass(obj) else obj
+    try:
+        instance = obj() if inspect.isclass(obj) else obj
+    except Exception as exc:
+        raise StrategyError(
+            f"strategy {label} could not be created without arguments ({type(exc).__name__}: {exc}); "
+            "give its __init__ defaults for every parameter"
+        ) from exc
     if not isinstance(getattr(instance, "name", None), str):
         raise StrategyError(f"strategy {label} has no string attribute 'name'; give the class a name = '...'")
     if not callable(getattr(instance, "plan", None)):
@@ -129,7 +135,7 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
         schedule = strategy.plan(devices, microbatches, chunks)
     except (ValueError, PipeschedError) as exc:  # the plug-in refusing a configuration, in its own words
         raise StrategyError(f"{label} cannot plan: {exc}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plug-in must not end the process either
         raise StrategyError(f"{label} failed while planning ({type(exc).__name__}: {exc}); fix the plug-in") from exc
     if not isinstance(schedule, Schedule):
         raise StrategyError(
@@ -145,4 +151,13 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
 def closed_form_bubble(strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> float | None:
     """The strategy's own closed-form bubble fraction, or ``None`` if it states none."""
     bubble = getattr(strategy, "bubble", None)
-    return None if bubble is None else bubble(devices, microbatches, chunks)
+    if bubble is None:
+        return None
+    label = _label(strategy, devices, microbatches, chunks)
+    try:
+        value = bubble(devices, microbatches, chunks)
+    except Exception as exc:
+        raise StrategyError(f"{label} failed in bubble() ({type(exc).__name__}: {exc}); fix the plug-in") from exc
+    if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+        raise StrategyError(f"{label} bubble() returned {value!r}; return a fraction between 0 and 1, or None")
+    return None if value is None else float(value)

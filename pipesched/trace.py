@@ -12,11 +12,10 @@ chrome://tracing open: one track per device and one per link.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Span", "Transfer", "MemorySample", "Trace", "to_chrome", "dump_chrome"]
+__all__ = ["Span", "Transfer", "MemorySample", "Trace", "to_chrome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +39,10 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """The link ``src -> dst`` carried ``nbytes`` for action ``name`` (its producer), start to end."""
+    """The link ``src -> dst`` was busy with ``nbytes`` for ``name`` from start to end; they landed at ``arrival``.
+
+    ``arrival - end`` is the link's latency: the next send may use the link meanwhile.
+    """
 
     src: int
     dst: int
@@ -48,6 +50,7 @@ class Transfer:
     nbytes: int
     start: float
     end: float
+    arrival: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ class Trace:
 
     @property
     def makespan(self) -> float:
-        ends = [s.end for s in self.spans] + [t.end for t in self.transfers]
+        ends = [s.end for s in self.spans] + [t.arrival for t in self.transfers]
         return max(ends, default=0.0)
 
     def busy_time(self) -> list[float]:
@@ -123,7 +126,8 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
         events.append(
             {
                 "ph": "X", "pid": 1, "tid": link_tid[(t.src, t.dst)], "name": t.name, "cat": "transfer",
-                "ts": t.start * scale, "dur": (t.end - t.start) * scale, "args": {"bytes": t.nbytes},
+                "ts": t.start * scale, "dur": (t.end - t.start) * scale,
+                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale},
             }
         )
     for d, samples in enumerate(trace.memory):
@@ -136,9 +140,3 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
             )
     return {"traceEvents": events, "displayTimeUnit": "ns"}
 
-
-def dump_chrome(trace: Trace, path: str) -> None:
-    """Write the Chrome trace JSON to ``path`` in one go (nothing half-written on failure)."""
-    text = json.dumps(to_chrome(trace))
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)

@@ -80,6 +80,7 @@ def test_strategies_lists_the_builtins(capsys):
         (["--trace", "/"], "--trace / is a folder; give a file path such as /trace.json"),
         (["--trace", "/no/such/dir/t.json"], "folder /no/such/dir does not exist"),
         (["--strategy", "mine.py"], "strategy 'mine.py' names a file but no class; write mine.py:ClassName"),
+        (["--layers", "128,256x200000,10"], "asks for more than 100000 layers"),
         (["--microbatches", "0"], "--microbatches 0 is not allowed; use 1 or more"),
         (["--microbatches", "33"], "--microbatches 33 is more than the batch of 32 samples"),
         (["--layers", "128,,10"], "--layers '128,,10' is malformed at ''"),
@@ -99,6 +100,12 @@ def test_bad_input_is_one_sentence_and_status_2(capsys, argv, message):
     assert status == 2
     assert message in err and err.startswith("pipesched: error: ") and err.count("\n") == 1
     assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1"])
+def test_train_refuses_a_learning_rate_that_is_not_positive_and_finite(capsys, lr):
+    status, _, err = _run(capsys, "train", "--lr", lr)
+    assert status == 2 and "is not positive; give a learning rate above 0" in err
 
 
 def test_plugin_file_errors_reach_the_cli(tmp_path, capsys):

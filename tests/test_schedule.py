@@ -76,3 +76,19 @@ def test_a_valid_split_backward_schedule_passes():
 def test_placement_reads_replicas_off_the_schedule():
     dp = Schedule.parse(["0F0 0B0", "0F1 0B1"])
     assert dp.placement() == {0: (0, 1)}
+
+
+@pytest.mark.parametrize(
+    "action, message",
+    [
+        (Action(-1, "F", 0), r"has stage -1; use a whole number of 0 or more"),
+        (Action(0, "F", 0.5), r"has micro-batch 0.5; use a whole number"),
+        (Action(0, "F", "1"), r"has micro-batch '1'; use a whole number"),
+        ("0F0", r"holds '0F0', not an Action"),
+    ],
+)
+def test_action_fields_are_checked(action, message):
+    schedule = Schedule([[Action(0, "F", 0), Action(0, "B", 0)]])
+    schedule.actions = ((action,) + schedule.actions[0],)  # smuggled past the constructor
+    with pytest.raises(ScheduleError, match=message):
+        validate(schedule, devices=1, microbatches=1)

@@ -161,6 +161,15 @@ def test_every_strategy_gives_the_full_batch_gradients(strategy, devices, chunks
 
 # -- costs with links ----------------------------------------------------------
 
+@pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"])
+def test_flops_cost_with_free_links_and_equal_stages_meets_the_closed_form(strategy):
+    # The flops model charges B = 2F and I = W = F like the unit model, so with
+    # equal stages and free links the closed forms hold there too.
+    r = run(RunConfig(strategy=strategy, devices=4, microbatches=8, layers="64x9", batch=16, compute=False,
+                      link_latency=0.0, link_bandwidth=1e30))
+    assert r.metrics.bubble_fraction == pytest.approx(r.bubble_formula, abs=1e-12)
+
+
 def test_dp_allreduce_grows_with_model_size_and_shrinks_with_bandwidth():
     def allreduce(width, bandwidth):
         r = run(RunConfig(strategy="dp", devices=4, microbatches=4, batch=8, layers=f"{width}x3",

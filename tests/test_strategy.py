@@ -47,6 +47,7 @@ def test_a_plugin_file_runs_like_a_builtin(tmp_path):
         ("class A: pass", "B", r"has no 'B'; name one of its classes: A"),
         ("class A: pass", "A", r"has no string attribute 'name'"),
         ("class A:\n    name = 'a'", "A", r"has no plan\(devices, microbatches, chunks=1\) method"),
+        ("class A:\n    def __init__(self, k): pass", "A", r"could not be created without arguments \(TypeError"),
     ],
 )
 def test_broken_plugin_files_are_named(tmp_path, source, attr, message):
@@ -73,7 +74,7 @@ class _Returns:
         self.value = value
 
     def plan(self, devices, microbatches, chunks=1):
-        if isinstance(self.value, Exception):
+        if isinstance(self.value, BaseException):
             raise self.value
         return self.value
 
@@ -95,3 +96,34 @@ def test_plans_are_checked_and_failures_name_the_plugin(value, message):
 def test_gpipe_refuses_chunks_with_a_reason():
     with pytest.raises(StrategyError, match=r"gpipe places one stage per device, so --chunks 2 cannot apply"):
         make_plan(load_strategy("gpipe"), 2, 2, chunks=2)
+
+
+class _Bubble(_Returns):
+    def __init__(self, bubble):
+        super().__init__(Schedule.parse(["0F0 0B0"]))
+        self._bubble = bubble
+
+    def bubble(self, devices, microbatches, chunks=1):
+        if isinstance(self._bubble, Exception):
+            raise self._bubble
+        return self._bubble
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (ZeroDivisionError("x"), r"failed in bubble\(\) \(ZeroDivisionError: x\); fix the plug-in"),
+        ("0.3", r"bubble\(\) returned '0.3'; return a fraction between 0 and 1, or None"),
+        (1.5, r"bubble\(\) returned 1.5"),
+    ],
+)
+def test_a_broken_bubble_formula_is_named(value, message):
+    from pipesched.strategy import closed_form_bubble
+
+    with pytest.raises(StrategyError, match=message):
+        closed_form_bubble(_Bubble(value), 1, 1)
+
+
+def test_a_plugin_calling_exit_is_an_error_not_an_exit():
+    with pytest.raises(StrategyError, match=r"failed while planning \(SystemExit"):
+        make_plan(_Returns(SystemExit(0)), devices=1, microbatches=1)
