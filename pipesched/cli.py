@@ -144,58 +144,58 @@ def _count(n: int, noun: str) -> str:
 
 
 def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def _print_run(r: RunResult) -> None:
-    c, m, unit = r.config, r.metrics, r.trace.time_unit
-    counts = ",".join(str(len(s)) for s in r.partition)
-    chunks = f", {c.chunks} chunks per device" if c.chunks != 1 else ""
+def _print_run(result: RunResult) -> None:
+    config, metrics, unit = result.config, result.metrics, result.trace.time_unit
+    counts = ",".join(str(len(s)) for s in result.partition)
+    chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
     print(
-        f"{c.strategy}: {_count(c.devices, 'device')}{chunks}, {_count(c.microbatches, 'micro-batch')}, "
-        f"batch {c.batch}, layers {c.layers} (partition {counts}), remat {c.remat}, cost {c.cost}"
+        f"{config.strategy}: {_count(config.devices, 'device')}{chunks}, {_count(config.microbatches, 'micro-batch')}, "
+        f"batch {config.batch}, layers {config.layers} (partition {counts}), remat {config.remat}, cost {config.cost}"
     )
     print()
     caveats = [
-        "assumes equal unit-cost stages and free links" if c.cost != "unit" else "",
-        "is stated for --remat never" if c.remat != "never" else "",
+        "assumes equal unit-cost stages and free links" if config.cost != "unit" else "",
+        "is stated for --remat never" if config.remat != "never" else "",
     ]
     caveat = " and ".join(x for x in caveats if x)
     caveat = f" (the closed form {caveat})" if caveat else ""
-    formula = "no closed form stated" if r.bubble_formula is None else f"{r.bubble_formula:.4f} closed form{caveat}"
+    formula = "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
     summary = [
-        ("makespan", format_time(m.makespan, unit)),
-        ("bubble fraction", f"{m.bubble_fraction:.4f} measured, {formula}"),
-        ("throughput", f"{format_rate(m.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
-        ("transfers", _transfers(r)),
-        ("loss", "not computed (--no-compute)" if r.loss is None else f"{r.loss:.6f}"),
-        ("grad rel. error", "not checked" if r.grad_rel_err is None else f"{r.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
+        ("makespan", format_time(metrics.makespan, unit)),
+        ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
+        ("throughput", f"{format_rate(metrics.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
+        ("transfers", _transfers(result)),
+        ("loss", "not computed (--no-compute)" if result.loss is None else f"{result.loss:.6f}"),
+        ("grad rel. error", "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
     ]
     print(_table(summary))
     print()
-    placement = r.schedule.placement()
+    placement = result.schedule.placement()
     rows = [("device", "stages", "layers", "busy", "in flight", "peak activations", "peak memory")]
-    for d in range(c.devices):
+    for d in range(config.devices):
         stages = [s for s, ds in placement.items() if d in ds]
-        layers = ",".join(f"{r.partition[s][0]}-{r.partition[s][-1]}" for s in stages)
+        layers = ",".join(f"{result.partition[s][0]}-{result.partition[s][-1]}" for s in stages)
         rows.append((
-            str(d), ",".join(map(str, stages)), layers, format_time(m.busy[d], unit),
-            str(m.peak_inflight_microbatches[d]), format_bytes(m.peak_activation_bytes[d]), format_bytes(m.peak_memory_bytes[d]),
+            str(d), ",".join(map(str, stages)), layers, format_time(metrics.busy[d], unit),
+            str(metrics.peak_inflight_microbatches[d]), format_bytes(metrics.peak_activation_bytes[d]), format_bytes(metrics.peak_memory_bytes[d]),
         ))
     print(_table(rows))
 
 
-def _transfers(r: RunResult) -> str:
-    moves = r.trace.transfers
+def _transfers(result: RunResult) -> str:
+    moves = result.trace.transfers
     if not moves:
         return "none (every stage's neighbour is on the same device)"
     total = sum(t.arrival - t.start for t in moves)
     if total == 0:
-        return f"{len(moves)} over the links, free under --cost {r.config.cost}"
+        return f"{len(moves)} over the links, free under --cost {result.config.cost}"
     return (
         f"{len(moves)} over the links, {format_bytes(sum(t.nbytes for t in moves))} in all, "
-        f"{format_time(total / len(moves), r.trace.time_unit)} each on average"
+        f"{format_time(total / len(moves), result.trace.time_unit)} each on average"
     )
 
 
@@ -240,47 +240,47 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     results = compare(_config(args), names)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps([result.to_dict() for result in results], indent=2))
         return
-    c, unit = results[0].config, results[0].trace.time_unit
+    config, unit = results[0].config, results[0].trace.time_unit
     print(
-        f"{_count(c.devices, 'device')}, {_count(c.microbatches, 'micro-batch')}, batch {c.batch}, "
-        f"layers {c.layers}, remat {c.remat}, cost {c.cost}"
+        f"{_count(config.devices, 'device')}, {_count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
+        f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
     )
     print()
     rows = [("strategy", "chunks", "makespan", "bubble", "formula", "throughput", "peak act.", "peak mem.", "grad err")]
-    for r in results:
-        m = r.metrics
+    for result in results:
+        metrics = result.metrics
         rows.append((
-            r.config.strategy, str(r.config.chunks), format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
-            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", format_rate(m.throughput),
-            format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
-            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
+            result.config.strategy, str(result.config.chunks), format_time(metrics.makespan, unit), f"{metrics.bubble_fraction:.4f}",
+            "-" if result.bubble_formula is None else f"{result.bubble_formula:.4f}", format_rate(metrics.throughput),
+            format_bytes(max(metrics.peak_activation_bytes)), format_bytes(max(metrics.peak_memory_bytes)),
+            "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
         ))
     print(_table(rows))
     print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
     rows = [("strategy", "in flight", "peak activations", "peak memory")]
-    for r in results:
-        m = r.metrics
+    for result in results:
+        metrics = result.metrics
         rows.append((
-            r.config.strategy, "/".join(map(str, m.peak_inflight_microbatches)),
-            " / ".join(format_bytes(b) for b in m.peak_activation_bytes),
-            " / ".join(format_bytes(b) for b in m.peak_memory_bytes),
+            result.config.strategy, "/".join(map(str, metrics.peak_inflight_microbatches)),
+            " / ".join(format_bytes(b) for b in metrics.peak_activation_bytes),
+            " / ".join(format_bytes(b) for b in metrics.peak_memory_bytes),
         ))
     print(_table(rows))
-    if c.cost != "unit":
+    if config.cost != "unit":
         print("\nformula: the closed-form bubble under unit cost and free links, for reference")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     results = train(_config(args), steps=args.steps, lr=args.lr)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps([result.to_dict() for result in results], indent=2))
         return
     rows = [("step", "loss", "grad rel. error")]
-    for i, r in enumerate(results):
-        err = "not checked" if r.grad_rel_err is None else f"{r.grad_rel_err:.2e}"
-        rows.append((str(i), f"{r.loss:.6f}", err))
+    for step, result in enumerate(results):
+        err = "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e}"
+        rows.append((str(step), f"{result.loss:.6f}", err))
     print(_table(rows))
     print(f"\nloss {results[0].loss:.6f} -> {results[-1].loss:.6f} over {len(results)} steps")
 

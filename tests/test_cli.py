@@ -126,9 +126,10 @@ def test_plugin_file_errors_reach_the_cli(tmp_path, capsys):
 
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     trace = tmp_path / "out.json"
+    command = os.path.join(os.path.dirname(sys.executable), "pipesched")  # the console script pip made
+    assert os.path.exists(command)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipesched.cli", "run", "--devices", "0", "--trace", str(trace)],
-        capture_output=True, text=True, cwd=tmp_path,
+        [command, "run", "--devices", "0", "--trace", str(trace)], capture_output=True, text=True, cwd=tmp_path
     )
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "pipesched: error: --devices 0 is not allowed; use 1 or more\n"
