@@ -46,10 +46,12 @@ def gpipe_bubble(devices: int, microbatches: int) -> float:
 
 
 def interleaved_bubble(devices: int, microbatches: int, chunks: int) -> float:
-    """(K-1)/(v·M + K-1): interleaved 1F1B with v chunks per device, M a multiple of K.
+    """(K-1)/(v·M + K-1): interleaved 1F1B with v chunks per device.
 
-    Source: Narayanan et al., SC 2021, section 2.2.2: the bubble time shrinks by
-    v while the work stays, ratio (K-1)/(v·M).
+    Source: Narayanan et al., SC 2021, section 2.2.2, for M a multiple of K: the
+    bubble time shrinks by v while the work stays, ratio (K-1)/(v·M). With
+    pipesched's rounds of at least K micro-batches it holds for every M >= K;
+    that extension is the property tests' finding, not the paper's.
     """
     return (devices - 1) / (chunks * microbatches + devices - 1)
 
@@ -75,8 +77,10 @@ def zb_h1_bubble(devices: int, microbatches: int) -> float:
     """(K-1)/(3M + K-1) for M >= K: ZB-H1 under unit cost with F=I=W, a third of 1F1B's bubble.
 
     Source: Qi et al., "Zero Bubble Pipeline Parallelism", ICLR 2024, section
-    2.1: the bubble is (K-1)(T_F + T_B - 2T_W). For M < K, the idle share of
-    ``zb_h1_unit_makespan``.
+    2.1: each device idles (K-1)(T_F + T_I - T_W), where the paper's B is
+    pipesched's I; with a full backward T_B = T_I + T_W that reads
+    (K-1)(T_F + T_B - 2T_W), the form DeepSeek's DualPipe table uses. 1F1B idles
+    (K-1)(T_F + T_I + T_W). For M < K, the idle share of ``zb_h1_unit_makespan``.
     """
     return 1.0 - 3.0 * microbatches / zb_h1_unit_makespan(devices, microbatches)
 
@@ -125,9 +129,8 @@ def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chun
     """min(w_d + 1, v·M) chunk-micro-batches, w_d = 2(K-1-d) + (v-1)·g Megatron's warm-up count.
 
     g is the size of the first round of micro-batches: K when K divides M, else
-    ceil(M / (M // K)) (rounds of at least K, as PyTorch groups them); with
-    v = 1 the warm-up is 1F1B's K-1-d. Source: Megatron-LM,
-    ``forward_backward_pipelining_with_interleaving``.
+    ceil(M / (M // K)) (pipesched's rounds); with v = 1 the warm-up is 1F1B's
+    K-1-d. Source: Megatron-LM, ``forward_backward_pipelining_with_interleaving``.
     """
     rounds = max(1, microbatches // devices)
     first_round = -(-microbatches // rounds)

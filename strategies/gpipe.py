@@ -7,7 +7,9 @@ Device d holds stage d. For K=2, M=3::
 
 Backwards run in reverse order, as autograd unwinds them in GPipe and
 torchgpipe, so the last micro-batch's backward follows its forward at once
-(which is why re-materialization ``except_last`` spares it). Bubble under unit
+(which is why re-materialization ``except_last`` spares it). PyTorch's
+``ScheduleGPipe`` runs them in forward order instead; under equal costs both
+give the same step length. Bubble under unit
 cost: (K-1)/(K-1+M). Peak in-flight micro-batches per device: M.
 
 >>> print(GPipe().plan(devices=2, microbatches=3))

@@ -5,15 +5,18 @@ Each device holds v model chunks: stage s runs on device s mod K. Micro-batches
 go in rounds of K: a round's forwards run through chunk 0, then chunk 1, and
 so on; backwards run the chunks in reverse. Device d warms up with
 2(K-1-d) + (v-1)K forwards (Megatron's count), then alternates one forward and
-one backward, then drains. When K does not divide M, there are M // K rounds
-of sizes within one of each other, each at least K, and the warm-up counts the
-first round's size instead of K (as PyTorch's ScheduleInterleaved1F1B groups
-``microbatches_per_round``). For K=2, v=2, M=4, device 0 runs::
+one backward, then drains; when K divides M this is current Megatron-LM's and
+PyTorch's ``ScheduleInterleaved1F1B`` order. Both refuse most M that K does not
+divide; pipesched then runs M // K rounds of sizes within one of each other
+(each at least K, larger first) and counts the warm-up from the first round's
+size. Wherever PyTorch accepts such an M (rounds of equal size) the orders are
+the same. For K=2, v=2, M=4, device 0 runs::
 
     0F0 0F1 2F0 2F1 0F2 2B0 0F3 2B1 2F2 0B0 2F3 0B1 2B2 2B3 0B2 0B3
 
-Bubble under unit cost (a chunk's F and B cost 1/v and 2/v): (K-1)/(v·M + K-1)
-for every M >= K, multiple of K or not (the property tests hold it to that).
+Bubble under unit cost (a chunk's F and B cost 1/v and 2/v): (K-1)/(v·M + K-1),
+the paper's for M a multiple of K; with these rounds it holds for every M >= K
+(the property tests hold it to that).
 With M < K there is only one short round; such runs are valid and exact, and
 never worse than 1F1B, but no closed form is claimed for them.
 

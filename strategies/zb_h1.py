@@ -4,8 +4,10 @@ The backward splits into I (input gradient, on the critical path) and W
 (weight gradient, free to move). ZB-H1 keeps 1F1B's order of F and I and
 starts the W passes later on later devices: device d keeps d weight-gradients
 pending, so every device holds min(K, M) micro-batches in flight, as 1F1B's
-first device does, while the deferred Ws fill the drain bubbles. For K=4, M=8,
-device 3 runs::
+first device does, while the deferred Ws fill the drain bubbles. Deferred Ws
+run first in, first out (PyTorch's zero-bubble schedules do the same; the
+paper's patch picks other micro-batches for the same slots, with the same
+timing and memory). For K=4, M=8, device 3 runs::
 
     3F0 3I0 3F1 3I1 3F2 3I2 3F3 3I3 3W0 3F4 3I4 3W1 3F5 3I5 3W2 3F6 3I6 3W3 3F7 3I7 3W4 3W5 3W6 3W7
 

@@ -32,18 +32,23 @@ def test_1f1b_order_is_pipedream_flush():
     assert load_strategy("1f1b").plan(4, 8) == Schedule.parse(expected)
 
 
-def _megatron_interleaved(devices, microbatches, chunks, rank):
-    """Megatron-LM's forward_backward_pipelining_with_interleaving, its index arithmetic restated."""
+def _megatron_interleaved(devices, microbatches, chunks, rank, group=None):
+    """Current Megatron-LM's forward_backward_pipelining_with_interleaving, its index arithmetic restated.
+
+    ``group`` is Megatron's microbatch_group_size_per_vp_stage (default K), which
+    PyTorch's ScheduleInterleaved1F1B sets to M // (M // K) when that divides M.
+    """
+    group = group or devices
     total = microbatches * chunks
 
     def chunk_id(k, forward):
-        c = (k % (devices * chunks)) // devices
+        c = (k % (group * chunks)) // group
         return c if forward else chunks - 1 - c
 
     def mb_id(k):
-        return (k // (devices * chunks)) * devices + k % devices
+        return (k // (group * chunks)) * group + k % group
 
-    warmup = min((devices - rank - 1) * 2 + (chunks - 1) * devices, total)
+    warmup = min((devices - rank - 1) * 2 + (chunks - 1) * group, total)
     order = [f"{chunk_id(k, True) * devices + rank}F{mb_id(k)}" for k in range(warmup)]
     for k in range(total - warmup):
         order.append(f"{chunk_id(k + warmup, True) * devices + rank}F{mb_id(k + warmup)}")
@@ -68,6 +73,17 @@ def test_interleaved_matches_megatron_whenever_k_divides_m(devices, rounds, chun
     plan = load_strategy("interleaved").plan(devices, devices * rounds, chunks)
     for d in range(devices):
         assert " ".join(map(str, plan.actions[d])) == _megatron_interleaved(devices, devices * rounds, chunks, d)
+
+
+@given(devices=st.integers(2, 6), microbatches=st.integers(2, 30), chunks=st.integers(2, 3))
+def test_interleaved_matches_pytorch_wherever_it_accepts_m(devices, microbatches, chunks):
+    # PyTorch: rounds = max(1, M // K), group = M // rounds, and M must split into equal rounds.
+    rounds = max(1, microbatches // devices)
+    assume(microbatches >= devices and microbatches % rounds == 0)
+    plan = load_strategy("interleaved").plan(devices, microbatches, chunks)
+    for d in range(devices):
+        expected = _megatron_interleaved(devices, microbatches, chunks, d, group=microbatches // rounds)
+        assert " ".join(map(str, plan.actions[d])) == expected
 
 
 def test_zb_h1_order_defers_w_by_the_device_index():
@@ -127,6 +143,10 @@ def test_interleaved_bubble_and_inflight(devices, microbatches, chunks):
     assert r.metrics.peak_inflight_microbatches == [
         formulas.interleaved_peak_inflight(devices, microbatches, d, chunks) for d in range(devices)
     ]
+    if microbatches % devices == 0 and chunks > 1:  # Megatron's warm-up plus one, written out
+        assert r.metrics.peak_inflight_microbatches == [
+            min(2 * (devices - 1 - d) + (chunks - 1) * devices + 1, chunks * microbatches) for d in range(devices)
+        ]
 
 
 @given(devices=st.integers(1, 6), extra=st.integers(0, 12))
