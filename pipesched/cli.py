@@ -16,11 +16,16 @@ import json
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from typing import Any, Sequence
 
 from . import __version__
 from .errors import ConfigError, PipeschedError
-from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, run, train
+from .balance import Balance, balance, chain_graph, evaluate
+from .partition import uniform
+from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, model_graph, run, train
+from .strategy import make_plan
+from .units import format_bytes, format_rate, format_time, parse_bytes
 from .strategy import available_strategies, load_strategy
 from .trace import to_chrome
 
@@ -53,7 +58,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)")
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
-    p.add_argument("--partition", default=d.partition, help="'uniform' or layer counts per stage, e.g. 2,3,3,3")
+    p.add_argument(
+        "--partition", default=d.partition,
+        help="'uniform', 'balanced' (the bottleneck-optimal split) or layer counts per stage, e.g. 2,3,3,3",
+    )
+    p.add_argument("--balance-by", default=d.balance_by, help="layer costs for 'balanced': flops or measured")
     p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
     p.add_argument("--cost", default=d.cost, help="flops or unit (default %(default)s)")
     p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
@@ -85,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(p_train)
     p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
     p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
+    p_balance = sub.add_parser("balance", help="the partition whose slowest stage is fastest")
+    p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
+    p_balance.add_argument("--device-memory", help="the most a stage may hold, e.g. 16GB (units B, KB, MB, GB, KiB, ...)")
+    p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
+    _add_run_flags(p_balance)
     sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
     return parser
 
@@ -99,47 +113,16 @@ def _config(args: argparse.Namespace) -> RunConfig:
         chunks=args.chunks, strategy=getattr(args, "strategy", RunConfig.strategy), partition=args.partition, remat=args.remat,
         cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
         link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
-        reference=not args.no_reference, seed=args.seed,
+        reference=not args.no_reference, seed=args.seed, balance_by=args.balance_by,
     )
 
 
-def format_time(value: float, unit: str) -> str:
-    """Seconds with an SI prefix, or plain units.
-
-    >>> format_time(1.5e-5, "s"), format_time(33.0, "unit")
-    ('15.00 µs', '33 units')
-    """
-    if unit != "s":
-        return f"{value:g} units"
-    for scale, prefix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}"
-    return f"{value:.3g} s"
-
-
-def format_bytes(value: int) -> str:
-    """Binary units: ``format_bytes(3 * 2**20)`` gives '3.00 MiB'.
-
-    >>> format_bytes(512), format_bytes(3 * 2**20)
-    ('512 B', '3.00 MiB')
-    """
-    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value} B"
-
-
-def format_rate(value: float) -> str:
-    """Whole numbers with separators from 1000 up, six digits below.
-
-    >>> format_rate(1006661.2), format_rate(0.969697)
-    ('1,006,661', '0.969697')
-    """
-    return f"{value:,.0f}" if value >= 1000 else f"{value:.6g}"
-
-
 def _count(n: int, noun: str) -> str:
-    """``_count(1, "device")`` is '1 device', ``_count(2, "micro-batch")`` '2 micro-batches'."""
+    """A count and its noun, plural where it should be.
+
+    >>> _count(1, "device"), _count(2, "micro-batch")
+    ('1 device', '2 micro-batches')
+    """
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
@@ -184,6 +167,22 @@ def _print_run(result: RunResult) -> None:
             str(metrics.peak_inflight_microbatches[d]), format_bytes(metrics.peak_activation_bytes[d]), format_bytes(metrics.peak_memory_bytes[d]),
         ))
     print(_table(rows))
+    if result.balance is not None:
+        bottleneck = format_time(result.balance.bottleneck, "s")
+        print(f"\nbalanced by {config.balance_by}: bottleneck {bottleneck} per micro-batch")
+        print(_balance_table(result.balance, in_seconds=True))
+
+
+def _balance_table(result: Balance, in_seconds: bool) -> str:
+    """Per stage: its layers, cost (seconds for a model, plain for --costs) and memory."""
+    rows = [("stage", "layers", "size", "cost", "memory")]
+    for index, (stage, cost, memory) in enumerate(zip(result.stages, result.stage_costs, result.stage_memory)):
+        rows.append((
+            str(index), f"{stage[0]}-{stage[-1]}", str(len(stage)),
+            format_time(cost, "s") if in_seconds else f"{cost:g}",
+            format_bytes(int(memory)) if in_seconds else "-",
+        ))
+    return _table(rows)
 
 
 def _transfers(result: RunResult) -> str:
@@ -285,6 +284,37 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(f"\nloss {results[0].loss:.6f} -> {results[-1].loss:.6f} over {len(results)} steps")
 
 
+def _cmd_balance(args: argparse.Namespace) -> None:
+    cap = parse_bytes(args.device_memory) if args.device_memory else None
+    config = replace(_config(args), device_memory=cap)
+    if args.costs is not None:
+        try:
+            costs = [float(c) for c in args.costs.split(",")]
+        except ValueError:
+            raise ConfigError(f"--costs {args.costs!r} is not a list of numbers; write e.g. 5,1,1,1,1,1,1,5") from None
+        if config.devices < 1:
+            raise ConfigError(f"--devices {config.devices} is not allowed; use 1 or more")
+        graph, links, stages = chain_graph(costs), {}, config.devices * (config.chunks or 1)
+    else:
+        strategy = load_strategy(config.strategy)
+        chunks = config.chunks or getattr(strategy, "default_chunks", 1)
+        stages = make_plan(strategy, config.devices, config.microbatches, chunks).num_stages
+        graph, links = model_graph(config)
+    result = balance(graph, stages, memory_cap=cap, **links)
+    uniform_sizes = [len(r) for r in uniform(graph.number_of_nodes(), stages)]
+    baseline = evaluate(graph, uniform_sizes, **links)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "uniform": baseline.to_dict()}, indent=2))
+        return
+    seconds = args.costs is None
+    what = "--costs" if not seconds else f"layers {config.layers}, batch {config.batch}, by {config.balance_by}"
+    print(f"{graph.number_of_nodes()} layers into {stages} stages ({what})\n")
+    print(_balance_table(result, in_seconds=seconds))
+    show = (lambda v: format_time(v, "s")) if seconds else (lambda v: f"{v:g}")
+    print(f"\nbottleneck {show(result.bottleneck)}; uniform {','.join(map(str, uniform_sizes))} gives "
+          f"{show(baseline.bottleneck)}")
+
+
 def _cmd_strategies(args: argparse.Namespace) -> None:
     rows = [("name", "source", "description")]
     for name, source in available_strategies().items():
@@ -298,7 +328,8 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
 
 
 _COMMANDS: dict[str, Any] = {
-    "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "strategies": _cmd_strategies,
+    "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
+    "strategies": _cmd_strategies,
 }
 
 

@@ -59,12 +59,12 @@ def explicit(counts: Sequence[int], num_layers: int, stages: int) -> Partition:
 
 
 def parse_partition(text: str, num_layers: int, stages: int) -> Partition:
-    """``uniform`` or comma-separated layer counts such as ``2,3,3,3``."""
+    """``uniform`` or comma-separated layer counts such as ``2,3,3,3`` (``balanced`` is the balancer's)."""
     if text == "uniform":
         return uniform(num_layers, stages)
     if not re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
         raise ConfigError(
-            f"--partition {text!r} is neither 'uniform' nor comma-separated layer counts; "
-            "write e.g. --partition uniform or --partition 2,3,3,3"
+            f"--partition {text!r} is neither 'uniform', 'balanced' nor comma-separated layer counts; "
+            "write e.g. --partition balanced or --partition 2,3,3,3"
         )
     return explicit([int(c) for c in text.replace(" ", "").split(",")], num_layers, stages)

@@ -16,11 +16,13 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
+import networkx as nx
 import numpy as np
 
 from . import microbatch
+from .balance import Balance, balance, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
-from .cost import CostModel, make_cost_model
+from .cost import CostModel, FlopsCost, make_cost_model
 from .engine import check_remat, simulate
 from .errors import ConfigError
 from .metrics import Metrics, grad_rel_err, measure
@@ -30,7 +32,9 @@ from .schedule import Schedule
 from .strategy import closed_form_bubble, load_strategy, make_plan
 from .trace import Trace
 
-__all__ = ["RunConfig", "RunResult", "run", "compare", "train", "DEFAULT_LAYERS"]
+__all__ = [
+    "RunConfig", "RunResult", "run", "compare", "train", "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY",
+]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
 DEFAULT_LAYERS = "128,256x10,10"
@@ -46,7 +50,9 @@ class RunConfig:
     devices: int = 4
     chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
     strategy: str = "gpipe"
-    partition: str = "uniform"
+    partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
+    balance_by: str = "flops"  # flops or measured: the layer costs --partition balanced uses
+    device_memory: int | None = None  # bytes a stage may hold when balancing
     remat: str = "never"
     cost: str = "flops"
     device_flops: float | None = None
@@ -68,6 +74,7 @@ class RunResult:
     trace: Trace
     metrics: Metrics
     bubble_formula: float | None
+    balance: Balance | None = None
     loss: float | None = None
     grad_rel_err: float | None = None
     grads: Params | None = field(default=None, repr=False)
@@ -96,6 +103,7 @@ class RunResult:
             "peak_activation_bytes": m.peak_activation_bytes,
             "peak_memory_bytes": m.peak_memory_bytes,
             "peak_inflight_microbatches": m.peak_inflight_microbatches,
+            "balance": None if self.balance is None else self.balance.to_dict(),
         }
 
 
@@ -110,6 +118,7 @@ class _Prepared:
     slices: list[slice]
     cost: CostModel
     bubble_formula: float | None
+    balance: Balance | None = None
     model: Model | None = None  # weights and data exist only when computing
     x: np.ndarray | None = None
     target: np.ndarray | None = None
@@ -142,9 +151,14 @@ def _prepare(config: RunConfig) -> _Prepared:
             f"strategy {config.strategy!r} plans {schedule.num_stages} stages on {on} but --layers "
             f"{config.layers} has only {len(layers)} layers; use fewer devices or chunks, or more layers"
         )
-    partition = parse_partition(config.partition, len(layers), schedule.num_stages)
+    balanced = None
+    if config.partition == "balanced":
+        balanced = balance_model(config, schedule.num_stages)
+        partition = tuple(range(stage[0], stage[-1] + 1) for stage in balanced.stages)
+    else:
+        partition = parse_partition(config.partition, len(layers), schedule.num_stages)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
-    prepared = _Prepared(config, layers, schedule, partition, slices, cost, bubble)
+    prepared = _Prepared(config, layers, schedule, partition, slices, cost, bubble, balanced)
     if config.compute:
         prepared.model = Model.from_sizes(widths, seed=config.seed)
         prepared.x, prepared.target = make_data(widths, config.batch, config.loss, seed=config.seed)
@@ -159,7 +173,9 @@ def _step(p: _Prepared) -> RunResult:
     else:
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
     trace = simulate(p.schedule, work, p.cost, config.remat)
-    result = RunResult(config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula)
+    result = RunResult(
+        config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
+    )
     if isinstance(work, NumpyWorkload):
         result.loss = work.loss
         result.grads = work.model_gradients()
@@ -167,6 +183,39 @@ def _step(p: _Prepared) -> RunResult:
             _, reference = full_batch_gradients(work.model, work.x, work.target, config.loss)
             result.grad_rel_err = grad_rel_err(result.grads, reference)
     return result
+
+
+BALANCE_BY = ("flops", "measured")
+
+
+def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
+    """The config's layer graph and the link costs a stage boundary pays.
+
+    Layer costs come from the flops cost model (deterministic) or from timing
+    the real NumPy passes (``balance_by="measured"``); a boundary pays the link
+    time of the activation crossing it when ``config.cost`` is ``flops`` (under
+    ``unit`` the links are free). Memory per stage: parameters, gradients and
+    the activations GPipe keeps for the whole batch.
+    """
+    if config.balance_by not in BALANCE_BY:
+        raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
+    widths = parse_layers(config.layers)
+    rows = -(-config.batch // config.microbatches)  # the largest micro-batch
+    given = {"device_flops": config.device_flops, "link_bandwidth": config.link_bandwidth,
+             "link_latency": config.link_latency}
+    flops = FlopsCost(**{k: v for k, v in given.items() if v is not None})
+    times = None
+    if config.balance_by == "measured":
+        times = profile_layers(Model.from_sizes(widths, seed=config.seed), rows)
+    graph = layer_graph(layers_from_widths(widths), rows=rows, rows_held=config.batch, cost=flops, layer_times=times)
+    links = {} if config.cost == "unit" else {"link_bandwidth": flops.link_bandwidth, "link_latency": flops.link_latency}
+    return graph, links
+
+
+def balance_model(config: RunConfig, stages: int) -> Balance:
+    """The bottleneck-optimal partition of the config's model into ``stages`` stages (see ``model_graph``)."""
+    graph, links = model_graph(config)
+    return balance(graph, stages, memory_cap=config.device_memory, **links)
 
 
 def run(config: RunConfig) -> RunResult:

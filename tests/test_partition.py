@@ -26,7 +26,7 @@ def test_explicit_counts():
         ("2,3,3", "has 3 stages but the schedule has 4"),
         ("2,3,3,4", "sums to 12 layers but the model has 11"),
         ("0,3,4,4", "has an empty stage"),
-        ("two,three", "is neither 'uniform' nor comma-separated layer counts"),
+        ("two,three", "is neither 'uniform', 'balanced' nor comma-separated layer counts"),
         ("balanced-ish", "is neither 'uniform'"),
     ],
 )

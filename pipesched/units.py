@@ -1,0 +1,72 @@
+"""Sizes, times and rates as people write and read them: ``16GB``, ``512 MiB``, ``15.00 µs``.
+
+Decimal units (KB, MB, GB, TB) are powers of 1000, binary ones (KiB, MiB,
+GiB, TiB) powers of 1024, as in the SI and IEC standards.
+
+>>> parse_bytes("16GB"), parse_bytes("1.5 KiB"), parse_bytes("1000")
+(16000000000, 1536, 1000)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import ConfigError
+
+__all__ = ["parse_bytes", "format_bytes", "format_time", "format_rate", "UNITS"]
+
+UNITS = {
+    "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+
+
+def parse_bytes(text: str, flag: str = "--device-memory") -> int:
+    """Bytes in ``text``: a number with an optional unit; raises ``ConfigError`` naming ``flag``."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else ""
+    if not match or (unit and unit not in UNITS):
+        raise ConfigError(
+            f"{flag} {text!r} is not a size; write a number with an optional unit of "
+            "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB, e.g. 16GB"
+        )
+    value = float(match.group(1)) * UNITS[unit or "B"]
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{flag} {text!r} is not a positive size; give e.g. 16GB")
+    return int(value)
+
+
+def format_time(value: float, unit: str) -> str:
+    """Seconds with an SI prefix, or plain units.
+
+    >>> format_time(1.5e-5, "s"), format_time(33.0, "unit")
+    ('15.00 µs', '33 units')
+    """
+    if unit != "s":
+        return f"{value:g} units"
+    for scale, prefix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}"
+    return f"{value:.3g} s"
+
+
+def format_bytes(value: int) -> str:
+    """Binary units: ``format_bytes(3 * 2**20)`` gives '3.00 MiB'.
+
+    >>> format_bytes(512), format_bytes(3 * 2**20)
+    ('512 B', '3.00 MiB')
+    """
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value} B"
+
+
+def format_rate(value: float) -> str:
+    """Whole numbers with separators from 1000 up, six digits below.
+
+    >>> format_rate(1006661.2), format_rate(0.969697)
+    ('1,006,661', '0.969697')
+    """
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.6g}"
