@@ -11,7 +11,7 @@ True
 """
 
 from . import formulas
-from .errors import ConfigError, DeadlockError, PipeschedError, ScheduleError, StrategyError
+from .errors import ConfigError, DeadlockError, OutOfMemoryError, PipeschedError, ScheduleError, StrategyError
 from .pipeline import RunConfig, RunResult, run, train
 from .schedule import Action, Schedule, validate
 from .strategy import Strategy, available_strategies, load_strategy, make_plan
@@ -34,6 +34,7 @@ __all__ = [
     "ScheduleError",
     "StrategyError",
     "DeadlockError",
+    "OutOfMemoryError",
 ]
 
 __version__ = "0.1.0"

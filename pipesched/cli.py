@@ -19,7 +19,9 @@ import tempfile
 from dataclasses import replace
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, formulas
+from .cost import FlopsCost
+from .model import layers_from_widths, parse_layers
 from .errors import ConfigError, PipeschedError
 from .balance import Balance, balance, chain_graph, evaluate
 from .partition import uniform
@@ -69,6 +71,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
     p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
     p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
+    p.add_argument(
+        "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"
+    )
+    p.add_argument("--allow-oom", action="store_true", help="report an OOM (oom: true) instead of stopping")
     p.add_argument("--no-compute", action="store_true", help="timing and memory from the cost model alone, no NumPy")
     p.add_argument("--no-reference", action="store_true", help="skip the full-batch reference pass")
     p.add_argument("--seed", type=_whole, default=d.seed, help="seed for weights and data (default %(default)s)")
@@ -96,9 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
     p_balance = sub.add_parser("balance", help="the partition whose slowest stage is fastest")
     p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
-    p_balance.add_argument("--device-memory", help="the most a stage may hold, e.g. 16GB (units B, KB, MB, GB, KiB, ...)")
     p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
     _add_run_flags(p_balance)
+    p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
+    p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p_formulas.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p_formulas.add_argument("--chunks", type=_whole, default=2, help="v for interleaved (default %(default)s)")
+    p_formulas.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
+    p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
+    p_formulas.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
+    p_formulas.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
     return parser
 
@@ -114,6 +127,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
         link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
         reference=not args.no_reference, seed=args.seed, balance_by=args.balance_by,
+        device_memory=parse_bytes(args.device_memory) if args.device_memory else None, allow_oom=args.allow_oom,
     )
 
 
@@ -152,6 +166,7 @@ def _print_run(result: RunResult) -> None:
         ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
         ("throughput", f"{format_rate(metrics.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
         ("transfers", _transfers(result)),
+        *([("memory", _oom(result))] if config.device_memory is not None else []),
         ("loss", "not computed (--no-compute)" if result.loss is None else f"{result.loss:.6f}"),
         ("grad rel. error", "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
     ]
@@ -183,6 +198,17 @@ def _balance_table(result: Balance, in_seconds: bool) -> str:
             format_bytes(int(memory)) if in_seconds else "-",
         ))
     return _table(rows)
+
+
+def _oom(result: RunResult) -> str:
+    cap = result.config.device_memory or 0
+    if result.trace.oom is None:
+        return f"every device fits --device-memory {format_bytes(cap)}"
+    device, sample = result.trace.oom
+    return (
+        f"OUT OF MEMORY: device {device} exceeds --device-memory {format_bytes(cap)} at "
+        f"{format_time(sample.time, result.trace.time_unit)} (peak {format_bytes(result.metrics.peak_memory_bytes[device])})"
+    )
 
 
 def _transfers(result: RunResult) -> str:
@@ -285,8 +311,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_balance(args: argparse.Namespace) -> None:
-    cap = parse_bytes(args.device_memory) if args.device_memory else None
-    config = replace(_config(args), device_memory=cap)
+    config = _config(args)
+    cap = config.device_memory
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
@@ -315,6 +341,42 @@ def _cmd_balance(args: argparse.Namespace) -> None:
           f"{show(baseline.bottleneck)}")
 
 
+def _cmd_formulas(args: argparse.Namespace) -> None:
+    k, m, v = args.devices, args.microbatches, args.chunks
+    for flag, value in (("--devices", k), ("--microbatches", m), ("--chunks", v)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    links = FlopsCost(**{name: value for name, value in (("link_bandwidth", args.link_bandwidth),
+                                                         ("link_latency", args.link_latency)) if value is not None})
+    params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
+    allreduce = formulas.ring_allreduce_time(k, params, links.link_bandwidth, links.link_latency)
+    rows_out = {}
+    for name, form in formulas.CLOSED_FORMS.items():
+        chunks = v if name == "interleaved" else 1
+        rows_out[name] = {
+            "bubble": form.bubble(k, m, chunks), "bubble_formula": form.bubble_text,
+            "peak_inflight_microbatches": [form.inflight(k, m, chunks, d) for d in range(k)],
+            "inflight_formula": form.inflight_text, "source": form.source,
+        }
+    speedup = formulas.pipeline_speedup(k, m)
+    if args.json:
+        print(json.dumps({"devices": k, "microbatches": m, "chunks": v, "strategies": rows_out,
+                          "pipeline_speedup": speedup, "allreduce_bytes": params, "allreduce_time": allreduce},
+                         indent=2))
+        return
+    print(f"K={k} devices, M={m} micro-batches, v={v} chunks for interleaved; bubble under unit cost\n")
+    table = [("strategy", "bubble", "formula", "peak in flight", "formula", "source")]
+    for name, row in rows_out.items():
+        bubble = "-" if row["bubble"] is None else f"{row['bubble']:.4f}"
+        table.append((name, bubble, row["bubble_formula"], "/".join(map(str, row["peak_inflight_microbatches"])),
+                      row["inflight_formula"], row["source"]))
+    print(_table(table))
+    print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
+    print(f"ring all-reduce of {format_bytes(params)} of gradients (--layers {args.layers}) over {k} devices, "
+          f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}")
+    print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
+
+
 def _cmd_strategies(args: argparse.Namespace) -> None:
     rows = [("name", "source", "description")]
     for name, source in available_strategies().items():
@@ -329,7 +391,7 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
-    "strategies": _cmd_strategies,
+    "formulas": _cmd_formulas, "strategies": _cmd_strategies,
 }
 
 

@@ -35,10 +35,11 @@ import simpy
 
 from .compute import Held, Workload
 from .cost import CostModel
-from .errors import ConfigError, DeadlockError
+from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .schedule import Action, Schedule
 from .memory import DeviceMemory
-from .trace import Span, Trace, Transfer
+from .trace import MemorySample, Span, Trace, Transfer
+from .units import format_bytes, format_time
 
 __all__ = ["simulate", "check_remat", "REMAT_MODES"]
 
@@ -59,8 +60,17 @@ def check_remat(remat: str) -> None:
 
 
 class _Engine:
-    def __init__(self, schedule: Schedule, work: Workload, cost: CostModel, remat: str):
+    def __init__(
+        self,
+        schedule: Schedule,
+        work: Workload,
+        cost: CostModel,
+        remat: str,
+        device_memory: int | None = None,
+        allow_oom: bool = False,
+    ):
         check_remat(remat)
+        self.allow_oom = allow_oom
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.env = simpy.Environment()
         self.num_stages = schedule.num_stages
@@ -85,16 +95,28 @@ class _Engine:
         self.waiting: list[str | None] = [None] * schedule.devices
         self.finished = [False] * schedule.devices
 
-        self.memory = [DeviceMemory(sum(work.param_bytes(s) for s in hosted)) for hosted in self.hosted]
+        self.memory = [
+            DeviceMemory(sum(work.param_bytes(s) for s in hosted), device_memory, self._exceeded(d))
+            for d, hosted in enumerate(self.hosted)
+        ]
         self.trace = Trace(devices=schedule.devices, time_unit=cost.time_unit)
         self.trace.memory = [m.timeline for m in self.memory]
 
     # -- bookkeeping -------------------------------------------------------
+    def _exceeded(self, device: int) -> Any:
+        def on_exceed(sample: MemorySample) -> None:
+            if self.trace.oom is None:
+                self.trace.oom = (device, sample)
+            if not self.allow_oom:
+                raise OutOfMemoryError(_oom_message(device, sample, self.memory[device].capacity, self.trace))
+
+        return on_exceed
+
     def _keep(self, device: int, held: Held) -> None:
-        self.memory[device].hold(held.buffers(), kept=True)
+        self.memory[device].hold(held.buffers(), "deferred" if held.dzs else "activations")
 
     def _drop(self, device: int, held: Held) -> None:
-        self.memory[device].release(held.buffers(), kept=True)
+        self.memory[device].release(held.buffers(), "deferred" if held.dzs else "activations")
 
     def _sample(self, device: int) -> None:
         self.memory[device].sample(self.env.now)
@@ -107,7 +129,7 @@ class _Engine:
 
     def _deliver(self, device: int, key: _Key, payload: Any) -> None:
         self.arrived[key] = payload
-        self.memory[device].hold([payload], kept=False)  # an arrived buffer waits on its device
+        self.memory[device].hold([payload], "buffers")  # an arrived buffer waits on its device
         self._sample(device)
         event = self.pending.pop(key, None)
         if event is not None:
@@ -119,7 +141,8 @@ class _Engine:
             link = self.links[(src, dst)] = simpy.Resource(self.env, capacity=1)
         return link
 
-    def _transfer(self, src: int, dst: int, name: str, nbytes: int) -> Generator[simpy.Event, Any, None]:
+    def _transfer(self, src: int, dst: int, name: str, payload: Any) -> Generator[simpy.Event, Any, None]:
+        nbytes = payload.nbytes
         # The link is busy while the bytes go onto the wire; latency is flight time,
         # so the next send on the link need not wait for this one to land.
         busy, latency = self.cost.transfer_times(nbytes)
@@ -128,6 +151,8 @@ class _Engine:
             start = self.env.now
             yield self.env.timeout(busy)
         end = self.env.now
+        self.memory[src].release([payload], "buffers")  # the bytes have left the sender
+        self._sample(src)
         yield self.env.timeout(latency)
         self.trace.transfers.append(Transfer(src, dst, name, nbytes, start, end, self.env.now))
 
@@ -135,7 +160,9 @@ class _Engine:
         if src == dst:
             self._deliver(dst, key, payload)
             return
-        moving = self.env.process(self._transfer(src, dst, name, payload.nbytes))
+        self.memory[src].hold([payload], "buffers")  # queued or on the wire, still the sender's
+        self._sample(src)
+        moving = self.env.process(self._transfer(src, dst, name, payload))
         moving.callbacks.append(lambda _: self._deliver(dst, key, payload))
 
     # -- actions -----------------------------------------------------------
@@ -145,7 +172,7 @@ class _Engine:
         self.held[(stage, mb)] = held
         self._keep(device, held)
         if x is not None:  # the arrived input is now held as part of ``held``
-            self.memory[device].release([x], kept=False)
+            self.memory[device].release([x], "buffers")
         self._sample(device)
         yield from self._run(device, "F", stage, mb)
         if stage + 1 < self.num_stages:
@@ -171,7 +198,7 @@ class _Engine:
             self.held[(stage, mb)] = for_weights
         self._drop(device, held)
         if dy is not None:
-            self.memory[device].release([dy], kept=False)
+            self.memory[device].release([dy], "buffers")
         self._sample(device)
         if stage > 0:
             self._send(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, f"{stage}{op}{mb}")
@@ -180,7 +207,7 @@ class _Engine:
         self.work.backward_weight(device, stage, mb, held)
         if (device, stage) not in self.has_grads:  # the gradient buffer appears with the first W
             self.has_grads.add((device, stage))
-            self.memory[device].add_fixed(self.work.param_bytes(stage))
+            self.memory[device].add_grads(self.work.param_bytes(stage))
             self._sample(device)
 
     def _weight_only(self, device: int, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
@@ -201,7 +228,7 @@ class _Engine:
             if key not in self.arrived:
                 self.waiting[device] = f"step {step} of the all-reduce of stage {stage} (from device {ring[r - 1]})"
                 yield self._event(key)
-            self.memory[device].release([self.arrived.pop(key)], kept=False)  # summed into the gradient
+            self.memory[device].release([self.arrived.pop(key)], "buffers")  # summed into the gradient
             self._sample(device)
         self.waiting[device] = None
 
@@ -262,6 +289,23 @@ class _Chunk:
         return f"_Chunk(nbytes={self.nbytes})"
 
 
+def _oom_message(device: int, sample: MemorySample, capacity: int | None, trace: Trace) -> str:
+    parts = ", ".join(
+        f"{label} {format_bytes(value)}"
+        for label, value in (
+            ("parameters", sample.params), ("gradients", sample.grads), ("activations", sample.activations),
+            ("kept for deferred W", sample.deferred), ("link buffers", sample.buffers),
+        )
+        if value
+    )
+    return (
+        f"device {device} runs out of memory at {format_time(sample.time, trace.time_unit)}: it holds "
+        f"{format_bytes(sample.total_bytes)} ({parts}) but --device-memory is {format_bytes(capacity or 0)}; "
+        "use --remat always, more --devices, a schedule with fewer micro-batches in flight, "
+        "or --allow-oom to report it instead"
+    )
+
+
 def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
     kind, stage, mb = key
     if kind == "x":
@@ -273,10 +317,19 @@ def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
     return f"{action} for {what} (on device {where})"
 
 
-def simulate(schedule: Schedule, work: Workload, cost: CostModel, remat: str = "never") -> Trace:
+def simulate(
+    schedule: Schedule,
+    work: Workload,
+    cost: CostModel,
+    remat: str = "never",
+    device_memory: int | None = None,
+    allow_oom: bool = False,
+) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
     Returns the trace; numerical results (loss, gradients) stay in ``work``.
-    Raises ``DeadlockError`` if the schedule cannot finish.
+    Raises ``DeadlockError`` if the schedule cannot finish, and
+    ``OutOfMemoryError`` when a device exceeds ``device_memory`` bytes, unless
+    ``allow_oom``: then ``trace.oom`` records the first time it happened.
     """
-    return _Engine(schedule, work, cost, remat).run()
+    return _Engine(schedule, work, cost, remat, device_memory, allow_oom).run()

@@ -8,6 +8,7 @@ __all__ = [
     "ScheduleError",
     "StrategyError",
     "DeadlockError",
+    "OutOfMemoryError",
 ]
 
 
@@ -35,3 +36,7 @@ class StrategyError(PipeschedError):
 
 class DeadlockError(PipeschedError):
     """A schedule can never finish: some devices wait for inputs that never come."""
+
+
+class OutOfMemoryError(PipeschedError):
+    """A device needs more memory than ``--device-memory`` gives it."""

@@ -14,9 +14,19 @@ True
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .model import Layer, saved_widths
+from .schedule import Action
 
 __all__ = [
+    "ClosedForm",
+    "CLOSED_FORMS",
+    "stage_activation_bytes",
+    "stage_input_bytes",
+    "peak_activation_bytes",
+    "activation_peak",
     "gpipe_bubble",
     "interleaved_bubble",
     "zb_h1_bubble",
@@ -189,3 +199,119 @@ def gpipe_unit_bubble(devices: int, microbatches: int, remat: str = "never") -> 
     """
     busy = microbatches + sum(_backward_costs(microbatches, remat))
     return 1.0 - busy / gpipe_unit_makespan(devices, microbatches, remat)
+
+
+# -- the built-in strategies' closed forms, in one table ------------------------------
+
+
+@dataclass(frozen=True)
+class ClosedForm:
+    """A strategy's closed forms: bubble(K, M, v) and peak in-flight(K, M, v, d), with their sources."""
+
+    bubble: Callable[[int, int, int], float | None]
+    bubble_text: str
+    inflight: Callable[[int, int, int, int], int]
+    inflight_text: str
+    source: str
+
+
+CLOSED_FORMS: dict[str, ClosedForm] = {
+    "gpipe": ClosedForm(
+        lambda K, M, v: gpipe_bubble(K, M), "(K-1)/(K-1+M)",
+        lambda K, M, v, d: gpipe_peak_inflight(K, M, d), "M", "Huang et al., NeurIPS 2019",
+    ),
+    "1f1b": ClosedForm(
+        lambda K, M, v: gpipe_bubble(K, M), "(K-1)/(K-1+M)",
+        lambda K, M, v, d: one_f_one_b_peak_inflight(K, M, d), "min(K-d, M)", "Narayanan et al., SC 2021",
+    ),
+    "interleaved": ClosedForm(
+        lambda K, M, v: interleaved_bubble(K, M, v) if M >= K else None, "(K-1)/(v*M+K-1), M >= K",
+        lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v), "min(2(K-1-d)+(v-1)K+1, vM)",
+        "Narayanan et al., SC 2021; Megatron-LM",
+    ),
+    "zb-h1": ClosedForm(
+        lambda K, M, v: zb_h1_bubble(K, M), "(K-1)/(3M+K-1); M<K: 1-3M/(2(M+K)-1)",
+        lambda K, M, v, d: zb_h1_peak_inflight(K, M, d), "min(K, M)", "Qi et al., ICLR 2024",
+    ),
+    "dp": ClosedForm(
+        lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None, "1-M/(K*ceil(M/K)), M >= K",
+        lambda K, M, v, d: 1, "1", "ring all-reduce: Patarasuk and Yuan 2009",
+    ),
+}
+
+
+# -- activation memory -----------------------------------------------------------------
+
+
+def stage_activation_bytes(layers: Sequence[Layer], rows: int, last_stage: bool, itemsize: int = 8) -> int:
+    """Bytes one micro-batch of ``rows`` keeps for backward in a stage: every layer's input, plus
+    the output where the ReLU mask (a stage ending in a ReLU) or the loss (the last stage) needs it.
+
+    >>> stage_activation_bytes([Layer(4, 3, True), Layer(3, 2, False)], rows=5, last_stage=True)
+    360
+    """
+    return rows * saved_widths(layers, keep_output=layers[-1].relu or last_stage) * itemsize
+
+
+def stage_input_bytes(layers: Sequence[Layer], rows: int, itemsize: int = 8) -> int:
+    """Bytes one micro-batch keeps under re-materialization: the stage input alone."""
+    return rows * layers[0].in_features * itemsize
+
+
+def peak_activation_bytes(inflight: int, full: int, inputs: int, remat: str = "never") -> int:
+    """Peak activation bytes of a full-backward schedule with ``inflight`` equal micro-batches.
+
+    ``never``: every micro-batch in flight keeps its activations. ``always``: each
+    keeps its input, and the one being recomputed its full activations too
+    (torchgpipe's checkpointing; Chen et al. 2016). GPipe: inflight = M; 1F1B:
+    min(K-d, M).
+
+    >>> peak_activation_bytes(4, full=100, inputs=10), peak_activation_bytes(4, 100, 10, "always")
+    (400, 130)
+    """
+    if remat == "never":
+        return inflight * full
+    if remat == "always":
+        return inflight * inputs + (full - inputs)
+    raise ValueError(f"remat {remat!r} has no closed form here; use activation_peak")
+
+
+def activation_peak(
+    actions: Sequence[Action],
+    stage_layers: Callable[[int], Sequence[Layer]],
+    rows: Sequence[int],
+    num_stages: int,
+    remat: str = "never",
+    itemsize: int = 8,
+) -> int:
+    """Peak activation bytes of one device, walking its actions with each state's size.
+
+    The general form behind the closed ones, for any order of F, B, I, W: a
+    forward adds the micro-batch's activations (its input alone under
+    re-materialization, topped up to the full set by the recompute); a full
+    backward frees them at its end; an input-gradient adds the pre-activation
+    gradients while it runs and frees the kept output at its end, leaving what
+    W needs; W frees that. Assumes no two stages on the device share an array
+    (they do only when consecutive stages sit on one device).
+    """
+    held = peak = 0
+    for action in actions:
+        stage, op, mb = action
+        layers = stage_layers(stage)
+        last = stage == num_stages - 1
+        full = stage_activation_bytes(layers, rows[mb], last, itemsize)
+        inputs = stage_input_bytes(layers, rows[mb], itemsize)
+        kept = remat == "never" or (remat == "except_last" and mb == len(rows) - 1)
+        gradients = rows[mb] * sum(l.out_features for l in layers) * itemsize  # one per layer output
+        weights_need = rows[mb] * sum(l.in_features for l in layers) * itemsize + gradients
+        if op == "F":
+            held += full if kept else inputs
+        elif op in "BI":
+            if not kept:
+                held += full - inputs  # the recompute
+            peak = max(peak, held + (gradients if op == "I" else 0))
+            held += weights_need - full if op == "I" else -full
+        else:  # W
+            held -= weights_need
+        peak = max(peak, held)
+    return peak

@@ -1,83 +1,96 @@
 """Per-device memory accounting: each distinct array a device holds counts once, by reference.
 
-A device holds its parameters and gradient buffers (fixed bytes), the arrays it
-keeps for backward (activations) and arrays that have arrived from a link but
-are not consumed yet (buffers). One array can be held several times at once
-(a stage's output is the next stage's input on the same device; an arrived
-activation becomes a kept input), so arrays are counted by reference: the bytes
-appear with the first hold and go with the last release.
+A device holds its parameters and gradient buffers, and arrays in three
+roles: **activations** kept for a backward, **deferred**, what a split
+backward's weight-gradient W still needs after its I (layer inputs and
+pre-activation gradients), and **buffers**, arrays on their way over a link
+(held by the sender until the bytes have left, by the receiver from arrival
+until used). One array can have several holders at once (an arrived input
+becomes a kept activation; a stage's output is the next stage's input on the
+same device), so arrays are counted by reference and their bytes sit in the
+first role that still holds them, in the order above.
 
 >>> from pipesched.compute import Buffer
->>> mem = DeviceMemory(fixed_bytes=100)
+>>> mem = DeviceMemory(params=100)
 >>> x, y = Buffer(8), Buffer(16)
->>> mem.hold([x], kept=False); mem.hold([x, y], kept=True); mem.release([x], kept=False)
+>>> mem.hold([x], "buffers"); mem.hold([x, y], "activations"); mem.release([x], "buffers")
 >>> mem.sample(1.0)
-MemorySample(time=1.0, activation_bytes=24, total_bytes=124)
+MemorySample(time=1.0, params=100, grads=0, activations=24, deferred=0, buffers=0)
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .trace import MemorySample
 
-__all__ = ["DeviceMemory"]
+__all__ = ["DeviceMemory", "ROLES"]
 
-
-class _Counted:
-    """Distinct objects with reference counts and the sum of their ``nbytes``."""
-
-    __slots__ = ("refs", "nbytes")
-
-    def __init__(self) -> None:
-        self.refs: dict[int, list[Any]] = {}  # id -> [object, count]; the object keeps the id unique
-        self.nbytes = 0
-
-    def hold(self, items: Iterable[Any]) -> None:
-        for item in items:
-            entry = self.refs.get(id(item))
-            if entry is None:
-                self.refs[id(item)] = [item, 1]
-                self.nbytes += item.nbytes
-            else:
-                entry[1] += 1
-
-    def release(self, items: Iterable[Any]) -> None:
-        for item in items:
-            entry = self.refs[id(item)]
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self.refs[id(item)]
-                self.nbytes -= item.nbytes
+#: The roles an array can have on a device, in the order its bytes are attributed.
+ROLES = ("activations", "deferred", "buffers")
+_INDEX = {role: i for i, role in enumerate(ROLES)}
 
 
 class DeviceMemory:
-    """What one device holds, and its timeline of samples."""
+    """What one device holds, its timeline of samples, and an optional capacity.
 
-    def __init__(self, fixed_bytes: int = 0):
-        self.fixed_bytes = fixed_bytes
-        self._kept = _Counted()
-        self._all = _Counted()
-        self.timeline: list[MemorySample] = [MemorySample(0.0, 0, fixed_bytes)]
+    Args:
+        params: parameter bytes, held all along.
+        capacity: the device's memory in bytes, or None for unlimited.
+        on_exceed: called with the first sample above ``capacity``.
+    """
 
-    def hold(self, arrays: list[Any], kept: bool) -> None:
-        """Hold ``arrays``: ``kept`` ones for backward (activations), others as buffers."""
-        if kept:
-            self._kept.hold(arrays)
-        self._all.hold(arrays)
+    def __init__(
+        self,
+        params: int = 0,
+        capacity: int | None = None,
+        on_exceed: Callable[[MemorySample], None] | None = None,
+    ):
+        self.params = params
+        self.grads = 0
+        self.capacity = capacity
+        self.on_exceed = on_exceed
+        self.exceeded: MemorySample | None = None
+        self._arrays: dict[int, list[Any]] = {}  # id -> [array, role counts..., attributed role or -1]
+        self._bytes = [0] * len(ROLES)
+        self.timeline: list[MemorySample] = [MemorySample(0.0, params, 0, 0, 0, 0)]
 
-    def release(self, arrays: list[Any], kept: bool) -> None:
-        """Release what a matching ``hold`` took."""
-        if kept:
-            self._kept.release(arrays)
-        self._all.release(arrays)
+    def hold(self, arrays: Iterable[Any], role: str) -> None:
+        """``arrays`` gain a holder in ``role``."""
+        self._change(arrays, _INDEX[role], +1)
 
-    def add_fixed(self, nbytes: int) -> None:
-        """Bytes held to the end of the step: a gradient buffer appearing."""
-        self.fixed_bytes += nbytes
+    def release(self, arrays: Iterable[Any], role: str) -> None:
+        """``arrays`` lose a holder in ``role`` (taken by a matching ``hold``)."""
+        self._change(arrays, _INDEX[role], -1)
+
+    def _change(self, arrays: Iterable[Any], role: int, step: int) -> None:
+        for array in arrays:
+            entry = self._arrays.get(id(array))
+            if entry is None:
+                # the entry keeps the array alive, so its id cannot be reused meanwhile
+                entry = self._arrays[id(array)] = [array] + [0] * len(ROLES) + [-1]
+            entry[1 + role] += step
+            now = next((r for r in range(len(ROLES)) if entry[1 + r] > 0), -1)
+            was = entry[-1]
+            if now != was:
+                if was >= 0:
+                    self._bytes[was] -= array.nbytes
+                if now >= 0:
+                    self._bytes[now] += array.nbytes
+                entry[-1] = now
+            if now < 0:
+                del self._arrays[id(array)]
+
+    def add_grads(self, nbytes: int) -> None:
+        """A gradient buffer appears (it stays to the end of the step)."""
+        self.grads += nbytes
 
     def sample(self, time: float) -> MemorySample:
-        """Record the current state at ``time``; every change is sampled, so no peak is lost."""
-        sample = MemorySample(time, self._kept.nbytes, self.fixed_bytes + self._all.nbytes)
+        """Record the state at ``time``; every change is sampled, so no peak is lost."""
+        sample = MemorySample(time, self.params, self.grads, *self._bytes)
         self.timeline.append(sample)
+        if self.capacity is not None and self.exceeded is None and sample.total_bytes > self.capacity:
+            self.exceeded = sample
+            if self.on_exceed is not None:
+                self.on_exceed(sample)
         return sample

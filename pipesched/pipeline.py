@@ -52,7 +52,8 @@ class RunConfig:
     strategy: str = "gpipe"
     partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
     balance_by: str = "flops"  # flops or measured: the layer costs --partition balanced uses
-    device_memory: int | None = None  # bytes a stage may hold when balancing
+    device_memory: int | None = None  # bytes per device: over it is an OOM; the balancer keeps under it
+    allow_oom: bool = False  # report an OOM in the result instead of raising
     remat: str = "never"
     cost: str = "flops"
     device_flops: float | None = None
@@ -104,6 +105,10 @@ class RunResult:
             "peak_memory_bytes": m.peak_memory_bytes,
             "peak_inflight_microbatches": m.peak_inflight_microbatches,
             "balance": None if self.balance is None else self.balance.to_dict(),
+            "device_memory": c.device_memory,
+            "oom": self.trace.oom is not None,
+            "oom_device": None if self.trace.oom is None else self.trace.oom[0],
+            "oom_time": None if self.trace.oom is None else self.trace.oom[1].time,
         }
 
 
@@ -172,7 +177,7 @@ def _step(p: _Prepared) -> RunResult:
         work: Workload = ShapeWorkload(p.layers, p.partition, rows)
     else:
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
-    trace = simulate(p.schedule, work, p.cost, config.remat)
+    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom)
     result = RunResult(
         config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
     )

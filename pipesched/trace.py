@@ -55,11 +55,23 @@ class Transfer:
 
 @dataclass(frozen=True, slots=True)
 class MemorySample:
-    """Bytes a device held from ``time`` on: activations kept for backward, and everything."""
+    """Bytes a device held from ``time`` on, by role (see ``pipesched.memory``)."""
 
     time: float
-    activation_bytes: int
-    total_bytes: int
+    params: int
+    grads: int
+    activations: int
+    deferred: int
+    buffers: int
+
+    @property
+    def activation_bytes(self) -> int:
+        """Everything kept for a backward: activations, and what deferred weight-gradients need."""
+        return self.activations + self.deferred
+
+    @property
+    def total_bytes(self) -> int:
+        return self.params + self.grads + self.activations + self.deferred + self.buffers
 
 
 @dataclass
@@ -71,6 +83,7 @@ class Trace:
     spans: list[Span] = field(default_factory=list)
     transfers: list[Transfer] = field(default_factory=list)
     memory: list[list[MemorySample]] = field(default_factory=list)
+    oom: tuple[int, MemorySample] | None = None  # the first device over capacity, and when
 
     @property
     def makespan(self) -> float:
@@ -135,7 +148,8 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
             events.append(
                 {
                     "ph": "C", "pid": 0, "tid": d, "name": f"memory device {d}", "ts": m.time * scale,
-                    "args": {"activations": m.activation_bytes, "total": m.total_bytes},
+                    "args": {"params": m.params, "grads": m.grads, "activations": m.activations,
+                             "deferred": m.deferred, "buffers": m.buffers},
                 }
             )
     return {"traceEvents": events, "displayTimeUnit": "ns"}

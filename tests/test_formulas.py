@@ -1,0 +1,149 @@
+"""Every closed form against the simulator, and the memory model's roles and OOM."""
+
+import json
+from dataclasses import replace
+
+import pytest
+from hypothesis import assume, given, strategies as st
+
+from pipesched import OutOfMemoryError, RunConfig, formulas, load_strategy, run
+from pipesched.cli import main
+from pipesched.model import layers_from_widths, parse_layers
+from pipesched.units import format_bytes, parse_bytes
+
+STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]
+REMAT = st.sampled_from(["never", "always", "except_last"])
+
+
+@given(strategy=st.sampled_from(STRATEGIES), devices=st.integers(1, 5), microbatches=st.integers(1, 12),
+       chunks=st.integers(1, 3))
+def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, microbatches, chunks):
+    chunks = chunks if strategy == "interleaved" else 1
+    assume(strategy != "dp" or microbatches >= devices)
+    form = formulas.CLOSED_FORMS[strategy]
+    stages = 1 if strategy == "dp" else devices * chunks
+    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks,
+                      layers=f"3x{stages + 1}", batch=microbatches, cost="unit", compute=False))
+    bubble = form.bubble(devices, microbatches, chunks)
+    assert bubble == r.bubble_formula  # the strategy states the table's formula
+    if bubble is not None:
+        assert r.metrics.bubble_fraction == pytest.approx(bubble, abs=1e-12)
+    assert r.metrics.peak_inflight_microbatches == [form.inflight(devices, microbatches, chunks, d)
+                                                    for d in range(devices)]
+
+
+@given(strategy=st.sampled_from(["gpipe", "1f1b"]), devices=st.integers(1, 4), per=st.integers(1, 3),
+       microbatches=st.integers(1, 8), remat=st.sampled_from(["never", "always"]))
+def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches, remat):
+    widths = [5, 7, 6, 9, 4, 8, 3]
+    assume(devices <= len(widths) - 1)
+    batch = per * microbatches  # equal micro-batches
+    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, remat=remat,
+                      layers=",".join(map(str, widths)), cost="unit"))
+    layers = layers_from_widths(widths)
+    form = formulas.CLOSED_FORMS[strategy]
+    for d, stage in enumerate(r.partition):
+        stage_layers = [layers[i] for i in stage]
+        full = formulas.stage_activation_bytes(stage_layers, per, last_stage=d == devices - 1)
+        inputs = formulas.stage_input_bytes(stage_layers, per)
+        inflight = form.inflight(devices, microbatches, 1, d)
+        assert r.metrics.peak_activation_bytes[d] == formulas.peak_activation_bytes(inflight, full, inputs, remat)
+
+
+@given(strategy=st.sampled_from(STRATEGIES), devices=st.integers(1, 4), chunks=st.integers(1, 3),
+       batch=st.integers(4, 12), remat=REMAT, data=st.data())
+def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, batch, remat, data):
+    chunks = chunks if strategy == "interleaved" and devices > 1 else 1  # K=1 chunks share arrays
+    microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
+    stages = 1 if strategy == "dp" else devices * chunks
+    widths = data.draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 4))
+    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks, batch=batch,
+                      remat=remat, layers=",".join(map(str, widths)), cost="unit", compute=False))
+    layers = layers_from_widths(widths)
+    rows = [s.stop - s.start for s in __import__("pipesched").microbatch.split(batch, microbatches)]
+    for d, actions in enumerate(r.schedule.actions):
+        expected = formulas.activation_peak(
+            actions, lambda s: [layers[i] for i in r.partition[s]], rows, r.schedule.num_stages, remat
+        )
+        assert r.metrics.peak_activation_bytes[d] == expected
+
+
+@pytest.mark.parametrize("devices, microbatches", [(2, 4), (4, 8), (4, 16), (8, 8)])
+def test_pipeline_speedup_over_one_device(devices, microbatches):
+    # Equal stages under flops costs with free links: one device runs every layer.
+    def makespan(k):
+        return run(RunConfig(devices=k, microbatches=microbatches, batch=microbatches * 2, layers="32x9",
+                             compute=False, link_latency=0.0, link_bandwidth=1e30)).metrics.makespan
+
+    assert makespan(1) / makespan(devices) == pytest.approx(formulas.pipeline_speedup(devices, microbatches))
+
+
+def test_memory_roles_show_deferred_weights_and_link_buffers():
+    zb = run(RunConfig(strategy="zb-h1", compute=False)).trace.memory
+    assert max(s.deferred for s in zb[0]) > 0  # the Ws' inputs and gradients wait
+    gpipe = run(RunConfig(strategy="gpipe", compute=False)).trace.memory
+    assert all(s.deferred == 0 for device in gpipe for s in device)
+    dp = run(RunConfig(strategy="dp", compute=False)).trace.memory
+    params = sum(l.param_count for l in layers_from_widths(parse_layers(RunConfig.layers))) * 8
+    assert max(s.buffers for s in dp[0]) == -(-params // 4)  # one all-reduce chunk at a time
+    assert dp[0][-1].grads == dp[0][-1].params == params
+
+
+def test_out_of_memory_names_device_time_peak_and_what_held_it():
+    config = RunConfig(compute=False, partition="2,2,2,5")
+    free = run(config)
+    peaks = free.metrics.peak_memory_bytes
+    cap = (max(peaks) + sorted(peaks)[-2]) // 2  # only the hungriest device exceeds it
+    with pytest.raises(OutOfMemoryError) as err:
+        run(replace(config, device_memory=cap))
+    device = peaks.index(max(peaks))
+    message = str(err.value)
+    assert message.startswith(f"device {device} runs out of memory at ")
+    params = (4 * 257 * 256 + 257 * 10) * 8  # layers 6-10 on device 3
+    assert f"(parameters {format_bytes(params)}, gradients {format_bytes(params)}, activations" in message
+    assert "use --remat always, more --devices" in message
+    allowed = run(replace(config, device_memory=cap, allow_oom=True))
+    assert allowed.trace.oom[0] == device and allowed.trace.oom[1].total_bytes > cap
+    assert allowed.metrics == free.metrics  # reporting an OOM changes nothing else
+    assert run(replace(config, device_memory=max(peaks))).trace.oom is None  # exactly full fits
+
+
+def test_allow_oom_in_json(capsys):
+    assert main(["run", "--device-memory", "3MiB", "--allow-oom", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["oom"] is True and data["device_memory"] == 3 * 2**20
+    assert data["peak_memory_bytes"][data["oom_device"]] > 3 * 2**20
+    assert main(["run", "--device-memory", "3MiB"]) == 2
+    assert "runs out of memory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text, value", [("16GB", 16 * 10**9), ("512 MiB", 512 * 2**20), ("1.5KiB", 1536),
+                                         ("100", 100), ("2tb", 2 * 10**12), ("1e3B", 1000)])
+def test_units(text, value):
+    assert parse_bytes(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "GB", "16 GiBs", "-1GB", "0", "nanGB"])
+def test_bad_units(text):
+    with pytest.raises(Exception, match="--device-memory"):
+        parse_bytes(text)
+
+
+def test_formulas_command(capsys):
+    assert main(["formulas", "--devices", "4", "--microbatches", "8", "--chunks", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["strategies"]["gpipe"]["bubble"] == pytest.approx(3 / 11)
+    assert data["strategies"]["zb-h1"]["bubble"] == pytest.approx(3 / 27)
+    assert data["strategies"]["interleaved"]["bubble"] == pytest.approx(3 / 19)
+    assert data["strategies"]["1f1b"]["peak_inflight_microbatches"] == [4, 3, 2, 1]
+    assert data["pipeline_speedup"] == pytest.approx(4 / (1 + 3 / 8))
+    assert main(["formulas", "--devices", "0"]) == 2
+
+
+def test_strategies_state_the_tables_bubble():
+    for name, form in formulas.CLOSED_FORMS.items():
+        for k, m, v in [(4, 8, 2), (3, 7, 3), (2, 1, 2)]:
+            v = v if name == "interleaved" else 1
+            if name == "dp" and m < k:
+                continue
+            assert load_strategy(name).bubble(k, m, v) == form.bubble(k, m, v)
