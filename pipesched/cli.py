@@ -26,9 +26,8 @@ from .errors import ConfigError, PipeschedError
 from .balance import Balance, balance, chain_graph, evaluate
 from .partition import uniform
 from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, model_graph, run, train
-from .strategy import make_plan
 from .units import format_bytes, format_rate, format_time, parse_bytes
-from .strategy import available_strategies, load_strategy
+from .strategy import available_strategies, load_strategy, make_plan
 from .trace import to_chrome
 
 __all__ = ["main"]

@@ -29,7 +29,7 @@ from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
 from .partition import Partition, parse_partition
 from .schedule import Schedule
-from .strategy import closed_form_bubble, load_strategy, make_plan
+from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
 from .trace import Trace
 
 __all__ = [
@@ -49,7 +49,7 @@ class RunConfig:
     microbatches: int = 8
     devices: int = 4
     chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
-    strategy: str = "gpipe"
+    strategy: str | Strategy = "gpipe"  # a registered name, path/file.py:Class, or an instance
     partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
     balance_by: str = "flops"  # flops or measured: the layer costs --partition balanced uses
     device_memory: int | None = None  # bytes per device: over it is an OOM; the balancer keeps under it
@@ -84,7 +84,7 @@ class RunResult:
         """The JSON object ``pipesched run --json`` prints."""
         c, m = self.config, self.metrics
         return {
-            "strategy": c.strategy,
+            "strategy": c.strategy if isinstance(c.strategy, str) else c.strategy.name,
             "devices": c.devices,
             "microbatches": c.microbatches,
             "chunks": c.chunks,
@@ -146,14 +146,14 @@ def _prepare(config: RunConfig) -> _Prepared:
     layers = layers_from_widths(widths)
     slices = microbatch.split(config.batch, config.microbatches)
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency)
-    strategy = load_strategy(config.strategy)
+    strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
     config = replace(config, chunks=chunks)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
     if schedule.num_stages > len(layers):
         on = f"--devices {config.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
         raise ConfigError(
-            f"strategy {config.strategy!r} plans {schedule.num_stages} stages on {on} but --layers "
+            f"strategy {strategy.name!r} plans {schedule.num_stages} stages on {on} but --layers "
             f"{config.layers} has only {len(layers)} layers; use fewer devices or chunks, or more layers"
         )
     balanced = None
