@@ -53,6 +53,11 @@ def test_the_plugin_example_runs_from_a_file(tmp_path, capsys):
     assert data["bubble_fraction"] == pytest.approx((k - 1) / (k - 1 + m))
 
 
+def test_the_check_strategy_example_runs():
+    source = next(b for b in _blocks("python") if "check_strategy(" in b)
+    exec(compile(source, "README", "exec"), {"__name__": "readme"})  # raises if the check fails
+
+
 def test_the_api_example_runs():
     source = next(b for b in _blocks("python") if "pipesched.run(" in b)
     out = io.StringIO()
