@@ -26,6 +26,7 @@ from .errors import ConfigError, PipeschedError
 from .balance import Balance, balance, chain_graph, evaluate
 from .partition import uniform
 from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, model_graph, run, train
+from .report.render import comparison_rows
 from .units import format_bytes, format_rate, format_time, parse_bytes
 from .strategy import available_strategies, load_strategy, make_plan
 from .trace import to_chrome
@@ -103,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
     p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
     _add_run_flags(p_balance)
+    p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
+    p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
+    p_report.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
     p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
     p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
     p_formulas.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
@@ -376,6 +380,27 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import collect, default_study, load_study, write_report
+    from .report.study import SCHEMA_EXAMPLE
+
+    if args.study:
+        study = load_study(args.study)
+        with open(args.study, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        study, text = default_study(), SCHEMA_EXAMPLE
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(f"-o {args.output} is a file; give a folder to write the report into")
+    results = collect(study)
+    page = write_report(results, args.output, text)
+    rows = [("strategy", "partition", "step", "bubble", "peak memory")]
+    for cells in comparison_rows(results):
+        rows.append((cells[0], cells[1], cells[3], cells[4], cells[8]))
+    print(_table(rows))
+    print(f"\nreport written to {page} (open it in a browser; report.md and figures/ beside it)")
+
+
 def _cmd_strategies(args: argparse.Namespace) -> None:
     rows = [("name", "source", "description")]
     for name, source in available_strategies().items():
@@ -390,7 +415,7 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
-    "formulas": _cmd_formulas, "strategies": _cmd_strategies,
+    "formulas": _cmd_formulas, "report": _cmd_report, "strategies": _cmd_strategies,
 }
 
 

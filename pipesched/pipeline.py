@@ -33,7 +33,8 @@ from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
 from .trace import Trace
 
 __all__ = [
-    "RunConfig", "RunResult", "run", "compare", "train", "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY",
+    "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
+    "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY",
 ]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
@@ -113,7 +114,7 @@ class RunResult:
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     """Everything checked and built before the first simulated step."""
 
     config: RunConfig
@@ -140,7 +141,8 @@ def _check_counts(config: RunConfig) -> None:
         raise ConfigError(f"--loss {config.loss!r} is unknown; use one of {', '.join(LOSSES)}")
 
 
-def _prepare(config: RunConfig) -> _Prepared:
+def prepare(config: RunConfig) -> Prepared:
+    """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
     widths = parse_layers(config.layers)
     layers = layers_from_widths(widths)
@@ -163,14 +165,15 @@ def _prepare(config: RunConfig) -> _Prepared:
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
-    prepared = _Prepared(config, layers, schedule, partition, slices, cost, bubble, balanced)
+    prepared = Prepared(config, layers, schedule, partition, slices, cost, bubble, balanced)
     if config.compute:
         prepared.model = Model.from_sizes(widths, seed=config.seed)
         prepared.x, prepared.target = make_data(widths, config.batch, config.loss, seed=config.seed)
     return prepared
 
 
-def _step(p: _Prepared) -> RunResult:
+def execute(p: Prepared) -> RunResult:
+    """Simulate one step of a prepared run."""
     config = p.config
     rows = [s.stop - s.start for s in p.slices]
     if p.model is None:
@@ -225,7 +228,7 @@ def balance_model(config: RunConfig, stages: int) -> Balance:
 
 def run(config: RunConfig) -> RunResult:
     """Simulate one training step (forward and backward of the whole batch) under ``config``."""
-    return _step(_prepare(config))
+    return execute(prepare(config))
 
 
 def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
@@ -239,8 +242,8 @@ def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
     prepared = []
     for name in strategies:
         takes_chunks = hasattr(load_strategy(name), "default_chunks")
-        prepared.append(_prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
-    return [_step(p) for p in prepared]
+        prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
+    return [execute(p) for p in prepared]
 
 
 def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
@@ -254,11 +257,11 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
         raise ConfigError(f"--lr {lr} is not positive; give a learning rate above 0, e.g. 0.01")
     if not config.compute:
         raise ConfigError("train needs real compute to update the model; drop --no-compute")
-    prepared = _prepare(config)
+    prepared = prepare(config)
     assert prepared.model is not None  # compute is on
     results = []
     for _ in range(steps):
-        result = _step(prepared)
+        result = execute(prepared)
         for (w, b), (gw, gb) in zip(prepared.model.params, result.grads or []):
             w -= lr * gw
             b -= lr * gb

@@ -1,0 +1,16 @@
+"""Comparison reports: run a study, draw its figures, write one folder with a page that opens from disk.
+
+- ``study``: what a report compares, read from TOML and checked key by key.
+- ``collect``: run it, as plain numbers.
+- ``figures``: the matplotlib figures (the only module that imports matplotlib).
+- ``render``: write index.html, report.md, metrics.json and the traces.
+
+>>> default_study().compare.strategies
+('gpipe', '1f1b', 'interleaved', 'zb-h1', 'dp')
+"""
+
+from .collect import StudyResults, collect
+from .render import write_report
+from .study import Study, default_study, load_study
+
+__all__ = ["Study", "StudyResults", "default_study", "load_study", "collect", "write_report"]

@@ -1,0 +1,137 @@
+"""Run a study: the comparison, the sweeps, the partitions and the training curves, as plain numbers.
+
+Every run is prepared (and so checked) before the first one is simulated, so
+a bad combination fails at once, not after minutes of work. Long studies show
+a progress bar on a terminal.
+
+>>> from pipesched.report.study import Study, Compare, Sweep, Train
+>>> small = Study(compare=Compare(strategies=("gpipe",), partitions=("uniform",)),
+...               sweep=Sweep(microbatches=(2,), devices=(1, 2), chunks=(2,)), train=Train(steps=2))
+>>> results = collect(small, progress=False)
+>>> [r.config.strategy for r in results.compare], len(results.train["pipelined"])
+(['gpipe'], 2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..balance import Balance, balance, evaluate
+from ..formulas import CLOSED_FORMS, pipeline_speedup
+from ..partition import uniform
+from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
+from .study import Study
+
+__all__ = ["StudyResults", "collect"]
+
+
+@dataclass
+class StudyResults:
+    """Everything a report shows, before any figure is drawn."""
+
+    study: Study
+    compare: list[RunResult] = field(default_factory=list)
+    sweep_microbatches: list[dict[str, Any]] = field(default_factory=list)
+    sweep_devices: list[dict[str, Any]] = field(default_factory=list)
+    partitions: dict[str, Balance] = field(default_factory=dict)
+    train: dict[str, list[float]] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, Any]:
+        """Every number in the report's tables and figures, as JSON-ready data."""
+        return {
+            "title": self.study.title,
+            "compare": [r.to_dict() for r in self.compare],
+            "sweep_microbatches": self.sweep_microbatches,
+            "sweep_devices": self.sweep_devices,
+            "partitions": {name: b.to_dict() for name, b in self.partitions.items()},
+            "train": self.train,
+        }
+
+
+def _label(strategy: str, chunks: int | None) -> str:
+    return f"{strategy} v={chunks}" if strategy == "interleaved" else strategy
+
+
+def collect(study: Study, progress: bool = True) -> StudyResults:
+    """Run every part of ``study``; ``progress`` shows a bar on a terminal."""
+    jobs: list[tuple[str, Any, Prepared]] = []
+    for partition in study.compare.partitions:
+        for strategy in study.compare.strategies:
+            chunks = study.compare.chunks if strategy == "interleaved" else None
+            config = study.run_config(strategy=strategy, partition=partition, chunks=chunks)
+            jobs.append(("compare", None, prepare(config)))
+    unit_costs = [("study", study.hardware.cost)] + ([("unit", "unit")] if study.hardware.cost != "unit" else [])
+    for strategy in study.compare.strategies:
+        for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
+            for m in study.sweep.microbatches:
+                if strategy == "dp" and m < study.hardware.devices:
+                    continue
+                for label, cost in unit_costs:
+                    config = study.run_config(strategy=strategy, chunks=chunks, microbatches=m, cost=cost,
+                                              compute=False, allow_oom=True)
+                    jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
+    for k in study.sweep.devices:
+        for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
+            config = study.run_config(strategy="gpipe", devices=k, partition="balanced", compute=False,
+                                      allow_oom=True, **links)
+            jobs.append(("sweep_k", (k, label), prepare(config)))
+    results = StudyResults(study)
+    bar = _bar(len(jobs) + 2 * study.train.steps, progress)
+    sweep_m: dict[tuple, dict[str, Any]] = {}
+    sweep_k: dict[int, dict[str, Any]] = {}
+    for kind, key, prepared in jobs:
+        result = execute(prepared)
+        bar.update(1)
+        if kind == "compare":
+            results.compare.append(result)
+        elif kind == "sweep_m":
+            strategy, chunks, m, label = key
+            row = sweep_m.setdefault((strategy, chunks, m), {
+                "strategy": strategy, "label": _label(strategy, result.config.chunks),
+                "chunks": result.config.chunks, "microbatches": m,
+                "formula": CLOSED_FORMS[strategy].bubble(study.hardware.devices, m, result.config.chunks or 1)
+                if strategy in CLOSED_FORMS else result.bubble_formula,
+            })
+            row[f"bubble_{label.replace(' ', '_')}"] = result.metrics.bubble_fraction
+            row[f"peak_memory_{label.replace(' ', '_')}"] = max(result.metrics.peak_memory_bytes)
+        else:
+            k, label = key
+            row = sweep_k.setdefault(k, {"devices": k, "formula": pipeline_speedup(k, study.compare.microbatches)})
+            row[f"makespan_{label.replace(' ', '_')}"] = result.metrics.makespan
+    for row in sweep_k.values():
+        for label in ("study", "free_links"):
+            one = sweep_k[1][f"makespan_{label}"] if 1 in sweep_k else None  # the one-device step
+            row[f"speedup_{label}"] = None if one is None else one / row[f"makespan_{label}"]
+            row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
+    results.sweep_microbatches = list(sweep_m.values())
+    results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
+    graph, links = model_graph(study.run_config())
+    results.partitions = {
+        "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)], **links),
+        "balanced": balance(graph, study.hardware.devices, **links),
+    }
+    for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)):
+        config = study.run_config(strategy=study.train.strategy, devices=devices, reference=False,
+                                  device_memory=None, allow_oom=False)
+        results.train[name] = [r.loss for r in train(config, study.train.steps, study.train.lr)]
+        bar.update(study.train.steps)
+    bar.close()
+    return results
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm  # only for reports: run and compare never import it
+
+    # disable=None: a bar on a terminal, nothing when output goes to a file or CI log
+    return tqdm(total=total, desc="pipesched report", unit="run", disable=None, leave=False)

@@ -1,0 +1,152 @@
+"""Write a report folder: index.html (self-contained), report.md with PNG figures, metrics.json, traces.
+
+Everything is written to a temporary folder beside the target and moved into
+place at the end, so a failure never leaves a half-written report.
+
+>>> from pipesched.report.study import default_study
+>>> study_text(default_study())[:48]
+'Model 128,256x10,10 (cross_entropy), batch 32, s'
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Callable
+
+from ..trace import to_chrome
+from ..units import format_bytes, format_time
+from .collect import StudyResults
+from .study import Study
+
+__all__ = ["write_report", "comparison_rows", "study_text"]
+
+COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "throughput (samples/s)",
+           "peak activations", "peak memory", "in flight", "grad error", "fits memory")
+
+
+def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
+    """The comparison table, one row per (partition, strategy), as text cells."""
+    rows = []
+    for r in results.compare:
+        m, unit = r.metrics, r.trace.time_unit
+        fits = "-" if r.config.device_memory is None else ("no" if r.trace.oom else "yes")
+        sizes = ",".join(str(len(s)) for s in r.partition)
+        named = r.config.partition in ("uniform", "balanced")
+        rows.append((
+            r.config.strategy, f"{r.config.partition} {sizes}" if named else sizes, str(r.config.chunks),
+            format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
+            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}",
+            f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
+            format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
+            "/".join(map(str, m.peak_inflight_microbatches)),
+            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}", fits,
+        ))
+    return rows
+
+
+def study_text(study: Study) -> str:
+    h, m, c = study.hardware, study.model, study.compare
+    link = "free links" if h.cost == "unit" else (
+        f"{h.device_flops:g} FLOP/s devices, links of {h.link_bandwidth:g} B/s and {h.link_latency:g} s latency")
+    memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
+    return (f"Model {m.layers} ({m.loss}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
+            f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
+            f"cost model {h.cost}: {link}{memory}.")
+
+
+def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
+    rows = comparison_rows(results)
+    lines = [f"# {results.study.title}", "", study_text(results.study), "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "Bubble is the idle share of K × step; the formula is the strategy's closed form under unit cost.",
+              "Every number is in `metrics.json`; `trace-<strategy>.json` opens in https://ui.perfetto.dev.", ""]
+    for stem, caption in figures:
+        lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
+    return "\n".join(lines)
+
+
+def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: list[str], config: str) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   for row in comparison_rows(results))
+    sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
+    links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
+             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}svg{max-width:100%;height:auto}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}")
+    title = html.escape(results.study.title)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            "<p>Bubble is the idle share of K &times; step; the formula is the strategy's closed form under unit "
+            f"cost. Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
+            f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>")
+
+
+def _svg(fig: Any) -> str:
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]  # inline: no XML prolog or doctype inside HTML
+
+
+def write_report(results: StudyResults, out_dir: str, config_text: str,
+                 progress: Callable[[str], None] | None = None) -> str:
+    """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html."""
+    from .figures import FIGURES  # matplotlib loads here, for reports only
+
+    import matplotlib.pyplot as plt
+
+    target = os.path.abspath(out_dir)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".pipesched-report-", dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
+    try:
+        os.makedirs(os.path.join(work, "figures"))
+        inline, listed = [], []
+        for stem, caption, draw in FIGURES:
+            if progress:
+                progress(stem)
+            fig = draw(results)
+            fig.savefig(os.path.join(work, "figures", f"{stem}.png"), dpi=90, metadata={"Software": None})
+            inline.append((stem, caption, _svg(fig)))
+            listed.append((stem, caption))
+            plt.close(fig)
+        traces = []
+        first = results.study.compare.partitions[0]
+        for r in results.compare:
+            if r.config.partition == first:
+                name = f"trace-{r.config.strategy}.json"
+                with open(os.path.join(work, name), "w", encoding="utf-8") as f:
+                    json.dump(to_chrome(r.trace), f)
+                traces.append(name)
+        with open(os.path.join(work, "metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(results.metrics(), f, indent=1, sort_keys=True)
+            f.write("\n")
+        with open(os.path.join(work, "report.md"), "w", encoding="utf-8") as f:
+            f.write(_markdown(results, listed))
+        with open(os.path.join(work, "index.html"), "w", encoding="utf-8") as f:
+            f.write(_html(results, inline, traces, config_text))
+        with open(os.path.join(work, "study.toml"), "w", encoding="utf-8") as f:
+            f.write(config_text)
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=".pipesched-old-", dir=parent)
+            os.rename(target, os.path.join(old, "report"))
+            os.rename(work, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return os.path.join(target, "index.html")

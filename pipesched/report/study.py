@@ -1,0 +1,283 @@
+"""A study: what a report compares, read from a TOML file and checked key by key.
+
+Every key is optional; a missing one takes the default study's value. An
+unknown key or a bad value fails with the key's path:
+``study.toml: [hardware].link_bandwidth: -1 is not a positive number``.
+
+>>> study = default_study()
+>>> study.hardware.devices, study.compare.strategies[:2], study.sweep.microbatches[:3]
+(4, ('gpipe', '1f1b'), (1, 2, 4))
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from ..engine import REMAT_MODES
+from ..errors import ConfigError
+from ..model import LOSSES, parse_layers
+from ..pipeline import DEFAULT_LAYERS, RunConfig
+from ..units import parse_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["Study", "load_study", "default_study", "SCHEMA_EXAMPLE"]
+
+
+@dataclass(frozen=True)
+class Model:
+    layers: str = DEFAULT_LAYERS
+    batch: int = 32
+    loss: str = "cross_entropy"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Devices and links. The default suits the seed model's scale: CPU-class devices (10 GFLOP/s)
+    and links (10 GB/s, 1 µs), where its small matrices compute longer than they take to send."""
+
+    devices: int = 4
+    cost: str = "flops"
+    device_flops: float = 1e10
+    link_bandwidth: float = 1e10
+    link_latency: float = 1e-6
+    device_memory: int | None = None
+
+
+@dataclass(frozen=True)
+class Compare:
+    strategies: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
+    microbatches: int = 8
+    chunks: int = 2
+    remat: str = "never"
+    partitions: tuple[str, ...] = ("uniform", "balanced")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    microbatches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    devices: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
+    chunks: tuple[int, ...] = (2,)
+
+
+@dataclass(frozen=True)
+class Train:
+    steps: int = 10
+    lr: float = 0.01
+    strategy: str = "gpipe"
+
+
+@dataclass(frozen=True)
+class Study:
+    """Everything a report runs; ``run_config`` turns it into one run's config."""
+
+    title: str = "Which schedule for the seed model on 4 CPU-class devices?"
+    model: Model = field(default_factory=Model)
+    hardware: Hardware = field(default_factory=Hardware)
+    compare: Compare = field(default_factory=Compare)
+    sweep: Sweep = field(default_factory=Sweep)
+    train: Train = field(default_factory=Train)
+
+    def run_config(self, **overrides: Any) -> RunConfig:
+        """The run config of the main comparison, with ``overrides``."""
+        m, h, c = self.model, self.hardware, self.compare
+        base = RunConfig(
+            layers=m.layers, batch=m.batch, loss=m.loss, seed=m.seed, devices=h.devices, cost=h.cost,
+            device_flops=h.device_flops, link_bandwidth=h.link_bandwidth, link_latency=h.link_latency,
+            device_memory=h.device_memory, allow_oom=h.device_memory is not None, microbatches=c.microbatches,
+            remat=c.remat,
+        )
+        return replace(base, **overrides)
+
+
+def default_study() -> Study:
+    """The built-in study: the seed model on 4 devices, every built-in strategy."""
+    return Study()
+
+
+# -- checking a parsed file ------------------------------------------------------------
+
+Check = Callable[[Any], Any]
+
+
+def _whole(at_least: int) -> Check:
+    def check(value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
+            raise ValueError(f"{value!r} is not a whole number of at least {at_least}")
+        return value
+    return check
+
+
+def _number(positive: bool) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < 0 or (positive and value == 0):
+            raise ValueError(f"{value!r} is not a {'positive' if positive else 'non-negative'} finite number")
+        return float(value)
+    return check
+
+
+def _choice(options: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
+    def check(value: Any) -> str:
+        allowed = options() if callable(options) else options
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return check
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string")
+    return value
+
+
+def _layers(value: Any) -> str:
+    try:
+        parse_layers(_text(value))
+    except ConfigError as exc:
+        raise ValueError(str(exc).replace("--layers ", "", 1)) from None
+    return value
+
+
+def _size(value: Any) -> int:
+    try:
+        return parse_bytes(str(value), flag="")
+    except ConfigError as exc:
+        raise ValueError(str(exc).strip()) from None
+
+
+def _list(item: Check) -> Check:
+    def check(value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{value!r} is not a non-empty list")
+        return tuple(item(v) for v in value)
+    return check
+
+
+def _strategies() -> tuple[str, ...]:
+    from ..strategy import available_strategies
+
+    return tuple(available_strategies())
+
+
+SCHEMA: dict[str, dict[str, Check]] = {
+    "model": {"layers": _layers, "batch": _whole(1), "loss": _choice(tuple(LOSSES)), "seed": _whole(0)},
+    "hardware": {
+        "devices": _whole(1), "cost": _choice(("flops", "unit")), "device_flops": _number(True),
+        "link_bandwidth": _number(True), "link_latency": _number(False), "device_memory": _size,
+    },
+    "compare": {
+        "strategies": _list(_choice(_strategies)), "microbatches": _whole(1), "chunks": _whole(1),
+        "remat": _choice(REMAT_MODES), "partitions": _list(_text),
+    },
+    "sweep": {"microbatches": _list(_whole(1)), "devices": _list(_whole(1)), "chunks": _list(_whole(1))},
+    "train": {"steps": _whole(1), "lr": _number(True), "strategy": _choice(_strategies)},
+}
+
+SECTIONS = {"model": Model, "hardware": Hardware, "compare": Compare, "sweep": Sweep, "train": Train}
+
+#: A complete study file with every key, as documented.
+SCHEMA_EXAMPLE = """\
+title = "Which schedule for the seed model on 4 CPU-class devices?"
+
+[model]                      # the NumPy model and its data
+layers = "128,256x10,10"     # widths; WxN repeats W N times
+batch = 32
+loss = "cross_entropy"       # or "mse"
+seed = 0
+
+[hardware]
+devices = 4
+cost = "flops"               # or "unit"
+device_flops = 1e10          # FLOP per second
+link_bandwidth = 1e10        # bytes per second
+link_latency = 1e-6          # seconds
+# device_memory = "16GB"     # optional: out-of-memory points are marked
+
+[compare]                    # the main table: every strategy x every partition
+strategies = ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]
+microbatches = 8
+chunks = 2                   # v, for strategies that interleave
+remat = "never"              # or "always", "except_last"
+partitions = ["uniform", "balanced"]   # or counts such as "2,3,3,3"
+
+[sweep]
+microbatches = [1, 2, 4, 8, 16, 32]    # bubble against M
+devices = [1, 2, 3, 4, 6, 8]           # speedup against K, at compare.microbatches
+chunks = [2]                           # v values drawn for interleaved in the M sweep
+
+[train]                      # loss over steps, pipelined against one device
+steps = 10
+lr = 0.01
+strategy = "gpipe"
+"""
+
+
+def load_study(path: str) -> Study:
+    """Read and check a study file; every problem names the key's path."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"study file {path!r} does not exist; give the path to a .toml file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    study = Study()
+    for key, value in data.items():
+        if key == "title":
+            if not isinstance(value, str):
+                raise ConfigError(f"{path}: title: {value!r} is not a string; write title = \"...\"")
+            study = replace(study, title=value)
+            continue
+        if key not in SCHEMA:
+            raise ConfigError(
+                f"{path}: [{key}] is not a section of a study; use {', '.join(['title'] + list(SCHEMA))}"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {key} must be a table, written [{key}]")
+        section = getattr(study, key)
+        changes = {}
+        for name, raw in value.items():
+            check = SCHEMA[key].get(name)
+            if check is None:
+                raise ConfigError(
+                    f"{path}: [{key}].{name} is not a key of [{key}]; use one of {', '.join(SCHEMA[key])}"
+                )
+            try:
+                changes[name] = check(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
+        study = replace(study, **{key: replace(section, **changes)})
+    _check_together(study, path)
+    return study
+
+
+def _check_together(study: Study, path: str) -> None:
+    """Checks that need several keys: each must still fail with a path."""
+    widths = parse_layers(study.model.layers)
+    layers = len(widths) - 1
+    for where, devices in [("[hardware].devices", study.hardware.devices)] + [
+        ("[sweep].devices", d) for d in study.sweep.devices
+    ]:
+        if devices > layers:
+            raise ConfigError(f"{path}: {where}: {devices} devices are more than the {layers} layers of [model].layers")
+    chunked = "interleaved" in study.compare.strategies
+    for where, v in [("[compare].chunks", study.compare.chunks)] + [("[sweep].chunks", v) for v in study.sweep.chunks]:
+        if chunked and study.hardware.devices * v > layers:
+            raise ConfigError(
+                f"{path}: {where}: {v} chunks on {study.hardware.devices} devices make "
+                f"{study.hardware.devices * v} stages, more than the {layers} layers of [model].layers"
+            )
+    for where, m in [("[compare].microbatches", study.compare.microbatches)] + [
+        ("[sweep].microbatches", m) for m in study.sweep.microbatches
+    ]:
+        if m > study.model.batch:
+            raise ConfigError(f"{path}: {where}: {m} micro-batches are more than [model].batch = {study.model.batch}")

@@ -1,0 +1,158 @@
+"""Reports: well-formed files, Chrome traces with one event per action, studies checked by key path,
+and the committed default report reproduced."""
+
+import json
+import os
+import pathlib
+from html.parser import HTMLParser
+
+import pytest
+from PIL import Image
+
+from pipesched.cli import main
+from pipesched.report import default_study, load_study
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SMALL = """
+title = "small"
+[model]
+layers = "8,16x4,4"
+batch = 8
+[hardware]
+devices = 2
+link_bandwidth = 1e9
+[compare]
+strategies = ["gpipe", "zb-h1", "dp"]
+microbatches = 4
+partitions = ["uniform", "balanced"]
+[sweep]
+microbatches = [2, 4]
+devices = [1, 2]
+[train]
+steps = 2
+"""
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs, self.svgs, self.tags = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.svgs += tag == "svg"
+        self.refs += [v for k, v in attrs if k in ("href", "src") and tag in ("a", "img", "link", "script")]
+
+
+@pytest.fixture(scope="module")
+def small_report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("report")
+    study = folder / "small.toml"
+    study.write_text(SMALL)
+    out = folder / "out"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    return out
+
+
+def test_the_page_is_self_contained_and_references_only_files_that_exist(small_report):
+    names = {p.name for p in small_report.iterdir()}
+    assert {"index.html", "report.md", "metrics.json", "study.toml", "figures"} <= names
+    assert {"trace-gpipe.json", "trace-zb-h1.json", "trace-dp.json"} <= names
+    parser = _Links()
+    parser.feed((small_report / "index.html").read_text())
+    assert parser.svgs == 7 and "table" in parser.tags  # every figure inline
+    for ref in parser.refs:
+        assert not ref.startswith(("http:", "https:", "//")), ref  # no network fetches
+        assert ref.startswith("data:") or (small_report / ref).exists(), ref
+
+
+def test_markdown_figures_exist_and_every_png_opens(small_report):
+    md = (small_report / "report.md").read_text()
+    figures = [line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")]
+    assert len(figures) == 7
+    for figure in figures:
+        with Image.open(small_report / figure) as image:
+            image.verify()
+    assert md.count("| gpipe |") == 2  # uniform and balanced rows
+
+
+def test_each_trace_has_one_complete_event_per_action_and_transfer(small_report):
+    for name in ("gpipe", "zb-h1", "dp"):
+        events = json.loads((small_report / f"trace-{name}.json").read_text())["traceEvents"]
+        spans = [e for e in events if e["ph"] == "X" and e["pid"] == 0]
+        actions = {"gpipe": 2 * 2 * 4, "zb-h1": 2 * 3 * 4, "dp": 2 * 4}[name]  # K=2 stages/devices, M=4
+        assert len([e for e in spans if e["cat"] != "R"]) == actions
+        assert len({(e["tid"], e["name"]) for e in spans}) == len(spans)  # each once
+        for device in {e["tid"] for e in spans}:
+            mine = sorted((e["ts"], e["ts"] + e["dur"]) for e in spans if e["tid"] == device)
+            assert all(a_end <= b_start + 1e-6 for (_, a_end), (b_start, _) in zip(mine, mine[1:]))
+        transfers = [e for e in events if e["ph"] == "X" and e["pid"] == 1]
+        expected = {"gpipe": 2 * 4, "zb-h1": 2 * 4, "dp": 2 * 2 * 1}[name]  # one boundary both ways; dp's ring
+        assert len(transfers) == expected
+
+
+def test_the_default_study_file_is_the_built_in_study():
+    assert load_study(str(ROOT / "reports" / "default.toml")) == default_study()
+
+
+def _same(a, b, path=""):
+    """Equal, except numbers NumPy's BLAS sums (losses, gradient errors), which may differ in the last bits."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif "loss" in path or "train" in path:
+        assert a == pytest.approx(b, rel=1e-9), path
+    elif "grad_rel_err" in path:
+        assert a < 1e-12 and b < 1e-12, path
+    else:
+        assert a == b, path
+
+
+def test_the_committed_default_report_is_reproduced(tmp_path):
+    assert main(["report", str(ROOT / "reports" / "default.toml"), "-o", str(tmp_path / "default")]) == 0
+    fresh = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    committed = json.loads((ROOT / "reports" / "default" / "metrics.json").read_text())
+    _same(fresh, committed)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[modell]\nlayers = '4,4'", "[modell] is not a section of a study"),
+        ("[hardware]\nlink_bandwidth = -1", "[hardware].link_bandwidth: -1 is not a positive finite number"),
+        ("[hardware]\ndevices = 'four'", "[hardware].devices: 'four' is not a whole number of at least 1"),
+        ("[compare]\nstrategies = ['gpipe', 'nope']", "[compare].strategies: 'nope' is not one of"),
+        ("[compare]\nmicrobatchs = 4", "[compare].microbatchs is not a key of [compare]"),
+        ("[sweep]\ndevices = [1, 20]", "[sweep].devices: 20 devices are more than the 11 layers"),
+        ("[hardware]\ndevice_memory = 'lots'", "[hardware].device_memory: 'lots' is not a size"),
+        ("[model]\nlayers = '4,x'", "[model].layers: '4,x' is malformed"),
+        ("[model\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_study_names_the_key_and_writes_nothing(tmp_path, capsys, text, message):
+    study = tmp_path / "bad.toml"
+    study.write_text(text)
+    out = tmp_path / "out"
+    assert main(["report", str(study), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "bad.toml" in err
+    assert sorted(os.listdir(tmp_path)) == ["bad.toml"]  # no output folder, no temporary leftovers
+
+
+def test_a_missing_study_file(capsys, tmp_path):
+    assert main(["report", str(tmp_path / "none.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_run_never_imports_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys; from pipesched.cli import main; main(['run', '--no-compute']); print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/").stdout
+    assert out.strip().endswith("False")
