@@ -27,7 +27,7 @@ from .balance import Balance, balance, chain_graph, evaluate
 from .partition import uniform
 from .pipeline import DEFAULT_LAYERS, RunConfig, RunResult, compare, model_graph, run, train
 from .report.render import comparison_rows
-from .units import format_bytes, format_rate, format_time, parse_bytes
+from .units import count, format_bytes, format_rate, format_time, parse_bytes
 from .strategy import available_strategies, load_strategy, make_plan
 from .trace import to_chrome
 
@@ -134,16 +134,13 @@ def _config(args: argparse.Namespace) -> RunConfig:
     )
 
 
-def _count(n: int, noun: str) -> str:
-    """A count and its noun, plural where it should be.
-
-    >>> _count(1, "device"), _count(2, "micro-batch")
-    ('1 device', '2 micro-batches')
-    """
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
-
-
 def _table(rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart.
+
+    >>> print(_table([("a", "bb"), ("ccc", "d")]))
+    a    bb
+    ccc  d
+    """
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
@@ -153,7 +150,7 @@ def _print_run(result: RunResult) -> None:
     counts = ",".join(str(len(s)) for s in result.partition)
     chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
     print(
-        f"{config.strategy}: {_count(config.devices, 'device')}{chunks}, {_count(config.microbatches, 'micro-batch')}, "
+        f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
         f"batch {config.batch}, layers {config.layers} (partition {counts}), remat {config.remat}, cost {config.cost}"
     )
     print()
@@ -228,30 +225,44 @@ def _transfers(result: RunResult) -> str:
 
 
 def _check_output_path(flag: str, path: str) -> None:
-    """Fail before any work if ``path`` cannot be written as a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    """Fail before any work unless ``path`` names a regular file that can be written, new or existing."""
+    if not path:
+        raise ConfigError(f"{flag} is empty; give a file path such as trace.json")
+    real = os.path.realpath(path)  # write through a symbolic link, not over it
+    folder = os.path.dirname(real)
+    if os.path.isdir(real):
         raise ConfigError(f"{flag} {path} is a folder; give a file path such as {os.path.join(path, 'trace.json')}")
+    if os.path.exists(real) and not os.path.isfile(real):
+        raise ConfigError(f"{flag} {path} is not a regular file; give a path for an ordinary file")
     if not os.path.isdir(folder):
         raise ConfigError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
-    if not os.access(folder, os.W_OK):
-        raise ConfigError(f"{flag} {path}: folder {folder} is not writable; choose another path")
+    if not os.access(folder, os.W_OK) or (os.path.exists(real) and not os.access(real, os.W_OK)):
+        raise ConfigError(f"{flag} {path} cannot be written; choose another path")
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that a failure never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".pipesched-", suffix=".tmp")
+    """Write ``text`` to ``path`` so that a failure never leaves a half-written file.
+
+    The text goes to a temporary file beside the target, which then replaces it
+    with the target's permissions (or the umask's, for a new file).
+    """
+    real = os.path.realpath(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = os.stat(real).st_mode & 0o777 if os.path.exists(real) else 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix=".pipesched-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
+        os.chmod(tmp, mode)
+        os.replace(tmp, real)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    if args.trace:
+    if args.trace is not None:
         _check_output_path("--trace", args.trace)
     result = run(_config(args))
     if args.trace:
@@ -272,7 +283,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         return
     config, unit = results[0].config, results[0].trace.time_unit
     print(
-        f"{_count(config.devices, 'device')}, {_count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
+        f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
         f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
     )
     print()

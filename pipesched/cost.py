@@ -74,8 +74,10 @@ class FlopsCost:
         for flag, value in (("--device-flops", self.device_flops), ("--link-bandwidth", self.link_bandwidth)):
             if not (math.isfinite(value) and value >= 1):
                 raise ConfigError(f"{flag} {value:g} is not a finite rate of at least 1 per second; give e.g. 1e12")
-        if not (math.isfinite(self.link_latency) and self.link_latency >= 0):
-            raise ConfigError(f"--link-latency {self.link_latency:g} is not a finite number of seconds >= 0; give e.g. 5e-6")
+        if not (math.isfinite(self.link_latency) and 0 <= self.link_latency <= 1):
+            raise ConfigError(
+                f"--link-latency {self.link_latency:g} is not between 0 and 1 second; give seconds, e.g. 5e-6"
+            )
 
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         return OP_WEIGHT[op] * sum(l.forward_flops(rows) for l in layers) / self.device_flops

@@ -6,6 +6,7 @@ import re
 from typing import Sequence
 
 from .errors import ConfigError
+from .units import count
 
 __all__ = ["Partition", "uniform", "explicit", "parse_partition"]
 
@@ -29,8 +30,8 @@ def uniform(num_layers: int, stages: int) -> Partition:
     """
     if stages > num_layers:
         raise ConfigError(
-            f"the schedule has {stages} stages but the model has only {num_layers} layers; "
-            f"use at most {num_layers} stages (fewer --devices or --chunks) or more --layers"
+            f"the schedule has {count(stages, 'stage')} but the model has only {count(num_layers, 'layer')}; "
+            f"use at most {count(num_layers, 'stage')} (fewer --devices or --chunks) or more --layers"
         )
     base, extra = divmod(num_layers, stages)
     return _from_counts([base + (s < extra) for s in range(stages)])
@@ -45,14 +46,14 @@ def explicit(counts: Sequence[int], num_layers: int, stages: int) -> Partition:
     text = ",".join(map(str, counts))
     if len(counts) != stages:
         raise ConfigError(
-            f"--partition {text} has {len(counts)} stages but the schedule has {stages}; "
-            f"give {stages} layer counts"
+            f"--partition {text} has {count(len(counts), 'stage')} but the schedule has {stages}; "
+            f"give {count(stages, 'layer count')}"
         )
     if any(c < 1 for c in counts):
         raise ConfigError(f"--partition {text} has an empty stage; give every stage at least one layer")
     if sum(counts) != num_layers:
         raise ConfigError(
-            f"--partition {text} sums to {sum(counts)} layers but the model has {num_layers}; "
+            f"--partition {text} sums to {count(sum(counts), 'layer')} but the model has {num_layers}; "
             f"make the counts sum to {num_layers}"
         )
     return _from_counts(counts)

@@ -24,13 +24,14 @@ from .balance import Balance, balance, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import CostModel, FlopsCost, make_cost_model
 from .engine import check_remat, simulate
-from .errors import ConfigError
+from .errors import ConfigError, PipeschedError
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
 from .partition import Partition, parse_partition
 from .schedule import Schedule
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
 from .trace import Trace
+from .units import count
 
 __all__ = [
     "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
@@ -130,10 +131,26 @@ class Prepared:
     target: np.ndarray | None = None
 
 
+#: The largest schedule one run simulates: far past any real pipeline, short of hours of work.
+MAX_ACTIONS = 20_000_000
+
+
 def _check_counts(config: RunConfig) -> None:
-    for flag, value in (("--devices", config.devices), ("--batch", config.batch), ("--chunks", config.chunks)):
+    counts = (("--devices", config.devices), ("--microbatches", config.microbatches), ("--batch", config.batch),
+              ("--chunks", config.chunks), ("--seed", config.seed))
+    for flag, value in counts:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} {value!r} is not a whole number; give e.g. 4")
+    for flag, value in counts[:4]:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    actions = 3 * config.devices * config.microbatches * (config.chunks or 1)  # F, I, W per stage at most
+    if actions > MAX_ACTIONS:
+        raise ConfigError(
+            f"--devices {config.devices} x --microbatches {config.microbatches} x --chunks {config.chunks or 1} "
+            f"makes a schedule of up to {actions:,} actions, past the {MAX_ACTIONS:,} one run simulates; "
+            "use fewer devices or micro-batches"
+        )
     if config.seed < 0:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
     check_remat(config.remat)
@@ -155,8 +172,8 @@ def prepare(config: RunConfig) -> Prepared:
     if schedule.num_stages > len(layers):
         on = f"--devices {config.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
         raise ConfigError(
-            f"strategy {strategy.name!r} plans {schedule.num_stages} stages on {on} but --layers "
-            f"{config.layers} has only {len(layers)} layers; use fewer devices or chunks, or more layers"
+            f"strategy {strategy.name!r} plans {count(schedule.num_stages, 'stage')} on {on} but --layers "
+            f"{config.layers} has only {count(len(layers), 'layer')}; use fewer devices or chunks, or more layers"
         )
     balanced = None
     if config.partition == "balanced":
@@ -239,11 +256,24 @@ def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
     """
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one, e.g. gpipe,1f1b")
+    repeated = sorted({name for name in strategies if list(strategies).count(name) > 1})
+    if repeated:
+        raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
     prepared = []
     for name in strategies:
-        takes_chunks = hasattr(load_strategy(name), "default_chunks")
-        prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
-    return [execute(p) for p in prepared]
+        others = ",".join(n for n in strategies if n != name) or "another strategy"
+        try:
+            takes_chunks = hasattr(load_strategy(name), "default_chunks")
+            prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
+        except PipeschedError as exc:
+            raise type(exc)(f"{exc}; or leave {name} out with --strategies {others}") from exc
+    results = []
+    for name, ready in zip(strategies, prepared):
+        try:
+            results.append(execute(ready))
+        except PipeschedError as exc:  # a deadlock or OOM: say whose
+            raise type(exc)(f"strategy {name!r}: {exc}") from exc
+    return results
 
 
 def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
@@ -260,8 +290,13 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
     prepared = prepare(config)
     assert prepared.model is not None  # compute is on
     results = []
-    for _ in range(steps):
-        result = execute(prepared)
+    for step in range(steps):
+        with np.errstate(all="ignore"):  # a diverging run is reported below, in one sentence
+            result = execute(prepared)
+        if not (result.loss is not None and math.isfinite(result.loss) and result.grad_rel_err != math.inf):
+            raise ConfigError(
+                f"training diverged at step {step} (loss {result.loss}) with --lr {lr:g}; use a smaller learning rate"
+            )
         for (w, b), (gw, gb) in zip(prepared.model.params, result.grads or []):
             w -= lr * gw
             b -= lr * gb

@@ -14,7 +14,7 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["parse_bytes", "format_bytes", "format_time", "format_rate", "UNITS"]
+__all__ = ["parse_bytes", "format_bytes", "format_time", "format_rate", "count", "UNITS"]
 
 UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -70,3 +70,12 @@ def format_rate(value: float) -> str:
     ('1,006,661', '0.969697')
     """
     return f"{value:,.0f}" if value >= 1000 else f"{value:.6g}"
+
+
+def count(n: int, noun: str) -> str:
+    """A count and its noun, plural where it should be.
+
+    >>> count(1, "device"), count(2, "micro-batch"), count(3, "layer")
+    ('1 device', '2 micro-batches', '3 layers')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"

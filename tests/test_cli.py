@@ -75,7 +75,12 @@ def test_strategies_lists_the_builtins(capsys):
         (["--devices", "0"], "--devices 0 is not allowed; use 1 or more"),
         (["--devices", "12"], "strategy 'gpipe' plans 12 stages on --devices 12 but --layers 128,256x10,10 has only 11 layers"),
         (["--seed", "-1"], "--seed -1 is negative; give a seed of 0 or more"),
-        (["--link-latency", "inf"], "--link-latency inf is not a finite number of seconds"),
+        (["--link-latency", "inf"], "--link-latency inf is not between 0 and 1 second"),
+        (["--link-latency", "1e9"], "--link-latency 1e+09 is not between 0 and 1 second"),
+        (["--trace", ""], "--trace is empty; give a file path"),
+        (["--devices", "100000000000000000000"], "past the 20,000,000 one run simulates"),
+        (["--microbatches", "10000000", "--batch", "10000000", "--no-compute"], "past the 20,000,000 one run simulates"),
+        (["--layers", "4,4", "--devices", "2"], "has only 1 layer; use fewer devices"),
         (["--device-flops", "0.5"], "--device-flops 0.5 is not a finite rate of at least 1 per second"),
         (["--trace", "/"], "--trace / is a folder; give a file path such as /trace.json"),
         (["--trace", "/no/such/dir/t.json"], "folder /no/such/dir does not exist"),
@@ -134,3 +139,32 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == "pipesched: error: --devices 0 is not allowed; use 1 or more\n"
     assert not os.path.exists(trace)  # nothing written on failure
+
+
+def test_trace_refuses_special_files_and_writes_through_links(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["run", "--trace", str(fifo)]) == 2
+    assert "is not a regular file" in capsys.readouterr().err and fifo.is_fifo()
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    os.chmod(real, 0o640)
+    link.symlink_to(real)
+    assert main(["run", "--devices", "2", "--microbatches", "2", "--trace", str(link)]) == 0
+    assert link.is_symlink() and json.loads(real.read_text())["traceEvents"]
+    assert (real.stat().st_mode & 0o777) == 0o640  # the file keeps its permissions
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".pipesched-")] == []
+
+
+def test_training_that_diverges_is_an_error_not_a_nan(capsys):
+    assert main(["train", "--lr", "1e10", "--steps", "5", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "training diverged at step" in err and "use a smaller learning rate" in err
+    assert "RuntimeWarning" not in err
+
+
+def test_compare_names_the_strategy_that_fails_and_the_way_out(capsys):
+    assert main(["compare", "--microbatches", "2"]) == 2
+    assert "or leave dp out with --strategies gpipe,1f1b,interleaved,zb-h1" in capsys.readouterr().err
+    assert main(["compare", "--strategies", "gpipe,1f1b,gpipe"]) == 2
+    assert "--strategies names gpipe more than once" in capsys.readouterr().err
