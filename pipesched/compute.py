@@ -31,11 +31,16 @@ from .model import Layer, Model, Params
 __all__ = ["Held", "Buffer", "Workload", "NumpyWorkload", "ShapeWorkload"]
 
 
-@dataclass(frozen=True, slots=True)
 class Buffer:
-    """Stand-in for an array under ``--no-compute``: only its size matters."""
+    """Stand-in for an array under ``--no-compute``: only its size matters, and its identity."""
 
-    nbytes: int
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"Buffer({self.nbytes})"
 
 
 @dataclass(slots=True)
@@ -156,32 +161,45 @@ class NumpyWorkload(_Stages):
 
 
 class ShapeWorkload(_Stages):
-    """Byte-exact stand-ins for ``NumpyWorkload``: same structure, no arithmetic, no weights."""
+    """Byte-exact stand-ins for ``NumpyWorkload``: no arithmetic, no weights.
+
+    What a real stage holds as several arrays is held here as one buffer per
+    group that is held and freed together (the stage input; the other layer
+    inputs; the output; the pre-activation gradients), so the engine's
+    accounting sees the same bytes, by the same roles, at the same times, with
+    fewer objects to count.
+    """
 
     def __init__(self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int = 8):
         super().__init__(layers, stages, rows, itemsize)
+        # per stage: widths of the inner layer inputs, the output, all outputs (the gradients)
+        self._widths = [
+            (sum(l.in_features for l in ls[1:]), ls[-1].out_features, sum(l.out_features for l in ls), ls[0].in_features)
+            for ls in self.layers
+        ]
 
     def _buf(self, mb: int, width: int) -> Buffer:
         return Buffer(self.rows[mb] * width * self.itemsize)
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
-        layers = self.layers[stage]
+        inner, out, _, first = self._widths[stage]
         if x is None:
-            x = self._buf(mb, layers[0].in_features)
-        y = self._buf(mb, layers[-1].out_features)
+            x = self._buf(mb, first)
+        y = self._buf(mb, out)
         if not keep:
             return y, Held([x], remat=True)
-        acts = [x] + [self._buf(mb, l.in_features) for l in layers[1:]]
-        return y, Held(acts + [y] if self._keeps_output(stage) else acts)
+        acts = [x, self._buf(mb, inner)] if inner else [x]
+        if self._keeps_output(stage):
+            acts.append(y)
+        return y, Held(acts)
 
     def recompute(self, stage: int, mb: int, held: Held) -> Held:
         return self.forward(stage, mb, held.acts[0], keep=True)[1]
 
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
-        layers = self.layers[stage]
-        dx = self._buf(mb, layers[0].in_features) if stage > 0 else None
-        dzs = [self._buf(mb, l.out_features) for l in layers]
-        return dx, Held(held.acts[: len(layers)], dzs)
+        inner, _, gradients, first = self._widths[stage]
+        dx = self._buf(mb, first) if stage > 0 else None
+        return dx, Held(held.acts[: 2 if inner else 1], [self._buf(mb, gradients)])
 
     def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
         pass

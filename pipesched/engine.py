@@ -1,12 +1,19 @@
 """The SimPy engine: devices walk their action lists, links carry the real arrays, memory is counted.
 
-Each device is a SimPy process that runs its actions in order. An action
-starts once its input has arrived: a forward of stage s > 0 waits for stage
-s-1's output, a backward (B or I) of a stage other than the last waits for the
-gradient from the stage after it. Its own earlier F (and I before W) are
-guaranteed by validation. Outputs for another device travel over the link
-``src -> dst``, a SimPy resource of capacity one, so transfers on one link queue
-while sends overlap with compute.
+Each device runs its actions in order. An action starts once its input has
+arrived: a forward of stage s > 0 waits for stage s-1's output, a backward (B
+or I) of a stage other than the last waits for the gradient from the stage
+after it. Its own earlier F (and I before W) are guaranteed by validation.
+
+Every action is one SimPy timeout whose callback finishes it and starts the
+device's next action, a state machine per device rather than a process: a
+process costs a generator and several events per action, and this engine
+must not be slower than a hand-written SimPy loop. Outputs for another device
+travel over the link ``src -> dst``, a first-in first-out server of capacity
+one: a send occupies it for bytes / bandwidth from when it and the link are
+free, and lands latency later, so sends queue on a link and overlap compute.
+Queueing times are known when a send is issued, so each send is one or two
+timeouts instead of a resource request; free transfers (unit cost) land at once.
 
 A stage whose forwards run on several devices is replicated (data
 parallelism); after its last action each replica joins a ring all-reduce of
@@ -29,7 +36,7 @@ When no event is left but a device has not finished, the schedule deadlocked:
 
 from __future__ import annotations
 
-from typing import Any, Generator
+from typing import Any, Callable
 
 import simpy
 
@@ -70,9 +77,10 @@ class _Engine:
         allow_oom: bool = False,
     ):
         check_remat(remat)
-        self.allow_oom = allow_oom
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
+        self.allow_oom = allow_oom
         self.env = simpy.Environment()
+        devices = schedule.devices
         self.num_stages = schedule.num_stages
         self.microbatches = schedule.microbatches
         self.forward_on: dict[tuple[int, int], int] = {}
@@ -84,26 +92,32 @@ class _Engine:
                 elif a.op in "BI":
                     self.backward_on[(a.stage, a.microbatch)] = d
         self.hosted = [sorted({a.stage for a in actions}) for actions in schedule.actions]
-        self.stage_units = schedule.devices / self.num_stages  # the unit cost model's F of one stage
-        self.replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
+        self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
+        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
+        # per device, the all-reduce steps it takes after its actions: (stage, step, ring)
+        self.reduce_steps = [
+            [(s, step, replicas[s]) for s in self.hosted[d] if s in replicas for step in range(2 * (len(replicas[s]) - 1))]
+            for d in range(devices)
+        ]
 
         self.arrived: dict[_Key, Any] = {}
-        self.pending: dict[_Key, simpy.Event] = {}
-        self.links: dict[tuple[int, int], simpy.Resource] = {}
+        self.blocked: dict[_Key, int] = {}  # an input not yet arrived -> the device waiting for it
+        self.link_free: dict[tuple[int, int], float] = {}
         self.held: dict[tuple[int, int], Held] = {}
         self.has_grads: set[tuple[int, int]] = set()
-        self.waiting: list[str | None] = [None] * schedule.devices
-        self.finished = [False] * schedule.devices
-
+        self.position = [0] * devices  # next action (then all-reduce step) of each device
+        self.waiting: list[Any] = [None] * devices  # what each device waits for: (action, key) or text
+        self.finished = [False] * devices
+        self.trace = Trace(devices=devices, time_unit=cost.time_unit)
         self.memory = [
             DeviceMemory(sum(work.param_bytes(s) for s in hosted), device_memory, self._exceeded(d))
             for d, hosted in enumerate(self.hosted)
         ]
-        self.trace = Trace(devices=schedule.devices, time_unit=cost.time_unit)
         self.trace.memory = [m.timeline for m in self.memory]
+        self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
 
     # -- bookkeeping -------------------------------------------------------
-    def _exceeded(self, device: int) -> Any:
+    def _exceeded(self, device: int) -> Callable[[MemorySample], None]:
         def on_exceed(sample: MemorySample) -> None:
             if self.trace.oom is None:
                 self.trace.oom = (device, sample)
@@ -121,52 +135,88 @@ class _Engine:
     def _sample(self, device: int) -> None:
         self.memory[device].sample(self.env.now)
 
-    def _run(self, device: int, op: str, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
-        start = self.env.now
-        duration = self.cost.compute_time(op, self.work.layers[stage], self.work.rows[mb], self.stage_units)
-        yield self.env.timeout(duration)
+    def _after(self, delay: float, then: Callable[[Any], None]) -> None:
+        """Call ``then`` once ``delay`` has passed: one SimPy event."""
+        self.env.timeout(delay).callbacks.append(then)
+
+    def _duration(self, op: str, stage: int, mb: int) -> float:
+        key = (op, stage, self.work.rows[mb])
+        duration = self.durations.get(key)
+        if duration is None:  # the same for every repeat of a stage and micro-batch size: ask once
+            duration = self.durations[key] = self.cost.compute_time(
+                op, self.work.layers[stage], self.work.rows[mb], self.stage_units
+            )
+        return duration
+
+    def _span(self, device: int, op: str, stage: int, mb: int, start: float) -> None:
         self.trace.spans.append(Span(device, op, stage, mb, start, self.env.now))
 
+    # -- links ---------------------------------------------------------------
     def _deliver(self, device: int, key: _Key, payload: Any) -> None:
         self.arrived[key] = payload
         self.memory[device].hold([payload], "buffers")  # an arrived buffer waits on its device
         self._sample(device)
-        event = self.pending.pop(key, None)
-        if event is not None:
-            event.succeed()
+        waiter = self.blocked.pop(key, None)
+        if waiter is not None:
+            self._advance(waiter)
 
-    def _link(self, src: int, dst: int) -> simpy.Resource:
-        link = self.links.get((src, dst))
-        if link is None:
-            link = self.links[(src, dst)] = simpy.Resource(self.env, capacity=1)
-        return link
-
-    def _transfer(self, src: int, dst: int, name: str, payload: Any) -> Generator[simpy.Event, Any, None]:
-        nbytes = payload.nbytes
-        # The link is busy while the bytes go onto the wire; latency is flight time,
-        # so the next send on the link need not wait for this one to land.
-        busy, latency = self.cost.transfer_times(nbytes)
-        with self._link(src, dst).request() as request:
-            yield request
-            start = self.env.now
-            yield self.env.timeout(busy)
-        end = self.env.now
-        self.memory[src].release([payload], "buffers")  # the bytes have left the sender
-        self._sample(src)
-        yield self.env.timeout(latency)
-        self.trace.transfers.append(Transfer(src, dst, name, nbytes, start, end, self.env.now))
-
-    def _send(self, src: int, dst: int, key: _Key, payload: Any, name: str) -> None:
+    def _send(self, src: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
+        """Send ``payload``, the output of action ``what`` (stage, op, micro-batch), to ``dst``."""
         if src == dst:
+            self._deliver(dst, key, payload)
+            return
+        busy, latency = self.cost.transfer_times(payload.nbytes)
+        now = self.env.now
+        start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
+        end = start + busy
+        self.link_free[(src, dst)] = end
+        self.trace.transfers.append(Transfer(src, dst, *what, payload.nbytes, start, end, end + latency))
+        if end + latency == now:  # a free transfer lands at once
             self._deliver(dst, key, payload)
             return
         self.memory[src].hold([payload], "buffers")  # queued or on the wire, still the sender's
         self._sample(src)
-        moving = self.env.process(self._transfer(src, dst, name, payload))
-        moving.callbacks.append(lambda _: self._deliver(dst, key, payload))
 
-    # -- actions -----------------------------------------------------------
-    def _forward(self, device: int, stage: int, mb: int, x: Any) -> Generator[simpy.Event, Any, None]:
+        def left(_: Any) -> None:
+            self.memory[src].release([payload], "buffers")  # the bytes have left the sender
+            self._sample(src)
+            if latency == 0:
+                self._deliver(dst, key, payload)
+            else:
+                self._after(latency, lambda _: self._deliver(dst, key, payload))
+
+        self._after(end - now, left)
+
+    # -- one device, action by action ------------------------------------------
+    def _advance(self, device: int) -> None:
+        """Start the device's next action, or its next all-reduce step, if its input is there."""
+        actions = self.schedule.actions[device]
+        position = self.position[device]
+        if position >= len(actions):
+            self._reduce(device, position - len(actions))
+            return
+        action = actions[position]
+        stage, op, mb = action
+        key: _Key | None = None
+        if op == "F" and stage > 0:
+            key = ("x", stage, mb)
+        elif op in "BI" and stage < self.num_stages - 1:
+            key = ("g", stage, mb)
+        if key is not None and key not in self.arrived:
+            self.blocked[key] = device
+            self.waiting[device] = (action, key)  # described only if it turns out to be a deadlock
+            return
+        self.waiting[device] = None
+        payload = self.arrived.pop(key) if key is not None else None
+        self.position[device] = position + 1
+        if op == "F":
+            self._forward(device, stage, mb, payload)
+        elif op == "W":
+            self._weight_only(device, stage, mb)
+        else:
+            self._backward(device, stage, mb, payload, op)
+
+    def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
         keep = self.remat == "never" or (self.remat == "except_last" and mb == self.microbatches - 1)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
@@ -174,34 +224,56 @@ class _Engine:
         if x is not None:  # the arrived input is now held as part of ``held``
             self.memory[device].release([x], "buffers")
         self._sample(device)
-        yield from self._run(device, "F", stage, mb)
-        if stage + 1 < self.num_stages:
-            self._send(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, f"{stage}F{mb}")
+        start = self.env.now
 
-    def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> Generator[simpy.Event, Any, None]:
+        def done(_: Any) -> None:
+            self._span(device, "F", stage, mb, start)
+            if stage + 1 < self.num_stages:
+                self._send(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
+            self._advance(device)
+
+        self._after(self._duration("F", stage, mb), done)
+
+    def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
-        if held.remat:  # one micro-batch's full activations exist again during recompute and backward
-            full = self.work.recompute(stage, mb, held)
-            self._keep(device, full)
-            self._drop(device, held)
-            self._sample(device)
-            yield from self._run(device, "R", stage, mb)
-            held = full
+        if not held.remat:
+            self._backward_pass(device, stage, mb, dy, op, held)
+            return
+        # one micro-batch's full activations exist again during recompute and backward
+        full = self.work.recompute(stage, mb, held)
+        self._keep(device, full)
+        self._drop(device, held)
+        self._sample(device)
+        start = self.env.now
+
+        def recomputed(_: Any) -> None:
+            self._span(device, "R", stage, mb, start)
+            self._backward_pass(device, stage, mb, dy, op, full)
+
+        self._after(self._duration("R", stage, mb), recomputed)
+
+    def _backward_pass(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> None:
         dx, for_weights = self.work.backward_input(stage, mb, held, dy)
         if op == "B":
             self._weights(device, stage, mb, for_weights)
-            yield from self._run(device, "B", stage, mb)
         else:  # I: the pre-activation gradients appear now and stay, with the layer inputs, for W
             self._keep(device, for_weights)
             self._sample(device)
-            yield from self._run(device, "I", stage, mb)
-            self.held[(stage, mb)] = for_weights
-        self._drop(device, held)
-        if dy is not None:
-            self.memory[device].release([dy], "buffers")
-        self._sample(device)
-        if stage > 0:
-            self._send(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, f"{stage}{op}{mb}")
+        start = self.env.now
+
+        def done(_: Any) -> None:
+            self._span(device, op, stage, mb, start)
+            if op == "I":
+                self.held[(stage, mb)] = for_weights
+            self._drop(device, held)
+            if dy is not None:
+                self.memory[device].release([dy], "buffers")
+            self._sample(device)
+            if stage > 0:
+                self._send(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
+            self._advance(device)
+
+        self._after(self._duration(op, stage, mb), done)
 
     def _weights(self, device: int, stage: int, mb: int, held: Held) -> None:
         self.work.backward_weight(device, stage, mb, held)
@@ -210,66 +282,52 @@ class _Engine:
             self.memory[device].add_grads(self.work.param_bytes(stage))
             self._sample(device)
 
-    def _weight_only(self, device: int, stage: int, mb: int) -> Generator[simpy.Event, Any, None]:
+    def _weight_only(self, device: int, stage: int, mb: int) -> None:
         held = self.held.pop((stage, mb))
         self._weights(device, stage, mb, held)
-        yield from self._run(device, "W", stage, mb)
-        self._drop(device, held)
-        self._sample(device)
+        start = self.env.now
 
-    def _allreduce(self, device: int, stage: int) -> Generator[simpy.Event, Any, None]:
-        ring = self.replicas[stage]
-        r, size = ring.index(device), len(ring)
-        nxt = ring[(r + 1) % size]
-        chunk = -(-self.work.param_bytes(stage) // size)
-        for step in range(2 * (size - 1)):
-            self._send(device, nxt, ("ar", stage, step, nxt), _Chunk(chunk), f"allreduce {stage}")
-            key = ("ar", stage, step, device)
-            if key not in self.arrived:
-                self.waiting[device] = f"step {step} of the all-reduce of stage {stage} (from device {ring[r - 1]})"
-                yield self._event(key)
-            self.memory[device].release([self.arrived.pop(key)], "buffers")  # summed into the gradient
+        def done(_: Any) -> None:
+            self._span(device, "W", stage, mb, start)
+            self._drop(device, held)
             self._sample(device)
-        self.waiting[device] = None
+            self._advance(device)
 
-    def _event(self, key: _Key) -> simpy.Event:
-        event = self.pending.get(key)
-        if event is None:
-            event = self.pending[key] = self.env.event()
-        return event
+        self._after(self._duration("W", stage, mb), done)
 
-    def _device(self, device: int) -> Generator[simpy.Event, Any, None]:
-        last = self.num_stages - 1
-        for action in self.schedule.actions[device]:
-            stage, op, mb = action
-            key: _Key | None = None
-            if op == "F" and stage > 0:
-                key = ("x", stage, mb)
-            elif op in "BI" and stage < last:
-                key = ("g", stage, mb)
-            if key is not None and key not in self.arrived:
-                self.waiting[device] = _describe_wait(action, key, self)
-                yield self._event(key)
-                self.waiting[device] = None
-            payload = self.arrived.pop(key) if key is not None else None
-            if op == "F":
-                yield from self._forward(device, stage, mb, payload)
-            elif op == "W":
-                yield from self._weight_only(device, stage, mb)
-            else:
-                yield from self._backward(device, stage, mb, payload, op)
-        for stage in self.hosted[device]:
-            if stage in self.replicas:
-                yield from self._allreduce(device, stage)
-        self.finished[device] = True
+    def _reduce(self, device: int, index: int) -> None:
+        """Step ``index`` of the device's ring all-reduces: send a chunk on, wait for one to come."""
+        steps = self.reduce_steps[device]
+        if index >= len(steps):
+            self.finished[device] = True
+            self.waiting[device] = None
+            return
+        stage, step, ring = steps[index]
+        r = ring.index(device)
+        key = ("ar", stage, step, device)
+        if (key, "sent") not in self.arrived:  # send once, even if we come back to wait
+            self.arrived[(key, "sent")] = True
+            chunk = _Chunk(-(-self.work.param_bytes(stage) // len(ring)))
+            nxt = ring[(r + 1) % len(ring)]
+            self._send(device, nxt, ("ar", stage, step, nxt), chunk, (stage, "allreduce", step))
+        if key not in self.arrived:
+            self.blocked[key] = device
+            self.waiting[device] = f"step {step} of the all-reduce of stage {stage} (from device {ring[r - 1]})"
+            return
+        self.memory[device].release([self.arrived.pop(key)], "buffers")  # summed into the gradient
+        del self.arrived[(key, "sent")]
+        self._sample(device)
+        self.position[device] += 1
+        self._advance(device)
 
     def run(self) -> Trace:
         for device in range(self.schedule.devices):
-            self.env.process(self._device(device))
+            self._advance(device)
         self.env.run()
+        self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
         blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
         if blocked:
-            waits = "; ".join(f"device {d} waits at {self.waiting[d]}" for d in blocked)
+            waits = "; ".join(f"device {d} waits at {_describe(self.waiting[d], self)}" for d in blocked)
             raise DeadlockError(
                 f"the schedule deadlocks at time {self.env.now:g}: {waits}; reorder the actions so that "
                 "every input is produced before a device waits for it"
@@ -304,6 +362,10 @@ def _oom_message(device: int, sample: MemorySample, capacity: int | None, trace:
         "use --remat always, more --devices, a schedule with fewer micro-batches in flight, "
         "or --allow-oom to report it instead"
     )
+
+
+def _describe(waiting: Any, engine: _Engine) -> str:
+    return waiting if isinstance(waiting, str) else _describe_wait(*waiting, engine)
 
 
 def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:

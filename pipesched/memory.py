@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from .trace import MemorySample
+from .trace import MemorySample, Records
 
 __all__ = ["DeviceMemory", "ROLES"]
 
@@ -51,45 +51,69 @@ class DeviceMemory:
         self.capacity = capacity
         self.on_exceed = on_exceed
         self.exceeded: MemorySample | None = None
-        self._arrays: dict[int, list[Any]] = {}  # id -> [array, role counts..., attributed role or -1]
+        self._arrays: dict[int, list[Any]] = {}  # id -> [array, count per role..., the role its bytes are in]
         self._bytes = [0] * len(ROLES)
-        self.timeline: list[MemorySample] = [MemorySample(0.0, params, 0, 0, 0, 0)]
+        self.timeline: Records[MemorySample] = Records(MemorySample, [MemorySample(0.0, params, 0, 0, 0, 0)])
+        self._times = self.timeline.column("time")
+        self.peak_activation_bytes = 0
+        self.peak_total_bytes = params
 
     def hold(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` gain a holder in ``role``."""
-        self._change(arrays, _INDEX[role], +1)
+        i = _INDEX[role]
+        entries, nbytes = self._arrays, self._bytes
+        for array in arrays:
+            entry = entries.get(id(array))
+            if entry is None:
+                # the entry keeps the array alive, so its id cannot be reused meanwhile
+                entry = entries[id(array)] = [array, 0, 0, 0, i]
+                nbytes[i] += array.nbytes
+            elif i < entry[4]:  # a role earlier in ROLES takes the bytes
+                nbytes[entry[4]] -= array.nbytes
+                nbytes[i] += array.nbytes
+                entry[4] = i
+            entry[1 + i] += 1
 
     def release(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` lose a holder in ``role`` (taken by a matching ``hold``)."""
-        self._change(arrays, _INDEX[role], -1)
-
-    def _change(self, arrays: Iterable[Any], role: int, step: int) -> None:
+        i = _INDEX[role]
+        entries, nbytes = self._arrays, self._bytes
         for array in arrays:
-            entry = self._arrays.get(id(array))
-            if entry is None:
-                # the entry keeps the array alive, so its id cannot be reused meanwhile
-                entry = self._arrays[id(array)] = [array] + [0] * len(ROLES) + [-1]
-            entry[1 + role] += step
-            now = next((r for r in range(len(ROLES)) if entry[1 + r] > 0), -1)
-            was = entry[-1]
-            if now != was:
-                if was >= 0:
-                    self._bytes[was] -= array.nbytes
-                if now >= 0:
-                    self._bytes[now] += array.nbytes
-                entry[-1] = now
-            if now < 0:
-                del self._arrays[id(array)]
+            entry = entries[id(array)]
+            entry[1 + i] -= 1
+            if entry[1 + i] or entry[4] != i:
+                continue
+            nbytes[i] -= array.nbytes
+            for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
+                if entry[1 + j]:
+                    nbytes[j] += array.nbytes
+                    entry[4] = j
+                    break
+            else:
+                del entries[id(array)]
 
     def add_grads(self, nbytes: int) -> None:
         """A gradient buffer appears (it stays to the end of the step)."""
         self.grads += nbytes
 
     def sample(self, time: float) -> MemorySample:
-        """Record the state at ``time``; every change is sampled, so no peak is lost."""
-        sample = MemorySample(time, self.params, self.grads, *self._bytes)
-        self.timeline.append(sample)
-        if self.capacity is not None and self.exceeded is None and sample.total_bytes > self.capacity:
+        """Record the state at ``time``, and the peaks.
+
+        Several changes at one instant keep one sample, the last state; the
+        peaks are taken at every change, so no transient one is lost.
+        """
+        act, deferred, buffers = self._bytes
+        sample = MemorySample(time, self.params, self.grads, act, deferred, buffers)
+        if act + deferred > self.peak_activation_bytes:
+            self.peak_activation_bytes = act + deferred
+        total = self.params + self.grads + act + deferred + buffers
+        if total > self.peak_total_bytes:
+            self.peak_total_bytes = total
+        if self._times[-1] == time:
+            self.timeline.replace_last(sample)
+        else:
+            self.timeline.append(sample)
+        if self.capacity is not None and self.exceeded is None and total > self.capacity:
             self.exceeded = sample
             if self.on_exceed is not None:
                 self.on_exceed(sample)

@@ -135,6 +135,10 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     seen: dict[tuple[int, str, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
         for pos, a in enumerate(device):
+            if type(a) is Action and a.op == "F" and a not in seen and type(a.stage) is int and a.stage >= 0 \
+                    and type(a.microbatch) is int and 0 <= a.microbatch < microbatches:
+                seen[a] = (d, pos)  # the common case, checked without building messages
+                continue
             where = f"device {d}, position {pos}: {a}"
             if not isinstance(a, Action):
                 raise ScheduleError(f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)")

@@ -12,14 +12,17 @@ chrome://tracing open: one track per device and one per link.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
 
-__all__ = ["Span", "Transfer", "MemorySample", "Trace", "to_chrome"]
+__all__ = ["Span", "Transfer", "MemorySample", "Records", "Trace", "to_chrome"]
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+R = TypeVar("R", bound=tuple)
+
+
+class Span(NamedTuple):
     """Device ``device`` ran ``op`` (F, B, I, W, or R for a recompute) of ``stage`` on ``microbatch``."""
 
     device: int
@@ -37,24 +40,31 @@ class Span:
         return f"Span(device={self.device}, name={self.name!r}, start={self.start!r}, end={self.end!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class Transfer:
-    """The link ``src -> dst`` was busy with ``nbytes`` for ``name`` from start to end; they landed at ``arrival``.
+class Transfer(NamedTuple):
+    """The link ``src -> dst`` was busy with ``nbytes`` from start to end, and they landed at ``arrival``.
 
-    ``arrival - end`` is the link's latency: the next send may use the link meanwhile.
+    What moved: the output of action ``(stage, op, microbatch)`` (named like
+    ``2F0``), or, with op ``"allreduce"``, a gradient chunk of ``stage``.
+    ``arrival - end`` is the link's latency: the next send may use the link
+    meanwhile.
     """
 
     src: int
     dst: int
-    name: str
+    stage: int
+    op: str
+    microbatch: int
     nbytes: int
     start: float
     end: float
     arrival: float
 
+    @property
+    def name(self) -> str:
+        return f"allreduce {self.stage}" if self.op == "allreduce" else f"{self.stage}{self.op}{self.microbatch}"
 
-@dataclass(frozen=True, slots=True)
-class MemorySample:
+
+class MemorySample(NamedTuple):
     """Bytes a device held from ``time`` on, by role (see ``pipesched.memory``)."""
 
     time: float
@@ -74,33 +84,130 @@ class MemorySample:
         return self.params + self.grads + self.activations + self.deferred + self.buffers
 
 
+class Records(Generic[R]):
+    """A list of one kind of NamedTuple, stored as typed columns.
+
+    A step of 64 devices and 4096 micro-batches leaves a million records; as
+    tuples they would take about 100 bytes each, as columns (``array``) about
+    40. Reading gives the NamedTuple back, so code reads it like a list.
+
+    >>> spans = Records(Span)
+    >>> spans.append(Span(0, "F", 2, 1, 0.0, 1.5))
+    >>> spans[0], len(spans), spans == [Span(0, "F", 2, 1, 0.0, 1.5)]
+    (Span(device=0, name='2F1', start=0.0, end=1.5), 1, True)
+    """
+
+    __slots__ = ("kind", "_columns", "_codes", "_words", "append", "replace_last")
+
+    def __init__(self, kind: type[R], items: Iterable[R] = ()):
+        self.kind = kind
+        self._columns = [array(t) for t in _COLUMN_TYPES[kind.__name__]]
+        self._words: list[str] = []  # text fields are stored as indexes into this list
+        self._codes: dict[str, int] = {}
+        self.append, self.replace_last = _accessors(self._columns, _TEXT_FIELDS[kind.__name__], self._encode)
+        for item in items:
+            self.append(item)
+
+    def _encode(self, word: str) -> int:
+        code = self._codes.get(word)
+        if code is None:
+            code = self._codes[word] = len(self._words)
+            self._words.append(word)
+        return code
+
+    def _row(self, i: int) -> R:
+        values = [column[i] for column in self._columns]
+        for j in _TEXT_FIELDS[self.kind.__name__]:
+            values[j] = self._words[values[j]]
+        return self.kind(*values)
+
+    def __getitem__(self, i: int) -> R:
+        return self._row(range(len(self))[i])
+
+    def __len__(self) -> int:
+        return len(self._columns[0])
+
+    def __iter__(self) -> Iterator[R]:
+        for i in range(len(self)):
+            yield self._row(i)
+
+    def column(self, name: str) -> array:
+        """One field's values, for fast arithmetic (numbers only)."""
+        return self._columns[self.kind._fields.index(name)]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Records, list)) and len(self) == len(other) and all(
+            a == b for a, b in zip(self, other)
+        )
+
+    def __repr__(self) -> str:
+        return f"Records({self.kind.__name__}, {len(self)} records)"
+
+
+_COLUMN_TYPES = {
+    "Span": ("l", "l", "l", "l", "d", "d"),
+    "Transfer": ("l", "l", "l", "l", "l", "q", "d", "d", "d"),
+    "MemorySample": ("d", "q", "q", "q", "q", "q"),
+}
+_TEXT_FIELDS = {"Span": (1,), "Transfer": (3,), "MemorySample": ()}
+
+
+def _accessors(columns: list[array], text: tuple[int, ...], encode: Any) -> tuple[Any, Any]:
+    """``append(item)`` and ``replace_last(item)`` written out for one kind's columns.
+
+    They run once or more per simulated action, so they are generated with
+    one statement per column, as ``collections.namedtuple`` generates its
+    classes, rather than looping and testing types per value.
+    """
+    names = {f"c{i}": column for i, column in enumerate(columns)}
+    value = [f"encode(item[{i}])" if i in text else f"item[{i}]" for i in range(len(columns))]
+    source = "def append(item):\n" + "".join(f"    c{i}.append({v})\n" for i, v in enumerate(value))
+    source += "def replace_last(item):\n" + "".join(f"    c{i}[-1] = {v}\n" for i, v in enumerate(value))
+    namespace: dict[str, Any] = {"encode": encode, **names}
+    exec(source, namespace)  # noqa: S102 - our own fixed source, no user input
+    return namespace["append"], namespace["replace_last"]
+
+
 @dataclass
 class Trace:
     """Spans, transfers and per-device memory timelines of one simulated step."""
 
     devices: int
     time_unit: str
-    spans: list[Span] = field(default_factory=list)
-    transfers: list[Transfer] = field(default_factory=list)
-    memory: list[list[MemorySample]] = field(default_factory=list)
+    spans: Records[Span] = field(default_factory=lambda: Records(Span))
+    transfers: Records[Transfer] = field(default_factory=lambda: Records(Transfer))
+    memory: list[Records[MemorySample]] = field(default_factory=list)
     oom: tuple[int, MemorySample] | None = None  # the first device over capacity, and when
+    # per device (peak activations, peak total), kept exactly at every change even where the
+    # timeline keeps only the last state of an instant
+    peaks: list[tuple[int, int]] | None = None
+
+    def __post_init__(self) -> None:  # plain lists are welcome; they are stored as columns
+        if not isinstance(self.spans, Records):
+            self.spans = Records(Span, self.spans)
+        if not isinstance(self.transfers, Records):
+            self.transfers = Records(Transfer, self.transfers)
+        self.memory = [m if isinstance(m, Records) else Records(MemorySample, m) for m in self.memory]
 
     @property
     def makespan(self) -> float:
-        ends = [s.end for s in self.spans] + [t.arrival for t in self.transfers]
-        return max(ends, default=0.0)
+        return max(max(self.spans.column("end"), default=0.0), max(self.transfers.column("arrival"), default=0.0))
 
     def busy_time(self) -> list[float]:
         """Per device, the time spent computing (recompute included)."""
         busy = [0.0] * self.devices
-        for s in self.spans:
-            busy[s.device] += s.end - s.start
+        for device, start, end in zip(self.spans.column("device"), self.spans.column("start"), self.spans.column("end")):
+            busy[device] += end - start
         return busy
 
     def peak_activation_bytes(self) -> list[int]:
+        if self.peaks is not None:
+            return [p[0] for p in self.peaks]
         return [max((m.activation_bytes for m in samples), default=0) for samples in self._memory()]
 
     def peak_memory_bytes(self) -> list[int]:
+        if self.peaks is not None:
+            return [p[1] for p in self.peaks]
         return [max((m.total_bytes for m in samples), default=0) for samples in self._memory()]
 
     def _memory(self) -> list[list[MemorySample]]:
