@@ -393,6 +393,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
 
 def _cmd_report(args: argparse.Namespace) -> None:
     from .report import collect, default_study, load_study, write_report
+    from .report.render import is_report
     from .report.study import SCHEMA_EXAMPLE
 
     if args.study:
@@ -403,6 +404,11 @@ def _cmd_report(args: argparse.Namespace) -> None:
         study, text = default_study(), SCHEMA_EXAMPLE
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise ConfigError(f"-o {args.output} is a file; give a folder to write the report into")
+    if os.path.isdir(args.output) and os.listdir(args.output) and not is_report(args.output):
+        raise ConfigError(
+            f"-o {args.output} is a folder with other files in it, and a report replaces its folder whole; "
+            "give a new folder, or an earlier report's"
+        )
     results = collect(study)
     page = write_report(results, args.output, text)
     rows = [("strategy", "partition", "step", "bubble", "peak memory")]

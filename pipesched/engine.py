@@ -78,7 +78,7 @@ class _Engine:
     ):
         check_remat(remat)
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
-        self.allow_oom = allow_oom
+        self.allow_oom, self.device_memory = allow_oom, device_memory
         self.env = simpy.Environment()
         devices = schedule.devices
         self.num_stages = schedule.num_stages
@@ -122,7 +122,7 @@ class _Engine:
             if self.trace.oom is None:
                 self.trace.oom = (device, sample)
             if not self.allow_oom:
-                raise OutOfMemoryError(_oom_message(device, sample, self.memory[device].capacity, self.trace))
+                raise OutOfMemoryError(_oom_message(device, sample, self.device_memory, self.trace))
 
         return on_exceed
 
@@ -356,11 +356,16 @@ def _oom_message(device: int, sample: MemorySample, capacity: int | None, trace:
         )
         if value
     )
+    weights = sample.params + sample.grads
+    advice = (
+        "use more --devices or a smaller model: the weights alone do not fit"
+        if capacity is not None and weights > capacity
+        else "use --remat always, more --devices, a schedule with fewer micro-batches in flight"
+    )
     return (
         f"device {device} runs out of memory at {format_time(sample.time, trace.time_unit)}: it holds "
         f"{format_bytes(sample.total_bytes)} ({parts}) but --device-memory is {format_bytes(capacity or 0)}; "
-        "use --remat always, more --devices, a schedule with fewer micro-batches in flight, "
-        "or --allow-oom to report it instead"
+        f"{advice}, or --allow-oom to report it instead"
     )
 
 

@@ -226,7 +226,7 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
     ),
     "interleaved": ClosedForm(
         lambda K, M, v: interleaved_bubble(K, M, v) if M >= K else None, "(K-1)/(v*M+K-1), M >= K",
-        lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v), "min(2(K-1-d)+(v-1)K+1, vM)",
+        lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v), "min(w_d+1, vM), w_d Megatron's warm-up",
         "Narayanan et al., SC 2021; Megatron-LM",
     ),
     "zb-h1": ClosedForm(

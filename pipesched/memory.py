@@ -55,6 +55,10 @@ class DeviceMemory:
         self._bytes = [0] * len(ROLES)
         self.timeline: Records[MemorySample] = Records(MemorySample, [MemorySample(0.0, params, 0, 0, 0, 0)])
         self._times = self.timeline.column("time")
+        if capacity is not None and params > capacity:  # the parameters alone do not fit
+            self.exceeded = self.timeline[0]
+            if on_exceed is not None:
+                on_exceed(self.exceeded)
         self.peak_activation_bytes = 0
         self.peak_total_bytes = params
 

@@ -238,9 +238,17 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
 
 
 def balance_model(config: RunConfig, stages: int) -> Balance:
-    """The bottleneck-optimal partition of the config's model into ``stages`` stages (see ``model_graph``)."""
+    """The bottleneck-optimal partition of the config's model into ``stages`` stages (see ``model_graph``).
+
+    ``device_memory`` caps each stage only where it can stand for a device's
+    memory: one stage per device, and no ``allow_oom`` (which asks to run and
+    mark an OOM, not to refuse). The stage memory is GPipe's (every
+    micro-batch's activations); for other schedules the simulation's own
+    memory check is the authority.
+    """
     graph, links = model_graph(config)
-    return balance(graph, stages, memory_cap=config.device_memory, **links)
+    cap = config.device_memory if stages == config.devices and not config.allow_oom else None
+    return balance(graph, stages, memory_cap=cap, **links)
 
 
 def run(config: RunConfig) -> RunResult:

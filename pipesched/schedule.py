@@ -132,6 +132,8 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
             f"the schedule has {schedule.devices} devices but {devices} were asked for; "
             f"plan one action list per device"
         )
+    if not any(schedule.actions):
+        raise ScheduleError("the schedule has no actions; plan each stage's forward and backward")
     seen: dict[tuple[int, str, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
         for pos, a in enumerate(device):

@@ -14,7 +14,7 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["parse_bytes", "format_bytes", "format_time", "format_rate", "count", "UNITS"]
+__all__ = ["parse_bytes", "format_bytes", "format_time", "time_prefix", "format_rate", "count", "UNITS"]
 
 UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -32,8 +32,8 @@ def parse_bytes(text: str, flag: str = "--device-memory") -> int:
             "B, KB, MB, GB, TB, KiB, MiB, GiB or TiB, e.g. 16GB"
         )
     value = float(match.group(1)) * UNITS[unit or "B"]
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{flag} {text!r} is not a positive size; give e.g. 16GB")
+    if not math.isfinite(value) or value < 1:
+        raise ConfigError(f"{flag} {text!r} is less than one byte; give e.g. 16GB")
     return int(value)
 
 
@@ -45,10 +45,22 @@ def format_time(value: float, unit: str) -> str:
     """
     if unit != "s":
         return f"{value:g} units"
+    scale, prefix = time_prefix(value)
+    if scale and scale < 1 and round(abs(value) / scale, 2) >= 1000:  # 999.999 µs reads as 1.00 ms
+        scale, prefix = time_prefix(scale * 1000)
+    return f"{value / scale:.2f} {prefix}" if scale else f"{value:.3g} s"
+
+
+def time_prefix(seconds: float) -> tuple[float, str]:
+    """The SI prefix to show ``seconds`` in: (seconds per unit, unit); (0, "s") below a nanosecond.
+
+    >>> time_prefix(0.25), time_prefix(3e-6)
+    ((0.001, 'ms'), (1e-06, 'µs'))
+    """
     for scale, prefix in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}"
-    return f"{value:.3g} s"
+        if abs(seconds) >= scale:
+            return scale, prefix
+    return 0.0, "s"
 
 
 def format_bytes(value: int) -> str:

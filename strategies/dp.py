@@ -42,5 +42,5 @@ class DataParallel:
             [[Action(0, op, m) for m in range(d, microbatches, devices) for op in "FB"] for d in range(devices)]
         )
 
-    def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float:
-        return formulas.data_parallel_bubble(devices, microbatches)
+    def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float | None:
+        return formulas.data_parallel_bubble(devices, microbatches) if microbatches >= devices else None

@@ -79,7 +79,7 @@ def test_communication_and_memory_aware_optimum_matches_brute_force(costs, sizes
     cap = data.draw(st.none() | st.integers(0, 80))
     expected = brute_force(graph, parts, bandwidth=10.0, latency=0.5, cap=cap)
     if math.isinf(expected):
-        with pytest.raises(ConfigError, match=r"no partition into \d+ stages fits"):
+        with pytest.raises(ConfigError, match=r"no partition into \d+ stages? fits"):
             balance(graph, parts, link_bandwidth=10.0, link_latency=0.5, memory_cap=cap)
         return
     result = balance(graph, parts, link_bandwidth=10.0, link_latency=0.5, memory_cap=cap)

@@ -101,11 +101,25 @@ def test_out_of_memory_names_device_time_peak_and_what_held_it():
     assert message.startswith(f"device {device} runs out of memory at ")
     params = (4 * 257 * 256 + 257 * 10) * 8  # layers 6-10 on device 3
     assert f"(parameters {format_bytes(params)}, gradients {format_bytes(params)}, activations" in message
-    assert "use --remat always, more --devices" in message
+    # here the parameters and their gradients alone (2 x 2.03 MiB) exceed the cap
+    assert 2 * params > cap and "the weights alone do not fit" in message
     allowed = run(replace(config, device_memory=cap, allow_oom=True))
     assert allowed.trace.oom[0] == device and allowed.trace.oom[1].total_bytes > cap
     assert allowed.metrics == free.metrics  # reporting an OOM changes nothing else
     assert run(replace(config, device_memory=max(peaks))).trace.oom is None  # exactly full fits
+
+
+def test_activations_over_the_cap_suggest_remat():
+    free = run(RunConfig(compute=False))
+    device = free.metrics.peak_activation_bytes.index(max(free.metrics.peak_activation_bytes))
+    cap = free.metrics.peak_memory_bytes[device] - 1
+    with pytest.raises(OutOfMemoryError, match=r"use --remat always, more --devices"):
+        run(RunConfig(compute=False, device_memory=cap))
+
+
+def test_parameters_over_the_cap_fail_at_time_zero():
+    with pytest.raises(OutOfMemoryError, match=r"at 0 s: .*the weights alone do not fit"):
+        run(RunConfig(compute=False, device_memory=1000))
 
 
 def test_allow_oom_in_json(capsys):

@@ -125,8 +125,14 @@ def test_the_committed_default_report_is_reproduced(tmp_path):
     [
         ("[modell]\nlayers = '4,4'", "[modell] is not a section of a study"),
         ("[hardware]\nlink_bandwidth = -1", "[hardware].link_bandwidth: -1 is not a positive finite number"),
-        ("[hardware]\ndevices = 'four'", "[hardware].devices: 'four' is not a whole number of at least 1"),
-        ("[compare]\nstrategies = ['gpipe', 'nope']", "[compare].strategies: 'nope' is not one of"),
+        ("[hardware]\ndevices = 'four'", '[hardware].devices: "four" is not a whole number of at least 1'),
+        ("[hardware]\ndevices = true", "[hardware].devices: true is not a whole number"),
+        ("title = ''", "title: \"\" is not a title"),
+        ("[compare]\nstrategies = ['gpipe', 'gpipe']", "names a strategy twice"),
+        ("[compare]\npartitions = ['2,3,3,4']", "[compare].partitions: '2,3,3,4' does not sum to the 11 layers"),
+        ("[compare]\npartitions = ['fancy']", "[compare].partitions: 'fancy' is neither"),
+        ("[compare]\nmicrobatches = 2", "[compare].microbatches: dp gives every device its own micro-batches"),
+        ("[compare]\nstrategies = ['gpipe', 'nope']", '[compare].strategies: "nope" is not one of'),
         ("[compare]\nmicrobatchs = 4", "[compare].microbatchs is not a key of [compare]"),
         ("[sweep]\ndevices = [1, 20]", "[sweep].devices: 20 devices are more than the 11 layers"),
         ("[hardware]\ndevice_memory = 'lots'", "[hardware].device_memory: 'lots' is not a size"),
@@ -156,3 +162,19 @@ def test_run_never_imports_matplotlib():
     code = "import sys; from pipesched.cli import main; main(['run', '--no-compute']); print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/").stdout
     assert out.strip().endswith("False")
+
+
+def test_a_report_never_replaces_a_folder_of_other_files(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["report", "-o", str(tmp_path)]) == 2
+    assert "is a folder with other files in it" in capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_cap_in_a_study_marks_points_instead_of_failing_the_report(tmp_path):
+    study = tmp_path / "capped.toml"
+    study.write_text(SMALL.replace("link_bandwidth = 1e9", "link_bandwidth = 1e9\ndevice_memory = \"14KiB\""))
+    out = tmp_path / "out"
+    assert main(["report", str(study), "-o", str(out)]) == 0
+    rows = json.loads((out / "metrics.json").read_text())["compare"]
+    assert any(r["oom"] for r in rows) and not all(r["oom"] for r in rows)

@@ -36,7 +36,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import ConfigError
-from ..units import format_bytes
+from ..units import count, format_bytes
 __all__ = ["Balance", "balance", "evaluate"]
 
 
@@ -208,7 +208,8 @@ def balance(
     order = _order(graph)
     if not 1 <= parts <= len(order):
         raise ConfigError(
-            f"cannot split {len(order)} layers into {parts} stages; use between 1 and {len(order)} stages"
+            f"cannot split {count(len(order), 'layer')} into {count(parts, 'stage')}; "
+            f"use between 1 and {count(len(order), 'stage')}"
         )
     cost, mem = _interval_costs(graph, order, weight, link_bandwidth, link_latency)
     feasible = cost if memory_cap is None else np.where(mem <= memory_cap, cost, np.inf)
@@ -216,7 +217,7 @@ def balance(
     if math.isinf(bottleneck):
         smallest = _min_max(mem, parts)
         raise ConfigError(
-            f"no partition into {parts} stages fits a device memory of {format_bytes(int(memory_cap or 0))}; "
+            f"no partition into {count(parts, 'stage')} fits a device memory of {format_bytes(int(memory_cap or 0))}; "
             f"the smallest that fits is {format_bytes(int(smallest))} ({int(smallest)} bytes): raise the cap "
             "or use more stages"
         )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..balance import Balance, balance, evaluate
+from ..errors import PipeschedError
 from ..formulas import CLOSED_FORMS, pipeline_speedup
 from ..partition import uniform
 from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
@@ -60,7 +61,10 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         for strategy in study.compare.strategies:
             chunks = study.compare.chunks if strategy == "interleaved" else None
             config = study.run_config(strategy=strategy, partition=partition, chunks=chunks)
-            jobs.append(("compare", None, prepare(config)))
+            try:
+                jobs.append(("compare", None, prepare(config)))
+            except PipeschedError as exc:  # say which part of the study it was
+                raise type(exc)(f"[compare] strategy {strategy!r} with partition {partition!r}: {exc}") from exc
     unit_costs = [("study", study.hardware.cost)] + ([("unit", "unit")] if study.hardware.cost != "unit" else [])
     for strategy in study.compare.strategies:
         for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
@@ -73,9 +77,16 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                     jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
     for k in study.sweep.devices:
         for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
+            # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(strategy="gpipe", devices=k, partition="balanced", compute=False,
-                                      allow_oom=True, **links)
+                                      device_memory=None, allow_oom=False, **links)
             jobs.append(("sweep_k", (k, label), prepare(config)))
+    trains = []
+    for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)):
+        config = study.run_config(strategy=study.train.strategy, devices=devices, reference=False,
+                                  device_memory=None, allow_oom=False)
+        prepare(config)  # checked now, not after every other run
+        trains.append((name, config))
     results = StudyResults(study)
     bar = _bar(len(jobs) + 2 * study.train.steps, progress)
     sweep_m: dict[tuple, dict[str, Any]] = {}
@@ -106,14 +117,12 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
     results.sweep_microbatches = list(sweep_m.values())
     results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
-    graph, links = model_graph(study.run_config())
+    graph, links = model_graph(study.run_config(device_memory=None))
     results.partitions = {
         "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)], **links),
         "balanced": balance(graph, study.hardware.devices, **links),
     }
-    for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)):
-        config = study.run_config(strategy=study.train.strategy, devices=devices, reference=False,
-                                  device_memory=None, allow_oom=False)
+    for name, config in trains:
         results.train[name] = [r.loss for r in train(config, study.train.steps, study.train.lr)]
         bar.update(study.train.steps)
     bar.close()

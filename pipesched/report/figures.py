@@ -23,6 +23,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from ..formulas import pipeline_speedup  # noqa: E402
 from ..trace import Trace  # noqa: E402
+from ..units import time_prefix  # noqa: E402
 from .collect import StudyResults  # noqa: E402
 
 __all__ = ["FIGURES", "OKABE_ITO", "OP_COLOURS", "gantt", "memory", "bubble_vs_m", "bubble_vs_memory",
@@ -35,13 +36,11 @@ OP_NAMES = {"F": "forward", "B": "backward", "I": "input-gradient", "W": "weight
 
 
 def _time_scale(trace: Trace) -> tuple[float, str]:
+    """Factor from seconds to the axis' unit, and the axis label."""
     if trace.time_unit != "s":
         return 1.0, "time (units)"
-    span = trace.makespan or 1.0
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")):
-        if span >= scale:
-            return 1 / scale, f"time ({unit})"
-    return 1e9, "time (ns)"
+    scale, prefix = time_prefix(trace.makespan or 1.0)
+    return (1 / scale, f"time ({prefix})") if scale else (1e9, "time (ns)")
 
 
 def _compare_runs(results: StudyResults) -> list:
@@ -67,9 +66,10 @@ def gantt(results: StudyResults) -> Figure:
                            edgecolors="white", linewidth=0.3)
             if width > 0.018 * trace.makespan * scale:
                 ax.text(start + width / 2, span.device, str(span.microbatch), ha="center", va="center", fontsize=6)
+        visible = 0.004 * trace.makespan * scale  # a send shorter than this would vanish from the PNG
         for t in trace.transfers:
             row = trace.devices + links.index((t.src, t.dst))
-            ax.broken_barh([(t.start * scale, max((t.arrival - t.start) * scale, 0))], (row - 0.3, 0.6),
+            ax.broken_barh([(t.start * scale, max((t.arrival - t.start) * scale, visible))], (row - 0.3, 0.6),
                            facecolors=OP_COLOURS["link"], edgecolors="none")
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set_ylim(len(labels) - 0.5, -0.5)
@@ -80,29 +80,32 @@ def gantt(results: StudyResults) -> Figure:
         ax.tick_params(axis="x", labelsize=7)
     used = sorted({s.op for r in runs for s in r.trace.spans} | ({"link"} if any(r.trace.transfers for r in runs) else set()),
                   key=list(OP_COLOURS).index)
-    fig.legend(handles=[Patch(color=OP_COLOURS[op], label=OP_NAMES[op]) for op in used], loc="upper right",
-               ncol=len(used), fontsize=7, frameon=False)
     fig.suptitle("Who computes what, when: one row per device and per link; white is idle", fontsize=10, x=0.01,
                  ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.98))
+    fig.legend(handles=[Patch(color=OP_COLOURS[op], label=OP_NAMES[op]) for op in used], loc="lower center",
+               ncol=len(used), fontsize=7, frameon=False)
     return fig
 
 
 def memory(results: StudyResults) -> Figure:
     """Per strategy, every device's memory over the step."""
     runs = _compare_runs(results)
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.1 * len(runs), 3.0), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.1 * len(runs), 3.2), squeeze=False)
     for ax, result in zip(axes[0], runs):
         scale, xlabel = _time_scale(result.trace)
         for d, samples in enumerate(result.trace.memory):
-            ax.step([s.time * scale for s in samples], [s.total_bytes / 2**20 for s in samples], where="post",
-                    color=OKABE_ITO[d % len(OKABE_ITO)], label=f"device {d}", linewidth=1)
-        ax.set_title(result.config.strategy, fontsize=9)
+            style = ("-", "--", ":", "-.")[d % 4]  # devices with equal curves stay apart
+            ax.step([s.time * scale for s in samples],
+                    [(s.activations + s.deferred + s.buffers) / 2**10 for s in samples], where="post",
+                    color=OKABE_ITO[d % len(OKABE_ITO)], linestyle=style, label=f"device {d}", linewidth=1.2)
+        weights = max(s.params + s.grads for s in result.trace.memory[0]) / 2**20
+        ax.set_title(f"{result.config.strategy} (+{weights:.2f} MiB weights on device 0)", fontsize=8)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].set_ylabel("memory held (MiB)", fontsize=8)
+    axes[0][0].set_ylabel("activations and buffers (KiB)", fontsize=8)
     axes[0][-1].legend(fontsize=7, frameon=False)
-    fig.suptitle("Memory per device over one step: parameters, gradients, activations, buffers", fontsize=10)
+    fig.suptitle("Memory per device over one step, beyond parameters and gradients", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -117,6 +120,8 @@ def _style(i: int) -> dict[str, Any]:
 def bubble_vs_m(results: StudyResults) -> Figure:
     """Bubble against M per strategy: closed forms as lines, measured points, on two cost models."""
     rows = results.sweep_microbatches
+    if not rows:
+        return _note("no micro-batch sweep to draw: every point was left out (dp needs M >= K)")
     labels = list(dict.fromkeys(r["label"] for r in rows))
     panels = [("unit", "unit cost: measured (markers) and closed form (lines)")] if "bubble_unit" in rows[0] else []
     panels.append(("study", f"{results.study.hardware.cost} cost, the study's hardware"))
@@ -124,11 +129,12 @@ def bubble_vs_m(results: StudyResults) -> Figure:
     for ax, (key, title) in zip(axes[0], panels):
         for i, label in enumerate(labels):
             mine = [r for r in rows if r["label"] == label]
-            ms = [r["microbatches"] for r in mine]
+            shift = 1.04 ** (i - (len(labels) - 1) / 2)  # strategies with equal values stay visible
+            ms = [r["microbatches"] * shift for r in mine]
             ax.plot(ms, [r[f"bubble_{key}"] for r in mine], MARKERS[i % len(MARKERS)], markersize=5, label=label,
                     markerfacecolor="none", **_style(i))
             if key != "study" or results.study.hardware.cost == "unit":
-                formula = [(r["microbatches"], r["formula"]) for r in mine if r["formula"] is not None]
+                formula = [(r["microbatches"] * shift, r["formula"]) for r in mine if r["formula"] is not None]
                 if formula:
                     ax.plot(*zip(*formula), "-", linewidth=1, alpha=0.7, **_style(i))
         ax.set_xscale("log", base=2)
@@ -157,8 +163,8 @@ def bubble_vs_memory(results: StudyResults) -> Figure:
         if result.config.strategy not in named:  # one label per strategy, whatever the partitions
             named.add(result.config.strategy)
             ax.annotate(result.config.strategy, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
-    handles = [plt.Line2D([], [], marker=markers[i % 4], linestyle="", color="grey", label=f"{p} partition")
-               for i, p in enumerate(partitions)]
+    handles = [plt.Line2D([], [], marker=markers[i % 4], linestyle="", color="grey", markerfacecolor="none",
+                          markeredgewidth=1.5, label=f"{p} partition") for i, p in enumerate(partitions)]
     ax.legend(handles=handles, fontsize=7, frameon=False)
     ax.set_xlabel("peak memory of the fullest device (MiB)", fontsize=8)
     ax.set_ylabel("bubble (idle share)", fontsize=8)
@@ -177,6 +183,8 @@ def stage_costs(results: StudyResults) -> Figure:
         ax.bar(xs, [c * 1e6 for c in part.stage_costs], width, color=OKABE_ITO[i * 4 % 8],
                label=f"{name} {','.join(map(str, part.sizes))}: bottleneck {part.bottleneck * 1e6:.3g} µs")
     ax.set_xticks(range(len(next(iter(results.partitions.values())).stage_costs)))
+    tallest = max(c for part in results.partitions.values() for c in part.stage_costs) * 1e6
+    ax.set_ylim(0, tallest * 1.3)  # room for the legend above the bars
     ax.set_xlabel("stage", fontsize=8)
     ax.set_ylabel("cost per micro-batch (µs)", fontsize=8)
     ax.legend(fontsize=7, frameon=False)
@@ -199,14 +207,24 @@ def speedup(results: StudyResults) -> Figure:
         for i, label in enumerate(("free_links", "study")):
             values = [r[f"{kind}_{label}"] for r in rows]
             if all(v is not None for v in values):
-                ax.plot(ks, values, "o--", markersize=4, linewidth=0.8, label=f"measured, {label.replace('_', ' ')}",
-                        **_style(i + 1))
+                ax.plot(ks, values, ("s", "o")[i], linestyle="--", markersize=(7, 4)[i], markerfacecolor="none",
+                        linewidth=0.8, label=f"measured, {label.replace('_', ' ')}", **_style(i + 1))
+            else:
+                ax.text(0.5, 0.5, "add 1 to [sweep].devices\nto measure against one device", transform=ax.transAxes,
+                        ha="center", fontsize=8)
         ax.set_xlabel("devices K", fontsize=8)
         ax.set_ylabel(kind + (" (× one device)" if kind == "speedup" else " (speedup / K)"), fontsize=8)
         ax.legend(fontsize=7, frameon=False)
         ax.tick_params(labelsize=7)
     fig.suptitle(f"GPipe, balanced partition, M={m}: speedup over one device", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def _note(text: str) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
     return fig
 
 

@@ -23,7 +23,7 @@ from ..units import format_bytes, format_time
 from .collect import StudyResults
 from .study import Study
 
-__all__ = ["write_report", "comparison_rows", "study_text"]
+__all__ = ["write_report", "is_report", "comparison_rows", "study_text"]
 
 COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "throughput (samples/s)",
            "peak activations", "peak memory", "in flight", "grad error", "fits memory")
@@ -52,7 +52,8 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
 def study_text(study: Study) -> str:
     h, m, c = study.hardware, study.model, study.compare
     link = "free links" if h.cost == "unit" else (
-        f"{h.device_flops:g} FLOP/s devices, links of {h.link_bandwidth:g} B/s and {h.link_latency:g} s latency")
+        f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
+        f"{format_time(h.link_latency, 's')} latency")
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
     return (f"Model {m.layers} ({m.loss}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
             f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
@@ -79,7 +80,8 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}svg{max-width:100%;height:auto}"
+             "text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child{text-align:left}"
+             "svg{max-width:100%;height:auto}"
              "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}")
     title = html.escape(results.study.title)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
@@ -95,6 +97,17 @@ def _svg(fig: Any) -> str:
     fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # inline: no XML prolog or doctype inside HTML
+
+
+#: What every report folder holds; a folder with these and nothing else is safe to replace.
+REPORT_FILES = {"index.html", "report.md", "metrics.json", "study.toml", "figures"}
+
+
+def is_report(folder: str) -> bool:
+    """Whether ``folder`` holds an earlier report and nothing else (so replacing it loses nothing)."""
+    names = set(os.listdir(folder))
+    extra = {n for n in names - REPORT_FILES if not (n.startswith("trace-") and n.endswith(".json"))}
+    return {"metrics.json", "study.toml"} <= names and not extra
 
 
 def write_report(results: StudyResults, out_dir: str, config_text: str,
@@ -118,7 +131,7 @@ def write_report(results: StudyResults, out_dir: str, config_text: str,
             if progress:
                 progress(stem)
             fig = draw(results)
-            fig.savefig(os.path.join(work, "figures", f"{stem}.png"), dpi=90, metadata={"Software": None})
+            fig.savefig(os.path.join(work, "figures", f"{stem}.png"), dpi=110, metadata={"Software": None})
             inline.append((stem, caption, _svg(fig)))
             listed.append((stem, caption))
             plt.close(fig)

@@ -11,7 +11,9 @@ unknown key or a bad value fails with the key's path:
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -107,10 +109,18 @@ def default_study() -> Study:
 Check = Callable[[Any], Any]
 
 
+def _show(value: Any) -> str:
+    """A value as TOML writes it (true, not True), for messages."""
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return repr(value)
+
+
 def _whole(at_least: int) -> Check:
     def check(value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
-            raise ValueError(f"{value!r} is not a whole number of at least {at_least}")
+            raise ValueError(f"{_show(value)} is not a whole number of at least {at_least}")
         return value
     return check
 
@@ -119,7 +129,7 @@ def _number(positive: bool) -> Check:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or value < 0 or (positive and value == 0):
-            raise ValueError(f"{value!r} is not a {'positive' if positive else 'non-negative'} finite number")
+            raise ValueError(f"{_show(value)} is not a {'positive' if positive else 'non-negative'} finite number")
         return float(value)
     return check
 
@@ -128,14 +138,14 @@ def _choice(options: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
     def check(value: Any) -> str:
         allowed = options() if callable(options) else options
         if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+            raise ValueError(f"{_show(value)} is not one of {', '.join(allowed)}")
         return value
     return check
 
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a string")
+        raise ValueError(f"{_show(value)} is not a string")
     return value
 
 
@@ -157,7 +167,7 @@ def _size(value: Any) -> int:
 def _list(item: Check) -> Check:
     def check(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list) or not value:
-            raise ValueError(f"{value!r} is not a non-empty list")
+            raise ValueError(f"{_show(value)} is not a non-empty list")
         return tuple(item(v) for v in value)
     return check
 
@@ -233,8 +243,8 @@ def load_study(path: str) -> Study:
     study = Study()
     for key, value in data.items():
         if key == "title":
-            if not isinstance(value, str):
-                raise ConfigError(f"{path}: title: {value!r} is not a string; write title = \"...\"")
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{path}: title: {_show(value)} is not a title; write title = \"...\"")
             study = replace(study, title=value)
             continue
         if key not in SCHEMA:
@@ -276,6 +286,24 @@ def _check_together(study: Study, path: str) -> None:
                 f"{path}: {where}: {v} chunks on {study.hardware.devices} devices make "
                 f"{study.hardware.devices * v} stages, more than the {layers} layers of [model].layers"
             )
+    strategies = study.compare.strategies
+    if len(set(strategies)) < len(strategies):
+        raise ConfigError(f"{path}: [compare].strategies: {list(strategies)} names a strategy twice; name each once")
+    if "dp" in strategies and study.compare.microbatches < study.hardware.devices:
+        raise ConfigError(
+            f"{path}: [compare].microbatches: dp gives every device its own micro-batches, so "
+            f"{study.compare.microbatches} are fewer than [hardware].devices = {study.hardware.devices}"
+        )
+    for partition in study.compare.partitions:
+        if partition in ("uniform", "balanced"):
+            continue
+        if not re.fullmatch(r"\d+(,\d+)*", partition.replace(" ", "")) or "0" in partition.split(","):
+            raise ConfigError(
+                f"{path}: [compare].partitions: {partition!r} is neither 'uniform', 'balanced' nor positive layer "
+                "counts such as '2,3,3,3'"
+            )
+        if sum(int(c) for c in partition.split(",")) != layers:
+            raise ConfigError(f"{path}: [compare].partitions: {partition!r} does not sum to the {layers} layers")
     for where, m in [("[compare].microbatches", study.compare.microbatches)] + [
         ("[sweep].microbatches", m) for m in study.sweep.microbatches
     ]:
