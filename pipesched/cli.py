@@ -344,7 +344,10 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     uniform_sizes = [len(r) for r in uniform(graph.number_of_nodes(), stages)]
     baseline = evaluate(graph, uniform_sizes, **links)
     if args.json:
-        print(json.dumps({**result.to_dict(), "uniform": baseline.to_dict()}, indent=2))
+        data = {**result.to_dict(), "uniform": baseline.to_dict()}
+        if args.costs is not None:  # plain costs carry no memory: say unknown, not zero
+            data["stage_memory"] = data["uniform"]["stage_memory"] = None
+        print(json.dumps(data, indent=2))
         return
     seconds = args.costs is None
     what = "--costs" if not seconds else f"layers {config.layers}, batch {config.batch}, by {config.balance_by}"

@@ -96,7 +96,7 @@ class _Stages:
         self.itemsize = itemsize
 
     def _keeps_output(self, stage: int) -> bool:
-        return self.layers[stage][-1].relu or stage == len(self.stages) - 1
+        return nn.keeps_output(self.layers[stage], last_stage=stage == len(self.stages) - 1)
 
     def param_bytes(self, stage: int) -> int:
         return sum(l.param_count for l in self.layers[stage]) * self.itemsize

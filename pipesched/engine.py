@@ -48,7 +48,7 @@ from .memory import DeviceMemory
 from .trace import MemorySample, Span, Trace, Transfer
 from .units import format_bytes, format_time
 
-__all__ = ["simulate", "check_remat", "REMAT_MODES"]
+__all__ = ["simulate", "check_remat", "remat_keeps", "REMAT_MODES"]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
@@ -58,6 +58,15 @@ REMAT_MODES = ("never", "always", "except_last")
 # ("x", stage, mb): input of a stage; ("g", stage, mb): gradient of its output;
 # ("ar", stage, step, device): an all-reduce chunk arriving at a replica
 _Key = tuple[Any, ...]
+
+
+def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
+    """Whether a forward keeps its activations (else only its input, recomputed in backward).
+
+    >>> remat_keeps("except_last", 3, 4), remat_keeps("except_last", 2, 4), remat_keeps("always", 3, 4)
+    (True, False, False)
+    """
+    return remat == "never" or (remat == "except_last" and microbatch == microbatches - 1)
 
 
 def check_remat(remat: str) -> None:
@@ -217,7 +226,7 @@ class _Engine:
             self._backward(device, stage, mb, payload, op)
 
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
-        keep = self.remat == "never" or (self.remat == "except_last" and mb == self.microbatches - 1)
+        keep = remat_keeps(self.remat, mb, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
         self._keep(device, held)

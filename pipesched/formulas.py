@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .model import Layer, saved_widths
+from .engine import remat_keeps
+from .model import Layer, keeps_output, saved_widths
 from .schedule import Action
 
 __all__ = [
@@ -250,7 +251,7 @@ def stage_activation_bytes(layers: Sequence[Layer], rows: int, last_stage: bool,
     >>> stage_activation_bytes([Layer(4, 3, True), Layer(3, 2, False)], rows=5, last_stage=True)
     360
     """
-    return rows * saved_widths(layers, keep_output=layers[-1].relu or last_stage) * itemsize
+    return rows * saved_widths(layers, keep_output=keeps_output(layers, last_stage)) * itemsize
 
 
 def stage_input_bytes(layers: Sequence[Layer], rows: int, itemsize: int = 8) -> int:
@@ -301,7 +302,7 @@ def activation_peak(
         last = stage == num_stages - 1
         full = stage_activation_bytes(layers, rows[mb], last, itemsize)
         inputs = stage_input_bytes(layers, rows[mb], itemsize)
-        kept = remat == "never" or (remat == "except_last" and mb == len(rows) - 1)
+        kept = remat_keeps(remat, mb, len(rows))
         gradients = rows[mb] * sum(l.out_features for l in layers) * itemsize  # one per layer output
         weights_need = rows[mb] * sum(l.in_features for l in layers) * itemsize + gradients
         if op == "F":

@@ -8,7 +8,9 @@ pre-activation gradients), and **buffers**, arrays on their way over a link
 until used). One array can have several holders at once (an arrived input
 becomes a kept activation; a stage's output is the next stage's input on the
 same device), so arrays are counted by reference and their bytes sit in the
-first role that still holds them, in the order above.
+first role that still holds them, in the order above. A full backward's
+pre-activation gradients live only while it runs, each freed as the next is
+made, as autograd does, so they are not counted; an I's stay for W and are.
 
 >>> from pipesched.compute import Buffer
 >>> mem = DeviceMemory(params=100)

@@ -38,6 +38,7 @@ __all__ = [
     "forward",
     "backward_input",
     "backward_weight",
+    "keeps_output",
     "saved_widths",
     "mse",
     "cross_entropy",
@@ -183,6 +184,15 @@ def backward_weight(acts: Sequence[np.ndarray], dzs: Sequence[np.ndarray], grads
     for (gw, gb), x, dz in zip(grads, acts, dzs):
         gw += x.T @ dz
         gb += dz.sum(axis=0)
+
+
+def keeps_output(layers: Sequence[Layer], last_stage: bool) -> bool:
+    """Whether a stage keeps its output for backward: a final ReLU needs it as its mask, the loss as its input.
+
+    >>> keeps_output([Layer(4, 3, True)], last_stage=False), keeps_output([Layer(3, 2, False)], last_stage=False)
+    (True, False)
+    """
+    return layers[-1].relu or last_stage
 
 
 def saved_widths(layers: Sequence[Layer], keep_output: bool) -> int:

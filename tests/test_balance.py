@@ -87,6 +87,36 @@ def test_communication_and_memory_aware_optimum_matches_brute_force(costs, sizes
     assert cap is None or max(result.stage_memory) <= cap
 
 
+@given(st.data())
+def test_dag_optimum_matches_brute_force_over_the_same_order(data):
+    """Random DAGs (edges only forward in node order, so skips of any length) against brute force."""
+    n = data.draw(st.integers(2, 8))
+    graph = chain_graph(data.draw(st.lists(st.floats(0, 10), min_size=n, max_size=n)))
+    nx.set_edge_attributes(graph, 1, "bytes")
+    for u in range(n):
+        for v in range(u + 2, n):
+            if data.draw(st.booleans()):
+                graph.add_edge(u, v, bytes=data.draw(st.integers(0, 20)))
+    parts = data.draw(st.integers(1, min(4, n)))
+    result = balance(graph, parts, link_bandwidth=4.0, link_latency=0.25)
+    assert result.bottleneck == pytest.approx(brute_force(graph, parts, bandwidth=4.0, latency=0.25), abs=1e-9)
+
+
+def test_among_optimal_partitions_the_evenest_is_chosen():
+    # [5 | 1 1 1 | 1 1 1 | 5] and [5 | 1 | 1 1 1 1 1 | 5] share bottleneck 5; the first is evener.
+    costs = [5, 1, 1, 1, 1, 1, 1, 5]
+    evenest = min(
+        (sizes for sizes in compositions(8, 4) if evaluate(chain_graph(costs), sizes).bottleneck == 5),
+        key=lambda sizes: sum(c * c for c in evaluate(chain_graph(costs), sizes).stage_costs),
+    )
+    assert balance(chain_graph(costs), 4).sizes == evenest == [1, 3, 3, 1]
+
+
+def test_a_misnamed_weight_is_an_error_not_a_free_model():
+    with pytest.raises(ConfigError, match=r"no layer has the attribute 'costt'"):
+        balance(chain_graph([1, 2, 3]), 2, weight="costt")
+
+
 def test_the_seed_model_balances_better_than_2_2_2_5_and_runs_faster():
     layers = layers_from_widths(parse_layers("128,256x10,10"))
     graph = layer_graph(layers, rows=4, rows_held=32)

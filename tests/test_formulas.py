@@ -8,6 +8,7 @@ from hypothesis import assume, given, strategies as st
 
 from pipesched import OutOfMemoryError, RunConfig, formulas, load_strategy, run
 from pipesched.cli import main
+from pipesched.microbatch import split
 from pipesched.model import layers_from_widths, parse_layers
 from pipesched.units import format_bytes, parse_bytes
 
@@ -60,7 +61,7 @@ def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, b
     r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks, batch=batch,
                       remat=remat, layers=",".join(map(str, widths)), cost="unit", compute=False))
     layers = layers_from_widths(widths)
-    rows = [s.stop - s.start for s in __import__("pipesched").microbatch.split(batch, microbatches)]
+    rows = [s.stop - s.start for s in split(batch, microbatches)]
     for d, actions in enumerate(r.schedule.actions):
         expected = formulas.activation_peak(
             actions, lambda s: [layers[i] for i in r.partition[s]], rows, r.schedule.num_stages, remat

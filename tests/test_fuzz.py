@@ -1,5 +1,7 @@
 """Fuzzing the engine: permuted and corrupted schedules either run exactly or fail with a named error."""
 
+import random
+
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
@@ -57,7 +59,7 @@ def test_a_corrupted_schedule_runs_exactly_or_fails_with_a_named_error(
     devices, microbatches, chunks, kind, seed, remat, data
 ):
     valid = data.draw(schedules(devices, microbatches, chunks))
-    schedule = corrupt(valid, kind, __import__("random").Random(seed))
+    schedule = corrupt(valid, kind, random.Random(seed))
     stages = devices * chunks
     widths = [3, 4, 2, 5, 3, 4, 2][: stages + 1]
     model = Model.from_sizes(widths)

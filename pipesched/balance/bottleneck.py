@@ -62,9 +62,14 @@ class Balance:
         }
 
 
+def _node_key(node: Hashable) -> tuple[int, Any]:
+    """Ties in the topological order go to the smaller node: numbers as numbers (2 before 10)."""
+    return (0, node) if isinstance(node, (int, float)) else (1, str(node))
+
+
 def _order(graph: nx.DiGraph) -> list[Hashable]:
     try:
-        return list(nx.lexicographical_topological_sort(graph, key=str))
+        return list(nx.lexicographical_topological_sort(graph, key=_node_key))
     except nx.NetworkXUnfeasible:
         cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(graph))
         raise ConfigError(
@@ -206,6 +211,8 @@ def balance(
             cost, or a cap no partition fits (naming the smallest cap that would).
     """
     order = _order(graph)
+    if order and not any(weight in data for _, data in graph.nodes(data=True)):
+        raise ConfigError(f"no layer has the attribute {weight!r}; name the node attribute that holds each cost")
     if not 1 <= parts <= len(order):
         raise ConfigError(
             f"cannot split {count(len(order), 'layer')} into {count(parts, 'stage')}; "

@@ -18,7 +18,7 @@ from typing import Sequence
 import networkx as nx
 
 from ..cost import CostModel, FlopsCost
-from ..model import Layer
+from ..model import Layer, keeps_output
 
 __all__ = ["chain_graph", "layer_graph"]
 
@@ -58,12 +58,13 @@ def layer_graph(
         time = layer_times[i] if layer_times is not None else (
             cost.compute_time("F", [layer], rows, 1.0) + cost.compute_time("B", [layer], rows, 1.0)
         )
-        kept = layer.in_features + (layer.out_features if i == last else 0)  # the loss needs the output
+        # the loss keeps the last output whatever the cut; a ReLU's output is kept when it leaves its stage
+        kept = layer.in_features + (layer.out_features if i == last else 0)
         graph.add_node(
             i,
             cost=time,
             memory=(2 * layer.param_count + rows_held * kept) * itemsize,
-            output_bytes=rows_held * layer.out_features * itemsize if layer.relu else 0,
+            output_bytes=rows_held * layer.out_features * itemsize if keeps_output([layer], False) else 0,
             layer=str(layer),
         )
         if i < last:

@@ -4,9 +4,9 @@ Every run is prepared (and so checked) before the first one is simulated, so
 a bad combination fails at once, not after minutes of work. Long studies show
 a progress bar on a terminal.
 
->>> from pipesched.report.study import Study, Compare, Sweep, Train
->>> small = Study(compare=Compare(strategies=("gpipe",), partitions=("uniform",)),
-...               sweep=Sweep(microbatches=(2,), devices=(1, 2), chunks=(2,)), train=Train(steps=2))
+>>> from pipesched.report.study import Study, CompareSection, SweepSection, TrainSection
+>>> small = Study(compare=CompareSection(strategies=("gpipe",), partitions=("uniform",)),
+...               sweep=SweepSection(microbatches=(2,), devices=(1, 2), chunks=(2,)), train=TrainSection(steps=2))
 >>> results = collect(small, progress=False)
 >>> [r.config.strategy for r in results.compare], len(results.train["pipelined"])
 (['gpipe'], 2)

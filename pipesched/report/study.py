@@ -29,11 +29,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["Study", "load_study", "default_study", "SCHEMA_EXAMPLE"]
+__all__ = [
+    "Study", "ModelSection", "HardwareSection", "CompareSection", "SweepSection", "TrainSection",
+    "load_study", "default_study", "SCHEMA_EXAMPLE",
+]
 
 
 @dataclass(frozen=True)
-class Model:
+class ModelSection:
+    """[model]: the NumPy model and its synthetic data."""
+
     layers: str = DEFAULT_LAYERS
     batch: int = 32
     loss: str = "cross_entropy"
@@ -41,7 +46,7 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Hardware:
+class HardwareSection:
     """Devices and links. The default suits the seed model's scale: CPU-class devices (10 GFLOP/s)
     and links (10 GB/s, 1 µs), where its small matrices compute longer than they take to send."""
 
@@ -54,7 +59,9 @@ class Hardware:
 
 
 @dataclass(frozen=True)
-class Compare:
+class CompareSection:
+    """[compare]: the main table, every strategy under every partition."""
+
     strategies: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
     microbatches: int = 8
     chunks: int = 2
@@ -63,14 +70,18 @@ class Compare:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class SweepSection:
+    """[sweep]: bubble against M (per strategy, and per v for interleaved), speedup against K."""
+
     microbatches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     devices: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
     chunks: tuple[int, ...] = (2,)
 
 
 @dataclass(frozen=True)
-class Train:
+class TrainSection:
+    """[train]: loss over SGD steps, pipelined against one device."""
+
     steps: int = 10
     lr: float = 0.01
     strategy: str = "gpipe"
@@ -81,11 +92,11 @@ class Study:
     """Everything a report runs; ``run_config`` turns it into one run's config."""
 
     title: str = "Which schedule for the seed model on 4 CPU-class devices?"
-    model: Model = field(default_factory=Model)
-    hardware: Hardware = field(default_factory=Hardware)
-    compare: Compare = field(default_factory=Compare)
-    sweep: Sweep = field(default_factory=Sweep)
-    train: Train = field(default_factory=Train)
+    model: ModelSection = field(default_factory=ModelSection)
+    hardware: HardwareSection = field(default_factory=HardwareSection)
+    compare: CompareSection = field(default_factory=CompareSection)
+    sweep: SweepSection = field(default_factory=SweepSection)
+    train: TrainSection = field(default_factory=TrainSection)
 
     def run_config(self, **overrides: Any) -> RunConfig:
         """The run config of the main comparison, with ``overrides``."""
@@ -192,7 +203,6 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "train": {"steps": _whole(1), "lr": _number(True), "strategy": _choice(_strategies)},
 }
 
-SECTIONS = {"model": Model, "hardware": Hardware, "compare": Compare, "sweep": Sweep, "train": Train}
 
 #: A complete study file with every key, as documented.
 SCHEMA_EXAMPLE = """\
