@@ -90,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     _add_run_flags(p_run)
     p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
+    p_run.add_argument("--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr")
     p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
     p_compare.add_argument(
         "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
@@ -261,10 +262,26 @@ def _write_atomic(path: str, text: str) -> None:
         raise
 
 
+def _profiled(path: str, work: Any) -> Any:
+    """Run ``work()`` under cProfile; write the stats to ``path`` and the 15 costliest calls to stderr."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(work)
+    finally:
+        profiler.dump_stats(path)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     if args.trace is not None:
         _check_output_path("--trace", args.trace)
-    result = run(_config(args))
+    if args.profile is not None:
+        _check_output_path("--profile", args.profile)
+    config = _config(args)
+    result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
     if args.trace:
         _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
     if args.json:

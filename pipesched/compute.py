@@ -128,7 +128,7 @@ class NumpyWorkload(_Stages):
             x = self.x[self.slices[mb]]
         y, acts = nn.forward(self.layers[stage], self.params[stage], x)
         if stage == len(self.stages) - 1:
-            self.loss += self.loss_fn(y, self.target[self.slices[mb]], self.scale)[0]
+            self.loss += self.loss_fn(y, self.target[self.slices[mb]], self.scale, grad=False)[0]
         if not keep:
             return y, Held([x], remat=True)
         return y, Held(acts if self._keeps_output(stage) else acts[:-1])

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -122,7 +122,7 @@ class Model:
         layers = layers_from_widths(widths)
         params = [
             (
-                (rng.standard_normal((l.in_features, l.out_features)) * np.sqrt(2.0 / l.in_features)).astype(dtype),
+                (rng.standard_normal((l.in_features, l.out_features)) * np.sqrt(2.0 / l.in_features)).astype(dtype, copy=False),
                 np.zeros(l.out_features, dtype=dtype),
             )
             for l in layers
@@ -207,26 +207,32 @@ def saved_widths(layers: Sequence[Layer], keep_output: bool) -> int:
     return widths + (layers[-1].out_features if keep_output else 0)
 
 
-LossFn = Callable[[np.ndarray, np.ndarray, float], tuple[float, np.ndarray]]
+LossFn = Callable[..., tuple[float, Any]]
 
 
-def mse(y: np.ndarray, target: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
-    """Mean squared error per sample (mean over outputs), times ``scale`` (1 / full batch)."""
+def mse(y: np.ndarray, target: np.ndarray, scale: float, grad: bool = True) -> tuple[float, np.ndarray | None]:
+    """Mean squared error per sample (mean over outputs), times ``scale`` (1 / full batch).
+
+    ``grad=False`` skips the gradient, for a forward that needs only the value.
+    """
     diff = y - target
     width = y.shape[1]
-    return float(scale * np.sum(diff * diff) / width), diff * (2.0 * scale / width)
+    return float(scale * np.sum(diff * diff) / width), diff * (2.0 * scale / width) if grad else None
 
 
-def cross_entropy(y: np.ndarray, labels: np.ndarray, scale: float) -> tuple[float, np.ndarray]:
+def cross_entropy(y: np.ndarray, labels: np.ndarray, scale: float, grad: bool = True) -> tuple[float, np.ndarray | None]:
     """Softmax cross-entropy of logits ``y`` against integer ``labels``, times ``scale``."""
     shifted = y - y.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     total = exp.sum(axis=1, keepdims=True)
     rows = np.arange(len(labels))
-    loss = np.sum(np.log(total[:, 0]) - shifted[rows, labels])
-    grad = exp / total
-    grad[rows, labels] -= 1.0
-    return float(scale * loss), grad * scale
+    loss = float(scale * np.sum(np.log(total[:, 0]) - shifted[rows, labels]))
+    if not grad:
+        return loss, None
+    exp /= total
+    exp[rows, labels] -= 1.0
+    exp *= scale
+    return loss, exp
 
 
 LOSSES: dict[str, LossFn] = {"cross_entropy": cross_entropy, "mse": mse}

@@ -168,3 +168,13 @@ def test_compare_names_the_strategy_that_fails_and_the_way_out(capsys):
     assert "or leave dp out with --strategies gpipe,1f1b,interleaved,zb-h1" in capsys.readouterr().err
     assert main(["compare", "--strategies", "gpipe,1f1b,gpipe"]) == 2
     assert "--strategies names gpipe more than once" in capsys.readouterr().err
+
+
+def test_profile_writes_stats_that_pstats_reads(tmp_path, capsys):
+    import pstats
+
+    path = tmp_path / "run.prof"
+    assert main(["run", "--no-compute", "--profile", str(path)]) == 0
+    assert "cumulative" in capsys.readouterr().err
+    stats = pstats.Stats(str(path))
+    assert any("simulate" in name for _, _, name in stats.stats)  # the engine ran under the profiler
