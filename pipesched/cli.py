@@ -55,8 +55,9 @@ def _number(text: str) -> float:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
-    p.add_argument("--devices", type=_whole, default=d.devices, help="K, pipeline devices (default %(default)s)")
-    p.add_argument("--microbatches", type=_whole, default=d.microbatches, help="M, micro-batches per step (default %(default)s)")
+    p.add_argument("--devices", type=_whole, help=f"K, pipeline devices (default {d.devices}, or a CSV schedule's ranks)")
+    p.add_argument("--microbatches", type=_whole,
+                   help=f"M, micro-batches per step (default {d.microbatches}, or a CSV schedule's)")
     p.add_argument("--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)")
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
@@ -91,10 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(p_run)
     p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
     p_run.add_argument("--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr")
+    p_run.add_argument("--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)")
     p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
     p_compare.add_argument(
         "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
     )
+    p_compare.add_argument("--schedule", metavar="FILE.csv", help="add a schedule in PyTorch's action CSV to the rows")
     _add_run_flags(p_compare)
     p_train = sub.add_parser("train", help="run several simulated steps with SGD and print the loss")
     p_train.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
@@ -108,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
     p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
     p_report.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
+    p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
+    p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
+    p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p_export.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p_export.add_argument("--chunks", type=_whole, help="v (default: the strategy's)")
+    p_export.add_argument("--format", default="torch-csv", choices=("torch-csv", "text"),
+                          help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)")
+    p_export.add_argument("-o", "--output", help="write to this file instead of standard output")
     p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
     p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
     p_formulas.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
@@ -125,9 +136,17 @@ COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    strategy = getattr(args, "schedule", None) or getattr(args, "strategy", RunConfig.strategy)
+    devices, microbatches = args.devices, args.microbatches
+    if strategy.endswith(".csv") and (devices is None or microbatches is None):
+        schedule = load_strategy(strategy).plan  # a CSV's own size fills what the flags leave out
+        file_schedule = schedule.__self__.schedule  # type: ignore[attr-defined]
+        devices = file_schedule.devices if devices is None else devices
+        microbatches = file_schedule.microbatches if microbatches is None else microbatches
     return RunConfig(
-        layers=args.layers, batch=args.batch, microbatches=args.microbatches, devices=args.devices,
-        chunks=args.chunks, strategy=getattr(args, "strategy", RunConfig.strategy), partition=args.partition, remat=args.remat,
+        layers=args.layers, batch=args.batch, microbatches=RunConfig.microbatches if microbatches is None else microbatches,
+        devices=RunConfig.devices if devices is None else devices,
+        chunks=args.chunks, strategy=strategy, partition=args.partition, remat=args.remat,
         cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
         link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
         reference=not args.no_reference, seed=args.seed, balance_by=args.balance_by,
@@ -281,6 +300,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.profile is not None:
         _check_output_path("--profile", args.profile)
     config = _config(args)
+    for note in getattr(load_strategy(config.strategy), "notes", []) if config.strategy.endswith(".csv") else []:
+        print(f"pipesched: note: {note}", file=sys.stderr)
     result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
     if args.trace:
         _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
@@ -292,8 +313,30 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
 
 
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .exchange import to_torch_csv
+
+    for flag, value in (("--devices", args.devices), ("--microbatches", args.microbatches), ("--chunks", args.chunks)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    if args.output is not None:
+        _check_output_path("-o", args.output)
+    strategy = load_strategy(args.strategy)
+    chunks = args.chunks or getattr(strategy, "default_chunks", 1)
+    schedule = make_plan(strategy, args.devices, args.microbatches, chunks)
+    text = to_torch_csv(schedule) if args.format == "torch-csv" else schedule.table() + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        _write_atomic(args.output, text)
+        print(f"{args.format} schedule of {strategy.name} ({count(args.devices, 'rank')}, "
+              f"{count(args.microbatches, 'micro-batch')}) written to {args.output}")
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    if args.schedule:
+        names.append(args.schedule)
     results = compare(_config(args), names)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
@@ -452,7 +495,7 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
-    "formulas": _cmd_formulas, "report": _cmd_report, "strategies": _cmd_strategies,
+    "formulas": _cmd_formulas, "report": _cmd_report, "export": _cmd_export, "strategies": _cmd_strategies,
 }
 
 

@@ -36,7 +36,7 @@ When no event is left but a device has not finished, the schedule deadlocked:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import simpy
 
@@ -102,12 +102,12 @@ class _Engine:
                     self.backward_on[(a.stage, a.microbatch)] = d
         self.hosted = [sorted({a.stage for a in actions}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
-        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-        # per device, the all-reduce steps it takes after its actions: (stage, step, ring)
-        self.reduce_steps = [
-            [(s, step, replicas[s]) for s in self.hosted[d] if s in replicas for step in range(2 * (len(replicas[s]) - 1))]
-            for d in range(devices)
-        ]
+        self.program = [self._program(d, actions, schedule) for d, actions in enumerate(schedule.actions)]
+        # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
+        self.explicit_sends = {
+            (a.stage, a.op[-1], a.microbatch) for actions in schedule.actions for a in actions if a.op.startswith("SEND")
+        }
+        self.outbox: dict[tuple[int, str, int], tuple[int, _Key, Any, tuple[int, str, int]]] = {}
 
         self.arrived: dict[_Key, Any] = {}
         self.blocked: dict[_Key, int] = {}  # an input not yet arrived -> the device waiting for it
@@ -124,6 +124,32 @@ class _Engine:
         ]
         self.trace.memory = [m.timeline for m in self.memory]
         self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
+
+    def _program(self, device: int, actions: tuple[Action, ...], schedule: Schedule) -> list[Any]:
+        """The device's actions, with each replicated stage's ring all-reduce steps where they run.
+
+        A REDUCE_GRAD action places a stage's all-reduce; without one it runs
+        after the device's last action. A stage without replicas has nothing
+        to reduce, so its REDUCE_GRAD does nothing.
+        """
+        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
+
+        def steps(stage: int) -> list[_ReduceStep]:
+            ring = replicas[stage]
+            return [_ReduceStep(stage, step, ring) for step in range(2 * (len(ring) - 1))]
+
+        program: list[Any] = []
+        placed = set()
+        for action in actions:
+            if action.op == "REDUCE_GRAD":
+                placed.add(action.stage)
+                program += steps(action.stage) if action.stage in replicas else []
+            else:
+                program.append(action)
+        for stage in self.hosted[device]:
+            if stage in replicas and stage not in placed:
+                program += steps(stage)
+        return program
 
     # -- bookkeeping -------------------------------------------------------
     def _exceeded(self, device: int) -> Callable[[MemorySample], None]:
@@ -199,31 +225,54 @@ class _Engine:
     # -- one device, action by action ------------------------------------------
     def _advance(self, device: int) -> None:
         """Start the device's next action, or its next all-reduce step, if its input is there."""
-        actions = self.schedule.actions[device]
+        program = self.program[device]
         position = self.position[device]
-        if position >= len(actions):
-            self._reduce(device, position - len(actions))
+        if position >= len(program):
+            self.finished[device] = True
+            self.waiting[device] = None
             return
-        action = actions[position]
-        stage, op, mb = action
+        item = program[position]
+        if type(item) is _ReduceStep:
+            self._reduce(device, item)
+            return
+        stage, op, mb = item
         key: _Key | None = None
-        if op == "F" and stage > 0:
-            key = ("x", stage, mb)
-        elif op in "BI" and stage < self.num_stages - 1:
+        if op == "F" or op == "RECV_F":
+            key = ("x", stage, mb) if stage > 0 else None
+        elif op in ("B", "I", "RECV_B") and stage < self.num_stages - 1:
             key = ("g", stage, mb)
         if key is not None and key not in self.arrived:
             self.blocked[key] = device
-            self.waiting[device] = (action, key)  # described only if it turns out to be a deadlock
+            self.waiting[device] = (item, key)  # described only if it turns out to be a deadlock
             return
         self.waiting[device] = None
-        payload = self.arrived.pop(key) if key is not None else None
         self.position[device] = position + 1
+        if op.startswith("RECV"):  # an ordering point: the input is there; its compute takes it
+            self._advance(device)
+            return
+        if op.startswith("SEND"):  # the output waited in the outbox until this point
+            dst, send_key, payload, what = self.outbox.pop((stage, op[-1], mb))
+            self.memory[device].release([payload], "buffers")
+            self._send(device, dst, send_key, payload, what)
+            self._advance(device)
+            return
+        payload = self.arrived.pop(key) if key is not None else None
         if op == "F":
             self._forward(device, stage, mb, payload)
         elif op == "W":
             self._weight_only(device, stage, mb)
         else:
             self._backward(device, stage, mb, payload, op)
+
+    def _output(self, device: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
+        """Send a finished action's output now, or keep it for the SEND action that sends it."""
+        explicit = (what[0], "F" if what[1] == "F" else "B", what[2])
+        if explicit in self.explicit_sends:
+            self.outbox[explicit] = (dst, key, payload, what)
+            self.memory[device].hold([payload], "buffers")
+            self._sample(device)
+        else:
+            self._send(device, dst, key, payload, what)
 
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
         keep = remat_keeps(self.remat, mb, self.microbatches)
@@ -238,7 +287,7 @@ class _Engine:
         def done(_: Any) -> None:
             self._span(device, "F", stage, mb, start)
             if stage + 1 < self.num_stages:
-                self._send(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
+                self._output(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
             self._advance(device)
 
         self._after(self._duration("F", stage, mb), done)
@@ -279,7 +328,7 @@ class _Engine:
                 self.memory[device].release([dy], "buffers")
             self._sample(device)
             if stage > 0:
-                self._send(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
+                self._output(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
             self._advance(device)
 
         self._after(self._duration(op, stage, mb), done)
@@ -304,14 +353,9 @@ class _Engine:
 
         self._after(self._duration("W", stage, mb), done)
 
-    def _reduce(self, device: int, index: int) -> None:
-        """Step ``index`` of the device's ring all-reduces: send a chunk on, wait for one to come."""
-        steps = self.reduce_steps[device]
-        if index >= len(steps):
-            self.finished[device] = True
-            self.waiting[device] = None
-            return
-        stage, step, ring = steps[index]
+    def _reduce(self, device: int, item: "_ReduceStep") -> None:
+        """One step of a ring all-reduce: send a chunk on, wait for one to come."""
+        stage, step, ring = item
         r = ring.index(device)
         key = ("ar", stage, step, device)
         if (key, "sent") not in self.arrived:  # send once, even if we come back to wait
@@ -342,6 +386,14 @@ class _Engine:
                 "every input is produced before a device waits for it"
             )
         return self.trace
+
+
+class _ReduceStep(NamedTuple):
+    """Step ``step`` of the ring all-reduce of ``stage`` over the devices ``ring``."""
+
+    stage: int
+    step: int
+    ring: tuple[int, ...]
 
 
 class _Chunk:

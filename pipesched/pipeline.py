@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import math
+import os
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
@@ -81,6 +82,12 @@ class RunResult:
     loss: float | None = None
     grad_rel_err: float | None = None
     grads: Params | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        """The strategy's short name: a schedule file's name without its folder."""
+        strategy = self.config.strategy
+        return os.path.basename(strategy) if isinstance(strategy, str) else strategy.name
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object ``pipesched run --json`` prints."""

@@ -21,11 +21,16 @@ from typing import Iterable, NamedTuple, Sequence
 
 from .errors import ScheduleError
 
-__all__ = ["Action", "Schedule", "validate", "OPS"]
+__all__ = ["Action", "Schedule", "validate", "OPS", "COMM_OPS"]
 
 #: F forward, B full backward, I input-gradient only, W weight-gradient only.
 OPS = ("F", "B", "I", "W")
-_ACTION = re.compile(r"(\d+)([FBIW])(\d+)")
+#: Communication points, as in PyTorch's pipelining: a stage sends its output
+#: (SEND_F) or input-gradient (SEND_B) at this point, a stage receives its
+#: input (RECV_F) or output-gradient (RECV_B) before going on, and a
+#: replicated stage all-reduces its gradients here (REDUCE_GRAD, no micro-batch).
+COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B", "REDUCE_GRAD")
+_ACTION = re.compile(r"(\d+)(SEND_F|RECV_F|SEND_B|RECV_B|REDUCE_GRAD|[FBIW])(\d*)")
 
 
 class Action(NamedTuple):
@@ -39,20 +44,20 @@ class Action(NamedTuple):
 
     stage: int
     op: str
-    microbatch: int
+    microbatch: int | None  # None for REDUCE_GRAD
 
     @classmethod
     def parse(cls, text: str) -> "Action":
         match = _ACTION.fullmatch(text.strip())
-        if not match:
+        if not match or (match.group(2) == "REDUCE_GRAD") != (match.group(3) == ""):
             raise ScheduleError(
                 f"action {text!r} is not in the form STAGE OP MICROBATCH with OP one of "
-                "F, B, I, W; write e.g. 2F0 or 1B3"
+                f"{', '.join(OPS + COMM_OPS)} (REDUCE_GRAD without a micro-batch); write e.g. 2F0, 1B3, 0SEND_F2"
             )
-        return cls(int(match.group(1)), match.group(2), int(match.group(3)))
+        return cls(int(match.group(1)), match.group(2), int(match.group(3)) if match.group(3) else None)
 
     def __str__(self) -> str:
-        return f"{self.stage}{self.op}{self.microbatch}"
+        return f"{self.stage}{self.op}{'' if self.microbatch is None else self.microbatch}"
 
     def __repr__(self) -> str:
         return f"Action('{self}')"
@@ -87,7 +92,8 @@ class Schedule:
 
     @property
     def microbatches(self) -> int:
-        return 1 + max((a.microbatch for device in self.actions for a in device), default=-1)
+        return 1 + max((a.microbatch for device in self.actions for a in device if a.microbatch is not None),
+                       default=-1)
 
     def placement(self) -> dict[int, tuple[int, ...]]:
         """For each stage, the devices that run its forwards (several means replicas)."""
@@ -144,12 +150,27 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
             where = f"device {d}, position {pos}: {a}"
             if not isinstance(a, Action):
                 raise ScheduleError(f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)")
-            for field, value in (("stage", a.stage), ("micro-batch", a.microbatch)):
+            fields = [("stage", a.stage)] + ([] if a.op == "REDUCE_GRAD" else [("micro-batch", a.microbatch)])
+            for field, value in fields:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ScheduleError(f"{where} has {field} {value!r}; use a whole number of 0 or more")
+            if a.op in COMM_OPS:
+                if a.op == "REDUCE_GRAD":  # once per device that holds the stage
+                    if (a, d) in seen:
+                        raise ScheduleError(f"{where} repeats this device's all-reduce of stage {a.stage}; keep one")
+                    seen[(a, d)] = (d, pos)
+                    continue
+                if a in seen:
+                    first = seen[a]
+                    raise ScheduleError(
+                        f"{where} repeats the action first planned at device {first[0]}, position {first[1]}; "
+                        "every action runs exactly once"
+                    )
+                seen[a] = (d, pos)
+                continue  # checked once every compute action is known, below
             if a.op not in OPS:
-                raise ScheduleError(f"{where} has op {a.op!r}; use one of F, B, I, W")
-            if not 0 <= a.microbatch < microbatches:
+                raise ScheduleError(f"{where} has op {a.op!r}; use one of {', '.join(OPS + COMM_OPS)}")
+            if a.microbatch is not None and not 0 <= a.microbatch < microbatches:
                 raise ScheduleError(
                     f"{where} names micro-batch {a.microbatch}, outside 0..{microbatches - 1}; "
                     f"plan only the {microbatches} micro-batches asked for"
@@ -183,6 +204,7 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                     "on the device that holds its forward's activations"
                 )
     stages = schedule.num_stages
+    _validate_communication(schedule, seen, stages)
     for s in range(stages):
         for m in range(microbatches):
             key = f"stage {s}, micro-batch {m}"
@@ -196,3 +218,40 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
             if not full and not ((s, "I", m) in seen and (s, "W", m) in seen):
                 missing = f"{s}B{m}" if not split else (f"{s}W{m}" if (s, "I", m) in seen else f"{s}I{m}")
                 raise ScheduleError(f"{key} has no {missing}; every forward needs its backward")
+
+
+def _validate_communication(schedule: Schedule, seen: dict, stages: int) -> None:
+    """Each SEND after what it sends, each RECV before what needs it, on that action's device."""
+    for d, device in enumerate(schedule.actions):
+        for pos, a in enumerate(device):
+            if a.op not in COMM_OPS:
+                continue
+            where = f"device {d}, position {pos}: {a}"
+            s, m = a.stage, a.microbatch
+            if a.op == "REDUCE_GRAD":
+                own = [i for i, b in enumerate(device) if b.stage == s and b.op in "BW"]
+                if not own:
+                    raise ScheduleError(f"{where} reduces a stage this device does not run; put it on a device of stage {s}")
+                if own[-1] > pos:
+                    raise ScheduleError(f"{where} comes before {device[own[-1]]}; reduce a stage's gradients after its last backward")
+                continue
+            sends = a.op.startswith("SEND")
+            forward = a.op.endswith("_F")
+            if forward and ((sends and s + 1 >= stages) or (not sends and s == 0)):
+                raise ScheduleError(f"{where}: stage {s} has no {'next' if sends else 'previous'} stage to "
+                                    f"{'send to' if sends else 'receive from'}; remove it")
+            if not forward and ((sends and s == 0) or (not sends and s + 1 >= stages)):
+                raise ScheduleError(f"{where}: stage {s} has no {'previous' if sends else 'next'} stage to "
+                                    f"{'send to' if sends else 'receive from'}; remove it")
+            compute = [Action(s, op, m) for op in (("F",) if forward else ("B", "I")) if Action(s, op, m) in seen]
+            if not compute:
+                raise ScheduleError(f"{where} has no {s}{'F' if forward else 'B'}{m} to go with it; plan it")
+            place = seen[compute[0]]
+            if place[0] != d:
+                raise ScheduleError(
+                    f"{where} must be on device {place[0]}, which runs {compute[0]}; move it there"
+                )
+            if sends and place[1] > pos:
+                raise ScheduleError(f"{where} comes before {compute[0]}, whose output it sends; move it after")
+            if not sends and place[1] < pos:
+                raise ScheduleError(f"{where} comes after {compute[0]}, which needs what it receives; move it before")

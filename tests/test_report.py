@@ -178,3 +178,16 @@ def test_a_cap_in_a_study_marks_points_instead_of_failing_the_report(tmp_path):
     assert main(["report", str(study), "-o", str(out)]) == 0
     rows = json.loads((out / "metrics.json").read_text())["compare"]
     assert any(r["oom"] for r in rows) and not all(r["oom"] for r in rows)
+
+
+def test_a_study_compares_a_schedule_file_next_to_it(tmp_path):
+    assert main(["export", "--strategy", "zb-h1", "-o", str(tmp_path / "mine.csv")]) == 0
+    study = tmp_path / "s.toml"
+    study.write_text('[compare]\nstrategies = ["gpipe", "mine.csv"]\npartitions = ["uniform"]\n'
+                     "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n")
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 0
+    rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["compare"]
+    assert rows[1]["strategy"].endswith("mine.csv") and (tmp_path / "out" / "trace-mine.json").exists()
+    assert rows[1]["makespan"] < rows[0]["makespan"]  # zb-h1 beats gpipe on the default hardware
+    study.write_text('[compare]\nstrategies = ["gone.csv"]\n')
+    assert main(["report", str(study), "-o", str(tmp_path / "out2")]) == 2

@@ -67,6 +67,8 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                 raise type(exc)(f"[compare] strategy {strategy!r} with partition {partition!r}: {exc}") from exc
     unit_costs = [("study", study.hardware.cost)] + ([("unit", "unit")] if study.hardware.cost != "unit" else [])
     for strategy in study.compare.strategies:
+        if strategy.endswith(".csv"):
+            continue  # a schedule file has its own M: nothing to sweep
         for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
             for m in study.sweep.microbatches:
                 if strategy == "dp" and m < study.hardware.devices:

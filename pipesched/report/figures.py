@@ -74,7 +74,7 @@ def gantt(results: StudyResults) -> Figure:
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_xlim(0, trace.makespan * scale)
-        ax.set_title(f"{result.config.strategy}: bubble {result.metrics.bubble_fraction:.3f}, "
+        ax.set_title(f"{result.label}: bubble {result.metrics.bubble_fraction:.3f}, "
                      f"step {trace.makespan * scale:.4g} {xlabel[6:-1]}", fontsize=9, loc="left")
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
@@ -100,7 +100,7 @@ def memory(results: StudyResults) -> Figure:
                     [(s.activations + s.deferred + s.buffers) / 2**10 for s in samples], where="post",
                     color=OKABE_ITO[d % len(OKABE_ITO)], linestyle=style, label=f"device {d}", linewidth=1.2)
         weights = max(s.params + s.grads for s in result.trace.memory[0]) / 2**20
-        ax.set_title(f"{result.config.strategy} (+{weights:.2f} MiB weights on device 0)", fontsize=8)
+        ax.set_title(f"{result.label} (+{weights:.2f} MiB weights on device 0)", fontsize=8)
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("activations and buffers (KiB)", fontsize=8)
@@ -153,16 +153,16 @@ def bubble_vs_memory(results: StudyResults) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     partitions = list(dict.fromkeys(r.config.partition for r in results.compare))
     markers = ["o", "s", "^", "D"]
-    strategies = list(dict.fromkeys(r.config.strategy for r in results.compare))
+    strategies = list(dict.fromkeys(r.label for r in results.compare))
     named = set()
     for result in results.compare:
-        colour = OKABE_ITO[strategies.index(result.config.strategy) % len(OKABE_ITO)]
+        colour = OKABE_ITO[strategies.index(result.label) % len(OKABE_ITO)]
         marker = markers[partitions.index(result.config.partition) % len(markers)]
         x, y = max(result.metrics.peak_memory_bytes) / 2**20, result.metrics.bubble_fraction
         ax.plot([x], [y], marker, color=colour, markersize=7, markerfacecolor="none", markeredgewidth=1.5)
-        if result.config.strategy not in named:  # one label per strategy, whatever the partitions
-            named.add(result.config.strategy)
-            ax.annotate(result.config.strategy, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
+        if result.label not in named:  # one label per strategy, whatever the partitions
+            named.add(result.label)
+            ax.annotate(result.label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
     handles = [plt.Line2D([], [], marker=markers[i % 4], linestyle="", color="grey", markerfacecolor="none",
                           markeredgewidth=1.5, label=f"{p} partition") for i, p in enumerate(partitions)]
     ax.legend(handles=handles, fontsize=7, frameon=False)

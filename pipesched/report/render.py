@@ -14,6 +14,7 @@ import html
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from typing import Any, Callable
@@ -38,7 +39,7 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
         sizes = ",".join(str(len(s)) for s in r.partition)
         named = r.config.partition in ("uniform", "balanced")
         rows.append((
-            r.config.strategy, f"{r.config.partition} {sizes}" if named else sizes, str(r.config.chunks),
+            r.label, f"{r.config.partition} {sizes}" if named else sizes, str(r.config.chunks),
             format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
             "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}",
             f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
@@ -139,7 +140,7 @@ def write_report(results: StudyResults, out_dir: str, config_text: str,
         first = results.study.compare.partitions[0]
         for r in results.compare:
             if r.config.partition == first:
-                name = f"trace-{r.config.strategy}.json"
+                name = f"trace-{re.sub(r'[^A-Za-z0-9_.-]', '_', r.label.removesuffix('.csv'))}.json"
                 with open(os.path.join(work, name), "w", encoding="utf-8") as f:
                     json.dump(to_chrome(r.trace), f)
                 traces.append(name)

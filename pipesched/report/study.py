@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -189,6 +190,13 @@ def _strategies() -> tuple[str, ...]:
     return tuple(available_strategies())
 
 
+def _strategy(value: Any) -> str:
+    """A registered strategy, or a schedule file in PyTorch's action CSV (``*.csv``)."""
+    if isinstance(value, str) and value.endswith(".csv"):
+        return value  # resolved against the study file's folder once the whole file is read
+    return _choice(_strategies)(value)
+
+
 SCHEMA: dict[str, dict[str, Check]] = {
     "model": {"layers": _layers, "batch": _whole(1), "loss": _choice(tuple(LOSSES)), "seed": _whole(0)},
     "hardware": {
@@ -196,7 +204,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "link_bandwidth": _number(True), "link_latency": _number(False), "device_memory": _size,
     },
     "compare": {
-        "strategies": _list(_choice(_strategies)), "microbatches": _whole(1), "chunks": _whole(1),
+        "strategies": _list(_strategy), "microbatches": _whole(1), "chunks": _whole(1),
         "remat": _choice(REMAT_MODES), "partitions": _list(_text),
     },
     "sweep": {"microbatches": _list(_whole(1)), "devices": _list(_whole(1)), "chunks": _list(_whole(1))},
@@ -276,8 +284,23 @@ def load_study(path: str) -> Study:
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
         study = replace(study, **{key: replace(section, **changes)})
+    study = _resolve_schedule_files(study, path)
     _check_together(study, path)
     return study
+
+
+def _resolve_schedule_files(study: Study, path: str) -> Study:
+    """Schedule files named in [compare].strategies, relative to the study file, must exist."""
+    folder = os.path.dirname(os.path.abspath(path))
+    resolved = []
+    for name in study.compare.strategies:
+        if name.endswith(".csv"):
+            full = name if os.path.isabs(name) else os.path.join(folder, name)
+            if not os.path.isfile(full):
+                raise ConfigError(f"{path}: [compare].strategies: schedule file {name!r} does not exist next to the study")
+            name = full
+        resolved.append(name)
+    return replace(study, compare=replace(study.compare, strategies=tuple(resolved)))
 
 
 def _check_together(study: Study, path: str) -> None:

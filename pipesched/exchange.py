@@ -1,0 +1,138 @@
+"""Exchange schedules with PyTorch's ``torch.distributed.pipelining``: its action CSV, read and written.
+
+PyTorch writes a schedule as one CSV row per rank, one action per cell, in its
+action notation: ``2F0`` (stage 2, forward, micro-batch 0), ``1B3`` (full
+backward), ``1I3`` and ``1W3`` (input- and weight-gradient), the
+communication actions ``0SEND_F0``, ``1RECV_F0``, ``1SEND_B0``, ``0RECV_B0``,
+``0REDUCE_GRAD``, and ``0UNSHARD`` / ``0RESHARD`` for sharded stages. An
+empty cell is a bubble. pipesched's text form of an action is the same, so a
+schedule crosses over unchanged:
+
+- compute actions and SEND/RECV become actions of pipesched's schedule (a
+  SEND sends its output at that point instead of as soon as it is computed; a
+  RECV makes the device wait for its input there);
+- REDUCE_GRAD places a replicated stage's gradient all-reduce;
+- UNSHARD and RESHARD (FSDP's parameter gathering) are accepted and left out,
+  with a note, since pipesched does not model sharded parameters.
+
+>>> text = to_torch_csv(Schedule.parse(["0F0 0B0", "1F0 1B0"]))
+>>> print(text, end="")
+0F0,0B0
+1F0,1B0
+>>> from_torch_csv(text).schedule == Schedule.parse(["0F0 0B0", "1F0 1B0"])
+True
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from dataclasses import dataclass, field
+
+from .errors import ScheduleError, StrategyError
+from .schedule import Action, Schedule, validate
+
+__all__ = ["Imported", "to_torch_csv", "from_torch_csv", "load_torch_csv", "FileSchedule"]
+
+#: Actions pipesched accepts and leaves out: it does not model sharded parameters.
+IGNORED = ("UNSHARD", "RESHARD")
+
+
+@dataclass
+class Imported:
+    """A schedule read from a CSV, where each action stood (its column, from 1), and notes on what was left out."""
+
+    schedule: Schedule
+    columns: list[list[int]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def where(self, device: int, position: int) -> str:
+        """``row R, column C`` of the CSV cell that holds the device's action at ``position``."""
+        return f"row {device + 1}, column {self.columns[device][position]}"
+
+
+def to_torch_csv(schedule: Schedule) -> str:
+    """One row per rank, one action per cell, in plan order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for actions in schedule.actions:
+        writer.writerow([str(a) for a in actions])
+    return buffer.getvalue()
+
+
+def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
+    """Parse PyTorch's action CSV; a bad cell fails naming its row and column (both from 1)."""
+    rows = list(csv.reader(io.StringIO(text)))
+    while rows and not any(cell.strip() for cell in rows[-1]):
+        rows.pop()  # trailing blank lines
+    if not rows:
+        raise ScheduleError(f"{source} has no rows; write one row of actions per rank")
+    per_rank: list[list[Action]] = []
+    columns: list[list[int]] = []
+    ignored = 0
+    for r, row in enumerate(rows, start=1):
+        actions, places = [], []
+        for c, cell in enumerate(row, start=1):
+            text_cell = cell.strip()
+            if not text_cell or text_cell == "None":
+                continue  # a bubble
+            if any(text_cell.endswith(name) and text_cell[: -len(name)].isdigit() for name in IGNORED):
+                ignored += 1
+                continue
+            try:
+                actions.append(Action.parse(text_cell))
+            except ScheduleError as exc:
+                raise ScheduleError(f"{source} row {r}, column {c}: {exc}") from None
+            places.append(c)
+        per_rank.append(actions)
+        columns.append(places)
+    notes = [f"{ignored} UNSHARD/RESHARD actions left out: pipesched does not model sharded parameters"] if ignored else []
+    return Imported(Schedule(per_rank), columns, notes)
+
+
+def load_torch_csv(path: str) -> Imported:
+    """Read a schedule from a CSV file (see ``from_torch_csv``)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except OSError as exc:
+        raise StrategyError(f"schedule file {path!r} cannot be read ({exc.strerror}); give an existing CSV") from None
+    return from_torch_csv(text, source=os.path.basename(path))
+
+
+def _locate(exc: ScheduleError, imported: Imported, source: str) -> str:
+    """Turn the validator's 'device d, position p' into the CSV's row and column of that action."""
+    message = str(exc)
+    match = re.match(r"device (\d+), position (\d+): (.*)", message)
+    if not match:
+        return f"{source}: {message}"
+    return f"{source} {imported.where(int(match.group(1)), int(match.group(2)))}: {match.group(3)}"
+
+
+class FileSchedule:
+    """A strategy that plans the schedule written in a CSV file: ``--strategy path/to/schedule.csv``.
+
+    Its devices and micro-batches are the file's: one rank per row, and one
+    more than the largest micro-batch number.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.name = os.path.basename(path)
+        imported = load_torch_csv(path)
+        self.schedule, self.notes = imported.schedule, imported.notes
+        try:
+            validate(self.schedule, self.schedule.devices, max(self.schedule.microbatches, 1))
+        except ScheduleError as exc:
+            raise ScheduleError(_locate(exc, imported, self.name)) from None
+
+    def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+        if (devices, microbatches) != (self.schedule.devices, self.schedule.microbatches):
+            raise ValueError(
+                f"the schedule in {self.name} has {self.schedule.devices} ranks and "
+                f"{self.schedule.microbatches} micro-batches; run it with --devices {self.schedule.devices} "
+                f"--microbatches {self.schedule.microbatches}"
+            )
+        return self.schedule
