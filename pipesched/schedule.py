@@ -154,34 +154,23 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
             for field, value in fields:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ScheduleError(f"{where} has {field} {value!r}; use a whole number of 0 or more")
-            if a.op in COMM_OPS:
-                if a.op == "REDUCE_GRAD":  # once per device that holds the stage
-                    if (a, d) in seen:
-                        raise ScheduleError(f"{where} repeats this device's all-reduce of stage {a.stage}; keep one")
-                    seen[(a, d)] = (d, pos)
-                    continue
-                if a in seen:
-                    first = seen[a]
-                    raise ScheduleError(
-                        f"{where} repeats the action first planned at device {first[0]}, position {first[1]}; "
-                        "every action runs exactly once"
-                    )
-                seen[a] = (d, pos)
-                continue  # checked once every compute action is known, below
-            if a.op not in OPS:
+            if a.op not in OPS + COMM_OPS:
                 raise ScheduleError(f"{where} has op {a.op!r}; use one of {', '.join(OPS + COMM_OPS)}")
             if a.microbatch is not None and not 0 <= a.microbatch < microbatches:
                 raise ScheduleError(
                     f"{where} names micro-batch {a.microbatch}, outside 0..{microbatches - 1}; "
                     f"plan only the {microbatches} micro-batches asked for"
                 )
-            if a in seen:
-                first = seen[a]
+            key = (a, d) if a.op == "REDUCE_GRAD" else a  # REDUCE_GRAD: once per device holding the stage
+            if key in seen:
+                first = seen[key]
                 raise ScheduleError(
                     f"{where} repeats the action first planned at device {first[0]}, position {first[1]}; "
-                    "every action runs exactly once"
+                    "every action runs exactly once (REDUCE_GRAD once per device)"
                 )
-            seen[a] = (d, pos)
+            seen[key] = (d, pos)
+            if a.op in COMM_OPS:
+                continue  # checked once every compute action is known, below
             if a.op == "F":
                 continue
             needs = Action(a.stage, "I" if a.op == "W" else "F", a.microbatch)
