@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import sys
+import signal
 import tempfile
 from dataclasses import replace
 from typing import Any, Sequence
@@ -111,6 +112,12 @@ def _parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
     p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
     p_report.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
+    p_sweep = sub.add_parser("sweep", help="run the product of a sweep file's axes, locally or on a Dask cluster")
+    p_sweep.add_argument("study", help="the sweep file (TOML): [model], [axes], [constraints]")
+    p_sweep.add_argument("-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)")
+    p_sweep.add_argument("--workers", type=_whole, help="local worker processes (default: one per core)")
+    p_sweep.add_argument("--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')")
+    p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
     p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
     p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
@@ -313,6 +320,71 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
 
 
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .sweep import Results, load_sweep, pareto, point_key, sweep
+
+    study = load_sweep(args.study)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} is not allowed; use 1 or more")
+    _check_output_path("-o", args.output)
+    if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
+        raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
+    results = Results(args.output)
+    points = list(study.points())
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: whole lines kept, pool shut
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    before = sum(point_key(p) in results.records for p in points)
+    ran = sweep(study, results, workers=args.workers, scheduler=args.scheduler)
+    mine = [results.records[point_key(p)] for p in points if point_key(p) in results.records]
+    ok = [r for r in mine if r.get("ok") and not r.get("oom")]
+    failed = [r for r in mine if not r.get("ok")]
+    print(f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
+          f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory")
+    if not ok:
+        print("no point ran without an error or an OOM; see the error of each in the results file")
+        return
+    rows = [("", "throughput", "peak memory", "bubble", "configuration")]
+    best_speed = max(ok, key=lambda r: r["throughput"])
+    best_memory = min(ok, key=lambda r: (r["peak_memory_bytes"], -r["throughput"]))
+    front = pareto(ok)
+    for label, r in [("fastest", best_speed), ("leanest", best_memory)] + [("pareto", r) for r in front]:
+        rows.append((label, format_rate(r["throughput"]), format_bytes(r["peak_memory_bytes"]),
+                     f"{r['bubble_fraction']:.4f}", _describe_point(r["point"])))
+    print(_table(rows))
+    if args.report:
+        path = _sweep_report(args.report, mine, front)
+        print(f"\nheat maps and Pareto plot written to {path}")
+
+
+def _describe_point(point: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("layers", "compute"))
+
+
+def _is_sweep_report(folder: str) -> bool:
+    return set(os.listdir(folder)) <= {"heatmaps.png", "pareto.png", "summary.md"}
+
+
+def _sweep_report(folder: str, records: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
+    from .report.figures import sweep_heatmaps, sweep_pareto
+    from .report.render import write_folder
+
+    import matplotlib.pyplot as plt
+
+    def fill(work: str) -> None:
+        for name, fig in (("heatmaps", sweep_heatmaps(records)), ("pareto", sweep_pareto(records, front))):
+            fig.savefig(os.path.join(work, f"{name}.png"), dpi=110, metadata={"Software": None})
+            plt.close(fig)
+        with open(os.path.join(work, "summary.md"), "w", encoding="utf-8") as f:
+            f.write("# Sweep\n\n![heat maps](heatmaps.png)\n\n![Pareto front](pareto.png)\n\n"
+                    + "".join(f"- {_describe_point(r['point'])}: {format_rate(r['throughput'])} samples per time "
+                              f"unit, {format_bytes(r['peak_memory_bytes'])}\n" for r in front))
+
+    return write_folder(folder, fill)
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     from .exchange import to_torch_csv
 
@@ -495,7 +567,8 @@ def _cmd_strategies(args: argparse.Namespace) -> None:
 
 _COMMANDS: dict[str, Any] = {
     "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
-    "formulas": _cmd_formulas, "report": _cmd_report, "export": _cmd_export, "strategies": _cmd_strategies,
+    "formulas": _cmd_formulas, "report": _cmd_report, "export": _cmd_export, "sweep": _cmd_sweep,
+    "strategies": _cmd_strategies,
 }
 
 

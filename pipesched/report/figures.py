@@ -27,7 +27,7 @@ from ..units import time_prefix  # noqa: E402
 from .collect import StudyResults  # noqa: E402
 
 __all__ = ["FIGURES", "OKABE_ITO", "OP_COLOURS", "gantt", "memory", "bubble_vs_m", "bubble_vs_memory",
-           "stage_costs", "speedup", "training"]
+           "stage_costs", "speedup", "training", "sweep_heatmaps", "sweep_pareto"]
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
 OP_COLOURS = {"F": "#56B4E9", "B": "#E69F00", "I": "#D55E00", "W": "#009E73", "R": "#CC79A7", "link": "#BBBBBB"}
@@ -254,3 +254,60 @@ FIGURES = [
     ("speedup", "Speedup and efficiency against devices", speedup),
     ("training", "Training loss, pipelined against one device", training),
 ]
+
+
+# -- sweeps -----------------------------------------------------------------------------
+
+
+def sweep_heatmaps(records: list[dict[str, Any]]) -> Figure:
+    """Bubble and throughput over devices × micro-batches, one column per strategy (best over other axes)."""
+    ok = [r for r in records if r.get("ok") and not r.get("oom")]
+    strategies = sorted({r["point"].get("strategy", "gpipe") for r in ok})
+    ks = sorted({r["point"].get("devices", 4) for r in ok})
+    ms = sorted({r["point"].get("microbatches", 8) for r in ok})
+    if not ok:
+        return _note("no point of the sweep ran without an error or an OOM")
+    fig, axes = plt.subplots(2, len(strategies), figsize=(3.2 * len(strategies) + 1, 5.6), squeeze=False)
+    for col, name in enumerate(strategies):
+        for row, (metric, better, label) in enumerate((("bubble_fraction", min, "bubble"),
+                                                       ("throughput", max, "throughput (samples/s)"))):
+            grid = [[float("nan")] * len(ms) for _ in ks]
+            for r in ok:
+                p = r["point"]
+                if p.get("strategy", "gpipe") != name:
+                    continue
+                i, j = ks.index(p.get("devices", 4)), ms.index(p.get("microbatches", 8))
+                value = r[metric]
+                grid[i][j] = value if grid[i][j] != grid[i][j] else better(grid[i][j], value)
+            ax = axes[row][col]
+            image = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis")
+            ax.set_xticks(range(len(ms)), [str(m) for m in ms], fontsize=7)
+            ax.set_yticks(range(len(ks)), [str(k) for k in ks], fontsize=7)
+            ax.set_xlabel("micro-batches M", fontsize=8)
+            ax.set_ylabel("devices K", fontsize=8)
+            ax.set_title(f"{name}: {label}", fontsize=9)
+            fig.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+    fig.suptitle("Sweep: bubble (lower is better) and throughput (higher is better); blank: no point", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> Figure:
+    """Throughput against peak memory for every point; the Pareto front joined."""
+    ok = [r for r in records if r.get("ok") and not r.get("oom")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    strategies = sorted({r["point"].get("strategy", "gpipe") for r in ok})
+    for i, name in enumerate(strategies):
+        mine = [r for r in ok if r["point"].get("strategy", "gpipe") == name]
+        ax.plot([r["peak_memory_bytes"] / 2**20 for r in mine], [r["throughput"] for r in mine],
+                MARKERS[i % len(MARKERS)], markerfacecolor="none", color=OKABE_ITO[i % len(OKABE_ITO)], label=name)
+    if front:
+        ax.plot([r["peak_memory_bytes"] / 2**20 for r in front], [r["throughput"] for r in front], "-",
+                color="black", linewidth=1, label="Pareto front")
+    ax.set_xlabel("peak memory of the fullest device (MiB)", fontsize=8)
+    ax.set_ylabel("throughput (samples per time unit)", fontsize=8)
+    ax.set_title("Throughput against memory: upper left is better", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return fig

@@ -24,7 +24,7 @@ from ..units import format_bytes, format_time
 from .collect import StudyResults
 from .study import Study
 
-__all__ = ["write_report", "is_report", "comparison_rows", "study_text"]
+__all__ = ["write_report", "write_folder", "is_report", "comparison_rows", "study_text"]
 
 COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "throughput (samples/s)",
            "peak activations", "peak memory", "in flight", "grad error", "fits memory")
@@ -111,13 +111,11 @@ def is_report(folder: str) -> bool:
     return {"metrics.json", "study.toml"} <= names and not extra
 
 
-def write_report(results: StudyResults, out_dir: str, config_text: str,
-                 progress: Callable[[str], None] | None = None) -> str:
-    """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html."""
-    from .figures import FIGURES  # matplotlib loads here, for reports only
+def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
+    """Build a folder with ``fill(work)`` beside ``out_dir``, then move it into place whole; returns its path.
 
-    import matplotlib.pyplot as plt
-
+    A failure leaves nothing behind; an earlier folder is replaced only once the new one is complete.
+    """
     target = os.path.abspath(out_dir)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
@@ -126,6 +124,28 @@ def write_report(results: StudyResults, out_dir: str, config_text: str,
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
     try:
+        fill(work)
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=".pipesched-old-", dir=parent)
+            os.rename(target, os.path.join(old, "report"))
+            os.rename(work, target)
+            shutil.rmtree(old)
+        else:
+            os.rename(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return target
+
+
+def write_report(results: StudyResults, out_dir: str, config_text: str,
+                 progress: Callable[[str], None] | None = None) -> str:
+    """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html."""
+    from .figures import FIGURES  # matplotlib loads here, for reports only
+
+    import matplotlib.pyplot as plt
+
+    def fill(work: str) -> None:
         os.makedirs(os.path.join(work, "figures"))
         inline, listed = [], []
         for stem, caption, draw in FIGURES:
@@ -153,14 +173,5 @@ def write_report(results: StudyResults, out_dir: str, config_text: str,
             f.write(_html(results, inline, traces, config_text))
         with open(os.path.join(work, "study.toml"), "w", encoding="utf-8") as f:
             f.write(config_text)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=".pipesched-old-", dir=parent)
-            os.rename(target, os.path.join(old, "report"))
-            os.rename(work, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    return os.path.join(target, "index.html")
+
+    return os.path.join(write_folder(out_dir, fill), "index.html")

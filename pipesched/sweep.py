@@ -1,0 +1,357 @@
+"""Design-space sweeps: the product of a study's axes, run locally on every core or on a Dask cluster.
+
+A sweep file names the axes (``[axes]``), the model (``[model]``) and
+optional constraints (``[constraints] where = ["microbatches >= devices"]``).
+Every point is one ``pipesched run`` (without NumPy unless ``compute = true``),
+and its result is appended at once, as one JSON line, to the results file,
+keyed by a stable hash of its configuration. Rerunning the same command skips
+the points already there, so an interrupted sweep loses only the points in
+flight; a point whose simulation fails is recorded with its error.
+
+>>> sweep = parse_sweep({"axes": {"devices": [2, 4], "microbatches": [2, 4, 8]},
+...                      "constraints": {"where": ["microbatches >= 2 * devices"]}}, "s.toml")
+>>> [(p["devices"], p["microbatches"]) for p in sweep.points()]
+[(2, 4), (2, 8), (4, 8)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import ConfigError, PipeschedError
+from .pipeline import RunConfig, run
+from .units import parse_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "Sweep", "AXES", "load_sweep", "parse_sweep", "point_key", "run_point", "run_chunk", "Results", "sweep", "pareto",
+]
+
+#: The axes a sweep can span, each the RunConfig field it sets.
+AXES = ("devices", "microbatches", "chunks", "strategy", "partition", "remat", "batch", "link_bandwidth",
+        "link_latency", "device_memory", "cost")
+MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops")
+_COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The axes, the fixed settings and the constraints of a sweep."""
+
+    axes: dict[str, tuple[Any, ...]]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    where: tuple[str, ...] = ()
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        """Every combination of the axes that meets the constraints, in a fixed order."""
+        names = list(self.axes)
+        for values in itertools.product(*(self.axes[n] for n in names)):
+            point = dict(zip(names, values))
+            if all(_holds(rule, {**self.fixed, **point}) for rule in self.where):
+                yield {**self.fixed, **point}
+
+
+def _value(term: str, point: dict[str, Any]) -> float:
+    """A constraint term: a sum or product of axis names and numbers, e.g. ``2 * devices``."""
+    term = term.strip()
+    for op in ("+", "*"):
+        if op in term:
+            parts = [_value(t, point) for t in term.split(op)]
+            return sum(parts) if op == "+" else math.prod(parts)
+    if re.fullmatch(r"-?\d+(\.\d+)?([eE][+-]?\d+)?", term):
+        return float(term)
+    value = point.get(term, _DEFAULTS.get(term))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(term)
+
+
+#: What an axis a point does not set stands for in a constraint: the run's default.
+_DEFAULTS = {"devices": RunConfig.devices, "microbatches": RunConfig.microbatches, "chunks": 1,
+             "batch": RunConfig.batch, "link_bandwidth": 100e9, "link_latency": 5e-6}
+
+
+def _holds(rule: str, point: dict[str, Any]) -> bool:
+    match = _COMPARE.fullmatch(rule)
+    assert match is not None  # checked when the file was read
+    left, op, right = _value(match.group(1), point), match.group(2), _value(match.group(3), point)
+    return {">=": left >= right, "<=": left <= right, "==": left == right, "!=": left != right,
+            ">": left > right, "<": left < right}[op]
+
+
+def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
+    """Check a parsed sweep file; every problem names the key's path."""
+    for section in data:
+        if section not in ("model", "axes", "constraints"):
+            raise ConfigError(f"{path}: [{section}] is not a section of a sweep; use model, axes, constraints")
+    model = data.get("model", {})
+    for key in model:
+        if key not in MODEL_KEYS:
+            raise ConfigError(f"{path}: [model].{key} is not a key of [model]; use one of {', '.join(MODEL_KEYS)}")
+    axes_raw = data.get("axes", {})
+    if not axes_raw:
+        raise ConfigError(f"{path}: [axes] is missing or empty; name at least one axis, e.g. devices = [2, 4]")
+    axes: dict[str, tuple[Any, ...]] = {}
+    for name, values in axes_raw.items():
+        if name not in AXES:
+            raise ConfigError(f"{path}: [axes].{name} is not an axis; use one of {', '.join(AXES)}")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: [axes].{name} must be a non-empty list, e.g. {name} = [...]")
+        if name == "device_memory":
+            values = [parse_bytes(str(v), flag=f"{path}: [axes].device_memory") for v in values]
+        axes[name] = tuple(values)
+    fixed = {k: v for k, v in model.items()}
+    where = tuple(data.get("constraints", {}).get("where", []))
+    if set(data.get("constraints", {})) - {"where"}:
+        raise ConfigError(f"{path}: [constraints] takes only where = [\"microbatches >= devices\", ...]")
+    probe = {**{n: v[0] for n, v in axes.items()}, **fixed}
+    for rule in where:
+        match = _COMPARE.fullmatch(rule) if isinstance(rule, str) else None
+        try:
+            if match is None:
+                raise ValueError(rule)
+            _value(match.group(1), probe), _value(match.group(3), probe)
+        except ValueError:
+            raise ConfigError(
+                f"{path}: [constraints].where: {rule!r} is not a comparison of axes and numbers; "
+                "write e.g. \"microbatches >= 2 * devices\""
+            ) from None
+    result = Sweep(axes, fixed, where)
+    if next(result.points(), None) is None:
+        raise ConfigError(f"{path}: the axes and constraints leave no point to run; loosen [constraints].where")
+    for point in itertools.islice(result.points(), 1):  # the fields must make a RunConfig
+        _config(point)
+    return result
+
+
+def load_sweep(path: str) -> Sweep:
+    """Read and check a sweep file."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {path!r} does not exist; give the path to a .toml file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    return parse_sweep(data, path)
+
+
+def point_key(point: dict[str, Any]) -> str:
+    """A stable hash of a point's configuration: the same on every machine and Python."""
+    return hashlib.sha256(json.dumps(point, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _config(point: dict[str, Any]) -> RunConfig:
+    settings = {"compute": False, "reference": False, "allow_oom": True, **point}
+    if settings.get("compute"):
+        settings["reference"] = True
+    return RunConfig(**settings)
+
+
+def run_point(point: dict[str, Any]) -> dict[str, Any]:
+    """Simulate one point; a failure is a result too, with its error."""
+    record: dict[str, Any] = {"key": point_key(point), "point": point}
+    try:
+        result = run(_config(point))
+    except PipeschedError as exc:
+        return {**record, "ok": False, "error": str(exc)}
+    m = result.metrics
+    return {
+        **record, "ok": True, "oom": result.trace.oom is not None, "makespan": m.makespan,
+        "bubble_fraction": m.bubble_fraction, "throughput": m.throughput,
+        "peak_memory_bytes": max(m.peak_memory_bytes), "peak_activation_bytes": max(m.peak_activation_bytes),
+        "grad_rel_err": result.grad_rel_err, "time_unit": result.trace.time_unit,
+    }
+
+
+def run_chunk(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Simulate several points in one task, so thousands of small points are not all scheduling."""
+    return [run_point(p) for p in points]
+
+
+class Results:
+    """The JSON-lines results file: read what is there, append each finished point at once.
+
+    Each line is written with one system call as soon as its point is done,
+    so a killed sweep (Ctrl-C, SIGTERM) leaves whole lines in the file; a torn
+    last line (a machine crash mid-write) is cut off when the file is next
+    opened. Lines are not synced one by one: that would serialise the sweep
+    on the disk, and only a crash of the whole machine could lose them.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: dict[str, dict[str, Any]] = {}
+        if os.path.exists(path):
+            self._read()
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as f:
+            data = f.read()
+        good = data.rfind(b"\n") + 1  # whole lines end with a newline
+        for number, line in enumerate(data[:good].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self.records[record["key"]] = record
+            except (ValueError, KeyError, TypeError):
+                raise ConfigError(
+                    f"{self.path} line {number} is not a pipesched result; give a new -o file or remove that line"
+                ) from None
+        if good < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+        self.records[record["key"]] = record
+
+
+def _chunks(points: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+    """About eight tasks per worker: few enough to amortise scheduling, enough to balance the load."""
+    size = max(1, math.ceil(len(points) / (workers * 8)))
+    return [points[i:i + size] for i in range(0, len(points), size)]
+
+
+def sweep(
+    study: Sweep,
+    results: Results,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> int:
+    """Run every point of ``study`` not yet in ``results``; returns how many ran now.
+
+    Locally with ``workers`` processes (default: one per core; 1 runs in this
+    process), or on the Dask cluster at ``scheduler`` (``tcp://host:port``).
+    """
+    todo = [p for p in study.points() if point_key(p) not in results.records]
+    if not todo:
+        return 0
+    bar = _bar(len(todo), progress)
+    done = 0
+
+    def finished(records: Iterable[dict[str, Any]]) -> None:
+        nonlocal done
+        for record in records:
+            results.append(record)
+            if on_record:
+                on_record(record)
+            done += 1
+            bar.update(1)
+
+    try:
+        if scheduler is not None:
+            _on_dask(scheduler, todo, finished)
+        elif (workers or os.cpu_count() or 1) == 1:
+            for point in todo:
+                finished([run_point(point)])
+        else:
+            _on_pool(workers or os.cpu_count() or 1, todo, finished)
+    finally:
+        bar.close()
+    return done
+
+
+def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
+    import gc
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    # Workers start from a fresh server process, not a fork of this one: a fork shares
+    # every object this process made so far, and the workers' reference counting then
+    # copies those pages one by one (measured: half the pool's speed after a long run).
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipesched.sweep"])  # the server imports once; workers fork ready
+    else:
+        context = multiprocessing.get_context("spawn")
+    gc.collect()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        pending = {pool.submit(run_chunk, chunk) for chunk in _chunks(todo, workers)}
+        try:
+            while pending:
+                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    finished(future.result())
+        except BaseException:
+            for future in pending:
+                future.cancel()  # lose only what is in flight
+            raise
+
+
+def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError(
+            "--scheduler needs Dask distributed, which is not installed; install it with pip install 'pipesched[dask]'"
+        ) from None
+    try:
+        client = Client(address, timeout="5s")
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there ({exc}); check the address") from None
+    try:
+        workers = max(1, len(client.scheduler_info().get("workers", {})))
+        futures = [client.submit(run_chunk, chunk, pure=False) for chunk in _chunks(todo, workers)]
+        chunks = dict(zip(futures, _chunks(todo, workers)))
+        for future in as_completed(futures):
+            try:
+                finished(future.result())
+            except Exception as exc:  # a task lost for good: record its points as failed, go on
+                finished([{"key": point_key(p), "point": p, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                          for p in chunks[future]])
+    finally:
+        client.close()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="pipesched sweep", unit="point", disable=None)
+
+
+def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The points no other beats on both throughput (higher) and peak memory (lower), by throughput.
+
+    >>> pts = [{"throughput": 3, "peak_memory_bytes": 5}, {"throughput": 2, "peak_memory_bytes": 1},
+    ...        {"throughput": 1, "peak_memory_bytes": 6}]
+    >>> [p["throughput"] for p in pareto(pts)]
+    [3, 2]
+    """
+    front = []
+    for r in sorted(records, key=lambda r: (-r["throughput"], r["peak_memory_bytes"])):
+        if not front or r["peak_memory_bytes"] < front[-1]["peak_memory_bytes"]:
+            front.append(r)
+    return front
+
+

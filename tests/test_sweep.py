@@ -1,0 +1,184 @@
+"""Sweeps: the product of the axes, local and Dask runs alike, resuming after SIGTERM, failures recorded."""
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipesched.cli import main
+from pipesched.sweep import Results, load_sweep, point_key, sweep
+
+SMALL = """
+[model]
+layers = "16x7"
+batch = 16
+
+[axes]
+strategy = ["gpipe", "zb-h1"]
+devices = [2, 4]
+microbatches = [2, 4, 8]
+
+[constraints]
+where = ["microbatches >= devices"]
+"""
+
+
+def _write(tmp_path, text=SMALL, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def _lines(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_the_points_are_the_filtered_product(tmp_path):
+    study = load_sweep(_write(tmp_path))
+    expected = [(s, k, m) for s, k, m in itertools.product(["gpipe", "zb-h1"], [2, 4], [2, 4, 8]) if m >= k]
+    assert [(p["strategy"], p["devices"], p["microbatches"]) for p in study.points()] == expected
+
+
+def test_pool_and_single_process_agree_point_for_point(tmp_path):
+    study = load_sweep(_write(tmp_path))
+    one, pool = Results(str(tmp_path / "one.jsonl")), Results(str(tmp_path / "pool.jsonl"))
+    assert sweep(study, one, workers=1, progress=False) == 10
+    assert sweep(study, pool, workers=2, progress=False) == 10
+    assert one.records == pool.records
+    # each result is the run's own numbers: gpipe on 2 devices, unit-free flops cost, M=2
+    record = one.records[point_key(next(study.points()))]
+    assert record["ok"] and 0 < record["bubble_fraction"] < 1
+
+
+def test_a_failing_point_is_recorded_and_the_others_complete(tmp_path, capsys):
+    text = SMALL.replace("devices = [2, 4]", "devices = [2, 7]")  # 7 devices: more than the 6 layers
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", _write(tmp_path, text), "-o", str(out), "--workers", "1"]) == 0
+    records = _lines(out)
+    failed = [r for r in records if not r["ok"]]
+    assert len(records) == 8 and len(failed) == 2  # (gpipe, zb-h1) x M=8 with 7 devices
+    assert all("has only 6 layers" in r["error"] for r in failed)
+    assert "8 points: 8 run now, 0 already" in capsys.readouterr().out
+
+
+def test_a_sigterm_loses_nothing_and_a_rerun_finishes_each_point_once(tmp_path):
+    text = SMALL.replace("microbatches = [2, 4, 8]", "microbatches = [2, 4, 6, 8, 10, 12, 14, 16, 24, 32]") \
+        .replace('layers = "16x7"', 'layers = "256x7"').replace("batch = 16", "batch = 64")
+    study_path = _write(tmp_path, text)
+    out = tmp_path / "r.jsonl"
+    command = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "sweep", study_path, "-o", str(out),
+               "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    partial = len(_lines(out))
+    assert main(["sweep", study_path, "-o", str(out), "--workers", "2"]) == 0
+    keys = [r["key"] for r in _lines(out)]
+    total = len(list(load_sweep(study_path).points()))
+    assert sorted(keys) == sorted(set(keys)) and len(keys) == total  # every point exactly once
+    assert partial >= 3
+
+
+def test_a_torn_last_line_is_cut_off(tmp_path):
+    out = tmp_path / "r.jsonl"
+    study = load_sweep(_write(tmp_path))
+    sweep(study, Results(str(out)), workers=1, progress=False)
+    whole = out.read_bytes()
+    out.write_bytes(whole + b'{"key": "abc", "po')  # a crash in mid-write
+    results = Results(str(out))
+    assert out.read_bytes() == whole and len(results.records) == 10
+    assert sweep(study, results, workers=1, progress=False) == 0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[axes]\ndevice = [2]", "[axes].device is not an axis"),
+        ("[axes]\ndevices = []", "[axes].devices must be a non-empty list"),
+        ("[axes]\ndevices = [2]\n[constraints]\nwhere = ['microbatches > 100']", "leave no point to run"),
+        ("[axes]\ndevices = [2]\n[constraints]\nwhere = ['devices ~ 2']", "is not a comparison of axes and numbers"),
+        ("[model]\nlayer = '4,4'\n[axes]\ndevices = [2]", "[model].layer is not a key of [model]"),
+        ("[grid]\n", "[grid] is not a section of a sweep"),
+    ],
+)
+def test_bad_sweep_files_are_named(tmp_path, capsys, text, message):
+    assert main(["sweep", _write(tmp_path, text), "-o", str(tmp_path / "r.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_the_report_draws_heat_maps_and_the_pareto_front(tmp_path, capsys):
+    out = tmp_path / "rep"
+    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--workers", "1",
+                 "--report", str(out)]) == 0
+    from PIL import Image
+
+    for name in ("heatmaps.png", "pareto.png"):
+        with Image.open(out / name) as image:
+            image.verify()
+    summary = capsys.readouterr().out
+    assert "fastest" in summary and "pareto" in summary
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_dask_cluster_gives_the_local_results(tmp_path):
+    pytest.importorskip("distributed")
+    from dask.distributed import Client
+
+    dask = os.path.join(os.path.dirname(sys.executable), "dask")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--no-dashboard"], **quiet)]
+    try:
+        for _ in range(2):
+            processes.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
+                                               "--host", "127.0.0.1"], **quiet))
+        deadline = time.time() + 60
+        while True:  # the scheduler needs a moment before it answers
+            try:
+                with Client(address, timeout="5s") as client:
+                    client.wait_for_workers(2, timeout=60)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        study = load_sweep(_write(tmp_path))
+        remote, local = Results(str(tmp_path / "dask.jsonl")), Results(str(tmp_path / "local.jsonl"))
+        assert sweep(study, remote, scheduler=address, progress=False) == 10
+        sweep(study, local, workers=1, progress=False)
+        assert remote.records == local.records
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+
+def test_a_missing_scheduler_is_one_sentence(tmp_path, capsys):
+    port = _free_port()
+    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler",
+                 f"tcp://127.0.0.1:{port}"]) == 2
+    assert "no Dask scheduler answers there" in capsys.readouterr().err
+
+
+def test_without_dask_the_scheduler_option_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if it were not installed
+    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
+    assert "install it with pip install 'pipesched[dask]'" in capsys.readouterr().err
