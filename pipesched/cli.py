@@ -143,6 +143,8 @@ COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
+    if getattr(args, "schedule", None) and getattr(args, "strategy", RunConfig.strategy) != RunConfig.strategy:
+        raise ConfigError("--schedule and --strategy both name what to run; give one of them")
     strategy = getattr(args, "schedule", None) or getattr(args, "strategy", RunConfig.strategy)
     devices, microbatches = args.devices, args.microbatches
     if strategy.endswith(".csv") and (devices is None or microbatches is None):
@@ -544,7 +546,10 @@ def _cmd_report(args: argparse.Namespace) -> None:
             f"-o {args.output} is a folder with other files in it, and a report replaces its folder whole; "
             "give a new folder, or an earlier report's"
         )
-    results = collect(study)
+    try:
+        results = collect(study)
+    except PipeschedError as exc:  # a run the study asks for cannot be made: say which file asked
+        raise type(exc)(f"{args.study or 'the built-in study'}: {exc}") from exc
     page = write_report(results, args.output, text)
     rows = [("strategy", "partition", "step", "bubble", "peak memory")]
     for cells in comparison_rows(results):

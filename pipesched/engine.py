@@ -102,7 +102,8 @@ class _Engine:
                     self.backward_on[(a.stage, a.microbatch)] = d
         self.hosted = [sorted({a.stage for a in actions}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
-        self.program = [self._program(d, actions, schedule) for d, actions in enumerate(schedule.actions)]
+        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
+        self.program = [self._program(d, actions, replicas) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
             (a.stage, a.op[-1], a.microbatch) for actions in schedule.actions for a in actions if a.op.startswith("SEND")
@@ -125,19 +126,19 @@ class _Engine:
         self.trace.memory = [m.timeline for m in self.memory]
         self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
 
-    def _program(self, device: int, actions: tuple[Action, ...], schedule: Schedule) -> list[Any]:
+    def _program(self, device: int, actions: tuple[Action, ...], replicas: dict[int, tuple[int, ...]]) -> list[Any]:
         """The device's actions, with each replicated stage's ring all-reduce steps where they run.
 
         A REDUCE_GRAD action places a stage's all-reduce; without one it runs
         after the device's last action. A stage without replicas has nothing
         to reduce, so its REDUCE_GRAD does nothing.
         """
-        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-
         def steps(stage: int) -> list[_ReduceStep]:
             ring = replicas[stage]
             return [_ReduceStep(stage, step, ring) for step in range(2 * (len(ring) - 1))]
 
+        if not replicas and not any(a.op == "REDUCE_GRAD" for a in actions):
+            return list(actions)  # nothing to reduce: the actions are the program
         program: list[Any] = []
         placed = set()
         for action in actions:
@@ -236,26 +237,21 @@ class _Engine:
             self._reduce(device, item)
             return
         stage, op, mb = item
-        key: _Key | None = None
-        if op == "F" or op == "RECV_F":
-            key = ("x", stage, mb) if stage > 0 else None
-        elif op in ("B", "I", "RECV_B") and stage < self.num_stages - 1:
-            key = ("g", stage, mb)
+        if op == "F":  # the common cases first: this runs once per action
+            key: _Key | None = ("x", stage, mb) if stage > 0 else None
+        elif op == "B" or op == "I":
+            key = ("g", stage, mb) if stage < self.num_stages - 1 else None
+        elif op == "W":
+            key = None
+        else:
+            self._communicate(device, position, item)
+            return
         if key is not None and key not in self.arrived:
             self.blocked[key] = device
             self.waiting[device] = (item, key)  # described only if it turns out to be a deadlock
             return
         self.waiting[device] = None
         self.position[device] = position + 1
-        if op.startswith("RECV"):  # an ordering point: the input is there; its compute takes it
-            self._advance(device)
-            return
-        if op.startswith("SEND"):  # the output waited in the outbox until this point
-            dst, send_key, payload, what = self.outbox.pop((stage, op[-1], mb))
-            self.memory[device].release([payload], "buffers")
-            self._send(device, dst, send_key, payload, what)
-            self._advance(device)
-            return
         payload = self.arrived.pop(key) if key is not None else None
         if op == "F":
             self._forward(device, stage, mb, payload)
@@ -264,10 +260,27 @@ class _Engine:
         else:
             self._backward(device, stage, mb, payload, op)
 
+    def _communicate(self, device: int, position: int, action: Action) -> None:
+        """A SEND or RECV action: a point in the device's order where data leaves or must have come."""
+        stage, op, mb = action
+        if op.startswith("RECV"):
+            key: _Key = ("x", stage, mb) if op == "RECV_F" else ("g", stage, mb)
+            if key not in self.arrived:
+                self.blocked[key] = device
+                self.waiting[device] = (action, key)
+                return
+        else:  # SEND: the output waited in the outbox until this point
+            dst, send_key, payload, what = self.outbox.pop((stage, op[-1], mb))
+            self.memory[device].release([payload], "buffers")
+            self._send(device, dst, send_key, payload, what)
+        self.waiting[device] = None
+        self.position[device] = position + 1
+        self._advance(device)
+
     def _output(self, device: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
         """Send a finished action's output now, or keep it for the SEND action that sends it."""
         explicit = (what[0], "F" if what[1] == "F" else "B", what[2])
-        if explicit in self.explicit_sends:
+        if self.explicit_sends and explicit in self.explicit_sends:
             self.outbox[explicit] = (dst, key, payload, what)
             self.memory[device].hold([payload], "buffers")
             self._sample(device)

@@ -99,6 +99,8 @@ def load_torch_csv(path: str) -> Imported:
             text = f.read()
     except OSError as exc:
         raise StrategyError(f"schedule file {path!r} cannot be read ({exc.strerror}); give an existing CSV") from None
+    except UnicodeDecodeError:
+        raise StrategyError(f"schedule file {path!r} is not UTF-8 text; give a CSV of actions such as 0F0,0B0") from None
     return from_torch_csv(text, source=os.path.basename(path))
 
 
@@ -123,6 +125,8 @@ class FileSchedule:
         self.name = os.path.basename(path)
         imported = load_torch_csv(path)
         self.schedule, self.notes = imported.schedule, imported.notes
+        stages, devices = self.schedule.num_stages, max(self.schedule.devices, 1)
+        self.default_chunks = stages // devices if stages % devices == 0 and stages > devices else 1
         try:
             validate(self.schedule, self.schedule.devices, max(self.schedule.microbatches, 1))
         except ScheduleError as exc:

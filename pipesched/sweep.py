@@ -143,7 +143,9 @@ def load_sweep(path: str) -> Sweep:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"sweep file {path!r} does not exist; give the path to a .toml file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise ConfigError(f"sweep file {path!r} is a folder; give the path to a .toml file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     return parse_sweep(data, path)
 
@@ -226,9 +228,14 @@ class Results:
 
 
 def _chunks(points: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
-    """About eight tasks per worker: few enough to amortise scheduling, enough to balance the load."""
-    size = max(1, math.ceil(len(points) / (workers * 8)))
-    return [points[i:i + size] for i in range(0, len(points), size)]
+    """About eight tasks per worker, dealt round-robin so that each mixes cheap and dear points.
+
+    Few tasks amortise the scheduling; dealing (rather than cutting the list in
+    runs, where neighbours in the product cost alike) keeps the workers
+    equally busy to the end.
+    """
+    count = min(len(points), workers * 8)
+    return [points[i::count] for i in range(count)]
 
 
 def sweep(

@@ -131,8 +131,15 @@ class Records(Generic[R]):
         for i in range(len(self)):
             yield self._row(i)
 
+    def code(self, word: str) -> int:
+        """The number a text field's value is stored as (see ``column``)."""
+        return self._codes[word]
+
+    def has_word(self, word: str) -> bool:
+        return word in self._codes
+
     def column(self, name: str) -> array:
-        """One field's values, for fast arithmetic (numbers only)."""
+        """One field's values, for fast arithmetic; text fields as codes (see ``code``)."""
         return self._columns[self.kind._fields.index(name)]
 
     def __eq__(self, other: object) -> bool:

@@ -256,7 +256,9 @@ def load_study(path: str) -> Study:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"study file {path!r} does not exist; give the path to a .toml file") from None
-    except tomllib.TOMLDecodeError as exc:
+    except IsADirectoryError:
+        raise ConfigError(f"study file {path!r} is a folder; give the path to a .toml file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
     study = Study()
     for key, value in data.items():
@@ -336,7 +338,10 @@ def _check_together(study: Study, path: str) -> None:
                 "counts such as '2,3,3,3'"
             )
         if sum(int(c) for c in partition.split(",")) != layers:
-            raise ConfigError(f"{path}: [compare].partitions: {partition!r} does not sum to the {layers} layers")
+            raise ConfigError(
+                f"{path}: [compare].partitions: {partition!r} does not sum to the {layers} layers; "
+                f"give counts that sum to {layers}"
+            )
     for where, m in [("[compare].microbatches", study.compare.microbatches)] + [
         ("[sweep].microbatches", m) for m in study.sweep.microbatches
     ]:
