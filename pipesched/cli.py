@@ -12,6 +12,7 @@ Bad input ends in one sentence on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import sys
@@ -329,6 +330,11 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed; use 1 or more")
     _check_output_path("-o", args.output)
+    lock = os.open(args.output, os.O_RDWR | os.O_CREAT, 0o644)  # held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"-o {args.output} is being written by another sweep; wait for it or give another file") from None
     if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
         raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
     results = Results(args.output)
@@ -338,7 +344,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    before = sum(point_key(p) in results.records for p in points)
+    before = sum(results.done(point_key(p)) for p in points)
     ran = sweep(study, results, workers=args.workers, scheduler=args.scheduler)
     mine = [results.records[point_key(p)] for p in points if point_key(p) in results.records]
     ok = [r for r in mine if r.get("ok") and not r.get("oom")]

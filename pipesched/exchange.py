@@ -64,7 +64,11 @@ def to_torch_csv(schedule: Schedule) -> str:
 
 def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
     """Parse PyTorch's action CSV; a bad cell fails naming its row and column (both from 1)."""
-    rows = list(csv.reader(io.StringIO(text)))
+    reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))  # a spreadsheet's byte-order mark is not a cell
+    try:
+        rows = list(reader)
+    except csv.Error as exc:
+        raise ScheduleError(f"{source} row {reader.line_num}: not CSV ({exc}); write one row of actions per rank") from None
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()  # trailing blank lines
     if not rows:
@@ -73,12 +77,16 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
     columns: list[list[int]] = []
     ignored = 0
     for r, row in enumerate(rows, start=1):
+        if not any(cell.strip() for cell in row):
+            raise ScheduleError(
+                f"{source} row {r} is empty; remove it, or write None in it for a rank that stays idle"
+            )
         actions, places = [], []
         for c, cell in enumerate(row, start=1):
             text_cell = cell.strip()
             if not text_cell or text_cell == "None":
                 continue  # a bubble
-            if any(text_cell.endswith(name) and text_cell[: -len(name)].isdigit() for name in IGNORED):
+            if re.fullmatch(r"[0-9]+(UNSHARD|RESHARD)", text_cell):
                 ignored += 1
                 continue
             try:
@@ -95,7 +103,7 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
 def load_torch_csv(path: str) -> Imported:
     """Read a schedule from a CSV file (see ``from_torch_csv``)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:
             text = f.read()
     except OSError as exc:
         raise StrategyError(f"schedule file {path!r} cannot be read ({exc.strerror}); give an existing CSV") from None

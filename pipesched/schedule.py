@@ -30,7 +30,7 @@ OPS = ("F", "B", "I", "W")
 #: input (RECV_F) or output-gradient (RECV_B) before going on, and a
 #: replicated stage all-reduces its gradients here (REDUCE_GRAD, no micro-batch).
 COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B", "REDUCE_GRAD")
-_ACTION = re.compile(r"(\d+)(SEND_F|RECV_F|SEND_B|RECV_B|REDUCE_GRAD|[FBIW])(\d*)")
+_ACTION = re.compile(r"([0-9]+)(SEND_F|RECV_F|SEND_B|RECV_B|REDUCE_GRAD|[FBIW])([0-9]*)")
 
 
 class Action(NamedTuple):

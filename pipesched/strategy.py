@@ -95,11 +95,12 @@ def load_strategy(spec: str) -> Strategy:
     """A registered strategy by name, one from ``path/to/file.py:ClassName``, or a schedule in ``file.csv``."""
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return _load_file(spec)
-    if spec.endswith(".csv"):  # a schedule written in PyTorch's action CSV
+    if spec.lower().endswith(".csv"):  # a schedule written in PyTorch's action CSV
         from .exchange import FileSchedule
 
         if not os.path.isfile(spec):
-            raise StrategyError(f"schedule file {spec!r} does not exist; give the path to a CSV of actions")
+            what = "is a folder" if os.path.isdir(spec) else "does not exist"
+            raise StrategyError(f"schedule file {spec!r} {what}; give the path to a CSV of actions")
         return FileSchedule(spec)  # type: ignore[return-value]
     known = available_strategies()
     if spec.endswith(".py"):

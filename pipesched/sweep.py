@@ -78,6 +78,33 @@ def _value(term: str, point: dict[str, Any]) -> float:
     raise ValueError(term)
 
 
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+_AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
+    "devices": _whole, "microbatches": _whole, "chunks": _whole, "batch": _whole, "strategy": _text,
+    "partition": _text, "remat": _text, "cost": _text, "link_bandwidth": _number, "link_latency": _number,
+    "device_memory": _whole,
+}
+_AXIS_WORDS = {name: "a whole number of at least 1" if check is _whole else
+               "a non-negative number" if check is _number else "a name" for name, check in _AXIS_TYPES.items()}
+_MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
+    "layers": _text, "batch": _whole, "loss": _text, "seed": lambda v: _whole(v) or v == 0,
+    "compute": lambda v: isinstance(v, bool), "device_flops": _number,
+}
+_MODEL_WORDS = {"layers": "a width list such as \"128,256x10,10\"", "batch": "a whole number of at least 1",
+                "loss": "a loss name", "seed": "a whole number", "compute": "true or false",
+                "device_flops": "a non-negative number"}
+
 #: What an axis a point does not set stands for in a constraint: the run's default.
 _DEFAULTS = {"devices": RunConfig.devices, "microbatches": RunConfig.microbatches, "chunks": 1,
              "batch": RunConfig.batch, "link_bandwidth": 100e9, "link_latency": 5e-6}
@@ -93,9 +120,11 @@ def _holds(rule: str, point: dict[str, Any]) -> bool:
 
 def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     """Check a parsed sweep file; every problem names the key's path."""
-    for section in data:
+    for section, value in data.items():
         if section not in ("model", "axes", "constraints"):
             raise ConfigError(f"{path}: [{section}] is not a section of a sweep; use model, axes, constraints")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {section} must be a table, written [{section}]")
     model = data.get("model", {})
     for key in model:
         if key not in MODEL_KEYS:
@@ -112,8 +141,20 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
         if name == "device_memory":
             values = [parse_bytes(str(v), flag=f"{path}: [axes].device_memory") for v in values]
         axes[name] = tuple(values)
+    for name, values in axes.items():
+        for value in values:
+            if not _AXIS_TYPES[name](value):
+                raise ConfigError(f"{path}: [axes].{name}: {value!r} is not {_AXIS_WORDS[name]}")
+    for key, value in model.items():
+        if not _MODEL_TYPES[key](value):
+            raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
     fixed = {k: v for k, v in model.items()}
-    where = tuple(data.get("constraints", {}).get("where", []))
+    where_raw = data.get("constraints", {}).get("where", [])
+    if not isinstance(where_raw, list):
+        raise ConfigError(f"{path}: [constraints].where must be a list, e.g. where = [\"microbatches >= devices\"]")
+    where = tuple(where_raw)
+    if len(axes.get("cost", ())) > 1:
+        raise ConfigError(f"{path}: [axes].cost: sweep one cost model at a time; unit and flops times are not comparable")
     if set(data.get("constraints", {})) - {"where"}:
         raise ConfigError(f"{path}: [constraints] takes only where = [\"microbatches >= devices\", ...]")
     probe = {**{n: v[0] for n, v in axes.items()}, **fixed}
@@ -169,6 +210,8 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         result = run(_config(point))
     except PipeschedError as exc:
         return {**record, "ok": False, "error": str(exc)}
+    except Exception as exc:  # one odd point must not sink the sweep: record it and go on
+        return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     m = result.metrics
     return {
         **record, "ok": True, "oom": result.trace.oom is not None, "makespan": m.makespan,
@@ -186,7 +229,8 @@ def run_chunk(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class Results:
     """The JSON-lines results file: read what is there, append each finished point at once.
 
-    Each line is written with one system call as soon as its point is done,
+    Only one sweep may write a file at a time (a lock says so). Each line is
+    written with one system call as soon as its point is done,
     so a killed sweep (Ctrl-C, SIGTERM) leaves whole lines in the file; a torn
     last line (a machine crash mid-write) is cut off when the file is next
     opened. Lines are not synced one by one: that would serialise the sweep
@@ -199,6 +243,11 @@ class Results:
         if os.path.exists(path):
             self._read()
 
+    def done(self, key: str) -> bool:
+        """Whether the point has a result: a run, or a failure of its own; not one lost with a worker."""
+        record = self.records.get(key)
+        return record is not None and not record.get("lost")
+
     def _read(self) -> None:
         with open(self.path, "rb") as f:
             data = f.read()
@@ -208,8 +257,10 @@ class Results:
                 continue
             try:
                 record = json.loads(line)
+                if not (isinstance(record.get("point"), dict) and isinstance(record.get("ok"), bool)):
+                    raise ValueError("not a result")
                 self.records[record["key"]] = record
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise ConfigError(
                     f"{self.path} line {number} is not a pipesched result; give a new -o file or remove that line"
                 ) from None
@@ -251,7 +302,7 @@ def sweep(
     Locally with ``workers`` processes (default: one per core; 1 runs in this
     process), or on the Dask cluster at ``scheduler`` (``tcp://host:port``).
     """
-    todo = [p for p in study.points() if point_key(p) not in results.records]
+    todo = [p for p in study.points() if not results.done(point_key(p))]
     if not todo:
         return 0
     bar = _bar(len(todo), progress)
@@ -293,17 +344,23 @@ def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[
     else:
         context = multiprocessing.get_context("spawn")
     gc.collect()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        pending = {pool.submit(run_chunk, chunk) for chunk in _chunks(todo, workers)}
-        try:
-            while pending:
-                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in ready:
-                    finished(future.result())
-        except BaseException:
-            for future in pending:
-                future.cancel()  # lose only what is in flight
-            raise
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending = {pool.submit(run_chunk, chunk) for chunk in _chunks(todo, workers)}
+    try:
+        while pending:
+            ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in ready:
+                finished(future.result())
+    except BaseException:
+        # Ctrl-C or SIGTERM: what finished is written; stop the workers now instead of
+        # waiting for the chunks they hold (those points are the ones in flight, lost)
+        for future in pending:
+            future.cancel()
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
@@ -315,7 +372,7 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
         ) from None
     try:
         client = Client(address, timeout="5s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there ({exc}); check the address") from None
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
@@ -324,9 +381,9 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
         for future in as_completed(futures):
             try:
                 finished(future.result())
-            except Exception as exc:  # a task lost for good: record its points as failed, go on
-                finished([{"key": point_key(p), "point": p, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                          for p in chunks[future]])
+            except Exception as exc:  # a task lost for good: mark its points lost; a rerun retries them
+                finished([{"key": point_key(p), "point": p, "ok": False, "lost": True,
+                           "error": f"{type(exc).__name__}: {exc}"} for p in chunks[future]])
     finally:
         client.close()
 

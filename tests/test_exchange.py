@@ -98,3 +98,33 @@ def test_compare_takes_a_schedule_file_beside_strategies(capsys, tmp_path):
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["strategy"] == "gpipe" and rows[1]["strategy"].endswith("mine.csv")
     assert rows[0]["makespan"] == rows[1]["makespan"]  # gpipe and 1f1b take as long under unit cost
+
+
+def test_reduce_grad_runs_the_all_reduce_where_it_stands():
+    # Two replicas of a two-stage model: stage 1's all-reduce is placed before 0B0, so its
+    # chunks move before 0B0 starts; by default it would wait for the end.
+    result = run(RunConfig(strategy=str(FIXTURES / "hybrid_reduce.csv"), devices=2, microbatches=2,
+                           layers="6,8,4", batch=4))
+    assert result.grad_rel_err < 1e-12
+    b0 = next(s for s in result.trace.spans if s.name == "0B0" and s.device == 0)
+    stage1 = [t for t in result.trace.transfers if t.op == "allreduce" and t.stage == 1]
+    stage0 = [t for t in result.trace.transfers if t.op == "allreduce" and t.stage == 0]
+    assert len(stage1) == len(stage0) == 2 * 2
+    assert max(t.arrival for t in stage1) <= b0.start < min(t.start for t in stage0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0F0,0B0\r1F0,1B0\r", r"row 1: not CSV"),
+        ("0F0,0B0\n\n1F0,1B0\n", r"row 2 is empty; remove it, or write None"),
+        ("0F\u0660,0B0\n", r"action '0F\u0660' is not in the form"),
+    ],
+)
+def test_odd_csv_text_is_refused_by_row(text, message):
+    with pytest.raises(ScheduleError, match=message):
+        from_torch_csv(text)
+
+
+def test_a_byte_order_mark_is_not_a_cell():
+    assert from_torch_csv("\ufeff0F0,0B0\n").schedule == Schedule.parse(["0F0 0B0"])

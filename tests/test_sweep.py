@@ -78,8 +78,10 @@ def test_a_sigterm_loses_nothing_and_a_rerun_finishes_each_point_once(tmp_path):
     deadline = time.time() + 60
     while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
         time.sleep(0.05)
+    signalled = time.time()
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=60)
+    assert time.time() - signalled < 5  # the workers are stopped, not waited for
     partial = len(_lines(out))
     assert main(["sweep", study_path, "-o", str(out), "--workers", "2"]) == 0
     keys = [r["key"] for r in _lines(out)]
@@ -108,6 +110,12 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
         ("[axes]\ndevices = [2]\n[constraints]\nwhere = ['devices ~ 2']", "is not a comparison of axes and numbers"),
         ("[model]\nlayer = '4,4'\n[axes]\ndevices = [2]", "[model].layer is not a key of [model]"),
         ("[grid]\n", "[grid] is not a section of a sweep"),
+        ("axes = 3", "axes must be a table"),
+        ("[axes]\nlink_bandwidth = [1e9, 'fast']", "[axes].link_bandwidth: 'fast' is not a non-negative number"),
+        ("[axes]\ndevices = [2, '4']", "[axes].devices: '4' is not a whole number"),
+        ("[model]\nlayers = [8, 8]\n[axes]\ndevices = [2]", "[model].layers: [8, 8] is not a width list"),
+        ("[axes]\ncost = ['unit', 'flops']", "[axes].cost: sweep one cost model at a time"),
+        ("[axes]\ndevices = [2]\n[constraints]\nwhere = 'devices > 1'", "[constraints].where must be a list"),
     ],
 )
 def test_bad_sweep_files_are_named(tmp_path, capsys, text, message):
@@ -169,6 +177,22 @@ def test_a_dask_cluster_gives_the_local_results(tmp_path):
             process.terminate()
         for process in processes:
             process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:notaport", ""])
+def test_a_malformed_scheduler_address_is_one_sentence(tmp_path, capsys, address):
+    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler", address]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_two_sweeps_do_not_write_one_file_at_once(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "r.jsonl"
+    with open(out, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running sweep holds it
+        assert main(["sweep", _write(tmp_path), "-o", str(out)]) == 2
+    assert "is being written by another sweep" in capsys.readouterr().err
 
 
 def test_a_missing_scheduler_is_one_sentence(tmp_path, capsys):
