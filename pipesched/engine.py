@@ -452,9 +452,13 @@ def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
     if kind == "x":
         producer, where = f"{stage - 1}F{mb}", engine.forward_on.get((stage - 1, mb))
         what = f"the activation of micro-batch {mb} from {producer}"
+        held = (stage - 1, "F", mb)
     else:
         where = engine.backward_on.get((stage + 1, mb))
         what = f"the gradient of micro-batch {mb} from stage {stage + 1}'s backward"
+        held = (stage + 1, "B", mb)
+    if held in engine.outbox:  # computed, but its explicit SEND has not been reached
+        return f"{action} for {what}, held until {held[0]}SEND_{held[1]}{mb} on device {where}"
     return f"{action} for {what} (on device {where})"
 
 

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ScheduleError, StrategyError
-from .schedule import Action, Schedule, validate
+from .schedule import OPS, Action, Schedule, validate
 
 __all__ = ["Imported", "to_torch_csv", "from_torch_csv", "load_torch_csv", "FileSchedule"]
 
@@ -54,11 +54,15 @@ class Imported:
 
 
 def to_torch_csv(schedule: Schedule) -> str:
-    """One row per rank, one action per cell, in plan order."""
+    """One row per rank, one compute action per cell (F, B, I, W), in plan order.
+
+    Communication actions are left out: PyTorch's compute-only loader derives
+    its sends and receives from the compute order.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for actions in schedule.actions:
-        writer.writerow([str(a) for a in actions])
+        writer.writerow([str(a) for a in actions if a.op in OPS])
     return buffer.getvalue()
 
 

@@ -128,3 +128,17 @@ def test_odd_csv_text_is_refused_by_row(text, message):
 
 def test_a_byte_order_mark_is_not_a_cell():
     assert from_torch_csv("\ufeff0F0,0B0\n").schedule == Schedule.parse(["0F0 0B0"])
+
+
+def test_a_device_held_up_by_a_late_send_is_told_so(tmp_path, capsys):
+    # Rank 0 keeps 0F0's output for a SEND it only reaches after 0B0, which needs 1B0: a deadlock.
+    path = tmp_path / "late.csv"
+    path.write_text("0F0,0RECV_B0,0B0,0SEND_F0\n1F0,1B0\n")
+    assert main(["run", "--schedule", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "device 1 waits at 1F0 for the activation of micro-batch 0 from 0F0, held until 0SEND_F0 on device 0" in err
+
+
+def test_export_writes_compute_actions_only(tmp_path):
+    csv_text = to_torch_csv(Schedule.parse(["0F0 0SEND_F0 0B0", "1RECV_F0 1F0 1B0"]))
+    assert csv_text == "0F0,0B0\n1F0,1B0\n"
