@@ -1,0 +1,173 @@
+"""The ``pipesched`` command: the parser and the dispatch; each command lives in a module of its own.
+
+Bad input ends in one sentence on stderr and exit status 2, never a traceback.
+
+    pipesched run --strategy gpipe --devices 4 --microbatches 8
+    pipesched run --json --cost unit
+    pipesched compare --strategies gpipe,1f1b,interleaved,zb-h1,dp
+    pipesched train --steps 10
+    pipesched strategies
+
+>>> main(["formulas", "--devices", "0"])  # bad input: one line on stderr, status 2
+2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+from .. import __version__
+from ..errors import PipeschedError
+from ..pipeline import DEFAULT_LAYERS, RunConfig
+from .common import COMPARE_DEFAULT
+from .runs import _cmd_run, _cmd_compare, _cmd_train
+from .studies import _cmd_report, _cmd_sweep
+from .tools import _cmd_balance, _cmd_formulas, _cmd_export, _cmd_strategies
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"pipesched: error: {message}\n")
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give e.g. 4") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 1e12") from None
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--devices", type=_whole, help=f"K, pipeline devices (default {d.devices}, or a CSV schedule's ranks)")
+    p.add_argument("--microbatches", type=_whole,
+                   help=f"M, micro-batches per step (default {d.microbatches}, or a CSV schedule's)")
+    p.add_argument("--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)")
+    p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
+    p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
+    p.add_argument(
+        "--partition", default=d.partition,
+        help="'uniform', 'balanced' (the bottleneck-optimal split) or layer counts per stage, e.g. 2,3,3,3",
+    )
+    p.add_argument("--balance-by", default=d.balance_by, help="layer costs for 'balanced': flops or measured")
+    p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
+    p.add_argument("--cost", default=d.cost, help="flops or unit (default %(default)s)")
+    p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
+    p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
+    p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
+    p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
+    p.add_argument(
+        "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"
+    )
+    p.add_argument("--allow-oom", action="store_true", help="report an OOM (oom: true) instead of stopping")
+    p.add_argument("--no-compute", action="store_true", help="timing and memory from the cost model alone, no NumPy")
+    p.add_argument("--no-reference", action="store_true", help="skip the full-batch reference pass")
+    p.add_argument("--seed", type=_whole, default=d.seed, help="seed for weights and data (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
+    parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    strategy_help = "registered name or path/to/file.py:ClassName (default %(default)s)"
+    p_run = sub.add_parser("run", help="simulate one training step and print its metrics")
+    p_run.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
+    _add_run_flags(p_run)
+    p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
+    p_run.add_argument("--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr")
+    p_run.add_argument("--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)")
+    p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
+    p_compare.add_argument(
+        "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
+    )
+    p_compare.add_argument("--schedule", metavar="FILE.csv", help="add a schedule in PyTorch's action CSV to the rows")
+    _add_run_flags(p_compare)
+    p_train = sub.add_parser("train", help="run several simulated steps with SGD and print the loss")
+    p_train.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
+    _add_run_flags(p_train)
+    p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
+    p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
+    p_balance = sub.add_parser("balance", help="the partition whose slowest stage is fastest")
+    p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
+    p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
+    _add_run_flags(p_balance)
+    p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
+    p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
+    p_report.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
+    p_sweep = sub.add_parser("sweep", help="run the product of a sweep file's axes, locally or on a Dask cluster")
+    p_sweep.add_argument("study", help="the sweep file (TOML): [model], [axes], [constraints]")
+    p_sweep.add_argument("-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)")
+    p_sweep.add_argument("--workers", type=_whole, help="local worker processes (default: one per core)")
+    p_sweep.add_argument("--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')")
+    p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
+    p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
+    p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
+    p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p_export.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p_export.add_argument("--chunks", type=_whole, help="v (default: the strategy's)")
+    p_export.add_argument("--format", default="torch-csv", choices=("torch-csv", "text"),
+                          help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)")
+    p_export.add_argument("-o", "--output", help="write to this file instead of standard output")
+    p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
+    p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p_formulas.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p_formulas.add_argument("--chunks", type=_whole, default=2, help="v for interleaved (default %(default)s)")
+    p_formulas.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
+    p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
+    p_formulas.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
+    p_formulas.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
+    return parser
+
+
+_COMMANDS: dict[str, Any] = {
+    "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
+    "formulas": _cmd_formulas, "report": _cmd_report, "export": _cmd_export, "sweep": _cmd_sweep,
+    "strategies": _cmd_strategies,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pipesched`` command; returns the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its one line (or --help)
+        return int(exc.code or 0)
+    try:
+        _COMMANDS[args.command](args)
+    except PipeschedError as exc:
+        print(f"pipesched: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. piped into head: not an error of the user's
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(
+            "pipesched: error: the model and data do not fit in this machine's memory; "
+            "use --no-compute, or fewer or narrower --layers, or a smaller --batch",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

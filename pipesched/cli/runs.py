@@ -1,0 +1,172 @@
+"""The commands that simulate: ``run`` (one step), ``compare`` (one row per strategy), ``train`` (SGD steps).
+
+>>> from pipesched import RunConfig, run
+>>> _transfers(run(RunConfig(cost="unit", compute=False)))
+'48 over the links, free under --cost unit'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..pipeline import RunResult, compare, run, train
+from ..strategy import load_strategy
+from ..trace import to_chrome
+from ..units import count, format_bytes, format_rate, format_time
+from .common import _config, _table, _check_output_path, _write_atomic
+from .tools import _balance_table
+
+__all__ = ["_cmd_run", "_cmd_compare", "_cmd_train"]
+
+
+def _print_run(result: RunResult) -> None:
+    config, metrics, unit = result.config, result.metrics, result.trace.time_unit
+    counts = ",".join(str(len(s)) for s in result.partition)
+    chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
+    print(
+        f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
+        f"batch {config.batch}, layers {config.layers} (partition {counts}), remat {config.remat}, cost {config.cost}"
+    )
+    print()
+    caveats = [
+        "assumes equal unit-cost stages and free links" if config.cost != "unit" else "",
+        "is stated for --remat never" if config.remat != "never" else "",
+    ]
+    caveat = " and ".join(x for x in caveats if x)
+    caveat = f" (the closed form {caveat})" if caveat else ""
+    formula = "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
+    summary = [
+        ("makespan", format_time(metrics.makespan, unit)),
+        ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
+        ("throughput", f"{format_rate(metrics.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
+        ("transfers", _transfers(result)),
+        *([("memory", _oom(result))] if config.device_memory is not None else []),
+        ("loss", "not computed (--no-compute)" if result.loss is None else f"{result.loss:.6f}"),
+        ("grad rel. error", "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
+    ]
+    print(_table(summary))
+    print()
+    placement = result.schedule.placement()
+    rows = [("device", "stages", "layers", "busy", "in flight", "peak activations", "peak memory")]
+    for d in range(config.devices):
+        stages = [s for s, ds in placement.items() if d in ds]
+        layers = ",".join(f"{result.partition[s][0]}-{result.partition[s][-1]}" for s in stages)
+        rows.append((
+            str(d), ",".join(map(str, stages)), layers, format_time(metrics.busy[d], unit),
+            str(metrics.peak_inflight_microbatches[d]), format_bytes(metrics.peak_activation_bytes[d]), format_bytes(metrics.peak_memory_bytes[d]),
+        ))
+    print(_table(rows))
+    if result.balance is not None:
+        bottleneck = format_time(result.balance.bottleneck, "s")
+        print(f"\nbalanced by {config.balance_by}: bottleneck {bottleneck} per micro-batch")
+        print(_balance_table(result.balance, in_seconds=True))
+
+
+def _oom(result: RunResult) -> str:
+    cap = result.config.device_memory or 0
+    if result.trace.oom is None:
+        return f"every device fits --device-memory {format_bytes(cap)}"
+    device, sample = result.trace.oom
+    return (
+        f"OUT OF MEMORY: device {device} exceeds --device-memory {format_bytes(cap)} at "
+        f"{format_time(sample.time, result.trace.time_unit)} (peak {format_bytes(result.metrics.peak_memory_bytes[device])})"
+    )
+
+
+def _transfers(result: RunResult) -> str:
+    moves = result.trace.transfers
+    if not moves:
+        return "none (every stage's neighbour is on the same device)"
+    total = sum(t.arrival - t.start for t in moves)
+    if total == 0:
+        return f"{len(moves)} over the links, free under --cost {result.config.cost}"
+    return (
+        f"{len(moves)} over the links, {format_bytes(sum(t.nbytes for t in moves))} in all, "
+        f"{format_time(total / len(moves), result.trace.time_unit)} each on average"
+    )
+
+
+def _profiled(path: str, work: Any) -> Any:
+    """Run ``work()`` under cProfile; write the stats to ``path`` and the 15 costliest calls to stderr."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    try:
+        return profiler.runcall(work)
+    finally:
+        profiler.dump_stats(path)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    if args.trace is not None:
+        _check_output_path("--trace", args.trace)
+    if args.profile is not None:
+        _check_output_path("--profile", args.profile)
+    config = _config(args)
+    for note in getattr(load_strategy(config.strategy), "notes", []) if config.strategy.endswith(".csv") else []:
+        print(f"pipesched: note: {note}", file=sys.stderr)
+    result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
+    if args.trace:
+        _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_run(result)
+        if args.trace:
+            print(f"\ntrace written to {args.trace} (open it in https://ui.perfetto.dev)")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    if args.schedule:
+        names.append(args.schedule)
+    results = compare(_config(args), names)
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+        return
+    config, unit = results[0].config, results[0].trace.time_unit
+    print(
+        f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
+        f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
+    )
+    print()
+    rows = [("strategy", "chunks", "makespan", "bubble", "formula", "throughput", "peak act.", "peak mem.", "grad err")]
+    for result in results:
+        metrics = result.metrics
+        rows.append((
+            result.config.strategy, str(result.config.chunks), format_time(metrics.makespan, unit), f"{metrics.bubble_fraction:.4f}",
+            "-" if result.bubble_formula is None else f"{result.bubble_formula:.4f}", format_rate(metrics.throughput),
+            format_bytes(max(metrics.peak_activation_bytes)), format_bytes(max(metrics.peak_memory_bytes)),
+            "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
+        ))
+    print(_table(rows))
+    print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
+    rows = [("strategy", "in flight", "peak activations", "peak memory")]
+    for result in results:
+        metrics = result.metrics
+        rows.append((
+            result.config.strategy, "/".join(map(str, metrics.peak_inflight_microbatches)),
+            " / ".join(format_bytes(b) for b in metrics.peak_activation_bytes),
+            " / ".join(format_bytes(b) for b in metrics.peak_memory_bytes),
+        ))
+    print(_table(rows))
+    if config.cost != "unit":
+        print("\nformula: the closed-form bubble under unit cost and free links, for reference")
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    results = train(_config(args), steps=args.steps, lr=args.lr)
+    if args.json:
+        print(json.dumps([result.to_dict() for result in results], indent=2))
+        return
+    rows = [("step", "loss", "grad rel. error")]
+    for step, result in enumerate(results):
+        err = "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e}"
+        rows.append((str(step), f"{result.loss:.6f}", err))
+    print(_table(rows))
+    print(f"\nloss {results[0].loss:.6f} -> {results[-1].loss:.6f} over {len(results)} steps")

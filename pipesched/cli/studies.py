@@ -1,0 +1,120 @@
+"""The commands that run many simulations: ``report`` (a study as a page) and ``sweep`` (a design space).
+
+>>> _describe_point({"devices": 4, "layers": "8x9", "strategy": "gpipe"})
+'devices=4 strategy=gpipe'
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+from typing import Any
+
+from ..errors import ConfigError, PipeschedError
+from ..report.render import comparison_rows
+from ..units import format_bytes, format_rate
+from .common import _table, _check_output_path
+
+__all__ = ["_cmd_report", "_cmd_sweep"]
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from ..report import collect, default_study, load_study, write_report
+    from ..report.render import is_report
+    from ..report.study import SCHEMA_EXAMPLE
+
+    if args.study:
+        study = load_study(args.study)
+        with open(args.study, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        study, text = default_study(), SCHEMA_EXAMPLE
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ConfigError(f"-o {args.output} is a file; give a folder to write the report into")
+    if os.path.isdir(args.output) and os.listdir(args.output) and not is_report(args.output):
+        raise ConfigError(
+            f"-o {args.output} is a folder with other files in it, and a report replaces its folder whole; "
+            "give a new folder, or an earlier report's"
+        )
+    try:
+        results = collect(study)
+    except PipeschedError as exc:  # a run the study asks for cannot be made: say which file asked
+        raise type(exc)(f"{args.study or 'the built-in study'}: {exc}") from exc
+    page = write_report(results, args.output, text)
+    rows = [("strategy", "partition", "step", "bubble", "peak memory")]
+    for cells in comparison_rows(results):
+        rows.append((cells[0], cells[1], cells[3], cells[4], cells[8]))
+    print(_table(rows))
+    print(f"\nreport written to {page} (open it in a browser; report.md and figures/ beside it)")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from ..sweep import Results, load_sweep, pareto, point_key, sweep
+
+    study = load_sweep(args.study)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers {args.workers} is not allowed; use 1 or more")
+    _check_output_path("-o", args.output)
+    lock = os.open(args.output, os.O_RDWR | os.O_CREAT, 0o644)  # held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"-o {args.output} is being written by another sweep; wait for it or give another file") from None
+    if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
+        raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
+    results = Results(args.output)
+    points = list(study.points())
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: whole lines kept, pool shut
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    before = sum(results.done(point_key(p)) for p in points)
+    ran = sweep(study, results, workers=args.workers, scheduler=args.scheduler)
+    mine = [results.records[point_key(p)] for p in points if point_key(p) in results.records]
+    ok = [r for r in mine if r.get("ok") and not r.get("oom")]
+    failed = [r for r in mine if not r.get("ok")]
+    print(f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
+          f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory")
+    if not ok:
+        print("no point ran without an error or an OOM; see the error of each in the results file")
+        return
+    rows = [("", "throughput", "peak memory", "bubble", "configuration")]
+    best_speed = max(ok, key=lambda r: r["throughput"])
+    best_memory = min(ok, key=lambda r: (r["peak_memory_bytes"], -r["throughput"]))
+    front = pareto(ok)
+    for label, r in [("fastest", best_speed), ("leanest", best_memory)] + [("pareto", r) for r in front]:
+        rows.append((label, format_rate(r["throughput"]), format_bytes(r["peak_memory_bytes"]),
+                     f"{r['bubble_fraction']:.4f}", _describe_point(r["point"])))
+    print(_table(rows))
+    if args.report:
+        path = _sweep_report(args.report, mine, front)
+        print(f"\nheat maps and Pareto plot written to {path}")
+
+
+def _describe_point(point: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(point.items()) if k not in ("layers", "compute"))
+
+
+def _is_sweep_report(folder: str) -> bool:
+    return set(os.listdir(folder)) <= {"heatmaps.png", "pareto.png", "summary.md"}
+
+
+def _sweep_report(folder: str, records: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
+    from ..report.figures import sweep_heatmaps, sweep_pareto
+    from ..report.render import write_folder
+
+    import matplotlib.pyplot as plt
+
+    def fill(work: str) -> None:
+        for name, fig in (("heatmaps", sweep_heatmaps(records)), ("pareto", sweep_pareto(records, front))):
+            fig.savefig(os.path.join(work, f"{name}.png"), dpi=110, metadata={"Software": None})
+            plt.close(fig)
+        with open(os.path.join(work, "summary.md"), "w", encoding="utf-8") as f:
+            f.write("# Sweep\n\n![heat maps](heatmaps.png)\n\n![Pareto front](pareto.png)\n\n"
+                    + "".join(f"- {_describe_point(r['point'])}: {format_rate(r['throughput'])} samples per time "
+                              f"unit, {format_bytes(r['peak_memory_bytes'])}\n" for r in front))
+
+    return write_folder(folder, fill)
