@@ -22,18 +22,13 @@ import json
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ConfigError, PipeschedError
+from .files import progress_bar, read_toml
 from .pipeline import RunConfig, run
 from .units import parse_bytes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "Sweep", "AXES", "load_sweep", "parse_sweep", "point_key", "run_point", "run_chunk", "Results", "sweep", "pareto",
@@ -179,16 +174,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
 
 def load_sweep(path: str) -> Sweep:
     """Read and check a sweep file."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {path!r} does not exist; give the path to a .toml file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"sweep file {path!r} is a folder; give the path to a .toml file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-    return parse_sweep(data, path)
+    return parse_sweep(read_toml(path, "sweep"), path)
 
 
 def point_key(point: dict[str, Any]) -> str:
@@ -305,7 +291,7 @@ def sweep(
     todo = [p for p in study.points() if not results.done(point_key(p))]
     if not todo:
         return 0
-    bar = _bar(len(todo), progress)
+    bar = progress_bar(len(todo), "pipesched sweep", "point", progress)
     done = 0
 
     def finished(records: Iterable[dict[str, Any]]) -> None:
@@ -386,22 +372,6 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
                            "error": f"{type(exc).__name__}: {exc}"} for p in chunks[future]])
     finally:
         client.close()
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, progress: bool) -> Any:
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="pipesched sweep", unit="point", disable=None)
 
 
 def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..balance import Balance, balance, evaluate
 from ..errors import PipeschedError
+from ..files import progress_bar
 from ..formulas import CLOSED_FORMS, pipeline_speedup
 from ..partition import uniform
 from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
@@ -90,7 +91,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         prepare(config)  # checked now, not after every other run
         trains.append((name, config))
     results = StudyResults(study)
-    bar = _bar(len(jobs) + 2 * study.train.steps, progress)
+    bar = progress_bar(len(jobs) + 2 * study.train.steps, "pipesched report", "run", progress)
     sweep_m: dict[tuple, dict[str, Any]] = {}
     sweep_k: dict[int, dict[str, Any]] = {}
     for kind, key, prepared in jobs:
@@ -129,20 +130,3 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         bar.update(study.train.steps)
     bar.close()
     return results
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(total: int, progress: bool) -> Any:
-    if not progress:
-        return _NoBar()
-    from tqdm import tqdm  # only for reports: run and compare never import it
-
-    # disable=None: a bar on a terminal, nothing when output goes to a file or CI log
-    return tqdm(total=total, desc="pipesched report", unit="run", disable=None, leave=False)

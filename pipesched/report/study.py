@@ -15,20 +15,15 @@ import json
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..engine import REMAT_MODES
+from ..files import read_toml
 from ..errors import ConfigError
 from ..model import LOSSES, parse_layers
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from ..units import parse_bytes
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 __all__ = [
     "Study", "ModelSection", "HardwareSection", "CompareSection", "SweepSection", "TrainSection",
@@ -251,15 +246,7 @@ strategy = "gpipe"
 
 def load_study(path: str) -> Study:
     """Read and check a study file; every problem names the key's path."""
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"study file {path!r} does not exist; give the path to a .toml file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"study file {path!r} is a folder; give the path to a .toml file") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    data = read_toml(path, "study")
     study = Study()
     for key, value in data.items():
         if key == "title":
