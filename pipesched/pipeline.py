@@ -276,12 +276,13 @@ def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
     prepared = []
     for name in strategies:
-        others = ",".join(n for n in strategies if n != name) or "another strategy"
+        others = ",".join(n for n in strategies if n != name and not n.lower().endswith(".csv")) or "another strategy"
         try:
             takes_chunks = hasattr(load_strategy(name), "default_chunks")
             prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
         except PipeschedError as exc:
-            raise type(exc)(f"{exc}; or leave {name} out with --strategies {others}") from exc
+            way_out = "drop --schedule" if name.lower().endswith(".csv") else f"leave {name} out with --strategies {others}"
+            raise type(exc)(f"{exc}; or {way_out}") from exc
     results = []
     for name, ready in zip(strategies, prepared):
         try:
