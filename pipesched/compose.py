@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 from .schedule import Action
 
-__all__ = ["one_f_one_b", "split_backward", "defer_weights", "inflight_counts"]
+__all__ = ["one_f_one_b", "split_backward", "defer_weights", "inflight_counts", "require_one_chunk"]
 
 
 def one_f_one_b(forwards: Sequence[Action], backwards: Sequence[Sequence[Action]], warmup: int) -> list[Action]:
@@ -79,3 +79,14 @@ def inflight_counts(actions: Iterable[Any]) -> list[int]:
         held += 1 if a.op == "F" else -1 if a.op in "BW" else 0
         counts.append(held)
     return counts
+
+
+def require_one_chunk(chunks: int, why: str, fix: str = "use --chunks 1") -> None:
+    """Refuse ``chunks`` other than 1 for a strategy that places one stage per device, in one sentence.
+
+    >>> require_one_chunk(2, "gpipe places one stage per device")
+    Traceback (most recent call last):
+    ValueError: gpipe places one stage per device, so --chunks 2 cannot apply; use --chunks 1
+    """
+    if chunks != 1:
+        raise ValueError(f"{why}, so --chunks {chunks} cannot apply; {fix}")

@@ -40,7 +40,7 @@ from typing import Any, Callable, NamedTuple
 
 import simpy
 
-from .compute import Held, Workload
+from .compute import Buffer, Held, Workload
 from .cost import CostModel
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .schedule import Action, Schedule
@@ -373,7 +373,7 @@ class _Engine:
         key = ("ar", stage, step, device)
         if (key, "sent") not in self.arrived:  # send once, even if we come back to wait
             self.arrived[(key, "sent")] = True
-            chunk = _Chunk(-(-self.work.param_bytes(stage) // len(ring)))
+            chunk = Buffer(-(-self.work.param_bytes(stage) // len(ring)))  # its values are summed exactly at the end
             nxt = ring[(r + 1) % len(ring)]
             self._send(device, nxt, ("ar", stage, step, nxt), chunk, (stage, "allreduce", step))
         if key not in self.arrived:
@@ -407,18 +407,6 @@ class _ReduceStep(NamedTuple):
     stage: int
     step: int
     ring: tuple[int, ...]
-
-
-class _Chunk:
-    """One all-reduce chunk in flight (its values are summed exactly at the end)."""
-
-    __slots__ = ("nbytes",)
-
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
-
-    def __repr__(self) -> str:
-        return f"_Chunk(nbytes={self.nbytes})"
 
 
 def _oom_message(device: int, sample: MemorySample, capacity: int | None, trace: Trace) -> str:

@@ -21,6 +21,7 @@ device 1: 0F1 0B1
 from __future__ import annotations
 
 from pipesched import Action, Schedule, formulas
+from pipesched.compose import require_one_chunk
 
 __all__ = ["DataParallel"]
 
@@ -31,8 +32,7 @@ class DataParallel:
     name = "dp"
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
-        if chunks != 1:
-            raise ValueError(f"dp holds the whole model on every device, so --chunks {chunks} cannot apply; use --chunks 1")
+        require_one_chunk(chunks, "dp holds the whole model on every device")
         if microbatches < devices:
             raise ValueError(
                 f"dp gives each device its own micro-batches, so --microbatches {microbatches} leaves devices idle; "

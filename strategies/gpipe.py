@@ -20,6 +20,7 @@ device 1: 1F0 1F1 1F2 1B2 1B1 1B0
 from __future__ import annotations
 
 from pipesched import Action, Schedule, formulas
+from pipesched.compose import require_one_chunk
 
 __all__ = ["GPipe"]
 
@@ -30,8 +31,7 @@ class GPipe:
     name = "gpipe"
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
-        if chunks != 1:
-            raise ValueError(f"gpipe places one stage per device, so --chunks {chunks} cannot apply; use --chunks 1")
+        require_one_chunk(chunks, "gpipe places one stage per device")
         return Schedule(
             [
                 [Action(d, "F", m) for m in range(microbatches)]

@@ -17,7 +17,7 @@ device 1: 1F0 1B0 1F1 1B1 1F2 1B2
 from __future__ import annotations
 
 from pipesched import Action, Schedule, formulas
-from pipesched.compose import one_f_one_b
+from pipesched.compose import one_f_one_b, require_one_chunk
 
 __all__ = ["OneFOneB"]
 
@@ -28,8 +28,7 @@ class OneFOneB:
     name = "1f1b"
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
-        if chunks != 1:
-            raise ValueError(f"1f1b places one stage per device, so --chunks {chunks} cannot apply; use interleaved")
+        require_one_chunk(chunks, "1f1b places one stage per device", "use interleaved")
         return Schedule(
             [
                 one_f_one_b(

@@ -24,7 +24,7 @@ device 1: 1F0 1I0 1F1 1I1 1W0 1W1
 from __future__ import annotations
 
 from pipesched import Action, Schedule, formulas
-from pipesched.compose import defer_weights, one_f_one_b
+from pipesched.compose import defer_weights, one_f_one_b, require_one_chunk
 
 __all__ = ["ZBH1"]
 
@@ -35,8 +35,7 @@ class ZBH1:
     name = "zb-h1"
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
-        if chunks != 1:
-            raise ValueError(f"zb-h1 places one stage per device, so --chunks {chunks} cannot apply; use --chunks 1")
+        require_one_chunk(chunks, "zb-h1 places one stage per device")
         return Schedule(
             [
                 defer_weights(
