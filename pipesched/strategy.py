@@ -17,13 +17,14 @@ device 0: 0F0 0F1 0B0 0B1
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import os
 import re
 import sys
 from importlib.metadata import entry_points
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import PipeschedError, ScheduleError, StrategyError
 from .schedule import Schedule, validate
@@ -96,12 +97,11 @@ def load_strategy(spec: str) -> Strategy:
     if ":" in spec and spec.rpartition(":")[0].endswith(".py"):
         return _load_file(spec)
     if spec.lower().endswith(".csv"):  # a schedule written in PyTorch's action CSV
-        from .exchange import FileSchedule
-
         if not os.path.isfile(spec):
             what = "is a folder" if os.path.isdir(spec) else "does not exist"
             raise StrategyError(f"schedule file {spec!r} {what}; give the path to a CSV of actions")
-        return FileSchedule(spec)  # type: ignore[return-value]
+        stat = os.stat(spec)
+        return _file_schedule(spec, stat.st_mtime_ns, stat.st_size)  # type: ignore[return-value]
     known = available_strategies()
     if spec.endswith(".py"):
         raise StrategyError(f"strategy {spec!r} names a file but no class; write {spec}:ClassName")
@@ -129,6 +129,14 @@ def load_strategy(spec: str) -> Strategy:
             f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
         ) from exc
     return _check(obj, repr(spec))
+
+
+@functools.lru_cache(maxsize=32)
+def _file_schedule(path: str, mtime_ns: int, size: int) -> Any:
+    """A CSV schedule read and validated once per version of the file (the CLI asks for it several times)."""
+    from .exchange import FileSchedule
+
+    return FileSchedule(path)
 
 
 def _label(strategy: Strategy, devices: int, microbatches: int, chunks: int) -> str:
