@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import pathlib
+import re
 import shlex
 
 import pytest
@@ -69,6 +70,15 @@ def test_the_api_example_runs():
 
 SAMPLES = [b for b in _blocks("") if b.startswith("$ pipesched ")]
 
+# A gradient error at round-off (1e-13 and below) is a property of the NumPy and
+# BLAS build, not of pipesched: the README shows the figure one machine printed,
+# and the check asks only that it stays at round-off.
+_ROUNDOFF = re.compile(r"\b\d\.\d+e-(1[3-9]|[2-9]\d)\b")
+
+
+def _lines(text):
+    return [_ROUNDOFF.sub("<round-off>", line) for line in text.rstrip("\n").splitlines()]
+
 
 def test_the_readme_shows_samples():
     assert len(SAMPLES) >= 4
@@ -80,5 +90,5 @@ def test_sample_output_is_what_the_command_prints(capsys, block):
     status = main(shlex.split(command)[2:])
     out, err = capsys.readouterr()
     shown = err if expected and expected[0].startswith("pipesched: error:") else out
-    assert shown.rstrip("\n").splitlines() == expected
+    assert _lines(shown) == _lines("\n".join(expected))
     assert status == (2 if shown is err else 0)
