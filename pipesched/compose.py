@@ -19,9 +19,12 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Iterable, Sequence
 
-from .schedule import Action
+from .schedule import Action, Item, Overlap, expand
 
-__all__ = ["one_f_one_b", "split_backward", "defer_weights", "inflight_counts", "require_one_chunk"]
+__all__ = [
+    "one_f_one_b", "split_backward", "defer_weights", "inflight_counts", "require_one_chunk", "require_chunks",
+    "Steps",
+]
 
 
 def one_f_one_b(forwards: Sequence[Action], backwards: Sequence[Sequence[Action]], warmup: int) -> list[Action]:
@@ -75,7 +78,7 @@ def inflight_counts(actions: Iterable[Any]) -> list[int]:
     [1, 2, 2, 1, 0]
     """
     counts, held = [], 0
-    for a in actions:
+    for a in expand(actions):
         held += 1 if a.op == "F" else -1 if a.op in "BW" else 0
         counts.append(held)
     return counts
@@ -88,5 +91,77 @@ def require_one_chunk(chunks: int, why: str, fix: str = "use --chunks 1") -> Non
     Traceback (most recent call last):
     ValueError: gpipe places one stage per device, so --chunks 2 cannot apply; use --chunks 1
     """
-    if chunks != 1:
-        raise ValueError(f"{why}, so --chunks {chunks} cannot apply; {fix}")
+    require_chunks(chunks, 1, why, fix)
+
+
+def require_chunks(chunks: int, needed: int, why: str, fix: str | None = None) -> None:
+    """Refuse ``chunks`` other than ``needed`` for a strategy with a fixed placement, in one sentence.
+
+    >>> require_chunks(3, 2, "zb-v places stages d and 2K-1-d on device d")
+    Traceback (most recent call last):
+    ValueError: zb-v places stages d and 2K-1-d on device d, so --chunks 3 cannot apply; use --chunks 2
+    """
+    if chunks != needed:
+        raise ValueError(f"{why}, so --chunks {chunks} cannot apply; {fix or f'use --chunks {needed}'}")
+
+
+class Steps:
+    """One device's order, written step by step as the papers write it: "forward of chunk 0", "weight pass".
+
+    Each stage runs its micro-batches in order 0, 1, 2, ...: the caller names
+    the op and the stage, ``Steps`` counts the micro-batch. An input-gradient
+    ``I`` queues its ``W``; ``weight`` runs the oldest queued one (of one stage,
+    or of any). Micro-batches from ``limit`` on are counted but left out, so a
+    schedule written for more micro-batches keeps only those asked for.
+
+    >>> s = Steps(limit=2)
+    >>> s.forward(0); s.forward(0); s.backward(0, split=True); s.pair(0, 0); s.weight(); s.weight()
+    >>> " ".join(map(str, s.order))
+    '0F0 0F1 0I0 0B1 0W0'
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.order: list[Item] = []
+        self._next: dict[tuple[int, str], int] = {}
+        self._weights: deque[Action] = deque()
+
+    def _take(self, stage: int, kind: str) -> int:
+        mb = self._next.get((stage, kind), 0)
+        self._next[(stage, kind)] = mb + 1
+        return mb
+
+    def _add(self, item: Item) -> None:
+        if all(a.microbatch < self.limit for a in expand([item])):
+            self.order.append(item)
+        elif type(item) is Overlap:  # one half beyond the limit: keep the other alone
+            self.order.extend(a for a in item if a.microbatch < self.limit)
+
+    def forward(self, stage: int) -> None:
+        self._add(Action(stage, "F", self._take(stage, "F")))
+
+    def backward(self, stage: int, split: bool = False) -> None:
+        """A full backward ``B``, or with ``split`` an ``I`` whose ``W`` is queued."""
+        mb = self._take(stage, "B")
+        self._add(Action(stage, "I" if split else "B", mb))
+        if split:
+            self._weights.append(Action(stage, "W", mb))
+
+    def pair(self, forward_stage: int, backward_stage: int) -> None:
+        """The next forward of one stage overlapped with the next full backward of another."""
+        f = Action(forward_stage, "F", self._take(forward_stage, "F"))
+        b = Action(backward_stage, "B", self._take(backward_stage, "B"))
+        self._add(Overlap(f, b))
+
+    def weight(self, stage: int | None = None) -> None:
+        """The oldest queued ``W`` (of ``stage``, if given); nothing if none is queued."""
+        for w in self._weights:
+            if stage is None or w.stage == stage:
+                self._weights.remove(w)
+                self._take(w.stage, "W")
+                self._add(w)
+                return
+
+    def count(self, stage: int, kind: str) -> int:
+        """How many of ``stage``'s forwards (``"F"``), backwards (``"B"``) or Ws (``"W"``) have been written."""
+        return self._next.get((stage, kind), 0)

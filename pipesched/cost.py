@@ -15,6 +15,18 @@
 Re-materialization recomputes a forward, so under every model it costs one
 more F inside the backward that needs it.
 
+An overlapped pair (``schedule.Overlap``, DualPipe's F&B) lasts as the cost
+model's ``overlap`` rule says:
+
+- ``sum`` (default): F + B. Both run on one device's arithmetic units, so
+  overlapping them saves no computing time. What DualPipe's overlap wins is
+  communication hidden behind the other half's computation (its MoE
+  all-to-all); pipesched's links already run beside computation, so this is
+  the honest charge for the computation itself.
+- ``max``: max(F, B), the ideal in which the two halves use disjoint
+  resources, e.g. one waits on communication while the other computes: an
+  upper bound on what overlap can win.
+
 >>> unit = UnitCost()
 >>> unit.compute_time("B", [], rows=4, stage_units=0.5), unit.transfer_times(10**9)
 (1.0, (0.0, 0.0))
@@ -32,14 +44,36 @@ from typing import Protocol, Sequence
 from .errors import ConfigError
 from .model import Layer
 
-__all__ = ["CostModel", "FlopsCost", "UnitCost", "COST_MODELS", "make_cost_model", "OP_WEIGHT"]
+__all__ = [
+    "CostModel", "FlopsCost", "UnitCost", "COST_MODELS", "make_cost_model", "OP_WEIGHT", "OVERLAP_RULES",
+    "overlapped_time", "check_overlap",
+]
 
 #: Work of each op relative to one forward: B = I + W, R is a recompute forward.
 OP_WEIGHT = {"F": 1.0, "R": 1.0, "B": 2.0, "I": 1.0, "W": 1.0}
 
 
+#: How long an overlapped forward-backward pair lasts (see the module's text).
+OVERLAP_RULES = ("sum", "max")
+
+
+def check_overlap(rule: str) -> None:
+    """Raise ``ConfigError`` unless ``rule`` is one of ``OVERLAP_RULES``."""
+    if rule not in OVERLAP_RULES:
+        raise ConfigError(f"--overlap {rule!r} is unknown; use one of {', '.join(OVERLAP_RULES)}")
+
+
+def overlapped_time(rule: str, forward: float, backward: float) -> float:
+    """The length of a pair whose parts would take ``forward`` and ``backward`` alone.
+
+    >>> overlapped_time("sum", 1.0, 2.0), overlapped_time("max", 1.0, 2.0)
+    (3.0, 2.0)
+    """
+    return forward + backward if rule == "sum" else max(forward, backward)
+
+
 class CostModel(Protocol):
-    """What the engine asks of a cost model."""
+    """What the engine asks of a cost model (``overlap``, one of ``OVERLAP_RULES``, is optional: ``sum``)."""
 
     name: str
     time_unit: str
@@ -67,10 +101,12 @@ class FlopsCost:
     device_flops: float = 100e12
     link_bandwidth: float = 100e9
     link_latency: float = 5e-6
+    overlap: str = "sum"
     name: str = "flops"
     time_unit: str = "s"
 
     def __post_init__(self) -> None:
+        check_overlap(self.overlap)
         for flag, value in (("--device-flops", self.device_flops), ("--link-bandwidth", self.link_bandwidth)):
             if not (math.isfinite(value) and value >= 1):
                 raise ConfigError(f"{flag} {value:g} is not a finite rate of at least 1 per second; give e.g. 1e12")
@@ -90,8 +126,12 @@ class FlopsCost:
 class UnitCost:
     """Textbook unit costs: a stage's F costs K/S units, B twice that, I=W=F; communication is free."""
 
+    overlap: str = "sum"
     name: str = "unit"
     time_unit: str = "unit"
+
+    def __post_init__(self) -> None:
+        check_overlap(self.overlap)
 
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         return OP_WEIGHT[op] * stage_units
@@ -108,11 +148,13 @@ def make_cost_model(
     device_flops: float | None = None,
     link_bandwidth: float | None = None,
     link_latency: float | None = None,
+    overlap: str = "sum",
 ) -> CostModel:
     """Build a cost model by name; ``None`` keeps a default."""
     if name == "unit":
-        return UnitCost()
+        return UnitCost(overlap=overlap)
     if name == "flops":
-        given = {"device_flops": device_flops, "link_bandwidth": link_bandwidth, "link_latency": link_latency}
+        given = {"device_flops": device_flops, "link_bandwidth": link_bandwidth, "link_latency": link_latency,
+                 "overlap": overlap}
         return FlopsCost(**{k: v for k, v in given.items() if v is not None})
     raise ConfigError(f"--cost {name!r} is unknown; use one of {', '.join(COST_MODELS)}")

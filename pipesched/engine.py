@@ -41,9 +41,9 @@ from typing import Any, Callable, NamedTuple
 import simpy
 
 from .compute import Buffer, Held, Workload
-from .cost import CostModel
+from .cost import CostModel, overlapped_time
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
-from .schedule import Action, Schedule
+from .schedule import Action, Overlap, Schedule, expand
 from .memory import DeviceMemory
 from .trace import MemorySample, Span, Trace, Transfer
 from .units import format_bytes, format_time
@@ -87,6 +87,7 @@ class _Engine:
     ):
         check_remat(remat)
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
+        self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
         self.allow_oom, self.device_memory = allow_oom, device_memory
         self.env = simpy.Environment()
         devices = schedule.devices
@@ -95,12 +96,12 @@ class _Engine:
         self.forward_on: dict[tuple[int, int], int] = {}
         self.backward_on: dict[tuple[int, int], int] = {}
         for d, actions in enumerate(schedule.actions):
-            for a in actions:
+            for a in expand(actions):
                 if a.op == "F":
                     self.forward_on[(a.stage, a.microbatch)] = d
                 elif a.op in "BI":
                     self.backward_on[(a.stage, a.microbatch)] = d
-        self.hosted = [sorted({a.stage for a in actions}) for actions in schedule.actions]
+        self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
         self.program = [self._program(d, actions, replicas) for d, actions in enumerate(schedule.actions)]
@@ -236,6 +237,9 @@ class _Engine:
         if type(item) is _ReduceStep:
             self._reduce(device, item)
             return
+        if type(item) is Overlap:
+            self._start_pair(device, position, item)
+            return
         stage, op, mb = item
         if op == "F":  # the common cases first: this runs once per action
             key: _Key | None = ("x", stage, mb) if stage > 0 else None
@@ -259,6 +263,22 @@ class _Engine:
             self._weight_only(device, stage, mb)
         else:
             self._backward(device, stage, mb, payload, op)
+
+    def _start_pair(self, device: int, position: int, pair: Overlap) -> None:
+        """Start an overlapped pair once both its forward's input and its backward's gradient are here."""
+        (fs, _, fm), (bs, _, bm) = pair
+        x_key = ("x", fs, fm) if fs > 0 else None
+        g_key = ("g", bs, bm) if bs < self.num_stages - 1 else None
+        for part, key in ((pair.forward, x_key), (pair.backward, g_key)):
+            if key is not None and key not in self.arrived:
+                self.blocked[key] = device
+                self.waiting[device] = (part, key)
+                return
+        self.waiting[device] = None
+        self.position[device] = position + 1
+        x = self.arrived.pop(x_key) if x_key is not None else None
+        dy = self.arrived.pop(g_key) if g_key is not None else None
+        self._overlap(device, pair, x, dy)
 
     def _communicate(self, device: int, position: int, action: Action) -> None:
         """A SEND or RECV action: a point in the device's order where data leaves or must have come."""
@@ -288,6 +308,18 @@ class _Engine:
             self._send(device, dst, key, payload, what)
 
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
+        y = self._start_forward(device, stage, mb, x)
+        start = self.env.now
+
+        def done(_: Any) -> None:
+            self._span(device, "F", stage, mb, start)
+            self._finish_forward(device, stage, mb, y)
+            self._advance(device)
+
+        self._after(self._duration("F", stage, mb), done)
+
+    def _start_forward(self, device: int, stage: int, mb: int, x: Any) -> Any:
+        """Compute the forward and hold what its backward needs; return its output."""
         keep = remat_keeps(self.remat, mb, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
@@ -295,26 +327,18 @@ class _Engine:
         if x is not None:  # the arrived input is now held as part of ``held``
             self.memory[device].release([x], "buffers")
         self._sample(device)
-        start = self.env.now
+        return y
 
-        def done(_: Any) -> None:
-            self._span(device, "F", stage, mb, start)
-            if stage + 1 < self.num_stages:
-                self._output(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
-            self._advance(device)
-
-        self._after(self._duration("F", stage, mb), done)
+    def _finish_forward(self, device: int, stage: int, mb: int, y: Any) -> None:
+        if stage + 1 < self.num_stages:
+            self._output(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
         if not held.remat:
             self._backward_pass(device, stage, mb, dy, op, held)
             return
-        # one micro-batch's full activations exist again during recompute and backward
-        full = self.work.recompute(stage, mb, held)
-        self._keep(device, full)
-        self._drop(device, held)
-        self._sample(device)
+        full = self._recompute(device, stage, mb, held)
         start = self.env.now
 
         def recomputed(_: Any) -> None:
@@ -323,28 +347,73 @@ class _Engine:
 
         self._after(self._duration("R", stage, mb), recomputed)
 
+    def _recompute(self, device: int, stage: int, mb: int, held: Held) -> Held:
+        """One micro-batch's full activations exist again during recompute and backward."""
+        full = self.work.recompute(stage, mb, held)
+        self._keep(device, full)
+        self._drop(device, held)
+        self._sample(device)
+        return full
+
     def _backward_pass(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> None:
+        dx, for_weights = self._start_backward(device, stage, mb, dy, op, held)
+        start = self.env.now
+
+        def done(_: Any) -> None:
+            self._span(device, op, stage, mb, start)
+            self._finish_backward(device, stage, mb, op, held, for_weights, dy, dx)
+            self._advance(device)
+
+        self._after(self._duration(op, stage, mb), done)
+
+    def _start_backward(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> tuple[Any, Held]:
+        """Compute the input gradient (and with B the weight gradient); return it and what W needs."""
         dx, for_weights = self.work.backward_input(stage, mb, held, dy)
         if op == "B":
             self._weights(device, stage, mb, for_weights)
         else:  # I: the pre-activation gradients appear now and stay, with the layer inputs, for W
             self._keep(device, for_weights)
             self._sample(device)
+        return dx, for_weights
+
+    def _finish_backward(self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held,
+                         dy: Any, dx: Any) -> None:
+        if op == "I":
+            self.held[(stage, mb)] = for_weights
+        self._drop(device, held)
+        if dy is not None:
+            self.memory[device].release([dy], "buffers")
+        self._sample(device)
+        if stage > 0:
+            self._output(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
+
+    def _overlap(self, device: int, pair: Overlap, x: Any, dy: Any) -> None:
+        """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""
+        (fs, _, fm), (bs, op, bm) = pair
+        y = self._start_forward(device, fs, fm, x)
+        held = self.held.pop((bs, bm))
+        parts = [("F", fs, fm, self._duration("F", fs, fm))]
+        if held.remat:
+            held = self._recompute(device, bs, bm, held)
+            parts.append(("R", bs, bm, self._duration("R", bs, bm)))
+        dx, for_weights = self._start_backward(device, bs, bm, dy, op, held)
+        parts.append((op, bs, bm, self._duration(op, bs, bm)))
+        forward, backward = parts[0][3], sum(p[3] for p in parts[1:])
+        length = overlapped_time(self.overlap, forward, backward)
         start = self.env.now
 
         def done(_: Any) -> None:
-            self._span(device, op, stage, mb, start)
-            if op == "I":
-                self.held[(stage, mb)] = for_weights
-            self._drop(device, held)
-            if dy is not None:
-                self.memory[device].release([dy], "buffers")
-            self._sample(device)
-            if stage > 0:
-                self._output(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
+            # the pair's time, shown split among its parts in proportion to what each would take alone
+            scale, at = length / (forward + backward) if forward + backward else 0.0, start
+            for part_op, stage, mb, alone in parts:
+                end = self.env.now if part_op == op else at + alone * scale
+                self.trace.spans.append(Span(device, part_op, stage, mb, at, end))
+                at = end
+            self._finish_forward(device, fs, fm, y)
+            self._finish_backward(device, bs, bm, op, held, for_weights, dy, dx)
             self._advance(device)
 
-        self._after(self._duration(op, stage, mb), done)
+        self._after(length, done)
 
     def _weights(self, device: int, stage: int, mb: int, held: Held) -> None:
         self.work.backward_weight(device, stage, mb, held)

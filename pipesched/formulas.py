@@ -32,6 +32,18 @@ __all__ = [
     "interleaved_bubble",
     "zb_h1_bubble",
     "zb_h1_unit_makespan",
+    "zb_h2_bubble",
+    "zb_h2_unit_makespan",
+    "zb_v_bubble",
+    "zb_v_unit_makespan",
+    "zero_bubble_unit_window",
+    "zero_bubble_steady_bubble",
+    "dualpipev_bubble",
+    "dualpipev_unit_makespan",
+    "dualpipe_table_bubble",
+    "zb_h2_peak_inflight",
+    "zb_v_peak_inflight",
+    "dualpipev_peak_inflight",
     "data_parallel_bubble",
     "ring_allreduce_time",
     "gpipe_peak_inflight",
@@ -96,6 +108,117 @@ def zb_h1_bubble(devices: int, microbatches: int) -> float:
     return 1.0 - 3.0 * microbatches / zb_h1_unit_makespan(devices, microbatches)
 
 
+def zb_h2_unit_makespan(devices: int, microbatches: int) -> float:
+    """ZB-H2's step under unit cost with F=I=W=1: 3M + K - 1 for M >= 2K - 2, else 2K + 1 + floor(5(M-1)/2).
+
+    With M >= 2K - 2 device d is busy from d to d + 3M without a gap (the
+    parallelogram of Qi et al. 2024, figure 3), so the step ends at 3M + K - 1
+    on the last device. With fewer micro-batches the warm-up cannot fill the
+    wait for the gradients; the second form is what the schedule then takes,
+    found by the simulator and held to it by the tests for every K and M drawn,
+    not a figure from the paper.
+
+    >>> zb_h2_unit_makespan(4, 8), zb_h2_unit_makespan(4, 2)
+    (27.0, 11.0)
+    """
+    return float(max(3 * microbatches + devices - 1, 2 * devices + 1 + 5 * (microbatches - 1) // 2))
+
+
+def zb_h2_bubble(devices: int, microbatches: int) -> float:
+    """ZB-H2's idle share of one step: (K-1)/(3M+K-1) for M >= 2K - 2, as ZB-H1's.
+
+    Its zero is the steady state's (``zero_bubble_steady_bubble``): one step
+    alone still spans the K - 1 units by which the last device starts late.
+    """
+    return 1.0 - 3.0 * microbatches / zb_h2_unit_makespan(devices, microbatches)
+
+
+def zb_v_unit_makespan(devices: int, microbatches: int) -> float:
+    """ZB-V's step under unit cost (a chunk's F = I = W = 1/2): 3M + max((K-1)/2, 2K-1-M).
+
+    Every device computes for 3M. With enough micro-batches each idles only
+    (K-1)/2: the K - 1 chunk forwards the first micro-batch takes to reach the
+    bottom of the V. With fewer, the step waits on the first micro-batch's
+    round trip. Found by the simulator and held to it by the tests; the paper
+    states the zero bubble of the steady state (``zero_bubble_steady_bubble``).
+
+    >>> zb_v_unit_makespan(4, 8), zb_v_unit_makespan(4, 2)
+    (25.5, 11.0)
+    """
+    return 3.0 * microbatches + max((devices - 1) / 2, 2 * devices - 1 - microbatches)
+
+
+def zb_v_bubble(devices: int, microbatches: int) -> float:
+    """ZB-V's idle share of one step: (K-1)/(6M+K-1) once M >= 3K/2, half of ZB-H1's (K-1)/(3M+K-1)."""
+    return 1.0 - 3.0 * microbatches / zb_v_unit_makespan(devices, microbatches)
+
+
+def zero_bubble_unit_window(devices: int, microbatches: int) -> float:
+    """How long ZB-H2's and ZB-V's busiest device is in use in one step, under unit cost: max(3M, 2M+2K-1).
+
+    Device 0 computes 3M in all. With M >= 2K - 1 it never waits; with fewer,
+    it runs out of forwards before the first gradient returns at 2K - 1 (K
+    forwards down, K - 1 input-gradients up) and then runs its 2M backward
+    passes. This is ``Trace.period``: how far apart steps can start when they
+    run back to back.
+    """
+    return float(max(3 * microbatches, 2 * microbatches + 2 * devices - 1))
+
+
+def zero_bubble_steady_bubble(devices: int, microbatches: int) -> float:
+    """ZB-H2's and ZB-V's idle share when steps run back to back: 0 for M >= 2K - 1 (Qi et al. 2024).
+
+    Needs no synchronising optimizer step between steps (the paper's
+    post-validation); see ``Trace.period``.
+    """
+    return 1.0 - 3.0 * microbatches / zero_bubble_unit_window(devices, microbatches)
+
+
+def dualpipe_table_bubble(devices: int, forward: float, backward: float, weight: float, pair: float) -> float:
+    """DualPipe's bubble per device, (PP/2 - 1)(F&B + B - 3W), for DualPipeV on K = PP/2 devices.
+
+    Source: the DualPipe README's table (DeepSeek-AI, 2025), PP the number of
+    stages; F, B, W one chunk's forward, full backward and weight pass, F&B an
+    overlapped pair. 1F1B on PP devices idles (PP-1)(F+B), ZB1P (PP-1)(F+B-2W).
+
+    >>> dualpipe_table_bubble(4, forward=0.5, backward=1.0, weight=0.5, pair=1.5)  # unit cost, sum rule
+    3.0
+    """
+    return (devices - 1) * (pair + backward - 3 * weight)
+
+
+def dualpipev_unit_makespan(devices: int, microbatches: int, overlap: str = "sum") -> float:
+    """DualPipeV's step under unit cost (a chunk's F = I = W = 1/2, B = 1) for M >= 2K.
+
+    ``sum`` rule (a pair lasts F + B): every device computes 3M and idles K - 1,
+    the table's (K-1)(F&B + B - 3W) with F&B = 3/2: 3M + K - 1. ``max`` rule
+    (a pair lasts max(F, B) = B): devices differ in how many pairs they run;
+    the last device, which runs one pair fewer (DeepSeek does not overlap its
+    first), computes 2M + K + 1/2 and idles the table's (K-1)(B + B - 3W) =
+    (K-1)/2, so the step is 2M + 3K/2. Both found by the simulator for every
+    K and M drawn in the tests.
+
+    >>> dualpipev_unit_makespan(4, 8), dualpipev_unit_makespan(4, 8, "max")
+    (27.0, 22.0)
+    """
+    if overlap == "sum":
+        return 3.0 * microbatches + devices - 1
+    return 2.0 * microbatches + 1.5 * devices
+
+
+def dualpipev_bubble(devices: int, microbatches: int, overlap: str = "sum") -> float:
+    """DualPipeV's idle share under unit cost, M >= 2K: (K-1)/(3M+K-1) with the sum rule, ZB-H1's figure.
+
+    With the ``max`` rule device d idles min(d+1, K-1)/2, (K-1)(K+2)/4 in all,
+    over K(2M + 3K/2). Under the sum rule overlap hides only communication,
+    which unit cost makes free, so DualPipeV's win over ZB-H1 here is memory
+    (2K+1 half-stage activations against K whole ones), not time.
+    """
+    if overlap == "sum":
+        return (devices - 1) / (3 * microbatches + devices - 1)
+    return (devices - 1) * (devices + 2) / 4 / (devices * dualpipev_unit_makespan(devices, microbatches, overlap))
+
+
 def data_parallel_bubble(devices: int, microbatches: int) -> float:
     """1 - M / (K·ceil(M/K)): idle share of data parallelism with free links under unit cost.
 
@@ -134,6 +257,26 @@ def one_f_one_b_peak_inflight(devices: int, microbatches: int, device: int) -> i
 def zb_h1_peak_inflight(devices: int, microbatches: int, device: int) -> int:
     """min(K, M) on every device: ZB-H1 defers W by d on device d (Qi et al. 2024, section 2.1)."""
     return min(devices, microbatches)
+
+
+def zb_h2_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(2K-1, M) on every device: device 0's 2K-1 warm-up forwards, the last device's 2(K-1) deferred Ws plus one."""
+    return min(2 * devices - 1, microbatches)
+
+
+def zb_v_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(M, 2K-1-d) + min(M, d+1) chunk-micro-batches: 2K on every device once M >= 2K - 1.
+
+    Chunk 0 of device d holds at most its 2K-1-d warm-up forwards, chunk 1 at
+    most d + 1; each chunk's activations are half a stage's of 1F1B, so 2K of
+    them are 1F1B's first-device peak of K (Qi et al. 2024, section 6).
+    """
+    return min(microbatches, 2 * devices - 1 - device) + min(microbatches, device + 1)
+
+
+def dualpipev_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """2K + 1 chunk-micro-batches on every device, M >= 2K: the DualPipe table's PP + 1 with PP = 2K."""
+    return 2 * devices + 1
 
 
 def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chunks: int) -> int:
@@ -233,6 +376,18 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
     "zb-h1": ClosedForm(
         lambda K, M, v: zb_h1_bubble(K, M), "(K-1)/(3M+K-1); M<K: 1-3M/(2(M+K)-1)",
         lambda K, M, v, d: zb_h1_peak_inflight(K, M, d), "min(K, M)", "Qi et al., ICLR 2024",
+    ),
+    "zb-h2": ClosedForm(
+        lambda K, M, v: zb_h2_bubble(K, M), "(K-1)/(3M+K-1), M >= 2K-2; 0 back to back, M >= 2K-1",
+        lambda K, M, v, d: zb_h2_peak_inflight(K, M, d), "min(2K-1, M)", "Qi et al., ICLR 2024",
+    ),
+    "zb-v": ClosedForm(
+        lambda K, M, v: zb_v_bubble(K, M), "(K-1)/(6M+K-1), M >= 3K/2; 0 back to back, M >= 2K-1",
+        lambda K, M, v, d: zb_v_peak_inflight(K, M, d), "min(M,2K-1-d) + min(M,d+1)", "Qi et al., ICLR 2024",
+    ),
+    "dualpipev": ClosedForm(
+        lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None, "(K-1)/(3M+K-1), --overlap sum, M >= 2K",
+        lambda K, M, v, d: dualpipev_peak_inflight(K, M, d), "2K+1", "DeepSeek-AI, DualPipe 2025",
     ),
     "dp": ClosedForm(
         lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None, "1-M/(K*ceil(M/K)), M >= K",

@@ -5,6 +5,8 @@
 >>> m = measure(t, samples=4)
 >>> m.makespan, m.bubble_fraction, m.throughput
 (2.0, 0.5, 2.0)
+>>> m.period, m.steady_bubble_fraction  # back to back, each device is busy all its window
+(1.0, 0.0)
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Metrics:
     makespan: float
     bubble_fraction: float
     throughput: float
+    period: float  # steps back to back: one starts this long after the last (``Trace.period``)
+    steady_bubble_fraction: float  # the idle share over a period
     busy: list[float]
     peak_activation_bytes: list[int]
     peak_memory_bytes: list[int]
@@ -38,11 +42,15 @@ def measure(trace: Trace, samples: int) -> Metrics:
     makespan = trace.makespan
     busy = trace.busy_time()
     capacity = trace.devices * makespan
+    period = trace.period()
+    steady = trace.devices * period
     # idle / capacity, not 1 - busy / capacity: under unit cost both terms are
     # whole numbers, so the quotient is the closed form to the last bit
     return Metrics(
         makespan=makespan,
         bubble_fraction=(capacity - sum(busy)) / capacity if capacity else 0.0,
+        period=period,
+        steady_bubble_fraction=(steady - sum(busy)) / steady if steady else 0.0,
         throughput=samples / makespan if makespan else float("inf"),
         busy=busy,
         peak_activation_bytes=trace.peak_activation_bytes(),

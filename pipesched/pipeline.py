@@ -15,7 +15,7 @@ import math
 import os
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -62,6 +62,7 @@ class RunConfig:
     device_flops: float | None = None
     link_bandwidth: float | None = None
     link_latency: float | None = None
+    overlap: str = "sum"  # how long an overlapped F&B pair lasts: sum or max of its parts (see pipesched.cost)
     loss: str = "cross_entropy"
     compute: bool = True
     reference: bool = True
@@ -106,6 +107,9 @@ class RunResult:
             "makespan": m.makespan,
             "bubble_fraction": m.bubble_fraction,
             "bubble_formula": self.bubble_formula,
+            "period": m.period,
+            "steady_bubble_fraction": m.steady_bubble_fraction,
+            "overlap": c.overlap,
             "throughput": m.throughput,
             "loss": self.loss,
             "grad_rel_err": self.grad_rel_err,
@@ -171,7 +175,7 @@ def prepare(config: RunConfig) -> Prepared:
     widths = parse_layers(config.layers)
     layers = layers_from_widths(widths)
     slices = microbatch.split(config.batch, config.microbatches)
-    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency)
+    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
     config = replace(config, chunks=chunks)
@@ -263,11 +267,15 @@ def run(config: RunConfig) -> RunResult:
     return execute(prepare(config))
 
 
-def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
+def compare(
+    config: RunConfig, strategies: Sequence[str], on_skip: Callable[[str, str], None] | None = None
+) -> list[RunResult]:
     """Run ``config`` under each strategy; ``config.chunks`` goes to strategies that take chunks.
 
     A strategy takes chunks when it declares ``default_chunks``; the others run
-    with one stage per device. All strategies are checked before any is run.
+    with one stage per device. All strategies are checked before any is run: one
+    that cannot run this config fails the comparison, or, given ``on_skip``, is
+    left out and passed to it with the reason.
     """
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one, e.g. gpipe,1f1b")
@@ -281,10 +289,16 @@ def compare(config: RunConfig, strategies: Sequence[str]) -> list[RunResult]:
             takes_chunks = hasattr(load_strategy(name), "default_chunks")
             prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
         except PipeschedError as exc:
+            if on_skip is not None:
+                on_skip(name, str(exc))
+                continue
             way_out = "drop --schedule" if name.lower().endswith(".csv") else f"leave {name} out with --strategies {others}"
             raise type(exc)(f"{exc}; or {way_out}") from exc
+    if not prepared:
+        raise ConfigError("no strategy can run this configuration; see the notes above")
     results = []
-    for name, ready in zip(strategies, prepared):
+    for ready in prepared:
+        name = ready.config.strategy if isinstance(ready.config.strategy, str) else ready.config.strategy.name
         try:
             results.append(execute(ready))
         except PipeschedError as exc:  # a deadlock or OOM: say whose

@@ -12,16 +12,23 @@ weights only.
 device 0: 0F0 0F1 0B1 0B0
 device 1: 1F0 1F1 1B1 1B0
 >>> validate(s, devices=2, microbatches=2)
+
+An ``Overlap`` runs the forward of one micro-batch and the backward of another
+as one overlapped kernel (DualPipe's F&B), written as PyTorch writes its
+``OVERLAP_F_B`` action:
+
+>>> parse_action("(0F1;3B0)OVERLAP_F_B")
+Overlap('(0F1;3B0)OVERLAP_F_B')
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence, Union
 
 from .errors import ScheduleError
 
-__all__ = ["Action", "Schedule", "validate", "OPS", "COMM_OPS"]
+__all__ = ["Action", "Overlap", "Item", "Schedule", "validate", "parse_action", "expand", "OPS", "COMM_OPS", "OVERLAP"]
 
 #: F forward, B full backward, I input-gradient only, W weight-gradient only.
 OPS = ("F", "B", "I", "W")
@@ -31,6 +38,9 @@ OPS = ("F", "B", "I", "W")
 #: replicated stage all-reduces its gradients here (REDUCE_GRAD, no micro-batch).
 COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B", "REDUCE_GRAD")
 _ACTION = re.compile(r"([0-9]+)(SEND_F|RECV_F|SEND_B|RECV_B|REDUCE_GRAD|[FBIW])([0-9]*)")
+#: The op of an overlapped forward-backward pair, PyTorch's name for it.
+OVERLAP = "OVERLAP_F_B"
+_OVERLAP = re.compile(r"\(([^;()]*);([^;()]*)\)" + OVERLAP)
 
 
 class Action(NamedTuple):
@@ -63,18 +73,74 @@ class Action(NamedTuple):
         return f"Action('{self}')"
 
 
+class Overlap(NamedTuple):
+    """A forward and a backward of other micro-batches, run together as one overlapped kernel.
+
+    DualPipe (DeepSeek-AI, 2024) overlaps the forward of one chunk with the
+    backward of another so that each one's communication hides behind the
+    other's computation. The pair starts when both inputs have arrived, both
+    outputs leave when it ends, and it lasts as the cost model's ``overlap``
+    rule says (see ``pipesched.cost``). Text form as PyTorch's:
+    ``(0F4;7B0)OVERLAP_F_B``.
+
+    >>> pair = Overlap(Action(0, "F", 4), Action(7, "B", 0))
+    >>> str(pair), pair.op
+    ('(0F4;7B0)OVERLAP_F_B', 'OVERLAP_F_B')
+    """
+
+    forward: Action
+    backward: Action
+    op = OVERLAP  # a class attribute, not a field: code that reads ``.op`` sees the pair as one action
+
+    def __str__(self) -> str:
+        return f"({self.forward};{self.backward}){OVERLAP}"
+
+    def __repr__(self) -> str:
+        return f"Overlap('{self}')"
+
+
+#: What a device's action list holds.
+Item = Union[Action, Overlap]
+
+
+def parse_action(text: str) -> Item:
+    """An action (``2F0``) or an overlapped pair (``(0F4;7B0)OVERLAP_F_B``) from its text."""
+    match = _OVERLAP.fullmatch(text.strip())
+    if match:
+        return Overlap(Action.parse(match.group(1)), Action.parse(match.group(2)))
+    if OVERLAP in text:
+        raise ScheduleError(
+            f"action {text!r} is not an overlapped pair; write one forward and one backward as (0F4;7B0){OVERLAP}"
+        )
+    return Action.parse(text)
+
+
+def expand(items: Iterable[Item]) -> Iterator[Action]:
+    """The actions of ``items`` with each overlapped pair as its forward, then its backward.
+
+    >>> [str(a) for a in expand(Schedule.parse(["0F0 (0F1;0B0)OVERLAP_F_B 0B1"]).actions[0])]
+    ['0F0', '0F1', '0B0', '0B1']
+    """
+    for item in items:
+        if type(item) is Overlap:
+            yield item.forward
+            yield item.backward
+        else:
+            yield item  # type: ignore[misc]
+
+
 class Schedule:
     """Per device, the ordered actions it runs. Placement is read off the schedule.
 
     Args:
-        per_device: for each device, its actions (``Action`` or text like ``"2F0"``).
+        per_device: for each device, its actions (``Action``, ``Overlap``, or text like ``"2F0"``).
     """
 
     __slots__ = ("actions",)
 
-    def __init__(self, per_device: Sequence[Iterable[Action | str]]):
-        self.actions: tuple[tuple[Action, ...], ...] = tuple(
-            tuple(a if isinstance(a, Action) else Action.parse(a) for a in device) for device in per_device
+    def __init__(self, per_device: Sequence[Iterable[Item | str]]):
+        self.actions: tuple[tuple[Item, ...], ...] = tuple(
+            tuple(a if isinstance(a, (Action, Overlap)) else parse_action(a) for a in device) for device in per_device
         )
 
     @classmethod
@@ -88,18 +154,19 @@ class Schedule:
 
     @property
     def num_stages(self) -> int:
-        return 1 + max((a.stage for device in self.actions for a in device), default=-1)
+        return 1 + max((a.stage for device in self.actions for a in expand(device)), default=-1)
 
     @property
     def microbatches(self) -> int:
-        return 1 + max((a.microbatch for device in self.actions for a in device if a.microbatch is not None),
-                       default=-1)
+        return 1 + max(
+            (a.microbatch for device in self.actions for a in expand(device) if a.microbatch is not None), default=-1
+        )
 
     def placement(self) -> dict[int, tuple[int, ...]]:
         """For each stage, the devices that run its forwards (several means replicas)."""
         where: dict[int, set[int]] = {}
         for d, device in enumerate(self.actions):
-            for a in device:
+            for a in expand(device):
                 if a.op == "F":
                     where.setdefault(a.stage, set()).add(d)
         return {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}
@@ -142,12 +209,15 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
         raise ScheduleError("the schedule has no actions; plan each stage's forward and backward")
     seen: dict[tuple[int, str, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
-        for pos, a in enumerate(device):
+        for pos, a in _positions(device):
             if type(a) is Action and a.op == "F" and a not in seen and type(a.stage) is int and a.stage >= 0 \
                     and type(a.microbatch) is int and 0 <= a.microbatch < microbatches:
                 seen[a] = (d, pos)  # the common case, checked without building messages
                 continue
             where = f"device {d}, position {pos}: {a}"
+            if type(a) is Overlap:
+                _check_pair(a, where)
+                continue
             if not isinstance(a, Action):
                 raise ScheduleError(f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)")
             fields = [("stage", a.stage)] + ([] if a.op == "REDUCE_GRAD" else [("micro-batch", a.microbatch)])
@@ -209,6 +279,33 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 raise ScheduleError(f"{key} has no {missing}; every forward needs its backward")
 
 
+def _positions(device: Sequence[Item]) -> Iterator[tuple[int, Item]]:
+    """(position, item) of a device's list, an overlapped pair as itself and then as its two actions."""
+    for pos, item in enumerate(device):
+        yield pos, item
+        if type(item) is Overlap and _well_formed(item):
+            yield pos, item.forward
+            yield pos, item.backward
+
+
+def _well_formed(pair: Overlap) -> bool:
+    return isinstance(pair.forward, Action) and isinstance(pair.backward, Action)
+
+
+def _check_pair(pair: Overlap, where: str) -> None:
+    """A pair is one forward and one full or input backward, not of the micro-batch the forward makes."""
+    forward, backward = pair
+    if not _well_formed(pair) or forward.op != "F" or backward.op not in ("B", "I"):
+        raise ScheduleError(
+            f"{where} pairs {forward} with {backward}; an overlapped pair is one forward and one backward (B or I), "
+            f"e.g. (0F4;7B0){OVERLAP}"
+        )
+    if (backward.stage, backward.microbatch) == (forward.stage, forward.microbatch):
+        raise ScheduleError(
+            f"{where} overlaps {backward} with the forward it needs; pair it with another micro-batch's forward"
+        )
+
+
 def _validate_communication(schedule: Schedule, seen: dict, stages: int) -> None:
     """Each SEND after what it sends, each RECV before what needs it, on that action's device."""
     for d, device in enumerate(schedule.actions):
@@ -218,7 +315,7 @@ def _validate_communication(schedule: Schedule, seen: dict, stages: int) -> None
             where = f"device {d}, position {pos}: {a}"
             s, m = a.stage, a.microbatch
             if a.op == "REDUCE_GRAD":
-                own = [i for i, b in enumerate(device) if b.stage == s and b.op in "BW"]
+                own = [i for i, b in _positions(device) if type(b) is Action and b.stage == s and b.op in "BW"]
                 if not own:
                     raise ScheduleError(f"{where} reduces a stage this device does not run; put it on a device of stage {s}")
                 if own[-1] > pos:

@@ -36,7 +36,7 @@ __all__ = [
 
 #: The axes a sweep can span, each the RunConfig field it sets.
 AXES = ("devices", "microbatches", "chunks", "strategy", "partition", "remat", "batch", "link_bandwidth",
-        "link_latency", "device_memory", "cost")
+        "link_latency", "device_memory", "cost", "overlap")
 MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops")
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
@@ -88,7 +88,7 @@ def _text(v: Any) -> bool:
 _AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
     "devices": _whole, "microbatches": _whole, "chunks": _whole, "batch": _whole, "strategy": _text,
     "partition": _text, "remat": _text, "cost": _text, "link_bandwidth": _number, "link_latency": _number,
-    "device_memory": _whole,
+    "device_memory": _whole, "overlap": _text,
 }
 _AXIS_WORDS = {name: "a whole number of at least 1" if check is _whole else
                "a non-negative number" if check is _number else "a name" for name, check in _AXIS_TYPES.items()}
@@ -201,7 +201,8 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
     m = result.metrics
     return {
         **record, "ok": True, "oom": result.trace.oom is not None, "makespan": m.makespan,
-        "bubble_fraction": m.bubble_fraction, "throughput": m.throughput,
+        "bubble_fraction": m.bubble_fraction, "steady_bubble_fraction": m.steady_bubble_fraction,
+        "throughput": m.throughput,
         "peak_memory_bytes": max(m.peak_memory_bytes), "peak_activation_bytes": max(m.peak_activation_bytes),
         "grad_rel_err": result.grad_rel_err, "time_unit": result.trace.time_unit,
     }

@@ -92,7 +92,7 @@ def test_strategies_lists_the_builtins(capsys):
         (["--partition", "2,3,x"], "--partition '2,3,x' is neither 'uniform', 'balanced' nor comma-separated layer counts"),
         (["--partition", "2,3,3,4"], "--partition 2,3,3,4 sums to 12 layers but the model has 11"),
         (["--partition", "5,6"], "--partition 5,6 has 2 stages but the schedule has 4"),
-        (["--strategy", "nope"], "unknown strategy 'nope'; use one of 1f1b, dp, gpipe, interleaved, zb-h1"),
+        (["--strategy", "nope"], "unknown strategy 'nope'; use one of 1f1b, dp, dualpipev, gpipe, interleaved, zb-h1, zb-h2, zb-v"),
         (["--remat", "sometimes"], "--remat 'sometimes' is unknown; use one of never, always, except_last"),
         (["--cost", "free"], "--cost 'free' is unknown; use one of flops, unit"),
         (["--devices", "four"], "'four' is not a whole number"),
@@ -164,8 +164,13 @@ def test_training_that_diverges_is_an_error_not_a_nan(capsys):
 
 
 def test_compare_names_the_strategy_that_fails_and_the_way_out(capsys):
-    assert main(["compare", "--microbatches", "2"]) == 2
-    assert "or leave dp out with --strategies gpipe,1f1b,interleaved,zb-h1" in capsys.readouterr().err
+    assert main(["compare", "--microbatches", "2", "--strategies", "gpipe,1f1b,dp"]) == 2
+    assert "or leave dp out with --strategies gpipe,1f1b" in capsys.readouterr().err
+    # the default list leaves out, with a note each, the strategies that cannot run the config
+    assert main(["compare", "--microbatches", "2", "--cost", "unit", "--no-compute"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: dp left out of the default comparison" in err and "note: dualpipev left out" in err
+    assert "zb-v " in out and "\ndp " not in out and "dualpipev" not in out
     assert main(["compare", "--strategies", "gpipe,1f1b,gpipe"]) == 2
     assert "--strategies names gpipe more than once" in capsys.readouterr().err
 

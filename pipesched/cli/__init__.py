@@ -67,6 +67,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
     p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
     p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
+    p.add_argument("--overlap", default=d.overlap,
+                   help="an overlapped F&B pair (dualpipev) lasts the sum or the max of its parts (default %(default)s)")
     p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
     p.add_argument(
         "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"

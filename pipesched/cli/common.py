@@ -21,7 +21,7 @@ __all__ = ["COMPARE_DEFAULT", "_config", "_table", "_check_output_path", "_write
 
 
 #: The strategies ``pipesched compare`` runs unless told otherwise.
-COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "dp")
+COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -39,7 +39,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         devices=RunConfig.devices if devices is None else devices,
         chunks=args.chunks, strategy=strategy, partition=args.partition, remat=args.remat,
         cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
-        link_latency=args.link_latency, loss=args.loss, compute=not args.no_compute,
+        link_latency=args.link_latency, overlap=args.overlap, loss=args.loss, compute=not args.no_compute,
         reference=not args.no_reference, seed=args.seed, balance_by=args.balance_by,
         device_memory=parse_bytes(args.device_memory) if args.device_memory else None, allow_oom=args.allow_oom,
     )

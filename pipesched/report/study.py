@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ..cost import OVERLAP_RULES
 from ..engine import REMAT_MODES
 from ..files import read_toml
 from ..errors import ConfigError
@@ -51,6 +52,7 @@ class HardwareSection:
     device_flops: float = 1e10
     link_bandwidth: float = 1e10
     link_latency: float = 1e-6
+    overlap: str = "sum"
     device_memory: int | None = None
 
 
@@ -99,7 +101,7 @@ class Study:
         m, h, c = self.model, self.hardware, self.compare
         base = RunConfig(
             layers=m.layers, batch=m.batch, loss=m.loss, seed=m.seed, devices=h.devices, cost=h.cost,
-            device_flops=h.device_flops, link_bandwidth=h.link_bandwidth, link_latency=h.link_latency,
+            device_flops=h.device_flops, link_bandwidth=h.link_bandwidth, link_latency=h.link_latency, overlap=h.overlap,
             device_memory=h.device_memory, allow_oom=h.device_memory is not None, microbatches=c.microbatches,
             remat=c.remat,
         )
@@ -196,7 +198,8 @@ SCHEMA: dict[str, dict[str, Check]] = {
     "model": {"layers": _layers, "batch": _whole(1), "loss": _choice(tuple(LOSSES)), "seed": _whole(0)},
     "hardware": {
         "devices": _whole(1), "cost": _choice(("flops", "unit")), "device_flops": _number(True),
-        "link_bandwidth": _number(True), "link_latency": _number(False), "device_memory": _size,
+        "link_bandwidth": _number(True), "link_latency": _number(False), "overlap": _choice(OVERLAP_RULES),
+        "device_memory": _size,
     },
     "compare": {
         "strategies": _list(_strategy), "microbatches": _whole(1), "chunks": _whole(1),
@@ -223,6 +226,7 @@ cost = "flops"               # or "unit"
 device_flops = 1e10          # FLOP per second
 link_bandwidth = 1e10        # bytes per second
 link_latency = 1e-6          # seconds
+overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
 
 [compare]                    # the main table: every strategy x every partition
