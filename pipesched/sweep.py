@@ -361,6 +361,10 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
         client = Client(address, timeout="5s")
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
         raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there ({exc}); check the address") from None
+    except Exception as exc:  # Dask's own failures while connecting, e.g. its event loop not starting
+        raise ConfigError(
+            f"--scheduler {address}: Dask could not connect ({type(exc).__name__}: {exc}); check the address and retry"
+        ) from None
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
         futures = [client.submit(run_chunk, chunk, pure=False) for chunk in _chunks(todo, workers)]

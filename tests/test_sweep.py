@@ -143,10 +143,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _sweep_command(*args):
+    """Run ``pipesched sweep`` in a fresh interpreter, as a user would: a Dask client starts an event-loop
+    thread, which must not share a process with the hundreds of tests before it."""
+    return subprocess.run([sys.executable, "-m", "pipesched", "sweep", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_a_dask_cluster_gives_the_local_results(tmp_path):
     pytest.importorskip("distributed")
-    from dask.distributed import Client
-
     dask = os.path.join(os.path.dirname(sys.executable), "dask")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -157,19 +162,18 @@ def test_a_dask_cluster_gives_the_local_results(tmp_path):
         for _ in range(2):
             processes.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
                                                "--host", "127.0.0.1"], **quiet))
+        path, remote_out = _write(tmp_path), str(tmp_path / "dask.jsonl")
         deadline = time.time() + 60
-        while True:  # the scheduler needs a moment before it answers
-            try:
-                with Client(address, timeout="5s") as client:
-                    client.wait_for_workers(2, timeout=60)
+        while True:  # the scheduler needs a moment before it answers; tasks wait for the workers
+            done = _sweep_command(path, "-o", remote_out, "--scheduler", address)
+            if done.returncode == 0 or time.time() > deadline:
                 break
-            except OSError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
-        study = load_sweep(_write(tmp_path))
-        remote, local = Results(str(tmp_path / "dask.jsonl")), Results(str(tmp_path / "local.jsonl"))
-        assert sweep(study, remote, scheduler=address, progress=False) == 10
+            assert "no Dask scheduler answers there" in done.stderr
+            time.sleep(0.5)
+        assert done.returncode == 0, done.stderr
+        study = load_sweep(path)
+        remote, local = Results(remote_out), Results(str(tmp_path / "local.jsonl"))
+        assert len(remote.records) == 10
         sweep(study, local, workers=1, progress=False)
         assert remote.records == local.records
     finally:
@@ -195,11 +199,12 @@ def test_two_sweeps_do_not_write_one_file_at_once(tmp_path, capsys):
     assert "is being written by another sweep" in capsys.readouterr().err
 
 
-def test_a_missing_scheduler_is_one_sentence(tmp_path, capsys):
-    port = _free_port()
-    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler",
-                 f"tcp://127.0.0.1:{port}"]) == 2
-    assert "no Dask scheduler answers there" in capsys.readouterr().err
+def test_a_missing_scheduler_is_one_sentence(tmp_path):
+    pytest.importorskip("distributed")
+    done = _sweep_command(_write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler",
+                          f"tcp://127.0.0.1:{_free_port()}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "no Dask scheduler answers there" in done.stderr
 
 
 def test_without_dask_the_scheduler_option_says_what_to_install(tmp_path, capsys, monkeypatch):
