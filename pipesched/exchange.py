@@ -4,7 +4,8 @@ PyTorch writes a schedule as one CSV row per rank, one action per cell, in its
 action notation: ``2F0`` (stage 2, forward, micro-batch 0), ``1B3`` (full
 backward), ``1I3`` and ``1W3`` (input- and weight-gradient), the
 communication actions ``0SEND_F0``, ``1RECV_F0``, ``1SEND_B0``, ``0RECV_B0``,
-``0REDUCE_GRAD``, and ``0UNSHARD`` / ``0RESHARD`` for sharded stages. An
+``0REDUCE_GRAD``, ``(0F4;7B0)OVERLAP_F_B`` for an overlapped pair, and
+``0UNSHARD`` / ``0RESHARD`` for sharded stages. An
 empty cell is a bubble. pipesched's text form of an action is the same, so a
 schedule crosses over unchanged:
 
@@ -32,7 +33,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ScheduleError, StrategyError
-from .schedule import OPS, Action, Schedule, validate
+from .schedule import OPS, OVERLAP, Item, Schedule, parse_action, validate
 
 __all__ = ["Imported", "to_torch_csv", "from_torch_csv", "load_torch_csv", "FileSchedule"]
 
@@ -54,7 +55,7 @@ class Imported:
 
 
 def to_torch_csv(schedule: Schedule) -> str:
-    """One row per rank, one compute action per cell (F, B, I, W), in plan order.
+    """One row per rank, one compute action per cell (F, B, I, W, OVERLAP_F_B), in plan order.
 
     Communication actions are left out: PyTorch's compute-only loader derives
     its sends and receives from the compute order.
@@ -62,7 +63,7 @@ def to_torch_csv(schedule: Schedule) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for actions in schedule.actions:
-        writer.writerow([str(a) for a in actions if a.op in OPS])
+        writer.writerow([str(a) for a in actions if a.op in OPS or a.op == OVERLAP])
     return buffer.getvalue()
 
 
@@ -77,7 +78,7 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
         rows.pop()  # trailing blank lines
     if not rows:
         raise ScheduleError(f"{source} has no rows; write one row of actions per rank")
-    per_rank: list[list[Action]] = []
+    per_rank: list[list[Item]] = []
     columns: list[list[int]] = []
     ignored = 0
     for r, row in enumerate(rows, start=1):
@@ -94,7 +95,7 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
                 ignored += 1
                 continue
             try:
-                actions.append(Action.parse(text_cell))
+                actions.append(parse_action(text_cell))
             except ScheduleError as exc:
                 raise ScheduleError(f"{source} row {r}, column {c}: {exc}") from None
             places.append(c)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from .engine import remat_keeps
 from .model import Layer, keeps_output, saved_widths
-from .schedule import Action
+from .schedule import Action, Item, expand
 
 __all__ = [
     "ClosedForm",
@@ -350,13 +350,22 @@ def gpipe_unit_bubble(devices: int, microbatches: int, remat: str = "never") -> 
 
 @dataclass(frozen=True)
 class ClosedForm:
-    """A strategy's closed forms: bubble(K, M, v) and peak in-flight(K, M, v, d), with their sources."""
+    """A strategy's closed forms: bubble(K, M, v) and peak in-flight(K, M, v, d), with their sources.
+
+    ``steady`` is the bubble with steps back to back (``Trace.period``); ``None``
+    where it is the one step's bubble, as for every schedule whose first
+    device is busy from the step's start to its end.
+    """
 
     bubble: Callable[[int, int, int], float | None]
     bubble_text: str
     inflight: Callable[[int, int, int, int], int]
     inflight_text: str
     source: str
+    steady: Callable[[int, int, int], float | None] | None = None
+
+    def steady_bubble(self, devices: int, microbatches: int, chunks: int) -> float | None:
+        return (self.steady or self.bubble)(devices, microbatches, chunks)
 
 
 CLOSED_FORMS: dict[str, ClosedForm] = {
@@ -380,10 +389,12 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
     "zb-h2": ClosedForm(
         lambda K, M, v: zb_h2_bubble(K, M), "(K-1)/(3M+K-1), M >= 2K-2; 0 back to back, M >= 2K-1",
         lambda K, M, v, d: zb_h2_peak_inflight(K, M, d), "min(2K-1, M)", "Qi et al., ICLR 2024",
+        steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "zb-v": ClosedForm(
         lambda K, M, v: zb_v_bubble(K, M), "(K-1)/(6M+K-1), M >= 3K/2; 0 back to back, M >= 2K-1",
         lambda K, M, v, d: zb_v_peak_inflight(K, M, d), "min(M,2K-1-d) + min(M,d+1)", "Qi et al., ICLR 2024",
+        steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "dualpipev": ClosedForm(
         lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None, "(K-1)/(3M+K-1), --overlap sum, M >= 2K",
@@ -433,7 +444,7 @@ def peak_activation_bytes(inflight: int, full: int, inputs: int, remat: str = "n
 
 
 def activation_peak(
-    actions: Sequence[Action],
+    actions: Sequence[Item],
     stage_layers: Callable[[int], Sequence[Layer]],
     rows: Sequence[int],
     num_stages: int,
@@ -451,7 +462,7 @@ def activation_peak(
     (they do only when consecutive stages sit on one device).
     """
     held = peak = 0
-    for action in actions:
+    for action in expand(actions):  # an overlapped pair holds its forward's activations and its backward's at once
         stage, op, mb = action
         layers = stage_layers(stage)
         last = stage == num_stages - 1

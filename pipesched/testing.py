@@ -123,6 +123,7 @@ def _check_one(
     config: Config,
     bubble: Callable[[int, int, int], float | None] | bool | None,
     inflight: Callable[[int, int, int, int], int] | None,
+    steady: Callable[[int, int, int], float | None] | None = None,
 ) -> None:
     label = (
         f"{strategy.name!r} with devices={config.devices}, microbatches={config.microbatches}, "
@@ -142,7 +143,7 @@ def _check_one(
         raise StrategyCheckFailed(
             f"{label}: gradients differ from the full-batch pass by {result.grad_rel_err:.3g}\n{table}"
         )
-    if bubble is None and inflight is None:
+    if bubble is None and inflight is None and steady is None:
         return
     timing = result if config.remat == "never" else run(config.run_config(strategy, remat="never"))
     expected = closed_form_bubble(strategy, config.devices, config.microbatches, config.chunks) if bubble is True \
@@ -151,6 +152,12 @@ def _check_one(
     if expected is not None and abs(measured - expected) > 1e-9:
         raise StrategyCheckFailed(
             f"{label}: bubble {measured:.6g} under unit cost, but the formula gives {expected:.6g}\n{table}"
+        )
+    back_to_back = steady(config.devices, config.microbatches, config.chunks) if steady else None
+    if back_to_back is not None and abs(timing.metrics.steady_bubble_fraction - back_to_back) > 1e-9:
+        raise StrategyCheckFailed(
+            f"{label}: bubble back to back {timing.metrics.steady_bubble_fraction:.6g} under unit cost, but the "
+            f"formula gives {back_to_back:.6g}\n{table}"
         )
     if inflight is not None:
         want = [inflight(config.devices, config.microbatches, config.chunks, d) for d in range(config.devices)]
@@ -164,6 +171,7 @@ def check_strategy(
     *,
     bubble: Callable[[int, int, int], float | None] | bool | None = None,
     inflight: Callable[[int, int, int, int], int] | None = None,
+    steady: Callable[[int, int, int], float | None] | None = None,
     chunks: tuple[int, ...] = (1,),
     max_devices: int = 4,
     max_microbatches: int = 8,
@@ -177,8 +185,9 @@ def check_strategy(
     1e-10), under every remat mode and uneven micro-batches. Optionally the
     measured bubble under unit cost (no remat) must equal ``bubble(K, M, v)``
     (``True``: the strategy's own ``bubble()``; ``None`` from a formula skips
-    that configuration), and the peak in-flight micro-batches of device d must
-    equal ``inflight(K, M, v, d)``.
+    that configuration), the peak in-flight micro-batches of device d must
+    equal ``inflight(K, M, v, d)``, and the bubble with steps back to back
+    (``Metrics.steady_bubble_fraction``) must equal ``steady(K, M, v)``.
 
     Args:
         strategy: an instance, or a name or ``path/file.py:Class`` to load.
@@ -196,6 +205,6 @@ def check_strategy(
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device))
     def check(config: Config) -> None:
-        _check_one(instance, config, bubble, inflight)
+        _check_one(instance, config, bubble, inflight, steady)
 
     check()
