@@ -6,7 +6,7 @@
 - ``render``: write index.html, report.md, metrics.json and the traces.
 
 >>> default_study().compare.strategies
-('gpipe', '1f1b', 'interleaved', 'zb-h1', 'dp')
+('gpipe', '1f1b', 'interleaved', 'zb-h1', 'zb-h2', 'zb-v', 'dualpipev', 'dp')
 """
 
 from .collect import StudyResults, collect

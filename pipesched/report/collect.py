@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..balance import Balance, balance, evaluate
-from ..errors import PipeschedError
+from ..errors import PipeschedError, StrategyError
 from ..files import progress_bar
 from ..formulas import CLOSED_FORMS, pipeline_speedup
 from ..partition import uniform
@@ -72,12 +72,13 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             continue  # a schedule file has its own M: nothing to sweep
         for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
             for m in study.sweep.microbatches:
-                if strategy == "dp" and m < study.hardware.devices:
-                    continue
                 for label, cost in unit_costs:
                     config = study.run_config(strategy=strategy, chunks=chunks, microbatches=m, cost=cost,
                                               compute=False, allow_oom=True)
-                    jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
+                    try:
+                        jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
+                    except StrategyError:  # it runs the compared M, so this M is one it refuses (dp: M < K)
+                        break
     for k in study.sweep.devices:
         for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
@@ -108,6 +109,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                 if strategy in CLOSED_FORMS else result.bubble_formula,
             })
             row[f"bubble_{label.replace(' ', '_')}"] = result.metrics.bubble_fraction
+            row[f"steady_bubble_{label.replace(' ', '_')}"] = result.metrics.steady_bubble_fraction
             row[f"peak_memory_{label.replace(' ', '_')}"] = max(result.metrics.peak_memory_bytes)
         else:
             k, label = key

@@ -148,28 +148,46 @@ def bubble_vs_m(results: StudyResults) -> Figure:
     return fig
 
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
 def bubble_vs_memory(results: StudyResults) -> Figure:
-    """The trade-off every schedule makes: bubble against the largest device's peak memory."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    partitions = list(dict.fromkeys(r.config.partition for r in results.compare))
-    markers = ["o", "s", "^", "D"]
-    strategies = list(dict.fromkeys(r.label for r in results.compare))
-    named = set()
-    for result in results.compare:
-        colour = OKABE_ITO[strategies.index(result.label) % len(OKABE_ITO)]
-        marker = markers[partitions.index(result.config.partition) % len(markers)]
-        x, y = max(result.metrics.peak_memory_bytes) / 2**20, result.metrics.bubble_fraction
-        ax.plot([x], [y], marker, color=colour, markersize=7, markerfacecolor="none", markeredgewidth=1.5)
-        if result.label not in named:  # one label per strategy, whatever the partitions
-            named.add(result.label)
-            ax.annotate(result.label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
-    handles = [plt.Line2D([], [], marker=markers[i % 4], linestyle="", color="grey", markerfacecolor="none",
-                          markeredgewidth=1.5, label=f"{p} partition") for i, p in enumerate(partitions)]
-    ax.legend(handles=handles, fontsize=7, frameon=False)
-    ax.set_xlabel("peak memory of the fullest device (MiB)", fontsize=8)
-    ax.set_ylabel("bubble (idle share)", fontsize=8)
-    ax.set_title("Bubble against memory: lower left is better", fontsize=10)
-    ax.tick_params(labelsize=7)
+    """The trade-off every schedule makes: bubble against the fullest device's peak memory.
+
+    Left, the activations a schedule keeps for its backward passes (what the
+    schedules trade); right, everything a device holds (with parameters and
+    gradients, where data parallelism pays). A hollow marker is one step's
+    bubble; where steps run back to back with less idle time (zero-bubble
+    schedules), a filled marker below it shows that. One point per strategy,
+    on the study's first partition.
+    """
+    runs = _compare_runs(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    panels = [(axes[0], "peak_activation_bytes", "peak activations of the fullest device (KiB)", 2**10),
+              (axes[1], "peak_memory_bytes", "peak memory of the fullest device (MiB)", 2**20)]
+    handles, steady_shown = [], False
+    for i, result in enumerate(runs):
+        colour, marker = OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)]
+        y, steady = result.metrics.bubble_fraction, result.metrics.steady_bubble_fraction
+        for ax, field, _, scale in panels:
+            x = max(getattr(result.metrics, field)) / scale
+            ax.plot([x], [y], marker, color=colour, markersize=8, markerfacecolor="none", markeredgewidth=1.5)
+            if steady < y - 1e-9:
+                steady_shown = True
+                ax.plot([x, x], [y, steady], "-", color=colour, linewidth=0.8)
+                ax.plot([x], [steady], marker, color=colour, markersize=7)
+        handles.append(plt.Line2D([], [], marker=marker, linestyle="", color=colour, markerfacecolor="none",
+                                  markeredgewidth=1.5, label=result.label))
+    if steady_shown:
+        handles.append(plt.Line2D([], [], marker="o", linestyle="", color="grey",
+                                  label="filled: steps back to back"))
+    for ax, _, label, _ in panels:
+        ax.set_xlabel(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("bubble (idle share)", fontsize=8)
+    axes[1].legend(handles=handles, fontsize=7, frameon=False, loc="upper right")
+    fig.suptitle(f"Bubble against memory ({runs[0].config.partition} partition): lower left is better", fontsize=10)
     fig.tight_layout()
     return fig
 

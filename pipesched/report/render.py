@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
+from ..schedule import Overlap
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -26,8 +27,20 @@ from .study import Study
 
 __all__ = ["write_report", "write_folder", "is_report", "comparison_rows", "study_text"]
 
-COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "throughput (samples/s)",
+COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "back to back", "throughput (samples/s)",
            "peak activations", "peak memory", "in flight", "grad error", "fits memory")
+
+
+def _notes(results: StudyResults) -> str:
+    """What the table's columns mean, in one paragraph."""
+    pairs = any(type(a) is Overlap for r in results.compare for device in r.schedule.actions for a in device)
+    rule = results.study.hardware.overlap
+    return (
+        "Bubble is the idle share of K × step; the formula is the strategy's closed form under unit cost; back to "
+        "back is the bubble when steps follow each other with no synchronising optimizer step between them, "
+        "each device starting the next step as soon as it has finished this one."
+        + (f" An overlapped F&B pair lasts the {rule} of its parts (--overlap {rule})." if pairs else "")
+    )
 
 
 def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
@@ -41,7 +54,7 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
         rows.append((
             r.label, f"{r.config.partition} {sizes}" if named else sizes, str(r.config.chunks),
             format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
-            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}",
+            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", f"{m.steady_bubble_fraction:.4f}",
             f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
             format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
             "/".join(map(str, m.peak_inflight_microbatches)),
@@ -66,7 +79,7 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     lines = [f"# {results.study.title}", "", study_text(results.study), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", "Bubble is the idle share of K × step; the formula is the strategy's closed form under unit cost.",
+    lines += ["", _notes(results),
               "Every number is in `metrics.json`; `trace-<strategy>.json` opens in https://ui.perfetto.dev.", ""]
     for stem, caption in figures:
         lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
@@ -88,8 +101,7 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-            "<p>Bubble is the idle share of K &times; step; the formula is the strategy's closed form under unit "
-            f"cost. Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
+            f"<p>{html.escape(_notes(results))} Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>")
 
 
