@@ -45,12 +45,14 @@ _source_strategies()
 from . import formulas  # noqa: E402
 from .errors import ConfigError, DeadlockError, OutOfMemoryError, PipeschedError, ScheduleError, StrategyError  # noqa: E402
 from .pipeline import RunConfig, RunResult, run, train  # noqa: E402
-from .schedule import Action, Schedule, validate  # noqa: E402
+from .schedule import Action, Overlap, Schedule, expand, validate  # noqa: E402
 from .strategy import Strategy, available_strategies, load_strategy, make_plan  # noqa: E402
 
 __all__ = [
     "Action",
+    "Overlap",
     "Schedule",
+    "expand",
     "validate",
     "Strategy",
     "available_strategies",
