@@ -162,6 +162,11 @@ class Schedule:
             (a.microbatch for device in self.actions for a in expand(device) if a.microbatch is not None), default=-1
         )
 
+    @property
+    def overlaps(self) -> bool:
+        """Whether any device runs an overlapped pair (whose length the cost model's overlap rule sets)."""
+        return any(type(a) is Overlap for device in self.actions for a in device)
+
     def placement(self) -> dict[int, tuple[int, ...]]:
         """For each stage, the devices that run its forwards (several means replicas)."""
         where: dict[int, set[int]] = {}

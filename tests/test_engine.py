@@ -94,15 +94,16 @@ def _workloads(widths, devices, microbatches, batch):
 
 
 @given(
-    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]),
+    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]),
     widths=st.lists(st.integers(1, 9), min_size=7, max_size=9),
     devices=st.integers(1, 3),
-    batch=st.integers(3, 11),
+    batch=st.integers(6, 11),
     data=st.data(),
 )
 def test_memory_from_real_arrays_equals_the_shape_count(strategy, widths, devices, batch, data):
-    """The byte count from shapes alone (--no-compute) matches the real arrays, B and I/W paths alike."""
-    microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
+    """The byte count from shapes alone (--no-compute) matches the real arrays: B, I/W and pair paths alike."""
+    fewest = {"dp": devices, "dualpipev": 2 * devices}.get(strategy, 1)
+    microbatches = data.draw(st.integers(fewest, batch))
     base = RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, batch=batch,
                      layers=",".join(map(str, widths)), remat=data.draw(REMAT), cost="flops",
                      link_bandwidth=data.draw(st.sampled_from([1e3, 1e9])))

@@ -13,21 +13,23 @@ from pipesched.exchange import from_torch_csv, to_torch_csv
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
-@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]), devices=st.integers(1, 4),
-       microbatches=st.integers(1, 8), chunks=st.integers(1, 3))
+@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]),
+       devices=st.integers(1, 4), microbatches=st.integers(1, 8), chunks=st.integers(1, 3))
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
-    chunks = chunks if strategy == "interleaved" else 1
+    chunks = chunks if strategy == "interleaved" else 2 if strategy in ("zb-v", "dualpipev") else 1
     if strategy == "dp" and microbatches < devices:
         return
+    if strategy == "dualpipev":
+        microbatches = max(microbatches, 2 * devices)
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
     assert from_torch_csv(to_torch_csv(schedule)).schedule == schedule
 
 
-@pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"])
+@pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"])
 def test_an_exported_file_simulates_exactly_like_its_strategy(tmp_path, capsys, strategy):
     path = tmp_path / f"{strategy}.csv"
     assert main(["export", "--strategy", strategy, "--devices", "4", "--microbatches", "8", "-o", str(path)]) == 0
-    chunks = 2 if strategy == "interleaved" else 1
+    chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
     common = dict(devices=4, microbatches=8, layers="8x9", batch=16)
     direct = run(RunConfig(strategy=strategy, chunks=chunks, **common))
     imported = run(RunConfig(strategy=str(path), **common))

@@ -12,7 +12,7 @@ from pipesched.microbatch import split
 from pipesched.model import layers_from_widths, parse_layers
 from pipesched.units import format_bytes, parse_bytes
 
-STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]
+STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "dp"]  # the V schedules: tests/test_frontier.py
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from pipesched import Action, DeadlockError, Schedule, ScheduleError, validate
+from pipesched import Action, DeadlockError, Overlap, Schedule, ScheduleError, validate
 from pipesched.compute import NumpyWorkload
 from pipesched.cost import UnitCost
 from pipesched.engine import simulate
@@ -16,6 +16,7 @@ from pipesched.testing import schedules
 
 CORRUPTIONS = [
     "shuffle_device", "swap_adjacent", "swap_across", "delete", "duplicate", "renumber", "change_op", "move", "none",
+    "pair", "pair_any",
 ]
 
 
@@ -46,6 +47,18 @@ def corrupt(schedule, kind, rng):
         del rows[d][i]
         e = rng.randrange(len(rows))
         rows[e].insert(rng.randrange(len(rows[e]) + 1), a)
+    elif kind in ("pair", "pair_any"):
+        # overlap a forward with a backward of the same device ("pair": one that comes after it, as
+        # DualPipe does; "pair_any": any two actions, which may be no valid pair at all)
+        picks = [j for j, b in enumerate(rows[d]) if kind == "pair_any" or b.op in "BI" and j > 0]
+        if picks:
+            j = rng.choice(picks)
+            forwards = [k for k in range(len(rows[d])) if k != j and (kind == "pair_any" or
+                                                                       (rows[d][k].op == "F" and k < j))]
+            if forwards:
+                k = rng.choice(forwards)
+                pair = Overlap(rows[d][k], rows[d][j])
+                rows[d] = [pair if n == k else b for n, b in enumerate(rows[d]) if n != j]
     return Schedule(rows)
 
 

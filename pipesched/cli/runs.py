@@ -13,7 +13,6 @@ import sys
 from typing import Any
 
 from ..pipeline import RunResult, compare, run, train
-from ..schedule import Overlap
 from ..strategy import load_strategy
 from ..trace import to_chrome
 from ..units import count, format_bytes, format_rate, format_time
@@ -35,7 +34,7 @@ def _print_run(result: RunResult) -> None:
     caveats = [
         "assumes equal unit-cost stages and free links" if config.cost != "unit" else "",
         "is stated for --remat never" if config.remat != "never" else "",
-        "is stated for --overlap sum" if config.overlap != "sum" and _overlaps(result) else "",
+        "is stated for --overlap sum" if config.overlap != "sum" and result.schedule.overlaps else "",
     ]
     caveat = " and ".join(x for x in caveats if x)
     caveat = f" (the closed form {caveat})" if caveat else ""
@@ -67,11 +66,6 @@ def _print_run(result: RunResult) -> None:
         bottleneck = format_time(result.balance.bottleneck, "s")
         print(f"\nbalanced by {config.balance_by}: bottleneck {bottleneck} per micro-batch")
         print(_balance_table(result.balance, in_seconds=True))
-
-
-def _overlaps(result: RunResult) -> bool:
-    """Whether the schedule runs overlapped pairs, whose length the --overlap rule sets."""
-    return any(type(a) is Overlap for device in result.schedule.actions for a in device)
 
 
 def _oom(result: RunResult) -> str:

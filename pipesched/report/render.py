@@ -19,7 +19,6 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
-from ..schedule import Overlap
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -33,7 +32,7 @@ COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "back
 
 def _notes(results: StudyResults) -> str:
     """What the table's columns mean, in one paragraph."""
-    pairs = any(type(a) is Overlap for r in results.compare for device in r.schedule.actions for a in device)
+    pairs = any(r.schedule.overlaps for r in results.compare)
     rule = results.study.hardware.overlap
     return (
         "Bubble is the idle share of K × step; the formula is the strategy's closed form under unit cost; back to "
