@@ -22,8 +22,8 @@ from typing import Any, Iterable, Sequence
 from .schedule import Action, Item, Overlap, expand
 
 __all__ = [
-    "one_f_one_b", "split_backward", "defer_weights", "inflight_counts", "require_one_chunk", "require_chunks",
-    "Steps",
+    "one_f_one_b", "split_backward", "defer_weights", "zero_bubble_order", "inflight_counts", "require_one_chunk",
+    "require_chunks", "Steps",
 ]
 
 
@@ -66,6 +66,21 @@ def defer_weights(actions: Iterable[Action], lag: int) -> list[Action]:
                 order.append(pending.popleft())
     order.extend(pending)
     return order
+
+
+def zero_bubble_order(stage: int, microbatches: int, warmup: int, lag: int) -> list[Action]:
+    """One stage's handcrafted zero-bubble order (Qi et al. 2024): 1F1B of F and I, each W ``lag`` behind.
+
+    ZB-H1 is ``warmup=K-1-d, lag=d`` on device d; ZB-H2 doubles both.
+
+    >>> " ".join(map(str, zero_bubble_order(0, 3, warmup=1, lag=1)))
+    '0F0 0F1 0I0 0F2 0I1 0W0 0I2 0W1 0W2'
+    """
+    return defer_weights(
+        one_f_one_b([Action(stage, "F", m) for m in range(microbatches)],
+                    [[Action(stage, "I", m)] for m in range(microbatches)], warmup),
+        lag,
+    )
 
 
 def inflight_counts(actions: Iterable[Any]) -> list[int]:

@@ -23,8 +23,8 @@ device 1: 1F0 1I0 1F1 1I1 1W0 1W1
 
 from __future__ import annotations
 
-from pipesched import Action, Schedule, formulas
-from pipesched.compose import defer_weights, one_f_one_b, require_one_chunk
+from pipesched import Schedule, formulas
+from pipesched.compose import require_one_chunk, zero_bubble_order
 
 __all__ = ["ZBH1"]
 
@@ -36,19 +36,7 @@ class ZBH1:
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
         require_one_chunk(chunks, "zb-h1 places one stage per device")
-        return Schedule(
-            [
-                defer_weights(
-                    one_f_one_b(
-                        [Action(d, "F", m) for m in range(microbatches)],
-                        [[Action(d, "I", m)] for m in range(microbatches)],
-                        warmup=devices - 1 - d,
-                    ),
-                    lag=d,
-                )
-                for d in range(devices)
-            ]
-        )
+        return Schedule([zero_bubble_order(d, microbatches, warmup=devices - 1 - d, lag=d) for d in range(devices)])
 
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float:
         return formulas.zb_h1_bubble(devices, microbatches)
