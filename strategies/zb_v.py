@@ -3,8 +3,9 @@ section 6), in the order of PyTorch's ``ScheduleZBVZeroBubble``.
 
 The model is cut into 2K stages and placed in a V: device d holds stage d
 (chunk 0, on the way down) and stage 2K-1-d (chunk 1, on the way back), so
-device 0 holds both the first and the last stage and every micro-batch
-crosses the links 2K-1 times each way, against 1F1B's K-1. Device d warms up
+device 0 holds both the first and the last stage, and every micro-batch
+crosses the links 2(K-1) times each way (stages K-1 and K share device K-1),
+twice 1F1B's K-1. Device d warms up
 with 2(K-d)-1 forwards of chunk 0, then d pairs of chunk-1 and chunk-0
 forwards, then K-d rounds of F, I and W of chunk 1; in the steady state it
 runs F, I, W of chunk 0 and then of chunk 1; it drains with I passes and the

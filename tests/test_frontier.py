@@ -79,6 +79,14 @@ def test_dualpipev_meets_deepseeks_table_and_figure():
     assert r.metrics.peak_inflight_microbatches == [2 * 4 + 1] * 4  # the table's activations: PP + 1
 
 
+@pytest.mark.parametrize("devices, microbatches", [(2, 4), (4, 8), (5, 11)])
+def test_the_v_schedules_send_twice_1f1bs_traffic(devices, microbatches):
+    # 1F1B sends each micro-batch over K-1 links each way; the V over 2(K-1): stages K-1 and K share a device
+    sends = {s: len(_unit(s, devices, microbatches).trace.transfers) for s in ("1f1b", "zb-v", "dualpipev")}
+    assert sends["1f1b"] == 2 * (devices - 1) * microbatches
+    assert sends["zb-v"] == sends["dualpipev"] == 2 * sends["1f1b"]
+
+
 def test_dualpipev_refuses_too_few_microbatches_in_one_sentence():
     with pytest.raises(ValueError, match=r"needs at least 2K = 8 micro-batches on 4 devices .* not 7; use --microbatches 8"):
         load_strategy("dualpipev").plan(4, 7)
