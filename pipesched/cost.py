@@ -27,6 +27,9 @@ model's ``overlap`` rule says:
   resources, e.g. one waits on communication while the other computes: an
   upper bound on what overlap can win.
 
+A backward that must first recompute its forward (re-materialization) counts
+the recompute on its side of the pair: max(F, R + B) or F + R + B.
+
 >>> unit = UnitCost()
 >>> unit.compute_time("B", [], rows=4, stage_units=0.5), unit.transfer_times(10**9)
 (1.0, (0.0, 0.0))
@@ -69,6 +72,7 @@ def overlapped_time(rule: str, forward: float, backward: float) -> float:
     >>> overlapped_time("sum", 1.0, 2.0), overlapped_time("max", 1.0, 2.0)
     (3.0, 2.0)
     """
+    check_overlap(rule)
     return forward + backward if rule == "sum" else max(forward, backward)
 
 

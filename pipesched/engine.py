@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple
 import simpy
 
 from .compute import Buffer, Held, Workload
-from .cost import CostModel, overlapped_time
+from .cost import CostModel, check_overlap, overlapped_time
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .schedule import Action, Overlap, Schedule, expand
 from .memory import DeviceMemory
@@ -88,6 +88,7 @@ class _Engine:
         check_remat(remat)
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
+        check_overlap(self.overlap)
         self.allow_oom, self.device_memory = allow_oom, device_memory
         self.env = simpy.Environment()
         devices = schedule.devices
@@ -269,10 +270,10 @@ class _Engine:
         (fs, _, fm), (bs, _, bm) = pair
         x_key = ("x", fs, fm) if fs > 0 else None
         g_key = ("g", bs, bm) if bs < self.num_stages - 1 else None
-        for part, key in ((pair.forward, x_key), (pair.backward, g_key)):
+        for key in (x_key, g_key):
             if key is not None and key not in self.arrived:
                 self.blocked[key] = device
-                self.waiting[device] = (part, key)
+                self.waiting[device] = (pair, key)  # a deadlock names the pair, and which input it lacks
                 return
         self.waiting[device] = None
         self.position[device] = position + 1
@@ -504,7 +505,7 @@ def _describe(waiting: Any, engine: _Engine) -> str:
     return waiting if isinstance(waiting, str) else _describe_wait(*waiting, engine)
 
 
-def _describe_wait(action: Action, key: _Key, engine: _Engine) -> str:
+def _describe_wait(action: Action | Overlap, key: _Key, engine: _Engine) -> str:
     kind, stage, mb = key
     if kind == "x":
         producer, where = f"{stage - 1}F{mb}", engine.forward_on.get((stage - 1, mb))

@@ -111,12 +111,13 @@ def zb_h1_bubble(devices: int, microbatches: int) -> float:
 def zb_h2_unit_makespan(devices: int, microbatches: int) -> float:
     """ZB-H2's step under unit cost with F=I=W=1: 3M + K - 1 for M >= 2K - 2, else 2K + 1 + floor(5(M-1)/2).
 
-    With M >= 2K - 2 device d is busy from d to d + 3M without a gap (the
+    With M >= 2K - 1 device d is busy from d to d + 3M without a gap (the
     parallelogram of Qi et al. 2024, figure 3), so the step ends at 3M + K - 1
-    on the last device. With fewer micro-batches the warm-up cannot fill the
-    wait for the gradients; the second form is what the schedule then takes,
-    found by the simulator and held to it by the tests for every K and M drawn,
-    not a figure from the paper.
+    on the last device; at M = 2K - 2 the first devices wait once inside the
+    step, but the last still ends there. With fewer micro-batches the warm-up
+    cannot fill the wait for the gradients; the second form is what the
+    schedule then takes, found by the simulator and held to it by the tests
+    for every K and M drawn, not a figure from the paper.
 
     >>> zb_h2_unit_makespan(4, 8), zb_h2_unit_makespan(4, 2)
     (27.0, 11.0)
@@ -149,7 +150,7 @@ def zb_v_unit_makespan(devices: int, microbatches: int) -> float:
 
 
 def zb_v_bubble(devices: int, microbatches: int) -> float:
-    """ZB-V's idle share of one step: (K-1)/(6M+K-1) once M >= 3K/2, half of ZB-H1's (K-1)/(3M+K-1)."""
+    """ZB-V's idle share of one step: (K-1)/(6M+K-1) once M >= 3K/2; each device idles (K-1)/2, half of ZB-H1's K-1."""
     return 1.0 - 3.0 * microbatches / zb_v_unit_makespan(devices, microbatches)
 
 
@@ -211,8 +212,8 @@ def dualpipev_bubble(devices: int, microbatches: int, overlap: str = "sum") -> f
 
     With the ``max`` rule device d idles min(d+1, K-1)/2, (K-1)(K+2)/4 in all,
     over K(2M + 3K/2). Under the sum rule overlap hides only communication,
-    which unit cost makes free, so DualPipeV's win over ZB-H1 here is memory
-    (2K+1 half-stage activations against K whole ones), not time.
+    which unit cost makes free, so DualPipeV wins no time over ZB-H1 here;
+    its activations, 2K+1 half-stages, are about ZB-H1's K whole stages.
     """
     if overlap == "sum":
         return (devices - 1) / (3 * microbatches + devices - 1)

@@ -250,7 +250,7 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 continue
             needs = Action(a.stage, "I" if a.op == "W" else "F", a.microbatch)
             if needs not in seen:
-                later = [f"device {x}" for x, dev in enumerate(schedule.actions) if needs in dev]
+                later = [f"device {x}" for x, dev in enumerate(schedule.actions) if needs in expand(dev)]
                 rule = (
                     f"comes before {needs} on the same device; a weight-gradient must follow its input-gradient"
                     if a.op == "W"
@@ -298,7 +298,12 @@ def _well_formed(pair: Overlap) -> bool:
 
 
 def _check_pair(pair: Overlap, where: str) -> None:
-    """A pair is one forward and one full or input backward, not of the micro-batch the forward makes."""
+    """A pair is one forward and one full or input backward; the backward cannot be the forward's own.
+
+    A backward that needs the pair's forward through other stages (0F0 with
+    1B0's gradient, say) is not caught here: the engine reports it as a
+    deadlock naming the pair.
+    """
     forward, backward = pair
     if not _well_formed(pair) or forward.op != "F" or backward.op not in ("B", "I"):
         raise ScheduleError(

@@ -4,8 +4,9 @@ Parallelism", ICLR 2024, section 2.2 and figure 3, bottom).
 ZB-H1 keeps 1F1B's warm-up, so device d idles while the first gradient
 travels back. ZB-H2 fills that wait with forwards: device d warms up with
 2(K-1-d) + 1 of them, twice 1F1B's, and defers each weight-gradient W by 2d
-micro-batches so the Ws fill the tail. Under unit cost with F=I=W=1 every
-device then works without a gap from its first forward to its last W:
+micro-batches so the Ws fill the tail. Under unit cost with F=I=W=1 and
+M >= 2K - 1 every device then works without a gap from its first forward to
+its last W:
 device d is busy exactly from d to d + 3M, a parallelogram rather than a
 trapezoid. For K=4, M=8 (the paper's figure; its B is pipesched's I)::
 

@@ -16,11 +16,11 @@ deferred Ws. For K=2, M=4 (stages 0 and 3 on device 0, 1 and 2 on device 1)::
 
 Under unit cost (a chunk's F = I = W = 1/2, so each device computes 3M)
 the step lasts 3M + (K-1)/2 once M >= 3K/2: every device idles only the
-(K-1)/2 the first micro-batch takes to reach the bottom of the V, and the
-bubble (K-1)/(6M+K-1) is half of ZB-H1's (``formulas.zb_v_unit_makespan``
-has the form for fewer micro-batches). That idle time falls at the start
-of a device's step or at its end, never inside: run back to back, steps
-are 3M apart and the bubble is 0 for M >= 2K - 1, the paper's zero
+(K-1)/2 the first micro-batch takes to reach the bottom of the V, half of
+ZB-H1's K-1, a bubble of (K-1)/(6M+K-1) (``formulas.zb_v_unit_makespan`` has
+the form for fewer micro-batches). With M >= 2K - 1 that idle time falls at
+the start of a device's step or at its end, never inside: run back to back,
+steps are 3M apart and the bubble is 0, the paper's zero
 (``formulas.zero_bubble_steady_bubble``). Memory: device d holds at most
 min(M, 2K-1-d) + min(M, d+1) chunk-micro-batches, 2K once M >= 2K - 1, each
 half a 1F1B stage's activations: 1F1B's first-device peak (K micro-batches

@@ -4,9 +4,9 @@ and the overlapped forward-backward pair the engine runs for DualPipeV."""
 import pytest
 from hypothesis import given, strategies as st
 
-from pipesched import RunConfig, Schedule, ScheduleError, formulas, load_strategy, run, validate
+from pipesched import DeadlockError, RunConfig, Schedule, ScheduleError, formulas, load_strategy, run, validate
 from pipesched.compute import ShapeWorkload
-from pipesched.cost import UnitCost
+from pipesched.cost import UnitCost, overlapped_time
 from pipesched.engine import simulate
 from pipesched.exchange import from_torch_csv, to_torch_csv
 from pipesched.model import layers_from_widths
@@ -101,7 +101,7 @@ def test_dualpipev_refuses_too_few_microbatches_in_one_sentence():
 def test_zb_h2_step_window_and_memory(devices, microbatches):
     m = _unit("zb-h2", devices, microbatches).metrics
     assert m.makespan == formulas.zb_h2_unit_makespan(devices, microbatches)
-    if microbatches >= 2 * devices - 2:  # the paper's parallelogram
+    if microbatches >= 2 * devices - 2:  # the last device ends as in the paper's parallelogram
         assert m.makespan == 3 * microbatches + devices - 1
     assert m.period == formulas.zero_bubble_unit_window(devices, microbatches)
     assert m.steady_bubble_fraction == pytest.approx(formulas.zero_bubble_steady_bubble(devices, microbatches), abs=1e-12)
@@ -199,6 +199,7 @@ def test_a_pair_is_exact_and_its_memory_holds_both_halves(remat):
     ("0F0 (0F1;0B1)OVERLAP_F_B 0B0", 2, "position 1: .* overlaps 0B1 with the forward it needs"),
     ("0F0 (0B0;0F1)OVERLAP_F_B 0B1", 2, "pairs 0B0 with 0F1; an overlapped pair is one forward and one backward"),
     ("0F0 0F1 0I0 (0F2;0W0)OVERLAP_F_B 0B1 0B2", 3, "pairs 0F2 with 0W0"),
+    ("0F0 0F1 0W0 (0F2;0I0)OVERLAP_F_B 0B1 0B2", 3, "0W0 comes before 0I0 on the same device"),  # seen in the pair
 ])
 def test_bad_pairs_are_refused(row, microbatches, message):
     with pytest.raises(ScheduleError, match=message):
@@ -215,3 +216,17 @@ def test_pairs_cross_to_pytorchs_csv_and_back():
     text = to_torch_csv(schedule)
     assert "(0F5;5B2)OVERLAP_F_B" in text  # PyTorch's own spelling of the pair
     assert from_torch_csv(text).schedule == schedule
+
+
+def test_a_pair_that_needs_its_own_forward_deadlocks_and_the_message_names_the_pair():
+    # the pair holds 1F0 and 0B0, and 0B0 needs the gradient 1B0 sends, which needs 1F0: the pair's own forward
+    schedule = Schedule.parse(["0F0 0F1 (1F0;0B0)OVERLAP_F_B 1F1 1B1 1B0 0B1"])
+    validate(schedule, 1, 2)
+    work = ShapeWorkload(layers_from_widths([3, 3, 3]), (range(0, 1), range(1, 2)), rows=[2, 2])
+    with pytest.raises(DeadlockError, match=r"device 0 waits at \(1F0;0B0\)OVERLAP_F_B for the gradient of micro-batch 0"):
+        simulate(schedule, work, UnitCost())
+
+
+def test_an_unknown_overlap_rule_is_refused_not_read_as_max():
+    with pytest.raises(ValueError, match="--overlap 'Sum' is unknown; use one of sum, max"):
+        overlapped_time("Sum", 1.0, 2.0)

@@ -38,7 +38,8 @@ def _notes(results: StudyResults) -> str:
         "Bubble is the idle share of K × step; the formula is the strategy's closed form under unit cost; back to "
         "back is the bubble when steps follow each other with no synchronising optimizer step between them, "
         "each device starting the next step as soon as it has finished this one."
-        + (f" An overlapped F&B pair lasts the {rule} of its parts (--overlap {rule})." if pairs else "")
+        + (f" An overlapped F&B pair lasts the {rule} of its parts (--overlap {rule})" if pairs else "")
+        + ("; the formulas are stated for the sum." if pairs and rule != "sum" else "." if pairs else "")
     )
 
 
