@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipesched.cli import main
+from pipesched.units import format_bytes
 from pipesched.report import default_study, load_study
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -113,11 +114,18 @@ def _same(a, b, path=""):
         assert a == b, path
 
 
-def test_the_committed_default_report_is_reproduced(tmp_path):
+def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
     assert main(["report", str(ROOT / "reports" / "default.toml"), "-o", str(tmp_path / "default")]) == 0
     fresh = json.loads((tmp_path / "default" / "metrics.json").read_text())
     committed = json.loads((ROOT / "reports" / "default" / "metrics.json").read_text())
     _same(fresh, committed)
+    # the summary it prints: each column is what its heading says
+    header, first = capsys.readouterr().out.splitlines()[:2]
+    assert header.split() == ["strategy", "partition", "step", "bubble", "back", "to", "back", "peak", "memory"]
+    gpipe = fresh["compare"][0]
+    assert first.split()[-1] == format_bytes(max(gpipe["peak_memory_bytes"])).split()[-1]
+    assert first.split()[-2] == format_bytes(max(gpipe["peak_memory_bytes"])).split()[0]
+    assert first.split()[-3] == f"{gpipe['steady_bubble_fraction']:.4f}"
 
 
 @pytest.mark.parametrize(

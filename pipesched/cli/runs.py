@@ -56,7 +56,7 @@ def _print_run(result: RunResult) -> None:
     rows = [("device", "stages", "layers", "busy", "in flight", "peak activations", "peak memory")]
     for d in range(config.devices):
         stages = [s for s, ds in placement.items() if d in ds]
-        layers = ",".join(f"{result.partition[s][0]}-{result.partition[s][-1]}" for s in stages)
+        layers = ",".join(_span_of(result.partition[s]) for s in stages)
         rows.append((
             str(d), ",".join(map(str, stages)), layers, format_time(metrics.busy[d], unit),
             str(metrics.peak_inflight_microbatches[d]), format_bytes(metrics.peak_activation_bytes[d]), format_bytes(metrics.peak_memory_bytes[d]),
@@ -66,6 +66,11 @@ def _print_run(result: RunResult) -> None:
         bottleneck = format_time(result.balance.bottleneck, "s")
         print(f"\nbalanced by {config.balance_by}: bottleneck {bottleneck} per micro-batch")
         print(_balance_table(result.balance, in_seconds=True))
+
+
+def _span_of(layers: range) -> str:
+    """A stage's layers as ``first-last``, or one number for a single layer."""
+    return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
 
 
 def _oom(result: RunResult) -> str:

@@ -13,7 +13,7 @@ import signal
 from typing import Any
 
 from ..errors import ConfigError, PipeschedError
-from ..report.render import comparison_rows
+from ..report.render import COLUMNS, comparison_rows
 from ..units import format_bytes, format_rate
 from .common import _table, _check_output_path
 
@@ -43,9 +43,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
     except PipeschedError as exc:  # a run the study asks for cannot be made: say which file asked
         raise type(exc)(f"{args.study or 'the built-in study'}: {exc}") from exc
     page = write_report(results, args.output, text)
-    rows = [("strategy", "partition", "step", "bubble", "peak memory")]
-    for cells in comparison_rows(results):
-        rows.append((cells[0], cells[1], cells[3], cells[4], cells[8]))
+    shown = ("strategy", "partition", "step", "bubble", "back to back", "peak memory")
+    rows = [shown] + [tuple(row[COLUMNS.index(c)] for c in shown) for row in comparison_rows(results)]
     print(_table(rows))
     print(f"\nreport written to {page} (open it in a browser; report.md and figures/ beside it)")
 
