@@ -36,11 +36,14 @@ from .units import count
 
 __all__ = [
     "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
-    "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY",
+    "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY", "COMPARE_DEFAULT",
 ]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
 DEFAULT_LAYERS = "128,256x10,10"
+
+#: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study).
+COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
 
 
 @dataclass(frozen=True)

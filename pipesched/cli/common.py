@@ -13,15 +13,11 @@ import tempfile
 from typing import Sequence
 
 from ..errors import ConfigError
-from ..pipeline import RunConfig
+from ..pipeline import COMPARE_DEFAULT, RunConfig
 from ..strategy import load_strategy
 from ..units import parse_bytes
 
 __all__ = ["COMPARE_DEFAULT", "_config", "_table", "_check_output_path", "_write_atomic"]
-
-
-#: The strategies ``pipesched compare`` runs unless told otherwise.
-COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
 
 
 def _config(args: argparse.Namespace) -> RunConfig:

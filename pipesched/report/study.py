@@ -23,7 +23,7 @@ from ..engine import REMAT_MODES
 from ..files import read_toml
 from ..errors import ConfigError, PipeschedError
 from ..model import LOSSES, parse_layers
-from ..pipeline import DEFAULT_LAYERS, RunConfig
+from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
 from ..units import parse_bytes
 
 __all__ = [
@@ -60,7 +60,7 @@ class HardwareSection:
 class CompareSection:
     """[compare]: the main table, every strategy under every partition."""
 
-    strategies: tuple[str, ...] = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
+    strategies: tuple[str, ...] = COMPARE_DEFAULT
     microbatches: int = 8
     chunks: int = 2
     remat: str = "never"
