@@ -404,10 +404,12 @@ class _Engine:
         start = self.env.now
 
         def done(_: Any) -> None:
-            # the pair's time, shown split among its parts in proportion to what each would take alone
-            scale, at = length / (forward + backward) if forward + backward else 0.0, start
-            for part_op, stage, mb, alone in parts:
-                end = self.env.now if part_op == op else at + alone * scale
+            # the pair's time, shown split among its parts in proportion to what each would take alone;
+            # the last part ends exactly at the pair's end, whatever the rounding
+            scale = length / (forward + backward) if forward + backward else 0.0
+            at = start
+            for i, (part_op, stage, mb, alone) in enumerate(parts):
+                end = self.env.now if i == len(parts) - 1 else at + alone * scale
                 self.trace.spans.append(Span(device, part_op, stage, mb, at, end))
                 at = end
             self._finish_forward(device, fs, fm, y)
