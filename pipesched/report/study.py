@@ -21,7 +21,7 @@ from typing import Any, Callable
 from ..cost import OVERLAP_RULES
 from ..engine import REMAT_MODES
 from ..files import read_toml
-from ..errors import ConfigError, PipeschedError
+from ..errors import ConfigError
 from ..model import LOSSES, parse_layers
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
 from ..units import parse_bytes
@@ -106,28 +106,6 @@ class Study:
             remat=c.remat,
         )
         return replace(base, **overrides)
-
-
-def _check_plans(study: Study, path: str, layers: int) -> None:
-    """Every compared strategy plans the compared configuration, on no more stages than there are layers."""
-    from ..strategy import load_strategy, make_plan
-
-    devices, m = study.hardware.devices, study.compare.microbatches
-    for name in study.compare.strategies:
-        if name.endswith(".csv"):
-            continue  # a schedule file is checked against its own size when it is read
-        strategy = load_strategy(name)
-        # as the comparison runs it: [compare].chunks for interleaved, each other strategy's own default
-        chunks = study.compare.chunks if name == "interleaved" else getattr(strategy, "default_chunks", 1)
-        try:
-            stages = make_plan(strategy, devices, m, chunks).num_stages
-        except PipeschedError as exc:
-            raise ConfigError(f"{path}: [compare].strategies: {exc}; or leave {name} out") from None
-        if stages > layers:
-            raise ConfigError(
-                f"{path}: [compare].strategies: {name} plans {stages} stages on {devices} devices, more than the "
-                f"{layers} layers of [model].layers; leave it out or give more layers"
-            )
 
 
 def default_study() -> Study:
@@ -342,7 +320,6 @@ def _check_together(study: Study, path: str) -> None:
             f"{path}: [compare].microbatches: dp gives every device its own micro-batches, so "
             f"{study.compare.microbatches} are fewer than [hardware].devices = {study.hardware.devices}"
         )
-    _check_plans(study, path, layers)
     for partition in study.compare.partitions:
         if partition in ("uniform", "balanced"):
             continue
