@@ -15,6 +15,8 @@ free, and lands latency later, so sends queue on a link and overlap compute.
 Queueing times are known when a send is issued, so each send is one or two
 timeouts instead of a resource request; free transfers (unit cost) land at once.
 
+Sends and receives mean what PyTorch's runtime means by them: see ``pipesched.links``.
+
 A stage whose forwards run on several devices is replicated (data
 parallelism); after its last action each replica joins a ring all-reduce of
 that stage's gradients: 2(R-1) steps, each sending 1/R of the bytes to the
@@ -44,21 +46,17 @@ from .compute import Buffer, Held, Workload
 from .cost import CostModel, check_overlap, overlapped_time
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .schedule import Action, Overlap, Schedule, expand
+from .diagnose import deadlock_message, oom_message
+from .links import P2P_MODES, Key as _Key, Links, Message, check_p2p
 from .memory import DeviceMemory
-from .trace import MemorySample, Span, Trace, Transfer
-from .units import format_bytes, format_time
+from .trace import MemorySample, Span, Trace
 
-__all__ = ["simulate", "check_remat", "remat_keeps", "REMAT_MODES"]
+__all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
 #: micro-batch (whose backward comes first in F-then-B), ``never`` keeps all.
 REMAT_MODES = ("never", "always", "except_last")
-
-# ("x", stage, mb): input of a stage; ("g", stage, mb): gradient of its output;
-# ("ar", stage, step, device): an all-reduce chunk arriving at a replica
-_Key = tuple[Any, ...]
-
 
 def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
     """Whether a forward keeps its activations (else only its input, recomputed in backward).
@@ -75,7 +73,7 @@ def check_remat(remat: str) -> None:
         raise ConfigError(f"--remat {remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
 
 
-class _Engine:
+class _Engine(Links):
     def __init__(
         self,
         schedule: Schedule,
@@ -84,8 +82,11 @@ class _Engine:
         remat: str,
         device_memory: int | None = None,
         allow_oom: bool = False,
+        p2p: str = "async",
     ):
         check_remat(remat)
+        check_p2p(p2p)
+        self.blocking = p2p == "blocking"
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
         check_overlap(self.overlap)
@@ -96,12 +97,14 @@ class _Engine:
         self.microbatches = schedule.microbatches
         self.forward_on: dict[tuple[int, int], int] = {}
         self.backward_on: dict[tuple[int, int], int] = {}
+        self.backward_op: dict[tuple[int, int], str] = {}  # B or I: the action that consumes a gradient
         for d, actions in enumerate(schedule.actions):
             for a in expand(actions):
                 if a.op == "F":
                     self.forward_on[(a.stage, a.microbatch)] = d
                 elif a.op in "BI":
                     self.backward_on[(a.stage, a.microbatch)] = d
+                    self.backward_op[(a.stage, a.microbatch)] = a.op
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
@@ -110,7 +113,16 @@ class _Engine:
         self.explicit_sends = {
             (a.stage, a.op[-1], a.microbatch) for actions in schedule.actions for a in actions if a.op.startswith("SEND")
         }
-        self.outbox: dict[tuple[int, str, int], tuple[int, _Key, Any, tuple[int, str, int]]] = {}
+        self.outbox: dict[tuple[int, str, int], Message] = {}
+        # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
+        self.explicit_recvs = {
+            ("x" if a.op == "RECV_F" else "g", a.stage, a.microbatch)
+            for actions in schedule.actions for a in actions if a.op.startswith("RECV")
+        }
+        self.posted: set[_Key] = set()  # receives posted so far
+        self.parked: dict[_Key, tuple[Message, Callable[[], None] | None]] = {}  # sends waiting for their receive
+        self.send_queue: list[list[Message]] = [[] for _ in range(devices)]  # blocking sends not yet issued
+        self.in_send: list[Message | None] = [None] * devices  # the blocking send a device is held in
 
         self.arrived: dict[_Key, Any] = {}
         self.blocked: dict[_Key, int] = {}  # an input not yet arrived -> the device waiting for it
@@ -160,7 +172,7 @@ class _Engine:
             if self.trace.oom is None:
                 self.trace.oom = (device, sample)
             if not self.allow_oom:
-                raise OutOfMemoryError(_oom_message(device, sample, self.device_memory, self.trace))
+                raise OutOfMemoryError(oom_message(device, sample, self.device_memory, self.trace))
 
         return on_exceed
 
@@ -189,45 +201,14 @@ class _Engine:
     def _span(self, device: int, op: str, stage: int, mb: int, start: float) -> None:
         self.trace.spans.append(Span(device, op, stage, mb, start, self.env.now))
 
-    # -- links ---------------------------------------------------------------
-    def _deliver(self, device: int, key: _Key, payload: Any) -> None:
-        self.arrived[key] = payload
-        self.memory[device].hold([payload], "buffers")  # an arrived buffer waits on its device
-        self._sample(device)
-        waiter = self.blocked.pop(key, None)
-        if waiter is not None:
-            self._advance(waiter)
-
-    def _send(self, src: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
-        """Send ``payload``, the output of action ``what`` (stage, op, micro-batch), to ``dst``."""
-        if src == dst:
-            self._deliver(dst, key, payload)
-            return
-        busy, latency = self.cost.transfer_times(payload.nbytes)
-        now = self.env.now
-        start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
-        end = start + busy
-        self.link_free[(src, dst)] = end
-        self.trace.transfers.append(Transfer(src, dst, *what, payload.nbytes, start, end, end + latency))
-        if end + latency == now:  # a free transfer lands at once
-            self._deliver(dst, key, payload)
-            return
-        self.memory[src].hold([payload], "buffers")  # queued or on the wire, still the sender's
-        self._sample(src)
-
-        def left(_: Any) -> None:
-            self.memory[src].release([payload], "buffers")  # the bytes have left the sender
-            self._sample(src)
-            if latency == 0:
-                self._deliver(dst, key, payload)
-            else:
-                self._after(latency, lambda _: self._deliver(dst, key, payload))
-
-        self._after(end - now, left)
-
     # -- one device, action by action ------------------------------------------
     def _advance(self, device: int) -> None:
         """Start the device's next action, or its next all-reduce step, if its input is there."""
+        if self.in_send[device] is not None:
+            return  # held in a blocking send until its bytes have left
+        if self.send_queue[device]:
+            self._blocking_send(device)
+            return
         program = self.program[device]
         position = self.position[device]
         if position >= len(program):
@@ -252,6 +233,8 @@ class _Engine:
             self._communicate(device, position, item)
             return
         if key is not None and key not in self.arrived:
+            if self.blocking:
+                self._post(key)  # a blocking receive, right before the action that needs it
             self.blocked[key] = device
             self.waiting[device] = (item, key)  # described only if it turns out to be a deadlock
             return
@@ -270,6 +253,10 @@ class _Engine:
         (fs, _, fm), (bs, _, bm) = pair
         x_key = ("x", fs, fm) if fs > 0 else None
         g_key = ("g", bs, bm) if bs < self.num_stages - 1 else None
+        if self.blocking:  # both receives posted together, as a batched send/receive would
+            for key in (x_key, g_key):
+                if key is not None:
+                    self._post(key)
         for key in (x_key, g_key):
             if key is not None and key not in self.arrived:
                 self.blocked[key] = device
@@ -282,31 +269,38 @@ class _Engine:
         self._overlap(device, pair, x, dy)
 
     def _communicate(self, device: int, position: int, action: Action) -> None:
-        """A SEND or RECV action: a point in the device's order where data leaves or must have come."""
+        """A SEND or RECV action: where a send is issued or a receive posted (see the module's text)."""
         stage, op, mb = action
         if op.startswith("RECV"):
             key: _Key = ("x", stage, mb) if op == "RECV_F" else ("g", stage, mb)
-            if key not in self.arrived:
+            self._post(key)
+            if self.blocking and key not in self.arrived:
                 self.blocked[key] = device
                 self.waiting[device] = (action, key)
                 return
         else:  # SEND: the output waited in the outbox until this point
-            dst, send_key, payload, what = self.outbox.pop((stage, op[-1], mb))
-            self.memory[device].release([payload], "buffers")
-            self._send(device, dst, send_key, payload, what)
+            send = self.outbox.pop((stage, op[-1], mb))
+            self.memory[device].release([send.payload], "buffers")
+            if self.blocking:
+                self.send_queue[device].append(send)  # _advance issues it and holds the device
+            else:
+                self._issue(send)
         self.waiting[device] = None
         self.position[device] = position + 1
         self._advance(device)
 
-    def _output(self, device: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
+    def _output(self, send: Message) -> None:
         """Send a finished action's output now, or keep it for the SEND action that sends it."""
-        explicit = (what[0], "F" if what[1] == "F" else "B", what[2])
+        stage, op, mb = send.what
+        explicit = (stage, "F" if op == "F" else "B", mb)
         if self.explicit_sends and explicit in self.explicit_sends:
-            self.outbox[explicit] = (dst, key, payload, what)
-            self.memory[device].hold([payload], "buffers")
-            self._sample(device)
+            self.outbox[explicit] = send
+            self.memory[send.src].hold([send.payload], "buffers")
+            self._sample(send.src)
+        elif self.blocking and send.src != send.dst:
+            self.send_queue[send.src].append(send)  # sent before the device's next action
         else:
-            self._send(device, dst, key, payload, what)
+            self._issue(send)
 
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
         y = self._start_forward(device, stage, mb, x)
@@ -332,7 +326,7 @@ class _Engine:
 
     def _finish_forward(self, device: int, stage: int, mb: int, y: Any) -> None:
         if stage + 1 < self.num_stages:
-            self._output(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb))
+            self._output(Message(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb)))
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
@@ -386,7 +380,7 @@ class _Engine:
             self.memory[device].release([dy], "buffers")
         self._sample(device)
         if stage > 0:
-            self._output(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb))
+            self._output(Message(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb)))
 
     def _overlap(self, device: int, pair: Overlap, x: Any, dy: Any) -> None:
         """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""
@@ -447,7 +441,7 @@ class _Engine:
             self.arrived[(key, "sent")] = True
             chunk = Buffer(-(-self.work.param_bytes(stage) // len(ring)))  # its values are summed exactly at the end
             nxt = ring[(r + 1) % len(ring)]
-            self._send(device, nxt, ("ar", stage, step, nxt), chunk, (stage, "allreduce", step))
+            self._send(Message(device, nxt, ("ar", stage, step, nxt), chunk, (stage, "allreduce", step)))
         if key not in self.arrived:
             self.blocked[key] = device
             self.waiting[device] = f"step {step} of the all-reduce of stage {stage} (from device {ring[r - 1]})"
@@ -465,11 +459,7 @@ class _Engine:
         self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
         blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
         if blocked:
-            waits = "; ".join(f"device {d} waits at {_describe(self.waiting[d], self)}" for d in blocked)
-            raise DeadlockError(
-                f"the schedule deadlocks at time {self.env.now:g}: {waits}; reorder the actions so that "
-                "every input is produced before a device waits for it"
-            )
+            raise DeadlockError(deadlock_message(self, blocked))
         return self.trace
 
 
@@ -481,47 +471,6 @@ class _ReduceStep(NamedTuple):
     ring: tuple[int, ...]
 
 
-def _oom_message(device: int, sample: MemorySample, capacity: int | None, trace: Trace) -> str:
-    parts = ", ".join(
-        f"{label} {format_bytes(value)}"
-        for label, value in (
-            ("parameters", sample.params), ("gradients", sample.grads), ("activations", sample.activations),
-            ("kept for deferred W", sample.deferred), ("link buffers", sample.buffers),
-        )
-        if value
-    )
-    weights = sample.params + sample.grads
-    advice = (
-        "use more --devices or a smaller model: the weights alone do not fit"
-        if capacity is not None and weights > capacity
-        else "use --remat always, more --devices, a schedule with fewer micro-batches in flight"
-    )
-    return (
-        f"device {device} runs out of memory at {format_time(sample.time, trace.time_unit)}: it holds "
-        f"{format_bytes(sample.total_bytes)} ({parts}) but --device-memory is {format_bytes(capacity or 0)}; "
-        f"{advice}, or --allow-oom to report it instead"
-    )
-
-
-def _describe(waiting: Any, engine: _Engine) -> str:
-    return waiting if isinstance(waiting, str) else _describe_wait(*waiting, engine)
-
-
-def _describe_wait(action: Action | Overlap, key: _Key, engine: _Engine) -> str:
-    kind, stage, mb = key
-    if kind == "x":
-        producer, where = f"{stage - 1}F{mb}", engine.forward_on.get((stage - 1, mb))
-        what = f"the activation of micro-batch {mb} from {producer}"
-        held = (stage - 1, "F", mb)
-    else:
-        where = engine.backward_on.get((stage + 1, mb))
-        what = f"the gradient of micro-batch {mb} from stage {stage + 1}'s backward"
-        held = (stage + 1, "B", mb)
-    if held in engine.outbox:  # computed, but its explicit SEND has not been reached
-        return f"{action} for {what}, held until {held[0]}SEND_{held[1]}{mb} on device {where}"
-    return f"{action} for {what} (on device {where})"
-
-
 def simulate(
     schedule: Schedule,
     work: Workload,
@@ -529,6 +478,7 @@ def simulate(
     remat: str = "never",
     device_memory: int | None = None,
     allow_oom: bool = False,
+    p2p: str = "async",
 ) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
@@ -536,5 +486,7 @@ def simulate(
     Raises ``DeadlockError`` if the schedule cannot finish, and
     ``OutOfMemoryError`` when a device exceeds ``device_memory`` bytes, unless
     ``allow_oom``: then ``trace.oom`` records the first time it happened.
+    ``p2p`` is ``async`` (PyTorch's isend/irecv) or ``blocking`` (rendezvous);
+    see the module's text.
     """
-    return _Engine(schedule, work, cost, remat, device_memory, allow_oom).run()
+    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p).run()

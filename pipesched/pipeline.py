@@ -24,7 +24,7 @@ from . import microbatch
 from .balance import Balance, balance, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import CostModel, FlopsCost, make_cost_model
-from .engine import check_remat, simulate
+from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
@@ -66,6 +66,7 @@ class RunConfig:
     link_bandwidth: float | None = None
     link_latency: float | None = None
     overlap: str = "sum"  # how long an overlapped F&B pair lasts: sum or max of its parts (see pipesched.cost)
+    p2p: str = "async"  # point-to-point semantics: PyTorch's isend/irecv, or blocking (see pipesched.engine)
     loss: str = "cross_entropy"
     compute: bool = True
     reference: bool = True
@@ -113,6 +114,7 @@ class RunResult:
             "period": m.period,
             "steady_bubble_fraction": m.steady_bubble_fraction,
             "overlap": c.overlap,
+            "p2p": c.p2p,
             "throughput": m.throughput,
             "loss": self.loss,
             "grad_rel_err": self.grad_rel_err,
@@ -168,6 +170,7 @@ def _check_counts(config: RunConfig) -> None:
     if config.seed < 0:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
     check_remat(config.remat)
+    check_p2p(config.p2p)
     if config.loss not in LOSSES:
         raise ConfigError(f"--loss {config.loss!r} is unknown; use one of {', '.join(LOSSES)}")
 
@@ -211,7 +214,7 @@ def execute(p: Prepared) -> RunResult:
         work: Workload = ShapeWorkload(p.layers, p.partition, rows)
     else:
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
-    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom)
+    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
     result = RunResult(
         config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
     )

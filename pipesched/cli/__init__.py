@@ -69,6 +69,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
     p.add_argument("--overlap", default=d.overlap,
                    help="an overlapped F&B pair (dualpipev) lasts the sum or the max of its parts (default %(default)s)")
+    p.add_argument("--p2p", default=d.p2p,
+                   help="point-to-point semantics: async (PyTorch's isend/irecv) or blocking (rendezvous sends, "
+                        "which can deadlock) (default %(default)s)")
     p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
     p.add_argument(
         "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"

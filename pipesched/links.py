@@ -1,0 +1,163 @@
+"""Links and point-to-point messages: first-in first-out links, and what SEND and RECV mean.
+
+A link ``src -> dst`` is a first-in first-out server of capacity one: a
+message occupies it for bytes / bandwidth from when it and the link are free,
+and lands latency later, so messages queue on a link and overlap compute.
+Queueing times are known when a message starts, so each one is one or two
+SimPy timeouts instead of a resource request; free messages (unit cost) land
+at once.
+
+Point-to-point semantics (``p2p``) follow PyTorch's pipelining runtime
+(``_PipelineScheduleRuntime._step_microbatches``, torch 2.13):
+
+- ``async`` (the default, PyTorch's ``isend``/``irecv``): a SEND issues the
+  send and the device goes on; a RECV posts the receive and the device goes
+  on; only the compute action that consumes the data waits for it. A message
+  moves once its send is issued and its receive posted, as in NCCL and Gloo;
+  a receive without a RECV action counts as posted from the start of the step
+  (PyTorch's lowering posts each receive as early as it can).
+- ``blocking`` (rendezvous, MPI's synchronous send): a send, explicit or right
+  after the action that computed it, holds its device until the receive is
+  posted and the bytes have left; a RECV, or without one the consuming action,
+  posts the receive and holds its device until the data is there. Crossed
+  sends then deadlock as they do in a real job with blocking sends, and the
+  error names the devices and the crossed pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import simpy
+
+from .cost import CostModel
+from .errors import ConfigError
+from .memory import DeviceMemory
+from .trace import Trace, Transfer
+
+__all__ = ["P2P_MODES", "check_p2p", "Key", "Message", "Links"]
+
+#: Point-to-point semantics: PyTorch's asynchronous isend/irecv, or blocking (rendezvous) sends and receives.
+P2P_MODES = ("async", "blocking")
+
+# ("x", stage, mb): input of a stage; ("g", stage, mb): gradient of its output;
+# ("ar", stage, step, device): an all-reduce chunk arriving at a replica
+Key = tuple[Any, ...]
+
+
+def check_p2p(p2p: str) -> None:
+    """Raise ``ConfigError`` unless ``p2p`` is one of ``P2P_MODES``."""
+    if p2p not in P2P_MODES:
+        raise ConfigError(f"--p2p {p2p!r} is unknown; use one of {', '.join(P2P_MODES)}")
+
+
+class Message(NamedTuple):
+    """A message: ``payload`` from device ``src`` to ``dst``, arriving as ``key``; ``what`` sent it."""
+
+    src: int
+    dst: int
+    key: Key
+    payload: Any
+    what: tuple[int, str, int]  # (stage, op, micro-batch) of the action whose output it is
+
+
+class Links:
+    """The engine's links and point-to-point semantics (a part of ``engine._Engine``, split out by concept)."""
+
+    env: simpy.Environment
+    cost: CostModel
+    trace: Trace
+    memory: list[DeviceMemory]
+    blocking: bool
+    arrived: dict[Any, Any]
+    blocked: dict[Any, int]
+    link_free: dict[tuple[int, int], float]
+    explicit_recvs: set[Any]
+    posted: set[Any]
+    parked: dict[Any, tuple[Message, Callable[[], None] | None]]
+    send_queue: list[list[Message]]
+    in_send: list[Message | None]
+
+    def _sample(self, device: int) -> None:
+        raise NotImplementedError
+
+    def _after(self, delay: float, then: Callable[[Any], None]) -> None:
+        raise NotImplementedError
+
+    def _advance(self, device: int) -> None:
+        raise NotImplementedError
+
+    def _deliver(self, device: int, key: Any, payload: Any) -> None:
+        self.arrived[key] = payload
+        self.memory[device].hold([payload], "buffers")  # an arrived buffer waits on its device
+        self._sample(device)
+        waiter = self.blocked.pop(key, None)
+        if waiter is not None:
+            self._advance(waiter)
+
+    def _posted(self, key: Any) -> bool:
+        """Whether the receive of ``key`` is posted (async: from the start, unless a RECV action posts it)."""
+        return key in self.posted or not (self.blocking or key in self.explicit_recvs)
+
+    def _post(self, key: Any) -> None:
+        """Post the receive of ``key``; a send parked for it moves now."""
+        self.posted.add(key)
+        parked = self.parked.pop(key, None)
+        if parked is not None:
+            send, on_left = parked
+            self.memory[send.src].release([send.payload], "buffers")
+            self._send(send, on_left)
+
+    def _issue(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
+        """Issue a send: its message moves once the receive is posted (at once on the same device)."""
+        if send.src == send.dst or self._posted(send.key):
+            self._send(send, on_left)
+            return
+        self.parked[send.key] = (send, on_left)
+        self.memory[send.src].hold([send.payload], "buffers")  # issued, still the sender's
+        self._sample(send.src)
+
+    def _send(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
+        """Move ``send`` over its link; ``on_left`` runs once its bytes have left the sender."""
+        src, dst, key, payload, what = send
+        if src == dst:
+            self._deliver(dst, key, payload)
+            if on_left is not None:
+                on_left()
+            return
+        busy, latency = self.cost.transfer_times(payload.nbytes)
+        now = self.env.now
+        start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
+        end = start + busy
+        self.link_free[(src, dst)] = end
+        self.trace.transfers.append(Transfer(src, dst, *what, payload.nbytes, start, end, end + latency))
+        if end + latency == now:  # a free transfer lands at once
+            self._deliver(dst, key, payload)
+            if on_left is not None:
+                on_left()
+            return
+        self.memory[src].hold([payload], "buffers")  # queued or on the wire, still the sender's
+        self._sample(src)
+
+        def left(_: Any) -> None:
+            self.memory[src].release([payload], "buffers")  # the bytes have left the sender
+            self._sample(src)
+            if latency == 0:
+                self._deliver(dst, key, payload)
+            else:
+                self._after(latency, lambda _: self._deliver(dst, key, payload))
+            if on_left is not None:
+                on_left()
+
+        self._after(end - now, left)
+
+    def _blocking_send(self, device: int) -> None:
+        """Issue the device's next blocking send and hold the device until its bytes have left."""
+        send = self.send_queue[device].pop(0)
+        self.in_send[device] = send
+
+        def left() -> None:
+            self.in_send[device] = None
+            self._advance(device)
+
+        self._issue(send, left)
