@@ -1,4 +1,14 @@
-"""What went wrong, in one sentence: a deadlock's waits and cycles, a device out of memory."""
+"""What went wrong, in one sentence: a deadlock's waits and cycles, a device out of memory.
+
+>>> from pipesched import RunConfig, run
+>>> run(RunConfig(strategy="1f1b", devices=2, microbatches=2, cost="unit", compute=False, p2p="blocking"))
+Traceback (most recent call last):
+    ...
+pipesched.errors.DeadlockError: the schedule deadlocks at time 4: device 0 waits at 0SEND_F1, a blocking send \
+that waits for device 1 to post 1F1; device 1 waits at 1SEND_B0, a blocking send that waits for device 0 to post \
+0B0; devices 0 and 1 wait for each other: their sends 0SEND_F1 and 1SEND_B0 cross, each until the other device \
+posts its receive; post one side's receive before its send, batch each send with its receive, or use --p2p async
+"""
 
 from __future__ import annotations
 

@@ -6,20 +6,22 @@ backward), ``1I3`` and ``1W3`` (input- and weight-gradient), the
 communication actions ``0SEND_F0``, ``1RECV_F0``, ``1SEND_B0``, ``0RECV_B0``,
 ``0REDUCE_GRAD``, ``(0F4;7B0)OVERLAP_F_B`` for an overlapped pair, and
 ``0UNSHARD`` / ``0RESHARD`` for sharded stages. An
-empty cell is a bubble. pipesched's text form of an action is the same, so a
+empty cell is a bubble; pipesched writes each action in the column of its time
+step (``to_torch_csv``), so that both of PyTorch's readers run it. pipesched's text form of an action is the same, so a
 schedule crosses over unchanged:
 
 - compute actions and SEND/RECV become actions of pipesched's schedule (a
-  SEND sends its output at that point instead of as soon as it is computed; a
-  RECV makes the device wait for its input there);
+  SEND issues the send of its output at that point instead of as soon as it
+  is computed; a RECV posts the receive there, and only the action that needs
+  the data waits for it: see ``pipesched.links``);
 - REDUCE_GRAD places a replicated stage's gradient all-reduce;
 - UNSHARD and RESHARD (FSDP's parameter gathering) are accepted and left out,
   with a note, since pipesched does not model sharded parameters.
 
 >>> text = to_torch_csv(Schedule.parse(["0F0 0B0", "1F0 1B0"]))
 >>> print(text, end="")
-0F0,0B0
-1F0,1B0
+0F0,,,0B0
+,1F0,1B0
 >>> from_torch_csv(text).schedule == Schedule.parse(["0F0 0B0", "1F0 1B0"])
 True
 """
@@ -33,9 +35,9 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ScheduleError, StrategyError
-from .schedule import OPS, OVERLAP, Item, Schedule, parse_action, validate
+from .schedule import OPS, OVERLAP, Action, Item, Schedule, expand, parse_action, validate
 
-__all__ = ["Imported", "to_torch_csv", "from_torch_csv", "load_torch_csv", "FileSchedule"]
+__all__ = ["Imported", "to_torch_csv", "time_steps", "from_torch_csv", "load_torch_csv", "FileSchedule"]
 
 #: Actions pipesched accepts and leaves out: it does not model sharded parameters.
 IGNORED = ("UNSHARD", "RESHARD")
@@ -55,16 +57,101 @@ class Imported:
 
 
 def to_torch_csv(schedule: Schedule) -> str:
-    """One row per rank, one compute action per cell (F, B, I, W, OVERLAP_F_B), in plan order.
+    """One row per rank, one compute action per cell (F, B, I, W, OVERLAP_F_B), columns aligned to time steps.
 
-    Communication actions are left out: PyTorch's compute-only loader derives
-    its sends and receives from the compute order.
+    PyTorch reads this form two ways, and it is written to be right under both:
+    ``PipelineScheduleMulti`` itself runs column by column in lockstep, each
+    rank receiving in step t what its neighbour computes in step t, so an
+    action must stand in a later column than the action whose output it needs,
+    with blank cells as bubbles (as PyTorch's own ``_dump_csv`` writes them);
+    the runtime of the public multi-stage classes (``_PipelineScheduleRuntime``)
+    skips blank cells and inserts its own sends and receives. Columns come from
+    ``time_steps``. Communication actions are left out: both derive them from
+    the compute order.
+
+    Raises ``ScheduleError`` for a replicated stage (PyTorch places each stage
+    on one rank) and for a schedule that deadlocks.
     """
+    placement = schedule.placement()
+    replicated = [s for s, devices in placement.items() if len(devices) > 1]
+    if replicated:
+        s = replicated[0]
+        raise ScheduleError(
+            f"stage {s} runs on devices {', '.join(map(str, placement[s]))}; PyTorch's pipelining places each stage "
+            "on one rank and refuses a replicated one, so data-parallel schedules cannot be exported (in PyTorch, data "
+            "parallelism wraps the pipeline, e.g. with FSDP or DDP, instead of living inside the schedule)"
+        )
+    compute = [[a for a in actions if a.op in OPS or a.op == OVERLAP] for actions in schedule.actions]
+    steps = time_steps(Schedule(compute))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    for actions in schedule.actions:
-        writer.writerow([str(a) for a in actions if a.op in OPS or a.op == OVERLAP])
+    for actions, columns in zip(compute, steps):
+        row = [""] * (columns[-1] + 1 if columns else 0)
+        for action, column in zip(actions, columns):
+            row[column] = str(action)
+        writer.writerow(row)
     return buffer.getvalue()
+
+
+def time_steps(schedule: Schedule) -> list[list[int]]:
+    """The column of each action when every action takes one time step (PyTorch's lockstep reading).
+
+    An action's step is one past its device's previous action and one past the
+    step of every action on another device whose output it needs (the forward
+    of the stage before, the backward of the stage after). This is list
+    scheduling under unit time, as PyTorch's ``_add_bubbles_to_actions`` places
+    its zero-bubble orders.
+
+    >>> time_steps(Schedule.parse(["0F0 0F1 0B0 0B1", "1F0 1F1 1B0 1B1"]))
+    [[0, 1, 4, 5], [1, 2, 3, 4]]
+
+    Raises ``ScheduleError`` if the schedule deadlocks (no action can be placed).
+    """
+    producer: dict[tuple[int, str, int], int] = {}  # (stage, F or B, micro-batch) -> device that computes it
+    for d, actions in enumerate(schedule.actions):
+        for a in expand(actions):
+            if a.op != "W":
+                producer[(a.stage, "F" if a.op == "F" else "B", a.microbatch)] = d  # B stands for B or I here
+    done: dict[tuple[int, str, int], int] = {}
+    steps: list[list[int]] = [[] for _ in schedule.actions]
+    while True:
+        progress = False
+        for d, actions in enumerate(schedule.actions):
+            while len(steps[d]) < len(actions):
+                item = actions[len(steps[d])]
+                step = steps[d][-1] + 1 if steps[d] else 0
+                needs = [_input_of(a) for a in expand([item]) if a.op != "W"]
+                ready = True
+                for need in needs:
+                    if need is None or producer.get(need, d) == d:  # none: the last stage; d: on this device
+                        continue
+                    if need not in done:
+                        ready = False
+                        break
+                    step = max(step, done[need] + 1)
+                if not ready:
+                    break
+                steps[d].append(step)
+                for a in expand([item]):
+                    if a.op != "W":  # a W sends nothing
+                        done[(a.stage, "F" if a.op == "F" else "B", a.microbatch)] = step
+                progress = True
+        if all(len(s) == len(a) for s, a in zip(steps, schedule.actions)):
+            return steps
+        if not progress:
+            stuck = next(d for d, a in enumerate(schedule.actions) if len(steps[d]) < len(a))
+            raise ScheduleError(
+                f"device {stuck}'s {schedule.actions[stuck][len(steps[stuck])]} waits for an input that is never "
+                "computed first: the schedule deadlocks, so it has no time steps; reorder its actions"
+            )
+
+
+def _input_of(action: Action) -> tuple[int, str, int] | None:
+    """What ``action`` needs from another stage: the previous stage's forward, or the next stage's backward."""
+    s, op, m = action
+    if op == "F":
+        return (s - 1, "F", m) if s > 0 else None
+    return (s + 1, "B", m) if op in ("B", "I") else None
 
 
 def from_torch_csv(text: str, source: str = "the CSV") -> Imported:

@@ -22,6 +22,15 @@ Point-to-point semantics (``p2p``) follow PyTorch's pipelining runtime
   posts the receive and holds its device until the data is there. Crossed
   sends then deadlock as they do in a real job with blocking sends, and the
   error names the devices and the crossed pair.
+
+>>> from pipesched import RunConfig, run
+>>> crossed = run(RunConfig(strategy="1f1b", devices=2, microbatches=2, cost="unit", compute=False))
+>>> crossed.metrics.makespan  # asynchronous sends: 1F1B as usual, (K-1+M)(F+B)
+9.0
+>>> check_p2p("rendezvous")
+Traceback (most recent call last):
+    ...
+pipesched.errors.ConfigError: --p2p 'rendezvous' is unknown; use one of async, blocking
 """
 
 from __future__ import annotations

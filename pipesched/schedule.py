@@ -32,10 +32,12 @@ __all__ = ["Action", "Overlap", "Item", "Schedule", "validate", "parse_action", 
 
 #: F forward, B full backward, I input-gradient only, W weight-gradient only.
 OPS = ("F", "B", "I", "W")
-#: Communication points, as in PyTorch's pipelining: a stage sends its output
-#: (SEND_F) or input-gradient (SEND_B) at this point, a stage receives its
-#: input (RECV_F) or output-gradient (RECV_B) before going on, and a
-#: replicated stage all-reduces its gradients here (REDUCE_GRAD, no micro-batch).
+#: Communication points, as in PyTorch's pipelining runtime: a stage issues the
+#: send of its output (SEND_F) or input-gradient (SEND_B) at this point, posts
+#: the receive of its input (RECV_F) or output-gradient (RECV_B) here (only the
+#: action that needs the data waits for it, unless point-to-point is blocking:
+#: see ``pipesched.links``), and a replicated stage all-reduces its gradients
+#: here (REDUCE_GRAD, no micro-batch).
 COMM_OPS = ("SEND_F", "RECV_F", "SEND_B", "RECV_B", "REDUCE_GRAD")
 _ACTION = re.compile(r"([0-9]+)(SEND_F|RECV_F|SEND_B|RECV_B|REDUCE_GRAD|[FBIW])([0-9]*)")
 #: The op of an overlapped forward-backward pair, PyTorch's name for it.

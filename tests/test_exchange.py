@@ -13,19 +13,17 @@ from pipesched.exchange import from_torch_csv, to_torch_csv
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
-@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]),
+@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
        devices=st.integers(1, 4), microbatches=st.integers(1, 8), chunks=st.integers(1, 3))
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
     chunks = chunks if strategy == "interleaved" else 2 if strategy in ("zb-v", "dualpipev") else 1
-    if strategy == "dp" and microbatches < devices:
-        return
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
     assert from_torch_csv(to_torch_csv(schedule)).schedule == schedule
 
 
-@pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"])
+@pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"])
 def test_an_exported_file_simulates_exactly_like_its_strategy(tmp_path, capsys, strategy):
     path = tmp_path / f"{strategy}.csv"
     assert main(["export", "--strategy", strategy, "--devices", "4", "--microbatches", "8", "-o", str(path)]) == 0
@@ -143,4 +141,4 @@ def test_a_device_held_up_by_a_late_send_is_told_so(tmp_path, capsys):
 
 def test_export_writes_compute_actions_only(tmp_path):
     csv_text = to_torch_csv(Schedule.parse(["0F0 0SEND_F0 0B0", "1RECV_F0 1F0 1B0"]))
-    assert csv_text == "0F0,0B0\n1F0,1B0\n"
+    assert csv_text == "0F0,,,0B0\n,1F0,1B0\n"  # columns are time steps: 1F0 after 0F0, 0B0 after 1B0
