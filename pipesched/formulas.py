@@ -6,6 +6,15 @@ busy (computing, recompute included) for ``busy_d`` during a step of length
 et al., 2021) reports instead the ratio of bubble time to ideal time,
 (K-1)/M for GPipe; the two are related by fraction = ratio / (1 + ratio).
 
+**Found by simulation.** Most forms here come from a paper or are derived in
+their docstrings. A few were read off the simulator and are not derived: the
+interleaved bubble when K does not divide M, ZB-H2's step for M <= 2K-2, ZB-V's
+step, and DualPipeV's step under either overlap rule. Their docstrings say so,
+their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
+simulation", and the tests that hold the simulator to them are regression
+checks, named in each docstring: they show when the schedule or the engine
+changes, not that either is right.
+
 >>> gpipe_bubble(4, 8)
 0.2727272727272727
 >>> bubble_from_ratio((4 - 1) / 8) == gpipe_bubble(4, 8)
@@ -74,7 +83,9 @@ def interleaved_bubble(devices: int, microbatches: int, chunks: int) -> float:
     Source: Narayanan et al., SC 2021, section 2.2.2, for M a multiple of K: the
     bubble time shrinks by v while the work stays, ratio (K-1)/(v·M). With
     pipesched's rounds of at least K micro-batches it holds for every M >= K;
-    that extension is the property tests' finding, not the paper's.
+    that extension is found by simulation, not derived. Regression check:
+    ``tests/test_formulas.py::test_the_table_of_closed_forms_matches_the_simulator``
+    (K <= 5, M <= 12, v <= 3).
     """
     return (devices - 1) / (chunks * microbatches + devices - 1)
 
@@ -115,9 +126,11 @@ def zb_h2_unit_makespan(devices: int, microbatches: int) -> float:
     parallelogram of Qi et al. 2024, figure 3), so the step ends at 3M + K - 1
     on the last device; at M = 2K - 2 the first devices wait once inside the
     step, but the last still ends there. With fewer micro-batches the warm-up
-    cannot fill the wait for the gradients; the second form is what the
-    schedule then takes, found by the simulator and held to it by the tests
-    for every K and M drawn, not a figure from the paper.
+    cannot fill the wait for the gradients. The step at M = 2K - 2 and the
+    second form are found by simulation, not derived, and not in the paper.
+    Regression checks:
+    ``tests/test_frontier.py::test_zb_h2_step_window_and_memory`` (K <= 6,
+    M <= 20) and ``test_the_tables_forms_hold_and_the_strategies_state_them``.
 
     >>> zb_h2_unit_makespan(4, 8), zb_h2_unit_makespan(4, 2)
     (27.0, 11.0)
@@ -130,6 +143,7 @@ def zb_h2_bubble(devices: int, microbatches: int) -> float:
 
     Its zero is the steady state's (``zero_bubble_steady_bubble``): one step
     alone still spans the K - 1 units by which the last device starts late.
+    For M <= 2K - 2 found by simulation (``zb_h2_unit_makespan``).
     """
     return 1.0 - 3.0 * microbatches / zb_h2_unit_makespan(devices, microbatches)
 
@@ -140,8 +154,10 @@ def zb_v_unit_makespan(devices: int, microbatches: int) -> float:
     Every device computes for 3M. With enough micro-batches each idles only
     (K-1)/2: the K - 1 chunk forwards the first micro-batch takes to reach the
     bottom of the V. With fewer, the step waits on the first micro-batch's
-    round trip. Found by the simulator and held to it by the tests; the paper
-    states the zero bubble of the steady state (``zero_bubble_steady_bubble``).
+    round trip. Both found by simulation, not derived; the paper states only
+    the zero bubble of the steady state (``zero_bubble_steady_bubble``).
+    Regression checks: ``tests/test_frontier.py::test_zb_v_step_window_and_memory``
+    (K <= 6, M <= 20) and ``test_the_tables_forms_hold_and_the_strategies_state_them``.
 
     >>> zb_v_unit_makespan(4, 8), zb_v_unit_makespan(4, 2)
     (25.5, 11.0)
@@ -150,7 +166,10 @@ def zb_v_unit_makespan(devices: int, microbatches: int) -> float:
 
 
 def zb_v_bubble(devices: int, microbatches: int) -> float:
-    """ZB-V's idle share of one step: (K-1)/(6M+K-1) once M >= 3K/2; each device idles (K-1)/2, half of ZB-H1's K-1."""
+    """ZB-V's idle share of one step: (K-1)/(6M+K-1) once M >= 3K/2; each device idles (K-1)/2, half of ZB-H1's K-1.
+
+    Found by simulation (``zb_v_unit_makespan``).
+    """
     return 1.0 - 3.0 * microbatches / zb_v_unit_makespan(devices, microbatches)
 
 
@@ -196,8 +215,11 @@ def dualpipev_unit_makespan(devices: int, microbatches: int, overlap: str = "sum
     (a pair lasts max(F, B) = B): devices differ in how many pairs they run;
     the last device, which runs one pair fewer (DeepSeek does not overlap its
     first), computes 2M + K + 1/2 and idles the table's (K-1)(B + B - 3W) =
-    (K-1)/2, so the step is 2M + 3K/2. Both found by the simulator for every
-    K and M drawn in the tests.
+    (K-1)/2, so the step is 2M + 3K/2. DeepSeek's table gives the idle time
+    per device; that every device idles exactly that under ``sum``, and both
+    steps, are found by simulation, not derived. Regression checks:
+    ``tests/test_frontier.py::test_dualpipev_step_under_each_overlap_rule``
+    (K <= 6, M <= 2K + 12) and ``test_dualpipev_meets_deepseeks_table_and_figure``.
 
     >>> dualpipev_unit_makespan(4, 8), dualpipev_unit_makespan(4, 8, "max")
     (27.0, 22.0)
@@ -211,9 +233,10 @@ def dualpipev_bubble(devices: int, microbatches: int, overlap: str = "sum") -> f
     """DualPipeV's idle share under unit cost, M >= 2K: (K-1)/(3M+K-1) with the sum rule, ZB-H1's figure.
 
     With the ``max`` rule device d idles min(d+1, K-1)/2, (K-1)(K+2)/4 in all,
-    over K(2M + 3K/2). Under the sum rule overlap hides only communication,
-    which unit cost makes free, so DualPipeV wins no time over ZB-H1 here;
-    its activations, 2K+1 half-stages, are about ZB-H1's K whole stages.
+    over K(2M + 3K/2). Both found by simulation (``dualpipev_unit_makespan``).
+    Under the sum rule overlap hides only communication, which unit cost
+    makes free, so DualPipeV wins no time over ZB-H1 here; its activations,
+    2K+1 half-stages, are about ZB-H1's K whole stages.
     """
     if overlap == "sum":
         return (devices - 1) / (3 * microbatches + devices - 1)
@@ -286,6 +309,20 @@ def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chun
     g is the size of the first round of micro-batches: K when K divides M, else
     ceil(M / (M // K)) (pipesched's rounds); with v = 1 the warm-up is 1F1B's
     K-1-d. Source: Megatron-LM, ``forward_backward_pipelining_with_interleaving``.
+
+    Derivation, for every K, M and v: the in-flight count of a device moves
+    with its own order alone (each F adds one, each B takes one away), not
+    with timing. Device d runs ``compose.one_f_one_b`` with the warm-up w_d
+    above, which is what ``Interleaved.plan`` passes: min(w_d, v·M) forwards,
+    then one forward and one backward in turn, then the backwards left. After
+    the warm-up min(w_d, v·M) are in flight; each later forward adds one that
+    the backward after it takes away. So the peak is w_d + 1 if a forward is
+    left after the warm-up (w_d < v·M), else v·M: min(w_d + 1, v·M).
+    ``Interleaved`` makes max(1, M // K) rounds of sizes within one, larger
+    first, so the first has ceil(M / max(1, M // K)) micro-batches: g above.
+
+    >>> interleaved_peak_inflight(4, 8, 0, 2), interleaved_peak_inflight(4, 10, 0, 2)  # g = 4, then g = 5
+    (11, 12)
     """
     rounds = max(1, microbatches // devices)
     first_round = -(-microbatches // rounds)
@@ -379,7 +416,8 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         lambda K, M, v, d: one_f_one_b_peak_inflight(K, M, d), "min(K-d, M)", "Narayanan et al., SC 2021",
     ),
     "interleaved": ClosedForm(
-        lambda K, M, v: interleaved_bubble(K, M, v) if M >= K else None, "(K-1)/(v*M+K-1), M >= K",
+        lambda K, M, v: interleaved_bubble(K, M, v) if M >= K else None,
+        "(K-1)/(v*M+K-1), M >= K (K not dividing M: found by simulation)",
         lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v), "min(w_d+1, vM), w_d Megatron's warm-up",
         "Narayanan et al., SC 2021; Megatron-LM",
     ),
@@ -388,17 +426,20 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         lambda K, M, v, d: zb_h1_peak_inflight(K, M, d), "min(K, M)", "Qi et al., ICLR 2024",
     ),
     "zb-h2": ClosedForm(
-        lambda K, M, v: zb_h2_bubble(K, M), "(K-1)/(3M+K-1), M >= 2K-2; 0 back to back, M >= 2K-1",
+        lambda K, M, v: zb_h2_bubble(K, M),
+        "(K-1)/(3M+K-1), M >= 2K-2 (M <= 2K-2: found by simulation); 0 back to back, M >= 2K-1",
         lambda K, M, v, d: zb_h2_peak_inflight(K, M, d), "min(2K-1, M)", "Qi et al., ICLR 2024",
         steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "zb-v": ClosedForm(
-        lambda K, M, v: zb_v_bubble(K, M), "(K-1)/(6M+K-1), M >= 3K/2; 0 back to back, M >= 2K-1",
+        lambda K, M, v: zb_v_bubble(K, M),
+        "(K-1)/(6M+K-1), M >= 3K/2 (found by simulation); 0 back to back, M >= 2K-1",
         lambda K, M, v, d: zb_v_peak_inflight(K, M, d), "min(M,2K-1-d) + min(M,d+1)", "Qi et al., ICLR 2024",
         steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "dualpipev": ClosedForm(
-        lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None, "(K-1)/(3M+K-1), --overlap sum, M >= 2K",
+        lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None,
+        "(K-1)/(3M+K-1), --overlap sum, M >= 2K (found by simulation)",
         lambda K, M, v, d: dualpipev_peak_inflight(K, M, d), "2K+1", "DeepSeek-AI, DualPipe 2025",
     ),
     "dp": ClosedForm(

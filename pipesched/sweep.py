@@ -380,16 +380,24 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
 
 
 def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The points no other beats on both throughput (higher) and peak memory (lower), by throughput.
+    """The Pareto front of throughput (higher) against peak memory (lower), fastest first.
+
+    A point is on it unless another is at least as fast, holds at most as
+    much memory, and is better in one of the two. Points equal in both beat
+    each other in neither, so all of them stay (in the order given).
 
     >>> pts = [{"throughput": 3, "peak_memory_bytes": 5}, {"throughput": 2, "peak_memory_bytes": 1},
-    ...        {"throughput": 1, "peak_memory_bytes": 6}]
-    >>> [p["throughput"] for p in pareto(pts)]
-    [3, 2]
+    ...        {"throughput": 1, "peak_memory_bytes": 6}, {"throughput": 2, "peak_memory_bytes": 5}]
+    >>> [(p["throughput"], p["peak_memory_bytes"]) for p in pareto(pts)]
+    [(3, 5), (2, 1)]
     """
-    front = []
+    front: list[dict[str, Any]] = []
     for r in sorted(records, key=lambda r: (-r["throughput"], r["peak_memory_bytes"])):
-        if not front or r["peak_memory_bytes"] < front[-1]["peak_memory_bytes"]:
+        # every point at least as fast comes before r, and the last one kept holds the least memory of
+        # them: r is beaten unless it holds less, or equals that one in both
+        last = front[-1] if front else None
+        if last is None or r["peak_memory_bytes"] < last["peak_memory_bytes"] or (
+                r["peak_memory_bytes"] == last["peak_memory_bytes"] and r["throughput"] == last["throughput"]):
             front.append(r)
     return front
 

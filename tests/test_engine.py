@@ -127,6 +127,73 @@ def test_an_arrived_input_counts_while_it_waits():
     assert during[-1].activation_bytes == kept_f0
 
 
+# The whole memory timeline of one small case, derived by hand event by event. Model 3 -> 5 (ReLU) -> 2,
+# one layer per stage, batch 3 in micro-batches of 2 and 1 rows, K=2, unit cost (F = I = W = 1, B = 2,
+# transfers land the instant they leave, so a sender never holds a link buffer). float64: 8 bytes.
+#   parameters: stage 0 (3+1)*5*8 = 160, stage 1 (5+1)*2*8 = 96; the gradient buffer of the same size
+#     appears with the stage's first weight gradient (B or W) and stays.
+#   activations of micro-batch m with r rows: stage 0 keeps its input and its output (the ReLU mask),
+#     (3+5)*8*r = 64r; stage 1 its input and its output (the loss's input), (5+2)*8*r = 56r. The input
+#     that arrived over the link is the same array as the kept one, so it counts once.
+#   after an I, what W needs (deferred): the layer input and the pre-activation gradient, (3+5)*8*r = 64r
+#     on stage 0, (5+2)*8*r = 56r on stage 1; while I's held activations live, the shared input counts
+#     among them, so deferred shows only the gradient (stage 0: 5*8*r = 40r, stage 1: 2*8*r = 16r).
+#   buffers: an arrived input or gradient waiting to be used, 5*8*r = 40r either way across the cut.
+# So with r = 2 (micro-batch 0) and r = 1 (micro-batch 1): 64r = 128 | 64, 56r = 112 | 56, 40r = 80 | 40,
+# 16r = 32 | 16. One sample per instant: the state after everything that happens at that time.
+# Columns: time, parameters, gradients, activations, deferred, buffers.
+GPIPE_TIMELINE = [
+    [  # device 0: 0F0 0F1 0B1 0B0
+        (0, 160, 0, 128, 0, 0),  # 0F0 keeps x0 and its output (128)
+        (1, 160, 0, 192, 0, 0),  # 0F0 sent its output; 0F1 keeps 64 more
+        # t=2: 0F1's output leaves at once; 0B1 waits for its gradient: nothing changes
+        (5, 160, 160, 192, 0, 40),  # 1B1's gradient (40) arrives; 0B1 starts, its gradient buffer appears
+        (7, 160, 160, 128, 0, 80),  # 0B1 frees micro-batch 1 (64) and the used gradient (40); 1B0's arrives
+        (9, 160, 160, 0, 0, 0),  # 0B0 frees micro-batch 0 and its gradient
+    ],
+    [  # device 1: 1F0 1F1 1B1 1B0
+        (0, 96, 0, 0, 0, 0),
+        (1, 96, 0, 112, 0, 0),  # micro-batch 0's input arrives and 1F0 keeps it at once, with its output
+        (2, 96, 0, 168, 0, 0),  # the same for micro-batch 1 (56)
+        (3, 96, 96, 168, 0, 0),  # 1B1 starts: the gradient buffer
+        (5, 96, 96, 112, 0, 0),  # 1B1 frees micro-batch 1; 1B0 starts
+        (7, 96, 96, 0, 0, 0),  # 1B0 frees micro-batch 0
+    ],
+]
+ZB_H1_TIMELINE = [
+    [  # device 0: 0F0 0F1 0I0 0W0 0I1 0W1
+        (0, 160, 0, 128, 0, 0),
+        (1, 160, 0, 192, 0, 0),
+        (3, 160, 0, 192, 80, 80),  # 1I0's gradient (80) arrives; 0I0 starts and makes its own (80), kept for W
+        (4, 160, 160, 64, 128, 0),  # 0I0 ends: its output and the used gradient go, x0 + gradient (128) wait
+        # for W; 0W0 starts: the gradient buffer
+        (5, 160, 160, 64, 40, 40),  # 0W0 frees its 128; 1I1's gradient (40) arrives; 0I1 makes its own (40)
+        (6, 160, 160, 0, 64, 0),  # 0I1 ends: x1 + gradient (64) wait for 0W1
+        (7, 160, 160, 0, 0, 0),
+    ],
+    [  # device 1: 1F0 1I0 1F1 1I1 1W0 1W1
+        (0, 96, 0, 0, 0, 0),
+        (1, 96, 0, 112, 0, 0),
+        (2, 96, 0, 112, 32, 40),  # 1I0 makes its gradient (32); micro-batch 1's input (40) arrives and waits
+        (3, 96, 0, 56, 112, 0),  # 1I0 ends: input + gradient (112) wait for W; 1F1 keeps the waiting input
+        (4, 96, 0, 56, 128, 0),  # 1I1 starts and makes its gradient (16)
+        (5, 96, 96, 0, 168, 0),  # 1I1 ends: input + gradient (56) more wait; 1W0 starts: the gradient buffer
+        (6, 96, 96, 0, 56, 0),  # 1W0 frees micro-batch 0's 112
+        (7, 96, 96, 0, 0, 0),
+    ],
+]
+
+
+@pytest.mark.parametrize("strategy, timeline", [("gpipe", GPIPE_TIMELINE), ("zb-h1", ZB_H1_TIMELINE)])
+@pytest.mark.parametrize("compute", [True, False])
+def test_the_memory_timeline_of_a_small_case_is_the_hand_derived_one(strategy, timeline, compute):
+    result = run(RunConfig(strategy=strategy, layers="3,5,2", batch=3, devices=2, microbatches=2, cost="unit",
+                           compute=compute))
+    assert [[tuple(sample) for sample in device] for device in result.trace.memory] == timeline
+    assert result.metrics.peak_memory_bytes == [max(sum(s[1:]) for s in device) for device in timeline]
+    assert result.metrics.peak_activation_bytes == [max(s[3] + s[4] for s in device) for device in timeline]
+
+
 def test_an_array_shared_by_two_stages_on_one_device_counts_once():
     # Interleaved on one device: stage 0's output is stage 1's input, one array.
     config = dict(layers="5,6,7,8,3", batch=4, devices=1, microbatches=1, cost="unit")

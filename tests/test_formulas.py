@@ -1,6 +1,9 @@
 """Every closed form against the simulator, and the memory model's roles and OOM."""
 
+import inspect
 import json
+import pathlib
+import re
 from dataclasses import replace
 
 import pytest
@@ -12,6 +15,7 @@ from pipesched.microbatch import split
 from pipesched.model import layers_from_widths, parse_layers
 from pipesched.units import format_bytes, parse_bytes
 
+TESTS = pathlib.Path(__file__).resolve().parent
 STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "dp"]  # the V schedules: tests/test_frontier.py
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
@@ -19,6 +23,7 @@ REMAT = st.sampled_from(["never", "always", "except_last"])
 @given(strategy=st.sampled_from(STRATEGIES), devices=st.integers(1, 5), microbatches=st.integers(1, 12),
        chunks=st.integers(1, 3))
 def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, microbatches, chunks):
+    """For the interleaved bubble when K does not divide M, a regression check of a form found by simulation."""
     chunks = chunks if strategy == "interleaved" else 1
     assume(strategy != "dp" or microbatches >= devices)
     form = formulas.CLOSED_FORMS[strategy]
@@ -153,6 +158,16 @@ def test_formulas_command(capsys):
     assert data["strategies"]["1f1b"]["peak_inflight_microbatches"] == [4, 3, 2, 1]
     assert data["pipeline_speedup"] == pytest.approx(4 / (1 + 3 / 8))
     assert main(["formulas", "--devices", "0"]) == 2
+
+
+def test_forms_found_by_simulation_are_marked_and_name_regression_tests_that_exist(capsys):
+    marked = {name for name, form in formulas.CLOSED_FORMS.items() if "found by simulation" in form.bubble_text}
+    assert marked == {"interleaved", "zb-h2", "zb-v", "dualpipev"}
+    assert main(["formulas"]) == 0
+    assert "found by simulation: read off the simulator, not derived" in capsys.readouterr().out
+    named = set(re.findall(r"``(?:tests/\w+\.py::)?(test_\w+)``", inspect.getsource(formulas)))
+    defined = set(re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in TESTS.glob("test_*.py")), re.M))
+    assert len(named) >= 5 and named <= defined  # a renamed test would leave a docstring pointing nowhere
 
 
 def test_strategies_state_the_tables_bubble():

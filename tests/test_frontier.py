@@ -99,6 +99,7 @@ def test_dualpipev_refuses_too_few_microbatches_in_one_sentence():
 
 @given(devices=st.integers(1, 6), microbatches=st.integers(1, 20))
 def test_zb_h2_step_window_and_memory(devices, microbatches):
+    """The paper's parallelogram for M >= 2K-1; for fewer, a regression check of a form found by simulation."""
     m = _unit("zb-h2", devices, microbatches).metrics
     assert m.makespan == formulas.zb_h2_unit_makespan(devices, microbatches)
     if microbatches >= 2 * devices - 2:  # the last device ends as in the paper's parallelogram
@@ -112,6 +113,7 @@ def test_zb_h2_step_window_and_memory(devices, microbatches):
 
 @given(devices=st.integers(1, 6), microbatches=st.integers(1, 20))
 def test_zb_v_step_window_and_memory(devices, microbatches):
+    """The step is a regression check of a form found by simulation; the in-flight counts are derived."""
     m = _unit("zb-v", devices, microbatches).metrics
     assert m.makespan == formulas.zb_v_unit_makespan(devices, microbatches)
     assert set(m.busy) == {3.0 * microbatches}  # two chunks of F, I, W at 1/2 each per micro-batch
@@ -127,6 +129,7 @@ def test_zb_v_step_window_and_memory(devices, microbatches):
 
 @given(devices=st.integers(1, 6), extra=st.integers(0, 12), overlap=st.sampled_from(["sum", "max"]))
 def test_dualpipev_step_under_each_overlap_rule(devices, extra, overlap):
+    """DeepSeek's table for the devices that wait most; the steps are a regression check of forms found by simulation."""
     microbatches = 2 * devices + extra
     m = _unit("dualpipev", devices, microbatches, overlap=overlap).metrics
     assert m.makespan == formulas.dualpipev_unit_makespan(devices, microbatches, overlap)
@@ -142,6 +145,7 @@ def test_dualpipev_step_under_each_overlap_rule(devices, extra, overlap):
 @given(strategy=st.sampled_from(["zb-h2", "zb-v", "dualpipev"]), devices=st.integers(1, 4),
        microbatches=st.integers(1, 12))
 def test_the_tables_forms_hold_and_the_strategies_state_them(strategy, devices, microbatches):
+    """A regression check where the table's form was found by simulation (``formulas`` marks which)."""
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
     form = formulas.CLOSED_FORMS[strategy]

@@ -10,9 +10,10 @@ import sys
 import time
 
 import pytest
+from hypothesis import given, strategies as st
 
 from pipesched.cli import main
-from pipesched.sweep import Results, load_sweep, point_key, sweep
+from pipesched.sweep import Results, load_sweep, pareto, point_key, sweep
 
 SMALL = """
 [model]
@@ -67,27 +68,63 @@ def test_a_failing_point_is_recorded_and_the_others_complete(tmp_path, capsys):
     assert "8 points: 8 run now, 0 already" in capsys.readouterr().out
 
 
-def test_a_sigterm_loses_nothing_and_a_rerun_finishes_each_point_once(tmp_path):
-    text = SMALL.replace("microbatches = [2, 4, 8]", "microbatches = [2, 4, 6, 8, 10, 12, 14, 16, 24, 32]") \
-        .replace('layers = "16x7"', 'layers = "256x7"').replace("batch = 16", "batch = 64")
+# A strategy whose plan waits, in a sweep's worker process, until a file named "open" sits beside it: the
+# points that use it cannot finish before the test says so, however fast the machine.
+GATE = """
+import multiprocessing, os, time
+from pipesched.strategies.gpipe import GPipe
+
+class Gate(GPipe):
+    name = "gate"
+
+    def plan(self, devices, microbatches, chunks=1):
+        if multiprocessing.parent_process() is not None:  # a worker; never the sweep's own process
+            gate = os.path.join(os.path.dirname(os.path.abspath(__file__)), "open")
+            for _ in range(1200):  # at most 2 minutes, so that nothing is left behind if the test fails
+                if os.path.exists(gate):
+                    break
+                time.sleep(0.1)
+        return super().plan(devices, microbatches, chunks)
+"""
+
+
+def test_a_sigterm_stops_the_sweep_loses_nothing_and_a_rerun_finishes_each_point_once(tmp_path, capsys):
+    (tmp_path / "gate.py").write_text(GATE)
+    gated = f"{tmp_path / 'gate.py'}:Gate"
+    text = SMALL.replace('strategy = ["gpipe", "zb-h1"]', f'strategy = ["gpipe", "{gated}"]') \
+        .replace("devices = [2, 4]", "devices = [2]")  # 6 points, each sent to a worker alone
     study_path = _write(tmp_path, text)
+    total = len(list(load_sweep(study_path).points()))
     out = tmp_path / "r.jsonl"
     command = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "sweep", study_path, "-o", str(out),
                "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and (not out.exists() or len(out.read_bytes().splitlines()) < 3):
-        time.sleep(0.05)
-    signalled = time.time()
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
-    assert time.time() - signalled < 5  # the workers are stopped, not waited for
-    partial = len(_lines(out))
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # a guard against a hang, not a measurement: wait for a first finished point
+            if out.exists() and out.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.1)
+        assert process.poll() is None, "the sweep ended before the signal; the gate did not hold"
+        process.send_signal(signal.SIGTERM)
+        # were the gated points in flight waited for, the sweep could never end: the gate is still shut
+        status = process.wait(timeout=60)
+        stderr = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert status == 130 and "Traceback" not in stderr  # stopped as by Ctrl-C, quietly
+    partial = _lines(out)
+    assert 1 <= len(partial) < total  # cut short: what finished is there, the gated points are not
+    assert all(r["ok"] and r["point"]["strategy"] == "gpipe" for r in partial)
+    (tmp_path / "open").touch()
     assert main(["sweep", study_path, "-o", str(out), "--workers", "2"]) == 0
-    keys = [r["key"] for r in _lines(out)]
-    total = len(list(load_sweep(study_path).points()))
+    assert f"{total} points: {total - len(partial)} run now, {len(partial)} already" in capsys.readouterr().out
+    records = _lines(out)
+    keys = [r["key"] for r in records]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == total  # every point exactly once
-    assert partial >= 3
+    assert records[: len(partial)] == partial and all(r["ok"] for r in records)
 
 
 def test_a_torn_last_line_is_cut_off(tmp_path):
@@ -135,6 +172,23 @@ def test_the_report_draws_heat_maps_and_the_pareto_front(tmp_path, capsys):
             image.verify()
     summary = capsys.readouterr().out
     assert "fastest" in summary and "pareto" in summary
+
+
+THROUGHPUT_AND_MEMORY = st.lists(st.tuples(st.integers(1, 4), st.integers(1, 4)), max_size=12)  # many ties
+
+
+@given(THROUGHPUT_AND_MEMORY)
+def test_the_pareto_front_is_every_point_no_other_dominates(pairs):
+    records = [{"throughput": t, "peak_memory_bytes": m, "n": i} for i, (t, m) in enumerate(pairs)]
+
+    def dominates(q, r):  # at least as good in both, better in one
+        better = (q["throughput"] > r["throughput"], q["peak_memory_bytes"] < r["peak_memory_bytes"])
+        worse = (q["throughput"] < r["throughput"], q["peak_memory_bytes"] > r["peak_memory_bytes"])
+        return any(better) and not any(worse)
+
+    front = pareto(records)
+    assert sorted(r["n"] for r in front) == [r["n"] for r in records if not any(dominates(q, r) for q in records)]
+    assert [r["throughput"] for r in front] == sorted((r["throughput"] for r in front), reverse=True)
 
 
 def _free_port():

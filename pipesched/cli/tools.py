@@ -107,6 +107,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     print(f"ring all-reduce of {format_bytes(params)} of gradients (--layers {args.layers}) over {k} devices, "
           f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}")
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
+    print("found by simulation: read off the simulator, not derived; regression tests hold it (pipesched/formulas.py)")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
