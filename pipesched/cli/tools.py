@@ -87,7 +87,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
         chunks = v if name == "interleaved" else 1
         rows_out[name] = {
             "bubble": form.bubble(k, m, chunks), "bubble_formula": form.bubble_text,
-            "peak_inflight_microbatches": [form.inflight(k, m, chunks, d) for d in range(k)],
+            "peak_inflight_microbatches": form.peak_inflight(k, m, chunks),  # None: the strategy cannot run it
             "inflight_formula": form.inflight_text, "source": form.source,
         }
     speedup = formulas.pipeline_speedup(k, m)
@@ -100,7 +100,8 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     table = [("strategy", "bubble", "formula", "peak in flight", "formula", "source")]
     for name, row in rows_out.items():
         bubble = "-" if row["bubble"] is None else f"{row['bubble']:.4f}"
-        table.append((name, bubble, row["bubble_formula"], "/".join(map(str, row["peak_inflight_microbatches"])),
+        inflight = row["peak_inflight_microbatches"]
+        table.append((name, bubble, row["bubble_formula"], "-" if inflight is None else "/".join(map(str, inflight)),
                       row["inflight_formula"], row["source"]))
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
