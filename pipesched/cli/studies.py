@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import signal
+import sys
 from typing import Any
 
 from ..errors import ConfigError, PipeschedError
 from ..report.render import COLUMNS, comparison_rows
 from ..units import format_bytes, format_rate
-from .common import _table, _check_output_path
+from .common import _table, _check_output_folder, _check_output_path
 
 __all__ = ["_cmd_report", "_cmd_sweep"]
 
@@ -31,8 +33,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
             text = f.read()
     else:
         study, text = default_study(), SCHEMA_EXAMPLE
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ConfigError(f"-o {args.output} is a file; give a folder to write the report into")
+    _check_output_folder("-o", args.output)
     if os.path.isdir(args.output) and os.listdir(args.output) and not is_report(args.output):
         raise ConfigError(
             f"-o {args.output} is a folder with other files in it, and a report replaces its folder whole; "
@@ -49,7 +50,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"\nreport written to {page} (open it in a browser; report.md and figures/ beside it)")
 
 
-def _cmd_sweep(args: argparse.Namespace) -> None:
+def _cmd_sweep(args: argparse.Namespace) -> int | None:
     from ..sweep import Results, load_sweep, pareto, point_key, sweep
 
     study = load_sweep(args.study)
@@ -61,6 +62,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ConfigError(f"-o {args.output} is being written by another sweep; wait for it or give another file") from None
+    if args.report is not None:
+        _check_output_folder("--report", args.report)
     if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
         raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
     results = Results(args.output)
