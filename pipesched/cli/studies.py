@@ -81,8 +81,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     print(f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
           f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory")
     if not ok:
+        if failed:
+            print("\n" + _failure_summary(failed))
+        if len(failed) == len(mine):
+            print(f"pipesched: error: every point of {args.study} failed, for the reasons above; fix the values they "
+                  f"name (each point's error is in {args.output})", file=sys.stderr)
+            return 1  # ran, but nothing came of it: not bad input (2), and a script must not read it as success
         print("no point ran without an error or an OOM; see the error of each in the results file")
-        return
+        return None
     rows = [("", "throughput", "peak memory", "bubble", "configuration")]
     best_speed = max(ok, key=lambda r: r["throughput"])
     best_memory = min(ok, key=lambda r: (r["peak_memory_bytes"], -r["throughput"]))
@@ -94,6 +100,23 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     if args.report:
         path = _sweep_report(args.report, mine, front)
         print(f"\nheat maps and Pareto plot written to {path}")
+
+
+def _failure_summary(failed: list[dict[str, Any]]) -> str:
+    """The errors of failed points, grouped by reason (numbers aside), the most frequent first.
+
+    >>> print(_failure_summary([{"point": {"devices": d}, "error": f"{d} devices are too many"} for d in (7, 9)]
+    ...                        + [{"point": {"devices": 2}, "error": "unknown"}]))
+    why the points failed (number of points, an example):
+    2  devices=7: 7 devices are too many
+    1  devices=2: unknown
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in failed:
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", record["error"]), []).append(record)
+    rows = sorted(groups.values(), key=lambda g: -len(g))  # stable: ties keep the sweep's order
+    return "why the points failed (number of points, an example):\n" + _table(
+        [(str(len(g)), f"{_describe_point(g[0]['point'])}: {g[0]['error']}") for g in rows])
 
 
 def _describe_point(point: dict[str, Any]) -> str:
