@@ -40,13 +40,14 @@ __all__ = [
 
 #: The most actions one step's schedule may have (K·M·v·3 at most, see ``check_actions``).
 #:
-#: Why this number: the engine takes about 20 µs and 450 bytes per action on the
-#: development machine (2 cores, 24 GiB; zero-bubble, K=64, M=5000: 960,000
-#: actions in 19 s and 425 MiB), so a schedule at the limit simulates in about a
-#: minute and a half within 2 GiB, and two sweep workers at the limit still fit.
-#: No published pipeline comes near it: K=64 stages with M=4096 micro-batches and a
-#: split backward (the scaling benchmark's size) is 786,432 actions, and K=128,
-#: M=2048, v=4 chunks (more than any reported run) is 3,145,728.
+#: Why this number: a schedule near it finishes in minutes within a tenth of the
+#: development machine's memory (2 cores, 24 GiB, shared with other jobs): ZB-H1 on
+#: K=64 devices with M=20,000 micro-batches, 3,840,000 actions, took 3 min 41 s and
+#: 1.44 GiB under ``--no-compute`` (960,000 actions: 19 s, 416 MiB), so two sweep
+#: workers at the limit still fit. No published pipeline comes near it: K=64 stages
+#: with M=4096 micro-batches and a split backward (the scaling benchmark's size) is
+#: 786,432 actions, and K=128, M=2048, v=4 chunks (more than any reported run) is
+#: 3,145,728.
 MAX_ACTIONS = 4_000_000
 
 #: Actions per (stage, micro-batch): F, I and W when the backward is split (F and B otherwise).

@@ -100,6 +100,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     if args.report:
         path = _sweep_report(args.report, mine, front)
         print(f"\nheat maps and Pareto plot written to {path}")
+    return None
 
 
 def _failure_summary(failed: list[dict[str, Any]]) -> str:
