@@ -240,3 +240,7 @@ class FileSchedule:
                 f"--microbatches {self.schedule.microbatches}"
             )
         return self.schedule
+
+    def stages(self, devices: int, chunks: int = 1) -> int:
+        """The file's stages, for the checks made before planning."""
+        return self.schedule.num_stages

@@ -392,7 +392,12 @@ class ClosedForm:
 
     ``steady`` is the bubble with steps back to back (``Trace.period``); ``None``
     where it is the one step's bubble, as for every schedule whose first
-    device is busy from the step's start to its end.
+    device is busy from the step's start to its end. ``runs`` says whether the
+    strategy can run (K, M, v) at all (DualPipeV needs M >= 2K, data
+    parallelism M >= K); where it cannot, it has no in-flight counts either.
+
+    >>> CLOSED_FORMS["dp"].peak_inflight(4, 2, 1) is None, CLOSED_FORMS["1f1b"].peak_inflight(4, 2, 1)
+    (True, [2, 2, 2, 1])
     """
 
     bubble: Callable[[int, int, int], float | None]
@@ -401,9 +406,16 @@ class ClosedForm:
     inflight_text: str
     source: str
     steady: Callable[[int, int, int], float | None] | None = None
+    runs: Callable[[int, int, int], bool] = lambda K, M, v: True
 
     def steady_bubble(self, devices: int, microbatches: int, chunks: int) -> float | None:
         return (self.steady or self.bubble)(devices, microbatches, chunks)
+
+    def peak_inflight(self, devices: int, microbatches: int, chunks: int) -> list[int] | None:
+        """Peak in-flight counts, device 0 first, or ``None`` where the strategy cannot run the configuration."""
+        if not self.runs(devices, microbatches, chunks):
+            return None
+        return [self.inflight(devices, microbatches, chunks, d) for d in range(devices)]
 
 
 CLOSED_FORMS: dict[str, ClosedForm] = {
@@ -441,10 +453,12 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None,
         "(K-1)/(3M+K-1), --overlap sum, M >= 2K (found by simulation)",
         lambda K, M, v, d: dualpipev_peak_inflight(K, M, d), "2K+1", "DeepSeek-AI, DualPipe 2025",
+        runs=lambda K, M, v: M >= 2 * K,
     ),
     "dp": ClosedForm(
         lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None, "1-M/(K*ceil(M/K)), M >= K",
         lambda K, M, v, d: 1, "1", "ring all-reduce: Patarasuk and Yuan 2009",
+        runs=lambda K, M, v: M >= K,
     ),
 }
 

@@ -26,17 +26,17 @@ from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import CostModel, FlopsCost, make_cost_model
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
+from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
 from .partition import Partition, parse_partition
 from .schedule import Schedule
-from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
+from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
 from .trace import Trace
-from .units import count
 
 __all__ = [
     "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
-    "model_graph", "balance_model", "DEFAULT_LAYERS", "BALANCE_BY", "COMPARE_DEFAULT",
+    "model_graph", "balance_model", "check_limits", "DEFAULT_LAYERS", "BALANCE_BY", "COMPARE_DEFAULT",
 ]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
@@ -147,10 +147,6 @@ class Prepared:
     target: np.ndarray | None = None
 
 
-#: The largest schedule one run simulates: far past any real pipeline, short of hours of work.
-MAX_ACTIONS = 20_000_000
-
-
 def _check_counts(config: RunConfig) -> None:
     counts = (("--devices", config.devices), ("--microbatches", config.microbatches), ("--batch", config.batch),
               ("--chunks", config.chunks), ("--seed", config.seed))
@@ -160,13 +156,6 @@ def _check_counts(config: RunConfig) -> None:
     for flag, value in counts[:4]:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
-    actions = 3 * config.devices * config.microbatches * (config.chunks or 1)  # F, I, W per stage at most
-    if actions > MAX_ACTIONS:
-        raise ConfigError(
-            f"--devices {config.devices} x --microbatches {config.microbatches} x --chunks {config.chunks or 1} "
-            f"makes a schedule of up to {actions:,} actions, past the {MAX_ACTIONS:,} one run simulates; "
-            "use fewer devices or micro-batches"
-        )
     if config.seed < 0:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
     check_remat(config.remat)
@@ -175,23 +164,32 @@ def _check_counts(config: RunConfig) -> None:
         raise ConfigError(f"--loss {config.loss!r} is unknown; use one of {', '.join(LOSSES)}")
 
 
+def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None:
+    """The limits every command checks before planning (``pipesched.limits``), for ``config`` under ``strategy``.
+
+    ``config.chunks`` must be resolved; ``copies`` counts runs whose arrays are alive at once.
+    """
+    chunks = config.chunks or 1
+    check_actions(config.devices, config.microbatches, chunks)
+    stages = planned_stages(strategy, config.devices, chunks)
+    check_stages(strategy.name, stages, config.devices, chunks, len(parse_layers(config.layers)) - 1, config.layers)
+    check_memory(config, copies)
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
     widths = parse_layers(config.layers)
     layers = layers_from_widths(widths)
-    slices = microbatch.split(config.batch, config.microbatches)
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
     config = replace(config, chunks=chunks)
+    check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
+    slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
-    if schedule.num_stages > len(layers):
-        on = f"--devices {config.devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
-        raise ConfigError(
-            f"strategy {strategy.name!r} plans {count(schedule.num_stages, 'stage')} on {on} but --layers "
-            f"{config.layers} has only {count(len(layers), 'layer')}; use fewer devices or chunks, or more layers"
-        )
+    # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts
+    check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers), config.layers)
     balanced = None
     if config.partition == "balanced":
         balanced = balance_model(config, schedule.num_stages)
@@ -288,6 +286,7 @@ def compare(
     repeated = sorted({name for name in strategies if list(strategies).count(name) > 1})
     if repeated:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
+    check_memory(config, copies=len(strategies))  # every prepared run keeps its model until the last has run
     prepared = []
     for name in strategies:
         others = ",".join(n for n in strategies if n != name and not n.lower().endswith(".csv")) or "another strategy"

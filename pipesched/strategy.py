@@ -2,7 +2,10 @@
 
 A strategy is a class with a ``name`` and ``plan(devices, microbatches,
 chunks=1) -> Schedule``; it may also offer ``bubble(devices, microbatches,
-chunks=1)``, the closed-form bubble fraction under unit cost (or ``None``).
+chunks=1)``, the closed-form bubble fraction under unit cost (or ``None``),
+and ``stages(devices, chunks=1)``, how many stages its plans have, so that a
+model with too few layers is refused before planning (without it, v stages
+per device: ``devices * chunks``).
 Strategies are discovered through the entry-point group
 ``pipesched.strategies`` (the built-ins take that route too), or loaded from a
 file as ``path/to/file.py:ClassName``.
@@ -26,10 +29,14 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import PipeschedError, ScheduleError, StrategyError
+from .errors import ConfigError, PipeschedError, ScheduleError, StrategyError
+from .limits import MAX_ACTIONS
 from .schedule import Schedule, validate
 
-__all__ = ["Strategy", "ENTRY_POINT_GROUP", "available_strategies", "load_strategy", "make_plan", "closed_form_bubble"]
+__all__ = [
+    "Strategy", "ENTRY_POINT_GROUP", "available_strategies", "load_strategy", "make_plan", "planned_stages",
+    "closed_form_bubble",
+]
 
 ENTRY_POINT_GROUP = "pipesched.strategies"
 
@@ -150,17 +157,60 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
         schedule = strategy.plan(devices, microbatches, chunks)
     except (ValueError, PipeschedError) as exc:  # the plug-in refusing a configuration, in its own words
         raise StrategyError(f"{label} cannot plan: {exc}") from exc
+    except MemoryError:  # the configuration's size, not the plug-in's fault: say so, not "fix the plug-in"
+        raise ConfigError(
+            f"{label} ran out of this machine's memory while planning, so the schedule is too large for this "
+            "machine; use fewer devices, micro-batches or chunks"
+        ) from None
     except (Exception, SystemExit) as exc:  # a plug-in must not end the process either
         raise StrategyError(f"{label} failed while planning ({type(exc).__name__}: {exc}); fix the plug-in") from exc
     if not isinstance(schedule, Schedule):
         raise StrategyError(
             f"{label} returned a {type(schedule).__name__}, not a pipesched.Schedule; return Schedule(per_device_actions)"
         )
+    actions = sum(len(device) for device in schedule.actions)
+    if actions > MAX_ACTIONS:  # the check before planning bounds v stages per device; a plug-in may plan more
+        raise StrategyError(
+            f"{label} planned {actions:,} actions, more than the {MAX_ACTIONS:,} pipesched simulates in one step; "
+            "use fewer devices, micro-batches or chunks"
+        )
     try:
         validate(schedule, devices, microbatches)
     except ScheduleError as exc:
         raise StrategyError(f"{label} planned an invalid schedule: {exc}") from exc
     return schedule
+
+
+def planned_stages(strategy: Strategy, devices: int, chunks: int = 1) -> int:
+    """How many stages ``strategy`` places on ``devices`` devices with ``chunks`` chunks, without planning.
+
+    The strategy's own ``stages(devices, chunks)`` where it declares one (data
+    parallelism: 1, ZB-V: 2K), else ``devices * chunks``, v stages per device.
+    ``make_plan`` still checks the plan itself; this count lets a model with too
+    few layers be refused before a plan for thousands of devices is built.
+
+    >>> class Replicated:
+    ...     name = "replicated"
+    ...     def stages(self, devices, chunks=1):
+    ...         return 1
+    >>> class Chunked:
+    ...     name = "chunked"
+    >>> planned_stages(Replicated(), devices=8), planned_stages(Chunked(), devices=8, chunks=2)
+    (1, 16)
+    """
+    declared = getattr(strategy, "stages", None)
+    if declared is None:
+        return devices * chunks
+    label = f"strategy {strategy.name!r} (devices={devices}, chunks={chunks})"
+    try:
+        stages = declared(devices, chunks)
+    except (ValueError, PipeschedError) as exc:
+        raise StrategyError(f"{label} cannot plan: {exc}") from exc
+    except Exception as exc:
+        raise StrategyError(f"{label} failed in stages() ({type(exc).__name__}: {exc}); fix the plug-in") from exc
+    if not isinstance(stages, int) or isinstance(stages, bool) or stages < 1:
+        raise StrategyError(f"{label} stages() returned {stages!r}; return a whole number of at least 1")
+    return stages
 
 
 def closed_form_bubble(strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> float | None:

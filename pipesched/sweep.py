@@ -25,9 +25,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from .cost import FlopsCost, check_overlap, make_cost_model
+from .engine import check_remat
 from .errors import ConfigError, PipeschedError
 from .files import progress_bar, read_toml
+from .model import LOSSES, parse_layers
+from .partition import parse_partition
 from .pipeline import RunConfig, run
+from .strategy import load_strategy
 from .units import parse_bytes
 
 __all__ = [
@@ -143,6 +148,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     for key, value in model.items():
         if not _MODEL_TYPES[key](value):
             raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
+    _check_values(axes, model, path)
     fixed = {k: v for k, v in model.items()}
     where_raw = data.get("constraints", {}).get("where", [])
     if not isinstance(where_raw, list):
@@ -172,6 +178,49 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     return result
 
 
+def _usable(name: str, value: Any, layers: int) -> None:
+    """Raise ``PipeschedError`` unless some point could run with ``name = value``: a run's own check of it alone."""
+    if name == "strategy":
+        load_strategy(value)
+    elif name in ("device_flops", "link_bandwidth", "link_latency"):  # the flops model's rule, whatever the cost axis
+        FlopsCost(**{name: value})
+    elif name == "cost":
+        make_cost_model(value)
+    elif name == "overlap":
+        check_overlap(value)
+    elif name == "remat":
+        check_remat(value)
+    elif name == "loss" and value not in LOSSES:
+        raise ConfigError(f"{value!r} is not a loss; use one of {', '.join(LOSSES)}")
+    elif name == "layers":
+        parse_layers(value)
+    elif name == "partition" and value not in ("uniform", "balanced"):  # counts: their form and their sum
+        parse_partition(value, layers, stages=value.count(",") + 1)
+
+
+def _check_values(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], path: str) -> None:
+    """Refuse, by key path, every axis or model value that no point can use (checks that need no other axis)."""
+
+    def check(where: str, name: str, value: Any, layers: int) -> None:
+        try:
+            _usable(name, value, layers)
+        except PipeschedError as exc:
+            raise ConfigError(f"{path}: {where}: {_without_flag(str(exc), name)}") from None
+
+    for key, value in model.items():
+        check(f"[model].{key}", key, value, 0)
+    layers = len(parse_layers(model.get("layers", RunConfig.layers))) - 1  # what a partition's counts sum to
+    for name, values in axes.items():
+        for value in values:
+            check(f"[axes].{name}", name, value, layers)
+
+
+def _without_flag(message: str, name: str) -> str:
+    """A run's message about ``--link-bandwidth 0 ...`` as ``0 ...``: the key path names the value instead."""
+    flag = "--" + name.replace("_", "-") + " "
+    return message[len(flag):] if message.startswith(flag) else message
+
+
 def load_sweep(path: str) -> Sweep:
     """Read and check a sweep file."""
     return parse_sweep(read_toml(path, "sweep"), path)
@@ -196,6 +245,8 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         result = run(_config(point))
     except PipeschedError as exc:
         return {**record, "ok": False, "error": str(exc)}
+    except MemoryError:  # past the checks made up front: this point is too large for this machine, not a bug
+        return {**record, "ok": False, "error": "this point does not fit in this machine's memory"}
     except Exception as exc:  # one odd point must not sink the sweep: record it and go on
         return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     m = result.metrics

@@ -5,6 +5,9 @@ GiB, TiB) powers of 1024, as in the SI and IEC standards.
 
 >>> parse_bytes("16GB"), parse_bytes("1.5 KiB"), parse_bytes("1000")
 (16000000000, 1536, 1000)
+>>> parse_bytes("-5GB")
+Traceback (most recent call last):
+pipesched.errors.ConfigError: --device-memory -5GB is negative; give a size of at least one byte, e.g. 16GB
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ UNITS = {
 
 def parse_bytes(text: str, flag: str = "--device-memory") -> int:
     """Bytes in ``text``: a number with an optional unit; raises ``ConfigError`` naming ``flag``."""
+    if text.strip().startswith("-"):
+        raise ConfigError(f"{flag} {text.strip()} is negative; give a size of at least one byte, e.g. 16GB")
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = match.group(2).upper() if match else ""
     if not match or (unit and unit not in UNITS):

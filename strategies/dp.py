@@ -42,5 +42,9 @@ class DataParallel:
             [[Action(0, op, m) for m in range(d, microbatches, devices) for op in "FB"] for d in range(devices)]
         )
 
+    def stages(self, devices: int, chunks: int = 1) -> int:
+        """One stage, the whole model, replicated on every device."""
+        return 1
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float | None:
         return formulas.data_parallel_bubble(devices, microbatches) if microbatches >= devices else None

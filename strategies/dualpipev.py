@@ -110,5 +110,9 @@ class DualPipeV:
             )
         return Schedule([_device_order(d, devices, microbatches) for d in range(devices)])
 
+    def stages(self, devices: int, chunks: int = 2) -> int:
+        """2K stages in a V, whatever ``chunks`` says (plan refuses any but 2)."""
+        return 2 * devices
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 2) -> float | None:
         return formulas.dualpipev_bubble(devices, microbatches) if microbatches >= 2 * devices else None

@@ -40,5 +40,9 @@ class GPipe:
             ]
         )
 
+    def stages(self, devices: int, chunks: int = 1) -> int:
+        """One stage per device."""
+        return devices
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float:
         return formulas.gpipe_bubble(devices, microbatches)

@@ -68,6 +68,10 @@ class Interleaved:
             per_device.append(one_f_one_b(forwards, backwards, warmup))
         return Schedule(per_device)
 
+    def stages(self, devices: int, chunks: int = 2) -> int:
+        """v stages per device, stage s on device s mod K."""
+        return devices * chunks
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 2) -> float | None:
         if microbatches < devices:
             return None

@@ -38,5 +38,9 @@ class ZBH1:
         require_one_chunk(chunks, "zb-h1 places one stage per device")
         return Schedule([zero_bubble_order(d, microbatches, warmup=devices - 1 - d, lag=d) for d in range(devices)])
 
+    def stages(self, devices: int, chunks: int = 1) -> int:
+        """One stage per device."""
+        return devices
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float:
         return formulas.zb_h1_bubble(devices, microbatches)

@@ -50,5 +50,9 @@ class ZBH2:
             [zero_bubble_order(d, microbatches, warmup=2 * (devices - 1 - d), lag=2 * d) for d in range(devices)]
         )
 
+    def stages(self, devices: int, chunks: int = 1) -> int:
+        """One stage per device."""
+        return devices
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float:
         return formulas.zb_h2_bubble(devices, microbatches)

@@ -83,5 +83,9 @@ class ZBV:
         require_chunks(chunks, 2, "zb-v places two stages on each device, d and 2K-1-d")
         return Schedule([_device_order(d, devices, microbatches) for d in range(devices)])
 
+    def stages(self, devices: int, chunks: int = 2) -> int:
+        """2K stages in a V, whatever ``chunks`` says (plan refuses any but 2)."""
+        return 2 * devices
+
     def bubble(self, devices: int, microbatches: int, chunks: int = 2) -> float | None:
         return formulas.zb_v_bubble(devices, microbatches)

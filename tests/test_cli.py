@@ -78,8 +78,8 @@ def test_strategies_lists_the_builtins(capsys):
         (["--link-latency", "inf"], "--link-latency inf is not between 0 and 1 second"),
         (["--link-latency", "1e9"], "--link-latency 1e+09 is not between 0 and 1 second"),
         (["--trace", ""], "--trace is empty; give a file path"),
-        (["--devices", "100000000000000000000"], "past the 20,000,000 one run simulates"),
-        (["--microbatches", "10000000", "--batch", "10000000", "--no-compute"], "past the 20,000,000 one run simulates"),
+        (["--devices", "100000000000000000000"], "more than the 4,000,000 pipesched plans for one step"),
+        (["--microbatches", "10000000", "--batch", "10000000", "--no-compute"], "more than the 4,000,000 pipesched plans for one step"),
         (["--layers", "4,4", "--devices", "2"], "has only 1 layer; use fewer devices"),
         (["--device-flops", "0.5"], "--device-flops 0.5 is not a finite rate of at least 1 per second"),
         (["--trace", "/"], "--trace / is a folder; give a file path such as /trace.json"),
@@ -98,6 +98,13 @@ def test_strategies_lists_the_builtins(capsys):
         (["--devices", "four"], "'four' is not a whole number"),
         (["--link-bandwidth", "0"], "--link-bandwidth 0 is not a finite rate of at least 1 per second"),
         (["--chunks", "2"], "gpipe places one stage per device, so --chunks 2 cannot apply"),
+        # a negative value is the flag's own error however it is written, not argparse's "expected one argument"
+        (["--device-memory", "-5GB"], "--device-memory -5GB is negative; give a size of at least one byte, e.g. 16GB"),
+        (["--device-memory=-5GB"], "--device-memory -5GB is negative; give a size of at least one byte"),
+        (["--device-mem", "-5GB"], "--device-memory -5GB is negative"),  # argparse's abbreviation
+        (["--link-latency", "-1e-6"], "--link-latency -1e-06 is not between 0 and 1 second"),
+        (["--link-bandwidth", "-inf"], "--link-bandwidth -inf is not a finite rate of at least 1 per second"),
+        (["--device-memory", "-.5GB"], "--device-memory -.5GB is negative"),
     ],
 )
 def test_bad_input_is_one_sentence_and_status_2(capsys, argv, message):
@@ -105,6 +112,17 @@ def test_bad_input_is_one_sentence_and_status_2(capsys, argv, message):
     assert status == 2
     assert message in err and err.startswith("pipesched: error: ") and err.count("\n") == 1
     assert "Traceback" not in err and out == ""
+
+
+def test_only_values_that_start_like_numbers_are_joined_to_their_flag(capsys):
+    # an option after a flag that takes a value stays an option: argparse's own sentence
+    status, _, err = _run(capsys, "run", "--device-memory", "--json")
+    assert status == 2 and "argument --device-memory: expected one argument" in err
+    # a flag without a value (--json) does not take the number that follows it
+    status, _, err = _run(capsys, "run", "--json", "-5")
+    assert status == 2 and "unrecognized arguments: -5" in err
+    status, _, err = _run(capsys, "train", "--lr", "-1e-3")
+    assert status == 2 and "--lr -0.001 is not positive" in err
 
 
 @pytest.mark.parametrize("lr", ["inf", "nan", "0", "-1"])

@@ -170,6 +170,27 @@ def test_forms_found_by_simulation_are_marked_and_name_regression_tests_that_exi
     assert len(named) >= 5 and named <= defined  # a renamed test would leave a docstring pointing nowhere
 
 
+def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
+    # K=4, M=4: dualpipev needs M >= 2K = 8; dp runs (M >= K). K=4, M=2: dp needs M >= K too.
+    assert main(["formulas", "--devices", "4", "--microbatches", "4", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["strategies"]
+    assert data["dualpipev"]["peak_inflight_microbatches"] is None and data["dualpipev"]["bubble"] is None
+    assert data["dp"]["peak_inflight_microbatches"] == [1, 1, 1, 1]
+    assert main(["formulas", "--devices", "4", "--microbatches", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["strategies"]
+    assert data["dp"]["peak_inflight_microbatches"] is None
+    # interleaved runs M < K (one short round) without a closed-form bubble: its counts stay
+    assert data["interleaved"]["bubble"] is None and data["interleaved"]["peak_inflight_microbatches"] is not None
+    assert main(["formulas", "--devices", "4", "--microbatches", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("strategy")))
+    table = lines[header + 1:lines.index("", header)]
+    at = lines[header].index("peak in flight")
+    inflight = {row.split()[0]: row[at:].split()[0] for row in table}
+    assert inflight == {"gpipe": "2/2/2/2", "1f1b": "2/2/2/1", "interleaved": "4/4/4/3", "zb-h1": "2/2/2/2",
+                        "zb-h2": "2/2/2/2", "zb-v": "3/4/4/4", "dualpipev": "-", "dp": "-"}
+
+
 def test_strategies_state_the_tables_bubble():
     for name, form in formulas.CLOSED_FORMS.items():
         for k, m, v in [(4, 8, 2), (3, 7, 3), (2, 1, 2)]:

@@ -199,3 +199,40 @@ def test_a_study_compares_a_schedule_file_next_to_it(tmp_path):
     assert rows[1]["makespan"] < rows[0]["makespan"]  # zb-h1 beats gpipe on the default hardware
     study.write_text('[compare]\nstrategies = ["gone.csv"]\n')
     assert main(["report", str(study), "-o", str(tmp_path / "out2")]) == 2
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_before_any_run(tmp_path, capsys, monkeypatch):
+    import pipesched.report
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError("the study ran before the output folder was checked")
+
+    monkeypatch.setattr(pipesched.report, "collect", no_runs)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file where a folder would go")
+    assert main(["report", "-o", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"pipesched: error: -o {blocker / 'out'} cannot be made: {blocker} is a file, not a folder; "
+                   "choose another path\n")
+    assert main(["report", "-o", "/proc/pipesched-report"]) == 2  # a folder even root cannot write in
+    err = capsys.readouterr().err
+    assert "-o /proc/pipesched-report cannot be written: folder /proc refuses new files" in err
+    assert ".pipesched-" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_failure_while_writing_names_the_folder_asked_for_and_leaves_nothing(tmp_path):
+    from pipesched.report.render import write_folder
+
+    def fill(work):
+        open(os.path.join(work, "figures"), "w").close()
+        os.makedirs(os.path.join(work, "figures", "x"))  # fails inside the folder built aside
+
+    with pytest.raises(OSError) as failure:
+        write_folder(str(tmp_path / "report"), fill)
+    assert failure.value.filename == str(tmp_path / "report")
+    assert list(tmp_path.iterdir()) == []
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("")
+    with pytest.raises(OSError) as failure:
+        write_folder(str(blocker / "report"), fill)
+    assert failure.value.filename == str(blocker / "report")

@@ -68,6 +68,40 @@ def test_a_failing_point_is_recorded_and_the_others_complete(tmp_path, capsys):
     assert "8 points: 8 run now, 0 already" in capsys.readouterr().out
 
 
+def test_a_sweep_whose_every_point_failed_exits_1_with_the_reasons_grouped(tmp_path, capsys):
+    # 6 layers: 7 and 9 devices fail for either strategy, for the same reason with other numbers
+    text = SMALL.replace("devices = [2, 4]", "devices = [7, 9]").replace("microbatches = [2, 4, 8]",
+                                                                         "microbatches = [9, 10]")
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", _write(tmp_path, text), "-o", str(out), "--workers", "1"]) == 1
+    stdout, err = capsys.readouterr()
+    assert len(_lines(out)) == 8 and not any(r["ok"] for r in _lines(out))
+    assert "8 points: 8 run now, 0 already" in stdout and "8 failed" in stdout
+    reasons = stdout.split("why the points failed (number of points, an example):\n")[1].splitlines()
+    assert reasons == [  # one group per strategy, the first point of each as its example
+        "4  batch=16 devices=7 microbatches=9 strategy=gpipe: strategy 'gpipe' plans 7 stages on --devices 7 but --layers "
+        "16x7 has only 6 layers; use fewer devices or chunks, or more layers",
+        "4  batch=16 devices=7 microbatches=9 strategy=zb-h1: strategy 'zb-h1' plans 7 stages on --devices 7 but --layers "
+        "16x7 has only 6 layers; use fewer devices or chunks, or more layers",
+    ]
+    assert err.startswith("pipesched: error: every point of ") and err.count("\n") == 1
+    assert "fastest" not in stdout
+    # a sweep with one good point is not a failure
+    assert main(["sweep", _write(tmp_path, text.replace("[7, 9]", "[2, 7]"), "t.toml"), "-o",
+                 str(tmp_path / "t.jsonl"), "--workers", "1"]) == 0
+
+
+def test_a_point_that_runs_out_of_memory_is_recorded_in_a_sentence(monkeypatch):
+    import pipesched.sweep
+
+    def exhausted(config):
+        raise MemoryError
+
+    monkeypatch.setattr(pipesched.sweep, "run", exhausted)
+    record = pipesched.sweep.run_point({"devices": 2})
+    assert not record["ok"] and record["error"] == "this point does not fit in this machine's memory"
+
+
 # A strategy whose plan waits, in a sweep's worker process, until a file named "open" sits beside it: the
 # points that use it cannot finish before the test says so, however fast the machine.
 GATE = """
@@ -153,6 +187,20 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
         ("[model]\nlayers = [8, 8]\n[axes]\ndevices = [2]", "[model].layers: [8, 8] is not a width list"),
         ("[axes]\ncost = ['unit', 'flops']", "[axes].cost: sweep one cost model at a time"),
         ("[axes]\ndevices = [2]\n[constraints]\nwhere = 'devices > 1'", "[constraints].where must be a list"),
+        # values no point can use, refused when the file is read, in the words a run would use
+        ("[axes]\nlink_bandwidth = [1e9, 0]", "[axes].link_bandwidth: 0 is not a finite rate of at least 1 per second"),
+        ("[axes]\nlink_latency = [2]", "[axes].link_latency: 2 is not between 0 and 1 second"),
+        ("[model]\ndevice_flops = 0.5\n[axes]\ndevices = [2]", "[model].device_flops: 0.5 is not a finite rate"),
+        ("[axes]\nstrategy = ['gpipe', 'nope']", "[axes].strategy: unknown strategy 'nope'; use one of 1f1b, dp"),
+        ("[axes]\nstrategy = ['mine.py']", "[axes].strategy: strategy 'mine.py' names a file but no class"),
+        ("[axes]\nremat = ['never', 'sometimes']", "[axes].remat: 'sometimes' is unknown; use one of never"),
+        ("[axes]\noverlap = ['min']", "[axes].overlap: 'min' is unknown; use one of sum, max"),
+        ("[axes]\ncost = ['free']", "[axes].cost: 'free' is unknown; use one of flops, unit"),
+        ("[model]\nloss = 'l1'\n[axes]\ndevices = [2]", "[model].loss: 'l1' is not a loss; use one of"),
+        ("[model]\nlayers = '8,,8'\n[axes]\ndevices = [2]", "[model].layers: '8,,8' is malformed at ''"),
+        ("[model]\nlayers = '8x7'\n[axes]\npartition = ['uniform', '2,2,3']",
+         "[axes].partition: 2,2,3 sums to 7 layers but the model has 6; make the counts sum to 6"),
+        ("[axes]\npartition = ['2,x']", "[axes].partition: '2,x' is neither 'uniform', 'balanced' nor"),
     ],
 )
 def test_bad_sweep_files_are_named(tmp_path, capsys, text, message):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Sequence
 
@@ -145,14 +146,68 @@ _COMMANDS: dict[str, Any] = {
 }
 
 
+#: A value that starts like a negative number: argparse would read it as an option (it does so for
+#: anything starting with "-" but plain -5 or -.5), so ``--device-memory -5GB`` would never reach its check.
+_NEGATIVE = re.compile(r"-(\d|\.\d|inf|nan)", re.IGNORECASE)
+
+
+def _value_options(parser: argparse.ArgumentParser) -> tuple[set[str], set[str]]:
+    """The long options of ``parser`` and its commands: those that take a value, and all of them."""
+    valued: set[str] = set()
+    every: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub_valued, sub_every = _value_options(sub)
+                valued |= sub_valued
+                every |= sub_every
+            continue
+        longs = {o for o in action.option_strings if o.startswith("--")}
+        every |= longs
+        if action.nargs != 0:
+            valued |= longs
+    return valued, every
+
+
+def _attach_negative_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """``--flag -5GB`` as ``--flag=-5GB``, so that a negative value reaches the flag's own check.
+
+    Only after a long option that takes a value (or an abbreviation of such
+    options only), and only for a value that starts like a number: no option
+    of pipesched starts with a digit, so nothing else changes meaning.
+
+    >>> _attach_negative_values(["run", "--device-memory", "-5GB", "--no-compute"], _parser())
+    ['run', '--device-memory=-5GB', '--no-compute']
+    """
+    valued, every = _value_options(parser)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":  # what follows is positional
+            return out + list(argv[i:])
+        named = {o for o in every if o.startswith(token)} if token.startswith("--") and "=" not in token else set()
+        if named and named <= valued and i + 1 < len(argv) and _NEGATIVE.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pipesched`` command; returns the exit status."""
+    """Entry point of the ``pipesched`` command; returns the exit status.
+
+    Bad input exits 2; a command may return its own status (``sweep``: 1 when every point failed).
+    """
+    parser = _parser()
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv, parser))
     except SystemExit as exc:  # argparse has printed its one line (or --help)
         return int(exc.code or 0)
     try:
-        _COMMANDS[args.command](args)
+        status = _COMMANDS[args.command](args)
     except PipeschedError as exc:
         print(f"pipesched: error: {exc}", file=sys.stderr)
         return 2
@@ -162,16 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
         return 2
-    except MemoryError:
+    except MemoryError:  # past the checks made up front (pipesched.limits), which bound what they can
         print(
-            "pipesched: error: the model and data do not fit in this machine's memory; "
-            "use --no-compute, or fewer or narrower --layers, or a smaller --batch",
+            "pipesched: error: this run does not fit in this machine's memory; use --no-compute, fewer or narrower "
+            "--layers, a smaller --batch, or fewer devices or micro-batches",
             file=sys.stderr,
         )
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from ..pipeline import COMPARE_DEFAULT, RunConfig
 from ..strategy import load_strategy
 from ..units import parse_bytes
 
-__all__ = ["COMPARE_DEFAULT", "_config", "_table", "_check_output_path", "_write_atomic"]
+__all__ = ["COMPARE_DEFAULT", "_config", "_table", "_check_output_path", "_check_output_folder", "_write_atomic"]
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -66,6 +66,32 @@ def _check_output_path(flag: str, path: str) -> None:
         raise ConfigError(f"{flag} {path}: folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK) or (os.path.exists(real) and not os.access(real, os.W_OK)):
         raise ConfigError(f"{flag} {path} cannot be written; choose another path")
+
+
+def _check_output_folder(flag: str, path: str) -> None:
+    """Fail before any work unless a folder can be made (or replaced) at ``path``.
+
+    The folder is built beside its target and moved into place, so the target's
+    parent, or its nearest existing ancestor where the parent is still to be
+    made, must be a folder this process can write.
+    """
+    if not path:
+        raise ConfigError(f"{flag} is empty; give a folder path such as pipesched-report")
+    target = os.path.abspath(path)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ConfigError(f"{flag} {path} is a file; give a folder to write into")
+    ancestor = os.path.dirname(target)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"{flag} {path} cannot be made: {ancestor} is a file, not a folder; choose another path")
+    try:  # a probe says what permission bits cannot: read-only mounts, /proc, root squash
+        os.rmdir(tempfile.mkdtemp(prefix=".pipesched-probe-", dir=ancestor))
+    except OSError as exc:
+        raise ConfigError(
+            f"{flag} {path} cannot be written: folder {ancestor} refuses new files ({exc.strerror}); "
+            "choose another path"
+        ) from None
 
 
 def _write_atomic(path: str, text: str) -> None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import re
 import signal
+import sys
 from typing import Any
 
 from ..errors import ConfigError, PipeschedError
 from ..report.render import COLUMNS, comparison_rows
 from ..units import format_bytes, format_rate
-from .common import _table, _check_output_path
+from .common import _table, _check_output_folder, _check_output_path
 
 __all__ = ["_cmd_report", "_cmd_sweep"]
 
@@ -31,8 +33,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
             text = f.read()
     else:
         study, text = default_study(), SCHEMA_EXAMPLE
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ConfigError(f"-o {args.output} is a file; give a folder to write the report into")
+    _check_output_folder("-o", args.output)
     if os.path.isdir(args.output) and os.listdir(args.output) and not is_report(args.output):
         raise ConfigError(
             f"-o {args.output} is a folder with other files in it, and a report replaces its folder whole; "
@@ -49,7 +50,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"\nreport written to {page} (open it in a browser; report.md and figures/ beside it)")
 
 
-def _cmd_sweep(args: argparse.Namespace) -> None:
+def _cmd_sweep(args: argparse.Namespace) -> int | None:
     from ..sweep import Results, load_sweep, pareto, point_key, sweep
 
     study = load_sweep(args.study)
@@ -61,6 +62,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise ConfigError(f"-o {args.output} is being written by another sweep; wait for it or give another file") from None
+    if args.report is not None:
+        _check_output_folder("--report", args.report)
     if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
         raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
     results = Results(args.output)
@@ -78,8 +81,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
           f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory")
     if not ok:
+        if failed:
+            print("\n" + _failure_summary(failed))
+        if len(failed) == len(mine):
+            print(f"pipesched: error: every point of {args.study} failed, for the reasons above; fix the values they "
+                  f"name (each point's error is in {args.output})", file=sys.stderr)
+            return 1  # ran, but nothing came of it: not bad input (2), and a script must not read it as success
         print("no point ran without an error or an OOM; see the error of each in the results file")
-        return
+        return None
     rows = [("", "throughput", "peak memory", "bubble", "configuration")]
     best_speed = max(ok, key=lambda r: r["throughput"])
     best_memory = min(ok, key=lambda r: (r["peak_memory_bytes"], -r["throughput"]))
@@ -91,6 +100,24 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     if args.report:
         path = _sweep_report(args.report, mine, front)
         print(f"\nheat maps and Pareto plot written to {path}")
+    return None
+
+
+def _failure_summary(failed: list[dict[str, Any]]) -> str:
+    """The errors of failed points, grouped by reason (numbers aside), the most frequent first.
+
+    >>> print(_failure_summary([{"point": {"devices": d}, "error": f"{d} devices are too many"} for d in (7, 9)]
+    ...                        + [{"point": {"devices": 2}, "error": "unknown"}]))
+    why the points failed (number of points, an example):
+    2  devices=7: 7 devices are too many
+    1  devices=2: unknown
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in failed:
+        groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", record["error"]), []).append(record)
+    rows = sorted(groups.values(), key=lambda g: -len(g))  # stable: ties keep the sweep's order
+    return "why the points failed (number of points, an example):\n" + _table(
+        [(str(len(g)), f"{_describe_point(g[0]['point'])}: {g[0]['error']}") for g in rows])
 
 
 def _describe_point(point: dict[str, Any]) -> str:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 
 from .. import formulas
 from ..balance import Balance, balance, chain_graph, evaluate
 from ..cost import FlopsCost
 from ..errors import ConfigError, PipeschedError
+from ..limits import check_actions, check_listing, check_memory
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
-from ..pipeline import model_graph
+from ..pipeline import check_limits, model_graph
 from ..strategy import available_strategies, load_strategy, make_plan
 from ..units import count, format_bytes, format_time
 from .common import _config, _table, _check_output_path, _write_atomic
@@ -53,6 +55,9 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     else:
         strategy = load_strategy(config.strategy)
         chunks = config.chunks or getattr(strategy, "default_chunks", 1)
+        check_limits(replace(config, chunks=chunks, compute=False), strategy)  # a run's, but no arrays: see below
+        if config.balance_by == "measured":  # timing the layers builds the weights, one layer's work at a time
+            check_memory(config, roles=("parameters",))
         stages = make_plan(strategy, config.devices, config.microbatches, chunks).num_stages
         graph, links = model_graph(config)
     result = balance(graph, stages, memory_cap=cap, **links)
@@ -78,6 +83,8 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     for flag, value in (("--devices", k), ("--microbatches", m), ("--chunks", v)):
         if value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
+    check_actions(k, m, v)  # the configurations pipesched would plan, as every command
+    check_listing(k)
     links = FlopsCost(**{name: value for name, value in (("link_bandwidth", args.link_bandwidth),
                                                          ("link_latency", args.link_latency)) if value is not None})
     params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
@@ -87,7 +94,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
         chunks = v if name == "interleaved" else 1
         rows_out[name] = {
             "bubble": form.bubble(k, m, chunks), "bubble_formula": form.bubble_text,
-            "peak_inflight_microbatches": [form.inflight(k, m, chunks, d) for d in range(k)],
+            "peak_inflight_microbatches": form.peak_inflight(k, m, chunks),  # None: the strategy cannot run it
             "inflight_formula": form.inflight_text, "source": form.source,
         }
     speedup = formulas.pipeline_speedup(k, m)
@@ -100,7 +107,8 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     table = [("strategy", "bubble", "formula", "peak in flight", "formula", "source")]
     for name, row in rows_out.items():
         bubble = "-" if row["bubble"] is None else f"{row['bubble']:.4f}"
-        table.append((name, bubble, row["bubble_formula"], "/".join(map(str, row["peak_inflight_microbatches"])),
+        inflight = row["peak_inflight_microbatches"]
+        table.append((name, bubble, row["bubble_formula"], "-" if inflight is None else "/".join(map(str, inflight)),
                       row["inflight_formula"], row["source"]))
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
@@ -120,6 +128,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         _check_output_path("-o", args.output)
     strategy = load_strategy(args.strategy)
     chunks = args.chunks or getattr(strategy, "default_chunks", 1)
+    check_actions(args.devices, args.microbatches, chunks)  # no model here: stages and memory do not apply
     schedule = make_plan(strategy, args.devices, args.microbatches, chunks)
     text = to_torch_csv(schedule) if args.format == "torch-csv" else schedule.table() + "\n"
     if args.output is None:

@@ -21,6 +21,7 @@ from ..balance import Balance, balance, evaluate
 from ..errors import PipeschedError, StrategyError
 from ..files import progress_bar
 from ..formulas import CLOSED_FORMS, pipeline_speedup
+from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
 from .study import Study
@@ -55,8 +56,25 @@ def _label(strategy: str, chunks: int | None) -> str:
     return f"{strategy} v={chunks}" if strategy == "interleaved" else strategy
 
 
+def _check_limits(study: Study) -> None:
+    """The limits of every run the study makes (``pipesched.limits``), by key, before any is prepared."""
+    c, h = study.compare, study.hardware
+    # the most chunks any run has: interleaved's [compare] and [sweep] values, two for the V schedules
+    chunked = any(s in ("interleaved", "zb-v", "dualpipev") for s in c.strategies)
+    v = max(c.chunks, *study.sweep.chunks, 2) if chunked else 1
+    sweeps = [("[sweep].microbatches", m) for m in study.sweep.microbatches]
+    for where, m in [("[compare].microbatches", c.microbatches)] + sweeps:
+        check_actions(h.devices, m, v, names=("[hardware].devices", where, "chunks"))
+    for k in study.sweep.devices:
+        check_actions(k, c.microbatches, 1, names=("[sweep].devices", "[compare].microbatches", "chunks"))
+    # every compared run's model, data and gradients stay alive until the last has run, and then a training run's
+    check_memory(study.run_config(), copies=len(c.partitions) * len(c.strategies) + 1,
+                 names=("[model].layers", "[model].batch"))
+
+
 def collect(study: Study, progress: bool = True) -> StudyResults:
     """Run every part of ``study``; ``progress`` shows a bar on a terminal."""
+    _check_limits(study)
     jobs: list[tuple[str, Any, Prepared]] = []
     for partition in study.compare.partitions:
         for strategy in study.compare.strategies:

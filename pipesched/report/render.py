@@ -130,8 +130,11 @@ def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
     """
     target = os.path.abspath(out_dir)
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".pipesched-report-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=".pipesched-report-", dir=parent)
+    except OSError as exc:  # name the user's folder, not the one this would have built aside
+        raise OSError(exc.errno, exc.strerror, out_dir) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
@@ -144,6 +147,9 @@ def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
             shutil.rmtree(old)
         else:
             os.rename(work, target)
+    except OSError as exc:  # a full disk, say: the error names the folder asked for, not the one built aside
+        shutil.rmtree(work, ignore_errors=True)
+        raise OSError(exc.errno, exc.strerror, out_dir) from None
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
