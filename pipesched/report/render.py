@@ -99,9 +99,20 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+#: Columns whose cells may break inside (after a comma or slash), as long counts lists do.
+_WRAPPED = ("partition", "in flight")
+
+
+def _cell(text: str, column: str) -> str:
+    """A table cell; in a wrapped column, a line may break after each comma or slash."""
+    if column not in _WRAPPED:
+        return f"<td>{html.escape(text)}</td>"
+    return '<td class="wrap">' + html.escape(text).replace(",", ",<wbr>").replace("/", "/<wbr>") + "</td>"
+
+
 def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: list[str], config: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in comparison_columns(results))
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    head = "".join(f"<th>{html.escape(c).replace('/', '/<wbr>')}</th>" for c in comparison_columns(results))
+    body = "".join("<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>"
                    for row in comparison_rows(results))
     sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
@@ -110,9 +121,9 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
     # shows at its natural size (never enlarged), scaled down only on a window narrower than it
     style = (f"body{{font:{BODY_FONT_PX}px/1.45 system-ui,sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:2em auto;"
              "padding:0 1em;color:#222}.table{overflow-x:auto;max-width:100%}"
-             "table{border-collapse:collapse;font-size:15px}td,th{border:1px solid #ccc;padding:3px 5px;"
+             "table{border-collapse:collapse;font-size:15px}td,th{border:1px solid #ccc;padding:3px 4px;"
              "text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
-             "td:first-child{text-align:left}td:nth-child(2){white-space:normal;min-width:8em}"
+             "td:first-child{text-align:left}td.wrap{white-space:normal}"
              "svg{display:block;max-width:100%;height:auto}"
              "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:14px}")
     title = html.escape(results.study.title)
