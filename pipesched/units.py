@@ -17,7 +17,7 @@ import re
 
 from .errors import ConfigError
 
-__all__ = ["parse_bytes", "format_bytes", "format_time", "time_prefix", "format_rate", "count", "UNITS"]
+__all__ = ["parse_bytes", "format_bytes", "byte_prefix", "format_time", "time_prefix", "format_rate", "count", "UNITS"]
 
 UNITS = {
     "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -74,10 +74,20 @@ def format_bytes(value: int) -> str:
     >>> format_bytes(512), format_bytes(3 * 2**20)
     ('512 B', '3.00 MiB')
     """
+    scale, unit = byte_prefix(value)
+    return f"{value} B" if scale == 1 else f"{value / scale:.2f} {unit}"
+
+
+def byte_prefix(value: float) -> tuple[int, str]:
+    """The binary unit to show ``value`` bytes in: (bytes per unit, unit).
+
+    >>> byte_prefix(512), byte_prefix(3 * 2**20)
+    ((1, 'B'), (1048576, 'MiB'))
+    """
     for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if value >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value} B"
+            return scale, unit
+    return 1, "B"
 
 
 def format_rate(value: float) -> str:

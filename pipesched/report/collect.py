@@ -134,8 +134,11 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             row = sweep_k.setdefault(k, {"devices": k, "formula": pipeline_speedup(k, study.compare.microbatches)})
             row[f"makespan_{label.replace(' ', '_')}"] = result.metrics.makespan
     for row in sweep_k.values():
+        # unit cost charges K devices' model K units of forward (pipesched.cost): the same work on one device
+        # takes K times that device's own step
+        work = row["devices"] if study.hardware.cost == "unit" else 1
         for label in ("study", "free_links"):
-            one = sweep_k[1][f"makespan_{label}"] if 1 in sweep_k else None  # the one-device step
+            one = sweep_k[1][f"makespan_{label}"] * work if 1 in sweep_k else None  # the one-device step
             row[f"speedup_{label}"] = None if one is None else one / row[f"makespan_{label}"]
             row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
     results.sweep_microbatches = list(sweep_m.values())
@@ -145,6 +148,10 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)], **links),
         "balanced": balance(graph, study.hardware.devices, **links),
     }
+    for name in study.compare.partitions:  # counts the study names: their stage costs too
+        if name not in results.partitions:
+            results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], **links)
+    results.partitions = {name: results.partitions[name] for name in study.compare.partitions}  # what was asked
     for name, config in trains:
         results.train[name] = [r.loss for r in train(config, study.train.steps, study.train.lr)]
         bar.update(study.train.steps)

@@ -24,10 +24,24 @@ from ..units import format_bytes, format_time
 from .collect import StudyResults
 from .study import Study
 
-__all__ = ["write_report", "write_folder", "is_report", "comparison_rows", "study_text"]
+__all__ = ["write_report", "write_folder", "is_report", "COLUMNS", "comparison_columns", "comparison_rows",
+           "study_text", "PAGE_WIDTH_PX", "BODY_FONT_PX"]
 
-COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "back to back", "throughput (samples/s)",
+#: The comparison table's columns by name, in order (``comparison_columns`` gives a study's headings).
+COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "back to back", "throughput",
            "peak activations", "peak memory", "in flight", "grad error", "fits memory")
+
+#: The page's column and body text, in CSS px. The figures are drawn for them (see ``figures``): none is
+#: wider than the column, so each shows at its natural size and its text as large as this body text.
+PAGE_WIDTH_PX, BODY_FONT_PX = 1100, 16
+
+
+def comparison_columns(results: StudyResults) -> tuple[str, ...]:
+    """The comparison table's headings: throughput in the study's time unit, memory fit only under a cap."""
+    per = "s" if results.study.hardware.cost != "unit" else "unit"
+    capped = results.study.hardware.device_memory is not None
+    return tuple(f"throughput (samples/{per})" if c == "throughput" else c
+                 for c in COLUMNS if capped or c != "fits memory")
 
 
 def _notes(results: StudyResults) -> str:
@@ -48,7 +62,6 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
     rows = []
     for r in results.compare:
         m, unit = r.metrics, r.trace.time_unit
-        fits = "-" if r.config.device_memory is None else ("no" if r.trace.oom else "yes")
         sizes = ",".join(str(len(s)) for s in r.partition)
         named = r.config.partition in ("uniform", "balanced")
         rows.append((
@@ -58,8 +71,8 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
             f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
             format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
             "/".join(map(str, m.peak_inflight_microbatches)),
-            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}", fits,
-        ))
+            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
+        ) + (() if results.study.hardware.device_memory is None else ("no" if r.trace.oom else "yes",)))
     return rows
 
 
@@ -75,9 +88,9 @@ def study_text(study: Study) -> str:
 
 
 def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
-    rows = comparison_rows(results)
+    rows, columns = comparison_rows(results), comparison_columns(results)
     lines = [f"# {results.study.title}", "", study_text(results.study), "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines += ["", _notes(results),
               "Every number is in `metrics.json`; `trace-<strategy>.json` opens in https://ui.perfetto.dev.", ""]
@@ -86,21 +99,37 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+#: Columns whose cells may break inside (after a comma or slash), as long counts lists do.
+_WRAPPED = ("partition", "in flight")
+
+
+def _cell(text: str, column: str) -> str:
+    """A table cell; in a wrapped column, a line may break after each comma or slash."""
+    if column not in _WRAPPED:
+        return f"<td>{html.escape(text)}</td>"
+    return '<td class="wrap">' + html.escape(text).replace(",", ",<wbr>").replace("/", "/<wbr>") + "</td>"
+
+
 def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: list[str], config: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+    head = "".join(f"<th>{html.escape(c).replace('/', '/<wbr>')}</th>" for c in comparison_columns(results))
+    body = "".join("<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>"
                    for row in comparison_rows(results))
     sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;"
-             "text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child{text-align:left}"
-             "svg{max-width:100%;height:auto}"
-             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}")
+    # the column (the body's content box) is PAGE_WIDTH_PX wide; the table fits it, its headings and partition
+    # cells wrapping, and scrolls inside its own box rather than being cut off on a narrower window; a figure
+    # shows at its natural size (never enlarged), scaled down only on a window narrower than it
+    style = (f"body{{font:{BODY_FONT_PX}px/1.45 system-ui,sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:2em auto;"
+             "padding:0 1em;color:#222}.table{overflow-x:auto;max-width:100%}"
+             "table{border-collapse:collapse;font-size:15px}td,th{border:1px solid #ccc;padding:3px 4px;"
+             "text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
+             "td:first-child{text-align:left}td.wrap{white-space:normal}"
+             "svg{display:block;max-width:100%;height:auto}"
+             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:14px}")
     title = html.escape(results.study.title)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
             f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
             f"<p>{html.escape(_notes(results))} Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
             f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>")
 
