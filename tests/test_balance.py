@@ -22,29 +22,61 @@ def compositions(n, parts):
         yield [b - a for a, b in zip(bounds, bounds[1:])]
 
 
-def brute_stage(graph, order, start, stop, bandwidth, latency):
-    """A stage's cost and memory straight from the definition, for the brute force."""
-    inside = set(order[start:stop])
-    before = set(order[:start])
-    after = set(order[stop:])
-    cost = sum(graph.nodes[v].get("cost", 0.0) for v in inside)
-    cost += sum(d.get("bytes", 0) / bandwidth + latency for u, v, d in graph.edges(data=True)
-                if v in inside and u in before)
+def stated_devices(name, devices, microbatches, stages):
+    """Per stage, {device: share of its micro-batches}, as each strategy's docstring and the README state it."""
+    if name == "interleaved":
+        return [{s % devices: 1.0} for s in range(stages)]
+    if name in ("zb-v", "dualpipev"):
+        return [{s if s < devices else 2 * devices - 1 - s: 1.0} for s in range(stages)]
+    if name == "dp":  # device d runs micro-batches d, d+K, d+2K, ...
+        return [{d: len(range(d, microbatches, devices)) / microbatches for d in range(devices)}]
+    return [{s: 1.0} for s in range(stages)]
+
+
+def brute_objective(graph, order, sizes, devices, placed, bandwidth):
+    """The busiest device or link per micro-batch, straight from the definition, for the brute force.
+
+    ``placed`` is ``stated_devices``'s list; each edge crossing a boundary is
+    charged on the link between the boundary's two devices, both ways.
+    """
+    bounds = list(itertools.accumulate([0] + list(sizes)))
+    stage_of = {v: s for s, (a, b) in enumerate(zip(bounds, bounds[1:])) for v in order[a:b]}
+    device = [0.0] * devices
+    for v in order:
+        for d, share in placed[stage_of[v]].items():
+            device[d] += share * graph.nodes[v].get("cost", 0.0)
+    links = {}
+    for boundary in range(len(sizes) - 1):
+        (src, _), = placed[boundary].items()
+        (dst, _), = placed[boundary + 1].items()
+        if src == dst:
+            continue
+        for u, v, data in graph.edges(data=True):
+            if stage_of[u] <= boundary < stage_of[v]:
+                for link in ((src, dst), (dst, src)):
+                    links[link] = links.get(link, 0.0) + data.get("bytes", 0) / bandwidth
+    return max(device + list(links.values()))
+
+
+def brute_memory(graph, order, start, stop):
+    """A stage's memory straight from the definition: its nodes', plus outputs it sends on."""
+    inside, after = set(order[start:stop]), set(order[stop:])
     memory = sum(graph.nodes[v].get("memory", 0.0) for v in inside)
-    memory += sum(graph.nodes[u].get("output_bytes", 0.0) for u in inside
-                  if any(v in after for v in graph.successors(u)))
-    return cost, memory
+    return memory + sum(graph.nodes[u].get("output_bytes", 0.0) for u in inside
+                        if any(v in after for v in graph.successors(u)))
 
 
-def brute_force(graph, parts, bandwidth=math.inf, latency=0.0, cap=None):
+def brute_force(graph, parts, bandwidth=math.inf, cap=None, devices=None, placed=None):
+    """The least objective over every partition whose stages fit ``cap`` (one stage per device by default)."""
     order = list(nx.lexicographical_topological_sort(graph, key=str))
+    devices = devices or parts
+    placed = placed or [{s: 1.0} for s in range(parts)]
     best = math.inf
     for sizes in compositions(len(order), parts):
         bounds = list(itertools.accumulate([0] + sizes))
-        stages = [brute_stage(graph, order, a, b, bandwidth, latency) for a, b in zip(bounds, bounds[1:])]
-        if cap is not None and any(m > cap for _, m in stages):
+        if cap is not None and any(brute_memory(graph, order, a, b) > cap for a, b in zip(bounds, bounds[1:])):
             continue
-        best = min(best, max(c for c, _ in stages))
+        best = min(best, brute_objective(graph, order, sizes, devices, placed, bandwidth))
     return best
 
 
@@ -77,12 +109,12 @@ def test_communication_and_memory_aware_optimum_matches_brute_force(costs, sizes
         graph.edges[u, v]["bytes"] = sizes[i]
     parts = data.draw(st.integers(1, min(4, len(costs))))
     cap = data.draw(st.none() | st.integers(0, 80))
-    expected = brute_force(graph, parts, bandwidth=10.0, latency=0.5, cap=cap)
+    expected = brute_force(graph, parts, bandwidth=10.0, cap=cap)
     if math.isinf(expected):
         with pytest.raises(ConfigError, match=r"no partition into \d+ stages? fits"):
-            balance(graph, parts, link_bandwidth=10.0, link_latency=0.5, memory_cap=cap)
+            balance(graph, parts, link_bandwidth=10.0, memory_cap=cap)
         return
-    result = balance(graph, parts, link_bandwidth=10.0, link_latency=0.5, memory_cap=cap)
+    result = balance(graph, parts, link_bandwidth=10.0, memory_cap=cap)
     assert result.bottleneck == pytest.approx(expected, abs=1e-9)
     assert cap is None or max(result.stage_memory) <= cap
 
@@ -98,8 +130,8 @@ def test_dag_optimum_matches_brute_force_over_the_same_order(data):
             if data.draw(st.booleans()):
                 graph.add_edge(u, v, bytes=data.draw(st.integers(0, 20)))
     parts = data.draw(st.integers(1, min(4, n)))
-    result = balance(graph, parts, link_bandwidth=4.0, link_latency=0.25)
-    assert result.bottleneck == pytest.approx(brute_force(graph, parts, bandwidth=4.0, latency=0.25), abs=1e-9)
+    result = balance(graph, parts, link_bandwidth=4.0)
+    assert result.bottleneck == pytest.approx(brute_force(graph, parts, bandwidth=4.0), abs=1e-9)
 
 
 def test_among_optimal_partitions_the_evenest_is_chosen():
@@ -137,18 +169,20 @@ def test_the_seed_model_balances_better_than_2_2_2_5_and_runs_faster():
     assert fast.grad_rel_err < 1e-12
 
 
-def test_skip_connections_are_charged_where_they_cross():
+def test_skip_connections_are_charged_on_every_boundary_they_cross():
     # 0 -> 1 -> 2 -> 3 -> 4 with a skip 0 -> 3 carrying 100 bytes (a residual).
     graph = chain_graph([1, 1, 1, 1, 1])
     nx.set_edge_attributes(graph, 1, "bytes")
     graph.add_edge(0, 3, bytes=100)
-    # Two stages: cutting after 0, 1 or 2 makes the skip cross (+100 on the later
-    # stage); cutting after 3 keeps it inside, so that cut wins despite 4 vs 1 compute.
-    result = balance(graph, 2, link_bandwidth=1.0, link_latency=0.0)
-    assert result.sizes == [4, 1]
-    assert result.stage_costs == [4.0, 1.0 + 1.0]
-    crossing = evaluate(graph, [2, 3], link_bandwidth=1.0)
-    assert crossing.stage_costs == [2.0, 3.0 + 1.0 + 100.0]  # the chain edge and the skip both enter
+    # Two stages: cutting after 0, 1 or 2 makes the skip cross (101 on the link
+    # each way); cutting after 3 keeps it inside, so that cut wins despite 4 vs 1 compute.
+    result = balance(graph, 2, link_bandwidth=1.0)
+    assert result.sizes == [4, 1] and result.device_loads == [4.0, 1.0]
+    assert result.link_loads == {(0, 1): 1.0, (1, 0): 1.0} and result.bottleneck == 4.0
+    # Three stages [0 | 1 2 | 3 4]: the skip crosses both boundaries and is relayed over both links.
+    relayed = evaluate(graph, [1, 2, 2], link_bandwidth=1.0)
+    assert relayed.stage_costs == [1.0, 2.0, 2.0]
+    assert relayed.link_loads == {(0, 1): 101.0, (1, 0): 101.0, (1, 2): 101.0, (2, 1): 101.0}
 
 
 def test_a_memory_cap_moves_the_cut_to_the_best_partition_that_fits():
@@ -210,7 +244,10 @@ def test_balance_cli_json(capsys):
     assert main(["balance", "--costs", "5,1,1,1,1,1,1,5", "--devices", "4", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["sizes"] == [1, 3, 3, 1] and data["stage_costs"] == [5, 3, 3, 5] and data["bottleneck"] == 5
-    assert data["uniform"]["bottleneck"] == 6
+    assert data["device_loads"] == [5, 3, 3, 5] and data["status"] == "optimal"
+    links = {(x["from"], x["to"]): x["load"] for x in data["link_loads"]}  # --costs has no bytes: free links
+    assert links == {(0, 1): 0, (1, 0): 0, (1, 2): 0, (2, 1): 0, (2, 3): 0, (3, 2): 0}
+    assert data["uniform"]["bottleneck"] == 6 and data["simulated"] is None
 
 
 def test_measured_costs_balance_a_real_run():

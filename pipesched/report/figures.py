@@ -193,7 +193,7 @@ def bubble_vs_memory(results: StudyResults) -> Figure:
 
 
 def stage_costs(results: StudyResults) -> Figure:
-    """Each stage's cost (compute plus entering transfer) under the uniform and the balanced partition."""
+    """Each stage's compute per micro-batch under the uniform and the balanced partition."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     width = 0.38
     for i, (name, part) in enumerate(results.partitions.items()):
