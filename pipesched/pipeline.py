@@ -253,8 +253,8 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
 
 
 #: Simulated actions ``balance_model`` may spend on candidates beyond the objective's optimum and uniform,
-#: which it always simulates: a few seconds of shape-only simulation at most.
-SEARCH_ACTIONS = 200_000
+#: which it always simulates: a second or two of shape-only simulation at most.
+SEARCH_ACTIONS = 50_000
 
 
 def balance_model(config: RunConfig, schedule: Schedule) -> Balance:

@@ -1,18 +1,24 @@
-"""The balancer against brute force, the seed's 2,2,2,5, a skip-connection graph, and memory caps."""
+"""The balancer against brute force (its objective, and the simulation over every partition), the issue-14
+example, the seed's 2,2,2,5, a skip-connection graph, and memory caps."""
 
 import itertools
 import json
 import math
+from dataclasses import replace
 
 import networkx as nx
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from pipesched import ConfigError, RunConfig, run
-from pipesched.balance import balance, chain_graph, evaluate, layer_graph, profile_layers
+from pipesched import pipeline
+from pipesched.balance import Placement, balance, chain_graph, evaluate, fastest, layer_graph, profile_layers
+from pipesched.balance import bottleneck
 from pipesched.cli import main
 from pipesched.model import Model, layers_from_widths, parse_layers
 from pipesched.partition import uniform
+from pipesched.pipeline import model_graph
+from pipesched.strategy import load_strategy, make_plan
 
 
 def compositions(n, parts):
@@ -264,3 +270,190 @@ def test_compare_balances_each_strategy_for_its_own_stages(capsys):
                  "--cost", "unit", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [len(r["partition"]) for r in rows] == [4, 8] and all(r["balance"] for r in rows)
+
+
+BUILT_IN = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
+#: The two cost models; under flops a slow device and links slow enough to matter.
+COSTS = {"unit": dict(cost="unit"), "flops": dict(cost="flops", device_flops=1e9, link_bandwidth=1e9, link_latency=1e-6)}
+
+
+def plan(name, devices, microbatches):
+    strategy = load_strategy(name)
+    return make_plan(strategy, devices, microbatches, getattr(strategy, "default_chunks", 1))
+
+
+def simulate_every_partition(config, layers, stages):
+    """The brute-force reference: one ordinary shape-only run per composition of the layers into stages."""
+    return {tuple(sizes): run(replace(config, partition=",".join(map(str, sizes)))).metrics.makespan
+            for sizes in compositions(layers, stages)}
+
+
+@st.composite
+def small_models(draw, stages):
+    """Widths of a model of 4 to 7 layers, at least one per stage."""
+    n = draw(st.integers(max(4, stages), 7))
+    return ",".join(map(str, draw(st.lists(st.sampled_from([2, 8, 32, 96]), min_size=n + 1, max_size=n + 1))))
+
+
+@pytest.mark.parametrize("devices", [2, 3])
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_placement_read_off_a_plan_is_the_strategys_stated_one(name, devices):
+    microbatches = 2 * devices + 1  # dp's devices then run unequal shares
+    schedule = plan(name, devices, microbatches)
+    placement = Placement.of(schedule)
+    stated = stated_devices(name, devices, microbatches, schedule.num_stages)
+    assert [{d: x for d, x in enumerate(row) if x} for row in placement.shares] == stated
+    for b, pairs in enumerate(placement.traffic):  # a boundary crosses a link unless both stages share a device
+        (src, _), = stated[b].items()
+        (dst, _), = stated[b + 1].items()
+        assert pairs == (() if src == dst else ((src, dst, 1.0),))
+
+
+@pytest.mark.parametrize("cost", sorted(COSTS))
+@pytest.mark.parametrize("name", BUILT_IN)
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_the_objectives_optimum_is_the_brute_force_minimum_for_every_strategy(name, cost, data):
+    devices = data.draw(st.integers(2, 3))
+    schedule = plan(name, devices, 2 * devices)
+    layers = data.draw(small_models(schedule.num_stages))
+    config = RunConfig(layers=layers, batch=8, devices=devices, microbatches=2 * devices, strategy=name, **COSTS[cost])
+    graph, links = model_graph(config)
+    result = balance(graph, Placement.of(schedule), **links)
+    placed = stated_devices(name, devices, 2 * devices, schedule.num_stages)
+    expected = brute_force(graph, schedule.num_stages, bandwidth=links.get("link_bandwidth", math.inf),
+                           devices=devices, placed=placed)
+    assert result.bottleneck == pytest.approx(expected, rel=1e-12)
+    order = list(graph.nodes)
+    assert result.bottleneck == pytest.approx(
+        brute_objective(graph, order, result.sizes, devices, placed, links.get("link_bandwidth", math.inf)), rel=1e-12)
+
+
+@pytest.mark.parametrize("cost", sorted(COSTS))
+@pytest.mark.parametrize("name", BUILT_IN)
+@settings(max_examples=3, deadline=None)
+@given(data=st.data())
+def test_balanced_is_the_fastest_partition_in_simulation_so_never_slower_than_uniform(name, cost, data):
+    devices = data.draw(st.integers(2, 3))
+    schedule = plan(name, devices, 2 * devices)
+    layers = data.draw(small_models(schedule.num_stages))
+    config = RunConfig(layers=layers, batch=8, devices=devices, microbatches=2 * devices, strategy=name,
+                       compute=False, reference=False, **COSTS[cost])
+    every = simulate_every_partition(config, len(parse_layers(layers)) - 1, schedule.num_stages)
+    balanced = run(replace(config, partition="balanced"))
+    assert balanced.metrics.makespan <= run(config).metrics.makespan  # uniform
+    assert balanced.metrics.makespan == min(every.values())  # few partitions: every one was simulated
+
+
+ISSUE_14 = RunConfig(strategy="interleaved", chunks=2, devices=2, microbatches=8, layers="64,64,16,256,4,256,4",
+                     batch=64, device_flops=1e9, link_latency=0.0, link_bandwidth=1e18, compute=False, reference=False)
+
+
+def test_issue_14_interleaved_balanced_is_the_fastest_partition_not_the_slowest_stage():
+    every = simulate_every_partition(ISSUE_14, 6, 4)
+    # The issue's figures: the old stage-bottleneck optimum 1,1,1,3 at 3162 µs, uniform 2,2,1,1 at 2998, 1,2,2,1 at 2851.
+    assert [round(every[sizes] * 1e6) for sizes in [(1, 1, 1, 3), (2, 2, 1, 1), (1, 2, 2, 1)]] == [3162, 2998, 2851]
+    balanced = run(replace(ISSUE_14, partition="balanced"))
+    assert balanced.metrics.makespan == min(every.values()) < every[(1, 2, 2, 1)]
+    # The objective: with rows 8 a layer's forward is 2·8·in·out / 1e9 s, F + B three times that; the
+    # 6 layers sum to 3 · 196.608 µs and split perfectly over 2 devices, 294.912 µs each.
+    assert balanced.balance.simulated.optimum != [1, 1, 1, 3]
+    optimum = evaluate(*model_graph(ISSUE_14)[:1], balanced.balance.simulated.optimum,
+                       Placement.of(balanced.schedule))
+    assert optimum.bottleneck == pytest.approx(294.912e-6, rel=1e-12)
+    old = evaluate(model_graph(ISSUE_14)[0], [1, 1, 1, 3], Placement.of(balanced.schedule))
+    assert old.device_loads == pytest.approx([393.216e-6, 196.608e-6], rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["zb-v", "dualpipev"])
+def test_issue_14_v_schedules_balanced_is_the_fastest_partition(name):
+    config = replace(ISSUE_14, strategy=name, chunks=None)
+    every = simulate_every_partition(config, 6, 4)
+    balanced = run(replace(config, partition="balanced"))
+    assert balanced.metrics.makespan == min(every.values()) <= run(config).metrics.makespan
+
+
+def test_with_few_runs_the_search_still_beats_uniform_and_the_optimum(monkeypatch):
+    """Past the budget for every partition: the optimum, uniform, then one-cut moves while runs remain."""
+    config = RunConfig(strategy="zb-v", devices=4, microbatches=8, layers="64,16,256x6,4,64,256,4,16,64,32,8",
+                       batch=64, device_flops=1e9, link_bandwidth=1e9, link_latency=1e-6, compute=False,
+                       reference=False)
+    actions = sum(len(device) for device in plan("zb-v", 4, 8).actions)
+    monkeypatch.setattr(pipeline, "SEARCH_ACTIONS", 12 * actions)
+    result = run(replace(config, partition="balanced"))
+    sims = result.balance.simulated
+    assert not sims.exhaustive and sims.candidates <= 12
+    uniform_run = run(config)
+    optimum_run = run(replace(config, partition=",".join(map(str, sims.optimum))))
+    assert result.metrics.makespan == sims.makespan <= min(uniform_run.metrics.makespan, optimum_run.metrics.makespan)
+    assert sims.uniform_makespan == uniform_run.metrics.makespan
+
+
+def test_the_hill_climb_moves_one_cut_at_a_time_while_that_helps():
+    # A stand-in step time: the L1 distance of the sizes from 1,1,3,3; from 2,2,2,2 each move can take off 2.
+    graph = chain_graph([1] * 8)
+    seen = []
+
+    def step(sizes):
+        seen.append(sizes)
+        return False, float(sum(abs(a - b) for a, b in zip(sizes, [1, 1, 3, 3])))
+
+    result = fastest(graph, Placement.one_per_device(4), balance(graph, 4), step, runs=30)
+    assert result.sizes == [1, 1, 3, 3] and result.simulated.makespan == 0.0
+    assert not result.simulated.exhaustive and len(seen) == result.simulated.candidates <= 30
+    assert seen[:1] == [[2, 2, 2, 2]]  # the optimum is uniform here: simulated once
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_the_milp_finds_the_brute_force_optimum(data):
+    """Forced past enumeration: HiGHS on interleaved and V placements, with and without a memory cap."""
+    name = data.draw(st.sampled_from(["interleaved", "zb-v", "dualpipev"]))
+    devices = data.draw(st.integers(2, 3))
+    schedule = plan(name, devices, 2 * devices)
+    n = data.draw(st.integers(schedule.num_stages, 8))
+    graph = chain_graph(data.draw(st.lists(st.integers(0, 20), min_size=n, max_size=n)))
+    for u, v in graph.edges:
+        graph.edges[u, v]["bytes"] = data.draw(st.integers(0, 30))
+    for i in graph.nodes:
+        graph.nodes[i]["memory"] = data.draw(st.integers(0, 10))
+        graph.nodes[i]["output_bytes"] = data.draw(st.integers(0, 4))
+    cap = data.draw(st.none() | st.integers(10, 40))
+    placed = stated_devices(name, devices, 2 * devices, schedule.num_stages)
+    expected = brute_force(graph, schedule.num_stages, bandwidth=4.0, cap=cap, devices=devices, placed=placed)
+    limit = bottleneck.ENUMERATE_LIMIT
+    bottleneck.ENUMERATE_LIMIT = 0
+    try:
+        if math.isinf(expected):
+            with pytest.raises(ConfigError, match="fits a device memory"):
+                balance(graph, Placement.of(schedule), link_bandwidth=4.0, memory_cap=cap)
+            return
+        result = balance(graph, Placement.of(schedule), link_bandwidth=4.0, memory_cap=cap)
+    finally:
+        bottleneck.ENUMERATE_LIMIT = limit
+    assert result.status == "optimal"
+    assert result.bottleneck == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    assert cap is None or max(result.stage_memory) <= cap
+
+
+def test_a_node_limit_that_stops_highs_is_reported_with_its_gap():
+    widths = [64, 64, 256, 1024, 64, 64, 1024, 64, 1024, 512, 512, 1024, 512, 256, 1024, 512, 1024, 256, 256, 1024,
+              64, 256, 1024, 64, 1024, 512, 64, 64, 1024, 256, 256, 256, 64]  # 32 layers, 8 stages: 2.6 million ways
+    graph = layer_graph(layers_from_widths(widths), rows=8, rows_held=64)
+    result = balance(graph, Placement.of(plan("interleaved", 4, 8)), link_bandwidth=1e11, node_limit=1)
+    assert result.status.startswith("the best HiGHS found within 1 node or") and "of optimal" in result.status
+
+
+def test_balance_cli_shows_the_simulated_step_of_balanced_against_uniform(capsys):
+    argv = ["balance", "--strategy", "interleaved", "--chunks", "2", "--devices", "2", "--microbatches", "8",
+            "--layers", "64,64,16,256,4,256,4", "--batch", "64", "--device-flops", "1e9", "--link-latency", "0",
+            "--link-bandwidth", "1e18"]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    every = simulate_every_partition(ISSUE_14, 6, 4)
+    sims = data["simulated"]
+    assert sims["makespan"] == min(every.values()) and sims["uniform_makespan"] == every[(2, 2, 1, 1)]
+    assert sims["exhaustive"] and sims["candidates"] == 10
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "simulated step of interleaved (8 micro-batches, cost flops): 2.75 ms balanced, 3.00 ms uniform" in out

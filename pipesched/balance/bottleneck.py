@@ -447,14 +447,14 @@ def _milp(
         options={"mip_rel_gap": 0.0, "node_limit": node_limit, "time_limit": time_limit, "presolve": True},
     )
     if result.x is None:
-        return [], f"HiGHS found no partition within {node_limit} nodes or {time_limit:g} s ({result.message})"
+        return [], f"HiGHS found no partition within {count(node_limit, 'node')} or {time_limit:g} s ({result.message})"
     solution = np.round(result.x[:t_var]).reshape(bounds_count, n) if bounds_count else np.zeros((0, n))
     cuts = [0] + [int(row.sum()) for row in solution] + [n]
     if result.status == 0:
         return cuts, "optimal"
     gap = getattr(result, "mip_gap", None)
     within = f", within {gap:.2%} of optimal" if gap is not None and math.isfinite(gap) else ""
-    return cuts, f"the best HiGHS found within {node_limit} nodes or {time_limit:g} s{within}"
+    return cuts, f"the best HiGHS found within {count(node_limit, 'node')} or {time_limit:g} s{within}"
 
 
 def _check_parts(order: list[Hashable], placement: Placement) -> None:

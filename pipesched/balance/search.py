@@ -17,9 +17,8 @@ took 3162 µs balanced against 2998 µs uniform. This step asks the simulation:
 
 Either way the partition returned was simulated and is no slower than
 uniform, whenever uniform fits the cap. Candidates rank by: out of memory in
-the simulation last; then step time, to ten significant digits so that
-round-off cannot decide; then the objective, the evenness, the objective's
-optimum before the others, and the sizes.
+the simulation last; then step time; then the objective, the evenness, the
+objective's optimum before the others, and the sizes.
 
 >>> from pipesched.balance import balance, chain_graph
 >>> graph = chain_graph([1, 1, 1, 1])
@@ -108,7 +107,7 @@ def fastest(
     def rank(sizes: tuple[int, ...]) -> tuple[Any, ...]:
         oom, makespan = steps[sizes]
         b = balances[sizes]
-        return (oom, float(f"{makespan:.10g}"), b.bottleneck, b.evenness, list(sizes) != optimum.sizes, sizes)
+        return (oom, makespan, b.bottleneck, b.evenness, list(sizes) != optimum.sizes, sizes)
 
     def run(sizes: list[int]) -> None:
         if tuple(sizes) not in steps:
