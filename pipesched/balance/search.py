@@ -16,9 +16,12 @@ took 3162 µs balanced against 2998 µs uniform. This step asks the simulation:
   faster and runs remain (a hill climb, with no optimality claim).
 
 Either way the partition returned was simulated and is no slower than
-uniform, whenever uniform fits the cap. Candidates rank by: out of memory in
-the simulation last; then step time; then the objective, the evenness, the
-objective's optimum before the others, and the sizes.
+uniform, whenever uniform fits the cap. Among the candidates no slower than
+uniform (out of memory in the simulation counting as slower than any time),
+they rank by: out of memory last; then step time to ten significant digits,
+so that round-off (a sum taken in another order) cannot decide; then the
+objective, the evenness, the objective's optimum before the others, and the
+sizes.
 
 >>> from pipesched.balance import balance, chain_graph
 >>> graph = chain_graph([1, 1, 1, 1])
@@ -107,7 +110,7 @@ def fastest(
     def rank(sizes: tuple[int, ...]) -> tuple[Any, ...]:
         oom, makespan = steps[sizes]
         b = balances[sizes]
-        return (oom, makespan, b.bottleneck, b.evenness, list(sizes) != optimum.sizes, sizes)
+        return (oom, float(f"{makespan:.10g}"), b.bottleneck, b.evenness, list(sizes) != optimum.sizes, sizes)
 
     def run(sizes: list[int]) -> None:
         if tuple(sizes) not in steps:
@@ -141,7 +144,8 @@ def fastest(
             if best == current:
                 break
             current = best
-    best = min(steps, key=rank)
+    eligible = [sizes for sizes in steps if not has_uniform or steps[sizes] <= steps[tuple(uniform_sizes)]]
+    best = min(eligible, key=rank)
     oom, makespan = steps[best]
     return replace(
         balances[best],
