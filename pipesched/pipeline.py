@@ -227,15 +227,15 @@ def execute(p: Prepared) -> RunResult:
 BALANCE_BY = ("flops", "measured")
 
 
-def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
+def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     """The config's layer graph and the link bandwidth its crossings are charged at.
 
     Layer costs come from the flops cost model (deterministic) or from timing
     the real NumPy passes (``balance_by="measured"``); a link carries the
     activations and gradients crossing it at the flops model's bandwidth when
-    ``config.cost`` is ``flops`` (under ``unit`` the links are free). Memory
-    per stage: parameters, gradients and the activations GPipe keeps for the
-    whole batch.
+    ``config.cost`` is ``flops`` (under ``unit`` the links are free: the
+    bandwidth is infinite). Memory per stage: parameters, gradients and the
+    activations GPipe keeps for the whole batch.
     """
     if config.balance_by not in BALANCE_BY:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
@@ -248,8 +248,7 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
     if config.balance_by == "measured":
         times = profile_layers(Model.from_sizes(widths, seed=config.seed), rows)
     graph = layer_graph(layers_from_widths(widths), rows=rows, rows_held=config.batch, cost=flops, layer_times=times)
-    links = {} if config.cost == "unit" else {"link_bandwidth": flops.link_bandwidth}
-    return graph, links
+    return graph, math.inf if config.cost == "unit" else flops.link_bandwidth
 
 
 #: Simulated actions ``balance_model`` may spend on candidates beyond the objective's optimum and uniform,
@@ -275,11 +274,11 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     memory check is the authority, and the search puts partitions that run
     out of memory in it last.
     """
-    graph, links = model_graph(config)
+    graph, bandwidth = model_graph(config)
     placement = Placement.of(schedule)
     stages = placement.stages
     cap = config.device_memory if stages == config.devices and not config.allow_oom else None
-    optimum = balance(graph, placement, memory_cap=cap, **links)
+    optimum = balance(graph, placement, link_bandwidth=bandwidth, memory_cap=cap)
     if config.balance_by != "flops":
         return optimum
     layers = layers_from_widths(parse_layers(config.layers))
@@ -292,7 +291,8 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
         trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
         return trace.oom is not None, trace.makespan
 
-    return fastest(graph, placement, optimum, step, max(2, SEARCH_ACTIONS // actions), memory_cap=cap, **links)
+    runs = max(2, SEARCH_ACTIONS // actions)
+    return fastest(graph, placement, optimum, step, runs, link_bandwidth=bandwidth, memory_cap=cap)
 
 
 def run(config: RunConfig) -> RunResult:

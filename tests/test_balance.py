@@ -318,15 +318,14 @@ def test_the_objectives_optimum_is_the_brute_force_minimum_for_every_strategy(na
     schedule = plan(name, devices, 2 * devices)
     layers = data.draw(small_models(schedule.num_stages))
     config = RunConfig(layers=layers, batch=8, devices=devices, microbatches=2 * devices, strategy=name, **COSTS[cost])
-    graph, links = model_graph(config)
-    result = balance(graph, Placement.of(schedule), **links)
+    graph, bandwidth = model_graph(config)
+    result = balance(graph, Placement.of(schedule), link_bandwidth=bandwidth)
     placed = stated_devices(name, devices, 2 * devices, schedule.num_stages)
-    expected = brute_force(graph, schedule.num_stages, bandwidth=links.get("link_bandwidth", math.inf),
-                           devices=devices, placed=placed)
+    expected = brute_force(graph, schedule.num_stages, bandwidth=bandwidth, devices=devices, placed=placed)
     assert result.bottleneck == pytest.approx(expected, rel=1e-12)
     order = list(graph.nodes)
     assert result.bottleneck == pytest.approx(
-        brute_objective(graph, order, result.sizes, devices, placed, links.get("link_bandwidth", math.inf)), rel=1e-12)
+        brute_objective(graph, order, result.sizes, devices, placed, bandwidth), rel=1e-12)
 
 
 @pytest.mark.parametrize("cost", sorted(COSTS))
@@ -360,7 +359,7 @@ def test_issue_14_interleaved_balanced_is_the_fastest_partition_not_the_slowest_
     # The objective: with rows 8 a layer's forward is 2·8·in·out / 1e9 s, F + B three times that; the
     # 6 layers sum to 3 · 196.608 µs and split perfectly over 2 devices, 294.912 µs each.
     assert balanced.balance.simulated.optimum != [1, 1, 1, 3]
-    optimum = evaluate(*model_graph(ISSUE_14)[:1], balanced.balance.simulated.optimum,
+    optimum = evaluate(model_graph(ISSUE_14)[0], balanced.balance.simulated.optimum,
                        Placement.of(balanced.schedule))
     assert optimum.bottleneck == pytest.approx(294.912e-6, rel=1e-12)
     old = evaluate(model_graph(ISSUE_14)[0], [1, 1, 1, 3], Placement.of(balanced.schedule))
@@ -482,3 +481,17 @@ def test_round_off_never_picks_and_uniform_is_never_beaten_by_a_slower_one(steps
 
     result = fastest(graph, Placement.one_per_device(2), balance(graph, 2), step, runs=10)
     assert result.sizes == chosen and result.simulated.exhaustive and result.simulated.optimum == [1, 3]
+
+
+def test_candidates_that_run_out_of_memory_in_simulation_rank_last():
+    # Interleaved holds two stages per device, so the stage cap does not apply; the simulation's memory check decides.
+    config = RunConfig(strategy="interleaved", layers="32,64x6,8", batch=16, devices=2, microbatches=4,
+                       device_flops=1e9, compute=False, reference=False)
+    every = {sizes: run(replace(config, partition=",".join(map(str, sizes)))) for sizes in map(tuple, compositions(7, 4))}
+    cap = 230_000  # below uniform's peak and the fastest partition's, above the leanest one's
+    fitting = [r.metrics.makespan for r in every.values() if max(r.metrics.peak_memory_bytes) <= cap]
+    assert max(every[(2, 2, 2, 1)].metrics.peak_memory_bytes) > cap and fitting
+    assert min(fitting) > min(r.metrics.makespan for r in every.values())
+    balanced = run(replace(config, partition="balanced", device_memory=cap))  # would raise if it ran out
+    assert max(balanced.metrics.peak_memory_bytes) <= cap
+    assert balanced.metrics.makespan == pytest.approx(min(fitting), rel=1e-10)

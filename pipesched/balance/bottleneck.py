@@ -63,7 +63,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Iterator
+from typing import TYPE_CHECKING, Any, Hashable, Iterator
 
 import networkx as nx
 import numpy as np
@@ -71,6 +71,9 @@ import numpy as np
 from ..errors import ConfigError
 from ..units import count, format_bytes
 from .placement import Placement
+
+if TYPE_CHECKING:  # search imports this module
+    from .search import Simulated
 
 __all__ = ["Balance", "balance", "evaluate", "compositions", "ENUMERATE_LIMIT", "MILP_NODE_LIMIT", "MILP_TIME_LIMIT"]
 
@@ -103,7 +106,7 @@ class Balance:
     link_loads: dict[tuple[int, int], float]
     bottleneck: float
     status: str = "optimal"
-    simulated: Any = field(default=None, compare=False)
+    simulated: Simulated | None = field(default=None, compare=False)
 
     @property
     def sizes(self) -> list[int]:

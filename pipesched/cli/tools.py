@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from typing import Callable
@@ -59,19 +60,19 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         except ValueError:
             raise ConfigError(f"--costs {args.costs!r} is not a list of numbers; write e.g. 5,1,1,1,1,1,1,5") from None
         _check_counts(config)
-        strategy = load_strategy(config.strategy)
-        chunks = config.chunks or getattr(strategy, "default_chunks", 1)
+        strategy = load_strategy(str(config.strategy))
+        chunks = config.chunks if config.chunks is not None else int(getattr(strategy, "default_chunks", 1))
         schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
-        graph, links = chain_graph(costs), {}
-        result = balance(graph, Placement.of(schedule))
+        graph, bandwidth = chain_graph(costs), math.inf
+        result: Balance | None = balance(graph, Placement.of(schedule))
     else:  # what --partition balanced runs, every check first
         prepared = prepare(replace(config, partition="balanced", compute=False))
         config, schedule, result = prepared.config, prepared.schedule, prepared.balance
-        graph, links = model_graph(config)
+        graph, bandwidth = model_graph(config)
     assert result is not None
     placement = Placement.of(schedule)
     uniform_sizes = [len(r) for r in uniform(graph.number_of_nodes(), placement.stages)]
-    baseline = evaluate(graph, uniform_sizes, placement, **links)
+    baseline = evaluate(graph, uniform_sizes, placement, link_bandwidth=bandwidth)
     if args.json:
         data = {**result.to_dict(), "uniform": baseline.to_dict()}
         if args.costs is not None:  # plain costs carry no memory: say unknown, not zero
@@ -89,7 +90,8 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         print()
         print(_device_table(result, placement, show))
     sims = result.simulated
-    best = result if sims is None or sims.optimum == result.sizes else evaluate(graph, sims.optimum, placement, **links)
+    best = result if sims is None or sims.optimum == result.sizes else (
+        evaluate(graph, sims.optimum, placement, link_bandwidth=bandwidth))
     loads = [f"{show(best.bottleneck)} at best ({_sizes(best.sizes)}: {_busiest(best)}; {result.status})"]
     if best is not result:
         loads.append(f"{show(result.bottleneck)} balanced")

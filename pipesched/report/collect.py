@@ -122,12 +122,13 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
     results.sweep_microbatches = list(sweep_m.values())
     results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
-    graph, links = model_graph(study.run_config(device_memory=None))
+    graph, bandwidth = model_graph(study.run_config(device_memory=None))
     gpipe = study.run_config(strategy="gpipe", partition="balanced", compute=False, device_memory=None, allow_oom=False)
     balanced = prepare(gpipe).balance  # what GPipe's balanced run uses: the objective's optimum or a faster one
     assert balanced is not None
     results.partitions = {
-        "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)], **links),
+        "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)],
+                            link_bandwidth=bandwidth),
         "balanced": balanced,
     }
     for name, config in trains:
