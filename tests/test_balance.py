@@ -336,9 +336,14 @@ def test_balanced_is_the_fastest_partition_in_simulation_so_never_slower_than_un
     devices = data.draw(st.integers(2, 3))
     schedule = plan(name, devices, 2 * devices)
     layers = data.draw(small_models(schedule.num_stages))
-    config = RunConfig(layers=layers, batch=8, devices=devices, microbatches=2 * devices, strategy=name,
+    config = RunConfig(layers=layers, batch=12, devices=devices, microbatches=2 * devices, strategy=name,
                        compute=False, reference=False, **COSTS[cost])
     every = simulate_every_partition(config, len(parse_layers(layers)) - 1, schedule.num_stages)
+    if cost == "flops":  # the objective's claim: M equal micro-batches keep the busiest resource busy M times it
+        graph, bandwidth = model_graph(config)
+        for sizes, makespan in every.items():
+            objective = evaluate(graph, list(sizes), Placement.of(schedule), link_bandwidth=bandwidth).bottleneck
+            assert 2 * devices * objective <= makespan * (1 + 1e-12)
     balanced = run(replace(config, partition="balanced"))
     assert balanced.metrics.makespan <= run(config).metrics.makespan  # uniform
     # few partitions: every one was simulated (equal to ten digits: round-off does not pick)
