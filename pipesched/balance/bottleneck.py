@@ -52,7 +52,8 @@ Three exact solvers:
 >>> result = balance(g, 4)
 >>> result.sizes, result.stage_costs, result.bottleneck
 ([1, 3, 3, 1], [5.0, 3.0, 3.0, 5.0], 5.0)
->>> interleaved = Placement(2, ((1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 1.0)), ((), (), ()))
+>>> shares = ((1.0, 0.0), (0.0, 1.0), (1.0, 0.0), (0.0, 1.0))  # interleaved: stage s on device s mod 2
+>>> interleaved = Placement(2, shares, (((0, 1, 1.0),), ((1, 0, 1.0),), ((0, 1, 1.0),)))
 >>> result = balance(g, interleaved)
 >>> result.device_loads, result.bottleneck
 ([8.0, 8.0], 8.0)
