@@ -21,7 +21,7 @@ import networkx as nx
 import numpy as np
 
 from . import microbatch
-from .balance import Balance, balance, layer_graph, profile_layers
+from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import CostModel, FlopsCost, make_cost_model
 from .engine import check_p2p, check_remat, simulate
@@ -29,14 +29,15 @@ from .errors import ConfigError, PipeschedError
 from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
-from .partition import Partition, parse_partition
-from .schedule import Schedule
+from .partition import Partition, explicit, parse_partition
+from .schedule import Schedule, expand
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
 from .trace import Trace
 
 __all__ = [
     "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
     "model_graph", "balance_model", "check_limits", "DEFAULT_LAYERS", "BALANCE_BY", "COMPARE_DEFAULT",
+    "SEARCH_ACTIONS",
 ]
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
@@ -192,7 +193,7 @@ def prepare(config: RunConfig) -> Prepared:
     check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers), config.layers)
     balanced = None
     if config.partition == "balanced":
-        balanced = balance_model(config, schedule.num_stages)
+        balanced = balance_model(config, schedule)
         partition = tuple(range(stage[0], stage[-1] + 1) for stage in balanced.stages)
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
@@ -228,14 +229,15 @@ def execute(p: Prepared) -> RunResult:
 BALANCE_BY = ("flops", "measured")
 
 
-def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
-    """The config's layer graph and the link costs a stage boundary pays.
+def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
+    """The config's layer graph and the link bandwidth its crossings are charged at.
 
     Layer costs come from the flops cost model (deterministic) or from timing
-    the real NumPy passes (``balance_by="measured"``); a boundary pays the link
-    time of the activation crossing it when ``config.cost`` is ``flops`` (under
-    ``unit`` the links are free). Memory per stage: parameters, gradients and
-    the activations GPipe keeps for the whole batch.
+    the real NumPy passes (``balance_by="measured"``); a link carries the
+    activations and gradients crossing it at the flops model's bandwidth when
+    ``config.cost`` is ``flops`` (under ``unit`` the links are free: the
+    bandwidth is infinite). Memory per stage: parameters, gradients and the
+    activations GPipe keeps for the whole batch.
     """
     if config.balance_by not in BALANCE_BY:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
@@ -248,22 +250,51 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, dict[str, float]]:
     if config.balance_by == "measured":
         times = profile_layers(Model.from_sizes(widths, seed=config.seed), rows)
     graph = layer_graph(layers_from_widths(widths), rows=rows, rows_held=config.batch, cost=flops, layer_times=times)
-    links = {} if config.cost == "unit" else {"link_bandwidth": flops.link_bandwidth, "link_latency": flops.link_latency}
-    return graph, links
+    return graph, math.inf if config.cost == "unit" else flops.link_bandwidth
 
 
-def balance_model(config: RunConfig, stages: int) -> Balance:
-    """The bottleneck-optimal partition of the config's model into ``stages`` stages (see ``model_graph``).
+#: Simulated actions ``balance_model`` may spend on candidates beyond the objective's optimum and uniform,
+#: which it always simulates: a second or two of shape-only simulation at most.
+SEARCH_ACTIONS = 50_000
+
+
+def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
+    """The partition ``--partition balanced`` runs: the objective's optimum, then the fastest in simulation.
+
+    The objective (``pipesched.balance.bottleneck``) is the busiest device or
+    link per micro-batch under the schedule's placement (see ``model_graph``
+    for the costs). With ``balance_by="flops"`` its costs are the simulator's,
+    so candidates are simulated shape-only, under this config's cost model,
+    remat and memory, and the fastest returned (``pipesched.balance.search``):
+    never slower than uniform. Measured costs are not the simulator's, so
+    there the objective's optimum stands alone.
 
     ``device_memory`` caps each stage only where it can stand for a device's
     memory: one stage per device, and no ``allow_oom`` (which asks to run and
     mark an OOM, not to refuse). The stage memory is GPipe's (every
     micro-batch's activations); for other schedules the simulation's own
-    memory check is the authority.
+    memory check is the authority, and the search puts partitions that run
+    out of memory in it last.
     """
-    graph, links = model_graph(config)
+    graph, bandwidth = model_graph(config)
+    placement = Placement.of(schedule)
+    stages = placement.stages
     cap = config.device_memory if stages == config.devices and not config.allow_oom else None
-    return balance(graph, stages, memory_cap=cap, **links)
+    optimum = balance(graph, placement, link_bandwidth=bandwidth, memory_cap=cap)
+    if config.balance_by != "flops":
+        return optimum
+    layers = layers_from_widths(parse_layers(config.layers))
+    rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
+    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
+    actions = sum(len(list(expand(device))) for device in schedule.actions)
+
+    def step(sizes: list[int]) -> tuple[bool, float]:
+        work = ShapeWorkload(layers, explicit(sizes, len(layers), stages), rows)
+        trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
+        return trace.oom is not None, trace.makespan
+
+    runs = max(2, SEARCH_ACTIONS // actions)
+    return fastest(graph, placement, optimum, step, runs, link_bandwidth=bandwidth, memory_cap=cap)
 
 
 def run(config: RunConfig) -> RunResult:

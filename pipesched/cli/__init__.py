@@ -60,7 +60,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
     p.add_argument(
         "--partition", default=d.partition,
-        help="'uniform', 'balanced' (the bottleneck-optimal split) or layer counts per stage, e.g. 2,3,3,3",
+        help="'uniform', 'balanced' (the strategy's optimal split, then the fastest simulated) or layer counts per "
+        "stage, e.g. 2,3,3,3",
     )
     p.add_argument("--balance-by", default=d.balance_by, help="layer costs for 'balanced': flops or measured")
     p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(p_train)
     p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
     p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
-    p_balance = sub.add_parser("balance", help="the partition whose slowest stage is fastest")
+    p_balance = sub.add_parser("balance", help="the partition --partition balanced runs, against uniform")
     p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
     p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
     _add_run_flags(p_balance)

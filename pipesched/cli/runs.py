@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any
 
+from ..balance import Placement
 from ..pipeline import RunResult, compare, run, train
 from ..strategy import load_strategy
 from ..trace import to_chrome
@@ -64,8 +65,13 @@ def _print_run(result: RunResult) -> None:
     print(_table(rows))
     if result.balance is not None:
         bottleneck = format_time(result.balance.bottleneck, "s")
-        print(f"\nbalanced by {config.balance_by}: bottleneck {bottleneck} per micro-batch")
-        print(_balance_table(result.balance, in_seconds=True))
+        sims = result.balance.simulated
+        chosen = "" if sims is None else (
+            f", the fastest of {count(sims.candidates, 'partition')} simulated"
+            + ("" if sims.uniform_makespan is None else f" (uniform {format_time(sims.uniform_makespan, unit)})")
+        )
+        print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
+        print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
 
 
 def _span_of(layers: range) -> str:

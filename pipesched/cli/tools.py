@@ -2,67 +2,83 @@
 
 >>> from pipesched.balance import chain_graph, balance
 >>> print(_balance_table(balance(chain_graph([2, 1, 1]), 2), in_seconds=False))
-stage  layers  size  cost  memory
-0      0-0     1     2     -
-1      1-2     2     2     -
+stage  device  layers  size  compute  memory
+0      0       0-0     1     2        -
+1      1       1-2     2     2        -
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
+from typing import Callable
 
 from .. import formulas
-from ..balance import Balance, balance, chain_graph, evaluate
+from ..balance import Balance, Placement, balance, chain_graph, evaluate
 from ..cost import FlopsCost
 from ..errors import ConfigError, PipeschedError
-from ..limits import check_actions, check_listing, check_memory
+from ..limits import check_actions, check_listing, check_memory, check_stages
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
-from ..pipeline import check_limits, model_graph
-from ..strategy import available_strategies, load_strategy, make_plan
+from ..pipeline import _check_counts, model_graph, prepare
+from ..strategy import available_strategies, load_strategy, make_plan, planned_stages
 from ..units import count, format_bytes, format_time
 from .common import _config, _table, _check_output_path, _write_atomic
 
 __all__ = ["_cmd_balance", "_cmd_formulas", "_cmd_export", "_cmd_strategies"]
 
 
-def _balance_table(result: Balance, in_seconds: bool) -> str:
-    """Per stage: its layers, cost (seconds for a model, plain for --costs) and memory."""
-    rows = [("stage", "layers", "size", "cost", "memory")]
+def _balance_table(result: Balance, in_seconds: bool, placement: Placement | None = None) -> str:
+    """Per stage: its device(s), layers, compute (seconds for a model, plain for --costs) and memory."""
+    placement = placement or Placement.one_per_device(len(result.stages))
+    rows = [("stage", "device", "layers", "size", "compute", "memory")]
     for index, (stage, cost, memory) in enumerate(zip(result.stages, result.stage_costs, result.stage_memory)):
+        devices = [d for d, share in enumerate(placement.shares[index]) if share > 0]
         rows.append((
-            str(index), f"{stage[0]}-{stage[-1]}", str(len(stage)),
+            str(index), ",".join(map(str, devices)), f"{stage[0]}-{stage[-1]}", str(len(stage)),
             format_time(cost, "s") if in_seconds else f"{cost:g}",
             format_bytes(int(memory)) if in_seconds else "-",
         ))
     return _table(rows)
 
 
+def _device_table(result: Balance, placement: Placement, show: Callable[[float], str]) -> str:
+    """Per device: the stages it runs and its load per micro-batch (their compute, by share)."""
+    rows = [("device", "stages", "load")]
+    for d, load in enumerate(result.device_loads):
+        rows.append((str(d), ",".join(map(str, placement.stages_on(d))), show(load)))
+    return _table(rows)
+
+
 def _cmd_balance(args: argparse.Namespace) -> None:
     config = _config(args)
-    cap = config.device_memory
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
         except ValueError:
             raise ConfigError(f"--costs {args.costs!r} is not a list of numbers; write e.g. 5,1,1,1,1,1,1,5") from None
-        if config.devices < 1:
-            raise ConfigError(f"--devices {config.devices} is not allowed; use 1 or more")
-        graph, links, stages = chain_graph(costs), {}, config.devices * (config.chunks or 1)
-    else:
-        strategy = load_strategy(config.strategy)
-        chunks = config.chunks or getattr(strategy, "default_chunks", 1)
-        check_limits(replace(config, chunks=chunks, compute=False), strategy)  # a run's, but no arrays: see below
+        _check_counts(config)
+        strategy = load_strategy(str(config.strategy))
+        chunks = config.chunks if config.chunks is not None else int(getattr(strategy, "default_chunks", 1))
+        check_actions(config.devices, config.microbatches, chunks)
+        check_stages(strategy.name, planned_stages(strategy, config.devices, chunks), config.devices, chunks,
+                     len(costs), f"--costs {args.costs}")
+        schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
+        graph, bandwidth = chain_graph(costs), math.inf
+        result: Balance | None = balance(graph, Placement.of(schedule))
+    else:  # what --partition balanced runs, every check first
         if config.balance_by == "measured":  # timing the layers builds the weights, one layer's work at a time
             check_memory(config, roles=("parameters",))
-        stages = make_plan(strategy, config.devices, config.microbatches, chunks).num_stages
-        graph, links = model_graph(config)
-    result = balance(graph, stages, memory_cap=cap, **links)
-    uniform_sizes = [len(r) for r in uniform(graph.number_of_nodes(), stages)]
-    baseline = evaluate(graph, uniform_sizes, **links)
+        prepared = prepare(replace(config, partition="balanced", compute=False))
+        config, schedule, result = prepared.config, prepared.schedule, prepared.balance
+        graph, bandwidth = model_graph(config)
+    assert result is not None
+    placement = Placement.of(schedule)
+    uniform_sizes = [len(r) for r in uniform(graph.number_of_nodes(), placement.stages)]
+    baseline = evaluate(graph, uniform_sizes, placement, link_bandwidth=bandwidth)
     if args.json:
         data = {**result.to_dict(), "uniform": baseline.to_dict()}
         if args.costs is not None:  # plain costs carry no memory: say unknown, not zero
@@ -70,12 +86,51 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         print(json.dumps(data, indent=2))
         return
     seconds = args.costs is None
+    name = config.strategy if isinstance(config.strategy, str) else config.strategy.name
     what = "--costs" if not seconds else f"layers {config.layers}, batch {config.batch}, by {config.balance_by}"
-    print(f"{graph.number_of_nodes()} layers into {stages} stages ({what})\n")
-    print(_balance_table(result, in_seconds=seconds))
+    print(f"{count(graph.number_of_nodes(), 'layer')} into {count(placement.stages, 'stage')} on "
+          f"{count(placement.devices, 'device')} as {name} places them ({what})\n")
+    print(_balance_table(result, in_seconds=seconds, placement=placement))
     show = (lambda v: format_time(v, "s")) if seconds else (lambda v: f"{v:g}")
-    print(f"\nbottleneck {show(result.bottleneck)}; uniform {','.join(map(str, uniform_sizes))} gives "
-          f"{show(baseline.bottleneck)}")
+    if not placement.exclusive or any(max(row) < 1 for row in placement.shares):
+        print()
+        print(_device_table(result, placement, show))
+    sims = result.simulated
+    best = result if sims is None or sims.optimum == result.sizes else (
+        evaluate(graph, sims.optimum, placement, link_bandwidth=bandwidth))
+    loads = [f"{show(best.bottleneck)} at best ({_sizes(best.sizes)}: {_busiest(best)}; {result.status})"]
+    if best is not result:
+        loads.append(f"{show(result.bottleneck)} balanced")
+    loads.append(f"{show(baseline.bottleneck)} uniform ({_sizes(uniform_sizes)})")
+    print(f"\nbusiest device or link per micro-batch: {', '.join(loads)}")
+    if args.costs is not None:
+        return
+    if sims is None:
+        why = ("measured costs are not the simulator's" if config.balance_by != "flops"
+               else "there is only one partition")
+        print(f"not simulated: {why}")
+        return
+    unit = "s" if config.cost == "flops" else "unit"
+    steps = [f"{format_time(sims.makespan, unit)} balanced" + (" (out of memory)" if sims.oom else "")]
+    steps.append("uniform does not fit --device-memory" if sims.uniform_makespan is None
+                 else f"{format_time(sims.uniform_makespan, unit)} uniform")
+    searched = (f"every one of the {count(sims.candidates, 'partition')} that fit simulated" if sims.exhaustive
+                else f"{count(sims.candidates, 'partition')} simulated, from the best and uniform")
+    print(f"simulated step of {name} ({count(config.microbatches, 'micro-batch')}, cost {config.cost}): "
+          f"{', '.join(steps)}; {searched}")
+
+
+def _busiest(result: Balance) -> str:
+    """The resource that sets the bottleneck: a device, or a link as src -> dst."""
+    for d, load in enumerate(result.device_loads):
+        if load == result.bottleneck:
+            return f"device {d}"
+    src, dst = next(link for link, load in result.link_loads.items() if load == result.bottleneck)
+    return f"link {src} -> {dst}"
+
+
+def _sizes(sizes: list[int]) -> str:
+    return ",".join(map(str, sizes))
 
 
 def _cmd_formulas(args: argparse.Namespace) -> None:

@@ -408,8 +408,9 @@ def _partition_names(names: list[str]) -> str:
 def stage_costs(results: StudyResults) -> Figure:
     """Each stage's cost for one micro-batch under the partitions the study compares, in its cost model.
 
-    Under ``flops``: compute plus the entering transfer, from the balancer's
-    layer graph. Under ``unit``: the unit cost model's F + B of a stage, K/S
+    Under ``flops``: each stage's compute (forward + backward), from the
+    balancer's layer graph; the balancer weighs each device's stages and each
+    link's bytes (``pipesched.balance``). Under ``unit``: the unit cost model's F + B of a stage, K/S
     and 2K/S units for S stages whatever their layers (``pipesched.cost``), so
     every partition of K stages costs the same.
     """
@@ -439,9 +440,9 @@ def stage_costs(results: StudyResults) -> Figure:
     ax.set_ylabel(f"cost per micro-batch, F + B ({unit})")
     _plain(ax.yaxis)
     ax.set_ylim(0, max(c for cs in costs.values() for c in cs) * scale * 1.1)
-    _title_and_legend(fig, f"Stage costs of {_partition_names(list(costs))}: the slowest stage sets the pace\n"
+    _title_and_legend(fig, f"Stage costs of {_partition_names(list(costs))}\n"
                       + ("(unit cost: every stage F = K/S, B = 2K/S units, whatever its layers)" if unit_cost else
-                         "(compute plus entering transfer, flops cost model)"),
+                         "(compute, F + B, flops cost model)"),
                       ax.get_legend_handles_labels()[0], columns=1)
     return fig
 
