@@ -20,11 +20,11 @@ from .. import formulas
 from ..balance import Balance, Placement, balance, chain_graph, evaluate
 from ..cost import FlopsCost
 from ..errors import ConfigError, PipeschedError
-from ..limits import check_actions, check_listing, check_memory, check_stages
+from ..limits import check_actions, check_listing, check_memory
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
 from ..pipeline import _check_counts, model_graph, prepare
-from ..strategy import available_strategies, load_strategy, make_plan, planned_stages
+from ..strategy import available_strategies, load_strategy, make_plan
 from ..units import count, format_bytes, format_time
 from .common import _config, _table, _check_output_path, _write_atomic
 
@@ -63,9 +63,7 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         _check_counts(config)
         strategy = load_strategy(str(config.strategy))
         chunks = config.chunks if config.chunks is not None else int(getattr(strategy, "default_chunks", 1))
-        check_actions(config.devices, config.microbatches, chunks)
-        check_stages(strategy.name, planned_stages(strategy, config.devices, chunks), config.devices, chunks,
-                     len(costs), f"--costs {args.costs}")
+        check_actions(config.devices, config.microbatches, chunks)  # the balancer itself says if the layers are too few
         schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
         graph, bandwidth = chain_graph(costs), math.inf
         result: Balance | None = balance(graph, Placement.of(schedule))
