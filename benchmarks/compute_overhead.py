@@ -25,9 +25,21 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    pipesched = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "run", "--layers", args.layers,
-                 "--batch", str(args.batch), "--devices", str(args.devices), "--microbatches", str(args.microbatches),
-                 "--remat", "never", "--no-reference"]
+    pipesched = [
+        os.path.join(os.path.dirname(sys.executable), "pipesched"),
+        "run",
+        "--layers",
+        args.layers,
+        "--batch",
+        str(args.batch),
+        "--devices",
+        str(args.devices),
+        "--microbatches",
+        str(args.microbatches),
+        "--remat",
+        "never",
+        "--no-reference",
+    ]
     loop = [sys.executable, os.path.join(HERE, "numpy_loop.py"), args.layers, str(args.batch), str(args.microbatches)]
     t_loop = best_of(loop, args.repeat)
     t_shape = best_of(pipesched + ["--no-compute"], args.repeat)

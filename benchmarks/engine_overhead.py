@@ -31,9 +31,26 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     k, m = str(args.devices), str(args.microbatches)
-    pipesched = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "run", "--strategy", "gpipe", "--devices", k,
-                 "--microbatches", m, "--cost", "unit", "--remat", "never", "--no-compute", "--no-reference",
-                 "--layers", f"8x{args.devices + 1}", "--batch", m]
+    pipesched = [
+        os.path.join(os.path.dirname(sys.executable), "pipesched"),
+        "run",
+        "--strategy",
+        "gpipe",
+        "--devices",
+        k,
+        "--microbatches",
+        m,
+        "--cost",
+        "unit",
+        "--remat",
+        "never",
+        "--no-compute",
+        "--no-reference",
+        "--layers",
+        f"8x{args.devices + 1}",
+        "--batch",
+        m,
+    ]
     baseline = [sys.executable, os.path.join(HERE, "handwritten_gpipe.py"), k, m]
     base = best_of(baseline, args.repeat)
     ours = best_of(pipesched, args.repeat)

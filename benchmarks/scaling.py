@@ -17,9 +17,24 @@ import time
 
 
 def run(devices: int, microbatches: int) -> tuple[float, float]:
-    cmd = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "run", "--strategy", "gpipe",
-           "--devices", str(devices), "--microbatches", str(microbatches), "--batch", str(microbatches),
-           "--layers", f"8x{devices + 1}", "--cost", "unit", "--no-compute", "--no-reference"]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "pipesched"),
+        "run",
+        "--strategy",
+        "gpipe",
+        "--devices",
+        str(devices),
+        "--microbatches",
+        str(microbatches),
+        "--batch",
+        str(microbatches),
+        "--layers",
+        f"8x{devices + 1}",
+        "--cost",
+        "unit",
+        "--no-compute",
+        "--no-reference",
+    ]
     start = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -17,9 +17,13 @@ from pipesched.sweep import Results, parse_sweep, sweep
 
 STUDY = {
     "model": {"layers": "128,256x10,10", "batch": 64},
-    "axes": {"strategy": ["gpipe", "1f1b", "zb-h1", "interleaved"], "devices": [2, 3, 4, 5],
-             "microbatches": [4, 8, 12, 16, 24, 32], "remat": ["never", "always", "except_last"],
-             "link_latency": [1e-6, 5e-6, 2e-5]},
+    "axes": {
+        "strategy": ["gpipe", "1f1b", "zb-h1", "interleaved"],
+        "devices": [2, 3, 4, 5],
+        "microbatches": [4, 8, 12, 16, 24, 32],
+        "remat": ["never", "always", "except_last"],
+        "link_latency": [1e-6, 5e-6, 2e-5],
+    },
     "constraints": {"where": ["microbatches >= devices"]},
 }
 

@@ -22,8 +22,14 @@ from typing import Any, Iterable, Sequence
 from .schedule import Action, Item, Overlap, expand
 
 __all__ = [
-    "one_f_one_b", "split_backward", "defer_weights", "zero_bubble_order", "inflight_counts", "require_one_chunk",
-    "require_chunks", "Steps",
+    "one_f_one_b",
+    "split_backward",
+    "defer_weights",
+    "zero_bubble_order",
+    "inflight_counts",
+    "require_one_chunk",
+    "require_chunks",
+    "Steps",
 ]
 
 
@@ -77,8 +83,11 @@ def zero_bubble_order(stage: int, microbatches: int, warmup: int, lag: int) -> l
     '0F0 0F1 0I0 0F2 0I1 0W0 0I2 0W1 0W2'
     """
     return defer_weights(
-        one_f_one_b([Action(stage, "F", m) for m in range(microbatches)],
-                    [[Action(stage, "I", m)] for m in range(microbatches)], warmup),
+        one_f_one_b(
+            [Action(stage, "F", m) for m in range(microbatches)],
+            [[Action(stage, "I", m)] for m in range(microbatches)],
+            warmup,
+        ),
         lag,
     )
 

@@ -99,7 +99,7 @@ class _Stages:
         return nn.keeps_output(self.layers[stage], last_stage=stage == len(self.stages) - 1)
 
     def param_bytes(self, stage: int) -> int:
-        return sum(l.param_count for l in self.layers[stage]) * self.itemsize
+        return sum(layer.param_count for layer in self.layers[stage]) * self.itemsize
 
 
 class NumpyWorkload(_Stages):
@@ -174,7 +174,12 @@ class ShapeWorkload(_Stages):
         super().__init__(layers, stages, rows, itemsize)
         # per stage: widths of the inner layer inputs, the output, all outputs (the gradients)
         self._widths = [
-            (sum(l.in_features for l in ls[1:]), ls[-1].out_features, sum(l.out_features for l in ls), ls[0].in_features)
+            (
+                sum(layer.in_features for layer in ls[1:]),
+                ls[-1].out_features,
+                sum(layer.out_features for layer in ls),
+                ls[0].in_features,
+            )
             for ls in self.layers
         ]
 

@@ -48,8 +48,15 @@ from .errors import ConfigError
 from .model import Layer
 
 __all__ = [
-    "CostModel", "FlopsCost", "UnitCost", "COST_MODELS", "make_cost_model", "OP_WEIGHT", "OVERLAP_RULES",
-    "overlapped_time", "check_overlap",
+    "CostModel",
+    "FlopsCost",
+    "UnitCost",
+    "COST_MODELS",
+    "make_cost_model",
+    "OP_WEIGHT",
+    "OVERLAP_RULES",
+    "overlapped_time",
+    "check_overlap",
 ]
 
 #: Work of each op relative to one forward: B = I + W, R is a recompute forward.
@@ -120,7 +127,7 @@ class FlopsCost:
             )
 
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
-        return OP_WEIGHT[op] * sum(l.forward_flops(rows) for l in layers) / self.device_flops
+        return OP_WEIGHT[op] * sum(layer.forward_flops(rows) for layer in layers) / self.device_flops
 
     def transfer_times(self, nbytes: int) -> tuple[float, float]:
         return nbytes / self.link_bandwidth, self.link_latency
@@ -158,7 +165,11 @@ def make_cost_model(
     if name == "unit":
         return UnitCost(overlap=overlap)
     if name == "flops":
-        given = {"device_flops": device_flops, "link_bandwidth": link_bandwidth, "link_latency": link_latency,
-                 "overlap": overlap}
+        given = {
+            "device_flops": device_flops,
+            "link_bandwidth": link_bandwidth,
+            "link_latency": link_latency,
+            "overlap": overlap,
+        }
         return FlopsCost(**{k: v for k, v in given.items() if v is not None})
     raise ConfigError(f"--cost {name!r} is unknown; use one of {', '.join(COST_MODELS)}")

@@ -39,8 +39,11 @@ def oom_message(device: int, sample: MemorySample, capacity: int | None, trace: 
     parts = ", ".join(
         f"{label} {format_bytes(value)}"
         for label, value in (
-            ("parameters", sample.params), ("gradients", sample.grads), ("activations", sample.activations),
-            ("kept for deferred W", sample.deferred), ("link buffers", sample.buffers),
+            ("parameters", sample.params),
+            ("gradients", sample.grads),
+            ("activations", sample.activations),
+            ("kept for deferred W", sample.deferred),
+            ("link buffers", sample.buffers),
         )
         if value
     )
@@ -61,8 +64,10 @@ def _describe(device: int, engine: _Engine) -> str:
     """What a device that never finished is held by: a blocking send, an input, or an all-reduce step."""
     send = engine.in_send[device]
     if send is not None:
-        return (f"{_send_name(send)}, a blocking send that waits for device {send.dst} to post "
-                f"{_receive_name(send.key, engine)}")
+        return (
+            f"{_send_name(send)}, a blocking send that waits for device {send.dst} to post "
+            f"{_receive_name(send.key, engine)}"
+        )
     waiting = engine.waiting[device]
     return waiting if isinstance(waiting, str) else _describe_wait(*waiting, engine)
 
@@ -104,7 +109,7 @@ def _cycle(blocked: list[int], engine: _Engine) -> tuple[str, str] | None:
             device = _waits_on(device, engine)
         if device is None or device not in path or len(path) - path.index(device) < 2:
             continue
-        ring = path[path.index(device):]
+        ring = path[path.index(device) :]
         sends = [_send_name(send) for send in (engine.in_send[d] for d in ring) if send is not None]
         if len(ring) == 2:
             what = f"devices {ring[0]} and {ring[1]} wait for each other"

@@ -44,11 +44,12 @@ import simpy
 
 from .compute import Buffer, Held, Workload
 from .cost import CostModel, check_overlap, overlapped_time
-from .errors import ConfigError, DeadlockError, OutOfMemoryError
-from .schedule import Action, Overlap, Schedule, expand
 from .diagnose import deadlock_message, oom_message
-from .links import P2P_MODES, Key as _Key, Links, Message, check_p2p
+from .errors import ConfigError, DeadlockError, OutOfMemoryError
+from .links import P2P_MODES, Links, Message, check_p2p
+from .links import Key as _Key
 from .memory import DeviceMemory
+from .schedule import Action, Overlap, Schedule, expand
 from .trace import MemorySample, Span, Trace
 
 __all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
@@ -57,6 +58,7 @@ __all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES",
 #: recomputes in backward, ``except_last`` does so for all but the last
 #: micro-batch (whose backward comes first in F-then-B), ``never`` keeps all.
 REMAT_MODES = ("never", "always", "except_last")
+
 
 def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
     """Whether a forward keeps its activations (else only its input, recomputed in backward).
@@ -111,13 +113,18 @@ class _Engine(Links):
         self.program = [self._program(d, actions, replicas) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
-            (a.stage, a.op[-1], a.microbatch) for actions in schedule.actions for a in actions if a.op.startswith("SEND")
+            (a.stage, a.op[-1], a.microbatch)
+            for actions in schedule.actions
+            for a in actions
+            if a.op.startswith("SEND")
         }
         self.outbox: dict[tuple[int, str, int], Message] = {}
         # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
         self.explicit_recvs = {
             ("x" if a.op == "RECV_F" else "g", a.stage, a.microbatch)
-            for actions in schedule.actions for a in actions if a.op.startswith("RECV")
+            for actions in schedule.actions
+            for a in actions
+            if a.op.startswith("RECV")
         }
         self.posted: set[_Key] = set()  # receives posted so far
         self.parked: dict[_Key, tuple[Message, Callable[[], None] | None]] = {}  # sends waiting for their receive
@@ -147,6 +154,7 @@ class _Engine(Links):
         after the device's last action. A stage without replicas has nothing
         to reduce, so its REDUCE_GRAD does nothing.
         """
+
         def steps(stage: int) -> list[_ReduceStep]:
             ring = replicas[stage]
             return [_ReduceStep(stage, step, ring) for step in range(2 * (len(ring) - 1))]
@@ -371,8 +379,9 @@ class _Engine(Links):
             self._sample(device)
         return dx, for_weights
 
-    def _finish_backward(self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held,
-                         dy: Any, dx: Any) -> None:
+    def _finish_backward(
+        self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held, dy: Any, dx: Any
+    ) -> None:
         if op == "I":
             self.held[(stage, mb)] = for_weights
         self._drop(device, held)

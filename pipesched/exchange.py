@@ -160,7 +160,9 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
     try:
         rows = list(reader)
     except csv.Error as exc:
-        raise ScheduleError(f"{source} row {reader.line_num}: not CSV ({exc}); write one row of actions per rank") from None
+        raise ScheduleError(
+            f"{source} row {reader.line_num}: not CSV ({exc}); write one row of actions per rank"
+        ) from None
     while rows and not any(cell.strip() for cell in rows[-1]):
         rows.pop()  # trailing blank lines
     if not rows:
@@ -170,9 +172,7 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
     ignored = 0
     for r, row in enumerate(rows, start=1):
         if not any(cell.strip() for cell in row):
-            raise ScheduleError(
-                f"{source} row {r} is empty; remove it, or write None in it for a rank that stays idle"
-            )
+            raise ScheduleError(f"{source} row {r} is empty; remove it, or write None in it for a rank that stays idle")
         actions, places = [], []
         for c, cell in enumerate(row, start=1):
             text_cell = cell.strip()
@@ -188,7 +188,9 @@ def from_torch_csv(text: str, source: str = "the CSV") -> Imported:
             places.append(c)
         per_rank.append(actions)
         columns.append(places)
-    notes = [f"{ignored} UNSHARD/RESHARD actions left out: pipesched does not model sharded parameters"] if ignored else []
+    notes = (
+        [f"{ignored} UNSHARD/RESHARD actions left out: pipesched does not model sharded parameters"] if ignored else []
+    )
     return Imported(Schedule(per_rank), columns, notes)
 
 
@@ -200,7 +202,9 @@ def load_torch_csv(path: str) -> Imported:
     except OSError as exc:
         raise StrategyError(f"schedule file {path!r} cannot be read ({exc.strerror}); give an existing CSV") from None
     except UnicodeDecodeError:
-        raise StrategyError(f"schedule file {path!r} is not UTF-8 text; give a CSV of actions such as 0F0,0B0") from None
+        raise StrategyError(
+            f"schedule file {path!r} is not UTF-8 text; give a CSV of actions such as 0F0,0B0"
+        ) from None
     return from_torch_csv(text, source=os.path.basename(path))
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from .engine import remat_keeps
 from .model import Layer, keeps_output, saved_widths
-from .schedule import Action, Item, expand
+from .schedule import Item, expand
 
 __all__ = [
     "ClosedForm",
@@ -354,8 +354,11 @@ def flow_shop_makespan(costs: Sequence[float], devices: int) -> float:
 
 def _backward_costs(microbatches: int, remat: str) -> list[float]:
     """Unit-cost backward of each micro-batch, in GPipe's order (last micro-batch first)."""
-    recompute = {"never": [False] * microbatches, "always": [True] * microbatches,
-                 "except_last": [m != microbatches - 1 for m in range(microbatches)]}[remat]
+    recompute = {
+        "never": [False] * microbatches,
+        "always": [True] * microbatches,
+        "except_last": [m != microbatches - 1 for m in range(microbatches)],
+    }[remat]
     return [2.0 + recompute[m] for m in reversed(range(microbatches))]
 
 
@@ -420,44 +423,63 @@ class ClosedForm:
 
 CLOSED_FORMS: dict[str, ClosedForm] = {
     "gpipe": ClosedForm(
-        lambda K, M, v: gpipe_bubble(K, M), "(K-1)/(K-1+M)",
-        lambda K, M, v, d: gpipe_peak_inflight(K, M, d), "M", "Huang et al., NeurIPS 2019",
+        lambda K, M, v: gpipe_bubble(K, M),
+        "(K-1)/(K-1+M)",
+        lambda K, M, v, d: gpipe_peak_inflight(K, M, d),
+        "M",
+        "Huang et al., NeurIPS 2019",
     ),
     "1f1b": ClosedForm(
-        lambda K, M, v: gpipe_bubble(K, M), "(K-1)/(K-1+M)",
-        lambda K, M, v, d: one_f_one_b_peak_inflight(K, M, d), "min(K-d, M)", "Narayanan et al., SC 2021",
+        lambda K, M, v: gpipe_bubble(K, M),
+        "(K-1)/(K-1+M)",
+        lambda K, M, v, d: one_f_one_b_peak_inflight(K, M, d),
+        "min(K-d, M)",
+        "Narayanan et al., SC 2021",
     ),
     "interleaved": ClosedForm(
         lambda K, M, v: interleaved_bubble(K, M, v) if M >= K else None,
         "(K-1)/(v*M+K-1), M >= K (K not dividing M: found by simulation)",
-        lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v), "min(w_d+1, vM), w_d Megatron's warm-up",
+        lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v),
+        "min(w_d+1, vM), w_d Megatron's warm-up",
         "Narayanan et al., SC 2021; Megatron-LM",
     ),
     "zb-h1": ClosedForm(
-        lambda K, M, v: zb_h1_bubble(K, M), "(K-1)/(3M+K-1); M<K: 1-3M/(2(M+K)-1)",
-        lambda K, M, v, d: zb_h1_peak_inflight(K, M, d), "min(K, M)", "Qi et al., ICLR 2024",
+        lambda K, M, v: zb_h1_bubble(K, M),
+        "(K-1)/(3M+K-1); M<K: 1-3M/(2(M+K)-1)",
+        lambda K, M, v, d: zb_h1_peak_inflight(K, M, d),
+        "min(K, M)",
+        "Qi et al., ICLR 2024",
     ),
     "zb-h2": ClosedForm(
         lambda K, M, v: zb_h2_bubble(K, M),
         "(K-1)/(3M+K-1), M >= 2K-2 (M <= 2K-2: found by simulation); 0 back to back, M >= 2K-1",
-        lambda K, M, v, d: zb_h2_peak_inflight(K, M, d), "min(2K-1, M)", "Qi et al., ICLR 2024",
+        lambda K, M, v, d: zb_h2_peak_inflight(K, M, d),
+        "min(2K-1, M)",
+        "Qi et al., ICLR 2024",
         steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "zb-v": ClosedForm(
         lambda K, M, v: zb_v_bubble(K, M),
         "(K-1)/(6M+K-1), M >= 3K/2 (found by simulation); 0 back to back, M >= 2K-1",
-        lambda K, M, v, d: zb_v_peak_inflight(K, M, d), "min(M,2K-1-d) + min(M,d+1)", "Qi et al., ICLR 2024",
+        lambda K, M, v, d: zb_v_peak_inflight(K, M, d),
+        "min(M,2K-1-d) + min(M,d+1)",
+        "Qi et al., ICLR 2024",
         steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
     "dualpipev": ClosedForm(
         lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None,
         "(K-1)/(3M+K-1), --overlap sum, M >= 2K (found by simulation)",
-        lambda K, M, v, d: dualpipev_peak_inflight(K, M, d), "2K+1", "DeepSeek-AI, DualPipe 2025",
+        lambda K, M, v, d: dualpipev_peak_inflight(K, M, d),
+        "2K+1",
+        "DeepSeek-AI, DualPipe 2025",
         runs=lambda K, M, v: M >= 2 * K,
     ),
     "dp": ClosedForm(
-        lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None, "1-M/(K*ceil(M/K)), M >= K",
-        lambda K, M, v, d: 1, "1", "ring all-reduce: Patarasuk and Yuan 2009",
+        lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None,
+        "1-M/(K*ceil(M/K)), M >= K",
+        lambda K, M, v, d: 1,
+        "1",
+        "ring all-reduce: Patarasuk and Yuan 2009",
         runs=lambda K, M, v: M >= K,
     ),
 }
@@ -525,8 +547,8 @@ def activation_peak(
         full = stage_activation_bytes(layers, rows[mb], last, itemsize)
         inputs = stage_input_bytes(layers, rows[mb], itemsize)
         kept = remat_keeps(remat, mb, len(rows))
-        gradients = rows[mb] * sum(l.out_features for l in layers) * itemsize  # one per layer output
-        weights_need = rows[mb] * sum(l.in_features for l in layers) * itemsize + gradients
+        gradients = rows[mb] * sum(layer.out_features for layer in layers) * itemsize  # one per layer output
+        weights_need = rows[mb] * sum(layer.in_features for layer in layers) * itemsize + gradients
         if op == "F":
             held += full if kept else inputs
         elif op in "BI":

@@ -92,8 +92,9 @@ def check_stages(strategy: str, stages: int, devices: int, chunks: int, layers: 
         )
 
 
-def array_bytes(widths: Sequence[int], batch: int, microbatches: int, reference: bool, remat: str = "never",
-                itemsize: int = 8) -> dict[str, int]:
+def array_bytes(
+    widths: Sequence[int], batch: int, microbatches: int, reference: bool, remat: str = "never", itemsize: int = 8
+) -> dict[str, int]:
     """A lower bound on the bytes of the NumPy arrays a real-compute run builds, by role.
 
     - parameters: Σ (in+1)·out of the dense layers (weights and biases), float64;
@@ -113,8 +114,12 @@ def array_bytes(widths: Sequence[int], batch: int, microbatches: int, reference:
     outputs = widths[1:]
     rows = batch if reference else -(-batch // microbatches)
     kept = sum(outputs) if reference or remat == "never" else max(outputs)
-    sizes = {"parameters": params, "gradients": params, "data": batch * widths[0] * itemsize,
-             "activations": rows * kept * itemsize}
+    sizes = {
+        "parameters": params,
+        "gradients": params,
+        "data": batch * widths[0] * itemsize,
+        "activations": rows * kept * itemsize,
+    }
     if reference:
         sizes["reference gradients"] = params
     return sizes
@@ -160,8 +165,7 @@ def check_memory(config: "RunConfig", copies: int = 1, roles: Sequence[str] = ()
         return
     from .model import parse_layers  # the model module imports NumPy; this one stays light
 
-    sizes = array_bytes(parse_layers(config.layers), config.batch, config.microbatches, config.reference,
-                        config.remat)
+    sizes = array_bytes(parse_layers(config.layers), config.batch, config.microbatches, config.reference, config.remat)
     for role in ("parameters", "gradients", "data"):
         sizes[role] *= copies
     if roles:

@@ -97,8 +97,7 @@ def parse_layers(text: str) -> list[int]:
         widths += [int(match.group(1))] * repeat
     if len(widths) < 2:
         raise ConfigError(
-            f"--layers {text!r} gives {len(widths)} width; give at least an input "
-            "and an output width, e.g. 128,10"
+            f"--layers {text!r} gives {len(widths)} width; give at least an input and an output width, e.g. 128,10"
         )
     return widths
 
@@ -122,24 +121,24 @@ class Model:
         layers = layers_from_widths(widths)
         params = [
             (
-                (rng.standard_normal((l.in_features, l.out_features)) * np.sqrt(2.0 / l.in_features)).astype(dtype, copy=False),
-                np.zeros(l.out_features, dtype=dtype),
+                (
+                    rng.standard_normal((layer.in_features, layer.out_features)) * np.sqrt(2.0 / layer.in_features)
+                ).astype(dtype, copy=False),
+                np.zeros(layer.out_features, dtype=dtype),
             )
-            for l in layers
+            for layer in layers
         ]
         return cls(layers, params)
 
     @property
     def widths(self) -> list[int]:
-        return [self.layers[0].in_features] + [l.out_features for l in self.layers]
+        return [self.layers[0].in_features] + [layer.out_features for layer in self.layers]
 
     def zeros_like_params(self) -> Params:
         return [(np.zeros_like(w), np.zeros_like(b)) for w, b in self.params]
 
 
-def forward(
-    layers: Sequence[Layer], params: Params, x: np.ndarray
-) -> tuple[np.ndarray, list[np.ndarray]]:
+def forward(layers: Sequence[Layer], params: Params, x: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """Run ``x`` through ``layers``; return the output and every activation ``[x0, ..., xn]``.
 
     ``acts[i]`` is the input of layer ``i`` and ``acts[-1]`` the output; backward
@@ -203,7 +202,7 @@ def saved_widths(layers: Sequence[Layer], keep_output: bool) -> int:
     >>> saved_widths([Layer(4, 3, True), Layer(3, 2, False)], keep_output=False)
     7
     """
-    widths = sum(l.in_features for l in layers)
+    widths = sum(layer.in_features for layer in layers)
     return widths + (layers[-1].out_features if keep_output else 0)
 
 
@@ -220,7 +219,9 @@ def mse(y: np.ndarray, target: np.ndarray, scale: float, grad: bool = True) -> t
     return float(scale * np.sum(diff * diff) / width), diff * (2.0 * scale / width) if grad else None
 
 
-def cross_entropy(y: np.ndarray, labels: np.ndarray, scale: float, grad: bool = True) -> tuple[float, np.ndarray | None]:
+def cross_entropy(
+    y: np.ndarray, labels: np.ndarray, scale: float, grad: bool = True
+) -> tuple[float, np.ndarray | None]:
     """Softmax cross-entropy of logits ``y`` against integer ``labels``, times ``scale``."""
     shifted = y - y.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

@@ -16,9 +16,9 @@ Partition = tuple[range, ...]
 
 def _from_counts(counts: Sequence[int]) -> Partition:
     stages, start = [], 0
-    for count in counts:
-        stages.append(range(start, start + count))
-        start += count
+    for size in counts:
+        stages.append(range(start, start + size))
+        start += size
     return tuple(stages)
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -35,8 +34,20 @@ from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, pl
 from .trace import Trace
 
 __all__ = [
-    "RunConfig", "RunResult", "Prepared", "run", "prepare", "execute", "compare", "train",
-    "model_graph", "balance_model", "check_limits", "DEFAULT_LAYERS", "BALANCE_BY", "COMPARE_DEFAULT",
+    "RunConfig",
+    "RunResult",
+    "Prepared",
+    "run",
+    "prepare",
+    "execute",
+    "compare",
+    "train",
+    "model_graph",
+    "balance_model",
+    "check_limits",
+    "DEFAULT_LAYERS",
+    "BALANCE_BY",
+    "COMPARE_DEFAULT",
     "SEARCH_ACTIONS",
 ]
 
@@ -149,8 +160,13 @@ class Prepared:
 
 
 def _check_counts(config: RunConfig) -> None:
-    counts = (("--devices", config.devices), ("--microbatches", config.microbatches), ("--batch", config.batch),
-              ("--chunks", config.chunks), ("--seed", config.seed))
+    counts = (
+        ("--devices", config.devices),
+        ("--microbatches", config.microbatches),
+        ("--batch", config.batch),
+        ("--chunks", config.chunks),
+        ("--seed", config.seed),
+    )
     for flag, value in counts:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{flag} {value!r} is not a whole number; give e.g. 4")
@@ -243,8 +259,11 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
     widths = parse_layers(config.layers)
     rows = -(-config.batch // config.microbatches)  # the largest micro-batch
-    given = {"device_flops": config.device_flops, "link_bandwidth": config.link_bandwidth,
-             "link_latency": config.link_latency}
+    given = {
+        "device_flops": config.device_flops,
+        "link_bandwidth": config.link_bandwidth,
+        "link_latency": config.link_latency,
+    }
     flops = FlopsCost(**{k: v for k, v in given.items() if v is not None})
     times = None
     if config.balance_by == "measured":
@@ -328,7 +347,9 @@ def compare(
             if on_skip is not None:
                 on_skip(name, str(exc))
                 continue
-            way_out = "drop --schedule" if name.lower().endswith(".csv") else f"leave {name} out with --strategies {others}"
+            way_out = (
+                "drop --schedule" if name.lower().endswith(".csv") else f"leave {name} out with --strategies {others}"
+            )
             raise type(exc)(f"{exc}; or {way_out}") from exc
     if not prepared:
         raise ConfigError("no strategy can run this configuration; see the notes above")
@@ -368,4 +389,3 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
             b -= lr * gb
         results.append(result)
     return results
-

@@ -209,16 +209,22 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     """
     if schedule.devices != devices:
         raise ScheduleError(
-            f"the schedule has {schedule.devices} devices but {devices} were asked for; "
-            f"plan one action list per device"
+            f"the schedule has {schedule.devices} devices but {devices} were asked for; plan one action list per device"
         )
     if not any(schedule.actions):
         raise ScheduleError("the schedule has no actions; plan each stage's forward and backward")
     seen: dict[tuple[int, str, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
         for pos, a in _positions(device):
-            if type(a) is Action and a.op == "F" and a not in seen and type(a.stage) is int and a.stage >= 0 \
-                    and type(a.microbatch) is int and 0 <= a.microbatch < microbatches:
+            if (
+                type(a) is Action
+                and a.op == "F"
+                and a not in seen
+                and type(a.stage) is int
+                and a.stage >= 0
+                and type(a.microbatch) is int
+                and 0 <= a.microbatch < microbatches
+            ):
                 seen[a] = (d, pos)  # the common case, checked without building messages
                 continue
             where = f"device {d}, position {pos}: {a}"
@@ -226,7 +232,9 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 _check_pair(a, where)
                 continue
             if not isinstance(a, Action):
-                raise ScheduleError(f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)")
+                raise ScheduleError(
+                    f"device {d}, position {pos} holds {a!r}, not an Action; build Action(stage, op, mb)"
+                )
             fields = [("stage", a.stage)] + ([] if a.op == "REDUCE_GRAD" else [("micro-batch", a.microbatch)])
             for field, value in fields:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -329,26 +337,32 @@ def _validate_communication(schedule: Schedule, seen: dict, stages: int) -> None
             if a.op == "REDUCE_GRAD":
                 own = [i for i, b in _positions(device) if type(b) is Action and b.stage == s and b.op in "BW"]
                 if not own:
-                    raise ScheduleError(f"{where} reduces a stage this device does not run; put it on a device of stage {s}")
+                    raise ScheduleError(
+                        f"{where} reduces a stage this device does not run; put it on a device of stage {s}"
+                    )
                 if own[-1] > pos:
-                    raise ScheduleError(f"{where} comes before {device[own[-1]]}; reduce a stage's gradients after its last backward")
+                    raise ScheduleError(
+                        f"{where} comes before {device[own[-1]]}; reduce a stage's gradients after its last backward"
+                    )
                 continue
             sends = a.op.startswith("SEND")
             forward = a.op.endswith("_F")
             if forward and ((sends and s + 1 >= stages) or (not sends and s == 0)):
-                raise ScheduleError(f"{where}: stage {s} has no {'next' if sends else 'previous'} stage to "
-                                    f"{'send to' if sends else 'receive from'}; remove it")
+                raise ScheduleError(
+                    f"{where}: stage {s} has no {'next' if sends else 'previous'} stage to "
+                    f"{'send to' if sends else 'receive from'}; remove it"
+                )
             if not forward and ((sends and s == 0) or (not sends and s + 1 >= stages)):
-                raise ScheduleError(f"{where}: stage {s} has no {'previous' if sends else 'next'} stage to "
-                                    f"{'send to' if sends else 'receive from'}; remove it")
+                raise ScheduleError(
+                    f"{where}: stage {s} has no {'previous' if sends else 'next'} stage to "
+                    f"{'send to' if sends else 'receive from'}; remove it"
+                )
             compute = [Action(s, op, m) for op in (("F",) if forward else ("B", "I")) if Action(s, op, m) in seen]
             if not compute:
                 raise ScheduleError(f"{where} has no {s}{'F' if forward else 'B'}{m} to go with it; plan it")
             place = seen[compute[0]]
             if place[0] != d:
-                raise ScheduleError(
-                    f"{where} must be on device {place[0]}, which runs {compute[0]}; move it there"
-                )
+                raise ScheduleError(f"{where} must be on device {place[0]}, which runs {compute[0]}; move it there")
             if sends and place[1] > pos:
                 raise ScheduleError(f"{where} comes before {compute[0]}, whose output it sends; move it after")
             if not sends and place[1] < pos:

@@ -34,7 +34,12 @@ from .limits import MAX_ACTIONS
 from .schedule import Schedule, validate
 
 __all__ = [
-    "Strategy", "ENTRY_POINT_GROUP", "available_strategies", "load_strategy", "make_plan", "planned_stages",
+    "Strategy",
+    "ENTRY_POINT_GROUP",
+    "available_strategies",
+    "load_strategy",
+    "make_plan",
+    "planned_stages",
     "closed_form_bubble",
 ]
 
@@ -77,11 +82,15 @@ def _check(obj: object, label: str) -> Strategy:
 def _load_file(spec: str) -> Strategy:
     path, _, attr = spec.rpartition(":")
     if not os.path.isfile(path):
-        raise StrategyError(f"strategy file {path!r} does not exist; give an existing path as path/to/file.py:ClassName")
+        raise StrategyError(
+            f"strategy file {path!r} does not exist; give an existing path as path/to/file.py:ClassName"
+        )
     module_name = "_pipesched_plugin_" + re.sub(r"\W", "_", os.path.abspath(path))
     module_spec = importlib.util.spec_from_file_location(module_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise StrategyError(f"strategy file {path!r} is not a Python file; give a .py file as path/to/file.py:ClassName")
+        raise StrategyError(
+            f"strategy file {path!r} is not a Python file; give a .py file as path/to/file.py:ClassName"
+        )
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up here
     try:
@@ -129,11 +138,13 @@ def load_strategy(spec: str) -> Strategy:
                 "pipesched command"
             ) from exc
         raise StrategyError(
-            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
+            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); "
+            "reinstall or fix that plug-in"
         ) from exc
     except Exception as exc:
         raise StrategyError(
-            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); reinstall or fix that plug-in"
+            f"strategy {spec!r} ({ep.value}) failed to load ({type(exc).__name__}: {exc}); "
+            "reinstall or fix that plug-in"
         ) from exc
     return _check(obj, repr(spec))
 
@@ -166,7 +177,8 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
         raise StrategyError(f"{label} failed while planning ({type(exc).__name__}: {exc}); fix the plug-in") from exc
     if not isinstance(schedule, Schedule):
         raise StrategyError(
-            f"{label} returned a {type(schedule).__name__}, not a pipesched.Schedule; return Schedule(per_device_actions)"
+            f"{label} returned a {type(schedule).__name__}, not a pipesched.Schedule; "
+            "return Schedule(per_device_actions)"
         )
     actions = sum(len(device) for device in schedule.actions)
     if actions > MAX_ACTIONS:  # the check before planning bounds v stages per device; a plug-in may plan more

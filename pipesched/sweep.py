@@ -36,12 +36,33 @@ from .strategy import load_strategy
 from .units import parse_bytes
 
 __all__ = [
-    "Sweep", "AXES", "load_sweep", "parse_sweep", "point_key", "run_point", "run_chunk", "Results", "sweep", "pareto",
+    "Sweep",
+    "AXES",
+    "load_sweep",
+    "parse_sweep",
+    "point_key",
+    "run_point",
+    "run_chunk",
+    "Results",
+    "sweep",
+    "pareto",
 ]
 
 #: The axes a sweep can span, each the RunConfig field it sets.
-AXES = ("devices", "microbatches", "chunks", "strategy", "partition", "remat", "batch", "link_bandwidth",
-        "link_latency", "device_memory", "cost", "overlap")
+AXES = (
+    "devices",
+    "microbatches",
+    "chunks",
+    "strategy",
+    "partition",
+    "remat",
+    "batch",
+    "link_bandwidth",
+    "link_latency",
+    "device_memory",
+    "cost",
+    "overlap",
+)
 MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops")
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
@@ -91,31 +112,67 @@ def _text(v: Any) -> bool:
 
 
 _AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
-    "devices": _whole, "microbatches": _whole, "chunks": _whole, "batch": _whole, "strategy": _text,
-    "partition": _text, "remat": _text, "cost": _text, "link_bandwidth": _number, "link_latency": _number,
-    "device_memory": _whole, "overlap": _text,
+    "devices": _whole,
+    "microbatches": _whole,
+    "chunks": _whole,
+    "batch": _whole,
+    "strategy": _text,
+    "partition": _text,
+    "remat": _text,
+    "cost": _text,
+    "link_bandwidth": _number,
+    "link_latency": _number,
+    "device_memory": _whole,
+    "overlap": _text,
 }
-_AXIS_WORDS = {name: "a whole number of at least 1" if check is _whole else
-               "a non-negative number" if check is _number else "a name" for name, check in _AXIS_TYPES.items()}
+_AXIS_WORDS = {
+    name: "a whole number of at least 1"
+    if check is _whole
+    else "a non-negative number"
+    if check is _number
+    else "a name"
+    for name, check in _AXIS_TYPES.items()
+}
 _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
-    "layers": _text, "batch": _whole, "loss": _text, "seed": lambda v: _whole(v) or v == 0,
-    "compute": lambda v: isinstance(v, bool), "device_flops": _number,
+    "layers": _text,
+    "batch": _whole,
+    "loss": _text,
+    "seed": lambda v: _whole(v) or v == 0,
+    "compute": lambda v: isinstance(v, bool),
+    "device_flops": _number,
 }
-_MODEL_WORDS = {"layers": "a width list such as \"128,256x10,10\"", "batch": "a whole number of at least 1",
-                "loss": "a loss name", "seed": "a whole number", "compute": "true or false",
-                "device_flops": "a non-negative number"}
+_MODEL_WORDS = {
+    "layers": 'a width list such as "128,256x10,10"',
+    "batch": "a whole number of at least 1",
+    "loss": "a loss name",
+    "seed": "a whole number",
+    "compute": "true or false",
+    "device_flops": "a non-negative number",
+}
 
 #: What an axis a point does not set stands for in a constraint: the run's default.
-_DEFAULTS = {"devices": RunConfig.devices, "microbatches": RunConfig.microbatches, "chunks": 1,
-             "batch": RunConfig.batch, "link_bandwidth": 100e9, "link_latency": 5e-6}
+_DEFAULTS = {
+    "devices": RunConfig.devices,
+    "microbatches": RunConfig.microbatches,
+    "chunks": 1,
+    "batch": RunConfig.batch,
+    "link_bandwidth": 100e9,
+    "link_latency": 5e-6,
+}
 
 
 def _holds(rule: str, point: dict[str, Any]) -> bool:
     match = _COMPARE.fullmatch(rule)
     assert match is not None  # checked when the file was read
     left, op, right = _value(match.group(1), point), match.group(2), _value(match.group(3), point)
-    return {">=": left >= right, "<=": left <= right, "==": left == right, "!=": left != right,
-            ">": left > right, "<": left < right}[op]
+    return {
+        ">=": left >= right,
+        "<=": left <= right,
+        "==": left == right,
+        "!=": left != right,
+        ">": left > right,
+        "<": left < right,
+    }[op]
 
 
 def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
@@ -152,12 +209,14 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     fixed = {k: v for k, v in model.items()}
     where_raw = data.get("constraints", {}).get("where", [])
     if not isinstance(where_raw, list):
-        raise ConfigError(f"{path}: [constraints].where must be a list, e.g. where = [\"microbatches >= devices\"]")
+        raise ConfigError(f'{path}: [constraints].where must be a list, e.g. where = ["microbatches >= devices"]')
     where = tuple(where_raw)
     if len(axes.get("cost", ())) > 1:
-        raise ConfigError(f"{path}: [axes].cost: sweep one cost model at a time; unit and flops times are not comparable")
+        raise ConfigError(
+            f"{path}: [axes].cost: sweep one cost model at a time; unit and flops times are not comparable"
+        )
     if set(data.get("constraints", {})) - {"where"}:
-        raise ConfigError(f"{path}: [constraints] takes only where = [\"microbatches >= devices\", ...]")
+        raise ConfigError(f'{path}: [constraints] takes only where = ["microbatches >= devices", ...]')
     probe = {**{n: v[0] for n, v in axes.items()}, **fixed}
     for rule in where:
         match = _COMPARE.fullmatch(rule) if isinstance(rule, str) else None
@@ -168,7 +227,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
         except ValueError:
             raise ConfigError(
                 f"{path}: [constraints].where: {rule!r} is not a comparison of axes and numbers; "
-                "write e.g. \"microbatches >= 2 * devices\""
+                'write e.g. "microbatches >= 2 * devices"'
             ) from None
     result = Sweep(axes, fixed, where)
     if next(result.points(), None) is None:
@@ -218,7 +277,7 @@ def _check_values(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], path:
 def _without_flag(message: str, name: str) -> str:
     """A run's message about ``--link-bandwidth 0 ...`` as ``0 ...``: the key path names the value instead."""
     flag = "--" + name.replace("_", "-") + " "
-    return message[len(flag):] if message.startswith(flag) else message
+    return message[len(flag) :] if message.startswith(flag) else message
 
 
 def load_sweep(path: str) -> Sweep:
@@ -251,11 +310,17 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
         return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     m = result.metrics
     return {
-        **record, "ok": True, "oom": result.trace.oom is not None, "makespan": m.makespan,
-        "bubble_fraction": m.bubble_fraction, "steady_bubble_fraction": m.steady_bubble_fraction,
+        **record,
+        "ok": True,
+        "oom": result.trace.oom is not None,
+        "makespan": m.makespan,
+        "bubble_fraction": m.bubble_fraction,
+        "steady_bubble_fraction": m.steady_bubble_fraction,
         "throughput": m.throughput,
-        "peak_memory_bytes": max(m.peak_memory_bytes), "peak_activation_bytes": max(m.peak_activation_bytes),
-        "grad_rel_err": result.grad_rel_err, "time_unit": result.trace.time_unit,
+        "peak_memory_bytes": max(m.peak_memory_bytes),
+        "peak_activation_bytes": max(m.peak_activation_bytes),
+        "grad_rel_err": result.grad_rel_err,
+        "time_unit": result.trace.time_unit,
     }
 
 
@@ -411,7 +476,9 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
     try:
         client = Client(address, timeout="5s")
     except (OSError, TimeoutError, ValueError, TypeError) as exc:
-        raise ConfigError(f"--scheduler {address}: no Dask scheduler answers there ({exc}); check the address") from None
+        raise ConfigError(
+            f"--scheduler {address}: no Dask scheduler answers there ({exc}); check the address"
+        ) from None
     except Exception as exc:  # Dask's own failures while connecting, e.g. its event loop not starting
         raise ConfigError(
             f"--scheduler {address}: Dask could not connect ({type(exc).__name__}: {exc}); check the address and retry"
@@ -424,8 +491,18 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
             try:
                 finished(future.result())
             except Exception as exc:  # a task lost for good: mark its points lost; a rerun retries them
-                finished([{"key": point_key(p), "point": p, "ok": False, "lost": True,
-                           "error": f"{type(exc).__name__}: {exc}"} for p in chunks[future]])
+                finished(
+                    [
+                        {
+                            "key": point_key(p),
+                            "point": p,
+                            "ok": False,
+                            "lost": True,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        }
+                        for p in chunks[future]
+                    ]
+                )
     finally:
         client.close()
 
@@ -447,9 +524,10 @@ def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         # every point at least as fast comes before r, and the last one kept holds the least memory of
         # them: r is beaten unless it holds less, or equals that one in both
         last = front[-1] if front else None
-        if last is None or r["peak_memory_bytes"] < last["peak_memory_bytes"] or (
-                r["peak_memory_bytes"] == last["peak_memory_bytes"] and r["throughput"] == last["throughput"]):
+        if (
+            last is None
+            or r["peak_memory_bytes"] < last["peak_memory_bytes"]
+            or (r["peak_memory_bytes"] == last["peak_memory_bytes"] and r["throughput"] == last["throughput"])
+        ):
             front.append(r)
     return front
-
-

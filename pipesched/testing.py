@@ -50,8 +50,14 @@ class Config:
 
     def run_config(self, strategy: Any, cost: str = "unit", remat: str | None = None) -> RunConfig:
         return RunConfig(
-            strategy=strategy, devices=self.devices, microbatches=self.microbatches, chunks=self.chunks,
-            layers=",".join(map(str, self.widths)), batch=self.batch, remat=remat or self.remat, cost=cost,
+            strategy=strategy,
+            devices=self.devices,
+            microbatches=self.microbatches,
+            chunks=self.chunks,
+            layers=",".join(map(str, self.widths)),
+            batch=self.batch,
+            remat=remat or self.remat,
+            cost=cost,
         )
 
 
@@ -81,9 +87,7 @@ def configs(
 
 
 @st.composite
-def schedules(
-    draw: Callable[..., Any], devices: int, microbatches: int, chunks: int = 1
-) -> Schedule:
+def schedules(draw: Callable[..., Any], devices: int, microbatches: int, chunks: int = 1) -> Schedule:
     """A random complete, valid and deadlock-free schedule: stage s on device s mod K.
 
     Each stage takes a full backward or a split I and W at random; the actions
@@ -146,8 +150,13 @@ def _check_one(
     if bubble is None and inflight is None and steady is None:
         return
     timing = result if config.remat == "never" else run(config.run_config(strategy, remat="never"))
-    expected = closed_form_bubble(strategy, config.devices, config.microbatches, config.chunks) if bubble is True \
-        else bubble(config.devices, config.microbatches, config.chunks) if bubble else None
+    expected = (
+        closed_form_bubble(strategy, config.devices, config.microbatches, config.chunks)
+        if bubble is True
+        else bubble(config.devices, config.microbatches, config.chunks)
+        if bubble
+        else None
+    )
     measured = timing.metrics.bubble_fraction
     if expected is not None and abs(measured - expected) > 1e-9:
         raise StrategyCheckFailed(
@@ -201,8 +210,13 @@ def check_strategy(
     """
     instance = load_strategy(strategy) if isinstance(strategy, str) else strategy
 
-    @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device))
     def check(config: Config) -> None:
         _check_one(instance, config, bubble, inflight, steady)

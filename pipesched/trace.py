@@ -145,8 +145,8 @@ class Records(Generic[R]):
         return self._columns[self.kind._fields.index(name)]
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, (Records, list)) and len(self) == len(other) and all(
-            a == b for a, b in zip(self, other)
+        return (
+            isinstance(other, (Records, list)) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
         )
 
     def __repr__(self) -> str:
@@ -236,7 +236,9 @@ class Trace:
     def busy_time(self) -> list[float]:
         """Per device, the time spent computing (recompute included)."""
         busy = [0.0] * self.devices
-        for device, start, end in zip(self.spans.column("device"), self.spans.column("start"), self.spans.column("end")):
+        for device, start, end in zip(
+            self.spans.column("device"), self.spans.column("start"), self.spans.column("end")
+        ):
             busy[device] += end - start
         return busy
 
@@ -297,16 +299,27 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
     for s in trace.spans:
         events.append(
             {
-                "ph": "X", "pid": 0, "tid": s.device, "name": s.name, "cat": s.op,
-                "ts": s.start * scale, "dur": (s.end - s.start) * scale, "cname": _OP_COLOURS[s.op],
+                "ph": "X",
+                "pid": 0,
+                "tid": s.device,
+                "name": s.name,
+                "cat": s.op,
+                "ts": s.start * scale,
+                "dur": (s.end - s.start) * scale,
+                "cname": _OP_COLOURS[s.op],
                 "args": {"stage": s.stage, "microbatch": s.microbatch},
             }
         )
     for t in trace.transfers:
         events.append(
             {
-                "ph": "X", "pid": 1, "tid": link_tid[(t.src, t.dst)], "name": t.name, "cat": "transfer",
-                "ts": t.start * scale, "dur": (t.end - t.start) * scale,
+                "ph": "X",
+                "pid": 1,
+                "tid": link_tid[(t.src, t.dst)],
+                "name": t.name,
+                "cat": "transfer",
+                "ts": t.start * scale,
+                "dur": (t.end - t.start) * scale,
                 "args": {"bytes": t.nbytes, "arrival": t.arrival * scale},
             }
         )
@@ -314,10 +327,18 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
         for m in samples:
             events.append(
                 {
-                    "ph": "C", "pid": 0, "tid": d, "name": f"memory device {d}", "ts": m.time * scale,
-                    "args": {"params": m.params, "grads": m.grads, "activations": m.activations,
-                             "deferred": m.deferred, "buffers": m.buffers},
+                    "ph": "C",
+                    "pid": 0,
+                    "tid": d,
+                    "name": f"memory device {d}",
+                    "ts": m.time * scale,
+                    "args": {
+                        "params": m.params,
+                        "grads": m.grads,
+                        "activations": m.activations,
+                        "deferred": m.deferred,
+                        "buffers": m.buffers,
+                    },
                 }
             )
     return {"traceEvents": events, "displayTimeUnit": "ns"}
-

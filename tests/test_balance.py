@@ -8,12 +8,20 @@ from dataclasses import replace
 
 import networkx as nx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipesched import ConfigError, RunConfig, run
-from pipesched import pipeline
-from pipesched.balance import Placement, balance, chain_graph, evaluate, fastest, layer_graph, profile_layers
-from pipesched.balance import bottleneck
+from pipesched import ConfigError, RunConfig, pipeline, run
+from pipesched.balance import (
+    Placement,
+    balance,
+    bottleneck,
+    chain_graph,
+    evaluate,
+    fastest,
+    layer_graph,
+    profile_layers,
+)
 from pipesched.cli import main
 from pipesched.model import Model, layers_from_widths, parse_layers
 from pipesched.partition import uniform
@@ -53,8 +61,8 @@ def brute_objective(graph, order, sizes, devices, placed, bandwidth):
             device[d] += share * graph.nodes[v].get("cost", 0.0)
     links = {}
     for boundary in range(len(sizes) - 1):
-        (src, _), = placed[boundary].items()
-        (dst, _), = placed[boundary + 1].items()
+        ((src, _),) = placed[boundary].items()
+        ((dst, _),) = placed[boundary + 1].items()
         if src == dst:
             continue
         for u, v, data in graph.edges(data=True):
@@ -68,8 +76,9 @@ def brute_memory(graph, order, start, stop):
     """A stage's memory straight from the definition: its nodes', plus outputs it sends on."""
     inside, after = set(order[start:stop]), set(order[stop:])
     memory = sum(graph.nodes[v].get("memory", 0.0) for v in inside)
-    return memory + sum(graph.nodes[u].get("output_bytes", 0.0) for u in inside
-                        if any(v in after for v in graph.successors(u)))
+    return memory + sum(
+        graph.nodes[u].get("output_bytes", 0.0) for u in inside if any(v in after for v in graph.successors(u))
+    )
 
 
 def brute_force(graph, parts, bandwidth=math.inf, cap=None, devices=None, placed=None):
@@ -168,8 +177,10 @@ def test_the_seed_model_balances_better_than_2_2_2_5_and_runs_faster():
     fast = run(RunConfig(partition="balanced", **common))
     assert fast.metrics.makespan < slow.metrics.makespan
     for result in (slow, fast):
-        forward = [sum(2 * 4 * layers[i].in_features * layers[i].out_features for i in stage) / 1e9
-                   for stage in result.partition]
+        forward = [
+            sum(2 * 4 * layers[i].in_features * layers[i].out_features for i in stage) / 1e9
+            for stage in result.partition
+        ]
         expected = 3 * (sum(forward) + 7 * max(forward))
         assert result.metrics.makespan == pytest.approx(expected, rel=1e-9)
     assert fast.grad_rel_err < 1e-12
@@ -209,8 +220,9 @@ def test_the_memory_estimate_matches_the_simulated_gpipe_peak():
     config = RunConfig(layers="32,64x6,8", batch=16, devices=3, microbatches=4, partition="balanced", cost="unit")
     result = run(config)
     model = Model.from_sizes(widths)
-    for stage, estimate, peak in zip(result.partition, result.balance.stage_memory,
-                                     result.metrics.peak_activation_bytes):
+    for stage, estimate, peak in zip(
+        result.partition, result.balance.stage_memory, result.metrics.peak_activation_bytes
+    ):
         params = sum(model.layers[i].param_count for i in stage) * 8
         assert estimate - 2 * params == peak  # activations: GPipe's whole batch, as simulated
 
@@ -260,21 +272,42 @@ def test_measured_costs_balance_a_real_run():
     model = Model.from_sizes([16, 64, 64, 4])
     times = profile_layers(model, rows=8, repeats=3)
     assert len(times) == 3 and all(t > 0 for t in times)
-    result = run(RunConfig(layers="16,64,64,64,4", batch=8, devices=2, microbatches=2,
-                           partition="balanced", balance_by="measured"))
+    result = run(
+        RunConfig(
+            layers="16,64,64,64,4", batch=8, devices=2, microbatches=2, partition="balanced", balance_by="measured"
+        )
+    )
     assert sum(len(s) for s in result.partition) == 4 and result.grad_rel_err < 1e-12
 
 
 def test_compare_balances_each_strategy_for_its_own_stages(capsys):
-    assert main(["compare", "--strategies", "gpipe,interleaved", "--partition", "balanced", "--layers", "8x13",
-                 "--cost", "unit", "--json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--strategies",
+                "gpipe,interleaved",
+                "--partition",
+                "balanced",
+                "--layers",
+                "8x13",
+                "--cost",
+                "unit",
+                "--json",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(capsys.readouterr().out)
     assert [len(r["partition"]) for r in rows] == [4, 8] and all(r["balance"] for r in rows)
 
 
 BUILT_IN = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
 #: The two cost models; under flops a slow device and links slow enough to matter.
-COSTS = {"unit": dict(cost="unit"), "flops": dict(cost="flops", device_flops=1e9, link_bandwidth=1e9, link_latency=1e-6)}
+COSTS = {
+    "unit": dict(cost="unit"),
+    "flops": dict(cost="flops", device_flops=1e9, link_bandwidth=1e9, link_latency=1e-6),
+}
 
 
 def plan(name, devices, microbatches):
@@ -284,8 +317,10 @@ def plan(name, devices, microbatches):
 
 def simulate_every_partition(config, layers, stages):
     """The brute-force reference: one ordinary shape-only run per composition of the layers into stages."""
-    return {tuple(sizes): run(replace(config, partition=",".join(map(str, sizes)))).metrics.makespan
-            for sizes in compositions(layers, stages)}
+    return {
+        tuple(sizes): run(replace(config, partition=",".join(map(str, sizes)))).metrics.makespan
+        for sizes in compositions(layers, stages)
+    }
 
 
 @st.composite
@@ -304,8 +339,8 @@ def test_the_placement_read_off_a_plan_is_the_strategys_stated_one(name, devices
     stated = stated_devices(name, devices, microbatches, schedule.num_stages)
     assert [{d: x for d, x in enumerate(row) if x} for row in placement.shares] == stated
     for b, pairs in enumerate(placement.traffic):  # a boundary crosses a link unless both stages share a device
-        (src, _), = stated[b].items()
-        (dst, _), = stated[b + 1].items()
+        ((src, _),) = stated[b].items()
+        ((dst, _),) = stated[b + 1].items()
         assert pairs == (() if src == dst else ((src, dst, 1.0),))
 
 
@@ -325,7 +360,8 @@ def test_the_objectives_optimum_is_the_brute_force_minimum_for_every_strategy(na
     assert result.bottleneck == pytest.approx(expected, rel=1e-12)
     order = list(graph.nodes)
     assert result.bottleneck == pytest.approx(
-        brute_objective(graph, order, result.sizes, devices, placed, bandwidth), rel=1e-12)
+        brute_objective(graph, order, result.sizes, devices, placed, bandwidth), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("cost", sorted(COSTS))
@@ -336,8 +372,16 @@ def test_balanced_is_the_fastest_partition_in_simulation_so_never_slower_than_un
     devices = data.draw(st.integers(2, 3))
     schedule = plan(name, devices, 2 * devices)
     layers = data.draw(small_models(schedule.num_stages))
-    config = RunConfig(layers=layers, batch=12, devices=devices, microbatches=2 * devices, strategy=name,
-                       compute=False, reference=False, **COSTS[cost])
+    config = RunConfig(
+        layers=layers,
+        batch=12,
+        devices=devices,
+        microbatches=2 * devices,
+        strategy=name,
+        compute=False,
+        reference=False,
+        **COSTS[cost],
+    )
     every = simulate_every_partition(config, len(parse_layers(layers)) - 1, schedule.num_stages)
     if cost == "flops":  # the objective's claim: M equal micro-batches keep the busiest resource busy M times it
         graph, bandwidth = model_graph(config)
@@ -350,13 +394,25 @@ def test_balanced_is_the_fastest_partition_in_simulation_so_never_slower_than_un
     assert balanced.metrics.makespan == pytest.approx(min(every.values()), rel=1e-10)
 
 
-ISSUE_14 = RunConfig(strategy="interleaved", chunks=2, devices=2, microbatches=8, layers="64,64,16,256,4,256,4",
-                     batch=64, device_flops=1e9, link_latency=0.0, link_bandwidth=1e18, compute=False, reference=False)
+ISSUE_14 = RunConfig(
+    strategy="interleaved",
+    chunks=2,
+    devices=2,
+    microbatches=8,
+    layers="64,64,16,256,4,256,4",
+    batch=64,
+    device_flops=1e9,
+    link_latency=0.0,
+    link_bandwidth=1e18,
+    compute=False,
+    reference=False,
+)
 
 
 def test_issue_14_interleaved_balanced_is_the_fastest_partition_not_the_slowest_stage():
     every = simulate_every_partition(ISSUE_14, 6, 4)
-    # The issue's figures: the old stage-bottleneck optimum 1,1,1,3 at 3162 µs, uniform 2,2,1,1 at 2998, 1,2,2,1 at 2851.
+    # The issue's figures: the old stage-bottleneck optimum 1,1,1,3 at 3162 µs, uniform 2,2,1,1 at 2998,
+    # 1,2,2,1 at 2851.
     assert [round(every[sizes] * 1e6) for sizes in [(1, 1, 1, 3), (2, 2, 1, 1), (1, 2, 2, 1)]] == [3162, 2998, 2851]
     balanced = run(replace(ISSUE_14, partition="balanced"))
     assert balanced.metrics.makespan == pytest.approx(min(every.values()), rel=1e-10)
@@ -364,8 +420,7 @@ def test_issue_14_interleaved_balanced_is_the_fastest_partition_not_the_slowest_
     # The objective: with rows 8 a layer's forward is 2·8·in·out / 1e9 s, F + B three times that; the
     # 6 layers sum to 3 · 196.608 µs and split perfectly over 2 devices, 294.912 µs each.
     assert balanced.balance.simulated.optimum != [1, 1, 1, 3]
-    optimum = evaluate(model_graph(ISSUE_14)[0], balanced.balance.simulated.optimum,
-                       Placement.of(balanced.schedule))
+    optimum = evaluate(model_graph(ISSUE_14)[0], balanced.balance.simulated.optimum, Placement.of(balanced.schedule))
     assert optimum.bottleneck == pytest.approx(294.912e-6, rel=1e-12)
     old = evaluate(model_graph(ISSUE_14)[0], [1, 1, 1, 3], Placement.of(balanced.schedule))
     assert old.device_loads == pytest.approx([393.216e-6, 196.608e-6], rel=1e-12)
@@ -382,9 +437,18 @@ def test_issue_14_v_schedules_balanced_is_the_fastest_partition(name):
 
 def test_with_few_runs_the_search_still_beats_uniform_and_the_optimum(monkeypatch):
     """Past the budget for every partition: the optimum, uniform, then one-cut moves while runs remain."""
-    config = RunConfig(strategy="zb-v", devices=4, microbatches=8, layers="64,16,256x6,4,64,256,4,16,64,32,8",
-                       batch=64, device_flops=1e9, link_bandwidth=1e9, link_latency=1e-6, compute=False,
-                       reference=False)
+    config = RunConfig(
+        strategy="zb-v",
+        devices=4,
+        microbatches=8,
+        layers="64,16,256x6,4,64,256,4,16,64,32,8",
+        batch=64,
+        device_flops=1e9,
+        link_bandwidth=1e9,
+        link_latency=1e-6,
+        compute=False,
+        reference=False,
+    )
     actions = sum(len(device) for device in plan("zb-v", 4, 8).actions)
     monkeypatch.setattr(pipeline, "SEARCH_ACTIONS", 12 * actions)
     result = run(replace(config, partition="balanced"))
@@ -444,17 +508,68 @@ def test_the_milp_finds_the_brute_force_optimum(data):
 
 
 def test_a_node_limit_that_stops_highs_is_reported_with_its_gap():
-    widths = [64, 64, 256, 1024, 64, 64, 1024, 64, 1024, 512, 512, 1024, 512, 256, 1024, 512, 1024, 256, 256, 1024,
-              64, 256, 1024, 64, 1024, 512, 64, 64, 1024, 256, 256, 256, 64]  # 32 layers, 8 stages: 2.6 million ways
+    widths = [
+        64,
+        64,
+        256,
+        1024,
+        64,
+        64,
+        1024,
+        64,
+        1024,
+        512,
+        512,
+        1024,
+        512,
+        256,
+        1024,
+        512,
+        1024,
+        256,
+        256,
+        1024,
+        64,
+        256,
+        1024,
+        64,
+        1024,
+        512,
+        64,
+        64,
+        1024,
+        256,
+        256,
+        256,
+        64,
+    ]  # 32 layers, 8 stages: 2.6 million ways
     graph = layer_graph(layers_from_widths(widths), rows=8, rows_held=64)
     result = balance(graph, Placement.of(plan("interleaved", 4, 8)), link_bandwidth=1e11, node_limit=1)
     assert result.status.startswith("the best HiGHS found within 1 node or") and "of optimal" in result.status
 
 
 def test_balance_cli_shows_the_simulated_step_of_balanced_against_uniform(capsys):
-    argv = ["balance", "--strategy", "interleaved", "--chunks", "2", "--devices", "2", "--microbatches", "8",
-            "--layers", "64,64,16,256,4,256,4", "--batch", "64", "--device-flops", "1e9", "--link-latency", "0",
-            "--link-bandwidth", "1e18"]
+    argv = [
+        "balance",
+        "--strategy",
+        "interleaved",
+        "--chunks",
+        "2",
+        "--devices",
+        "2",
+        "--microbatches",
+        "8",
+        "--layers",
+        "64,64,16,256,4,256,4",
+        "--batch",
+        "64",
+        "--device-flops",
+        "1e9",
+        "--link-latency",
+        "0",
+        "--link-bandwidth",
+        "1e18",
+    ]
     assert main([*argv, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     every = simulate_every_partition(ISSUE_14, 6, 4)
@@ -490,9 +605,19 @@ def test_round_off_never_picks_and_uniform_is_never_beaten_by_a_slower_one(steps
 
 def test_candidates_that_run_out_of_memory_in_simulation_rank_last():
     # Interleaved holds two stages per device, so the stage cap does not apply; the simulation's memory check decides.
-    config = RunConfig(strategy="interleaved", layers="32,64x6,8", batch=16, devices=2, microbatches=4,
-                       device_flops=1e9, compute=False, reference=False)
-    every = {sizes: run(replace(config, partition=",".join(map(str, sizes)))) for sizes in map(tuple, compositions(7, 4))}
+    config = RunConfig(
+        strategy="interleaved",
+        layers="32,64x6,8",
+        batch=16,
+        devices=2,
+        microbatches=4,
+        device_flops=1e9,
+        compute=False,
+        reference=False,
+    )
+    every = {
+        sizes: run(replace(config, partition=",".join(map(str, sizes)))) for sizes in map(tuple, compositions(7, 4))
+    }
     cap = 230_000  # below uniform's peak and the fastest partition's, above the leanest one's
     fitting = [r.metrics.makespan for r in every.values() if max(r.metrics.peak_memory_bytes) <= cap]
     assert max(every[(2, 2, 2, 1)].metrics.peak_memory_bytes) > cap and fitting

@@ -18,8 +18,17 @@ def _run(capsys, *argv):
 
 
 JSON_KEYS = {
-    "strategy", "devices", "microbatches", "makespan", "bubble_fraction", "bubble_formula", "throughput",
-    "loss", "grad_rel_err", "peak_activation_bytes", "peak_memory_bytes",
+    "strategy",
+    "devices",
+    "microbatches",
+    "makespan",
+    "bubble_fraction",
+    "bubble_formula",
+    "throughput",
+    "loss",
+    "grad_rel_err",
+    "peak_activation_bytes",
+    "peak_memory_bytes",
 }
 
 
@@ -42,7 +51,7 @@ def test_run_is_deterministic(capsys):
 def test_run_table_shows_measured_and_closed_form_bubble(capsys):
     status, out, _ = _run(capsys, "run", "--cost", "unit", "--devices", "4", "--microbatches", "8")
     assert status == 0
-    line = next(l for l in out.splitlines() if l.startswith("bubble fraction"))
+    line = next(row for row in out.splitlines() if row.startswith("bubble fraction"))
     expected = f"{formulas.gpipe_bubble(4, 8):.4f}"
     assert f"{expected} measured, {expected} closed form" in line
     assert "grad rel. error" in out and "peak activations" in out
@@ -54,7 +63,14 @@ def test_trace_file_is_chrome_json(tmp_path, capsys):
     assert status == 0
     events = json.loads(path.read_text())["traceEvents"]
     assert {e["name"] for e in events if e["ph"] == "X" and e["pid"] == 0} == {
-        "0F0", "0F1", "1F0", "1F1", "0B0", "0B1", "1B0", "1B1"
+        "0F0",
+        "0F1",
+        "1F0",
+        "1F1",
+        "0B0",
+        "0B1",
+        "1B0",
+        "1B1",
     }
 
 
@@ -73,13 +89,19 @@ def test_strategies_lists_the_builtins(capsys):
     "argv, message",
     [
         (["--devices", "0"], "--devices 0 is not allowed; use 1 or more"),
-        (["--devices", "12"], "strategy 'gpipe' plans 12 stages on --devices 12 but --layers 128,256x10,10 has only 11 layers"),
+        (
+            ["--devices", "12"],
+            "strategy 'gpipe' plans 12 stages on --devices 12 but --layers 128,256x10,10 has only 11 layers",
+        ),
         (["--seed", "-1"], "--seed -1 is negative; give a seed of 0 or more"),
         (["--link-latency", "inf"], "--link-latency inf is not between 0 and 1 second"),
         (["--link-latency", "1e9"], "--link-latency 1e+09 is not between 0 and 1 second"),
         (["--trace", ""], "--trace is empty; give a file path"),
         (["--devices", "100000000000000000000"], "more than the 4,000,000 pipesched plans for one step"),
-        (["--microbatches", "10000000", "--batch", "10000000", "--no-compute"], "more than the 4,000,000 pipesched plans for one step"),
+        (
+            ["--microbatches", "10000000", "--batch", "10000000", "--no-compute"],
+            "more than the 4,000,000 pipesched plans for one step",
+        ),
         (["--layers", "4,4", "--devices", "2"], "has only 1 layer; use fewer devices"),
         (["--device-flops", "0.5"], "--device-flops 0.5 is not a finite rate of at least 1 per second"),
         (["--trace", "/"], "--trace / is a folder; give a file path such as /trace.json"),
@@ -89,10 +111,16 @@ def test_strategies_lists_the_builtins(capsys):
         (["--microbatches", "0"], "--microbatches 0 is not allowed; use 1 or more"),
         (["--microbatches", "33"], "--microbatches 33 is more than the batch of 32 samples"),
         (["--layers", "128,,10"], "--layers '128,,10' is malformed at ''"),
-        (["--partition", "2,3,x"], "--partition '2,3,x' is neither 'uniform', 'balanced' nor comma-separated layer counts"),
+        (
+            ["--partition", "2,3,x"],
+            "--partition '2,3,x' is neither 'uniform', 'balanced' nor comma-separated layer counts",
+        ),
         (["--partition", "2,3,3,4"], "--partition 2,3,3,4 sums to 12 layers but the model has 11"),
         (["--partition", "5,6"], "--partition 5,6 has 2 stages but the schedule has 4"),
-        (["--strategy", "nope"], "unknown strategy 'nope'; use one of 1f1b, dp, dualpipev, gpipe, interleaved, zb-h1, zb-h2, zb-v"),
+        (
+            ["--strategy", "nope"],
+            "unknown strategy 'nope'; use one of 1f1b, dp, dualpipev, gpipe, interleaved, zb-h1, zb-h2, zb-v",
+        ),
         (["--remat", "sometimes"], "--remat 'sometimes' is unknown; use one of never, always, except_last"),
         (["--cost", "free"], "--cost 'free' is unknown; use one of flops, unit"),
         (["--devices", "four"], "'four' is not a whole number"),

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched import DeadlockError, RunConfig, Schedule, formulas, run
 from pipesched.compute import NumpyWorkload, ShapeWorkload
@@ -30,8 +31,13 @@ def configs(draw):
     counts = draw(st.lists(st.integers(1, 3), min_size=devices, max_size=devices))
     partition = ",".join(map(str, counts)) if sum(counts) == layers else "uniform"
     return RunConfig(
-        layers=",".join(map(str, widths)), batch=batch, microbatches=microbatches, devices=devices,
-        partition=partition, remat=draw(REMAT), loss=draw(st.sampled_from(["cross_entropy", "mse"])),
+        layers=",".join(map(str, widths)),
+        batch=batch,
+        microbatches=microbatches,
+        devices=devices,
+        partition=partition,
+        remat=draw(REMAT),
+        loss=draw(st.sampled_from(["cross_entropy", "mse"])),
         seed=draw(st.integers(0, 3)),
     )
 
@@ -60,8 +66,9 @@ def test_unit_cost_bubble_is_exactly_the_gpipe_formula(devices, microbatches):
 
 @given(devices=st.integers(1, 6), microbatches=st.integers(1, 12), remat=REMAT)
 def test_remat_recompute_time_matches_the_flow_shop_formula(devices, microbatches, remat):
-    config = RunConfig(layers="4x8", batch=12, devices=devices, microbatches=microbatches, cost="unit",
-                       remat=remat, compute=False)
+    config = RunConfig(
+        layers="4x8", batch=12, devices=devices, microbatches=microbatches, cost="unit", remat=remat, compute=False
+    )
     m = run(config).metrics
     assert m.makespan == formulas.gpipe_unit_makespan(devices, microbatches, remat)
     assert m.bubble_fraction == pytest.approx(formulas.gpipe_unit_bubble(devices, microbatches, remat), abs=1e-12)
@@ -73,12 +80,30 @@ def test_unit_cost_start_times_match_the_gpipe_diagram():
     # Forward wave: stage s starts micro-batch m at s + m. Backward (B=2), last
     # micro-batch first, from the last stage down: written out from the figure.
     expected = {
-        "0F0": 0, "0F1": 1, "0F2": 2, "0F3": 3,
-        "1F0": 1, "1F1": 2, "1F2": 3, "1F3": 4,
-        "2F0": 2, "2F1": 3, "2F2": 4, "2F3": 5,
-        "2B3": 6, "2B2": 8, "2B1": 10, "2B0": 12,
-        "1B3": 8, "1B2": 10, "1B1": 12, "1B0": 14,
-        "0B3": 10, "0B2": 12, "0B1": 14, "0B0": 16,
+        "0F0": 0,
+        "0F1": 1,
+        "0F2": 2,
+        "0F3": 3,
+        "1F0": 1,
+        "1F1": 2,
+        "1F2": 3,
+        "1F3": 4,
+        "2F0": 2,
+        "2F1": 3,
+        "2F2": 4,
+        "2F3": 5,
+        "2B3": 6,
+        "2B2": 8,
+        "2B1": 10,
+        "2B0": 12,
+        "1B3": 8,
+        "1B2": 10,
+        "1B1": 12,
+        "1B0": 14,
+        "0B3": 10,
+        "0B2": 12,
+        "0B1": 14,
+        "0B0": 16,
     }
     assert starts == expected
 
@@ -104,9 +129,16 @@ def test_memory_from_real_arrays_equals_the_shape_count(strategy, widths, device
     """The byte count from shapes alone (--no-compute) matches the real arrays: B, I/W and pair paths alike."""
     fewest = {"dp": devices, "dualpipev": 2 * devices}.get(strategy, 1)
     microbatches = data.draw(st.integers(fewest, batch))
-    base = RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, batch=batch,
-                     layers=",".join(map(str, widths)), remat=data.draw(REMAT), cost="flops",
-                     link_bandwidth=data.draw(st.sampled_from([1e3, 1e9])))
+    base = RunConfig(
+        strategy=strategy,
+        devices=devices,
+        microbatches=microbatches,
+        batch=batch,
+        layers=",".join(map(str, widths)),
+        remat=data.draw(REMAT),
+        cost="flops",
+        link_bandwidth=data.draw(st.sampled_from([1e3, 1e9])),
+    )
     real = run(base).trace.memory
     shapes = run(replace(base, compute=False)).trace.memory
     assert real == shapes
@@ -115,8 +147,16 @@ def test_memory_from_real_arrays_equals_the_shape_count(strategy, widths, device
 def test_an_arrived_input_counts_while_it_waits():
     # Stage 1 is 100x heavier than stage 0, so micro-batch 1's input lands on
     # device 1 while 1F0 still runs: it is held there, and counted.
-    config = RunConfig(layers="4,4,64,64", batch=2, devices=2, microbatches=2, partition="1,2",
-                       link_bandwidth=1e12, link_latency=0.0, compute=False)
+    config = RunConfig(
+        layers="4,4,64,64",
+        batch=2,
+        devices=2,
+        microbatches=2,
+        partition="1,2",
+        link_bandwidth=1e12,
+        link_latency=0.0,
+        compute=False,
+    )
     trace = run(config).trace
     params = (65 * 64 + 5 * 64) * 8
     kept_f0 = 1 * (4 + 64 + 64) * 8  # one row: stage input, hidden, output (the last stage keeps it)
@@ -187,8 +227,9 @@ ZB_H1_TIMELINE = [
 @pytest.mark.parametrize("strategy, timeline", [("gpipe", GPIPE_TIMELINE), ("zb-h1", ZB_H1_TIMELINE)])
 @pytest.mark.parametrize("compute", [True, False])
 def test_the_memory_timeline_of_a_small_case_is_the_hand_derived_one(strategy, timeline, compute):
-    result = run(RunConfig(strategy=strategy, layers="3,5,2", batch=3, devices=2, microbatches=2, cost="unit",
-                           compute=compute))
+    result = run(
+        RunConfig(strategy=strategy, layers="3,5,2", batch=3, devices=2, microbatches=2, cost="unit", compute=compute)
+    )
     assert [[tuple(sample) for sample in device] for device in result.trace.memory] == timeline
     assert result.metrics.peak_memory_bytes == [max(sum(s[1:]) for s in device) for device in timeline]
     assert result.metrics.peak_activation_bytes == [max(s[3] + s[4] for s in device) for device in timeline]
@@ -207,7 +248,9 @@ def test_peak_activations_follow_from_the_layer_sizes(devices, batch, data):
     """GPipe under each remat mode against the byte counts derived by hand."""
     widths = [6, 5, 7, 4, 3]
     microbatches = data.draw(st.integers(1, batch))
-    config = dict(layers=",".join(map(str, widths)), batch=batch, devices=devices, microbatches=microbatches, cost="unit")
+    config = dict(
+        layers=",".join(map(str, widths)), batch=batch, devices=devices, microbatches=microbatches, cost="unit"
+    )
     never = run(RunConfig(**config, remat="never")).metrics.peak_activation_bytes
     always = run(RunConfig(**config, remat="always")).metrics.peak_activation_bytes
     except_last = run(RunConfig(**config, remat="except_last")).metrics.peak_activation_bytes
@@ -251,9 +294,7 @@ def test_replicated_stage_all_reduces_its_gradients_over_a_ring(replicas):
     batch = 2 * replicas
     model = Model.from_sizes(widths)
     x, target = make_data(widths, batch, "cross_entropy")
-    rows = [
-        [f"0F{m}", f"0B{m}"] for m in range(batch)
-    ]
+    rows = [[f"0F{m}", f"0B{m}"] for m in range(batch)]
     per_device = [[a for m in range(d, batch, replicas) for a in rows[m]] for d in range(replicas)]
     schedule = Schedule(per_device)
     work = NumpyWorkload(model, (range(0, 2),), x, target, "cross_entropy", split(batch, batch))
@@ -264,7 +305,7 @@ def test_replicated_stage_all_reduces_its_gradients_over_a_ring(replicas):
         np.testing.assert_allclose(gw, rw, rtol=1e-12, atol=1e-15)
         np.testing.assert_allclose(gb, rb, rtol=1e-12, atol=1e-15)
     compute_end = max(s.end for s in trace.spans)
-    param_bytes = sum(l.param_count for l in model.layers) * 8
+    param_bytes = sum(layer.param_count for layer in model.layers) * 8
     chunk = -(-param_bytes // replicas)
     # Ring all-reduce: 2(R-1) steps, each moving one 1/R chunk over every link at once.
     assert trace.makespan - compute_end == pytest.approx(2 * (replicas - 1) * (1e-6 + chunk / 1e8), rel=1e-9)
@@ -290,4 +331,6 @@ def test_chrome_trace_has_a_track_per_device_and_link():
     assert {"device 0", "device 1", "device 2", "link 0->1", "link 1->2", "link 1->0", "link 2->1"} <= names
     spans = [e for e in chrome["traceEvents"] if e["ph"] == "X" and e["pid"] == 0]
     assert sorted(e["name"] for e in spans) == sorted(f"{s}{op}{m}" for s in range(3) for op in "FB" for m in range(4))
-    assert len([e for e in chrome["traceEvents"] if e["ph"] == "X" and e["pid"] == 1]) == len(trace.transfers) == 2 * 2 * 4
+    assert (
+        len([e for e in chrome["traceEvents"] if e["ph"] == "X" and e["pid"] == 1]) == len(trace.transfers) == 2 * 2 * 4
+    )

@@ -4,7 +4,8 @@ import json
 import pathlib
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched import RunConfig, Schedule, ScheduleError, load_strategy, make_plan, run
 from pipesched.cli import main
@@ -13,8 +14,12 @@ from pipesched.exchange import from_torch_csv, to_torch_csv
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
-@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
-       devices=st.integers(1, 4), microbatches=st.integers(1, 8), chunks=st.integers(1, 3))
+@given(
+    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
+    devices=st.integers(1, 4),
+    microbatches=st.integers(1, 8),
+    chunks=st.integers(1, 3),
+)
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
     chunks = chunks if strategy == "interleaved" else 2 if strategy in ("zb-v", "dualpipev") else 1
     if strategy == "dualpipev":
@@ -39,8 +44,9 @@ def test_an_exported_file_simulates_exactly_like_its_strategy(tmp_path, capsys, 
 def test_sends_and_receives_are_ordering_points():
     # Rank 0 sends both activations only after computing both forwards, so 1F0
     # starts at 2, not 1; rank 1 sends its gradients after each backward.
-    result = run(RunConfig(strategy=str(FIXTURES / "comm.csv"), devices=2, microbatches=2, layers="4,5,6", batch=4,
-                           cost="unit"))
+    result = run(
+        RunConfig(strategy=str(FIXTURES / "comm.csv"), devices=2, microbatches=2, layers="4,5,6", batch=4, cost="unit")
+    )
     starts = {s.name: s.start for s in result.trace.spans}
     assert starts == {"0F0": 0, "0F1": 1, "1F0": 2, "1F1": 3, "1B1": 4, "0B1": 6, "1B0": 6, "0B0": 8}
     assert result.grad_rel_err < 1e-12
@@ -103,8 +109,9 @@ def test_compare_takes_a_schedule_file_beside_strategies(capsys, tmp_path):
 def test_reduce_grad_runs_the_all_reduce_where_it_stands():
     # Two replicas of a two-stage model: stage 1's all-reduce is placed before 0B0, so its
     # chunks move before 0B0 starts; by default it would wait for the end.
-    result = run(RunConfig(strategy=str(FIXTURES / "hybrid_reduce.csv"), devices=2, microbatches=2,
-                           layers="6,8,4", batch=4))
+    result = run(
+        RunConfig(strategy=str(FIXTURES / "hybrid_reduce.csv"), devices=2, microbatches=2, layers="6,8,4", batch=4)
+    )
     assert result.grad_rel_err < 1e-12
     b0 = next(s for s in result.trace.spans if s.name == "0B0" and s.device == 0)
     stage1 = [t for t in result.trace.transfers if t.op == "allreduce" and t.stage == 1]

@@ -87,8 +87,11 @@ def _blocks(fig, prefix):
 
 @pytest.fixture(scope="module")
 def drawn(flops, unit):
-    figures = {(name, stem): _draw(draw(results)) for name, results in (("flops", flops), ("unit", unit))
-               for stem, _, draw in FIGURES}
+    figures = {
+        (name, stem): _draw(draw(results))
+        for name, results in (("flops", flops), ("unit", unit))
+        for stem, _, draw in FIGURES
+    }
     yield figures
     for fig in figures.values():
         plt.close(fig)
@@ -121,7 +124,7 @@ def test_memory_panels_share_both_axes_and_hold_every_curve(flops, drawn):
     runs = [r for r in flops.compare if r.config.partition == first]
     held = max(s.activations + s.deferred + s.buffers for r in runs for samples in r.trace.memory for s in samples)
     label = panels[0].get_ylabel()
-    scale = {"(B)": 1, "(KiB)": 2**10, "(MiB)": 2**20}[label[label.index("("):]]
+    scale = {"(B)": 1, "(KiB)": 2**10, "(MiB)": 2**20}[label[label.index("(") :]]
     assert held / scale <= panels[0].get_ylim()[1] and panels[0].get_ylim()[0] == 0
 
 
@@ -133,10 +136,13 @@ def test_gantt_panels_share_one_time_axis_as_long_as_the_longest_step(flops, dra
     assert fig.axes[-1].get_xlabel().startswith("time (µs)")
 
 
-@pytest.mark.parametrize("strategy, chunks", [
-    ("zb-v", {0: (0, 3), 1: (1, 2)}),         # K=2: device d holds stages d and 2K-1-d, the V
-    ("interleaved", {0: (0, 2), 1: (1, 3)}),  # stage s on device s mod K
-])
+@pytest.mark.parametrize(
+    "strategy, chunks",
+    [
+        ("zb-v", {0: (0, 3), 1: (1, 2)}),  # K=2: device d holds stages d and 2K-1-d, the V
+        ("interleaved", {0: (0, 2), 1: (1, 3)}),  # stage s on device s mod K
+    ],
+)
 def test_a_devices_chunks_look_different_and_equal_chunks_look_alike(drawn, strategy, chunks):
     fig = drawn["flops", "gantt"]
     blocks = _blocks(fig, f"{strategy}/")
@@ -222,14 +228,26 @@ def test_speedup_under_unit_cost_is_the_closed_form(unit):
 
 
 def _record(strategy, devices, microbatches, bubble, throughput, time_unit="s"):
-    return {"ok": True, "oom": False, "point": {"strategy": strategy, "devices": devices, "microbatches": microbatches},
-            "bubble_fraction": bubble, "throughput": throughput, "peak_memory_bytes": 2**20, "time_unit": time_unit}
+    return {
+        "ok": True,
+        "oom": False,
+        "point": {"strategy": strategy, "devices": devices, "microbatches": microbatches},
+        "bubble_fraction": bubble,
+        "throughput": throughput,
+        "peak_memory_bytes": 2**20,
+        "time_unit": time_unit,
+    }
 
 
 def test_heat_maps_share_one_colour_scale_per_quantity_with_plain_labels():
-    records = [_record("gpipe", 2, 4, 0.2, 1_000_123.0), _record("gpipe", 4, 4, 0.43, 1_000_456.0),
-               _record("1f1b", 2, 4, 0.25, 3_000_789.0), _record("1f1b", 2, 4, 0.1, 2_000_000.0),
-               _record("zb-h1", 2, 8, 0.05, 2.5, time_unit="unit"), _record("zb-h1", 2, 4, 0.3, 1.5, time_unit="unit")]
+    records = [
+        _record("gpipe", 2, 4, 0.2, 1_000_123.0),
+        _record("gpipe", 4, 4, 0.43, 1_000_456.0),
+        _record("1f1b", 2, 4, 0.25, 3_000_789.0),
+        _record("1f1b", 2, 4, 0.1, 2_000_000.0),
+        _record("zb-h1", 2, 8, 0.05, 2.5, time_unit="unit"),
+        _record("zb-h1", 2, 4, 0.3, 1.5, time_unit="unit"),
+    ]
     fig = _draw(sweep_heatmaps(records))
     columns: dict[int, list] = {}
     for ax in fig.axes:

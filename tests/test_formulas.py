@@ -7,7 +7,8 @@ import re
 from dataclasses import replace
 
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from pipesched import OutOfMemoryError, RunConfig, formulas, load_strategy, run
 from pipesched.cli import main
@@ -20,32 +21,61 @@ STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "dp"]  # the V s
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
 
-@given(strategy=st.sampled_from(STRATEGIES), devices=st.integers(1, 5), microbatches=st.integers(1, 12),
-       chunks=st.integers(1, 3))
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    devices=st.integers(1, 5),
+    microbatches=st.integers(1, 12),
+    chunks=st.integers(1, 3),
+)
 def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, microbatches, chunks):
     """For the interleaved bubble when K does not divide M, a regression check of a form found by simulation."""
     chunks = chunks if strategy == "interleaved" else 1
     assume(strategy != "dp" or microbatches >= devices)
     form = formulas.CLOSED_FORMS[strategy]
     stages = 1 if strategy == "dp" else devices * chunks
-    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks,
-                      layers=f"3x{stages + 1}", batch=microbatches, cost="unit", compute=False))
+    r = run(
+        RunConfig(
+            strategy=strategy,
+            devices=devices,
+            microbatches=microbatches,
+            chunks=chunks,
+            layers=f"3x{stages + 1}",
+            batch=microbatches,
+            cost="unit",
+            compute=False,
+        )
+    )
     bubble = form.bubble(devices, microbatches, chunks)
     assert bubble == r.bubble_formula  # the strategy states the table's formula
     if bubble is not None:
         assert r.metrics.bubble_fraction == pytest.approx(bubble, abs=1e-12)
-    assert r.metrics.peak_inflight_microbatches == [form.inflight(devices, microbatches, chunks, d)
-                                                    for d in range(devices)]
+    assert r.metrics.peak_inflight_microbatches == [
+        form.inflight(devices, microbatches, chunks, d) for d in range(devices)
+    ]
 
 
-@given(strategy=st.sampled_from(["gpipe", "1f1b"]), devices=st.integers(1, 4), per=st.integers(1, 3),
-       microbatches=st.integers(1, 8), remat=st.sampled_from(["never", "always"]))
+@given(
+    strategy=st.sampled_from(["gpipe", "1f1b"]),
+    devices=st.integers(1, 4),
+    per=st.integers(1, 3),
+    microbatches=st.integers(1, 8),
+    remat=st.sampled_from(["never", "always"]),
+)
 def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches, remat):
     widths = [5, 7, 6, 9, 4, 8, 3]
     assume(devices <= len(widths) - 1)
     batch = per * microbatches  # equal micro-batches
-    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, remat=remat,
-                      layers=",".join(map(str, widths)), cost="unit"))
+    r = run(
+        RunConfig(
+            strategy=strategy,
+            devices=devices,
+            microbatches=microbatches,
+            batch=batch,
+            remat=remat,
+            layers=",".join(map(str, widths)),
+            cost="unit",
+        )
+    )
     layers = layers_from_widths(widths)
     form = formulas.CLOSED_FORMS[strategy]
     for d, stage in enumerate(r.partition):
@@ -56,15 +86,32 @@ def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches,
         assert r.metrics.peak_activation_bytes[d] == formulas.peak_activation_bytes(inflight, full, inputs, remat)
 
 
-@given(strategy=st.sampled_from(STRATEGIES), devices=st.integers(1, 4), chunks=st.integers(1, 3),
-       batch=st.integers(4, 12), remat=REMAT, data=st.data())
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    devices=st.integers(1, 4),
+    chunks=st.integers(1, 3),
+    batch=st.integers(4, 12),
+    remat=REMAT,
+    data=st.data(),
+)
 def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, batch, remat, data):
     chunks = chunks if strategy == "interleaved" and devices > 1 else 1  # K=1 chunks share arrays
     microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
     stages = 1 if strategy == "dp" else devices * chunks
     widths = data.draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 4))
-    r = run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks, batch=batch,
-                      remat=remat, layers=",".join(map(str, widths)), cost="unit", compute=False))
+    r = run(
+        RunConfig(
+            strategy=strategy,
+            devices=devices,
+            microbatches=microbatches,
+            chunks=chunks,
+            batch=batch,
+            remat=remat,
+            layers=",".join(map(str, widths)),
+            cost="unit",
+            compute=False,
+        )
+    )
     layers = layers_from_widths(widths)
     rows = [s.stop - s.start for s in split(batch, microbatches)]
     for d, actions in enumerate(r.schedule.actions):
@@ -78,8 +125,17 @@ def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, b
 def test_pipeline_speedup_over_one_device(devices, microbatches):
     # Equal stages under flops costs with free links: one device runs every layer.
     def makespan(k):
-        return run(RunConfig(devices=k, microbatches=microbatches, batch=microbatches * 2, layers="32x9",
-                             compute=False, link_latency=0.0, link_bandwidth=1e30)).metrics.makespan
+        return run(
+            RunConfig(
+                devices=k,
+                microbatches=microbatches,
+                batch=microbatches * 2,
+                layers="32x9",
+                compute=False,
+                link_latency=0.0,
+                link_bandwidth=1e30,
+            )
+        ).metrics.makespan
 
     assert makespan(1) / makespan(devices) == pytest.approx(formulas.pipeline_speedup(devices, microbatches))
 
@@ -90,7 +146,7 @@ def test_memory_roles_show_deferred_weights_and_link_buffers():
     gpipe = run(RunConfig(strategy="gpipe", compute=False)).trace.memory
     assert all(s.deferred == 0 for device in gpipe for s in device)
     dp = run(RunConfig(strategy="dp", compute=False)).trace.memory
-    params = sum(l.param_count for l in layers_from_widths(parse_layers(RunConfig.layers))) * 8
+    params = sum(layer.param_count for layer in layers_from_widths(parse_layers(RunConfig.layers))) * 8
     assert max(s.buffers for s in dp[0]) == -(-params // 4)  # one all-reduce chunk at a time
     assert dp[0][-1].grads == dp[0][-1].params == params
 
@@ -137,8 +193,17 @@ def test_allow_oom_in_json(capsys):
     assert "runs out of memory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text, value", [("16GB", 16 * 10**9), ("512 MiB", 512 * 2**20), ("1.5KiB", 1536),
-                                         ("100", 100), ("2tb", 2 * 10**12), ("1e3B", 1000)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("16GB", 16 * 10**9),
+        ("512 MiB", 512 * 2**20),
+        ("1.5KiB", 1536),
+        ("100", 100),
+        ("2tb", 2 * 10**12),
+        ("1e3B", 1000),
+    ],
+)
 def test_units(text, value):
     assert parse_bytes(text) == value
 
@@ -184,11 +249,19 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
     assert main(["formulas", "--devices", "4", "--microbatches", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("strategy")))
-    table = lines[header + 1:lines.index("", header)]
+    table = lines[header + 1 : lines.index("", header)]
     at = lines[header].index("peak in flight")
     inflight = {row.split()[0]: row[at:].split()[0] for row in table}
-    assert inflight == {"gpipe": "2/2/2/2", "1f1b": "2/2/2/1", "interleaved": "4/4/4/3", "zb-h1": "2/2/2/2",
-                        "zb-h2": "2/2/2/2", "zb-v": "3/4/4/4", "dualpipev": "-", "dp": "-"}
+    assert inflight == {
+        "gpipe": "2/2/2/2",
+        "1f1b": "2/2/2/1",
+        "interleaved": "4/4/4/3",
+        "zb-h1": "2/2/2/2",
+        "zb-h2": "2/2/2/2",
+        "zb-v": "3/4/4/4",
+        "dualpipev": "-",
+        "dp": "-",
+    }
 
 
 def test_strategies_state_the_tables_bubble():

@@ -2,7 +2,8 @@
 and the overlapped forward-backward pair the engine runs for DualPipeV."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched import DeadlockError, RunConfig, Schedule, ScheduleError, formulas, load_strategy, run, validate
 from pipesched.compute import ShapeWorkload
@@ -15,8 +16,18 @@ from pipesched.testing import check_strategy
 
 def _unit(strategy, devices, microbatches, **extra):
     stages = 2 * devices if strategy in ("zb-v", "dualpipev") else devices
-    return run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, layers=f"3x{stages + 1}",
-                         batch=microbatches, cost="unit", compute=False, **extra))
+    return run(
+        RunConfig(
+            strategy=strategy,
+            devices=devices,
+            microbatches=microbatches,
+            layers=f"3x{stages + 1}",
+            batch=microbatches,
+            cost="unit",
+            compute=False,
+            **extra,
+        )
+    )
 
 
 def _orders(schedule):
@@ -88,7 +99,9 @@ def test_the_v_schedules_send_twice_1f1bs_traffic(devices, microbatches):
 
 
 def test_dualpipev_refuses_too_few_microbatches_in_one_sentence():
-    with pytest.raises(ValueError, match=r"needs at least 2K = 8 micro-batches on 4 devices .* not 7; use --microbatches 8"):
+    with pytest.raises(
+        ValueError, match=r"needs at least 2K = 8 micro-batches on 4 devices .* not 7; use --microbatches 8"
+    ):
         load_strategy("dualpipev").plan(4, 7)
     with pytest.raises(ValueError, match="--chunks 3 cannot apply; use --chunks 2"):
         load_strategy("zb-v").plan(4, 8, 3)
@@ -105,7 +118,9 @@ def test_zb_h2_step_window_and_memory(devices, microbatches):
     if microbatches >= 2 * devices - 2:  # the last device ends as in the paper's parallelogram
         assert m.makespan == 3 * microbatches + devices - 1
     assert m.period == formulas.zero_bubble_unit_window(devices, microbatches)
-    assert m.steady_bubble_fraction == pytest.approx(formulas.zero_bubble_steady_bubble(devices, microbatches), abs=1e-12)
+    assert m.steady_bubble_fraction == pytest.approx(
+        formulas.zero_bubble_steady_bubble(devices, microbatches), abs=1e-12
+    )
     if microbatches >= 2 * devices - 1:
         assert m.steady_bubble_fraction == 0.0  # zero bubble back to back
     assert m.peak_inflight_microbatches == [min(2 * devices - 1, microbatches)] * devices
@@ -123,13 +138,14 @@ def test_zb_v_step_window_and_memory(devices, microbatches):
     if microbatches >= 2 * devices - 1:
         assert m.steady_bubble_fraction == 0.0
         assert m.peak_inflight_microbatches == [2 * devices] * devices  # 1F1B's first-device activations
-    assert m.peak_inflight_microbatches == [formulas.zb_v_peak_inflight(devices, microbatches, d)
-                                            for d in range(devices)]
+    assert m.peak_inflight_microbatches == [
+        formulas.zb_v_peak_inflight(devices, microbatches, d) for d in range(devices)
+    ]
 
 
 @given(devices=st.integers(1, 6), extra=st.integers(0, 12), overlap=st.sampled_from(["sum", "max"]))
 def test_dualpipev_step_under_each_overlap_rule(devices, extra, overlap):
-    """DeepSeek's table for the devices that wait most; the steps are a regression check of forms found by simulation."""
+    """DeepSeek's table for the devices that wait most; the steps regression-check forms found by simulation."""
     microbatches = 2 * devices + extra
     m = _unit("dualpipev", devices, microbatches, overlap=overlap).metrics
     assert m.makespan == formulas.dualpipev_unit_makespan(devices, microbatches, overlap)
@@ -142,8 +158,9 @@ def test_dualpipev_step_under_each_overlap_rule(devices, extra, overlap):
     assert m.period == m.makespan  # device 0 holds the first and the last stage: no gain back to back
 
 
-@given(strategy=st.sampled_from(["zb-h2", "zb-v", "dualpipev"]), devices=st.integers(1, 4),
-       microbatches=st.integers(1, 12))
+@given(
+    strategy=st.sampled_from(["zb-h2", "zb-v", "dualpipev"]), devices=st.integers(1, 4), microbatches=st.integers(1, 12)
+)
 def test_the_tables_forms_hold_and_the_strategies_state_them(strategy, devices, microbatches):
     """A regression check where the table's form was found by simulation (``formulas`` marks which)."""
     if strategy == "dualpipev":
@@ -160,8 +177,17 @@ def test_the_tables_forms_hold_and_the_strategies_state_them(strategy, devices, 
 def test_the_frontier_strategies_pass_check_strategy(name, chunks, per_device):
     # every remat mode, uneven micro-batches, real NumPy: gradients equal the full-batch pass
     form = formulas.CLOSED_FORMS[name]
-    check_strategy(name, bubble=True, inflight=form.inflight, steady=form.steady_bubble, chunks=chunks,
-                   max_devices=4, max_microbatches=10, microbatches_per_device=per_device, max_examples=25)
+    check_strategy(
+        name,
+        bubble=True,
+        inflight=form.inflight,
+        steady=form.steady_bubble,
+        chunks=chunks,
+        max_devices=4,
+        max_microbatches=10,
+        microbatches_per_device=per_device,
+        max_examples=25,
+    )
 
 
 # -- the overlapped pair ----------------------------------------------------------------------
@@ -187,24 +213,38 @@ def test_a_pair_waits_for_both_inputs_and_lasts_by_the_rule(overlap, pair_end, m
 @pytest.mark.parametrize("remat", ["never", "always", "except_last"])
 def test_a_pair_is_exact_and_its_memory_holds_both_halves(remat):
     widths, rows = [6, 5, 7, 4, 3], [3, 3, 3, 2, 2]
-    r = run(RunConfig(strategy="dualpipev", devices=2, microbatches=5, batch=13, remat=remat,
-                      layers=",".join(map(str, widths)), cost="unit"))
+    r = run(
+        RunConfig(
+            strategy="dualpipev",
+            devices=2,
+            microbatches=5,
+            batch=13,
+            remat=remat,
+            layers=",".join(map(str, widths)),
+            cost="unit",
+        )
+    )
     assert r.grad_rel_err < 1e-12
     layers = layers_from_widths(widths)
-    walk = [formulas.activation_peak(actions, lambda s: [layers[i] for i in r.partition[s]], rows, 4, remat)
-            for actions in r.schedule.actions]
+    walk = [
+        formulas.activation_peak(actions, lambda s: [layers[i] for i in r.partition[s]], rows, 4, remat)
+        for actions in r.schedule.actions
+    ]
     # device 0: the real arrays' peak, both halves of a pair held at once. The last device holds the
     # V's two middle stages, K-1 and K, which share the array between them: the walk counts it twice.
     assert r.metrics.peak_activation_bytes[0] == walk[0]
     assert r.metrics.peak_activation_bytes[1] <= walk[1]
 
 
-@pytest.mark.parametrize("row, microbatches, message", [
-    ("0F0 (0F1;0B1)OVERLAP_F_B 0B0", 2, "position 1: .* overlaps 0B1 with the forward it needs"),
-    ("0F0 (0B0;0F1)OVERLAP_F_B 0B1", 2, "pairs 0B0 with 0F1; an overlapped pair is one forward and one backward"),
-    ("0F0 0F1 0I0 (0F2;0W0)OVERLAP_F_B 0B1 0B2", 3, "pairs 0F2 with 0W0"),
-    ("0F0 0F1 0W0 (0F2;0I0)OVERLAP_F_B 0B1 0B2", 3, "0W0 comes before 0I0 on the same device"),  # seen in the pair
-])
+@pytest.mark.parametrize(
+    "row, microbatches, message",
+    [
+        ("0F0 (0F1;0B1)OVERLAP_F_B 0B0", 2, "position 1: .* overlaps 0B1 with the forward it needs"),
+        ("0F0 (0B0;0F1)OVERLAP_F_B 0B1", 2, "pairs 0B0 with 0F1; an overlapped pair is one forward and one backward"),
+        ("0F0 0F1 0I0 (0F2;0W0)OVERLAP_F_B 0B1 0B2", 3, "pairs 0F2 with 0W0"),
+        ("0F0 0F1 0W0 (0F2;0I0)OVERLAP_F_B 0B1 0B2", 3, "0W0 comes before 0I0 on the same device"),  # seen in the pair
+    ],
+)
 def test_bad_pairs_are_refused(row, microbatches, message):
     with pytest.raises(ScheduleError, match=message):
         validate(Schedule.parse([row]), 1, microbatches)
@@ -227,7 +267,9 @@ def test_a_pair_that_needs_its_own_forward_deadlocks_and_the_message_names_the_p
     schedule = Schedule.parse(["0F0 0F1 (1F0;0B0)OVERLAP_F_B 1F1 1B1 1B0 0B1"])
     validate(schedule, 1, 2)
     work = ShapeWorkload(layers_from_widths([3, 3, 3]), (range(0, 1), range(1, 2)), rows=[2, 2])
-    with pytest.raises(DeadlockError, match=r"device 0 waits at \(1F0;0B0\)OVERLAP_F_B for the gradient of micro-batch 0"):
+    with pytest.raises(
+        DeadlockError, match=r"device 0 waits at \(1F0;0B0\)OVERLAP_F_B for the gradient of micro-batch 0"
+    ):
         simulate(schedule, work, UnitCost())
 
 

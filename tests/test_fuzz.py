@@ -7,7 +7,8 @@ from collections import Counter
 
 import networkx as nx
 import numpy as np
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 from pipesched import Action, DeadlockError, Overlap, Schedule, ScheduleError, validate
 from pipesched.compute import NumpyWorkload, ShapeWorkload
@@ -20,8 +21,17 @@ from pipesched.testing import schedules
 
 #: Corruptions that may break a schedule: it may stay valid, turn invalid, or deadlock.
 BREAKING = [
-    "shuffle_device", "swap_adjacent", "swap_across", "delete", "duplicate", "renumber", "change_op", "move",
-    "pair", "pair_any", "hoist_backward",
+    "shuffle_device",
+    "swap_adjacent",
+    "swap_across",
+    "delete",
+    "duplicate",
+    "renumber",
+    "change_op",
+    "move",
+    "pair",
+    "pair_any",
+    "hoist_backward",
 ]
 #: Corruptions that keep a valid, deadlock-free schedule so by construction (see ``corrupt``).
 KEEPING = ["toggle_backward", "defer_weight", "relabel", "permute_devices"]
@@ -75,8 +85,9 @@ def corrupt(schedule, kind, rng):
         picks = [j for j, b in enumerate(rows[d]) if kind == "pair_any" or b.op in "BI" and j > 0]
         if picks:
             j = rng.choice(picks)
-            forwards = [k for k in range(len(rows[d])) if k != j and (kind == "pair_any" or
-                                                                       (rows[d][k].op == "F" and k < j))]
+            forwards = [
+                k for k in range(len(rows[d])) if k != j and (kind == "pair_any" or (rows[d][k].op == "F" and k < j))
+            ]
             if forwards:
                 k = rng.choice(forwards)
                 pair = Overlap(rows[d][k], rows[d][j])
@@ -97,7 +108,7 @@ def corrupt(schedule, kind, rng):
         elif b.op == "I":
             rows[d][i] = Action(b.stage, "B", b.microbatch)
         else:
-            rows[d][i:i + 1] = [Action(b.stage, "I", b.microbatch), weight]
+            rows[d][i : i + 1] = [Action(b.stage, "I", b.microbatch), weight]
     elif kind == "relabel":
         order = _permutation(schedule.microbatches, rng)
         rows = [[Action(b.stage, b.op, order[b.microbatch]) for b in row] for row in rows]
@@ -142,8 +153,8 @@ def is_valid(schedule, devices, microbatches):
     for row in schedule.actions:
         for item in row:
             if isinstance(item, Overlap) and not (
-                    item.forward.op == "F" and item.backward.op in ("B", "I")
-                    and item.forward[::2] != item.backward[::2]):
+                item.forward.op == "F" and item.backward.op in ("B", "I") and item.forward[::2] != item.backward[::2]
+            ):
                 return False
     places = _places(schedule)
     if not places:
@@ -221,7 +232,7 @@ def test_a_corrupted_schedule_is_refused_deadlocks_or_runs_exactly_as_the_defini
 
 
 def _outcome(schedule, devices, microbatches, remat):
-    """"refused", "deadlock" or "ran", each checked against the independent definitions."""
+    """ "refused", "deadlock" or "ran", each checked against the independent definitions."""
     expected = is_valid(schedule, devices, microbatches)
     try:
         validate(schedule, devices, microbatches)
@@ -234,8 +245,9 @@ def _outcome(schedule, devices, microbatches, remat):
     model = Model.from_sizes(widths)
     batch = microbatches + 1
     x, target = make_data(widths, batch, "mse")
-    work = NumpyWorkload(model, uniform(len(widths) - 1, schedule.num_stages), x, target, "mse",
-                         split(batch, microbatches))
+    work = NumpyWorkload(
+        model, uniform(len(widths) - 1, schedule.num_stages), x, target, "mse", split(batch, microbatches)
+    )
     try:
         simulate(schedule, work, UnitCost(), remat)
     except DeadlockError as exc:

@@ -11,10 +11,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipesched import ConfigError, RunConfig, Schedule, StrategyError, load_strategy, make_plan, run
-from pipesched import limits
+from pipesched import ConfigError, RunConfig, Schedule, StrategyError, limits, load_strategy, make_plan, run
 from pipesched.cli import main
 from pipesched.limits import MAX_ACTIONS, array_bytes
 from pipesched.model import Model
@@ -71,8 +71,10 @@ def test_export_of_a_huge_schedule_is_refused_before_planning(capsys, no_plannin
 
 def test_a_v_schedule_with_more_stages_than_layers_is_refused_before_planning(capsys, no_planning):
     err = _refused(capsys, "run", "--strategy", "zb-v", "--devices", "3000", "--no-compute")
-    assert ("strategy 'zb-v' plans 6000 stages on --devices 3000 and --chunks 2 but --layers 128,256x10,10 has "
-            "only 11 layers; use fewer devices or chunks, or more layers") in err
+    assert (
+        "strategy 'zb-v' plans 6000 stages on --devices 3000 and --chunks 2 but --layers 128,256x10,10 has "
+        "only 11 layers; use fewer devices or chunks, or more layers"
+    ) in err
 
 
 def test_run_with_more_devices_than_layers_is_refused_before_planning(capsys, no_planning):
@@ -102,8 +104,10 @@ def test_compare_plans_only_what_passes_the_checks(capsys, monkeypatch):
     for name in ("gpipe", "1f1b", "zb-h1", "zb-h2"):
         assert f"note: {name} left out of the default comparison: strategy '{name}' plans 100000 stages" in err
     for name in ("interleaved", "zb-v", "dualpipev"):
-        assert f"note: {name} left out of the default comparison: --devices 100000 x --microbatches 8 x " \
-               "--chunks 2 makes a schedule of up to 4,800,000 actions" in err
+        assert (
+            f"note: {name} left out of the default comparison: --devices 100000 x --microbatches 8 x "
+            "--chunks 2 makes a schedule of up to 4,800,000 actions" in err
+        )
     assert "use at least 100000 micro-batches" in err
     assert planned == ["dp"]
 
@@ -112,8 +116,10 @@ def test_formulas_refuses_what_no_command_would_run_and_pages_of_digits(capsys):
     err = _refused(capsys, "formulas", "--devices", "100000", "--microbatches", "10000000")
     assert "makes a schedule of up to 6,000,000,000,000 actions" in err  # 3 x 1e5 x 1e7 x 2 chunks
     err = _refused(capsys, "formulas", "--devices", "2000", "--microbatches", "8")
-    assert ("--devices 2000 would list 2,000 in-flight counts per strategy; formulas lists at most 1024 devices, "
-            "so give --devices 1024 or fewer") in err
+    assert (
+        "--devices 2000 would list 2,000 in-flight counts per strategy; formulas lists at most 1024 devices, "
+        "so give --devices 1024 or fewer"
+    ) in err
     status, out, _ = _run(capsys, "formulas", "--devices", "1024", "--microbatches", "8", "--json")
     assert status == 0 and len(json.loads(out)["strategies"]["gpipe"]["peak_inflight_microbatches"]) == 1024
 
@@ -125,9 +131,11 @@ def test_a_model_that_cannot_fit_is_refused_before_any_array_is_built(capsys, mo
     # by hand: 4 layers of (20000 + 1) x 20000 float64 = 12,800,640,000 B each for parameters, gradients and
     # the reference's gradients; inputs 20000 x 20000 x 8 = 3.2e9 B; the reference keeps 4 outputs of
     # 20000 x 20000 for the whole batch, 12.8e9 B: 54,401,920,000 B = 50.67 GiB
-    assert ("--layers 20000x5 with --batch 20000 needs at least 50.67 GiB of arrays (parameters 11.92 GiB, "
-            "gradients 11.92 GiB, data 2.98 GiB, activations 11.92 GiB, reference gradients 11.92 GiB) but this "
-            "machine has 24.00 GiB; use --no-compute, fewer or narrower --layers, or a smaller --batch") in err
+    assert (
+        "--layers 20000x5 with --batch 20000 needs at least 50.67 GiB of arrays (parameters 11.92 GiB, "
+        "gradients 11.92 GiB, data 2.98 GiB, activations 11.92 GiB, reference gradients 11.92 GiB) but this "
+        "machine has 24.00 GiB; use --no-compute, fewer or narrower --layers, or a smaller --batch"
+    ) in err
     # without NumPy nothing is built, so nothing is refused for memory
     limits.check_memory(RunConfig(layers="20000x5", batch=20000, devices=2, compute=False))
 
@@ -146,11 +154,13 @@ def test_a_study_is_checked_by_key_before_any_run_is_prepared(tmp_path, capsys, 
     collect_module = importlib.import_module("pipesched.report.collect")  # the package exports a function of that name
     monkeypatch.setattr(collect_module, "prepare", _NoWork("preparing a run"))
     study = tmp_path / "big.toml"
-    study.write_text('[model]\nbatch = 2000000\n[sweep]\nmicrobatches = [2, 2000000]\n')
+    study.write_text("[model]\nbatch = 2000000\n[sweep]\nmicrobatches = [2, 2000000]\n")
     err = _refused(capsys, "report", str(study), "-o", str(tmp_path / "out"))
     # 3 x 4 devices x 2,000,000 micro-batches x 2 chunks (the V schedules)
-    assert "[hardware].devices 4 x [sweep].microbatches 2000000 x chunks 2 makes a schedule of up to " \
-           "48,000,000 actions" in err
+    assert (
+        "[hardware].devices 4 x [sweep].microbatches 2000000 x chunks 2 makes a schedule of up to "
+        "48,000,000 actions" in err
+    )
     monkeypatch.setattr(limits, "machine_memory", lambda: 10**6)
     study.write_text('[model]\nlayers = "64x9"\n')
     err = _refused(capsys, "report", str(study), "-o", str(tmp_path / "out"))
@@ -162,8 +172,9 @@ def test_a_study_is_checked_by_key_before_any_run_is_prepared(tmp_path, capsys, 
 
 
 @settings(max_examples=40)
-@given(name=st.sampled_from(BUILTINS), devices=st.integers(1, 6), microbatches=st.integers(1, 14),
-       chunks=st.integers(1, 3))
+@given(
+    name=st.sampled_from(BUILTINS), devices=st.integers(1, 6), microbatches=st.integers(1, 14), chunks=st.integers(1, 3)
+)
 def test_every_builtin_declares_the_stages_it_plans(name, devices, microbatches, chunks):
     strategy = load_strategy(name)
     chunks = chunks if name == "interleaved" else getattr(strategy, "default_chunks", 1)
@@ -190,15 +201,25 @@ def test_a_plugin_without_stages_has_v_per_device_and_a_wrong_count_is_caught_af
             return 1
 
         def plan(self, devices, microbatches, chunks=1):
-            return Schedule([[f"{d}F{m}" for m in range(microbatches)] + [f"{d}B{m}" for m in range(microbatches)]
-                             for d in range(devices)])
+            return Schedule(
+                [
+                    [f"{d}F{m}" for m in range(microbatches)] + [f"{d}B{m}" for m in range(microbatches)]
+                    for d in range(devices)
+                ]
+            )
 
     with pytest.raises(ConfigError, match="plans 12 stages on --devices 12 but --layers 128,256x10,10 has only 11"):
         run(RunConfig(strategy=Lying(), devices=12, compute=False))
 
 
-@pytest.mark.parametrize("value, message", [(0, "returned 0; return a whole number of at least 1"),
-                                            ("2", "returned '2'"), (ZeroDivisionError, "failed in stages()")])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (0, "returned 0; return a whole number of at least 1"),
+        ("2", "returned '2'"),
+        (ZeroDivisionError, "failed in stages()"),
+    ],
+)
 def test_a_broken_stages_method_is_named(value, message):
     class Broken:
         name = "broken"
@@ -220,11 +241,15 @@ def test_a_broken_stages_method_is_named(value, message):
 
 def test_a_memory_error_while_planning_is_not_blamed_on_the_plugin(tmp_path, capsys):
     plugin = tmp_path / "hungry.py"
-    plugin.write_text("class Hungry:\n    name = 'hungry'\n"
-                      "    def plan(self, devices, microbatches, chunks=1):\n        raise MemoryError\n")
+    plugin.write_text(
+        "class Hungry:\n    name = 'hungry'\n"
+        "    def plan(self, devices, microbatches, chunks=1):\n        raise MemoryError\n"
+    )
     err = _refused(capsys, "export", "--strategy", f"{plugin}:Hungry", "--devices", "4")
-    assert ("strategy 'hungry' (devices=4, microbatches=8, chunks=1) ran out of this machine's memory while "
-            "planning, so the schedule is too large for this machine; use fewer devices, micro-batches or chunks") in err
+    assert (
+        "strategy 'hungry' (devices=4, microbatches=8, chunks=1) ran out of this machine's memory while "
+        "planning, so the schedule is too large for this machine; use fewer devices, micro-batches or chunks"
+    ) in err
     assert "fix the plug-in" not in err
 
 
@@ -252,14 +277,27 @@ def test_a_memory_error_during_a_run_is_one_sentence(capsys, monkeypatch):
 
 
 @settings(max_examples=12)
-@given(widths=st.lists(st.integers(1, 40), min_size=3, max_size=6), per=st.integers(1, 6),
-       microbatches=st.integers(1, 4), reference=st.booleans(), remat=st.sampled_from(["never", "always"]),
-       name=st.sampled_from(["gpipe", "1f1b", "zb-h1"]))
+@given(
+    widths=st.lists(st.integers(1, 40), min_size=3, max_size=6),
+    per=st.integers(1, 6),
+    microbatches=st.integers(1, 4),
+    reference=st.booleans(),
+    remat=st.sampled_from(["never", "always"]),
+    name=st.sampled_from(["gpipe", "1f1b", "zb-h1"]),
+)
 def test_the_memory_bound_is_below_what_numpy_really_allocates(widths, per, microbatches, reference, remat, name):
     devices = min(2, len(widths) - 1)
     batch = per * microbatches
-    config = RunConfig(layers=",".join(map(str, widths)), batch=batch, microbatches=microbatches, devices=devices,
-                       strategy=name, reference=reference, remat=remat, cost="unit")
+    config = RunConfig(
+        layers=",".join(map(str, widths)),
+        batch=batch,
+        microbatches=microbatches,
+        devices=devices,
+        strategy=name,
+        reference=reference,
+        remat=remat,
+        cost="unit",
+    )
     bound = sum(array_bytes(widths, batch, microbatches, reference, remat).values())
     tracemalloc.start()  # NumPy reports its array buffers to tracemalloc
     try:
@@ -273,8 +311,7 @@ def test_the_memory_bound_is_below_what_numpy_really_allocates(widths, per, micr
 def test_the_parameter_bytes_are_the_models():
     widths = [7, 5, 3, 2]
     model = Model.from_sizes(widths)
-    assert array_bytes(widths, 8, 2, reference=False)["parameters"] == sum(w.nbytes + b.nbytes
-                                                                           for w, b in model.params)
+    assert array_bytes(widths, 8, 2, reference=False)["parameters"] == sum(w.nbytes + b.nbytes for w, b in model.params)
     x = np.zeros((8, widths[0]))
     assert array_bytes(widths, 8, 2, reference=False)["data"] == x.nbytes
 

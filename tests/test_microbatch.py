@@ -1,7 +1,8 @@
 """Micro-batch splitting."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched.errors import ConfigError
 from pipesched.microbatch import split

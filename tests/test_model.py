@@ -2,7 +2,8 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched.errors import ConfigError
 from pipesched.model import (
@@ -87,7 +88,7 @@ def test_gradients_of_row_blocks_add_up_to_the_full_batch(rows):
 def test_the_seed_model_has_eleven_layers():
     model = Model.from_sizes(parse_layers("128,256x10,10"))
     assert len(model.layers) == 11
-    assert [l.relu for l in model.layers] == [True] * 10 + [False]
+    assert [layer.relu for layer in model.layers] == [True] * 10 + [False]
     assert model.layers[-1].out_features == 10
 
 

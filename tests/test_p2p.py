@@ -5,7 +5,8 @@ import io
 import pathlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipesched import DeadlockError, RunConfig, load_strategy, make_plan, run
 from pipesched.cli import main
@@ -21,6 +22,7 @@ def _unit(path, **kw):
 
 
 # -- RECV posts a receive; only the consuming action waits -----------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "name, chunks, bubble",
@@ -60,6 +62,7 @@ def test_blocking_receives_hold_their_device_in_order():
 
 # -- blocking point-to-point: crossed sends deadlock, and are named ----------------------------------------------------
 
+
 def test_crossed_blocking_sends_deadlock_naming_both_devices_and_the_pair(capsys):
     # Rank 0 sends 0F1 before it posts the receive of 1B0's gradient; rank 1 sends that gradient
     # before it posts the receive of 0F1: with rendezvous sends each waits for the other.
@@ -97,6 +100,7 @@ def test_an_unknown_p2p_mode_is_refused(capsys):
 
 # -- exports that both of PyTorch's readers run correctly --------------------------------------------------------------
 
+
 def test_export_aligns_columns_to_time_steps_with_blank_bubbles():
     # GPipe, K=2, M=4 as in the GPipe paper's figure: rank 1 starts a step late, rank 0 idles two
     # steps while rank 1 finishes its forwards and starts 1B3.
@@ -112,8 +116,11 @@ def _producer(action):
 
 
 @settings(max_examples=60, deadline=None)
-@given(strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
-       devices=st.integers(1, 5), microbatches=st.integers(1, 12))
+@given(
+    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
+    devices=st.integers(1, 5),
+    microbatches=st.integers(1, 12),
+)
 def test_every_export_reads_right_in_lockstep(strategy, devices, microbatches):
     # PipelineScheduleMulti runs the CSV column by column: in step t each rank receives what its
     # neighbour computes in step t, so a consumer must stand in a later column than its producer on

@@ -67,16 +67,26 @@ def _train_keeping_the_model(monkeypatch, config, steps, lr):
     return results, prepared[0].model
 
 
-@pytest.mark.parametrize("strategy, devices, microbatches", [
-    ("gpipe", 2, 3),  # full backward, uneven micro-batches (4, 3, 3 rows)
-    ("zb-h1", 3, 4),  # split backward: the gradient is summed by the Ws
-    ("interleaved", 2, 5),  # two stages per device
-    ("dp", 2, 4),  # replicas: the gradient is their all-reduced sum
-])
+@pytest.mark.parametrize(
+    "strategy, devices, microbatches",
+    [
+        ("gpipe", 2, 3),  # full backward, uneven micro-batches (4, 3, 3 rows)
+        ("zb-h1", 3, 4),  # split backward: the gradient is summed by the Ws
+        ("interleaved", 2, 5),  # two stages per device
+        ("dp", 2, 4),  # replicas: the gradient is their all-reduced sum
+    ],
+)
 def test_every_sgd_step_equals_a_plain_numpy_loop(monkeypatch, strategy, devices, microbatches):
     widths, batch, seed, steps, lr = [6, 9, 7, 8, 5, 4], 10, 3, 6, 0.5  # a large rate: every update shows
-    config = RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, seed=seed,
-                       layers=",".join(map(str, widths)), cost="unit")
+    config = RunConfig(
+        strategy=strategy,
+        devices=devices,
+        microbatches=microbatches,
+        batch=batch,
+        seed=seed,
+        layers=",".join(map(str, widths)),
+        cost="unit",
+    )
     results, model = _train_keeping_the_model(monkeypatch, config, steps, lr)
     losses, weights, biases = _reference_sgd(widths, batch, seed, steps, lr)
     assert [r.loss for r in results] == pytest.approx(losses, rel=1e-12, abs=1e-12)
@@ -89,8 +99,12 @@ def test_every_sgd_step_equals_a_plain_numpy_loop(monkeypatch, strategy, devices
 
 def test_the_readmes_training_figures_are_the_reference_losses(monkeypatch):
     # "`pipesched train --steps 10 --lr 0.01` ... (2.81 falling to 0.51 on the defaults)"
-    claim = re.search(r"`pipesched train --steps (\d+) --lr ([\d.]+)`.*?\((\d+\.\d+) falling to (\d+\.\d+) "
-                      r"on the defaults\)", README, re.S)
+    claim = re.search(
+        r"`pipesched train --steps (\d+) --lr ([\d.]+)`.*?\((\d+\.\d+) falling to (\d+\.\d+) "
+        r"on the defaults\)",
+        README,
+        re.S,
+    )
     assert claim, "the README no longer quotes the training losses; update this test with it"
     steps, lr, first, last = int(claim[1]), float(claim[2]), claim[3], claim[4]
     seed_model = [128] + [256] * 10 + [10]  # the README's seed model, 128,256x10,10

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipesched.cli import main
-from pipesched.units import format_bytes
 from pipesched.report import default_study, load_study
+from pipesched.units import format_bytes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SMALL = """
@@ -135,7 +135,7 @@ def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
         ("[hardware]\nlink_bandwidth = -1", "[hardware].link_bandwidth: -1 is not a positive finite number"),
         ("[hardware]\ndevices = 'four'", '[hardware].devices: "four" is not a whole number of at least 1'),
         ("[hardware]\ndevices = true", "[hardware].devices: true is not a whole number"),
-        ("title = ''", "title: \"\" is not a title"),
+        ("title = ''", 'title: "" is not a title'),
         ("[compare]\nstrategies = ['gpipe', 'gpipe']", "names a strategy twice"),
         ("[compare]\npartitions = ['2,3,3,4']", "[compare].partitions: '2,3,3,4' does not sum to the 11 layers"),
         ("[compare]\npartitions = ['fancy']", "[compare].partitions: 'fancy' is neither"),
@@ -167,7 +167,9 @@ def test_run_never_imports_matplotlib():
     import subprocess
     import sys
 
-    code = "import sys; from pipesched.cli import main; main(['run', '--no-compute']); print('matplotlib' in sys.modules)"
+    code = (
+        "import sys; from pipesched.cli import main; main(['run', '--no-compute']); print('matplotlib' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/").stdout
     assert out.strip().endswith("False")
 
@@ -181,7 +183,7 @@ def test_a_report_never_replaces_a_folder_of_other_files(tmp_path, capsys):
 
 def test_a_cap_in_a_study_marks_points_instead_of_failing_the_report(tmp_path):
     study = tmp_path / "capped.toml"
-    study.write_text(SMALL.replace("link_bandwidth = 1e9", "link_bandwidth = 1e9\ndevice_memory = \"14KiB\""))
+    study.write_text(SMALL.replace("link_bandwidth = 1e9", 'link_bandwidth = 1e9\ndevice_memory = "14KiB"'))
     out = tmp_path / "out"
     assert main(["report", str(study), "-o", str(out)]) == 0
     rows = json.loads((out / "metrics.json").read_text())["compare"]
@@ -191,8 +193,10 @@ def test_a_cap_in_a_study_marks_points_instead_of_failing_the_report(tmp_path):
 def test_a_study_compares_a_schedule_file_next_to_it(tmp_path):
     assert main(["export", "--strategy", "zb-h1", "-o", str(tmp_path / "mine.csv")]) == 0
     study = tmp_path / "s.toml"
-    study.write_text('[compare]\nstrategies = ["gpipe", "mine.csv"]\npartitions = ["uniform"]\n'
-                     "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n")
+    study.write_text(
+        '[compare]\nstrategies = ["gpipe", "mine.csv"]\npartitions = ["uniform"]\n'
+        "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n"
+    )
     assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 0
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())["compare"]
     assert rows[1]["strategy"].endswith("mine.csv") and (tmp_path / "out" / "trace-mine.json").exists()
@@ -212,8 +216,10 @@ def test_an_output_folder_that_cannot_be_made_is_named_before_any_run(tmp_path, 
     blocker.write_text("a file where a folder would go")
     assert main(["report", "-o", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"pipesched: error: -o {blocker / 'out'} cannot be made: {blocker} is a file, not a folder; "
-                   "choose another path\n")
+    assert err == (
+        f"pipesched: error: -o {blocker / 'out'} cannot be made: {blocker} is a file, not a folder; "
+        "choose another path\n"
+    )
     assert main(["report", "-o", "/proc/pipesched-report"]) == 2  # a folder even root cannot write in
     err = capsys.readouterr().err
     assert "-o /proc/pipesched-report cannot be written: folder /proc refuses new files" in err

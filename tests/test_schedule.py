@@ -1,7 +1,8 @@
 """Schedules as data: the action notation, the table, and the validator's rules."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched import Action, Schedule, ScheduleError, validate
 from pipesched.strategies.gpipe import GPipe
@@ -52,11 +53,20 @@ VALID = ["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"]
 @pytest.mark.parametrize(
     "rows, message",
     [
-        (["0F0 0F1 0B1 0B0 0F1", VALID[1]], r"device 0, position 4: 0F1 repeats the action first planned at device 0, position 1"),
+        (
+            ["0F0 0F1 0B1 0B0 0F1", VALID[1]],
+            r"device 0, position 4: 0F1 repeats the action first planned at device 0, position 1",
+        ),
         (["0F0 0B0 0F1 0B1", "1F0 1F1 1B1"], r"stage 1, micro-batch 0 has no 1B0; every forward needs its backward"),
-        (["0F0 0B1 0F1 0B0", VALID[1]], r"device 0, position 1: 0B1 comes before 0F1 on the same device; a stage's backward must follow"),
+        (
+            ["0F0 0B1 0F1 0B0", VALID[1]],
+            r"device 0, position 1: 0B1 comes before 0F1 on the same device; a stage's backward must follow",
+        ),
         (["0F0 0F1 0B0", "1F0 1F1 1B1 1B0 0B1"], r"device 1, position 4: 0B1 needs 0F1, which runs on device 0"),
-        (["0F0 0F1 0B1 0B0", "1F0 1B0 1F1 1W1 1I1"], r"1W1 comes before 1I1 on the same device; a weight-gradient must follow"),
+        (
+            ["0F0 0F1 0B1 0B0", "1F0 1B0 1F1 1W1 1I1"],
+            r"1W1 comes before 1I1 on the same device; a weight-gradient must follow",
+        ),
         (["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0 1I0 1W0"], r"1I0 repeats|has both a full backward"),
         (["0F0 0F1 0B1 0B0 0F2", VALID[1]], r"names micro-batch 2, outside 0..1"),
         (["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1I0"], r"has no 1W0"),

@@ -2,9 +2,9 @@
 
 import json
 
-import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from pipesched import RunConfig, Schedule, formulas, load_strategy, run
 from pipesched.cli import main
@@ -15,11 +15,22 @@ REMAT = st.sampled_from(["never", "always", "except_last"])
 def _unit(strategy, devices, microbatches, chunks=None, **extra):
     chunks_ = chunks or 1
     layers = f"3x{devices * chunks_ + 1}"
-    return run(RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks,
-                         layers=layers, batch=max(microbatches, 1), cost="unit", **extra))
+    return run(
+        RunConfig(
+            strategy=strategy,
+            devices=devices,
+            microbatches=microbatches,
+            chunks=chunks,
+            layers=layers,
+            batch=max(microbatches, 1),
+            cost="unit",
+            **extra,
+        )
+    )
 
 
 # -- literal orders for K=4, M=8 -------------------------------------------------
+
 
 def test_1f1b_order_is_pipedream_flush():
     # Narayanan et al. 2021, figure 4 (top) extended to M=8: K-1-d warm-up forwards, then F/B, then drain.
@@ -104,14 +115,17 @@ def test_dp_order_gives_each_device_its_own_microbatches():
 
 # -- closed forms under unit cost -----------------------------------------------
 
+
 @given(devices=st.integers(1, 6), microbatches=st.integers(1, 16))
 def test_1f1b_bubble_and_inflight(devices, microbatches):
     r = _unit("1f1b", devices, microbatches)
     assert r.metrics.makespan == 3 * (microbatches + devices - 1)
     assert r.metrics.bubble_fraction == pytest.approx(formulas.gpipe_bubble(devices, microbatches), abs=1e-12)
-    assert r.metrics.peak_inflight_microbatches == [
-        formulas.one_f_one_b_peak_inflight(devices, microbatches, d) for d in range(devices)
-    ] == [min(devices - d, microbatches) for d in range(devices)]
+    assert (
+        r.metrics.peak_inflight_microbatches
+        == [formulas.one_f_one_b_peak_inflight(devices, microbatches, d) for d in range(devices)]
+        == [min(devices - d, microbatches) for d in range(devices)]
+    )
 
 
 @given(devices=st.integers(1, 6), microbatches=st.integers(1, 16))
@@ -161,6 +175,7 @@ def test_dp_bubble(devices, extra):
 
 # -- exact gradients for every strategy -----------------------------------------
 
+
 @given(
     strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "dp"]),
     devices=st.integers(1, 4),
@@ -173,33 +188,64 @@ def test_every_strategy_gives_the_full_batch_gradients(strategy, devices, chunks
     widths = data.draw(st.lists(st.integers(1, 7), min_size=stages + 1, max_size=stages + 3))
     batch = data.draw(st.integers(devices if strategy == "dp" else 1, 12))
     microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
-    config = RunConfig(strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks,
-                       layers=",".join(map(str, widths)), batch=batch, remat=data.draw(REMAT), cost="unit")
+    config = RunConfig(
+        strategy=strategy,
+        devices=devices,
+        microbatches=microbatches,
+        chunks=chunks,
+        layers=",".join(map(str, widths)),
+        batch=batch,
+        remat=data.draw(REMAT),
+        cost="unit",
+    )
     result = run(config)
     assert result.grad_rel_err <= 1e-10
 
 
 # -- costs with links ----------------------------------------------------------
 
+
 @pytest.mark.parametrize("strategy", ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"])
 def test_flops_cost_with_free_links_and_equal_stages_meets_the_closed_form(strategy):
     # The flops model charges B = 2F and I = W = F like the unit model, so with
     # equal stages and free links the closed forms hold there too.
-    r = run(RunConfig(strategy=strategy, devices=4, microbatches=8, layers="64x9", batch=16, compute=False,
-                      link_latency=0.0, link_bandwidth=1e30))
+    r = run(
+        RunConfig(
+            strategy=strategy,
+            devices=4,
+            microbatches=8,
+            layers="64x9",
+            batch=16,
+            compute=False,
+            link_latency=0.0,
+            link_bandwidth=1e30,
+        )
+    )
     assert r.metrics.bubble_fraction == pytest.approx(r.bubble_formula, abs=1e-12)
 
 
 def test_dp_allreduce_grows_with_model_size_and_shrinks_with_bandwidth():
     def allreduce(width, bandwidth):
-        r = run(RunConfig(strategy="dp", devices=4, microbatches=4, batch=8, layers=f"{width}x3",
-                          link_bandwidth=bandwidth, link_latency=1e-6))
+        r = run(
+            RunConfig(
+                strategy="dp",
+                devices=4,
+                microbatches=4,
+                batch=8,
+                layers=f"{width}x3",
+                link_bandwidth=bandwidth,
+                link_latency=1e-6,
+            )
+        )
         return r.metrics.makespan - max(s.end for s in r.trace.spans), r
 
     small, r_small = allreduce(64, 1e9)
     big, r_big = allreduce(256, 1e9)
     fast, _ = allreduce(256, 4e9)
-    params = lambda w: 2 * (w + 1) * w * 8
+
+    def params(w):
+        return 2 * (w + 1) * w * 8
+
     assert small == pytest.approx(formulas.ring_allreduce_time(4, params(64), 1e9, 1e-6), rel=1e-9)
     assert big == pytest.approx(formulas.ring_allreduce_time(4, params(256), 1e9, 1e-6), rel=1e-9)
     assert small < big and fast < big

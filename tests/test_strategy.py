@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipesched import Schedule, StrategyError, available_strategies, load_strategy, make_plan, run, RunConfig
+from pipesched import RunConfig, Schedule, StrategyError, available_strategies, load_strategy, make_plan, run
 
 
 def test_builtin_gpipe_is_found_through_the_entry_point_group():
@@ -18,10 +18,10 @@ def test_no_global_strategies_module_is_installed(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = ("import importlib.util, pipesched.strategies.gpipe; "
-             "print(importlib.util.find_spec('strategies') is None)")
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True).stdout
+    probe = "import importlib.util, pipesched.strategies.gpipe; print(importlib.util.find_spec('strategies') is None)"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "True"
 
 
@@ -90,7 +90,10 @@ class _Returns:
     [
         ([["0F0", "0B0"]], r"returned a list, not a pipesched.Schedule"),
         (Schedule.parse(["0F0"]), r"planned an invalid schedule: stage 0, micro-batch 0 has no 0B0"),
-        (ValueError("needs chunks 2"), r"'returns' \(devices=1, microbatches=1, chunks=1\) cannot plan: needs chunks 2"),
+        (
+            ValueError("needs chunks 2"),
+            r"'returns' \(devices=1, microbatches=1, chunks=1\) cannot plan: needs chunks 2",
+        ),
         (KeyError("k"), r"failed while planning \(KeyError: 'k'\); fix the plug-in"),
     ],
 )

@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched.cli import main
 from pipesched.sweep import Results, load_sweep, pareto, point_key, sweep
@@ -70,8 +71,9 @@ def test_a_failing_point_is_recorded_and_the_others_complete(tmp_path, capsys):
 
 def test_a_sweep_whose_every_point_failed_exits_1_with_the_reasons_grouped(tmp_path, capsys):
     # 6 layers: 7 and 9 devices fail for either strategy, for the same reason with other numbers
-    text = SMALL.replace("devices = [2, 4]", "devices = [7, 9]").replace("microbatches = [2, 4, 8]",
-                                                                         "microbatches = [9, 10]")
+    text = SMALL.replace("devices = [2, 4]", "devices = [7, 9]").replace(
+        "microbatches = [2, 4, 8]", "microbatches = [9, 10]"
+    )
     out = tmp_path / "r.jsonl"
     assert main(["sweep", _write(tmp_path, text), "-o", str(out), "--workers", "1"]) == 1
     stdout, err = capsys.readouterr()
@@ -79,16 +81,27 @@ def test_a_sweep_whose_every_point_failed_exits_1_with_the_reasons_grouped(tmp_p
     assert "8 points: 8 run now, 0 already" in stdout and "8 failed" in stdout
     reasons = stdout.split("why the points failed (number of points, an example):\n")[1].splitlines()
     assert reasons == [  # one group per strategy, the first point of each as its example
-        "4  batch=16 devices=7 microbatches=9 strategy=gpipe: strategy 'gpipe' plans 7 stages on --devices 7 but --layers "
-        "16x7 has only 6 layers; use fewer devices or chunks, or more layers",
-        "4  batch=16 devices=7 microbatches=9 strategy=zb-h1: strategy 'zb-h1' plans 7 stages on --devices 7 but --layers "
-        "16x7 has only 6 layers; use fewer devices or chunks, or more layers",
+        "4  batch=16 devices=7 microbatches=9 strategy=gpipe: strategy 'gpipe' plans 7 stages on --devices 7 "
+        "but --layers 16x7 has only 6 layers; use fewer devices or chunks, or more layers",
+        "4  batch=16 devices=7 microbatches=9 strategy=zb-h1: strategy 'zb-h1' plans 7 stages on --devices 7 "
+        "but --layers 16x7 has only 6 layers; use fewer devices or chunks, or more layers",
     ]
     assert err.startswith("pipesched: error: every point of ") and err.count("\n") == 1
     assert "fastest" not in stdout
     # a sweep with one good point is not a failure
-    assert main(["sweep", _write(tmp_path, text.replace("[7, 9]", "[2, 7]"), "t.toml"), "-o",
-                 str(tmp_path / "t.jsonl"), "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                _write(tmp_path, text.replace("[7, 9]", "[2, 7]"), "t.toml"),
+                "-o",
+                str(tmp_path / "t.jsonl"),
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_a_point_that_runs_out_of_memory_is_recorded_in_a_sentence(monkeypatch):
@@ -125,13 +138,21 @@ class Gate(GPipe):
 def test_a_sigterm_stops_the_sweep_loses_nothing_and_a_rerun_finishes_each_point_once(tmp_path, capsys):
     (tmp_path / "gate.py").write_text(GATE)
     gated = f"{tmp_path / 'gate.py'}:Gate"
-    text = SMALL.replace('strategy = ["gpipe", "zb-h1"]', f'strategy = ["gpipe", "{gated}"]') \
-        .replace("devices = [2, 4]", "devices = [2]")  # 6 points, each sent to a worker alone
+    text = SMALL.replace('strategy = ["gpipe", "zb-h1"]', f'strategy = ["gpipe", "{gated}"]').replace(
+        "devices = [2, 4]", "devices = [2]"
+    )  # 6 points, each sent to a worker alone
     study_path = _write(tmp_path, text)
     total = len(list(load_sweep(study_path).points()))
     out = tmp_path / "r.jsonl"
-    command = [os.path.join(os.path.dirname(sys.executable), "pipesched"), "sweep", study_path, "-o", str(out),
-               "--workers", "2"]
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "pipesched"),
+        "sweep",
+        study_path,
+        "-o",
+        str(out),
+        "--workers",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):  # a guard against a hang, not a measurement: wait for a first finished point
@@ -198,8 +219,10 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
         ("[axes]\ncost = ['free']", "[axes].cost: 'free' is unknown; use one of flops, unit"),
         ("[model]\nloss = 'l1'\n[axes]\ndevices = [2]", "[model].loss: 'l1' is not a loss; use one of"),
         ("[model]\nlayers = '8,,8'\n[axes]\ndevices = [2]", "[model].layers: '8,,8' is malformed at ''"),
-        ("[model]\nlayers = '8x7'\n[axes]\npartition = ['uniform', '2,2,3']",
-         "[axes].partition: 2,2,3 sums to 7 layers but the model has 6; make the counts sum to 6"),
+        (
+            "[model]\nlayers = '8x7'\n[axes]\npartition = ['uniform', '2,2,3']",
+            "[axes].partition: 2,2,3 sums to 7 layers but the model has 6; make the counts sum to 6",
+        ),
         ("[axes]\npartition = ['2,x']", "[axes].partition: '2,x' is neither 'uniform', 'balanced' nor"),
     ],
 )
@@ -211,8 +234,9 @@ def test_bad_sweep_files_are_named(tmp_path, capsys, text, message):
 
 def test_the_report_draws_heat_maps_and_the_pareto_front(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--workers", "1",
-                 "--report", str(out)]) == 0
+    assert (
+        main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--workers", "1", "--report", str(out)]) == 0
+    )
     from PIL import Image
 
     for name in ("heatmaps.png", "pareto.png"):
@@ -248,8 +272,9 @@ def _free_port():
 def _sweep_command(*args):
     """Run ``pipesched sweep`` in a fresh interpreter, as a user would: a Dask client starts an event-loop
     thread, which must not share a process with the hundreds of tests before it."""
-    return subprocess.run([sys.executable, "-m", "pipesched", "sweep", *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pipesched", "sweep", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_dask_cluster_gives_the_local_results(tmp_path):
@@ -258,12 +283,16 @@ def test_a_dask_cluster_gives_the_local_results(tmp_path):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                   "--no-dashboard"], **quiet)]
+    processes = [
+        subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet)
+    ]
     try:
         for _ in range(2):
-            processes.append(subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
-                                               "--host", "127.0.0.1"], **quiet))
+            processes.append(
+                subprocess.Popen(
+                    [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], **quiet
+                )
+            )
         path, remote_out = _write(tmp_path), str(tmp_path / "dask.jsonl")
         deadline = time.time() + 60
         while True:  # the scheduler needs a moment before it answers; tasks wait for the workers
@@ -303,8 +332,9 @@ def test_two_sweeps_do_not_write_one_file_at_once(tmp_path, capsys):
 
 def test_a_missing_scheduler_is_one_sentence(tmp_path):
     pytest.importorskip("distributed")
-    done = _sweep_command(_write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler",
-                          f"tcp://127.0.0.1:{_free_port()}")
+    done = _sweep_command(
+        _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler", f"tcp://127.0.0.1:{_free_port()}"
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "no Dask scheduler answers there" in done.stderr
 

@@ -1,10 +1,10 @@
 """pipesched.testing: the built-ins pass check_strategy, broken strategies are caught and shown."""
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched import Action, RunConfig, Schedule, formulas, run, validate
-from pipesched.compute import NumpyWorkload
 from pipesched.testing import StrategyCheckFailed, check_strategy, configs, schedules
 
 
@@ -12,8 +12,12 @@ from pipesched.testing import StrategyCheckFailed, check_strategy, configs, sche
 def test_the_builtins_pass_with_their_closed_forms(name):
     form = formulas.CLOSED_FORMS[name]
     check_strategy(
-        name, bubble=True, inflight=form.inflight, chunks=(1, 2, 3) if name == "interleaved" else (1,),
-        microbatches_per_device=1 if name == "dp" else 0, max_examples=25,
+        name,
+        bubble=True,
+        inflight=form.inflight,
+        chunks=(1, 2, 3) if name == "interleaved" else (1,),
+        microbatches_per_device=1 if name == "dp" else 0,
+        max_examples=25,
     )
 
 
@@ -23,8 +27,12 @@ class _Eager:
     name = "eager"
 
     def plan(self, devices, microbatches, chunks=1):
-        return Schedule([[Action(d, "F", m) for m in range(microbatches)]
-                         + [Action(d, "B", m) for m in range(microbatches)] for d in range(devices)])
+        return Schedule(
+            [
+                [Action(d, "F", m) for m in range(microbatches)] + [Action(d, "B", m) for m in range(microbatches)]
+                for d in range(devices)
+            ]
+        )
 
 
 class _Deadlocks(_Eager):
@@ -45,7 +53,9 @@ class _Forgets(_Eager):
 
     def plan(self, devices, microbatches, chunks=1):
         schedule = super().plan(devices, microbatches)
-        return Schedule([a[:-1] if d == devices - 1 and microbatches > 2 else a for d, a in enumerate(schedule.actions)])
+        return Schedule(
+            [a[:-1] if d == devices - 1 and microbatches > 2 else a for d, a in enumerate(schedule.actions)]
+        )
 
 
 def test_a_wrong_bubble_formula_is_caught_with_the_smallest_configuration_and_the_table():
@@ -76,8 +86,16 @@ def test_drawn_schedules_are_valid_exact_and_never_deadlock(devices, microbatche
     schedule = data.draw(schedules(devices, microbatches, chunks))
     validate(schedule, devices, microbatches)
     stages = devices * chunks
-    result = run(RunConfig(strategy=_Fixed(schedule), devices=devices, microbatches=microbatches,
-                           layers="3x" + str(stages + 1), batch=microbatches, cost="unit"))
+    result = run(
+        RunConfig(
+            strategy=_Fixed(schedule),
+            devices=devices,
+            microbatches=microbatches,
+            layers="3x" + str(stages + 1),
+            batch=microbatches,
+            cost="unit",
+        )
+    )
     assert result.grad_rel_err <= 1e-10
 
 

@@ -17,6 +17,13 @@ from .profile import profile_layers
 from .search import Simulated, fastest
 
 __all__ = [
-    "Balance", "Placement", "Simulated", "balance", "evaluate", "fastest", "chain_graph", "layer_graph",
+    "Balance",
+    "Placement",
+    "Simulated",
+    "balance",
+    "evaluate",
+    "fastest",
+    "chain_graph",
+    "layer_graph",
     "profile_layers",
 ]

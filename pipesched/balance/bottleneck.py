@@ -124,7 +124,9 @@ class Balance:
             "stage_costs": self.stage_costs,
             "stage_memory": self.stage_memory,
             "device_loads": self.device_loads,
-            "link_loads": [{"from": src, "to": dst, "load": load} for (src, dst), load in sorted(self.link_loads.items())],
+            "link_loads": [
+                {"from": src, "to": dst, "load": load} for (src, dst), load in sorted(self.link_loads.items())
+            ],
             "bottleneck": self.bottleneck,
             "status": self.status,
             "simulated": None if self.simulated is None else self.simulated.to_dict(),
@@ -141,9 +143,7 @@ def _order(graph: nx.DiGraph) -> list[Hashable]:
         return list(nx.lexicographical_topological_sort(graph, key=_node_key))
     except nx.NetworkXUnfeasible:
         cycle = " -> ".join(str(u) for u, _ in nx.find_cycle(graph))
-        raise ConfigError(
-            f"the layer graph has a cycle ({cycle}); a model to partition must be acyclic"
-        ) from None
+        raise ConfigError(f"the layer graph has a cycle ({cycle}); a model to partition must be acyclic") from None
 
 
 def _node_values(graph: nx.DiGraph, order: list[Hashable], attr: str, what: str) -> np.ndarray:
@@ -226,7 +226,9 @@ def _cuts(sizes: list[int]) -> list[int]:
     return cuts
 
 
-def _stage_matrices(costs: _Costs, placement: Placement, cap: float | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _stage_matrices(
+    costs: _Costs, placement: Placement, cap: float | None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per stage of an exclusive placement, the load and the squared loads its span [a, b) puts on its resources.
 
     A stage's devices each run only it, so the busiest carries the largest
@@ -446,7 +448,9 @@ def _milp(
     high = np.ones(nvars)
     high[t_var:] = np.inf
     result = milp(
-        objective, integrality=integrality, bounds=Bounds(low, high),
+        objective,
+        integrality=integrality,
+        bounds=Bounds(low, high),
         constraints=LinearConstraint(matrix.tocsr(), lower, upper),
         options={"mip_rel_gap": 0.0, "node_limit": node_limit, "time_limit": time_limit, "presolve": True},
     )

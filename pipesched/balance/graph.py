@@ -55,8 +55,10 @@ def layer_graph(
     graph = nx.DiGraph()
     last = len(layers) - 1
     for i, layer in enumerate(layers):
-        time = layer_times[i] if layer_times is not None else (
-            cost.compute_time("F", [layer], rows, 1.0) + cost.compute_time("B", [layer], rows, 1.0)
+        time = (
+            layer_times[i]
+            if layer_times is not None
+            else (cost.compute_time("F", [layer], rows, 1.0) + cost.compute_time("B", [layer], rows, 1.0))
         )
         # the loss keeps the last output whatever the cut; a ReLU's output is kept when it leaves its stage
         kept = layer.in_features + (layer.out_features if i == last else 0)

@@ -63,9 +63,14 @@ class Simulated:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "makespan": self.makespan, "oom": self.oom, "uniform": self.uniform,
-            "uniform_makespan": self.uniform_makespan, "optimum": self.optimum,
-            "optimum_makespan": self.optimum_makespan, "candidates": self.candidates, "exhaustive": self.exhaustive,
+            "makespan": self.makespan,
+            "oom": self.oom,
+            "uniform": self.uniform,
+            "uniform_makespan": self.uniform_makespan,
+            "optimum": self.optimum,
+            "optimum_makespan": self.optimum_makespan,
+            "candidates": self.candidates,
+            "exhaustive": self.exhaustive,
         }
 
 
@@ -151,10 +156,13 @@ def fastest(
         balances[best],
         status=optimum.status,
         simulated=Simulated(
-            makespan=makespan, oom=oom,
+            makespan=makespan,
+            oom=oom,
             uniform=uniform_sizes if has_uniform else None,
             uniform_makespan=steps[tuple(uniform_sizes)][1] if has_uniform else None,
-            optimum=optimum.sizes, optimum_makespan=steps[tuple(optimum.sizes)][1],
-            candidates=len(steps), exhaustive=exhaustive,
+            optimum=optimum.sizes,
+            optimum_makespan=steps[tuple(optimum.sizes)][1],
+            candidates=len(steps),
+            exhaustive=exhaustive,
         ),
     )

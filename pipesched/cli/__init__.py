@@ -24,9 +24,9 @@ from .. import __version__
 from ..errors import PipeschedError
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from .common import COMPARE_DEFAULT
-from .runs import _cmd_run, _cmd_compare, _cmd_train
+from .runs import _cmd_compare, _cmd_run, _cmd_train
 from .studies import _cmd_report, _cmd_sweep
-from .tools import _cmd_balance, _cmd_formulas, _cmd_export, _cmd_strategies
+from .tools import _cmd_balance, _cmd_export, _cmd_formulas, _cmd_strategies
 
 __all__ = ["main"]
 
@@ -52,14 +52,20 @@ def _number(text: str) -> float:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
-    p.add_argument("--devices", type=_whole, help=f"K, pipeline devices (default {d.devices}, or a CSV schedule's ranks)")
-    p.add_argument("--microbatches", type=_whole,
-                   help=f"M, micro-batches per step (default {d.microbatches}, or a CSV schedule's)")
-    p.add_argument("--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)")
+    p.add_argument(
+        "--devices", type=_whole, help=f"K, pipeline devices (default {d.devices}, or a CSV schedule's ranks)"
+    )
+    p.add_argument(
+        "--microbatches", type=_whole, help=f"M, micro-batches per step (default {d.microbatches}, or a CSV schedule's)"
+    )
+    p.add_argument(
+        "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
+    )
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
     p.add_argument(
-        "--partition", default=d.partition,
+        "--partition",
+        default=d.partition,
         help="'uniform', 'balanced' (the strategy's optimal split, then the fastest simulated) or layer counts per "
         "stage, e.g. 2,3,3,3",
     )
@@ -69,11 +75,17 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
     p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
     p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
-    p.add_argument("--overlap", default=d.overlap,
-                   help="an overlapped F&B pair (dualpipev) lasts the sum or the max of its parts (default %(default)s)")
-    p.add_argument("--p2p", default=d.p2p,
-                   help="point-to-point semantics: async (PyTorch's isend/irecv) or blocking (rendezvous sends, "
-                        "which can deadlock) (default %(default)s)")
+    p.add_argument(
+        "--overlap",
+        default=d.overlap,
+        help="an overlapped F&B pair (dualpipev) lasts the sum or the max of its parts (default %(default)s)",
+    )
+    p.add_argument(
+        "--p2p",
+        default=d.p2p,
+        help="point-to-point semantics: async (PyTorch's isend/irecv) or blocking (rendezvous sends, "
+        "which can deadlock) (default %(default)s)",
+    )
     p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
     p.add_argument(
         "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"
@@ -94,8 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     _add_run_flags(p_run)
     p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
-    p_run.add_argument("--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr")
-    p_run.add_argument("--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)")
+    p_run.add_argument(
+        "--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr"
+    )
+    p_run.add_argument(
+        "--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)"
+    )
     p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
     p_compare.add_argument(
         "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
@@ -113,24 +129,36 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(p_balance)
     p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
     p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
-    p_report.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
+    p_report.add_argument(
+        "-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)"
+    )
     p_sweep = sub.add_parser("sweep", help="run the product of a sweep file's axes, locally or on a Dask cluster")
     p_sweep.add_argument("study", help="the sweep file (TOML): [model], [axes], [constraints]")
-    p_sweep.add_argument("-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)")
+    p_sweep.add_argument(
+        "-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)"
+    )
     p_sweep.add_argument("--workers", type=_whole, help="local worker processes (default: one per core)")
-    p_sweep.add_argument("--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')")
+    p_sweep.add_argument(
+        "--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')"
+    )
     p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
     p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
     p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
     p_export.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
     p_export.add_argument("--chunks", type=_whole, help="v (default: the strategy's)")
-    p_export.add_argument("--format", default="torch-csv", choices=("torch-csv", "text"),
-                          help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)")
+    p_export.add_argument(
+        "--format",
+        default="torch-csv",
+        choices=("torch-csv", "text"),
+        help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)",
+    )
     p_export.add_argument("-o", "--output", help="write to this file instead of standard output")
     p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
     p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
-    p_formulas.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p_formulas.add_argument(
+        "--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)"
+    )
     p_formulas.add_argument("--chunks", type=_whole, default=2, help="v for interleaved (default %(default)s)")
     p_formulas.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
     p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
@@ -141,8 +169,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS: dict[str, Any] = {
-    "run": _cmd_run, "compare": _cmd_compare, "train": _cmd_train, "balance": _cmd_balance,
-    "formulas": _cmd_formulas, "report": _cmd_report, "export": _cmd_export, "sweep": _cmd_sweep,
+    "run": _cmd_run,
+    "compare": _cmd_compare,
+    "train": _cmd_train,
+    "balance": _cmd_balance,
+    "formulas": _cmd_formulas,
+    "report": _cmd_report,
+    "export": _cmd_export,
+    "sweep": _cmd_sweep,
     "strategies": _cmd_strategies,
 }
 
@@ -216,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:
-        print(f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr)
+        print(
+            f"pipesched: error: {exc.strerror or exc} ({exc.filename}); check the path and permissions", file=sys.stderr
+        )
         return 2
     except MemoryError:  # past the checks made up front (pipesched.limits), which bound what they can
         print(

@@ -31,13 +31,27 @@ def _config(args: argparse.Namespace) -> RunConfig:
         devices = file_schedule.devices if devices is None else devices
         microbatches = file_schedule.microbatches if microbatches is None else microbatches
     return RunConfig(
-        layers=args.layers, batch=args.batch, microbatches=RunConfig.microbatches if microbatches is None else microbatches,
+        layers=args.layers,
+        batch=args.batch,
+        microbatches=RunConfig.microbatches if microbatches is None else microbatches,
         devices=RunConfig.devices if devices is None else devices,
-        chunks=args.chunks, strategy=strategy, partition=args.partition, remat=args.remat,
-        cost=args.cost, device_flops=args.device_flops, link_bandwidth=args.link_bandwidth,
-        link_latency=args.link_latency, overlap=args.overlap, p2p=args.p2p, loss=args.loss, compute=not args.no_compute,
-        reference=not args.no_reference, seed=args.seed, balance_by=args.balance_by,
-        device_memory=parse_bytes(args.device_memory) if args.device_memory else None, allow_oom=args.allow_oom,
+        chunks=args.chunks,
+        strategy=strategy,
+        partition=args.partition,
+        remat=args.remat,
+        cost=args.cost,
+        device_flops=args.device_flops,
+        link_bandwidth=args.link_bandwidth,
+        link_latency=args.link_latency,
+        overlap=args.overlap,
+        p2p=args.p2p,
+        loss=args.loss,
+        compute=not args.no_compute,
+        reference=not args.no_reference,
+        seed=args.seed,
+        balance_by=args.balance_by,
+        device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
+        allow_oom=args.allow_oom,
     )
 
 

@@ -17,7 +17,7 @@ from ..pipeline import RunResult, compare, run, train
 from ..strategy import load_strategy
 from ..trace import to_chrome
 from ..units import count, format_bytes, format_rate, format_time
-from .common import COMPARE_DEFAULT, _config, _table, _check_output_path, _write_atomic
+from .common import COMPARE_DEFAULT, _check_output_path, _config, _table, _write_atomic
 from .tools import _balance_table
 
 __all__ = ["_cmd_run", "_cmd_compare", "_cmd_train"]
@@ -39,17 +39,27 @@ def _print_run(result: RunResult) -> None:
     ]
     caveat = " and ".join(x for x in caveats if x)
     caveat = f" (the closed form {caveat})" if caveat else ""
-    formula = "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
+    formula = (
+        "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
+    )
     summary = [
         ("makespan", format_time(metrics.makespan, unit)),
         ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
-        ("back to back", f"{metrics.steady_bubble_fraction:.4f} bubble, steps {format_time(metrics.period, unit)} apart "
-                         "with no synchronising optimizer step between them"),
+        (
+            "back to back",
+            f"{metrics.steady_bubble_fraction:.4f} bubble, steps {format_time(metrics.period, unit)} apart "
+            "with no synchronising optimizer step between them",
+        ),
         ("throughput", f"{format_rate(metrics.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
         ("transfers", _transfers(result)),
         *([("memory", _oom(result))] if config.device_memory is not None else []),
         ("loss", "not computed (--no-compute)" if result.loss is None else f"{result.loss:.6f}"),
-        ("grad rel. error", "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e} against one unpartitioned full-batch pass"),
+        (
+            "grad rel. error",
+            "not checked"
+            if result.grad_rel_err is None
+            else f"{result.grad_rel_err:.2e} against one unpartitioned full-batch pass",
+        ),
     ]
     print(_table(summary))
     print()
@@ -58,17 +68,28 @@ def _print_run(result: RunResult) -> None:
     for d in range(config.devices):
         stages = [s for s, ds in placement.items() if d in ds]
         layers = ",".join(_span_of(result.partition[s]) for s in stages)
-        rows.append((
-            str(d), ",".join(map(str, stages)), layers, format_time(metrics.busy[d], unit),
-            str(metrics.peak_inflight_microbatches[d]), format_bytes(metrics.peak_activation_bytes[d]), format_bytes(metrics.peak_memory_bytes[d]),
-        ))
+        rows.append(
+            (
+                str(d),
+                ",".join(map(str, stages)),
+                layers,
+                format_time(metrics.busy[d], unit),
+                str(metrics.peak_inflight_microbatches[d]),
+                format_bytes(metrics.peak_activation_bytes[d]),
+                format_bytes(metrics.peak_memory_bytes[d]),
+            )
+        )
     print(_table(rows))
     if result.balance is not None:
         bottleneck = format_time(result.balance.bottleneck, "s")
         sims = result.balance.simulated
-        chosen = "" if sims is None else (
-            f", the fastest of {count(sims.candidates, 'partition')} simulated"
-            + ("" if sims.uniform_makespan is None else f" (uniform {format_time(sims.uniform_makespan, unit)})")
+        chosen = (
+            ""
+            if sims is None
+            else (
+                f", the fastest of {count(sims.candidates, 'partition')} simulated"
+                + ("" if sims.uniform_makespan is None else f" (uniform {format_time(sims.uniform_makespan, unit)})")
+            )
         )
         print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
         print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
@@ -86,7 +107,8 @@ def _oom(result: RunResult) -> str:
     device, sample = result.trace.oom
     return (
         f"OUT OF MEMORY: device {device} exceeds --device-memory {format_bytes(cap)} at "
-        f"{format_time(sample.time, result.trace.time_unit)} (peak {format_bytes(result.metrics.peak_memory_bytes[device])})"
+        f"{format_time(sample.time, result.trace.time_unit)} "
+        f"(peak {format_bytes(result.metrics.peak_memory_bytes[device])})"
     )
 
 
@@ -154,30 +176,54 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
     )
     print()
-    rows = [("strategy", "chunks", "makespan", "bubble", "formula", "steady", "throughput", "peak act.", "peak mem.",
-             "grad err")]
+    rows = [
+        (
+            "strategy",
+            "chunks",
+            "makespan",
+            "bubble",
+            "formula",
+            "steady",
+            "throughput",
+            "peak act.",
+            "peak mem.",
+            "grad err",
+        )
+    ]
     for result in results:
         metrics = result.metrics
-        rows.append((
-            result.config.strategy, str(result.config.chunks), format_time(metrics.makespan, unit), f"{metrics.bubble_fraction:.4f}",
-            "-" if result.bubble_formula is None else f"{result.bubble_formula:.4f}",
-            f"{metrics.steady_bubble_fraction:.4f}", format_rate(metrics.throughput),
-            format_bytes(max(metrics.peak_activation_bytes)), format_bytes(max(metrics.peak_memory_bytes)),
-            "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
-        ))
+        rows.append(
+            (
+                result.config.strategy,
+                str(result.config.chunks),
+                format_time(metrics.makespan, unit),
+                f"{metrics.bubble_fraction:.4f}",
+                "-" if result.bubble_formula is None else f"{result.bubble_formula:.4f}",
+                f"{metrics.steady_bubble_fraction:.4f}",
+                format_rate(metrics.throughput),
+                format_bytes(max(metrics.peak_activation_bytes)),
+                format_bytes(max(metrics.peak_memory_bytes)),
+                "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
+            )
+        )
     print(_table(rows))
     print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
     rows = [("strategy", "in flight", "peak activations", "peak memory")]
     for result in results:
         metrics = result.metrics
-        rows.append((
-            result.config.strategy, "/".join(map(str, metrics.peak_inflight_microbatches)),
-            " / ".join(format_bytes(b) for b in metrics.peak_activation_bytes),
-            " / ".join(format_bytes(b) for b in metrics.peak_memory_bytes),
-        ))
+        rows.append(
+            (
+                result.config.strategy,
+                "/".join(map(str, metrics.peak_inflight_microbatches)),
+                " / ".join(format_bytes(b) for b in metrics.peak_activation_bytes),
+                " / ".join(format_bytes(b) for b in metrics.peak_memory_bytes),
+            )
+        )
     print(_table(rows))
-    print("\nsteady: the bubble when steps run back to back, each device starting the next step as soon as it "
-          "has finished this one\n(no synchronising optimizer step between them, as zero-bubble schedules assume)")
+    print(
+        "\nsteady: the bubble when steps run back to back, each device starting the next step as soon as it "
+        "has finished this one\n(no synchronising optimizer step between them, as zero-bubble schedules assume)"
+    )
     if config.cost != "unit":
         print("formula: the closed-form bubble under unit cost and free links, for reference")
 

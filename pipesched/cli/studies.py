@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError, PipeschedError
 from ..report.render import COLUMNS, comparison_rows
 from ..units import format_bytes, format_rate
-from .common import _table, _check_output_folder, _check_output_path
+from .common import _check_output_folder, _check_output_path, _table
 
 __all__ = ["_cmd_report", "_cmd_sweep"]
 
@@ -61,7 +61,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise ConfigError(f"-o {args.output} is being written by another sweep; wait for it or give another file") from None
+        raise ConfigError(
+            f"-o {args.output} is being written by another sweep; wait for it or give another file"
+        ) from None
     if args.report is not None:
         _check_output_folder("--report", args.report)
     if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
@@ -78,14 +80,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     mine = [results.records[point_key(p)] for p in points if point_key(p) in results.records]
     ok = [r for r in mine if r.get("ok") and not r.get("oom")]
     failed = [r for r in mine if not r.get("ok")]
-    print(f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
-          f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory")
+    print(
+        f"{len(points)} points: {ran} run now, {before} already in {args.output}; "
+        f"{len(failed)} failed, {sum(bool(r.get('oom')) for r in mine)} out of memory"
+    )
     if not ok:
         if failed:
             print("\n" + _failure_summary(failed))
         if len(failed) == len(mine):
-            print(f"pipesched: error: every point of {args.study} failed, for the reasons above; fix the values they "
-                  f"name (each point's error is in {args.output})", file=sys.stderr)
+            print(
+                f"pipesched: error: every point of {args.study} failed, for the reasons above; fix the values they "
+                f"name (each point's error is in {args.output})",
+                file=sys.stderr,
+            )
             return 1  # ran, but nothing came of it: not bad input (2), and a script must not read it as success
         print("no point ran without an error or an OOM; see the error of each in the results file")
         return None
@@ -94,8 +101,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     best_memory = min(ok, key=lambda r: (r["peak_memory_bytes"], -r["throughput"]))
     front = pareto(ok)
     for label, r in [("fastest", best_speed), ("leanest", best_memory)] + [("pareto", r) for r in front]:
-        rows.append((label, format_rate(r["throughput"]), format_bytes(r["peak_memory_bytes"]),
-                     f"{r['bubble_fraction']:.4f}", _describe_point(r["point"])))
+        rows.append(
+            (
+                label,
+                format_rate(r["throughput"]),
+                format_bytes(r["peak_memory_bytes"]),
+                f"{r['bubble_fraction']:.4f}",
+                _describe_point(r["point"]),
+            )
+        )
     print(_table(rows))
     if args.report:
         path = _sweep_report(args.report, mine, front)
@@ -117,7 +131,8 @@ def _failure_summary(failed: list[dict[str, Any]]) -> str:
         groups.setdefault(re.sub(r"\d+(\.\d+)?", "#", record["error"]), []).append(record)
     rows = sorted(groups.values(), key=lambda g: -len(g))  # stable: ties keep the sweep's order
     return "why the points failed (number of points, an example):\n" + _table(
-        [(str(len(g)), f"{_describe_point(g[0]['point'])}: {g[0]['error']}") for g in rows])
+        [(str(len(g)), f"{_describe_point(g[0]['point'])}: {g[0]['error']}") for g in rows]
+    )
 
 
 def _describe_point(point: dict[str, Any]) -> str:
@@ -129,18 +144,23 @@ def _is_sweep_report(folder: str) -> bool:
 
 
 def _sweep_report(folder: str, records: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
+    import matplotlib.pyplot as plt
+
     from ..report.figures import sweep_heatmaps, sweep_pareto
     from ..report.render import write_folder
-
-    import matplotlib.pyplot as plt
 
     def fill(work: str) -> None:
         for name, fig in (("heatmaps", sweep_heatmaps(records)), ("pareto", sweep_pareto(records, front))):
             fig.savefig(os.path.join(work, f"{name}.png"), dpi=110, metadata={"Software": None})
             plt.close(fig)
         with open(os.path.join(work, "summary.md"), "w", encoding="utf-8") as f:
-            f.write("# Sweep\n\n![heat maps](heatmaps.png)\n\n![Pareto front](pareto.png)\n\n"
-                    + "".join(f"- {_describe_point(r['point'])}: {format_rate(r['throughput'])} samples per time "
-                              f"unit, {format_bytes(r['peak_memory_bytes'])}\n" for r in front))
+            f.write(
+                "# Sweep\n\n![heat maps](heatmaps.png)\n\n![Pareto front](pareto.png)\n\n"
+                + "".join(
+                    f"- {_describe_point(r['point'])}: {format_rate(r['throughput'])} samples per time "
+                    f"unit, {format_bytes(r['peak_memory_bytes'])}\n"
+                    for r in front
+                )
+            )
 
     return write_folder(folder, fill)

@@ -26,7 +26,7 @@ from ..partition import uniform
 from ..pipeline import _check_counts, model_graph, prepare
 from ..strategy import available_strategies, load_strategy, make_plan
 from ..units import count, format_bytes, format_time
-from .common import _config, _table, _check_output_path, _write_atomic
+from .common import _check_output_path, _config, _table, _write_atomic
 
 __all__ = ["_cmd_balance", "_cmd_formulas", "_cmd_export", "_cmd_strategies"]
 
@@ -37,11 +37,16 @@ def _balance_table(result: Balance, in_seconds: bool, placement: Placement | Non
     rows = [("stage", "device", "layers", "size", "compute", "memory")]
     for index, (stage, cost, memory) in enumerate(zip(result.stages, result.stage_costs, result.stage_memory)):
         devices = [d for d, share in enumerate(placement.shares[index]) if share > 0]
-        rows.append((
-            str(index), ",".join(map(str, devices)), f"{stage[0]}-{stage[-1]}", str(len(stage)),
-            format_time(cost, "s") if in_seconds else f"{cost:g}",
-            format_bytes(int(memory)) if in_seconds else "-",
-        ))
+        rows.append(
+            (
+                str(index),
+                ",".join(map(str, devices)),
+                f"{stage[0]}-{stage[-1]}",
+                str(len(stage)),
+                format_time(cost, "s") if in_seconds else f"{cost:g}",
+                format_bytes(int(memory)) if in_seconds else "-",
+            )
+        )
     return _table(rows)
 
 
@@ -86,16 +91,21 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     seconds = args.costs is None
     name = config.strategy if isinstance(config.strategy, str) else config.strategy.name
     what = "--costs" if not seconds else f"layers {config.layers}, batch {config.batch}, by {config.balance_by}"
-    print(f"{count(graph.number_of_nodes(), 'layer')} into {count(placement.stages, 'stage')} on "
-          f"{count(placement.devices, 'device')} as {name} places them ({what})\n")
+    print(
+        f"{count(graph.number_of_nodes(), 'layer')} into {count(placement.stages, 'stage')} on "
+        f"{count(placement.devices, 'device')} as {name} places them ({what})\n"
+    )
     print(_balance_table(result, in_seconds=seconds, placement=placement))
     show = (lambda v: format_time(v, "s")) if seconds else (lambda v: f"{v:g}")
     if not placement.exclusive or any(max(row) < 1 for row in placement.shares):
         print()
         print(_device_table(result, placement, show))
     sims = result.simulated
-    best = result if sims is None or sims.optimum == result.sizes else (
-        evaluate(graph, sims.optimum, placement, link_bandwidth=bandwidth))
+    best = (
+        result
+        if sims is None or sims.optimum == result.sizes
+        else (evaluate(graph, sims.optimum, placement, link_bandwidth=bandwidth))
+    )
     loads = [f"{show(best.bottleneck)} at best ({_sizes(best.sizes)}: {_busiest(best)}; {result.status})"]
     if best is not result:
         loads.append(f"{show(result.bottleneck)} balanced")
@@ -104,18 +114,27 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     if args.costs is not None:
         return
     if sims is None:
-        why = ("measured costs are not the simulator's" if config.balance_by != "flops"
-               else "there is only one partition")
+        why = (
+            "measured costs are not the simulator's" if config.balance_by != "flops" else "there is only one partition"
+        )
         print(f"not simulated: {why}")
         return
     unit = "s" if config.cost == "flops" else "unit"
     steps = [f"{format_time(sims.makespan, unit)} balanced" + (" (out of memory)" if sims.oom else "")]
-    steps.append("uniform does not fit --device-memory" if sims.uniform_makespan is None
-                 else f"{format_time(sims.uniform_makespan, unit)} uniform")
-    searched = (f"every one of the {count(sims.candidates, 'partition')} that fit simulated" if sims.exhaustive
-                else f"{count(sims.candidates, 'partition')} simulated, from the best and uniform")
-    print(f"simulated step of {name} ({count(config.microbatches, 'micro-batch')}, cost {config.cost}): "
-          f"{', '.join(steps)}; {searched}")
+    steps.append(
+        "uniform does not fit --device-memory"
+        if sims.uniform_makespan is None
+        else f"{format_time(sims.uniform_makespan, unit)} uniform"
+    )
+    searched = (
+        f"every one of the {count(sims.candidates, 'partition')} that fit simulated"
+        if sims.exhaustive
+        else f"{count(sims.candidates, 'partition')} simulated, from the best and uniform"
+    )
+    print(
+        f"simulated step of {name} ({count(config.microbatches, 'micro-batch')}, cost {config.cost}): "
+        f"{', '.join(steps)}; {searched}"
+    )
 
 
 def _busiest(result: Balance) -> str:
@@ -138,35 +157,63 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
     check_actions(k, m, v)  # the configurations pipesched would plan, as every command
     check_listing(k)
-    links = FlopsCost(**{name: value for name, value in (("link_bandwidth", args.link_bandwidth),
-                                                         ("link_latency", args.link_latency)) if value is not None})
+    links = FlopsCost(
+        **{
+            name: value
+            for name, value in (("link_bandwidth", args.link_bandwidth), ("link_latency", args.link_latency))
+            if value is not None
+        }
+    )
     params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
     allreduce = formulas.ring_allreduce_time(k, params, links.link_bandwidth, links.link_latency)
     rows_out = {}
     for name, form in formulas.CLOSED_FORMS.items():
         chunks = v if name == "interleaved" else 1
         rows_out[name] = {
-            "bubble": form.bubble(k, m, chunks), "bubble_formula": form.bubble_text,
+            "bubble": form.bubble(k, m, chunks),
+            "bubble_formula": form.bubble_text,
             "peak_inflight_microbatches": form.peak_inflight(k, m, chunks),  # None: the strategy cannot run it
-            "inflight_formula": form.inflight_text, "source": form.source,
+            "inflight_formula": form.inflight_text,
+            "source": form.source,
         }
     speedup = formulas.pipeline_speedup(k, m)
     if args.json:
-        print(json.dumps({"devices": k, "microbatches": m, "chunks": v, "strategies": rows_out,
-                          "pipeline_speedup": speedup, "allreduce_bytes": params, "allreduce_time": allreduce},
-                         indent=2))
+        print(
+            json.dumps(
+                {
+                    "devices": k,
+                    "microbatches": m,
+                    "chunks": v,
+                    "strategies": rows_out,
+                    "pipeline_speedup": speedup,
+                    "allreduce_bytes": params,
+                    "allreduce_time": allreduce,
+                },
+                indent=2,
+            )
+        )
         return
     print(f"K={k} devices, M={m} micro-batches, v={v} chunks for interleaved; bubble under unit cost\n")
     table = [("strategy", "bubble", "formula", "peak in flight", "formula", "source")]
     for name, row in rows_out.items():
         bubble = "-" if row["bubble"] is None else f"{row['bubble']:.4f}"
         inflight = row["peak_inflight_microbatches"]
-        table.append((name, bubble, row["bubble_formula"], "-" if inflight is None else "/".join(map(str, inflight)),
-                      row["inflight_formula"], row["source"]))
+        table.append(
+            (
+                name,
+                bubble,
+                row["bubble_formula"],
+                "-" if inflight is None else "/".join(map(str, inflight)),
+                row["inflight_formula"],
+                row["source"],
+            )
+        )
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
-    print(f"ring all-reduce of {format_bytes(params)} of gradients (--layers {args.layers}) over {k} devices, "
-          f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}")
+    print(
+        f"ring all-reduce of {format_bytes(params)} of gradients (--layers {args.layers}) over {k} devices, "
+        f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}"
+    )
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
     print("found by simulation: read off the simulator, not derived; regression tests hold it (pipesched/formulas.py)")
 
@@ -188,8 +235,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
         sys.stdout.write(text)
     else:
         _write_atomic(args.output, text)
-        print(f"{args.format} schedule of {strategy.name} ({count(args.devices, 'rank')}, "
-              f"{count(args.microbatches, 'micro-batch')}) written to {args.output}")
+        print(
+            f"{args.format} schedule of {strategy.name} ({count(args.devices, 'rank')}, "
+            f"{count(args.microbatches, 'micro-batch')}) written to {args.output}"
+        )
 
 
 def _cmd_strategies(args: argparse.Namespace) -> None:

@@ -68,8 +68,9 @@ def _check_limits(study: Study) -> None:
     for k in study.sweep.devices:
         check_actions(k, c.microbatches, 1, names=("[sweep].devices", "[compare].microbatches", "chunks"))
     # every compared run's model, data and gradients stay alive until the last has run, and then a training run's
-    check_memory(study.run_config(), copies=len(c.partitions) * len(c.strategies) + 1,
-                 names=("[model].layers", "[model].batch"))
+    check_memory(
+        study.run_config(), copies=len(c.partitions) * len(c.strategies) + 1, names=("[model].layers", "[model].batch")
+    )
 
 
 def collect(study: Study, progress: bool = True) -> StudyResults:
@@ -91,8 +92,9 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
             for m in study.sweep.microbatches:
                 for label, cost in unit_costs:
-                    config = study.run_config(strategy=strategy, chunks=chunks, microbatches=m, cost=cost,
-                                              compute=False, allow_oom=True)
+                    config = study.run_config(
+                        strategy=strategy, chunks=chunks, microbatches=m, cost=cost, compute=False, allow_oom=True
+                    )
                     try:
                         jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
                     except StrategyError:  # it runs the compared M, so this M is one it refuses (dp: M < K)
@@ -100,13 +102,21 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     for k in study.sweep.devices:
         for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
-            config = study.run_config(strategy="gpipe", devices=k, partition="balanced", compute=False,
-                                      device_memory=None, allow_oom=False, **links)
+            config = study.run_config(
+                strategy="gpipe",
+                devices=k,
+                partition="balanced",
+                compute=False,
+                device_memory=None,
+                allow_oom=False,
+                **links,
+            )
             jobs.append(("sweep_k", (k, label), prepare(config)))
     trains = []
     for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)):
-        config = study.run_config(strategy=study.train.strategy, devices=devices, reference=False,
-                                  device_memory=None, allow_oom=False)
+        config = study.run_config(
+            strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=False
+        )
         prepare(config)  # checked now, not after every other run
         trains.append((name, config))
     results = StudyResults(study)
@@ -120,12 +130,18 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             results.compare.append(result)
         elif kind == "sweep_m":
             strategy, chunks, m, label = key
-            row = sweep_m.setdefault((strategy, chunks, m), {
-                "strategy": strategy, "label": _label(strategy, result.config.chunks),
-                "chunks": result.config.chunks, "microbatches": m,
-                "formula": CLOSED_FORMS[strategy].bubble(study.hardware.devices, m, result.config.chunks or 1)
-                if strategy in CLOSED_FORMS else result.bubble_formula,
-            })
+            row = sweep_m.setdefault(
+                (strategy, chunks, m),
+                {
+                    "strategy": strategy,
+                    "label": _label(strategy, result.config.chunks),
+                    "chunks": result.config.chunks,
+                    "microbatches": m,
+                    "formula": CLOSED_FORMS[strategy].bubble(study.hardware.devices, m, result.config.chunks or 1)
+                    if strategy in CLOSED_FORMS
+                    else result.bubble_formula,
+                },
+            )
             row[f"bubble_{label.replace(' ', '_')}"] = result.metrics.bubble_fraction
             row[f"steady_bubble_{label.replace(' ', '_')}"] = result.metrics.steady_bubble_fraction
             row[f"peak_memory_{label.replace(' ', '_')}"] = max(result.metrics.peak_memory_bytes)
@@ -148,8 +164,9 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     balanced = prepare(gpipe).balance  # what GPipe's balanced run uses: the objective's optimum or a faster one
     assert balanced is not None
     results.partitions = {
-        "uniform": evaluate(graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)],
-                            link_bandwidth=bandwidth),
+        "uniform": evaluate(
+            graph, [len(r) for r in uniform(graph.number_of_nodes(), study.hardware.devices)], link_bandwidth=bandwidth
+        ),
         "balanced": balanced,
     }
     for name in study.compare.partitions:  # counts the study names: their stage costs too

@@ -47,9 +47,24 @@ from ..units import byte_prefix, time_prefix  # noqa: E402
 from .collect import StudyResults  # noqa: E402
 from .render import BODY_FONT_PX, PAGE_WIDTH_PX  # noqa: E402
 
-__all__ = ["FIGURES", "OKABE_ITO", "OP_COLOURS", "CHUNK_HATCHES", "FONT_PT", "WIDTH_IN", "CSS_PX_PER_IN",
-           "gantt", "memory", "bubble_vs_m", "bubble_vs_memory", "stage_costs", "speedup", "training",
-           "sweep_heatmaps", "sweep_pareto"]
+__all__ = [
+    "FIGURES",
+    "OKABE_ITO",
+    "OP_COLOURS",
+    "CHUNK_HATCHES",
+    "FONT_PT",
+    "WIDTH_IN",
+    "CSS_PX_PER_IN",
+    "gantt",
+    "memory",
+    "bubble_vs_m",
+    "bubble_vs_memory",
+    "stage_costs",
+    "speedup",
+    "training",
+    "sweep_heatmaps",
+    "sweep_pareto",
+]
 
 #: CSS pixels per inch and points per inch (CSS Values 3, section 5.2).
 CSS_PX_PER_IN, PT_PER_IN = 96, 72
@@ -62,17 +77,32 @@ OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "
 #: For thin lines and hollow markers on white: Okabe-Ito with its yellow, too faint there, last as grey.
 LINE_COLOURS = [c for c in OKABE_ITO if c != "#F0E442"] + ["#999999"]
 OP_COLOURS = {"F": "#56B4E9", "B": "#E69F00", "I": "#D55E00", "W": "#009E73", "R": "#CC79A7", "link": "#BBBBBB"}
-OP_NAMES = {"F": "forward", "B": "backward", "I": "input-gradient", "W": "weight-gradient", "R": "recompute",
-            "link": "transfer"}
+OP_NAMES = {
+    "F": "forward",
+    "B": "backward",
+    "I": "input-gradient",
+    "W": "weight-gradient",
+    "R": "recompute",
+    "link": "transfer",
+}
 #: A device's chunks (its stages in order: interleaved's v chunks, a V's way down and back up) by hatch.
 CHUNK_HATCHES = ["", "///", "\\\\\\", "xxx", "...", "ooo"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINE_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 
 # typed Any: matplotlib types rc_context's keys as a Literal of every rc name
-_RC: Any = {"font.size": FONT_PT, "axes.titlesize": FONT_PT, "axes.labelsize": FONT_PT, "xtick.labelsize": FONT_PT,
-       "ytick.labelsize": FONT_PT, "legend.fontsize": FONT_PT, "legend.title_fontsize": FONT_PT,
-       "figure.titlesize": FONT_PT, "axes.titlelocation": "left", "figure.constrained_layout.use": True}
+_RC: Any = {
+    "font.size": FONT_PT,
+    "axes.titlesize": FONT_PT,
+    "axes.labelsize": FONT_PT,
+    "xtick.labelsize": FONT_PT,
+    "ytick.labelsize": FONT_PT,
+    "legend.fontsize": FONT_PT,
+    "legend.title_fontsize": FONT_PT,
+    "figure.titlesize": FONT_PT,
+    "axes.titlelocation": "left",
+    "figure.constrained_layout.use": True,
+}
 
 
 def _readable(draw: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -95,8 +125,14 @@ def _title_and_legend(fig: Figure, title: str, handles: list[Any], columns: int 
     The title is the legend's title: constrained layout stacks an outside
     legend over a ``suptitle`` (seen in matplotlib 3.11); one block of text cannot overlap itself.
     """
-    fig.legend(handles=handles, loc="outside upper center", ncols=columns or min(len(handles), 4), frameon=False,
-               title=title, alignment="center")
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncols=columns or min(len(handles), 4),
+        frameon=False,
+        title=title,
+        alignment="center",
+    )
 
 
 def _time_scale(trace: Trace) -> tuple[float, str]:
@@ -169,10 +205,20 @@ def _pairs(result: Any) -> list[tuple[Overlap, int, float, float, set[tuple[Any,
         for item in items:
             if type(item) is Overlap:
                 f, b = item.forward, item.backward
-                parts = {(d, "F", f.stage, f.microbatch), (d, "R", b.stage, b.microbatch),
-                         (d, b.op, b.stage, b.microbatch)}
-                pairs.append((item, d, spans[(d, "F", f.stage, f.microbatch)].start,
-                              spans[(d, b.op, b.stage, b.microbatch)].end, parts))
+                parts = {
+                    (d, "F", f.stage, f.microbatch),
+                    (d, "R", b.stage, b.microbatch),
+                    (d, b.op, b.stage, b.microbatch),
+                }
+                pairs.append(
+                    (
+                        item,
+                        d,
+                        spans[(d, "F", f.stage, f.microbatch)].start,
+                        spans[(d, b.op, b.stage, b.microbatch)].end,
+                        parts,
+                    )
+                )
     return pairs
 
 
@@ -189,8 +235,9 @@ def gantt(results: StudyResults) -> Figure:
     links = [sorted({(t.src, t.dst) for t in r.trace.transfers}) for r in runs]
     rows_per = [r.trace.devices + len(ls) for r, ls in zip(runs, links)]
     height = _HEAD_IN + _ROW_IN * sum(rows_per) + _PANEL_IN * len(runs)
-    fig, axes = plt.subplots(len(runs), 1, figsize=(WIDTH_IN, height), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": rows_per})
+    fig, axes = plt.subplots(
+        len(runs), 1, figsize=(WIDTH_IN, height), squeeze=False, sharex=True, gridspec_kw={"height_ratios": rows_per}
+    )
     longest = max(runs, key=lambda r: r.trace.makespan).trace
     scale, unit = _time_scale(longest)
     chunks_used, paired = set(), False
@@ -203,37 +250,74 @@ def gantt(results: StudyResults) -> Figure:
             c = chunk.get((s.device, s.stage), 0)
             chunks_used.add(c)
             half = (s.device, s.op, s.stage, s.microbatch) in halves  # a pair's halves: no white gap between them
-            ax.add_patch(Rectangle((s.start * scale, s.device - 0.4), (s.end - s.start) * scale, 0.8,
-                                   facecolor=OP_COLOURS[s.op], edgecolor="white", linewidth=0 if half else 0.6,
-                                   hatch=CHUNK_HATCHES[c % len(CHUNK_HATCHES)],
-                                   gid=_gid(result.label, s.device, s.name)))
+            ax.add_patch(
+                Rectangle(
+                    (s.start * scale, s.device - 0.4),
+                    (s.end - s.start) * scale,
+                    0.8,
+                    facecolor=OP_COLOURS[s.op],
+                    edgecolor="white",
+                    linewidth=0 if half else 0.6,
+                    hatch=CHUNK_HATCHES[c % len(CHUNK_HATCHES)],
+                    gid=_gid(result.label, s.device, s.name),
+                )
+            )
         for pair, d, start, end, _ in pairs:
             paired = True
-            ax.add_patch(Rectangle((start * scale, d - 0.4), (end - start) * scale, 0.8, fill=False,
-                                   edgecolor="black", linewidth=1.6,
-                                   gid=_gid(result.label, d, f"pair/{pair.forward}+{pair.backward}")))
+            ax.add_patch(
+                Rectangle(
+                    (start * scale, d - 0.4),
+                    (end - start) * scale,
+                    0.8,
+                    fill=False,
+                    edgecolor="black",
+                    linewidth=1.6,
+                    gid=_gid(result.label, d, f"pair/{pair.forward}+{pair.backward}"),
+                )
+            )
         visible = 0.004 * longest.makespan * scale  # a send shorter than this would vanish from the page
         for t in trace.transfers:
             row = trace.devices + ls.index((t.src, t.dst))
-            ax.add_patch(Rectangle((t.start * scale, row - 0.3), max((t.arrival - t.start) * scale, visible), 0.6,
-                                   facecolor=OP_COLOURS["link"], edgecolor="none"))
+            ax.add_patch(
+                Rectangle(
+                    (t.start * scale, row - 0.3),
+                    max((t.arrival - t.start) * scale, visible),
+                    0.6,
+                    facecolor=OP_COLOURS["link"],
+                    edgecolor="none",
+                )
+            )
         labels = [f"device {d}" for d in range(trace.devices)] + [f"link {a}→{b}" for a, b in ls]
         ax.set_yticks(range(len(labels)), labels)
         ax.set_ylim(len(labels) - 0.5, -0.5)
-        ax.set_title(f"{result.label}: step {trace.makespan * scale:.4g} {unit}, "
-                     f"bubble {result.metrics.bubble_fraction:.3f}")
+        ax.set_title(
+            f"{result.label}: step {trace.makespan * scale:.4g} {unit}, bubble {result.metrics.bubble_fraction:.3f}"
+        )
         ax.tick_params(labelbottom=True)  # a tall figure: every panel keeps its time ticks
     axes[0, 0].set_xlim(0, longest.makespan * scale)
     axes[-1, 0].set_xlabel(f"time ({unit}), the same axis in every panel")
-    used = sorted({s.op for r in runs for s in r.trace.spans} | {"link" for r in runs if r.trace.transfers},
-                  key=list(OP_COLOURS).index)
+    used = sorted(
+        {s.op for r in runs for s in r.trace.spans} | {"link" for r in runs if r.trace.transfers},
+        key=list(OP_COLOURS).index,
+    )
     handles = [Patch(facecolor=OP_COLOURS[op], label=OP_NAMES[op]) for op in used]
-    handles += [Patch(facecolor="#999999", edgecolor="white", hatch=CHUNK_HATCHES[c % len(CHUNK_HATCHES)],
-                      label=f"a device's {_ordinal(c + 1)} chunk") for c in sorted(chunks_used - {0})]
+    handles += [
+        Patch(
+            facecolor="#999999",
+            edgecolor="white",
+            hatch=CHUNK_HATCHES[c % len(CHUNK_HATCHES)],
+            label=f"a device's {_ordinal(c + 1)} chunk",
+        )
+        for c in sorted(chunks_used - {0})
+    ]
     if paired:
         handles.append(Patch(facecolor="none", edgecolor="black", linewidth=1.6, label="overlapped F&B pair"))
-    _title_and_legend(fig, "Who computes what, when: one row per device and per link, white is idle;\n"
-                           "micro-batch numbers on the blocks wide enough to hold them", handles)
+    _title_and_legend(
+        fig,
+        "Who computes what, when: one row per device and per link, white is idle;\n"
+        "micro-batch numbers on the blocks wide enough to hold them",
+        handles,
+    )
     _label_blocks(fig, axes[:, 0], runs, scale)
     return fig
 
@@ -251,11 +335,18 @@ def _label_blocks(fig: Figure, axes: Any, runs: list, scale: float) -> None:
         for s in result.trace.spans:
             text = str(s.microbatch)
             if text not in widths:  # the number's width on the page, in CSS px
-                widths[text] = renderer.get_text_width_height_descent(text, font, ismath=False)[0] \
-                    / fig.dpi * CSS_PX_PER_IN
+                widths[text] = (
+                    renderer.get_text_width_height_descent(text, font, ismath=False)[0] / fig.dpi * CSS_PX_PER_IN
+                )
             if (s.end - s.start) * scale * px_per_time >= widths[text] + 4:  # 2 px clear on each side
-                ax.text((s.start + s.end) / 2 * scale, s.device, text, ha="center", va="center",
-                        gid=_gid(result.label, s.device, f"{s.name}/label"))
+                ax.text(
+                    (s.start + s.end) / 2 * scale,
+                    s.device,
+                    text,
+                    ha="center",
+                    va="center",
+                    gid=_gid(result.label, s.device, f"{s.name}/label"),
+                )
 
 
 # -- memory -----------------------------------------------------------------------------
@@ -272,8 +363,9 @@ def memory(results: StudyResults) -> Figure:
     """Per strategy, every device's memory beyond its weights over the step, all panels on the same axes."""
     runs = _compare_runs(results)
     rows, columns = _grid(len(runs))
-    fig, axes = plt.subplots(rows, columns, figsize=(WIDTH_IN, 1.5 + 3.0 * rows), squeeze=False,
-                             sharex=True, sharey=True)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(WIDTH_IN, 1.5 + 3.0 * rows), squeeze=False, sharex=True, sharey=True
+    )
     largest = max(s.activations + s.deferred + s.buffers for r in runs for samples in r.trace.memory for s in samples)
     size, size_unit = byte_prefix(largest)
     longest = max(runs, key=lambda r: r.trace.makespan).trace
@@ -281,9 +373,14 @@ def memory(results: StudyResults) -> Figure:
     devices = max(r.trace.devices for r in runs)
     for i, (ax, result) in enumerate(zip(axes.flat, runs)):
         for d, samples in enumerate(result.trace.memory):
-            ax.step([s.time * scale for s in samples],
-                    [(s.activations + s.deferred + s.buffers) / size for s in samples], where="post",
-                    color=LINE_COLOURS[d % len(LINE_COLOURS)], linestyle=LINE_STYLES[d % 4], linewidth=1.5)
+            ax.step(
+                [s.time * scale for s in samples],
+                [(s.activations + s.deferred + s.buffers) / size for s in samples],
+                where="post",
+                color=LINE_COLOURS[d % len(LINE_COLOURS)],
+                linestyle=LINE_STYLES[d % 4],
+                linewidth=1.5,
+            )
         weights = max(s.params + s.grads for s in result.trace.memory[0])
         weight_size, weight_unit = byte_prefix(weights)
         ax.set_title(f"{result.label}\n+{weights / weight_size:.3g} {weight_unit} weights on device 0")
@@ -293,14 +390,27 @@ def memory(results: StudyResults) -> Figure:
             ax.set_xlabel(f"time ({unit})")
         if i % columns == 0:
             ax.set_ylabel(f"held ({size_unit})")
-    for ax in axes.flat[len(runs):]:
+    for ax in axes.flat[len(runs) :]:
         ax.remove()
     axes[0, 0].set_xlim(0, longest.makespan * scale)
     axes[0, 0].set_ylim(0, largest / size * 1.05)
-    handles = [plt.Line2D([], [], color=LINE_COLOURS[d % len(LINE_COLOURS)], linestyle=LINE_STYLES[d % 4],
-                          linewidth=1.5, label=f"device {d}") for d in range(devices)]
-    _title_and_legend(fig, "Memory per device over one step: activations, deferred-W inputs and link buffers\n"
-                           "(beyond parameters and gradients); every panel on the same axes", handles)
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            color=LINE_COLOURS[d % len(LINE_COLOURS)],
+            linestyle=LINE_STYLES[d % 4],
+            linewidth=1.5,
+            label=f"device {d}",
+        )
+        for d in range(devices)
+    ]
+    _title_and_legend(
+        fig,
+        "Memory per device over one step: activations, deferred-W inputs and link buffers\n"
+        "(beyond parameters and gradients); every panel on the same axes",
+        handles,
+    )
     return fig
 
 
@@ -331,8 +441,15 @@ def bubble_vs_m(results: StudyResults) -> Figure:
         for i, label in enumerate(labels):
             mine = [r for r in rows if r["label"] == label]
             size = 6 + 1.3 * (len(labels) - 1 - i)  # the first largest: equal values nest
-            ax.plot([r["microbatches"] for r in mine], [r[f"bubble_{key}"] for r in mine], MARKERS[i % len(MARKERS)],
-                    markersize=size, markerfacecolor="none", markeredgewidth=1.3, **_style(i))
+            ax.plot(
+                [r["microbatches"] for r in mine],
+                [r[f"bubble_{key}"] for r in mine],
+                MARKERS[i % len(MARKERS)],
+                markersize=size,
+                markerfacecolor="none",
+                markeredgewidth=1.3,
+                **_style(i),
+            )
             if key != "study" or cost == "unit":
                 formula = [(r["microbatches"], r["formula"]) for r in mine if r["formula"] is not None]
                 if formula:
@@ -345,12 +462,29 @@ def bubble_vs_m(results: StudyResults) -> Figure:
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("bubble (idle share of K × step)")
-    handles = [plt.Line2D([], [], marker=MARKERS[i % len(MARKERS)], linestyle="", markerfacecolor="none", markersize=9,
-                          markeredgewidth=1.3, label=label, **_style(i)) for i, label in enumerate(labels)]
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            marker=MARKERS[i % len(MARKERS)],
+            linestyle="",
+            markerfacecolor="none",
+            markersize=9,
+            markeredgewidth=1.3,
+            label=label,
+            **_style(i),
+        )
+        for i, label in enumerate(labels)
+    ]
     handles.append(plt.Line2D([], [], color="grey", linewidth=1, label="closed form"))
-    _title_and_legend(fig, f"Bubble against micro-batches on K={results.study.hardware.devices} devices: markers "
-                           "measured, lines closed forms;\nmarkers sit at their M, so equal values nest inside one "
-                           "another", handles, columns=5)
+    _title_and_legend(
+        fig,
+        f"Bubble against micro-batches on K={results.study.hardware.devices} devices: markers "
+        "measured, lines closed forms;\nmarkers sit at their M, so equal values nest inside one "
+        "another",
+        handles,
+        columns=5,
+    )
     return fig
 
 
@@ -369,8 +503,10 @@ def bubble_vs_memory(results: StudyResults) -> Figure:
     fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 5.6), sharey=True)
     activations = byte_prefix(max(max(r.metrics.peak_activation_bytes) for r in runs))
     total = byte_prefix(max(max(r.metrics.peak_memory_bytes) for r in runs))
-    panels = [(axes[0], "peak_activation_bytes", "peak activations", activations),
-              (axes[1], "peak_memory_bytes", "peak memory", total)]
+    panels = [
+        (axes[0], "peak_activation_bytes", "peak activations", activations),
+        (axes[1], "peak_memory_bytes", "peak memory", total),
+    ]
     handles, steady_shown = [], False
     for i, result in enumerate(runs):
         colour, marker = LINE_COLOURS[i % len(LINE_COLOURS)], MARKERS[i % len(MARKERS)]
@@ -382,17 +518,30 @@ def bubble_vs_memory(results: StudyResults) -> Figure:
                 steady_shown = True
                 ax.plot([x, x], [y, steady], "-", color=colour, linewidth=0.8)
                 ax.plot([x], [steady], marker, color=colour, markersize=9)
-        handles.append(plt.Line2D([], [], marker=marker, linestyle="", color=colour, markerfacecolor="none",
-                                  markersize=10, markeredgewidth=1.5, label=result.label))
+        handles.append(
+            plt.Line2D(
+                [],
+                [],
+                marker=marker,
+                linestyle="",
+                color=colour,
+                markerfacecolor="none",
+                markersize=10,
+                markeredgewidth=1.5,
+                label=result.label,
+            )
+        )
     if steady_shown:
-        handles.append(plt.Line2D([], [], marker="o", linestyle="", color="grey", markersize=9,
-                                  label="filled: back to back"))
+        handles.append(
+            plt.Line2D([], [], marker="o", linestyle="", color="grey", markersize=9, label="filled: back to back")
+        )
     for ax, _, label, (_, unit) in panels:
         ax.set_xlabel(f"{label} of the fullest device ({unit})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("bubble (idle share)")
-    _title_and_legend(fig, f"Bubble against memory ({runs[0].config.partition} partition): lower left is better",
-                      handles, columns=5)
+    _title_and_legend(
+        fig, f"Bubble against memory ({runs[0].config.partition} partition): lower left is better", handles, columns=5
+    )
     return fig
 
 
@@ -414,14 +563,17 @@ def stage_costs(results: StudyResults) -> Figure:
     and 2K/S units for S stages whatever their layers (``pipesched.cost``), so
     every partition of K stages costs the same.
     """
-    partitions = {name: part for name, part in results.partitions.items()
-                  if name in results.study.compare.partitions} or results.partitions
+    partitions = {
+        name: part for name, part in results.partitions.items() if name in results.study.compare.partitions
+    } or results.partitions
     devices = results.study.hardware.devices
     unit_cost = results.study.hardware.cost == "unit"
     if unit_cost:
         model = UnitCost()
-        costs = {name: [sum(model.compute_time(op, [], 0, devices / len(p.sizes)) for op in "FB")] * len(p.sizes)
-                 for name, p in partitions.items()}
+        costs = {
+            name: [sum(model.compute_time(op, [], 0, devices / len(p.sizes)) for op in "FB")] * len(p.sizes)
+            for name, p in partitions.items()
+        }
         unit, scale = "units", 1.0
     else:
         costs = {name: list(p.stage_costs) for name, p in partitions.items()}
@@ -432,18 +584,32 @@ def stage_costs(results: StudyResults) -> Figure:
     for i, (name, stage) in enumerate(costs.items()):
         sizes = ",".join(map(str, partitions[name].sizes))
         xs = [s + (i - (len(costs) - 1) / 2) * width for s in range(len(stage))]
-        ax.bar(xs, [c * scale for c in stage], width, color=OKABE_ITO[i * 4 % 8], hatch=CHUNK_HATCHES[i % 2],
-               edgecolor="white", label=f"{name if name in ('uniform', 'balanced') else 'counts'} {sizes}: "
-                                        f"slowest {max(stage) * scale:.3g} {unit}")
+        ax.bar(
+            xs,
+            [c * scale for c in stage],
+            width,
+            color=OKABE_ITO[i * 4 % 8],
+            hatch=CHUNK_HATCHES[i % 2],
+            edgecolor="white",
+            label=f"{name if name in ('uniform', 'balanced') else 'counts'} {sizes}: "
+            f"slowest {max(stage) * scale:.3g} {unit}",
+        )
     ax.set_xticks(range(max(len(c) for c in costs.values())))
     ax.set_xlabel("stage")
     ax.set_ylabel(f"cost per micro-batch, F + B ({unit})")
     _plain(ax.yaxis)
     ax.set_ylim(0, max(c for cs in costs.values() for c in cs) * scale * 1.1)
-    _title_and_legend(fig, f"Stage costs of {_partition_names(list(costs))}\n"
-                      + ("(unit cost: every stage F = K/S, B = 2K/S units, whatever its layers)" if unit_cost else
-                         "(compute, F + B, flops cost model)"),
-                      ax.get_legend_handles_labels()[0], columns=1)
+    _title_and_legend(
+        fig,
+        f"Stage costs of {_partition_names(list(costs))}\n"
+        + (
+            "(unit cost: every stage F = K/S, B = 2K/S units, whatever its layers)"
+            if unit_cost
+            else "(compute, F + B, flops cost model)"
+        ),
+        ax.get_legend_handles_labels()[0],
+        columns=1,
+    )
     return fig
 
 
@@ -459,23 +625,38 @@ def speedup(results: StudyResults) -> Figure:
     for ax, kind in zip(axes, ("speedup", "efficiency")):
         # the closed form drawn smooth in K, between the whole numbers it is stated for
         curve = [pipeline_speedup(k, m) / (k if kind == "efficiency" else 1) for k in dense]  # type: ignore[arg-type]
-        handles["formula"], = ax.plot(dense, curve, "-", color="black", linewidth=1,
-                                      label="closed form K/(1+(K-1)/M), ÷K for efficiency")
+        (handles["formula"],) = ax.plot(
+            dense, curve, "-", color="black", linewidth=1, label="closed form K/(1+(K-1)/M), ÷K for efficiency"
+        )
         for i, label in enumerate(("free_links", "study")):
             values = [r[f"{kind}_{label}"] for r in rows]
             if all(v is not None for v in values):
-                handles[label], = ax.plot(ks, values, ("s", "o")[i], linestyle="--", markersize=(9, 5)[i],
-                                          markerfacecolor="none", linewidth=0.8,
-                                          label=f"measured, {label.replace('_', ' ')}", **_style(i + 1))
+                (handles[label],) = ax.plot(
+                    ks,
+                    values,
+                    ("s", "o")[i],
+                    linestyle="--",
+                    markersize=(9, 5)[i],
+                    markerfacecolor="none",
+                    linewidth=0.8,
+                    label=f"measured, {label.replace('_', ' ')}",
+                    **_style(i + 1),
+                )
             else:
-                ax.text(0.5, 0.5, "add 1 to [sweep].devices\nto measure against one device", transform=ax.transAxes,
-                        ha="center")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "add 1 to [sweep].devices\nto measure against one device",
+                    transform=ax.transAxes,
+                    ha="center",
+                )
         ax.set_xlabel("devices K")
         ax.set_ylabel(kind + (" (× one device)" if kind == "speedup" else " (speedup / K)"))
         ax.xaxis.set_major_locator(FixedLocator(ks))
         ax.grid(alpha=0.3)
-    _title_and_legend(fig, f"GPipe, balanced partition, M={m}: speedup over one device", list(handles.values()),
-                      columns=2)
+    _title_and_legend(
+        fig, f"GPipe, balanced partition, M={m}: speedup over one device", list(handles.values()), columns=2
+    )
     return fig
 
 
@@ -493,13 +674,21 @@ def training(results: StudyResults) -> Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.6))
     single, piped = results.train["single device"], results.train["pipelined"]
     ax.plot(range(len(single)), single, "-", color=OKABE_ITO[1], linewidth=5, alpha=0.6, label="one device")
-    ax.plot(range(len(piped)), piped, "o--", color=OKABE_ITO[5], markersize=5, linewidth=1,
-            label=f"{results.study.train.strategy} on {results.study.hardware.devices} devices")
+    ax.plot(
+        range(len(piped)),
+        piped,
+        "o--",
+        color=OKABE_ITO[5],
+        markersize=5,
+        linewidth=1,
+        label=f"{results.study.train.strategy} on {results.study.hardware.devices} devices",
+    )
     ax.set_xlabel("SGD step")
     ax.set_ylabel(f"training loss ({results.study.model.loss})")
     ax.grid(alpha=0.3)
-    _title_and_legend(fig, "Training loss: pipelined and single-device runs coincide",
-                      ax.get_legend_handles_labels()[0], columns=2)
+    _title_and_legend(
+        fig, "Training loss: pipelined and single-device runs coincide", ax.get_legend_handles_labels()[0], columns=2
+    )
     return fig
 
 
@@ -533,10 +722,17 @@ def sweep_heatmaps(records: list[dict[str, Any]]) -> Figure:
     ks = sorted({r["point"].get("devices", 4) for r in ok})
     ms = sorted({r["point"].get("microbatches", 8) for r in ok})
     metrics: list[tuple[str, Callable, str, str | None]] = [("bubble_fraction", min, "bubble", None)]
-    metrics += [("throughput", max, f"throughput ({_per_time(u)})", u)
-                for u in sorted({r.get("time_unit", "s") for r in ok})]
-    fig, axes = plt.subplots(len(strategies), len(metrics), figsize=(WIDTH_IN, 1.6 + 2.4 * len(strategies)),
-                             squeeze=False, sharex=True, sharey=True)
+    metrics += [
+        ("throughput", max, f"throughput ({_per_time(u)})", u) for u in sorted({r.get("time_unit", "s") for r in ok})
+    ]
+    fig, axes = plt.subplots(
+        len(strategies),
+        len(metrics),
+        figsize=(WIDTH_IN, 1.6 + 2.4 * len(strategies)),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+    )
     grids: dict[tuple[int, int], list[list[float]]] = {}
     for col, (metric, better, _, time_unit) in enumerate(metrics):
         for row, name in enumerate(strategies):
@@ -578,16 +774,29 @@ def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> 
     handles = []
     for i, name in enumerate(strategies):
         mine = [r for r in ok if r["point"].get("strategy", "gpipe") == name]
-        handles += ax.plot([r["peak_memory_bytes"] / size for r in mine], [r["throughput"] for r in mine],
-                           MARKERS[i % len(MARKERS)], markerfacecolor="none", markersize=8,
-                           color=LINE_COLOURS[i % len(LINE_COLOURS)], label=name)
+        handles += ax.plot(
+            [r["peak_memory_bytes"] / size for r in mine],
+            [r["throughput"] for r in mine],
+            MARKERS[i % len(MARKERS)],
+            markerfacecolor="none",
+            markersize=8,
+            color=LINE_COLOURS[i % len(LINE_COLOURS)],
+            label=name,
+        )
     if front:
-        handles += ax.plot([r["peak_memory_bytes"] / size for r in front], [r["throughput"] for r in front], "-",
-                           color="black", linewidth=1, label="Pareto front")
+        handles += ax.plot(
+            [r["peak_memory_bytes"] / size for r in front],
+            [r["throughput"] for r in front],
+            "-",
+            color="black",
+            linewidth=1,
+            label="Pareto front",
+        )
     units = sorted({r.get("time_unit", "s") for r in ok})
     ax.set_xlabel(f"peak memory of the fullest device ({size_unit})")
-    ax.set_ylabel(f"throughput ({_per_time(units[0])})" if len(units) == 1 else
-                  "throughput (samples/s and samples/unit mixed)")
+    ax.set_ylabel(
+        f"throughput ({_per_time(units[0])})" if len(units) == 1 else "throughput (samples/s and samples/unit mixed)"
+    )
     _plain(ax.yaxis)
     ax.grid(alpha=0.3)
     _title_and_legend(fig, "Throughput against memory: upper left is better", handles, columns=4)

@@ -24,12 +24,34 @@ from ..units import format_bytes, format_time
 from .collect import StudyResults
 from .study import Study
 
-__all__ = ["write_report", "write_folder", "is_report", "COLUMNS", "comparison_columns", "comparison_rows",
-           "study_text", "PAGE_WIDTH_PX", "BODY_FONT_PX"]
+__all__ = [
+    "write_report",
+    "write_folder",
+    "is_report",
+    "COLUMNS",
+    "comparison_columns",
+    "comparison_rows",
+    "study_text",
+    "PAGE_WIDTH_PX",
+    "BODY_FONT_PX",
+]
 
 #: The comparison table's columns by name, in order (``comparison_columns`` gives a study's headings).
-COLUMNS = ("strategy", "partition", "chunks", "step", "bubble", "formula", "back to back", "throughput",
-           "peak activations", "peak memory", "in flight", "grad error", "fits memory")
+COLUMNS = (
+    "strategy",
+    "partition",
+    "chunks",
+    "step",
+    "bubble",
+    "formula",
+    "back to back",
+    "throughput",
+    "peak activations",
+    "peak memory",
+    "in flight",
+    "grad error",
+    "fits memory",
+)
 
 #: The page's column and body text, in CSS px. The figures are drawn for them (see ``figures``): none is
 #: wider than the column, so each shows at its natural size and its text as large as this body text.
@@ -40,8 +62,9 @@ def comparison_columns(results: StudyResults) -> tuple[str, ...]:
     """The comparison table's headings: throughput in the study's time unit, memory fit only under a cap."""
     per = "s" if results.study.hardware.cost != "unit" else "unit"
     capped = results.study.hardware.device_memory is not None
-    return tuple(f"throughput (samples/{per})" if c == "throughput" else c
-                 for c in COLUMNS if capped or c != "fits memory")
+    return tuple(
+        f"throughput (samples/{per})" if c == "throughput" else c for c in COLUMNS if capped or c != "fits memory"
+    )
 
 
 def _notes(results: StudyResults) -> str:
@@ -64,36 +87,61 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
         m, unit = r.metrics, r.trace.time_unit
         sizes = ",".join(str(len(s)) for s in r.partition)
         named = r.config.partition in ("uniform", "balanced")
-        rows.append((
-            r.label, f"{r.config.partition} {sizes}" if named else sizes, str(r.config.chunks),
-            format_time(m.makespan, unit), f"{m.bubble_fraction:.4f}",
-            "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}", f"{m.steady_bubble_fraction:.4f}",
-            f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
-            format_bytes(max(m.peak_activation_bytes)), format_bytes(max(m.peak_memory_bytes)),
-            "/".join(map(str, m.peak_inflight_microbatches)),
-            "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
-        ) + (() if results.study.hardware.device_memory is None else ("no" if r.trace.oom else "yes",)))
+        rows.append(
+            (
+                r.label,
+                f"{r.config.partition} {sizes}" if named else sizes,
+                str(r.config.chunks),
+                format_time(m.makespan, unit),
+                f"{m.bubble_fraction:.4f}",
+                "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}",
+                f"{m.steady_bubble_fraction:.4f}",
+                f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
+                format_bytes(max(m.peak_activation_bytes)),
+                format_bytes(max(m.peak_memory_bytes)),
+                "/".join(map(str, m.peak_inflight_microbatches)),
+                "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
+            )
+            + (() if results.study.hardware.device_memory is None else ("no" if r.trace.oom else "yes",))
+        )
     return rows
 
 
 def study_text(study: Study) -> str:
     h, m, c = study.hardware, study.model, study.compare
-    link = "free links" if h.cost == "unit" else (
-        f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
-        f"{format_time(h.link_latency, 's')} latency")
+    link = (
+        "free links"
+        if h.cost == "unit"
+        else (
+            f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
+            f"{format_time(h.link_latency, 's')} latency"
+        )
+    )
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
-    return (f"Model {m.layers} ({m.loss}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
-            f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
-            f"cost model {h.cost}: {link}{memory}.")
+    return (
+        f"Model {m.layers} ({m.loss}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
+        f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
+        f"cost model {h.cost}: {link}{memory}."
+    )
 
 
 def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     rows, columns = comparison_rows(results), comparison_columns(results)
-    lines = [f"# {results.study.title}", "", study_text(results.study), "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# {results.study.title}",
+        "",
+        study_text(results.study),
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    lines += ["", _notes(results),
-              "Every number is in `metrics.json`; `trace-<strategy>.json` opens in https://ui.perfetto.dev.", ""]
+    lines += [
+        "",
+        _notes(results),
+        "Every number is in `metrics.json`; `trace-<strategy>.json` opens in https://ui.perfetto.dev.",
+        "",
+    ]
     for stem, caption in figures:
         lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
     return "\n".join(lines)
@@ -112,33 +160,38 @@ def _cell(text: str, column: str) -> str:
 
 def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: list[str], config: str) -> str:
     head = "".join(f"<th>{html.escape(c).replace('/', '/<wbr>')}</th>" for c in comparison_columns(results))
-    body = "".join("<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>"
-                   for row in comparison_rows(results))
+    body = "".join(
+        "<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>" for row in comparison_rows(results)
+    )
     sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
     # the column (the body's content box) is PAGE_WIDTH_PX wide; the table fits it, its headings and partition
     # cells wrapping, and scrolls inside its own box rather than being cut off on a narrower window; a figure
     # shows at its natural size (never enlarged), scaled down only on a window narrower than it
-    style = (f"body{{font:{BODY_FONT_PX}px/1.45 system-ui,sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:2em auto;"
-             "padding:0 1em;color:#222}.table{overflow-x:auto;max-width:100%}"
-             "table{border-collapse:collapse;font-size:15px}td,th{border:1px solid #ccc;padding:3px 4px;"
-             "text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
-             "td:first-child{text-align:left}td.wrap{white-space:normal}"
-             "svg{display:block;max-width:100%;height:auto}"
-             "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:14px}")
+    style = (
+        f"body{{font:{BODY_FONT_PX}px/1.45 system-ui,sans-serif;max-width:{PAGE_WIDTH_PX}px;margin:2em auto;"
+        "padding:0 1em;color:#222}.table{overflow-x:auto;max-width:100%}"
+        "table{border-collapse:collapse;font-size:15px}td,th{border:1px solid #ccc;padding:3px 4px;"
+        "text-align:right;white-space:nowrap}th{background:#f3f3f3;white-space:normal;vertical-align:bottom}"
+        "td:first-child{text-align:left}td.wrap{white-space:normal}"
+        "svg{display:block;max-width:100%;height:auto}"
+        "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:14px}"
+    )
     title = html.escape(results.study.title)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
-            f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
-            f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
-            f"<p>{html.escape(_notes(results))} Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
-            f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
+        f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+        f"<p>{html.escape(_notes(results))} Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
+        f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>"
+    )
 
 
 def _svg(fig: Any) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None})
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # inline: no XML prolog or doctype inside HTML
+    return text[text.index("<svg") :]  # inline: no XML prolog or doctype inside HTML
 
 
 #: What every report folder holds; a folder with these and nothing else is safe to replace.
@@ -185,12 +238,13 @@ def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
     return target
 
 
-def write_report(results: StudyResults, out_dir: str, config_text: str,
-                 progress: Callable[[str], None] | None = None) -> str:
+def write_report(
+    results: StudyResults, out_dir: str, config_text: str, progress: Callable[[str], None] | None = None
+) -> str:
     """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html."""
-    from .figures import FIGURES  # matplotlib loads here, for reports only
-
     import matplotlib.pyplot as plt
+
+    from .figures import FIGURES  # matplotlib loads here, for reports only
 
     def fill(work: str) -> None:
         os.makedirs(os.path.join(work, "figures"))

@@ -20,15 +20,22 @@ from typing import Any, Callable
 
 from ..cost import OVERLAP_RULES
 from ..engine import REMAT_MODES
-from ..files import read_toml
 from ..errors import ConfigError
+from ..files import read_toml
 from ..model import LOSSES, parse_layers
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
 from ..units import parse_bytes
 
 __all__ = [
-    "Study", "ModelSection", "HardwareSection", "CompareSection", "SweepSection", "TrainSection",
-    "load_study", "default_study", "SCHEMA_EXAMPLE",
+    "Study",
+    "ModelSection",
+    "HardwareSection",
+    "CompareSection",
+    "SweepSection",
+    "TrainSection",
+    "load_study",
+    "default_study",
+    "SCHEMA_EXAMPLE",
 ]
 
 
@@ -100,9 +107,19 @@ class Study:
         """The run config of the main comparison, with ``overrides``."""
         m, h, c = self.model, self.hardware, self.compare
         base = RunConfig(
-            layers=m.layers, batch=m.batch, loss=m.loss, seed=m.seed, devices=h.devices, cost=h.cost,
-            device_flops=h.device_flops, link_bandwidth=h.link_bandwidth, link_latency=h.link_latency, overlap=h.overlap,
-            device_memory=h.device_memory, allow_oom=h.device_memory is not None, microbatches=c.microbatches,
+            layers=m.layers,
+            batch=m.batch,
+            loss=m.loss,
+            seed=m.seed,
+            devices=h.devices,
+            cost=h.cost,
+            device_flops=h.device_flops,
+            link_bandwidth=h.link_bandwidth,
+            link_latency=h.link_latency,
+            overlap=h.overlap,
+            device_memory=h.device_memory,
+            allow_oom=h.device_memory is not None,
+            microbatches=c.microbatches,
             remat=c.remat,
         )
         return replace(base, **overrides)
@@ -131,15 +148,22 @@ def _whole(at_least: int) -> Check:
         if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
             raise ValueError(f"{_show(value)} is not a whole number of at least {at_least}")
         return value
+
     return check
 
 
 def _number(positive: bool) -> Check:
     def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or value < 0 or (positive and value == 0):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < 0
+            or (positive and value == 0)
+        ):
             raise ValueError(f"{_show(value)} is not a {'positive' if positive else 'non-negative'} finite number")
         return float(value)
+
     return check
 
 
@@ -149,6 +173,7 @@ def _choice(options: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
         if value not in allowed:
             raise ValueError(f"{_show(value)} is not one of {', '.join(allowed)}")
         return value
+
     return check
 
 
@@ -178,6 +203,7 @@ def _list(item: Check) -> Check:
         if not isinstance(value, list) or not value:
             raise ValueError(f"{_show(value)} is not a non-empty list")
         return tuple(item(v) for v in value)
+
     return check
 
 
@@ -197,13 +223,20 @@ def _strategy(value: Any) -> str:
 SCHEMA: dict[str, dict[str, Check]] = {
     "model": {"layers": _layers, "batch": _whole(1), "loss": _choice(tuple(LOSSES)), "seed": _whole(0)},
     "hardware": {
-        "devices": _whole(1), "cost": _choice(("flops", "unit")), "device_flops": _number(True),
-        "link_bandwidth": _number(True), "link_latency": _number(False), "overlap": _choice(OVERLAP_RULES),
+        "devices": _whole(1),
+        "cost": _choice(("flops", "unit")),
+        "device_flops": _number(True),
+        "link_bandwidth": _number(True),
+        "link_latency": _number(False),
+        "overlap": _choice(OVERLAP_RULES),
         "device_memory": _size,
     },
     "compare": {
-        "strategies": _list(_strategy), "microbatches": _whole(1), "chunks": _whole(1),
-        "remat": _choice(REMAT_MODES), "partitions": _list(_text),
+        "strategies": _list(_strategy),
+        "microbatches": _whole(1),
+        "chunks": _whole(1),
+        "remat": _choice(REMAT_MODES),
+        "partitions": _list(_text),
     },
     "sweep": {"microbatches": _list(_whole(1)), "devices": _list(_whole(1)), "chunks": _list(_whole(1))},
     "train": {"steps": _whole(1), "lr": _number(True), "strategy": _choice(_strategies)},
@@ -255,13 +288,11 @@ def load_study(path: str) -> Study:
     for key, value in data.items():
         if key == "title":
             if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f"{path}: title: {_show(value)} is not a title; write title = \"...\"")
+                raise ConfigError(f'{path}: title: {_show(value)} is not a title; write title = "..."')
             study = replace(study, title=value)
             continue
         if key not in SCHEMA:
-            raise ConfigError(
-                f"{path}: [{key}] is not a section of a study; use {', '.join(['title'] + list(SCHEMA))}"
-            )
+            raise ConfigError(f"{path}: [{key}] is not a section of a study; use {', '.join(['title'] + list(SCHEMA))}")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: {key} must be a table, written [{key}]")
         section = getattr(study, key)
@@ -290,7 +321,9 @@ def _resolve_schedule_files(study: Study, path: str) -> Study:
         if name.endswith(".csv"):
             full = name if os.path.isabs(name) else os.path.join(folder, name)
             if not os.path.isfile(full):
-                raise ConfigError(f"{path}: [compare].strategies: schedule file {name!r} does not exist next to the study")
+                raise ConfigError(
+                    f"{path}: [compare].strategies: schedule file {name!r} does not exist next to the study"
+                )
             name = full
         resolved.append(name)
     return replace(study, compare=replace(study.compare, strategies=tuple(resolved)))
