@@ -113,18 +113,28 @@ def _cycle(blocked: list[int], engine: _Engine) -> tuple[str, str] | None:
         sends = [_send_name(send) for send in (engine.in_send[d] for d in ring) if send is not None]
         if len(ring) == 2:
             what = f"devices {ring[0]} and {ring[1]} wait for each other"
-            crossed = f"their sends {' and '.join(sends)} cross" if len(sends) == 2 else ""
         else:
             what = f"devices {' -> '.join(map(str, ring + ring[:1]))} wait in a cycle"
-            crossed = f"held in the blocking sends {', '.join(sends)}" if sends else ""
         if not sends:
             return what, _ADVICE
+        if len(sends) == len(ring) == 2:
+            how = f"their sends {sends[0]} and {sends[1]} cross, each until the other device posts its receive"
+        else:
+            how = ", ".join(_held(d, engine) for d in ring)
         return (
-            f"{what}: {crossed or 'held in the blocking send ' + sends[0]}, each until "
-            f"{'the other' if len(ring) == 2 else 'the next'} device posts its receive",
+            f"{what}: {how}",
             "post one side's receive before its send, batch each send with its receive, or use --p2p async",
         )
     return None
+
+
+def _held(device: int, engine: _Engine) -> str:
+    """How one device of a cycle is held: in a blocking send, or waiting for data."""
+    send = engine.in_send[device]
+    if send is not None:
+        return f"device {device} in {_send_name(send)} until device {send.dst} posts its receive"
+    action = engine.waiting[device][0]
+    return f"device {device} at {action} waiting for data from device {_waits_on(device, engine)}"
 
 
 def _describe_wait(action: Action | Overlap, key: tuple[Any, ...], engine: _Engine) -> str:

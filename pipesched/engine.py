@@ -243,9 +243,10 @@ class _Engine(Links):
         if key is not None and key not in self.arrived:
             if self.blocking:
                 self._post(key)  # a blocking receive, right before the action that needs it
-            self.blocked[key] = device
-            self.waiting[device] = (item, key)  # described only if it turns out to be a deadlock
-            return
+            if key not in self.arrived:  # posting can land a parked message at once (a free link)
+                self.blocked[key] = device
+                self.waiting[device] = (item, key)  # described only if it turns out to be a deadlock
+                return
         self.waiting[device] = None
         self.position[device] = position + 1
         payload = self.arrived.pop(key) if key is not None else None
@@ -288,10 +289,11 @@ class _Engine(Links):
                 return
         else:  # SEND: the output waited in the outbox until this point
             send = self.outbox.pop((stage, op[-1], mb))
-            self.memory[device].release([send.payload], "buffers")
             if self.blocking:
-                self.send_queue[device].append(send)  # _advance issues it and holds the device
+                self.send_queue[device].append(send)  # still held; _advance issues it and holds the device
             else:
+                self.memory[device].release([send.payload], "buffers")
+                self._sample(device)
                 self._issue(send)
         self.waiting[device] = None
         self.position[device] = position + 1
@@ -306,7 +308,9 @@ class _Engine(Links):
             self.memory[send.src].hold([send.payload], "buffers")
             self._sample(send.src)
         elif self.blocking and send.src != send.dst:
-            self.send_queue[send.src].append(send)  # sent before the device's next action
+            self.send_queue[send.src].append(send)  # sent before the device's next action, held until then
+            self.memory[send.src].hold([send.payload], "buffers")
+            self._sample(send.src)
         else:
             self._issue(send)
 

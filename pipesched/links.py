@@ -13,9 +13,13 @@ Point-to-point semantics (``p2p``) follow PyTorch's pipelining runtime
 - ``async`` (the default, PyTorch's ``isend``/``irecv``): a SEND issues the
   send and the device goes on; a RECV posts the receive and the device goes
   on; only the compute action that consumes the data waits for it. A message
-  moves once its send is issued and its receive posted, as in NCCL and Gloo;
-  a receive without a RECV action counts as posted from the start of the step
-  (PyTorch's lowering posts each receive as early as it can).
+  moves once its send is issued and its receive posted (a rendezvous of the
+  data, not of the devices); a receive without a RECV action counts as posted
+  from the start of the step, the best case, since such a schedule states no
+  receive order. PyTorch's own lowering (``_add_send_recv``) may post a
+  receive later; simulate its lowered form to see that order's cost. NCCL
+  may also serialise the messages between one pair of ranks, which is not
+  modelled; ``blocking`` gives the worst case.
 - ``blocking`` (rendezvous, MPI's synchronous send): a send, explicit or right
   after the action that computed it, holds its device until the receive is
   posted and the bytes have left; a RECV, or without one the consuming action,
@@ -115,6 +119,7 @@ class Links:
         if parked is not None:
             send, on_left = parked
             self.memory[send.src].release([send.payload], "buffers")
+            self._sample(send.src)  # a free message leaves at once: the release must show
             self._send(send, on_left)
 
     def _issue(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
@@ -164,6 +169,8 @@ class Links:
         """Issue the device's next blocking send and hold the device until its bytes have left."""
         send = self.send_queue[device].pop(0)
         self.in_send[device] = send
+        self.memory[device].release([send.payload], "buffers")  # held while queued; _issue holds it again
+        self._sample(device)
 
         def left() -> None:
             self.in_send[device] = None

@@ -8,9 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipesched import DeadlockError, RunConfig, load_strategy, make_plan, run
+from pipesched import DeadlockError, RunConfig, Schedule, load_strategy, make_plan, run
 from pipesched.cli import main
+from pipesched.compute import ShapeWorkload
+from pipesched.cost import UnitCost
+from pipesched.engine import simulate
 from pipesched.exchange import from_torch_csv, to_torch_csv
+from pipesched.model import layers_from_widths
 from pipesched.schedule import OVERLAP, expand, parse_action
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -73,7 +77,7 @@ def test_crossed_blocking_sends_deadlock_naming_both_devices_and_the_pair(capsys
     assert "devices 0 and 1 wait for each other: their sends 0SEND_F1 and 1SEND_B0 cross" in err
     assert "device 0 waits at 0SEND_F1, a blocking send that waits for device 1 to post 1RECV_F1" in err
     assert "use --p2p async" in err
-    assert _unit(FIXTURES / "crossed_sends.csv").grad_rel_err < 1e-12  # PyTorch's isend/irecv: no deadlock
+    assert _unit(FIXTURES / "crossed_sends.csv").grad_rel_err < 1e-12  # --p2p async: no device waits in a send
 
 
 def test_posting_one_receive_first_uncrosses_the_pair():
@@ -160,3 +164,58 @@ def test_a_data_parallel_export_is_refused_with_the_reason(capsys, tmp_path):
 def test_overlapped_pairs_are_exported_as_one_cell():
     text = to_torch_csv(make_plan(load_strategy("dualpipev"), 2, 4, 2))
     assert OVERLAP in text and all(cell.count(OVERLAP) <= 1 for cell in text.replace("\n", ",").split(","))
+
+
+# -- a message moves once its receive is posted; regressions from a second reading -------------------------------------
+
+
+class _SlowLinks(UnitCost):
+    """Unit compute, and every message occupies its link for one unit (no latency)."""
+
+    def transfer_times(self, nbytes):
+        return 1.0, 0.0
+
+
+def _simulate(rows, p2p="async"):
+    schedule = Schedule.parse(rows)
+    work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2] * schedule.microbatches)
+    return simulate(schedule, work, _SlowLinks(), p2p=p2p)
+
+
+def test_a_message_waits_for_its_receive_to_be_posted():
+    # Rank 1 posts 1RECV_F1 only after 1B0, so 0F1's output (ready at 2) moves at 5, lands at 6:
+    # 0F0 0-1 | F0 moves 1-2 | 1F0 2-3, 1B0 3-5 | B0's gradient moves 5-6 and F1 moves 5-6 |
+    # 0B0 6-8, 1F1 6-7, 1B1 7-9 | B1's gradient moves 9-10 | 0B1 10-12. Moving F1 at 2 would give 11.
+    trace = _simulate(["0F0 0F1 0B0 0B1", "1RECV_F0 1F0 1B0 1RECV_F1 1F1 1B1"])
+    starts = {s.name: s.start for s in trace.spans}
+    assert starts == {"0F0": 0, "0F1": 1, "1F0": 2, "1B0": 3, "0B0": 6, "1F1": 6, "1B1": 7, "0B1": 10}
+    assert [(t.op, t.microbatch, t.start) for t in trace.transfers if t.src == 0] == [("F", 0, 1), ("F", 1, 5)]
+    assert trace.makespan == 12
+
+
+def test_a_receive_that_lands_a_parked_message_at_once_does_not_block():
+    # Stages 1 and 2 share device 1 (3 stages on 2 devices: F = 2/3, B = 4/3 units). Under blocking
+    # sends 0F1's output waits for 1F1 to post its receive at 2 and lands at once; the step is the
+    # asynchronous one, 10 units: device 1 computes 8 from 2/3 on, with 0B1 (6 to 22/3) inside,
+    # then 1B0 ends at 26/3 and 0B0 runs 26/3 to 10.
+    path_rows = ["0F0 0F1 0B1 0B0", "1F0 2F0 1F1 2F1 2B1 1B1 2B0 1B0"]
+    for p2p in ("async", "blocking"):
+        trace = simulate(
+            Schedule.parse(path_rows),
+            ShapeWorkload(layers_from_widths([4] * 4), (range(0, 1), range(1, 2), range(2, 3)), rows=[2, 2]),
+            UnitCost(),
+            p2p=p2p,
+        )
+        assert trace.makespan == pytest.approx(10)
+
+
+def test_a_cycle_with_a_blocking_receive_says_which_side_waits_for_data(capsys, tmp_path):
+    # Rank 1 posts 1RECV_F1 first and blocks there; rank 0 blocks sending 0F0 to the 1RECV_F0 behind it.
+    path = tmp_path / "order.csv"
+    path.write_text("0F0,0SEND_F0,0F1,0SEND_F1,0B1,0B0\n1RECV_F1,1RECV_F0,1F0,1F1,1B1,1B0\n")
+    assert main(["run", "--schedule", str(path), "--cost", "unit", "--p2p", "blocking"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "devices 0 and 1 wait for each other: device 0 in 0SEND_F0 until device 1 posts its receive, "
+        "device 1 at 1RECV_F1 waiting for data from device 0"
+    ) in err
