@@ -171,7 +171,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     }
     for name in study.compare.partitions:  # counts the study names: their stage costs too
         if name not in results.partitions:
-            results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], **links)
+            results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], link_bandwidth=bandwidth)
     results.partitions = {name: results.partitions[name] for name in study.compare.partitions}  # what was asked
     for name, config in trains:
         results.train[name] = [r.loss for r in train(config, study.train.steps, study.train.lr)]
