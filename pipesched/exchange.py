@@ -109,12 +109,12 @@ def time_steps(schedule: Schedule) -> list[list[int]]:
 
     Raises ``ScheduleError`` if the schedule deadlocks (no action can be placed).
     """
-    producer: dict[tuple[int, str, int], int] = {}  # (stage, F or B, micro-batch) -> device that computes it
+    producer: dict[tuple[int, str, int | None], int] = {}  # (stage, F or B, micro-batch) -> device that computes it
     for d, actions in enumerate(schedule.actions):
         for a in expand(actions):
             if a.op in _SENDS_OUTPUT:
                 producer[(a.stage, "F" if a.op == "F" else "B", a.microbatch)] = d  # B stands for B or I here
-    done: dict[tuple[int, str, int], int] = {}
+    done: dict[tuple[int, str, int | None], int] = {}
     steps: list[list[int]] = [[] for _ in schedule.actions]
     while True:
         progress = False
@@ -148,7 +148,7 @@ def time_steps(schedule: Schedule) -> list[list[int]]:
             )
 
 
-def _input_of(action: Action) -> tuple[int, str, int] | None:
+def _input_of(action: Action) -> tuple[int, str, int | None] | None:
     """What ``action`` needs from another stage: the previous stage's forward, or the next stage's backward."""
     s, op, m = action
     if op == "F":
