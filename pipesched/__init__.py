@@ -36,7 +36,7 @@ def _source_strategies() -> None:
         return
     module = _util.module_from_spec(spec)
     _sys.modules["pipesched.strategies"] = module
-    _sys.modules[__name__].strategies = module  # as an import of a subpackage would
+    globals()["strategies"] = module  # this package's attribute, as an import of a subpackage would set it
     spec.loader.exec_module(module)
 
 

@@ -156,10 +156,14 @@ class Steps:
         return mb
 
     def _add(self, item: Item) -> None:
-        if all(a.microbatch < self.limit for a in expand([item])):
+        if all(self._kept(a) for a in expand([item])):
             self.order.append(item)
         elif type(item) is Overlap:  # one half beyond the limit: keep the other alone
-            self.order.extend(a for a in item if a.microbatch < self.limit)
+            self.order.extend(a for a in item if self._kept(a))
+
+    def _kept(self, action: Action) -> bool:
+        assert action.microbatch is not None  # Steps writes F, B, I and W only, each counted by _take
+        return action.microbatch < self.limit
 
     def forward(self, stage: int) -> None:
         self._add(Action(stage, "F", self._take(stage, "F")))

@@ -148,6 +148,7 @@ class NumpyWorkload(_Stages):
         grads = self.grads.get((device, stage))
         if grads is None:
             grads = self.grads[(device, stage)] = [(np.zeros_like(w), np.zeros_like(b)) for w, b in self.params[stage]]
+        assert held.dzs is not None  # the engine passes what backward_input returned: the pre-activation gradients
         nn.backward_weight(held.acts, held.dzs, grads)
 
     def model_gradients(self) -> Params:

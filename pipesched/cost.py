@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 from .errors import ConfigError
 from .model import Layer
@@ -86,8 +86,12 @@ def overlapped_time(rule: str, forward: float, backward: float) -> float:
 class CostModel(Protocol):
     """What the engine asks of a cost model (``overlap``, one of ``OVERLAP_RULES``, is optional: ``sum``)."""
 
-    name: str
-    time_unit: str
+    # read-only, so that frozen dataclasses (FlopsCost, UnitCost) satisfy the protocol
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def time_unit(self) -> str: ...
 
     def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
         """Duration of ``op`` (F, B, I, W or R) of a stage made of ``layers`` on ``rows`` samples.
@@ -165,7 +169,7 @@ def make_cost_model(
     if name == "unit":
         return UnitCost(overlap=overlap)
     if name == "flops":
-        given = {
+        given: dict[str, Any] = {
             "device_flops": device_flops,
             "link_bandwidth": link_bandwidth,
             "link_latency": link_latency,

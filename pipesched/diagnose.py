@@ -69,6 +69,7 @@ def _describe(device: int, engine: _Engine) -> str:
             f"{_receive_name(send.key, engine)}"
         )
     waiting = engine.waiting[device]
+    assert waiting is not None  # a device neither finished nor in a send stopped at an input or an all-reduce step
     return waiting if isinstance(waiting, str) else _describe_wait(*waiting, engine)
 
 

@@ -49,7 +49,7 @@ from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
 from .memory import DeviceMemory
-from .schedule import Action, Overlap, Schedule, expand
+from .schedule import Action, Item, Overlap, Schedule, expand
 from .trace import MemorySample, Span, Trace
 
 __all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
@@ -97,9 +97,10 @@ class _Engine(Links):
         devices = schedule.devices
         self.num_stages = schedule.num_stages
         self.microbatches = schedule.microbatches
-        self.forward_on: dict[tuple[int, int], int] = {}
-        self.backward_on: dict[tuple[int, int], int] = {}
-        self.backward_op: dict[tuple[int, int], str] = {}  # B or I: the action that consumes a gradient
+        # (stage, micro-batch) -> device, keyed as the actions hold them (F, B and I always name a micro-batch)
+        self.forward_on: dict[tuple[int, int | None], int] = {}
+        self.backward_on: dict[tuple[int, int | None], int] = {}
+        self.backward_op: dict[tuple[int, int | None], str] = {}  # B or I: the action that consumes a gradient
         for d, actions in enumerate(schedule.actions):
             for a in expand(actions):
                 if a.op == "F":
@@ -116,15 +117,15 @@ class _Engine(Links):
             (a.stage, a.op[-1], a.microbatch)
             for actions in schedule.actions
             for a in actions
-            if a.op.startswith("SEND")
+            if a.op.startswith("SEND") and isinstance(a, Action)
         }
-        self.outbox: dict[tuple[int, str, int], Message] = {}
+        self.outbox: dict[tuple[int, str, int | None], Message] = {}
         # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
         self.explicit_recvs = {
             ("x" if a.op == "RECV_F" else "g", a.stage, a.microbatch)
             for actions in schedule.actions
             for a in actions
-            if a.op.startswith("RECV")
+            if a.op.startswith("RECV") and isinstance(a, Action)
         }
         self.posted: set[_Key] = set()  # receives posted so far
         self.parked: dict[_Key, tuple[Message, Callable[[], None] | None]] = {}  # sends waiting for their receive
@@ -137,7 +138,8 @@ class _Engine(Links):
         self.held: dict[tuple[int, int], Held] = {}
         self.has_grads: set[tuple[int, int]] = set()
         self.position = [0] * devices  # next action (then all-reduce step) of each device
-        self.waiting: list[Any] = [None] * devices  # what each device waits for: (action, key) or text
+        # what each device waits for: (action, key) or text
+        self.waiting: list[tuple[Item, _Key] | str | None] = [None] * devices
         self.finished = [False] * devices
         self.trace = Trace(devices=devices, time_unit=cost.time_unit)
         self.memory = [
@@ -147,7 +149,7 @@ class _Engine(Links):
         self.trace.memory = [m.timeline for m in self.memory]
         self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
 
-    def _program(self, device: int, actions: tuple[Action, ...], replicas: dict[int, tuple[int, ...]]) -> list[Any]:
+    def _program(self, device: int, actions: tuple[Item, ...], replicas: dict[int, tuple[int, ...]]) -> list[Any]:
         """The device's actions, with each replicated stage's ring all-reduce steps where they run.
 
         A REDUCE_GRAD action places a stage's all-reduce; without one it runs
@@ -164,7 +166,7 @@ class _Engine(Links):
         program: list[Any] = []
         placed = set()
         for action in actions:
-            if action.op == "REDUCE_GRAD":
+            if action.op == "REDUCE_GRAD" and isinstance(action, Action):
                 placed.add(action.stage)
                 program += steps(action.stage) if action.stage in replicas else []
             else:
@@ -398,6 +400,7 @@ class _Engine(Links):
     def _overlap(self, device: int, pair: Overlap, x: Any, dy: Any) -> None:
         """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""
         (fs, _, fm), (bs, op, bm) = pair
+        assert fm is not None and bm is not None  # validated: a pair's F and its B or I each name a micro-batch
         y = self._start_forward(device, fs, fm, x)
         held = self.held.pop((bs, bm))
         parts = [("F", fs, fm, self._duration("F", fs, fm))]

@@ -41,6 +41,8 @@ __all__ = ["Imported", "to_torch_csv", "time_steps", "from_torch_csv", "load_tor
 
 #: Actions pipesched accepts and leaves out: it does not model sharded parameters.
 IGNORED = ("UNSHARD", "RESHARD")
+# The actions that compute what another stage needs (W, SEND, RECV and REDUCE_GRAD compute nothing sent)
+_SENDS_OUTPUT = ("F", "B", "I")
 
 
 @dataclass
@@ -107,12 +109,12 @@ def time_steps(schedule: Schedule) -> list[list[int]]:
 
     Raises ``ScheduleError`` if the schedule deadlocks (no action can be placed).
     """
-    producer: dict[tuple[int, str, int], int] = {}  # (stage, F or B, micro-batch) -> device that computes it
+    producer: dict[tuple[int, str, int | None], int] = {}  # (stage, F or B, micro-batch) -> device that computes it
     for d, actions in enumerate(schedule.actions):
         for a in expand(actions):
-            if a.op != "W":
+            if a.op in _SENDS_OUTPUT:
                 producer[(a.stage, "F" if a.op == "F" else "B", a.microbatch)] = d  # B stands for B or I here
-    done: dict[tuple[int, str, int], int] = {}
+    done: dict[tuple[int, str, int | None], int] = {}
     steps: list[list[int]] = [[] for _ in schedule.actions]
     while True:
         progress = False
@@ -133,7 +135,7 @@ def time_steps(schedule: Schedule) -> list[list[int]]:
                     break
                 steps[d].append(step)
                 for a in expand([item]):
-                    if a.op != "W":  # a W sends nothing
+                    if a.op in _SENDS_OUTPUT:
                         done[(a.stage, "F" if a.op == "F" else "B", a.microbatch)] = step
                 progress = True
         if all(len(s) == len(a) for s, a in zip(steps, schedule.actions)):
@@ -146,7 +148,7 @@ def time_steps(schedule: Schedule) -> list[list[int]]:
             )
 
 
-def _input_of(action: Action) -> tuple[int, str, int] | None:
+def _input_of(action: Action) -> tuple[int, str, int | None] | None:
     """What ``action`` needs from another stage: the previous stage's forward, or the next stage's backward."""
     s, op, m = action
     if op == "F":

@@ -542,6 +542,7 @@ def activation_peak(
     held = peak = 0
     for action in expand(actions):  # an overlapped pair holds its forward's activations and its backward's at once
         stage, op, mb = action
+        assert mb is not None  # the actions are F, B, I and W (above), and each names its micro-batch
         layers = stage_layers(stage)
         last = stage == num_stages - 1
         full = stage_activation_bytes(layers, rows[mb], last, itemsize)

@@ -119,7 +119,7 @@ class Model:
         """He-initialised model with ``len(widths) - 1`` layers, deterministic in ``seed``."""
         rng = np.random.default_rng(seed)
         layers = layers_from_widths(widths)
-        params = [
+        params: Params = [
             (
                 (
                     rng.standard_normal((layer.in_features, layer.out_features)) * np.sqrt(2.0 / layer.in_features)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import networkx as nx
 import numpy as np
@@ -210,7 +210,8 @@ def prepare(config: RunConfig) -> Prepared:
     balanced = None
     if config.partition == "balanced":
         balanced = balance_model(config, schedule)
-        partition = tuple(range(stage[0], stage[-1] + 1) for stage in balanced.stages)
+        # the model graph's nodes are its layer indices (model_graph), so each stage is a run of ints
+        partition = tuple(range(cast(int, stage[0]), cast(int, stage[-1]) + 1) for stage in balanced.stages)
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
@@ -228,6 +229,7 @@ def execute(p: Prepared) -> RunResult:
     if p.model is None:
         work: Workload = ShapeWorkload(p.layers, p.partition, rows)
     else:
+        assert p.x is not None and p.target is not None  # prepare builds the data together with the model
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
     trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
     result = RunResult(
@@ -259,7 +261,7 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
     widths = parse_layers(config.layers)
     rows = -(-config.batch // config.microbatches)  # the largest micro-batch
-    given = {
+    given: dict[str, Any] = {
         "device_flops": config.device_flops,
         "link_bandwidth": config.link_bandwidth,
         "link_latency": config.link_latency,

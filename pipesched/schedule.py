@@ -92,7 +92,11 @@ class Overlap(NamedTuple):
 
     forward: Action
     backward: Action
-    op = OVERLAP  # a class attribute, not a field: code that reads ``.op`` sees the pair as one action
+
+    @property
+    def op(self) -> str:
+        """``OVERLAP_F_B``: code that reads ``.op`` sees the pair as one action (a property, not a field)."""
+        return OVERLAP
 
     def __str__(self) -> str:
         return f"({self.forward};{self.backward}){OVERLAP}"
@@ -128,7 +132,7 @@ def expand(items: Iterable[Item]) -> Iterator[Action]:
             yield item.forward
             yield item.backward
         else:
-            yield item  # type: ignore[misc]
+            yield item  # type: ignore[misc]  # so an Action: mypy does not narrow the else of a type() test
 
 
 class Schedule:
@@ -213,7 +217,8 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
         )
     if not any(schedule.actions):
         raise ScheduleError("the schedule has no actions; plan each stage's forward and backward")
-    seen: dict[tuple[int, str, int], tuple[int, int]] = {}
+    # each action -> (device, position) where it runs; a REDUCE_GRAD is keyed with its device
+    seen: dict[Action | tuple[Action, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
         for pos, a in _positions(device):
             if (
@@ -281,17 +286,17 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     _validate_communication(schedule, seen, stages)
     for s in range(stages):
         for m in range(microbatches):
-            key = f"stage {s}, micro-batch {m}"
+            which = f"stage {s}, micro-batch {m}"
             if (s, "F", m) not in seen:
-                raise ScheduleError(f"{key} has no forward {s}F{m}; plan every stage's forward for every micro-batch")
+                raise ScheduleError(f"{which} has no forward {s}F{m}; plan every stage's forward for every micro-batch")
             full, split = (s, "B", m) in seen, (s, "I", m) in seen or (s, "W", m) in seen
             if full and split:
                 raise ScheduleError(
-                    f"{key} has both a full backward {s}B{m} and a split one ({s}I{m}/{s}W{m}); plan one or the other"
+                    f"{which} has both a full backward {s}B{m} and a split one ({s}I{m}/{s}W{m}); plan one or the other"
                 )
             if not full and not ((s, "I", m) in seen and (s, "W", m) in seen):
                 missing = f"{s}B{m}" if not split else (f"{s}W{m}" if (s, "I", m) in seen else f"{s}I{m}")
-                raise ScheduleError(f"{key} has no {missing}; every forward needs its backward")
+                raise ScheduleError(f"{which} has no {missing}; every forward needs its backward")
 
 
 def _positions(device: Sequence[Item]) -> Iterator[tuple[int, Item]]:
@@ -326,11 +331,13 @@ def _check_pair(pair: Overlap, where: str) -> None:
         )
 
 
-def _validate_communication(schedule: Schedule, seen: dict, stages: int) -> None:
+def _validate_communication(
+    schedule: Schedule, seen: dict[Action | tuple[Action, int], tuple[int, int]], stages: int
+) -> None:
     """Each SEND after what it sends, each RECV before what needs it, on that action's device."""
     for d, device in enumerate(schedule.actions):
         for pos, a in enumerate(device):
-            if a.op not in COMM_OPS:
+            if a.op not in COMM_OPS or not isinstance(a, Action):
                 continue
             where = f"device {d}, position {pos}: {a}"
             s, m = a.stage, a.microbatch

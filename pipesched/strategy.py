@@ -27,7 +27,7 @@ import os
 import re
 import sys
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, PipeschedError, ScheduleError, StrategyError
 from .limits import MAX_ACTIONS
@@ -117,7 +117,7 @@ def load_strategy(spec: str) -> Strategy:
             what = "is a folder" if os.path.isdir(spec) else "does not exist"
             raise StrategyError(f"schedule file {spec!r} {what}; give the path to a CSV of actions")
         stat = os.stat(spec)
-        return _file_schedule(spec, stat.st_mtime_ns, stat.st_size)  # type: ignore[return-value]
+        return _file_schedule(spec, stat.st_mtime_ns, stat.st_size)
     known = available_strategies()
     if spec.endswith(".py"):
         raise StrategyError(f"strategy {spec!r} names a file but no class; write {spec}:ClassName")
@@ -150,7 +150,7 @@ def load_strategy(spec: str) -> Strategy:
 
 
 @functools.lru_cache(maxsize=32)
-def _file_schedule(path: str, mtime_ns: int, size: int) -> Any:
+def _file_schedule(path: str, mtime_ns: int, size: int) -> Strategy:
     """A CSV schedule read and validated once per version of the file (the CLI asks for it several times)."""
     from .exchange import FileSchedule
 

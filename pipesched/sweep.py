@@ -441,6 +441,7 @@ def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[
     # Workers start from a fresh server process, not a fork of this one: a fork shares
     # every object this process made so far, and the workers' reference counting then
     # copies those pages one by one (measured: half the pool's speed after a long run).
+    context: multiprocessing.context.BaseContext
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["pipesched.sweep"])  # the server imports once; workers fork ready

@@ -143,6 +143,7 @@ def _check_one(
         result = run(config.run_config(strategy))
     except PipeschedError as exc:
         raise StrategyCheckFailed(f"{label}: {exc}\n{table}") from None
+    assert result.grad_rel_err is not None  # run_config computes, and checks against the reference pass
     if not result.grad_rel_err <= 1e-10:
         raise StrategyCheckFailed(
             f"{label}: gradients differ from the full-batch pass by {result.grad_rel_err:.3g}\n{table}"

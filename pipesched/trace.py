@@ -14,14 +14,11 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, Iterator, NamedTuple, TypeVar
+from typing import Any, Generic, Iterable, Iterator, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
 __all__ = ["Span", "Transfer", "MemorySample", "Records", "Trace", "to_chrome"]
-
-
-R = TypeVar("R", bound=tuple)
 
 
 class Span(NamedTuple):
@@ -86,6 +83,10 @@ class MemorySample(NamedTuple):
         return self.params + self.grads + self.activations + self.deferred + self.buffers
 
 
+#: The kinds ``Records`` stores: exactly those with column types in ``_COLUMN_TYPES``.
+R = TypeVar("R", Span, Transfer, MemorySample)
+
+
 class Records(Generic[R]):
     """A list of one kind of NamedTuple, stored as typed columns.
 
@@ -102,7 +103,7 @@ class Records(Generic[R]):
     __slots__ = ("kind", "_columns", "_codes", "_words", "append", "replace_last")
 
     def __init__(self, kind: type[R], items: Iterable[R] = ()):
-        self.kind = kind
+        self.kind: type[R] = kind
         self._columns = [array(t) for t in _COLUMN_TYPES[kind.__name__]]
         self._words: list[str] = []  # text fields are stored as indexes into this list
         self._codes: dict[str, int] = {}
@@ -118,7 +119,7 @@ class Records(Generic[R]):
         return code
 
     def _row(self, i: int) -> R:
-        values = [column[i] for column in self._columns]
+        values: list[Any] = [column[i] for column in self._columns]
         for j in _TEXT_FIELDS[self.kind.__name__]:
             values[j] = self._words[values[j]]
         return self.kind(*values)
@@ -252,7 +253,7 @@ class Trace:
             return [p[1] for p in self.peaks]
         return [max((m.total_bytes for m in samples), default=0) for samples in self._memory()]
 
-    def _memory(self) -> list[list[MemorySample]]:
+    def _memory(self) -> Sequence[Iterable[MemorySample]]:
         return self.memory or [[] for _ in range(self.devices)]
 
 

@@ -13,9 +13,9 @@ from pipesched.cli import main
 from pipesched.compute import ShapeWorkload
 from pipesched.cost import UnitCost
 from pipesched.engine import simulate
-from pipesched.exchange import from_torch_csv, to_torch_csv
+from pipesched.exchange import from_torch_csv, time_steps, to_torch_csv
 from pipesched.model import layers_from_widths
-from pipesched.schedule import OVERLAP, expand, parse_action
+from pipesched.schedule import OVERLAP, expand, parse_action, validate
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TORCH = FIXTURES / "torch"  # written by PyTorch 2.13 itself: derive.py, run by hand in a venv with torch
@@ -110,6 +110,14 @@ def test_export_aligns_columns_to_time_steps_with_blank_bubbles():
     # steps while rank 1 finishes its forwards and starts 1B3.
     text = to_torch_csv(make_plan(load_strategy("gpipe"), 2, 4))
     assert text == "0F0,0F1,0F2,0F3,,,0B3,0B2,0B1,0B0\n,1F0,1F1,1F2,1F3,1B3,1B2,1B1,1B0\n"
+
+
+def test_time_steps_wait_for_the_compute_not_for_its_send_or_receive():
+    # Worked by hand: device 0 holds stage 1. 1F0 needs 0F0 (step 0), so stands at step 1, 1B0 at 2, its
+    # send at 3; 0B0 needs 1B0 (step 2), so stands at 3, not after 1RECV_F0 or 0SEND_F0 as if they computed.
+    schedule = Schedule.parse(["1RECV_F0 1F0 1B0 1SEND_B0", "0F0 0SEND_F0 0B0"])
+    validate(schedule, devices=2, microbatches=1)
+    assert time_steps(schedule) == [[0, 1, 2, 3], [0, 1, 3]]
 
 
 def _producer(action):

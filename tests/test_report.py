@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipesched.cli import main
-from pipesched.report import default_study, load_study
+from pipesched.report import collect, default_study, load_study
 from pipesched.units import format_bytes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -188,6 +188,26 @@ def test_a_cap_in_a_study_marks_points_instead_of_failing_the_report(tmp_path):
     assert main(["report", str(study), "-o", str(out)]) == 0
     rows = json.loads((out / "metrics.json").read_text())["compare"]
     assert any(r["oom"] for r in rows) and not all(r["oom"] for r in rows)
+
+
+def test_a_partition_named_by_its_layer_counts_is_costed_at_the_studys_links(tmp_path):
+    """``partitions = ["2,3"]`` once passed the sweep's leftover link keywords to ``evaluate`` and failed."""
+    study = tmp_path / "counts.toml"
+    study.write_text(
+        SMALL.replace('partitions = ["uniform", "balanced"]', 'partitions = ["uniform", "2,3"]')
+        .replace('strategies = ["gpipe", "zb-h1", "dp"]', 'strategies = ["gpipe"]')
+        .replace("microbatches = [2, 4]", "microbatches = [4]")
+        .replace("devices = [1, 2]", "devices = [2]")
+        .replace("steps = 2", "steps = 1")
+    )
+    counts = collect(load_study(str(study)), progress=False).partitions["2,3"]
+    assert counts.sizes == [2, 3]
+    # layers 8-16-16 | 16-16-16-4 on 2 rows (batch 8 / 4 micro-batches): F + B = 3 x 2 x rows x in x out FLOPs
+    # at a study's default 1e10 FLOP/s; the cut sends 2 rows x 16 float64 each way at the study's 1e9 bytes/s
+    assert counts.stage_costs == pytest.approx(
+        [6 * 2 * (8 * 16 + 16 * 16) / 1e10, 6 * 2 * (16 * 16 + 16 * 16 + 16 * 4) / 1e10]
+    )
+    assert counts.link_loads == pytest.approx({(0, 1): 2 * 16 * 8 / 1e9, (1, 0): 2 * 16 * 8 / 1e9})
 
 
 def test_a_study_compares_a_schedule_file_next_to_it(tmp_path):

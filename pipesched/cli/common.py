@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from typing import Sequence
+from typing import Sequence, cast
 
 from ..errors import ConfigError
 from ..pipeline import COMPARE_DEFAULT, RunConfig
@@ -23,7 +23,8 @@ __all__ = ["COMPARE_DEFAULT", "_config", "_table", "_check_output_path", "_check
 def _config(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "schedule", None) and getattr(args, "strategy", RunConfig.strategy) != RunConfig.strategy:
         raise ConfigError("--schedule and --strategy both name what to run; give one of them")
-    strategy = getattr(args, "schedule", None) or getattr(args, "strategy", RunConfig.strategy)
+    # a flag's text (RunConfig's default is text too): a name, path/file.py:Class, or a schedule file
+    strategy = cast(str, getattr(args, "schedule", None) or getattr(args, "strategy", RunConfig.strategy))
     devices, microbatches = args.devices, args.microbatches
     if strategy.endswith(".csv") and (devices is None or microbatches is None):
         schedule = load_strategy(strategy).plan  # a CSV's own size fills what the flags leave out

@@ -144,8 +144,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.profile is not None:
         _check_output_path("--profile", args.profile)
     config = _config(args)
-    for note in getattr(load_strategy(config.strategy), "notes", []) if config.strategy.endswith(".csv") else []:
-        print(f"pipesched: note: {note}", file=sys.stderr)
+    strategy = config.strategy
+    if isinstance(strategy, str) and strategy.endswith(".csv"):  # a schedule file: what reading it left out
+        for note in getattr(load_strategy(strategy), "notes", []):
+            print(f"pipesched: note: {note}", file=sys.stderr)
     result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
     if args.trace:
         _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
@@ -176,7 +178,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
     )
     print()
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (
             "strategy",
             "chunks",
@@ -194,7 +196,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         metrics = result.metrics
         rows.append(
             (
-                result.config.strategy,
+                str(result.config.strategy),  # compare runs each strategy by its name
                 str(result.config.chunks),
                 format_time(metrics.makespan, unit),
                 f"{metrics.bubble_fraction:.4f}",
@@ -213,7 +215,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         metrics = result.metrics
         rows.append(
             (
-                result.config.strategy,
+                str(result.config.strategy),
                 "/".join(map(str, metrics.peak_inflight_microbatches)),
                 " / ".join(format_bytes(b) for b in metrics.peak_activation_bytes),
                 " / ".join(format_bytes(b) for b in metrics.peak_memory_bytes),

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable
 
 from .. import formulas
 from ..balance import Balance, Placement, balance, chain_graph, evaluate
@@ -166,7 +166,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     )
     params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
     allreduce = formulas.ring_allreduce_time(k, params, links.link_bandwidth, links.link_latency)
-    rows_out = {}
+    rows_out: dict[str, dict[str, Any]] = {}
     for name, form in formulas.CLOSED_FORMS.items():
         chunks = v if name == "interleaved" else 1
         rows_out[name] = {

@@ -15,7 +15,7 @@ a progress bar on a terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ..balance import Balance, evaluate
 from ..errors import PipeschedError, StrategyError
@@ -171,10 +171,11 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     }
     for name in study.compare.partitions:  # counts the study names: their stage costs too
         if name not in results.partitions:
-            results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], **links)
+            results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], link_bandwidth=bandwidth)
     results.partitions = {name: results.partitions[name] for name in study.compare.partitions}  # what was asked
     for name, config in trains:
-        results.train[name] = [r.loss for r in train(config, study.train.steps, study.train.lr)]
+        # train stops with an error at a step without a finite loss, so every step has one
+        results.train[name] = [cast(float, r.loss) for r in train(config, study.train.steps, study.train.lr)]
         bar.update(study.train.steps)
     bar.close()
     return results
