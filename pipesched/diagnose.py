@@ -134,8 +134,9 @@ def _held(device: int, engine: _Engine) -> str:
     send = engine.in_send[device]
     if send is not None:
         return f"device {device} in {_send_name(send)} until device {send.dst} posts its receive"
-    action = engine.waiting[device][0]
-    return f"device {device} at {action} waiting for data from device {_waits_on(device, engine)}"
+    waiting = engine.waiting[device]
+    assert isinstance(waiting, tuple)  # in a cycle: _waits_on found the device it waits for, so it waits for data
+    return f"device {device} at {waiting[0]} waiting for data from device {_waits_on(device, engine)}"
 
 
 def _describe_wait(action: Action | Overlap, key: tuple[Any, ...], engine: _Engine) -> str:
