@@ -19,7 +19,7 @@ from typing import Any, Callable
 from .. import formulas
 from ..balance import Balance, Placement, balance, chain_graph, evaluate
 from ..cost import FlopsCost
-from ..errors import ConfigError, PipeschedError
+from ..errors import ConfigError, PipeschedError, ScheduleError
 from ..limits import check_actions, check_listing, check_memory
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
@@ -230,7 +230,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
     chunks = args.chunks or getattr(strategy, "default_chunks", 1)
     check_actions(args.devices, args.microbatches, chunks)  # no model here: stages and memory do not apply
     schedule = make_plan(strategy, args.devices, args.microbatches, chunks)
-    text = to_torch_csv(schedule) if args.format == "torch-csv" else schedule.table() + "\n"
+    try:
+        text = to_torch_csv(schedule) if args.format == "torch-csv" else schedule.table() + "\n"
+    except ScheduleError as exc:  # a replicated stage: say which strategy made it
+        raise ScheduleError(f"--strategy {args.strategy} cannot be exported: {exc}") from None
     if args.output is None:
         sys.stdout.write(text)
     else:
