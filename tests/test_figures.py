@@ -10,8 +10,9 @@ from matplotlib.text import Text
 
 from pipesched.cli import main
 from pipesched.report import collect, load_study
-from pipesched.report.figures import FIGURES, sweep_heatmaps, sweep_pareto
+from pipesched.report.figures import FIGURES
 from pipesched.report.render import comparison_columns
+from pipesched.report.sweep_figures import sweep_heatmaps, sweep_pareto
 from pipesched.schedule import Overlap
 
 STUDY = """

@@ -2,6 +2,7 @@
 
 - ``placement``: where a strategy runs each stage, read off its schedule.
 - ``bottleneck``: the exact min-max partition of a layer graph under a placement (a pure function).
+- ``milp``: the integer program ``bottleneck`` hands to HiGHS when no faster exact method applies.
 - ``search``: simulate candidates and keep the fastest, so ``balanced`` is never slower than uniform.
 - ``graph``: the adapters that turn a model, or a plain cost list, into that graph.
 - ``profile``: measured per-layer times of the real NumPy passes.

@@ -146,8 +146,8 @@ def _is_sweep_report(folder: str) -> bool:
 def _sweep_report(folder: str, records: list[dict[str, Any]], front: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
 
-    from ..report.figures import sweep_heatmaps, sweep_pareto
     from ..report.render import write_folder
+    from ..report.sweep_figures import sweep_heatmaps, sweep_pareto
 
     def fill(work: str) -> None:
         for name, fig in (("heatmaps", sweep_heatmaps(records)), ("pareto", sweep_pareto(records, front))):

@@ -2,7 +2,8 @@
 
 - ``study``: what a report compares, read from TOML and checked key by key.
 - ``collect``: run it, as plain numbers.
-- ``figures``: the matplotlib figures (the only module that imports matplotlib).
+- ``figures``: the study's matplotlib figures; the Gantt chart in ``gantt``, a sweep's in ``sweep_figures``,
+  what they share (page size, text, palette) in ``style``: the report's only modules that import matplotlib.
 - ``render``: write index.html, report.md, metrics.json and the traces.
 
 >>> default_study().compare.strategies

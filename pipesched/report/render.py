@@ -53,7 +53,7 @@ COLUMNS = (
     "fits memory",
 )
 
-#: The page's column and body text, in CSS px. The figures are drawn for them (see ``figures``): none is
+#: The page's column and body text, in CSS px. The figures are drawn for them (see ``style``): none is
 #: wider than the column, so each shows at its natural size and its text as large as this body text.
 PAGE_WIDTH_PX, BODY_FONT_PX = 1100, 16
 
