@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from typing import Any, NoReturn
@@ -90,7 +90,7 @@ class DecoderConfig:
     bias: bool = True
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
-    name: str = "decoder"
+    name: str = field(default="decoder", compare=False)  # names the model in messages; not part of its shape
 
     def __post_init__(self) -> None:
         # A config built in Python is checked like a file, its field names standing for the keys.
@@ -149,8 +149,10 @@ class DecoderConfig:
             raise ConfigError(f"model config file {path!r} is a folder; give the path to its config.json") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc}); fix the syntax") from None
+        # Hugging Face's layout names the model by its folder (Llama-2-7b-hf/config.json); else the file names it
         stem = os.path.splitext(os.path.basename(path))[0]
-        return cls.from_dict(data, where=path, name=os.path.basename(os.path.dirname(path)) or stem)
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        return cls.from_dict(data, where=path, name=folder if stem == "config" and folder else stem)
 
 
 # -- reading the keys -------------------------------------------------------------------
@@ -193,20 +195,25 @@ def _read(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, s
     gpt2 = model_type in _GPT2_TYPES or (model_type is None and "n_embd" in data and "hidden_size" not in data)
     values: dict[str, Any] = {}
     keys: dict[str, str] = {}
-    for field, (hf, g2, what) in _SIZES.items():
+    for attr, (hf, g2, what) in _SIZES.items():
         found = _pick(data, hf, g2, where)
         if found is None:
             spelled = f"{hf!r} (or GPT-2's {g2!r})" if g2 else repr(hf)
-            raise ConfigError(f'{where}: no {spelled}; add {what}, e.g. "{hf}": {_EXAMPLES[field]}')
-        keys[field], values[field] = found
+            raise ConfigError(f'{where}: no {spelled}; add {what}, e.g. "{hf}": {_EXAMPLES[attr]}')
+        keys[attr], values[attr] = found
     found = _pick(data, "num_key_value_heads", None, where)
     keys["num_kv_heads"], values["num_kv_heads"] = found or (keys["num_heads"], values["num_heads"])
     found = _pick(data, "intermediate_size", "n_inner", where)
     if found is not None:
         keys["intermediate_size"], values["intermediate_size"] = found
-    elif gpt2 and isinstance(values["hidden_size"], int):
-        # GPT-2's n_inner defaults to 4 x n_embd (Radford et al. 2019; GPT-3 keeps d_ff = 4 d_model)
-        keys["intermediate_size"], values["intermediate_size"] = keys["hidden_size"], 4 * values["hidden_size"]
+    elif gpt2:
+        # GPT-2's n_inner defaults to 4 x n_embd (Radford et al. 2019; GPT-3 keeps d_ff = 4 d_model);
+        # a bad n_embd passes through, for its own message
+        hidden = values["hidden_size"]
+        keys["intermediate_size"], values["intermediate_size"] = (
+            keys["hidden_size"],
+            4 * hidden if _whole(hidden) else hidden,
+        )
     else:
         raise ConfigError(
             f"{where}: no 'intermediate_size'; add the width of the MLP, e.g. \"intermediate_size\": 11008"
@@ -272,12 +279,12 @@ def _divisors(n: int) -> str:
 def _check(values: dict[str, Any], keys: dict[str, str], where: str) -> None:
     """Every value in range, heads dividing what they split; each failure names its key."""
 
-    def key(field: str) -> str:
-        return keys.get(field, field)
+    def key(attr: str) -> str:
+        return keys.get(attr, attr)
 
-    for field in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
-        if not _whole(values[field]):
-            raise ConfigError(f"{where}: {key(field)}: {_show(values[field])} is not a whole number of at least 1")
+    for attr in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
+        if not _whole(values[attr]):
+            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not a whole number of at least 1")
     if not _whole(values["max_positions"]):
         raise ConfigError(
             f"{where}: {key('max_positions')}: {_show(values['max_positions'])} is not a whole number of at least 1"
@@ -293,23 +300,23 @@ def _check(values: dict[str, Any], keys: dict[str, str], where: str) -> None:
             f"{where}: {key('num_kv_heads')}: {kv} does not divide {key('num_heads')} {heads}; "
             f"use a divisor of {heads} ({_divisors(heads)})"
         )
-    for field, options in (("activation", ACTIVATIONS), ("position", POSITIONS), ("norm", NORMS)):
-        if values[field] not in options:
-            raise ConfigError(f"{where}: {key(field)}: {_show(values[field])} is not one of {', '.join(options)}")
+    for attr, options in (("activation", ACTIVATIONS), ("position", POSITIONS), ("norm", NORMS)):
+        if values[attr] not in options:
+            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not one of {', '.join(options)}")
     if values["position"] == "rotary" and (hidden // heads) % 2:
         raise ConfigError(
             f"{where}: {key('num_heads')}: {heads} heads make heads of odd width {hidden // heads}, "
             "which rotary embeddings cannot rotate in pairs; use a head count that leaves an even width"
         )
-    for field in ("tie_embeddings", "bias"):
-        if not isinstance(values[field], bool):
-            raise ConfigError(f"{where}: {key(field)}: {_show(values[field])} is not true or false; write one of them")
-    for field in ("norm_eps", "rope_theta"):
-        value = values.get(field)
+    for attr in ("tie_embeddings", "bias"):
+        if not isinstance(values[attr], bool):
+            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not true or false; write one of them")
+    for attr in ("norm_eps", "rope_theta"):
+        value = values.get(attr)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-            raise ConfigError(f"{where}: {key(field)}: {_show(value)} is not a positive finite number")
+            raise ConfigError(f"{where}: {key(attr)}: {_show(value)} is not a positive finite number")
 
 
 # -- presets ----------------------------------------------------------------------------

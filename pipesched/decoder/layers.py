@@ -99,9 +99,7 @@ class DecoderLayer:
     def forward(self, params: Arrays, x: Any, recompute: str = "none") -> tuple[np.ndarray, Arrays]:
         raise NotImplementedError
 
-    def backward_input(
-        self, params: Arrays, kept: Arrays, dy: np.ndarray, need_dx: bool = True
-    ) -> tuple[np.ndarray | None, Arrays]:
+    def backward_input(self, params: Arrays, kept: Arrays, dy: np.ndarray) -> tuple[np.ndarray | None, Arrays]:
         raise NotImplementedError
 
     def backward_weight(self, params: Arrays, deferred: Arrays, grads: Arrays) -> None:
@@ -144,14 +142,13 @@ class Embedding(DecoderLayer):
 
     def forward(self, params: Arrays, x: Any, recompute: str = "none") -> tuple[np.ndarray, Arrays]:
         ids = np.asarray(x, dtype=np.int64)  # 8 bytes a token, as accounting.TOKEN_ID_BYTES counts them
+        self.config.check_sequence(ids.shape[1])
         y = params["token"][ids]
         if "position" in params:
             y += params["position"][: ids.shape[1]]
         return y, {"ids": ids}
 
-    def backward_input(
-        self, params: Arrays, kept: Arrays, dy: np.ndarray, need_dx: bool = True
-    ) -> tuple[np.ndarray | None, Arrays]:
+    def backward_input(self, params: Arrays, kept: Arrays, dy: np.ndarray) -> tuple[np.ndarray | None, Arrays]:
         return None, {"ids": kept["ids"], "dy": dy}
 
     def backward_weight(self, params: Arrays, deferred: Arrays, grads: Arrays) -> None:
@@ -239,9 +236,7 @@ class Block(DecoderLayer):
         y = x2 + linear(m, params["w_down"], params.get("b_down"))
         return y, kept
 
-    def backward_input(
-        self, params: Arrays, kept: Arrays, dy: np.ndarray, need_dx: bool = True
-    ) -> tuple[np.ndarray | None, Arrays]:
+    def backward_input(self, params: Arrays, kept: Arrays, dy: np.ndarray) -> tuple[np.ndarray | None, Arrays]:
         c = self.config
         b, s, h = dy.shape
         deferred: Arrays = {"dmlp": dy, "h2": kept["h2"], "x2": kept["x2"], "ctx": kept["ctx"]}
@@ -312,9 +307,7 @@ class FinalNorm(DecoderLayer):
         c = self.config
         return norm(x, params["gain"], params.get("bias"), c.norm, c.norm_eps), {"x": x}
 
-    def backward_input(
-        self, params: Arrays, kept: Arrays, dy: np.ndarray, need_dx: bool = True
-    ) -> tuple[np.ndarray | None, Arrays]:
+    def backward_input(self, params: Arrays, kept: Arrays, dy: np.ndarray) -> tuple[np.ndarray | None, Arrays]:
         c = self.config
         return norm_backward_input(kept["x"], params["gain"], dy, c.norm, c.norm_eps), {"x": kept["x"], "dy": dy}
 
@@ -349,9 +342,7 @@ class Output(DecoderLayer):
     def forward(self, params: Arrays, x: Any, recompute: str = "none") -> tuple[np.ndarray, Arrays]:
         return matmul(x, params["weight"].T), {"x": x}
 
-    def backward_input(
-        self, params: Arrays, kept: Arrays, dy: np.ndarray, need_dx: bool = True
-    ) -> tuple[np.ndarray | None, Arrays]:
+    def backward_input(self, params: Arrays, kept: Arrays, dy: np.ndarray) -> tuple[np.ndarray | None, Arrays]:
         return matmul(dy, params["weight"]), {"x": kept["x"], "dy": dy}
 
     def backward_weight(self, params: Arrays, deferred: Arrays, grads: Arrays) -> None:
