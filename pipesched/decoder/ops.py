@@ -139,12 +139,12 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 def gelu(z: np.ndarray) -> np.ndarray:
     """GELU in the tanh form GPT-2 uses (Hendrycks and Gimpel 2016): ``z/2 (1 + tanh(c (z + 0.044715 z^3)))``."""
-    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + 0.044715 * z**3)))
+    return 0.5 * z * (1.0 + np.tanh(_GELU_C * z * (1.0 + 0.044715 * z * z)))  # z * z, not z**3: pow is slow
 
 
 def gelu_grad(z: np.ndarray) -> np.ndarray:
     """d gelu / dz, elementwise."""
-    t = np.tanh(_GELU_C * (z + 0.044715 * z**3))
+    t = np.tanh(_GELU_C * z * (1.0 + 0.044715 * z * z))
     return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * z * z)
 
 
