@@ -188,7 +188,7 @@ def test_a_missing_file_a_folder_bad_json_and_a_json_list_are_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(listed)
     assert str(err.value) == (
-        f'{listed}: holds a JSON list, not an object of config keys; write {{"hidden_size": ..., ...}} '
+        f'{listed}: holds a JSON array, not an object of config keys; write {{"hidden_size": ..., ...}} '
         "as in a Hugging Face config.json"
     )
 

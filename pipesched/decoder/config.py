@@ -63,6 +63,7 @@ _ACT_NAMES = {
     "swish": "silu",
     "swiglu": "silu",
 }
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 _GPT2_TYPES = ("gpt2",)
 _LLAMA_TYPES = ("llama", "mistral")
 
@@ -126,8 +127,9 @@ class DecoderConfig:
     def from_dict(cls, data: Any, where: str = "model config", name: str | None = None) -> "DecoderConfig":
         """The config a Hugging Face-style dict describes; ``where`` (a path, a preset) starts every error."""
         if not isinstance(data, dict):
+            kind = _JSON_KINDS.get(type(data), type(data).__name__)
             raise ConfigError(
-                f"{where}: holds a JSON {type(data).__name__}, not an object of config keys; "
+                f"{where}: holds a JSON {kind}, not an object of config keys; "
                 'write {"hidden_size": ..., ...} as in a Hugging Face config.json'
             )
         values, keys = _read(data, where)
@@ -149,6 +151,10 @@ class DecoderConfig:
             raise ConfigError(f"model config file {path!r} is a folder; give the path to its config.json") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc}); fix the syntax") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"model config file {path!r} cannot be read ({exc.strerror}); check its permissions"
+            ) from None
         # Hugging Face's layout names the model by its folder (Llama-2-7b-hf/config.json); else the file names it
         stem = os.path.splitext(os.path.basename(path))[0]
         folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
