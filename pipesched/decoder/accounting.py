@@ -38,8 +38,9 @@ input, t h.
 Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
 Transformer Models", Table 2, count 34 s b h + 5 a s^2 b bytes per GPT block
 in 16-bit without recompute and 34 s b h with selective recompute (their
-section 4.1 lists the tensors); full recompute keeps the block input, 2 s b h. pipesched's NumPy layers have no dropout, so at 2 bytes per element
-they keep 32 s b h + 2 a s^2 b: the 2 s b h missing are the two 1-byte
+section 4.1 lists the tensors); full recompute keeps the block input, 2 s b
+h. pipesched's NumPy layers have no dropout, so at 2 bytes per element they
+keep 32 s b h + 2 a s^2 b: the 2 s b h missing are the two 1-byte
 dropout masks (attention output, MLP output) and the 3 a s^2 b the softmax
 dropout's mask (1 byte) and output (2 bytes). ``korthikanti_block_bytes``
 gives the published number, ``block_kept_bytes`` pipesched's.
