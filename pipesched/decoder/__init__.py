@@ -5,9 +5,11 @@
 - ``attention``   the causal attention core (multi-head or grouped-query) and RoPE;
 - ``layers``      embedding, decoder block, final norm, output layer and loss: forward, I, W;
 - ``model``       the chain of layers, its parameters and ties, token data, the reference gradient;
-- ``accounting``  parameters, FLOPs, activation and optimizer bytes in closed form, with sources.
+- ``accounting``  parameters, FLOPs, activation and optimizer bytes in closed form, with sources;
+- ``workload``    a decoder split into stages as the engine's workload (real NumPy, exact gradients).
 
-Not yet wired into the engine. What a workload over these layers has, per
+The engine runs a decoder through ``workload.DecoderWorkload``; not yet wired
+into the command line (``pipesched run --model``). What a workload over these layers has, per
 layer of the chain (a node of the layer graph) and per micro-batch of b
 sequences of s tokens: ``forward`` -> (output, kept arrays), ``backward_input``
 -> (input gradient, arrays W needs), ``backward_weight`` adding into a dict of

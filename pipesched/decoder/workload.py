@@ -1,0 +1,163 @@
+"""A decoder as the engine's workload: each stage's real NumPy passes over a run of decoder layers.
+
+``DecoderWorkload`` implements ``pipesched.compute.Workload`` for a
+``DecoderModel`` split into stages (runs of its layers: embedding, blocks,
+final norm, output layer), so every schedule the engine runs on the MLP runs
+on a decoder too, with the same exactness check: the summed micro-batch
+gradients equal one unpartitioned full-batch pass. What a stage holds for a
+micro-batch is every array its layers keep (each layer keeps its own input,
+so the stage input is among them), and on the last stage the logits, which
+the loss's backward needs; after an I, every array the layers' W still needs.
+Tied weights (a tied embedding and output layer, on two devices) accumulate
+their gradients apart, as the two devices would, and are summed in
+``model_gradients``, where the engine's all-reduce of a replicated stage is
+summed too.
+
+Not yet wired into ``pipesched run``; the cost model reads each layer's
+forward FLOPs through ``layers`` (``forward_flops(rows)``, rows being
+sequences of ``seq_len`` tokens).
+
+>>> from pipesched.decoder import DecoderModel, make_tokens, preset
+>>> from pipesched.cost import UnitCost
+>>> from pipesched.engine import simulate
+>>> from pipesched.schedule import Schedule
+>>> model = DecoderModel.from_config(preset("tiny-gpt"), seed=0)
+>>> inputs, labels = make_tokens(model.config, batch=4, seq_len=8)
+>>> stages = (range(0, 5), range(5, len(model.layers)))
+>>> work = DecoderWorkload(model, stages, inputs, labels, [slice(0, 2), slice(2, 4)])
+>>> trace = simulate(Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"]), work, UnitCost())
+>>> error = grad_rel_err(work.model_gradients(), full_batch_gradients(model, inputs, labels)[1])
+>>> bool(error < 1e-12), trace.makespan
+(True, 9.0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from ..compute import Held
+from . import model as dm
+from .layers import Arrays, DecoderLayer, cross_entropy
+from .model import DecoderModel, full_batch_gradients
+
+__all__ = ["DecoderWorkload", "grad_rel_err", "full_batch_gradients"]
+
+
+class _Costed(NamedTuple):
+    """A decoder layer as the cost model reads it: forward FLOPs per micro-batch of ``rows`` sequences."""
+
+    layer: DecoderLayer
+    seq_len: int
+
+    def forward_flops(self, rows: int) -> int:
+        return self.layer.flops(rows, self.seq_len).forward
+
+    @property
+    def param_count(self) -> int:
+        return self.layer.param_count
+
+
+def _arrays(dicts: Sequence[Arrays]) -> list[np.ndarray]:
+    """Every array of a run of layers' dicts, for memory accounting (counted by reference, so once each)."""
+    return [array for d in dicts for array in d.values()]
+
+
+class DecoderWorkload:
+    """Real NumPy passes of a decoder's stages over the micro-batches ``slices`` of ``inputs``.
+
+    Args:
+        model: the decoder and its parameters.
+        stages: per stage, the run of layer indices it holds (they cover the model in order).
+        inputs, labels: (batch, seq_len) token ids; labels are the next tokens.
+        slices: the micro-batches, as slices of the batch.
+    """
+
+    def __init__(
+        self,
+        model: DecoderModel,
+        stages: Sequence[range],
+        inputs: np.ndarray,
+        labels: np.ndarray,
+        slices: Sequence[slice],
+    ):
+        self.model = model
+        self.stages = tuple(stages)
+        seq_len = inputs.shape[1]
+        self.layers = tuple(tuple(_Costed(model.layers[i], seq_len) for i in r) for r in self.stages)
+        self.rows = [s.stop - s.start for s in slices]
+        self.inputs, self.labels, self.slices = inputs, labels, list(slices)
+        self.scale = 1.0 / labels.size  # per token of the whole batch: micro-batch gradients add up
+        self.loss = 0.0
+        self.grads: dict[tuple[int, int], list[Arrays]] = {}
+        self._layers = [[model.layers[i] for i in r] for r in self.stages]
+        self._params = [[model.params[i] for i in r] for r in self.stages]
+        self._kept: dict[tuple[int, int], list[Arrays]] = {}  # the structure of what a Held holds
+        self._deferred: dict[tuple[int, int], list[Arrays]] = {}
+
+    def param_bytes(self, stage: int) -> int:
+        return sum(layer.param_count for layer in self._layers[stage]) * 8
+
+    def _last(self, stage: int) -> bool:
+        return stage == len(self.stages) - 1
+
+    def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
+        if x is None:
+            x = self.inputs[self.slices[mb]]
+        y, kept = dm.forward(self._layers[stage], self._params[stage], x)
+        if self._last(stage):
+            self.loss += cross_entropy(y, self.labels[self.slices[mb]], self.scale, grad=False)[0]
+        if not keep:
+            return y, Held([x], remat=True)
+        return y, self._hold(stage, mb, kept, y)
+
+    def _hold(self, stage: int, mb: int, kept: list[Arrays], y: np.ndarray) -> Held:
+        self._kept[(stage, mb)] = kept
+        arrays = _arrays(kept)
+        return Held(arrays + [y] if self._last(stage) else arrays)  # the last stage keeps the logits for the loss
+
+    def recompute(self, stage: int, mb: int, held: Held) -> Held:
+        y, kept = dm.forward(self._layers[stage], self._params[stage], held.acts[0])
+        return self._hold(stage, mb, kept, y)
+
+    def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
+        kept = self._kept.pop((stage, mb))
+        if dy is None:  # the last stage starts backward from its loss, whose logits it kept
+            dy = cross_entropy(held.acts[-1], self.labels[self.slices[mb]], self.scale)[1]
+        dx, deferred = dm.backward_input(self._layers[stage], self._params[stage], kept, dy)
+        self._deferred[(stage, mb)] = deferred
+        return dx, Held([], _arrays(deferred))
+
+    def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
+        grads = self.grads.get((device, stage))
+        if grads is None:
+            grads = self.grads[(device, stage)] = [layer.zeros() for layer in self._layers[stage]]
+        dm.backward_weight(self._layers[stage], self._params[stage], self._deferred.pop((stage, mb)), grads)
+
+    def model_gradients(self) -> list[Arrays]:
+        """Per layer of the whole model, the gradient summed over replicas, tied pairs summed (both places)."""
+        total = self.model.zeros_like_params()
+        for (_, stage), grads in self.grads.items():
+            for i, layer_grads in zip(self.stages[stage], grads):
+                for name, g in layer_grads.items():
+                    total[i][name] += g
+        return self.model.tie_gradients(total)
+
+
+def grad_rel_err(grads: Sequence[Arrays], reference: Sequence[Arrays]) -> float:
+    """The largest, over every parameter tensor, of ||g - g_ref|| / ||g_ref||, as for the MLP.
+
+    A tensor whose true gradient is zero (the key bias: softmax ignores a
+    shift shared by every key of a query) has only round-off for a reference;
+    its error is taken against 1e-6 of the whole gradient's norm instead, the
+    model's own scale, so that round-off over round-off does not read as an
+    error.
+    """
+    scale = 1e-6 * float(np.sqrt(sum(float(np.sum(r * r)) for want in reference for r in want.values())))
+    worst = 0.0
+    for got, want in zip(grads, reference):
+        for name, ref in want.items():
+            diff = float(np.linalg.norm(got[name] - ref))
+            worst = max(worst, diff / max(float(np.linalg.norm(ref)), scale))
+    return worst

@@ -1,0 +1,95 @@
+"""A decoder through the engine: every schedule's summed micro-batch gradients equal one full-batch pass.
+
+The independent reference is ``full_batch_gradients``: one unpartitioned
+forward and backward of the whole batch (itself held to finite differences
+in test_decoder_model.py). The engine sees the decoder only through the
+Workload protocol, as it sees the MLP.
+"""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipesched import load_strategy, make_plan
+from pipesched.cost import UnitCost
+from pipesched.decoder import DecoderConfig, DecoderModel, make_tokens
+from pipesched.decoder.workload import DecoderWorkload, full_batch_gradients, grad_rel_err
+from pipesched.engine import simulate
+from pipesched.microbatch import split
+from pipesched.partition import uniform
+
+STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+REMAT = ["never", "always", "except_last"]
+
+
+def _config(blocks, heads, kv_heads, swiglu, tied):
+    """A tiny GPT-style (learned positions, LayerNorm) or LLaMA-style (RoPE, RMSNorm, SwiGLU) decoder."""
+    llama = dict(activation="silu", position="rotary", norm="rmsnorm", bias=False)
+    return DecoderConfig(
+        hidden_size=16, num_layers=blocks, num_heads=heads, num_kv_heads=kv_heads, intermediate_size=24,
+        vocab_size=32, max_positions=16, tie_embeddings=tied, **(llama if swiglu else {}),
+    )  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    devices=st.integers(1, 3),
+    batch=st.integers(2, 7),
+    remat=st.sampled_from(REMAT),
+    gqa=st.booleans(),
+    swiglu=st.booleans(),
+    tied=st.booleans(),
+    data=st.data(),
+)
+def test_every_schedule_gives_the_full_batch_gradients(strategy, devices, batch, remat, gqa, swiglu, tied, data):
+    chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
+    least = 2 * devices if strategy == "dualpipev" else devices if strategy == "dp" else 1
+    microbatches = data.draw(st.integers(least, max(least, batch)))
+    batch = max(batch, microbatches)  # uneven micro-batches whenever M does not divide the batch
+    schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
+    blocks = data.draw(st.integers(max(1, schedule.num_stages - 3), schedule.num_stages + 1))  # every stage a layer
+    config = _config(blocks, heads=4, kv_heads=2 if gqa else 4, swiglu=swiglu, tied=tied)
+    model = DecoderModel.from_config(config, seed=1)
+    layers = len(model.layers)  # embedding, blocks, final norm, output layer
+    inputs, labels = make_tokens(config, batch=batch, seq_len=5, seed=2)
+    work = DecoderWorkload(model, uniform(layers, schedule.num_stages), inputs, labels, split(batch, microbatches))
+    simulate(schedule, work, UnitCost(), remat=remat)
+    loss, reference = full_batch_gradients(model, inputs, labels)
+    assert grad_rel_err(work.model_gradients(), reference) < 1e-10
+    assert work.loss == pytest.approx(loss, rel=1e-12)
+
+
+def test_tied_gradients_are_accumulated_apart_and_summed_once():
+    # Embedding on device 0, output layer on device 1: each device holds its own gradient of the
+    # shared matrix, as two GPUs would; the model's gradient is their sum (Megatron-LM's embedding
+    # group all-reduce), which is the full-batch gradient of the one matrix.
+    config = _config(2, heads=4, kv_heads=4, swiglu=False, tied=True)
+    model = DecoderModel.from_config(config, seed=3)
+    inputs, labels = make_tokens(config, batch=4, seq_len=6, seed=4)
+    last = len(model.layers) - 1
+    stages = (range(0, 2), range(2, last + 1))
+    work = DecoderWorkload(model, stages, inputs, labels, split(4, 2))
+    simulate(make_plan(load_strategy("1f1b"), 2, 2), work, UnitCost())
+    embedding = work.grads[(0, 0)][0]["token"]
+    output = work.grads[(1, 1)][-1]["weight"]
+    _, reference = full_batch_gradients(model, inputs, labels)
+    assert float(abs(embedding).sum()) > 0 and float(abs(output).sum()) > 0
+    assert grad_rel_err([{"m": embedding + output}], [{"m": reference[0]["token"]}]) < 1e-12
+    assert grad_rel_err([{"m": embedding}], [{"m": reference[0]["token"]}]) > 1e-3  # one side alone is not it
+
+
+def test_the_cost_model_charges_each_layers_forward_flops():
+    # Under the flops model a stage's F takes its layers' forward FLOPs / device FLOP/s; B twice that.
+    from pipesched.cost import FlopsCost
+
+    config = _config(2, heads=4, kv_heads=4, swiglu=False, tied=False)
+    model = DecoderModel.from_config(config, seed=0)
+    inputs, labels = make_tokens(config, batch=2, seq_len=8, seed=0)
+    work = DecoderWorkload(model, (range(0, len(model.layers)),), inputs, labels, [slice(0, 2)])
+    trace = simulate(make_plan(load_strategy("gpipe"), 1, 1), work, FlopsCost(device_flops=1e9))
+    flops = sum(layer.flops(2, 8).forward for layer in model.layers)
+    forward = next(s for s in trace.spans if s.op == "F")
+    backward = next(s for s in trace.spans if s.op == "B")
+    assert forward.end - forward.start == pytest.approx(flops / 1e9, rel=1e-12)
+    assert backward.end - backward.start == pytest.approx(2 * flops / 1e9, rel=1e-12)
