@@ -93,3 +93,48 @@ def test_the_cost_model_charges_each_layers_forward_flops():
     backward = next(s for s in trace.spans if s.op == "B")
     assert forward.end - forward.start == pytest.approx(flops / 1e9, rel=1e-12)
     assert backward.end - backward.start == pytest.approx(2 * flops / 1e9, rel=1e-12)
+
+
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_each_layers_reused_and_output_bytes_are_its_real_arrays(swiglu):
+    # Held to the arrays themselves: what W reuses is what backward_input passes on of the very
+    # arrays forward kept (by identity), and the output is the array forward returns.
+    import numpy as np
+
+    config = _config(1, heads=4, kv_heads=2, swiglu=swiglu, tied=False)
+    model = DecoderModel.from_config(config, seed=0)
+    x, _ = make_tokens(config, batch=3, seq_len=5, seed=0)
+    for layer, params in zip(model.layers, model.params):
+        y, kept = layer.forward(params, x)
+        _, deferred = layer.backward_input(params, kept, np.ones_like(y))
+        kept_ids = {id(a) for a in kept.values()}
+        assert layer.reused_bytes(3, 5, 8) == sum(a.nbytes for a in deferred.values() if id(a) in kept_ids)
+        assert layer.output_bytes(3, 5, 8) == y.nbytes
+        x = y
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    strategy=st.sampled_from(STRATEGIES),
+    devices=st.integers(1, 3),
+    remat=st.sampled_from(REMAT),
+    gqa=st.booleans(),
+    swiglu=st.booleans(),
+    data=st.data(),
+)
+def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, remat, gqa, swiglu, data):
+    from pipesched.decoder.workload import DecoderShapeWorkload
+
+    chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
+    microbatches = 2 * devices if strategy == "dualpipev" else devices + data.draw(st.integers(0, 2))
+    batch = microbatches + data.draw(st.integers(0, 3))
+    schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
+    config = _config(max(1, schedule.num_stages - 2), heads=4, kv_heads=2 if gqa else 4, swiglu=swiglu, tied=True)
+    model = DecoderModel.from_config(config, seed=0)
+    inputs, labels = make_tokens(config, batch=batch, seq_len=6, seed=0)
+    stages, slices = uniform(len(model.layers), schedule.num_stages), split(batch, microbatches)
+    real = simulate(schedule, DecoderWorkload(model, stages, inputs, labels, slices), UnitCost(), remat=remat)
+    rows = [s.stop - s.start for s in slices]
+    shape = simulate(schedule, DecoderShapeWorkload(model.layers, stages, rows, 6), UnitCost(), remat=remat)
+    assert [list(m) for m in shape.memory] == [list(m) for m in real.memory]
+    assert [t.nbytes for t in shape.transfers] == [t.nbytes for t in real.transfers]

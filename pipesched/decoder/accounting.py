@@ -287,6 +287,18 @@ def output_deferred_bytes(c: DecoderConfig, batch: int, seq_len: int, itemsize: 
     return batch * seq_len * (c.hidden_size + c.vocab_size) * itemsize
 
 
+def block_reused_bytes(c: DecoderConfig, batch: int, seq_len: int, itemsize: int) -> int:
+    """Of a block's kept arrays, those its W needs again after I: t (5h + f).
+
+    Its input, both norms' outputs, the residual after attention, the
+    attention context (each t h), and the MLP's hidden activation (GELU's or
+    SwiGLU's product, t f). The rest of ``block_deferred_bytes`` is new in I:
+    the gradient at the block's output (t h, which arrived) and t (4h + 2 h_kv
+    + f) more (2f for SwiGLU).
+    """
+    return batch * seq_len * (5 * c.hidden_size + c.intermediate_size) * itemsize
+
+
 def loss_kept_bytes(c: DecoderConfig, batch: int, seq_len: int, itemsize: int) -> int:
     """The logits, t V, which the loss's backward needs (the stage holding the output layer keeps them)."""
     return batch * seq_len * c.vocab_size * itemsize

@@ -117,6 +117,14 @@ class DecoderLayer:
         """Bytes ``backward_input`` leaves for W, from ``accounting``."""
         raise NotImplementedError
 
+    def reused_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
+        """Of ``kept_bytes``, the arrays W needs again (the same arrays, so held once): by default only the input."""
+        return batch * seq_len * self.config.hidden_size * itemsize
+
+    def output_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
+        """Bytes of the layer's output, and so of the gradient that comes back to it (t h)."""
+        return batch * seq_len * self.config.hidden_size * itemsize
+
     def _norm_shapes(self, prefix: str) -> dict[str, tuple[int, ...]]:
         h = self.config.hidden_size
         if self.config.norm == "layernorm":
@@ -162,6 +170,9 @@ class Embedding(DecoderLayer):
 
     def deferred_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
         return acc.embedding_deferred_bytes(self.config, batch, seq_len, itemsize)
+
+    def reused_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
+        return acc.embedding_kept_bytes(self.config, batch, seq_len, itemsize)  # the token ids
 
     def __str__(self) -> str:
         c = self.config
@@ -290,6 +301,9 @@ class Block(DecoderLayer):
     def deferred_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
         return acc.block_deferred_bytes(self.config, batch, seq_len, itemsize)
 
+    def reused_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
+        return acc.block_reused_bytes(self.config, batch, seq_len, itemsize)
+
     def __str__(self) -> str:
         c = self.config
         attention = "MHA" if c.num_kv_heads == c.num_heads else f"GQA {c.num_kv_heads} kv"
@@ -357,6 +371,9 @@ class Output(DecoderLayer):
 
     def deferred_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
         return acc.output_deferred_bytes(self.config, batch, seq_len, itemsize)
+
+    def output_bytes(self, batch: int, seq_len: int, itemsize: int) -> int:
+        return acc.loss_kept_bytes(self.config, batch, seq_len, itemsize)  # the logits, t V
 
     def __str__(self) -> str:
         tied = ", tied" if self.config.tie_embeddings else ""

@@ -37,12 +37,12 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from ..compute import Held
+from ..compute import Buffer, Held
 from . import model as dm
 from .layers import Arrays, DecoderLayer, cross_entropy
 from .model import DecoderModel, full_batch_gradients
 
-__all__ = ["DecoderWorkload", "grad_rel_err", "full_batch_gradients"]
+__all__ = ["DecoderWorkload", "DecoderShapeWorkload", "grad_rel_err", "full_batch_gradients"]
 
 
 class _Costed(NamedTuple):
@@ -64,7 +64,24 @@ def _arrays(dicts: Sequence[Arrays]) -> list[np.ndarray]:
     return [array for d in dicts for array in d.values()]
 
 
-class DecoderWorkload:
+class _DecoderStages:
+    """What both decoder workloads know: each stage's layers, micro-batch sizes, the sequence length."""
+
+    def __init__(self, layers: Sequence[DecoderLayer], stages: Sequence[range], rows: Sequence[int], seq_len: int):
+        self.stages = tuple(stages)
+        self.seq_len = seq_len
+        self.layers = tuple(tuple(_Costed(layers[i], seq_len) for i in r) for r in self.stages)
+        self.rows = list(rows)
+        self._layers = [[layers[i] for i in r] for r in self.stages]
+
+    def param_bytes(self, stage: int) -> int:
+        return sum(layer.param_count for layer in self._layers[stage]) * 8
+
+    def _last(self, stage: int) -> bool:
+        return stage == len(self.stages) - 1
+
+
+class DecoderWorkload(_DecoderStages):
     """Real NumPy passes of a decoder's stages over the micro-batches ``slices`` of ``inputs``.
 
     Args:
@@ -82,25 +99,15 @@ class DecoderWorkload:
         labels: np.ndarray,
         slices: Sequence[slice],
     ):
+        super().__init__(model.layers, stages, [s.stop - s.start for s in slices], inputs.shape[1])
         self.model = model
-        self.stages = tuple(stages)
-        seq_len = inputs.shape[1]
-        self.layers = tuple(tuple(_Costed(model.layers[i], seq_len) for i in r) for r in self.stages)
-        self.rows = [s.stop - s.start for s in slices]
         self.inputs, self.labels, self.slices = inputs, labels, list(slices)
         self.scale = 1.0 / labels.size  # per token of the whole batch: micro-batch gradients add up
         self.loss = 0.0
         self.grads: dict[tuple[int, int], list[Arrays]] = {}
-        self._layers = [[model.layers[i] for i in r] for r in self.stages]
         self._params = [[model.params[i] for i in r] for r in self.stages]
         self._kept: dict[tuple[int, int], list[Arrays]] = {}  # the structure of what a Held holds
         self._deferred: dict[tuple[int, int], list[Arrays]] = {}
-
-    def param_bytes(self, stage: int) -> int:
-        return sum(layer.param_count for layer in self._layers[stage]) * 8
-
-    def _last(self, stage: int) -> bool:
-        return stage == len(self.stages) - 1
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
         if x is None:
@@ -143,6 +150,61 @@ class DecoderWorkload:
                 for name, g in layer_grads.items():
                     total[i][name] += g
         return self.model.tie_gradients(total)
+
+
+class DecoderShapeWorkload(_DecoderStages):
+    """Byte-exact stand-ins for ``DecoderWorkload`` (``--no-compute``): no arithmetic, no weights.
+
+    A stage holds, as ``Buffer`` groups freed together, its input, the kept
+    arrays its W reuses, the other kept arrays, and on the last stage the
+    logits; after I, the reused group again (the same buffers, so counted
+    once, as the real arrays are), the gradient that came in (the arrived
+    buffer itself, or the logits' gradient), and what I made new. The sizes
+    come from each layer's closed forms (``accounting``), which the tests
+    hold to the real arrays; so the engine's memory timeline is the real
+    workload's, byte for byte.
+    """
+
+    def __init__(self, layers: Sequence[DecoderLayer], stages: Sequence[range], rows: Sequence[int], seq_len: int):
+        super().__init__(layers, stages, rows, seq_len)
+
+    def _sizes(self, stage: int, mb: int) -> tuple[int, int, int, int, int, int]:
+        """(input, reused beyond the input, kept beyond those, output, new in I, gradient arriving) bytes."""
+        b, s, layers = self.rows[mb], self.seq_len, self._layers[stage]
+        first, last = layers[0], layers[-1]
+        x = b * s * 8 if stage == 0 else b * s * first.config.hidden_size * 8  # token ids, or activations
+        reused = sum(layer.reused_bytes(b, s, 8) for layer in layers)
+        kept = sum(layer.kept_bytes(b, s, 8) for layer in layers)
+        deferred = sum(layer.deferred_bytes(b, s, 8) for layer in layers)
+        out = last.output_bytes(b, s, 8)
+        return x, reused - x, kept - reused, out, deferred - reused - out, out
+
+    def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
+        first, reused, private, out, _, _ = self._sizes(stage, mb)
+        if x is None:
+            x = Buffer(first)
+        y = Buffer(out)
+        if not keep:
+            return y, Held([x], remat=True)
+        return y, self._hold(stage, x, reused, private, y)
+
+    def _hold(self, stage: int, x: Any, reused: int, private: int, y: Any) -> Held:
+        acts = [x, Buffer(reused), Buffer(private)]
+        return Held(acts + [y] if self._last(stage) else acts)
+
+    def recompute(self, stage: int, mb: int, held: Held) -> Held:
+        _, reused, private, out, _, _ = self._sizes(stage, mb)
+        return self._hold(stage, held.acts[0], reused, private, Buffer(out))
+
+    def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
+        first, _, _, _, new, arriving = self._sizes(stage, mb)
+        if dy is None:  # the last stage: the logits' gradient, made from the kept logits
+            dy = Buffer(arriving)
+        dx = Buffer(first) if stage > 0 else None
+        return dx, Held([], held.acts[:2] + [dy, Buffer(new)])
+
+    def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
+        pass
 
 
 def grad_rel_err(grads: Sequence[Arrays], reference: Sequence[Arrays]) -> float:
