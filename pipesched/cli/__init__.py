@@ -163,6 +163,12 @@ def _parser() -> argparse.ArgumentParser:
     p_formulas.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
     p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
     p_formulas.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
+    p_formulas.add_argument(
+        "--model", help="a decoder preset (tiny-gpt, gpt3-175b, llama2-7b, ...) or config.json: its closed forms too"
+    )
+    p_formulas.add_argument(
+        "--seq-len", type=_whole, help="tokens per sequence for --model (default: its context length)"
+    )
     p_formulas.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
     return parser

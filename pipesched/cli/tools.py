@@ -150,6 +150,68 @@ def _sizes(sizes: list[int]) -> str:
     return ",".join(map(str, sizes))
 
 
+def _decoder_forms(spec: str, seq_len: int | None) -> dict[str, Any]:
+    """A decoder's closed forms (``pipesched.decoder.accounting``) for one sequence, with their sources."""
+    from ..decoder import accounting as acc
+    from ..decoder.config import load_config, preset_names, preset_source
+
+    config = load_config(spec)
+    s = config.max_positions if seq_len is None else seq_len
+    config.check_sequence(s)
+    h, a = config.hidden_size, config.num_heads
+    flops = acc.block_flops(config, 1, s)
+    per = acc.adam_bytes_per_parameter("bf16")
+    total = acc.total_parameters(config)
+    return {
+        "model": config.name,
+        "source": preset_source(spec) if spec in preset_names() else spec,
+        "seq_len": s,
+        "blocks": config.num_layers,
+        "parameters_per_block": acc.block_parameters(config),
+        "parameters": total,
+        "block_flops_per_sequence": {"forward": flops.forward, "input_gradient": flops.backward_input,
+                                     "weight_gradient": flops.backward_weight},
+        "model_flops_per_sequence": acc.model_flops(config, 1, s)._asdict(),
+        "block_activation_bytes_per_sequence_bf16": {
+            mode: acc.block_kept_bytes(config, 1, s, 2, mode) for mode in ("none", "selective", "full")
+        },
+        "korthikanti_block_bytes_per_sequence": {
+            mode: acc.korthikanti_block_bytes(s, 1, h, a, mode) for mode in ("none", "selective", "full")
+        },
+        "bytes_per_parameter_mixed_precision_adam": per.weights + per.gradients + per.optimizer,
+        "weights_gradients_optimizer_bytes": total * (per.weights + per.gradients + per.optimizer),
+    }  # fmt: skip
+
+
+def _print_decoder_forms(forms: dict[str, Any]) -> None:
+    f, kept, kor = (
+        forms["block_flops_per_sequence"],
+        forms["block_activation_bytes_per_sequence_bf16"],
+        (forms["korthikanti_block_bytes_per_sequence"]),
+    )
+    print()
+    print(
+        f"model {forms['model']} ({forms['source']}), {forms['blocks']} blocks, one sequence of "
+        f"{forms['seq_len']} tokens"
+    )
+    print(_table([
+        ("quantity", "value", "formula (t tokens, h hidden, f MLP, V vocabulary, a heads)"),
+        ("parameters per block", f"{forms['parameters_per_block']:,}", "4h^2 with MHA (h(h + 2 h_kv) + h^2), "
+         "+ 2hf (GELU) or 3hf (SwiGLU), + norms and biases"),
+        ("parameters in all", f"{forms['parameters']:,}", "embedding + L blocks + final norm + output (tied: once)"),
+        ("block forward FLOPs", f"{f['forward']:.4g}", "2t(4h^2 + 2hf or 3hf) + 4 t s h (attention scores, values)"),
+        ("block I / W FLOPs", f"{f['input_gradient']:.4g} / {f['weight_gradient']:.4g}",
+         "I: projections + twice the attention core; W: the projections"),
+        ("block activations, bf16", " / ".join(format_bytes(kept[m]) for m in ("none", "selective", "full")),
+         "kept for backward: no recompute / selective (attention core) / full"),
+        ("Korthikanti et al. Table 2", " / ".join(format_bytes(kor[m]) for m in ("none", "selective", "full")),
+         "34sbh + 5as^2b / 34sbh / 2sbh (they count dropout masks; pipesched has no dropout)"),
+        ("weights + grads + Adam", format_bytes(forms["weights_gradients_optimizer_bytes"]),
+         f"{forms['bytes_per_parameter_mixed_precision_adam']} bytes per parameter: 2 + 2 + 12, mixed precision "
+         "(ZeRO, Rajbhandari et al. 2020, section 3.1)"),
+    ]))  # fmt: skip
+
+
 def _cmd_formulas(args: argparse.Namespace) -> None:
     k, m, v = args.devices, args.microbatches, args.chunks
     for flag, value in (("--devices", k), ("--microbatches", m), ("--chunks", v)):
@@ -177,6 +239,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
             "source": form.source,
         }
     speedup = formulas.pipeline_speedup(k, m)
+    model = None if args.model is None else _decoder_forms(args.model, args.seq_len)
     if args.json:
         print(
             json.dumps(
@@ -188,6 +251,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
                     "pipeline_speedup": speedup,
                     "allreduce_bytes": params,
                     "allreduce_time": allreduce,
+                    "model": model,
                 },
                 indent=2,
             )
@@ -216,6 +280,8 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     )
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
     print("found by simulation: read off the simulator, not derived; regression tests hold it (pipesched/formulas.py)")
+    if model is not None:
+        _print_decoder_forms(model)
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
