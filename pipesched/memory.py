@@ -61,6 +61,7 @@ class DeviceMemory:
         self.optimizer = optimizer
         self.itemsize = itemsize
         self.grads = 0
+        self._weights = params + optimizer  # parameters, gradients and optimizer state: one sum per sample
         self.capacity = capacity
         self.on_exceed = on_exceed
         self.exceeded: MemorySample | None = None
@@ -81,12 +82,12 @@ class DeviceMemory:
     def hold(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` gain a holder in ``role``."""
         i = _INDEX[role]
-        entries, nbytes = self._arrays, self._bytes
+        entries, nbytes, itemsize = self._arrays, self._bytes, self.itemsize
         for array in arrays:
             entry = entries.get(id(array))
             if entry is None:
                 # the entry keeps the array alive, so its id cannot be reused meanwhile
-                size = _nbytes(array, self.itemsize)
+                size = _nbytes(array, itemsize)
                 entry = entries[id(array)] = [array, 0, 0, 0, i, size]
                 nbytes[i] += size
             elif i < entry[4]:  # a role earlier in ROLES takes the bytes
@@ -116,6 +117,7 @@ class DeviceMemory:
     def add_grads(self, nbytes: int) -> None:
         """A gradient buffer appears (it stays to the end of the step)."""
         self.grads += nbytes
+        self._weights += nbytes
 
     def sample(self, time: float) -> MemorySample:
         """Record the state at ``time``, and the peaks.
@@ -127,7 +129,7 @@ class DeviceMemory:
         sample = MemorySample(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
         if act + deferred > self.peak_activation_bytes:
             self.peak_activation_bytes = act + deferred
-        total = self.params + self.grads + self.optimizer + act + deferred + buffers
+        total = self._weights + act + deferred + buffers
         if total > self.peak_total_bytes:
             self.peak_total_bytes = total
             self.peak_sample = sample
