@@ -380,6 +380,7 @@ def compare(
     repeated = sorted({name for name in strategies if list(strategies).count(name) > 1})
     if repeated:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
+    _check_counts(config)  # what no strategy can run is one sentence, not a note per strategy
     check_memory(config, copies=len(strategies))  # every prepared run keeps its model until the last has run
     prepared = []
     for name in strategies:
