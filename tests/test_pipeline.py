@@ -160,3 +160,19 @@ def test_the_readmes_training_figures_are_the_reference_losses(monkeypatch):
     defaults = RunConfig(reference=False)  # GPipe, K=4, M=8; the gradient check changes no number here
     results, _ = _train_keeping_the_model(monkeypatch, defaults, steps, lr)
     assert [r.loss for r in results] == pytest.approx(losses, rel=1e-12, abs=1e-12)
+
+
+def test_the_readmes_adam_figures_are_the_reference_losses(monkeypatch):
+    # "`--optimizer adam` takes Adam steps instead, `--lr` their step size (with `--lr 0.001`, 2.81 falling to 0.0022)"
+    claim = re.search(
+        r"`--optimizer adam` takes\s+Adam steps.*?\(with `--lr ([\d.]+)`, (\d+\.\d+) falling to\s+([\d.]+)\)",
+        README,
+        re.S,
+    )
+    assert claim, "the README no longer quotes the Adam losses; update this test with it"
+    lr, first, last = float(claim[1]), claim[2], claim[3]
+    seed_model = [128] + [256] * 10 + [10]
+    losses, _, _ = _reference_training(seed_model, RunConfig.batch, RunConfig.seed, 10, lr, optimizer="adam")
+    assert (f"{losses[0]:.2f}", f"{losses[-1]:.2g}") == (first, last)
+    results, _ = _train_keeping_the_model(monkeypatch, RunConfig(reference=False, optimizer="adam"), 10, lr)
+    assert [r.loss for r in results] == pytest.approx(losses, rel=1e-10, abs=1e-12)

@@ -2,6 +2,7 @@
 is its closed form, the real-array and shape-only counts agree in every dtype, and bad values are one sentence."""
 
 import json
+import pathlib
 from dataclasses import replace
 
 import pytest
@@ -284,3 +285,24 @@ def test_a_study_and_a_sweep_take_the_dtype(tmp_path):
         parse_sweep({"axes": {"dtype": ["int8"]}}, "w.toml")
     with pytest.raises(ConfigError, match=r"w\.toml: \[axes\]\.optimizer: 'lion' is unknown; use one of sgd, adam"):
         parse_sweep({"axes": {"optimizer": ["lion"]}}, "w.toml")
+
+
+def test_the_readmes_split_of_a_bf16_adam_peak_is_the_closed_form():
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    claim = readme[readme.index("(`--json` splits device 0's") :].split(")", 1)[0]
+    # 1F1B's device 0 runs layers 0-2 and at its peak holds K = 4 micro-batches of 32 / 8 = 4 rows, each
+    # keeping the inputs of its three layers and the ReLU output that leaves the stage, plus one arrived
+    # 4 x 256 gradient; bf16 is 2 bytes an element, mixed-precision Adam 12 bytes a parameter.
+    params = sum(_parameters([128, 256, 256, 256]))
+    expected = {
+        "parameters": 2 * params,
+        "gradients": 2 * params,
+        "optimizer": 12 * params,
+        "activations": 4 * 4 * (128 + 256 + 256 + 256) * 2,
+        "deferred": 0,
+        "buffers": 4 * 256 * 2,
+    }
+    for role, value in expected.items():
+        assert value == 0 or f"`{role}` {value:,}" in claim, role
+    result = run(RunConfig(strategy="1f1b", dtype="bf16", optimizer="adam", compute=False))
+    assert result.metrics.memory_by_role[0] == expected
