@@ -47,6 +47,7 @@ __all__ = [
     "model_graph",
     "balance_model",
     "check_limits",
+    "training_precision",
     "training_sizes",
     "DEFAULT_LAYERS",
     "BALANCE_BY",
@@ -217,10 +218,8 @@ def prepare(config: RunConfig) -> Prepared:
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
-    # the model's own precision and optimizer where none is named: results and --json say which ran
-    config = replace(
-        config, chunks=chunks, dtype=config.dtype or MLP_DTYPE, optimizer=config.optimizer or MLP_OPTIMIZER
-    )
+    dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
+    config = replace(config, chunks=chunks, dtype=dtype, optimizer=optimizer)
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
     slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
@@ -241,13 +240,18 @@ def prepare(config: RunConfig) -> Prepared:
     return prepared
 
 
-def training_sizes(config: RunConfig) -> tuple[int, int]:
-    """Bytes per element of the config's training precision, and its optimizer's state bytes per parameter.
+def training_precision(config: RunConfig) -> tuple[str, str]:
+    """The config's training precision and optimizer, each the model's own where it names none.
 
-    Unset, each is the model's own: ``fp64`` and ``sgd`` for the MLP (its NumPy
-    arrays are float64, and ``train`` has always run plain SGD).
+    The MLP's own are ``fp64`` (its NumPy arrays are float64) and ``sgd``
+    (what ``train`` has always run), so its numbers stay what they were.
     """
-    dtype, optimizer = config.dtype or MLP_DTYPE, config.optimizer or MLP_OPTIMIZER
+    return config.dtype or MLP_DTYPE, config.optimizer or MLP_OPTIMIZER
+
+
+def training_sizes(config: RunConfig) -> tuple[int, int]:
+    """Bytes per element of the config's training precision, and its optimizer's state bytes per parameter."""
+    dtype, optimizer = training_precision(config)
     return itemsize(dtype), state_bytes_per_parameter(optimizer, dtype)
 
 

@@ -2,9 +2,9 @@
 
 Node attributes: ``cost`` (forward + backward time of one micro-batch),
 ``memory`` (parameters, their gradients, their optimizer state, and the
-activations GPipe keeps for every micro-batch), ``output_bytes`` (the output too, when a ReLU mask needs it
-and it leaves the stage). Edge attribute ``bytes``: one micro-batch's
-activation sent forward.
+activations GPipe keeps for every micro-batch), ``output_bytes`` (the output
+too, when a ReLU mask needs it and it leaves the stage). Edge attribute
+``bytes``: one micro-batch's activation sent forward.
 
 >>> g = chain_graph([3, 1, 2])
 >>> list(g.edges), g.nodes[0]["cost"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..balance import Placement
 from ..optimizer import MLP_OPTIMIZER
-from ..pipeline import RunConfig, RunResult, compare, run, train
+from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
 from ..precision import MLP_DTYPE
 from ..strategy import load_strategy
 from ..trace import to_chrome
@@ -100,9 +100,8 @@ def _print_run(result: RunResult) -> None:
 
 def _precision(config: RunConfig) -> str:
     """The training precision and optimizer for a heading, where they are not the MLP's own (fp64, sgd)."""
-    if (config.dtype or MLP_DTYPE, config.optimizer or MLP_OPTIMIZER) == (MLP_DTYPE, MLP_OPTIMIZER):
-        return ""
-    return f", {config.dtype} with {config.optimizer}"
+    dtype, optimizer = training_precision(config)
+    return "" if (dtype, optimizer) == (MLP_DTYPE, MLP_OPTIMIZER) else f", {dtype} with {optimizer}"
 
 
 def _span_of(layers: range) -> str:
