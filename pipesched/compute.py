@@ -32,7 +32,10 @@ __all__ = ["Held", "Buffer", "Workload", "NumpyWorkload", "ShapeWorkload"]
 
 
 class Buffer:
-    """Stand-in for an array under ``--no-compute``: only its size matters, and its identity."""
+    """Stand-in for an array under ``--no-compute``: only its size matters, and its identity.
+
+    ``nbytes`` is already in the run's precision (``pipesched.precision.nbytes``).
+    """
 
     __slots__ = ("nbytes",)
 
@@ -66,8 +69,11 @@ class Workload(Protocol):
 
     layers: tuple[tuple[Layer, ...], ...]
     rows: list[int]
+    itemsize: int  # bytes per element in the training precision: what memory and links count
 
     def param_bytes(self, stage: int) -> int: ...
+
+    def optimizer_bytes(self, stage: int) -> int: ...
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
         """The stage output and what to hold; ``x`` is None for stage 0 (the data)."""
@@ -87,23 +93,43 @@ class Workload(Protocol):
 
 
 class _Stages:
-    """What both workloads know: stage layers, micro-batch rows, element size."""
+    """What both workloads know: stage layers, micro-batch rows, the training precision's sizes.
 
-    def __init__(self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int):
+    ``itemsize`` is bytes per element (``pipesched.precision``), ``state_bytes``
+    the optimizer's bytes per parameter (``pipesched.optimizer``).
+    """
+
+    def __init__(
+        self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int, state_bytes: int
+    ):
         self.stages = tuple(stages)
         self.layers: tuple[tuple[Layer, ...], ...] = tuple(tuple(layers[i] for i in r) for r in self.stages)
         self.rows = list(rows)
         self.itemsize = itemsize
+        self.state_bytes = state_bytes
 
     def _keeps_output(self, stage: int) -> bool:
         return nn.keeps_output(self.layers[stage], last_stage=stage == len(self.stages) - 1)
 
+    def param_count(self, stage: int) -> int:
+        return sum(layer.param_count for layer in self.layers[stage])
+
     def param_bytes(self, stage: int) -> int:
-        return sum(layer.param_count for layer in self.layers[stage]) * self.itemsize
+        """The stage's parameters in the training precision; its gradients take as many."""
+        return self.param_count(stage) * self.itemsize
+
+    def optimizer_bytes(self, stage: int) -> int:
+        """The optimizer state a device holds for the stage's parameters."""
+        return self.param_count(stage) * self.state_bytes
 
 
 class NumpyWorkload(_Stages):
-    """Real NumPy passes over the micro-batches of ``x``; gradients per (device, stage)."""
+    """Real NumPy passes over the micro-batches of ``x``; gradients per (device, stage).
+
+    NumPy computes in the model's float64 whatever ``itemsize``, the training
+    precision's bytes per element that memory and links count (default: the
+    model's own arrays').
+    """
 
     def __init__(
         self,
@@ -113,8 +139,12 @@ class NumpyWorkload(_Stages):
         target: np.ndarray,
         loss: str,
         slices: Sequence[slice],
+        itemsize: int | None = None,
+        state_bytes: int = 0,
     ):
-        super().__init__(model.layers, stages, [s.stop - s.start for s in slices], model.params[0][0].itemsize)
+        rows = [s.stop - s.start for s in slices]
+        itemsize = model.params[0][0].itemsize if itemsize is None else itemsize
+        super().__init__(model.layers, stages, rows, itemsize, state_bytes)
         self.model = model
         self.params: list[Params] = [[model.params[i] for i in r] for r in self.stages]
         self.x, self.target, self.slices = x, target, list(slices)
@@ -171,8 +201,15 @@ class ShapeWorkload(_Stages):
     fewer objects to count.
     """
 
-    def __init__(self, layers: Sequence[Layer], stages: Sequence[range], rows: Sequence[int], itemsize: int = 8):
-        super().__init__(layers, stages, rows, itemsize)
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        stages: Sequence[range],
+        rows: Sequence[int],
+        itemsize: int = 8,
+        state_bytes: int = 0,
+    ):
+        super().__init__(layers, stages, rows, itemsize, state_bytes)
         # per stage: widths of the inner layer inputs, the output, all outputs (the gradients)
         self._widths = [
             (
@@ -185,7 +222,7 @@ class ShapeWorkload(_Stages):
         ]
 
     def _buf(self, mb: int, width: int) -> Buffer:
-        return Buffer(self.rows[mb] * width * self.itemsize)
+        return Buffer(self.rows[mb] * width * self.itemsize)  # elements x itemsize, as nbytes counts a real array
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
         inner, out, _, first = self._widths[stage]

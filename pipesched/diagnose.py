@@ -41,15 +41,17 @@ def oom_message(device: int, sample: MemorySample, capacity: int | None, trace: 
         for label, value in (
             ("parameters", sample.params),
             ("gradients", sample.grads),
+            ("optimizer state", sample.optimizer),
             ("activations", sample.activations),
             ("kept for deferred W", sample.deferred),
             ("link buffers", sample.buffers),
         )
         if value
     )
-    weights = sample.params + sample.grads
+    weights = sample.params + sample.grads + sample.optimizer
+    held = "the weights and their optimizer state" if sample.optimizer else "the weights"
     advice = (
-        "use more --devices or a smaller model: the weights alone do not fit"
+        f"use more --devices or a smaller model: {held} alone do not fit"
         if capacity is not None and weights > capacity
         else "use --remat always, more --devices, a schedule with fewer micro-batches in flight"
     )

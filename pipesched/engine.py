@@ -142,8 +142,15 @@ class _Engine(Links):
         self.waiting: list[tuple[Item, _Key] | str | None] = [None] * devices
         self.finished = [False] * devices
         self.trace = Trace(devices=devices, time_unit=cost.time_unit)
+        self.itemsize = work.itemsize
         self.memory = [
-            DeviceMemory(sum(work.param_bytes(s) for s in hosted), device_memory, self._exceeded(d))
+            DeviceMemory(
+                sum(work.param_bytes(s) for s in hosted),
+                device_memory,
+                self._exceeded(d),
+                optimizer=sum(work.optimizer_bytes(s) for s in hosted),  # each replica holds its own
+                itemsize=work.itemsize,
+            )
             for d, hosted in enumerate(self.hosted)
         ]
         self.trace.memory = [m.timeline for m in self.memory]
@@ -473,6 +480,7 @@ class _Engine(Links):
             self._advance(device)
         self.env.run()
         self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
+        self.trace.peak_samples = [m.peak_sample for m in self.memory]
         blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))

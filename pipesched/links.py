@@ -46,6 +46,7 @@ import simpy
 from .cost import CostModel
 from .errors import ConfigError
 from .memory import DeviceMemory
+from .precision import nbytes
 from .trace import Trace, Transfer
 
 __all__ = ["P2P_MODES", "check_p2p", "Key", "Message", "Links"]
@@ -81,6 +82,7 @@ class Links:
     cost: CostModel
     trace: Trace
     memory: list[DeviceMemory]
+    itemsize: int  # bytes per element in the training precision: a message's bytes are counted in it
     blocking: bool
     arrived: dict[Any, Any]
     blocked: dict[Any, int]
@@ -139,12 +141,13 @@ class Links:
             if on_left is not None:
                 on_left()
             return
-        busy, latency = self.cost.transfer_times(payload.nbytes)
+        size = nbytes(payload, self.itemsize)
+        busy, latency = self.cost.transfer_times(size)
         now = self.env.now
         start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
         end = start + busy
         self.link_free[(src, dst)] = end
-        self.trace.transfers.append(Transfer(src, dst, *what, payload.nbytes, start, end, end + latency))
+        self.trace.transfers.append(Transfer(src, dst, *what, size, start, end, end + latency))
         if end + latency == now:  # a free transfer lands at once
             self._deliver(dst, key, payload)
             if on_left is not None:

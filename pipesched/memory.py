@@ -1,9 +1,10 @@
 """Per-device memory accounting: each distinct array a device holds counts once, by reference.
 
-A device holds its parameters and gradient buffers, and arrays in three
-roles: **activations** kept for a backward, **deferred**, what a split
-backward's weight-gradient W still needs after its I (layer inputs and
-pre-activation gradients), and **buffers**, arrays on their way over a link
+A device holds its parameters and their **optimizer** state (both from the
+start of the step), its gradient buffers, and arrays in three roles:
+**activations** kept for a backward, **deferred**, what a split backward's
+weight-gradient W still needs after its I (layer inputs and pre-activation
+gradients), and **buffers**, arrays on their way over a link
 (held by the sender until the bytes have left, by the receiver from arrival
 until used). One array can have several holders at once (an arrived input
 becomes a kept activation; a stage's output is the next stage's input on the
@@ -11,19 +12,22 @@ same device), so arrays are counted by reference and their bytes sit in the
 first role that still holds them, in the order above. A full backward's
 pre-activation gradients live only while it runs, each freed as the next is
 made, as autograd does, so they are not counted; an I's stay for W and are.
+An array's bytes are its elements × the training precision's ``itemsize``
+(``pipesched.precision.nbytes``), taken once when a device first holds it.
 
 >>> from pipesched.compute import Buffer
->>> mem = DeviceMemory(params=100)
+>>> mem = DeviceMemory(params=100, optimizer=600)
 >>> x, y = Buffer(8), Buffer(16)
 >>> mem.hold([x], "buffers"); mem.hold([x, y], "activations"); mem.release([x], "buffers")
 >>> mem.sample(1.0)
-MemorySample(time=1.0, params=100, grads=0, activations=24, deferred=0, buffers=0)
+MemorySample(time=1.0, params=100, grads=0, optimizer=600, activations=24, deferred=0, buffers=0)
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from .precision import nbytes as _nbytes
 from .trace import MemorySample, Records
 
 __all__ = ["DeviceMemory", "ROLES"]
@@ -40,6 +44,8 @@ class DeviceMemory:
         params: parameter bytes, held all along.
         capacity: the device's memory in bytes, or None for unlimited.
         on_exceed: called with the first sample above ``capacity``.
+        optimizer: optimizer-state bytes, held all along.
+        itemsize: bytes per element of an array, the training precision's.
     """
 
     def __init__(
@@ -47,36 +53,46 @@ class DeviceMemory:
         params: int = 0,
         capacity: int | None = None,
         on_exceed: Callable[[MemorySample], None] | None = None,
+        *,
+        optimizer: int = 0,
+        itemsize: int = 8,
     ):
         self.params = params
+        self.optimizer = optimizer
+        self.itemsize = itemsize
         self.grads = 0
+        self._weights = params + optimizer  # parameters, gradients and optimizer state: one sum per sample
         self.capacity = capacity
         self.on_exceed = on_exceed
         self.exceeded: MemorySample | None = None
-        self._arrays: dict[int, list[Any]] = {}  # id -> [array, count per role..., the role its bytes are in]
+        # id -> [array, count per role..., the role its bytes are in, its bytes]
+        self._arrays: dict[int, list[Any]] = {}
         self._bytes = [0] * len(ROLES)
-        self.timeline: Records[MemorySample] = Records(MemorySample, [MemorySample(0.0, params, 0, 0, 0, 0)])
+        start = MemorySample(0.0, params, 0, optimizer, 0, 0, 0)
+        self.timeline: Records[MemorySample] = Records(MemorySample, [start])
         self._times = self.timeline.column("time")
-        if capacity is not None and params > capacity:  # the parameters alone do not fit
-            self.exceeded = self.timeline[0]
+        if capacity is not None and start.total_bytes > capacity:  # the weights and their state alone do not fit
+            self.exceeded = start
             if on_exceed is not None:
                 on_exceed(self.exceeded)
         self.peak_activation_bytes = 0
-        self.peak_total_bytes = params
+        self.peak_total_bytes = start.total_bytes
+        self.peak_sample = start  # the state at the peak total, the first time it was reached
 
     def hold(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` gain a holder in ``role``."""
         i = _INDEX[role]
-        entries, nbytes = self._arrays, self._bytes
+        entries, nbytes, itemsize = self._arrays, self._bytes, self.itemsize
         for array in arrays:
             entry = entries.get(id(array))
             if entry is None:
                 # the entry keeps the array alive, so its id cannot be reused meanwhile
-                entry = entries[id(array)] = [array, 0, 0, 0, i]
-                nbytes[i] += array.nbytes
+                size = _nbytes(array, itemsize)
+                entry = entries[id(array)] = [array, 0, 0, 0, i, size]
+                nbytes[i] += size
             elif i < entry[4]:  # a role earlier in ROLES takes the bytes
-                nbytes[entry[4]] -= array.nbytes
-                nbytes[i] += array.nbytes
+                nbytes[entry[4]] -= entry[5]
+                nbytes[i] += entry[5]
                 entry[4] = i
             entry[1 + i] += 1
 
@@ -89,10 +105,10 @@ class DeviceMemory:
             entry[1 + i] -= 1
             if entry[1 + i] or entry[4] != i:
                 continue
-            nbytes[i] -= array.nbytes
+            nbytes[i] -= entry[5]
             for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
                 if entry[1 + j]:
-                    nbytes[j] += array.nbytes
+                    nbytes[j] += entry[5]
                     entry[4] = j
                     break
             else:
@@ -101,6 +117,7 @@ class DeviceMemory:
     def add_grads(self, nbytes: int) -> None:
         """A gradient buffer appears (it stays to the end of the step)."""
         self.grads += nbytes
+        self._weights += nbytes
 
     def sample(self, time: float) -> MemorySample:
         """Record the state at ``time``, and the peaks.
@@ -109,12 +126,13 @@ class DeviceMemory:
         peaks are taken at every change, so no transient one is lost.
         """
         act, deferred, buffers = self._bytes
-        sample = MemorySample(time, self.params, self.grads, act, deferred, buffers)
+        sample = MemorySample(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
         if act + deferred > self.peak_activation_bytes:
             self.peak_activation_bytes = act + deferred
-        total = self.params + self.grads + act + deferred + buffers
+        total = self._weights + act + deferred + buffers
         if total > self.peak_total_bytes:
             self.peak_total_bytes = total
+            self.peak_sample = sample
         if self._times[-1] == time:
             self.timeline.replace_last(sample)
         else:

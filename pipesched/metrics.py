@@ -35,6 +35,7 @@ class Metrics:
     peak_activation_bytes: list[int]
     peak_memory_bytes: list[int]
     peak_inflight_microbatches: list[int]
+    memory_by_role: list[dict[str, int]]  # per device, its bytes at its peak by role; they sum to its peak
 
 
 def measure(trace: Trace, samples: int) -> Metrics:
@@ -56,6 +57,7 @@ def measure(trace: Trace, samples: int) -> Metrics:
         peak_activation_bytes=trace.peak_activation_bytes(),
         peak_memory_bytes=trace.peak_memory_bytes(),
         peak_inflight_microbatches=peak_inflight(trace),
+        memory_by_role=trace.memory_by_role(),
     )
 
 

@@ -28,7 +28,9 @@ from .errors import ConfigError, PipeschedError
 from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
+from .optimizer import MLP_OPTIMIZER, check_optimizer, make_optimizer, state_bytes_per_parameter
 from .partition import Partition, explicit, parse_partition
+from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
 from .trace import Trace
@@ -45,6 +47,8 @@ __all__ = [
     "model_graph",
     "balance_model",
     "check_limits",
+    "training_precision",
+    "training_sizes",
     "DEFAULT_LAYERS",
     "BALANCE_BY",
     "COMPARE_DEFAULT",
@@ -83,6 +87,10 @@ class RunConfig:
     compute: bool = True
     reference: bool = True
     seed: int = 0
+    # the training precision memory and links count, and the optimizer whose state each device holds
+    # (pipesched.precision, pipesched.optimizer); None: the model's own, fp64 and sgd for the MLP
+    dtype: str | None = None
+    optimizer: str | None = None
 
 
 @dataclass
@@ -99,6 +107,7 @@ class RunResult:
     loss: float | None = None
     grad_rel_err: float | None = None
     grads: Params | None = field(default=None, repr=False)
+    parameters: int = 0  # the model's total parameter count
 
     @property
     def label(self) -> str:
@@ -116,8 +125,11 @@ class RunResult:
             "chunks": c.chunks,
             "batch": c.batch,
             "layers": c.layers,
+            "parameters": self.parameters,
             "partition": [len(s) for s in self.partition],
             "remat": c.remat,
+            "dtype": c.dtype,
+            "optimizer": c.optimizer,
             "cost": c.cost,
             "time_unit": self.trace.time_unit,
             "makespan": m.makespan,
@@ -133,6 +145,7 @@ class RunResult:
             "busy": m.busy,
             "peak_activation_bytes": m.peak_activation_bytes,
             "peak_memory_bytes": m.peak_memory_bytes,
+            "memory_by_role": m.memory_by_role,
             "peak_inflight_microbatches": m.peak_inflight_microbatches,
             "balance": None if self.balance is None else self.balance.to_dict(),
             "device_memory": c.device_memory,
@@ -177,6 +190,10 @@ def _check_counts(config: RunConfig) -> None:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
     check_remat(config.remat)
     check_p2p(config.p2p)
+    if config.dtype is not None:
+        check_dtype(config.dtype)
+    if config.optimizer is not None:
+        check_optimizer(config.optimizer)
     if config.loss not in LOSSES:
         raise ConfigError(f"--loss {config.loss!r} is unknown; use one of {', '.join(LOSSES)}")
 
@@ -201,7 +218,8 @@ def prepare(config: RunConfig) -> Prepared:
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
-    config = replace(config, chunks=chunks)
+    dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
+    config = replace(config, chunks=chunks, dtype=dtype, optimizer=optimizer)
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
     slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
@@ -222,19 +240,36 @@ def prepare(config: RunConfig) -> Prepared:
     return prepared
 
 
+def training_precision(config: RunConfig) -> tuple[str, str]:
+    """The config's training precision and optimizer, each the model's own where it names none.
+
+    The MLP's own are ``fp64`` (its NumPy arrays are float64) and ``sgd``
+    (what ``train`` has always run), so its numbers stay what they were.
+    """
+    return config.dtype or MLP_DTYPE, config.optimizer or MLP_OPTIMIZER
+
+
+def training_sizes(config: RunConfig) -> tuple[int, int]:
+    """Bytes per element of the config's training precision, and its optimizer's state bytes per parameter."""
+    dtype, optimizer = training_precision(config)
+    return itemsize(dtype), state_bytes_per_parameter(optimizer, dtype)
+
+
 def execute(p: Prepared) -> RunResult:
     """Simulate one step of a prepared run."""
     config = p.config
     rows = [s.stop - s.start for s in p.slices]
+    size, state = training_sizes(config)
     if p.model is None:
-        work: Workload = ShapeWorkload(p.layers, p.partition, rows)
+        work: Workload = ShapeWorkload(p.layers, p.partition, rows, size, state)
     else:
         assert p.x is not None and p.target is not None  # prepare builds the data together with the model
-        work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices)
+        work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices, size, state)
     trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
     result = RunResult(
         config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
     )
+    result.parameters = sum(layer.param_count for layer in p.layers)
     if isinstance(work, NumpyWorkload):
         result.loss = work.loss
         result.grads = work.model_gradients()
@@ -254,8 +289,9 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     the real NumPy passes (``balance_by="measured"``); a link carries the
     activations and gradients crossing it at the flops model's bandwidth when
     ``config.cost`` is ``flops`` (under ``unit`` the links are free: the
-    bandwidth is infinite). Memory per stage: parameters, gradients and the
-    activations GPipe keeps for the whole batch.
+    bandwidth is infinite). Memory per stage: parameters, gradients, optimizer
+    state and the activations GPipe keeps for the whole batch. Bytes are in
+    the config's training precision (``training_sizes``), as the engine counts them.
     """
     if config.balance_by not in BALANCE_BY:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
@@ -270,7 +306,16 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     times = None
     if config.balance_by == "measured":
         times = profile_layers(Model.from_sizes(widths, seed=config.seed), rows)
-    graph = layer_graph(layers_from_widths(widths), rows=rows, rows_held=config.batch, cost=flops, layer_times=times)
+    size, state = training_sizes(config)
+    graph = layer_graph(
+        layers_from_widths(widths),
+        rows=rows,
+        rows_held=config.batch,
+        cost=flops,
+        itemsize=size,
+        state_bytes=state,
+        layer_times=times,
+    )
     return graph, math.inf if config.cost == "unit" else flops.link_bandwidth
 
 
@@ -308,9 +353,10 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     actions = sum(len(list(expand(device))) for device in schedule.actions)
+    size, state = training_sizes(config)
 
     def step(sizes: list[int]) -> tuple[bool, float]:
-        work = ShapeWorkload(layers, explicit(sizes, len(layers), stages), rows)
+        work = ShapeWorkload(layers, explicit(sizes, len(layers), stages), rows, size, state)
         trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
         return trace.oom is not None, trace.makespan
 
@@ -338,6 +384,7 @@ def compare(
     repeated = sorted({name for name in strategies if list(strategies).count(name) > 1})
     if repeated:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
+    _check_counts(config)  # what no strategy can run is one sentence, not a note per strategy
     check_memory(config, copies=len(strategies))  # every prepared run keeps its model until the last has run
     prepared = []
     for name in strategies:
@@ -366,9 +413,12 @@ def compare(
 
 
 def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
-    """Run ``steps`` simulated steps, each followed by an SGD update of the model's parameters.
+    """Run ``steps`` simulated steps, each followed by an update of the model's parameters.
 
-    Each result's ``loss`` is the loss before that step's update.
+    The update is the config's optimizer (``pipesched.optimizer``): plain SGD
+    for the MLP unless it names ``adam``, in float64 whatever the precision
+    memory counts; ``lr`` is its learning rate (Adam's step size). Each
+    result's ``loss`` is the loss before that step's update.
     """
     if steps < 1:
         raise ConfigError(f"--steps {steps} is not allowed; use 1 or more")
@@ -378,6 +428,9 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
         raise ConfigError("train needs real compute to update the model; drop --no-compute")
     prepared = prepare(config)
     assert prepared.model is not None  # compute is on
+    assert prepared.config.optimizer is not None  # prepare resolves it
+    optimizer = make_optimizer(prepared.config.optimizer, lr)
+    params = [array for pair in prepared.model.params for array in pair]  # weights and biases, layer by layer
     results = []
     for step in range(steps):
         with np.errstate(all="ignore"):  # a diverging run is reported below, in one sentence
@@ -386,8 +439,6 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
             raise ConfigError(
                 f"training diverged at step {step} (loss {result.loss}) with --lr {lr:g}; use a smaller learning rate"
             )
-        for (w, b), (gw, gb) in zip(prepared.model.params, result.grads or []):
-            w -= lr * gw
-            b -= lr * gb
+        optimizer.step(params, [array for pair in result.grads or [] for array in pair])
         results.append(result)
     return results

@@ -30,8 +30,10 @@ from .engine import check_remat
 from .errors import ConfigError, PipeschedError
 from .files import progress_bar, read_toml
 from .model import LOSSES, parse_layers
+from .optimizer import check_optimizer
 from .partition import parse_partition
 from .pipeline import RunConfig, run
+from .precision import check_dtype
 from .strategy import load_strategy
 from .units import parse_bytes
 
@@ -62,8 +64,10 @@ AXES = (
     "device_memory",
     "cost",
     "overlap",
+    "dtype",
+    "optimizer",
 )
-MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops")
+MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops", "dtype", "optimizer")
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
 
@@ -124,6 +128,8 @@ _AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
     "link_latency": _number,
     "device_memory": _whole,
     "overlap": _text,
+    "dtype": _text,
+    "optimizer": _text,
 }
 _AXIS_WORDS = {
     name: "a whole number of at least 1"
@@ -140,6 +146,8 @@ _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
     "seed": lambda v: _whole(v) or v == 0,
     "compute": lambda v: isinstance(v, bool),
     "device_flops": _number,
+    "dtype": _text,
+    "optimizer": _text,
 }
 _MODEL_WORDS = {
     "layers": 'a width list such as "128,256x10,10"',
@@ -148,6 +156,8 @@ _MODEL_WORDS = {
     "seed": "a whole number",
     "compute": "true or false",
     "device_flops": "a non-negative number",
+    "dtype": "a precision name",
+    "optimizer": "an optimizer name",
 }
 
 #: What an axis a point does not set stands for in a constraint: the run's default.
@@ -249,6 +259,10 @@ def _usable(name: str, value: Any, layers: int) -> None:
         check_overlap(value)
     elif name == "remat":
         check_remat(value)
+    elif name == "dtype":
+        check_dtype(value)
+    elif name == "optimizer":
+        check_optimizer(value)
     elif name == "loss" and value not in LOSSES:
         raise ConfigError(f"{value!r} is not a loss; use one of {', '.join(LOSSES)}")
     elif name == "layers":

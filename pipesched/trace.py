@@ -64,11 +64,16 @@ class Transfer(NamedTuple):
 
 
 class MemorySample(NamedTuple):
-    """Bytes a device held from ``time`` on, by role (see ``pipesched.memory``)."""
+    """Bytes a device held from ``time`` on, by role (see ``pipesched.memory``).
+
+    >>> MemorySample(0.0, 100, 100, 600, 24, 0, 8).roles()["optimizer"]
+    600
+    """
 
     time: float
     params: int
     grads: int
+    optimizer: int
     activations: int
     deferred: int
     buffers: int
@@ -80,7 +85,18 @@ class MemorySample(NamedTuple):
 
     @property
     def total_bytes(self) -> int:
-        return self.params + self.grads + self.activations + self.deferred + self.buffers
+        return self.params + self.grads + self.optimizer + self.activations + self.deferred + self.buffers
+
+    def roles(self) -> dict[str, int]:
+        """The bytes by role, under the names ``--json`` uses (``memory_by_role``); they sum to ``total_bytes``."""
+        return {
+            "parameters": self.params,
+            "gradients": self.grads,
+            "optimizer": self.optimizer,
+            "activations": self.activations,
+            "deferred": self.deferred,
+            "buffers": self.buffers,
+        }
 
 
 #: The kinds ``Records`` stores: exactly those with column types in ``_COLUMN_TYPES``.
@@ -157,7 +173,7 @@ class Records(Generic[R]):
 _COLUMN_TYPES = {
     "Span": ("l", "l", "l", "l", "d", "d"),
     "Transfer": ("l", "l", "l", "l", "l", "q", "d", "d", "d"),
-    "MemorySample": ("d", "q", "q", "q", "q", "q"),
+    "MemorySample": ("d", "q", "q", "q", "q", "q", "q"),
 }
 _TEXT_FIELDS = {"Span": (1,), "Transfer": (3,), "MemorySample": ()}
 
@@ -191,6 +207,8 @@ class Trace:
     # per device (peak activations, peak total), kept exactly at every change even where the
     # timeline keeps only the last state of an instant
     peaks: list[tuple[int, int]] | None = None
+    # per device, the state at its peak total (the first time it got there), kept the same way
+    peak_samples: list[MemorySample] | None = None
 
     def __post_init__(self) -> None:  # plain lists are welcome; they are stored as columns
         if not isinstance(self.spans, Records):
@@ -252,6 +270,14 @@ class Trace:
         if self.peaks is not None:
             return [p[1] for p in self.peaks]
         return [max((m.total_bytes for m in samples), default=0) for samples in self._memory()]
+
+    def memory_by_role(self) -> list[dict[str, int]]:
+        """Per device, the bytes it held at its peak total, by role (``MemorySample.roles``)."""
+        if self.peak_samples is not None:
+            return [s.roles() for s in self.peak_samples]
+        empty = MemorySample(0.0, 0, 0, 0, 0, 0, 0)
+        # max keeps the first of equal samples: the first time the device reached its peak
+        return [max(samples, key=lambda m: m.total_bytes, default=empty).roles() for samples in self._memory()]
 
     def _memory(self) -> Sequence[Iterable[MemorySample]]:
         return self.memory or [[] for _ in range(self.devices)]
@@ -336,6 +362,7 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                     "args": {
                         "params": m.params,
                         "grads": m.grads,
+                        "optimizer": m.optimizer,
                         "activations": m.activations,
                         "deferred": m.deferred,
                         "buffers": m.buffers,

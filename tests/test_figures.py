@@ -8,10 +8,13 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.text import Text
 
+from pipesched import run
 from pipesched.cli import main
 from pipesched.report import collect, load_study
-from pipesched.report.figures import FIGURES
+from pipesched.report.collect import StudyResults
+from pipesched.report.figures import FIGURES, memory
 from pipesched.report.render import comparison_columns
+from pipesched.report.study import CompareSection, ModelSection, Study
 from pipesched.report.sweep_figures import sweep_heatmaps, sweep_pareto
 from pipesched.schedule import Overlap
 
@@ -127,6 +130,21 @@ def test_memory_panels_share_both_axes_and_hold_every_curve(flops, drawn):
     label = panels[0].get_ylabel()
     scale = {"(B)": 1, "(KiB)": 2**10, "(MiB)": 2**20}[label[label.index("(") :]]
     assert held / scale <= panels[0].get_ylim()[1] and panels[0].get_ylim()[0] == 0
+
+
+def test_memory_panels_count_optimizer_state_with_the_weights():
+    study = Study(
+        model=ModelSection(layers="8,16x6,4", batch=8, dtype="fp32", optimizer="adam"),
+        compare=CompareSection(strategies=("gpipe",), partitions=("uniform",)),
+    )
+    results = StudyResults(study, compare=[run(study.run_config(strategy="gpipe", compute=False))])
+    fig = _draw(memory(results))
+    # device 0 runs layers 0-1 of the 4 devices' 2,2,2,1: (8+1)*16 + (16+1)*16 = 416 parameters, each with
+    # 4 bytes of weight, 4 of gradient and 8 of Adam's two fp32 moments: 6656 bytes, 6.5 KiB
+    [panel] = [ax for ax in fig.axes if ax.lines]
+    assert panel.get_title(loc="left") == "gpipe\n+6.5 KiB weights and optimizer state on device 0"
+    assert any("(beyond parameters, gradients and optimizer state)" in t.get_text() for t in _texts(fig))
+    plt.close(fig)
 
 
 def test_gantt_panels_share_one_time_axis_as_long_as_the_longest_step(flops, drawn):

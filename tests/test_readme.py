@@ -68,6 +68,17 @@ def test_the_api_example_runs():
     assert bubble == pytest.approx(3 / 11) and err < 1e-12
 
 
+def test_the_json_keys_listed_are_the_keys_run_prints(capsys):
+    listed = README[
+        README.index("`--json` prints the same as one object with the keys") : README.index("`--trace FILE`")
+    ]
+    names = set(re.findall(r"`([a-z0-9_]+)`", listed))
+    assert main(["run", "--no-compute", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    roles = set(data["memory_by_role"][0])  # named in memory_by_role's description
+    assert set(data) <= names <= set(data) | roles
+
+
 SAMPLES = [b for b in _blocks("") if b.startswith("$ pipesched ")]
 
 # A gradient error at round-off (1e-13 and below) is a property of the NumPy and

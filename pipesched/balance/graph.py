@@ -1,10 +1,10 @@
 """Adapters from a model, or a plain list of costs, to the layer graph the balancer reads.
 
 Node attributes: ``cost`` (forward + backward time of one micro-batch),
-``memory`` (parameters, their gradients, and the activations GPipe keeps for
-every micro-batch), ``output_bytes`` (the output too, when a ReLU mask needs it
-and it leaves the stage). Edge attribute ``bytes``: one micro-batch's
-activation sent forward.
+``memory`` (parameters, their gradients, their optimizer state, and the
+activations GPipe keeps for every micro-batch), ``output_bytes`` (the output
+too, when a ReLU mask needs it and it leaves the stage). Edge attribute
+``bytes``: one micro-batch's activation sent forward.
 
 >>> g = chain_graph([3, 1, 2])
 >>> list(g.edges), g.nodes[0]["cost"]
@@ -39,6 +39,7 @@ def layer_graph(
     cost: CostModel | None = None,
     itemsize: int = 8,
     layer_times: Sequence[float] | None = None,
+    state_bytes: int = 0,
 ) -> nx.DiGraph:
     """The layer graph of a chain of dense layers.
 
@@ -48,8 +49,9 @@ def layer_graph(
         rows_held: samples whose activations a stage keeps at its peak (the whole
             batch for GPipe).
         cost: the cost model for compute times (default ``FlopsCost()``).
-        itemsize: bytes per element.
+        itemsize: bytes per element, the training precision's (``pipesched.precision``).
         layer_times: measured forward + backward time per layer, instead of ``cost``.
+        state_bytes: optimizer state per parameter (``pipesched.optimizer``).
     """
     cost = cost or FlopsCost()
     graph = nx.DiGraph()
@@ -65,7 +67,7 @@ def layer_graph(
         graph.add_node(
             i,
             cost=time,
-            memory=(2 * layer.param_count + rows_held * kept) * itemsize,
+            memory=(2 * layer.param_count + rows_held * kept) * itemsize + layer.param_count * state_bytes,
             output_bytes=rows_held * layer.out_features * itemsize if keeps_output([layer], False) else 0,
             layer=str(layer),
         )

@@ -88,6 +88,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--loss", default=d.loss, help="cross_entropy or mse (default %(default)s)")
     p.add_argument(
+        "--dtype",
+        help="training precision that memory and links count: bf16, fp16, fp32 or fp64; NumPy still computes in "
+        "float64 (default: the model's own, fp64 for the MLP)",
+    )
+    p.add_argument(
+        "--optimizer",
+        help="sgd or adam: the optimizer whose state each device holds, and that train runs "
+        "(default: the model's own, sgd for the MLP)",
+    )
+    p.add_argument(
         "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"
     )
     p.add_argument("--allow-oom", action="store_true", help="report an OOM (oom: true) instead of stopping")
@@ -118,11 +128,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_compare.add_argument("--schedule", metavar="FILE.csv", help="add a schedule in PyTorch's action CSV to the rows")
     _add_run_flags(p_compare)
-    p_train = sub.add_parser("train", help="run several simulated steps with SGD and print the loss")
+    p_train = sub.add_parser("train", help="run several simulated steps with SGD or Adam and print the loss")
     p_train.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     _add_run_flags(p_train)
     p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
-    p_train.add_argument("--lr", type=_number, default=0.01, help="SGD learning rate (default %(default)s)")
+    p_train.add_argument(
+        "--lr", type=_number, default=0.01, help="learning rate, Adam's step size (default %(default)s)"
+    )
     p_balance = sub.add_parser("balance", help="the partition --partition balanced runs, against uniform")
     p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
     p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")

@@ -47,6 +47,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         overlap=args.overlap,
         p2p=args.p2p,
         loss=args.loss,
+        dtype=args.dtype,
+        optimizer=args.optimizer,
         compute=not args.no_compute,
         reference=not args.no_reference,
         seed=args.seed,

@@ -1,4 +1,4 @@
-"""The commands that simulate: ``run`` (one step), ``compare`` (one row per strategy), ``train`` (SGD steps).
+"""The commands that simulate: ``run`` (one step), ``compare`` (one row per strategy), ``train`` (SGD or Adam steps).
 
 >>> from pipesched import RunConfig, run
 >>> _transfers(run(RunConfig(cost="unit", compute=False)))
@@ -13,7 +13,9 @@ import sys
 from typing import Any
 
 from ..balance import Placement
-from ..pipeline import RunResult, compare, run, train
+from ..optimizer import MLP_OPTIMIZER
+from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
+from ..precision import MLP_DTYPE
 from ..strategy import load_strategy
 from ..trace import to_chrome
 from ..units import count, format_bytes, format_rate, format_time
@@ -30,6 +32,7 @@ def _print_run(result: RunResult) -> None:
     print(
         f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
         f"batch {config.batch}, layers {config.layers} (partition {counts}), remat {config.remat}, cost {config.cost}"
+        f"{_precision(config)}"
     )
     print()
     caveats = [
@@ -93,6 +96,12 @@ def _print_run(result: RunResult) -> None:
         )
         print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
         print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
+
+
+def _precision(config: RunConfig) -> str:
+    """The training precision and optimizer for a heading, where they are not the MLP's own (fp64, sgd)."""
+    dtype, optimizer = training_precision(config)
+    return "" if (dtype, optimizer) == (MLP_DTYPE, MLP_OPTIMIZER) else f", {dtype} with {optimizer}"
 
 
 def _span_of(layers: range) -> str:
@@ -175,7 +184,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     config, unit = results[0].config, results[0].trace.time_unit
     print(
         f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
-        f"layers {config.layers}, remat {config.remat}, cost {config.cost}"
+        f"layers {config.layers}, remat {config.remat}, cost {config.cost}{_precision(config)}"
     )
     print()
     rows: list[tuple[str, ...]] = [

@@ -81,9 +81,10 @@ def memory(results: StudyResults) -> Figure:
                 linestyle=LINE_STYLES[d % 4],
                 linewidth=1.5,
             )
-        weights = max(s.params + s.grads for s in result.trace.memory[0])
+        weights = max(s.params + s.grads + s.optimizer for s in result.trace.memory[0])
         weight_size, weight_unit = byte_prefix(weights)
-        ax.set_title(f"{result.label}\n+{weights / weight_size:.3g} {weight_unit} weights on device 0")
+        state = " and optimizer state" if any(s.optimizer for s in result.trace.memory[0]) else ""
+        ax.set_title(f"{result.label}\n+{weights / weight_size:.3g} {weight_unit} weights{state} on device 0")
         ax.grid(alpha=0.3)
         if i + columns >= len(runs):  # the lowest panel of its column says the time axis
             ax.tick_params(labelbottom=True)
@@ -92,6 +93,8 @@ def memory(results: StudyResults) -> Figure:
             ax.set_ylabel(f"held ({size_unit})")
     for ax in axes.flat[len(runs) :]:
         ax.remove()
+    stateful = any(s.optimizer for r in runs for samples in r.trace.memory for s in samples)
+    beyond = "parameters, gradients and optimizer state" if stateful else "parameters and gradients"
     axes[0, 0].set_xlim(0, longest.makespan * scale)
     axes[0, 0].set_ylim(0, largest / size * 1.05)
     handles = [
@@ -108,7 +111,7 @@ def memory(results: StudyResults) -> Figure:
     _title_and_legend(
         fig,
         "Memory per device over one step: activations, deferred-W inputs and link buffers\n"
-        "(beyond parameters and gradients); every panel on the same axes",
+        f"(beyond {beyond}); every panel on the same axes",
         handles,
     )
     return fig

@@ -118,8 +118,10 @@ def study_text(study: Study) -> str:
         )
     )
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
+    # named only where the study names them: otherwise the model's own (fp64 and sgd for the MLP)
+    given = [f"{key} {value}" for key, value in (("precision", m.dtype), ("optimizer", m.optimizer)) if value]
     return (
-        f"Model {m.layers} ({m.loss}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
+        f"Model {m.layers} ({', '.join([m.loss, *given])}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
         f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
         f"cost model {h.cost}: {link}{memory}."
     )

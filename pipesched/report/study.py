@@ -23,7 +23,9 @@ from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
 from ..model import LOSSES, parse_layers
+from ..optimizer import OPTIMIZERS
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
+from ..precision import DTYPES
 from ..units import parse_bytes
 
 __all__ = [
@@ -41,12 +43,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelSection:
-    """[model]: the NumPy model and its synthetic data."""
+    """[model]: the NumPy model and its synthetic data; its training precision and optimizer (None: its own)."""
 
     layers: str = DEFAULT_LAYERS
     batch: int = 32
     loss: str = "cross_entropy"
     seed: int = 0
+    dtype: str | None = None
+    optimizer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +89,7 @@ class SweepSection:
 
 @dataclass(frozen=True)
 class TrainSection:
-    """[train]: loss over SGD steps, pipelined against one device."""
+    """[train]: loss over the optimizer's steps ([model].optimizer, SGD by default), pipelined against one device."""
 
     steps: int = 10
     lr: float = 0.01
@@ -111,6 +115,8 @@ class Study:
             batch=m.batch,
             loss=m.loss,
             seed=m.seed,
+            dtype=m.dtype,
+            optimizer=m.optimizer,
             devices=h.devices,
             cost=h.cost,
             device_flops=h.device_flops,
@@ -221,7 +227,14 @@ def _strategy(value: Any) -> str:
 
 
 SCHEMA: dict[str, dict[str, Check]] = {
-    "model": {"layers": _layers, "batch": _whole(1), "loss": _choice(tuple(LOSSES)), "seed": _whole(0)},
+    "model": {
+        "layers": _layers,
+        "batch": _whole(1),
+        "loss": _choice(tuple(LOSSES)),
+        "seed": _whole(0),
+        "dtype": _choice(tuple(DTYPES)),
+        "optimizer": _choice(OPTIMIZERS),
+    },
     "hardware": {
         "devices": _whole(1),
         "cost": _choice(("flops", "unit")),
@@ -252,6 +265,8 @@ layers = "128,256x10,10"     # widths; WxN repeats W N times
 batch = 32
 loss = "cross_entropy"       # or "mse"
 seed = 0
+# dtype = "fp64"             # optional: the precision memory and links count, bf16, fp16, fp32 or fp64
+# optimizer = "sgd"          # optional: "adam" holds its state on every device, and [train] runs it
 
 [hardware]
 devices = 4
