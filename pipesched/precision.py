@@ -56,11 +56,14 @@ def itemsize(dtype: str) -> int:
 def nbytes(array: Any, itemsize: int) -> int:
     """The bytes the engine counts for ``array`` in a precision of ``itemsize`` bytes per element.
 
-    A NumPy array counts its elements × ``itemsize``, whatever NumPy holds them
-    in. A stand-in (``pipesched.compute.Buffer``) already states its bytes in
+    A NumPy array of floats counts its elements × ``itemsize``, whatever NumPy
+    holds them in; an array of integers (a decoder's token ids) keeps its own
+    size, as it does in any precision of training. A stand-in (``pipesched.compute.Buffer``) already states its bytes in
     that precision: the shape-only workload builds each as elements ×
     ``itemsize``, and a ring all-reduce chunk is 1/R of a stage's gradient
     bytes, rounded up to a byte. So both counts agree exactly in any dtype.
     """
     # exact type, not isinstance: a stand-in is never an ndarray, and this runs for every array a device holds
-    return array.size * itemsize if type(array) is np.ndarray else array.nbytes
+    if type(array) is np.ndarray:
+        return array.size * itemsize if array.dtype.kind == "f" else array.nbytes
+    return array.nbytes

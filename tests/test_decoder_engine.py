@@ -133,8 +133,11 @@ def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, r
     model = DecoderModel.from_config(config, seed=0)
     inputs, labels = make_tokens(config, batch=batch, seq_len=6, seed=0)
     stages, slices = uniform(len(model.layers), schedule.num_stages), split(batch, microbatches)
-    real = simulate(schedule, DecoderWorkload(model, stages, inputs, labels, slices), UnitCost(), remat=remat)
+    size, state = data.draw(st.sampled_from([(2, 12), (4, 8), (8, 0)]))  # bf16 and fp32 with Adam, fp64 with SGD
+    work = DecoderWorkload(model, stages, inputs, labels, slices, itemsize=size, state_bytes=state)
+    real = simulate(schedule, work, UnitCost(), remat=remat)
     rows = [s.stop - s.start for s in slices]
-    shape = simulate(schedule, DecoderShapeWorkload(model.layers, stages, rows, 6), UnitCost(), remat=remat)
+    stand_ins = DecoderShapeWorkload(model.layers, stages, rows, 6, itemsize=size, state_bytes=state)
+    shape = simulate(schedule, stand_ins, UnitCost(), remat=remat)
     assert [list(m) for m in shape.memory] == [list(m) for m in real.memory]
     assert [t.nbytes for t in shape.transfers] == [t.nbytes for t in real.transfers]

@@ -38,6 +38,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from ..compute import Buffer, Held
+from . import accounting as acc
 from . import model as dm
 from .layers import Arrays, DecoderLayer, cross_entropy
 from .model import DecoderModel, full_batch_gradients
@@ -67,15 +68,28 @@ def _arrays(dicts: Sequence[Arrays]) -> list[np.ndarray]:
 class _DecoderStages:
     """What both decoder workloads know: each stage's layers, micro-batch sizes, the sequence length."""
 
-    def __init__(self, layers: Sequence[DecoderLayer], stages: Sequence[range], rows: Sequence[int], seq_len: int):
+    def __init__(
+        self,
+        layers: Sequence[DecoderLayer],
+        stages: Sequence[range],
+        rows: Sequence[int],
+        seq_len: int,
+        itemsize: int = 8,
+        state_bytes: int = 0,
+    ):
         self.stages = tuple(stages)
+        self.itemsize = itemsize  # bytes per element in the training precision (pipesched.precision)
+        self.state_bytes = state_bytes  # optimizer state per parameter (pipesched.optimizer)
         self.seq_len = seq_len
         self.layers = tuple(tuple(_Costed(layers[i], seq_len) for i in r) for r in self.stages)
         self.rows = list(rows)
         self._layers = [[layers[i] for i in r] for r in self.stages]
 
     def param_bytes(self, stage: int) -> int:
-        return sum(layer.param_count for layer in self._layers[stage]) * 8
+        return sum(layer.param_count for layer in self._layers[stage]) * self.itemsize
+
+    def optimizer_bytes(self, stage: int) -> int:
+        return sum(layer.param_count for layer in self._layers[stage]) * self.state_bytes
 
     def _last(self, stage: int) -> bool:
         return stage == len(self.stages) - 1
@@ -98,8 +112,11 @@ class DecoderWorkload(_DecoderStages):
         inputs: np.ndarray,
         labels: np.ndarray,
         slices: Sequence[slice],
+        itemsize: int = 8,
+        state_bytes: int = 0,
     ):
-        super().__init__(model.layers, stages, [s.stop - s.start for s in slices], inputs.shape[1])
+        rows = [s.stop - s.start for s in slices]
+        super().__init__(model.layers, stages, rows, inputs.shape[1], itemsize, state_bytes)
         self.model = model
         self.inputs, self.labels, self.slices = inputs, labels, list(slices)
         self.scale = 1.0 / labels.size  # per token of the whole batch: micro-batch gradients add up
@@ -165,18 +182,16 @@ class DecoderShapeWorkload(_DecoderStages):
     workload's, byte for byte.
     """
 
-    def __init__(self, layers: Sequence[DecoderLayer], stages: Sequence[range], rows: Sequence[int], seq_len: int):
-        super().__init__(layers, stages, rows, seq_len)
-
     def _sizes(self, stage: int, mb: int) -> tuple[int, int, int, int, int, int]:
         """(input, reused beyond the input, kept beyond those, output, new in I, gradient arriving) bytes."""
-        b, s, layers = self.rows[mb], self.seq_len, self._layers[stage]
+        b, s, size, layers = self.rows[mb], self.seq_len, self.itemsize, self._layers[stage]
         first, last = layers[0], layers[-1]
-        x = b * s * 8 if stage == 0 else b * s * first.config.hidden_size * 8  # token ids, or activations
-        reused = sum(layer.reused_bytes(b, s, 8) for layer in layers)
-        kept = sum(layer.kept_bytes(b, s, 8) for layer in layers)
-        deferred = sum(layer.deferred_bytes(b, s, 8) for layer in layers)
-        out = last.output_bytes(b, s, 8)
+        # the stage input: int64 token ids (in any precision), or activations
+        x = b * s * acc.TOKEN_ID_BYTES if stage == 0 else b * s * first.config.hidden_size * size
+        reused = sum(layer.reused_bytes(b, s, size) for layer in layers)
+        kept = sum(layer.kept_bytes(b, s, size) for layer in layers)
+        deferred = sum(layer.deferred_bytes(b, s, size) for layer in layers)
+        out = last.output_bytes(b, s, size)
         return x, reused - x, kept - reused, out, deferred - reused - out, out
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
