@@ -67,9 +67,13 @@ class Held:
 class Workload(Protocol):
     """What the engine asks of a workload, per (stage, micro-batch)."""
 
-    layers: tuple[tuple[Layer, ...], ...]
     rows: list[int]
     itemsize: int  # bytes per element in the training precision: what memory and links count
+
+    @property
+    def layers(self) -> Sequence[Sequence[Any]]:
+        """Per stage, its layers as the cost model reads them (``forward_flops(rows)``, ``param_count``)."""
+        ...
 
     def param_bytes(self, stage: int) -> int: ...
 

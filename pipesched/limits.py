@@ -82,12 +82,14 @@ def check_stages(strategy: str, stages: int, devices: int, chunks: int, layers: 
     """Refuse ``stages`` stages of a model that has fewer layers: every stage needs at least one.
 
     ``stages`` is what the strategy places on ``devices`` devices with ``chunks``
-    chunks (``strategy.planned_stages``, known without planning).
+    chunks (``strategy.planned_stages``, known without planning). ``layers_text``
+    names the model: MLP widths (``--layers``), or a decoder as ``--model NAME``.
     """
     if stages > layers:
         on = f"--devices {devices}" + (f" and --chunks {chunks}" if chunks != 1 else "")
+        model = layers_text if layers_text.startswith("--model") else f"--layers {layers_text}"
         raise ConfigError(
-            f"strategy {strategy!r} plans {count(stages, 'stage')} on {on} but --layers {layers_text} has only "
+            f"strategy {strategy!r} plans {count(stages, 'stage')} on {on} but {model} has only "
             f"{count(layers, 'layer')}; use fewer devices or chunks, or more layers"
         )
 

@@ -23,11 +23,12 @@ from . import microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import CostModel, FlopsCost, make_cost_model
+from .decoder import assemble as decoder
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
-from .model import LOSSES, Layer, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
+from .model import LOSSES, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
 from .optimizer import MLP_OPTIMIZER, check_optimizer, make_optimizer, state_bytes_per_parameter
 from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
@@ -91,6 +92,8 @@ class RunConfig:
     # (pipesched.precision, pipesched.optimizer); None: the model's own, fp64 and sgd for the MLP
     dtype: str | None = None
     optimizer: str | None = None
+    model: str | None = None  # a decoder preset or config.json instead of the MLP's layers (pipesched.decoder)
+    seq_len: int | None = None  # tokens per sequence of a decoder; None: its context length
 
 
 @dataclass
@@ -124,7 +127,9 @@ class RunResult:
             "microbatches": c.microbatches,
             "chunks": c.chunks,
             "batch": c.batch,
-            "layers": c.layers,
+            "layers": c.layers if c.model is None else None,
+            "model": c.model,
+            "seq_len": c.seq_len,
             "parameters": self.parameters,
             "partition": [len(s) for s in self.partition],
             "remat": c.remat,
@@ -160,7 +165,7 @@ class Prepared:
     """Everything checked and built before the first simulated step."""
 
     config: RunConfig
-    layers: tuple[Layer, ...]
+    layers: tuple[Any, ...]  # the MLP's Layers, or a decoder's chain (pipesched.decoder)
     schedule: Schedule
     partition: Partition
     slices: list[slice]
@@ -170,6 +175,8 @@ class Prepared:
     model: Model | None = None  # weights and data exist only when computing
     x: np.ndarray | None = None
     target: np.ndarray | None = None
+    decoder: Any = None  # a decoder run's DecoderConfig (pipesched.decoder), its model when computing
+    decoder_model: Any = None
 
 
 def _check_counts(config: RunConfig) -> None:
@@ -206,6 +213,10 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
     chunks = config.chunks or 1
     check_actions(config.devices, config.microbatches, chunks)
     stages = planned_stages(strategy, config.devices, chunks)
+    if config.model is not None:
+        count = len(decoder.chain(decoder.resolve(config.model, config.seq_len)))
+        check_stages(strategy.name, stages, config.devices, chunks, count, f"--model {config.model}")
+        return  # a decoder's memory is checked by decoder.check_run
     check_stages(strategy.name, stages, config.devices, chunks, len(parse_layers(config.layers)) - 1, config.layers)
     check_memory(config, copies)
 
@@ -213,8 +224,15 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
 def prepare(config: RunConfig) -> Prepared:
     """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
-    widths = parse_layers(config.layers)
-    layers = layers_from_widths(widths)
+    model_config = None if config.model is None else decoder.resolve(config.model, config.seq_len)
+    if model_config is not None:
+        config = replace(config, seq_len=config.seq_len or decoder.default_seq_len(model_config))
+        layers: Sequence[Any] = decoder.chain(model_config)
+        decoder.check_run(model_config, config.seq_len or 0, config.batch, config.compute, config.loss,
+                          config.partition, layers)  # fmt: skip
+    else:
+        widths = parse_layers(config.layers)
+        layers = layers_from_widths(widths)
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
@@ -224,7 +242,8 @@ def prepare(config: RunConfig) -> Prepared:
     slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
     # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts
-    check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers), config.layers)
+    check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers),
+                 config.layers if model_config is None else f"--model {config.model}")  # fmt: skip
     balanced = None
     if config.partition == "balanced":
         balanced = balance_model(config, schedule)
@@ -233,8 +252,14 @@ def prepare(config: RunConfig) -> Prepared:
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
-    prepared = Prepared(config, layers, schedule, partition, slices, cost, bubble, balanced)
-    if config.compute:
+    prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)
+    prepared.decoder = model_config
+    if config.compute and model_config is not None:
+        from .decoder import DecoderModel, make_tokens
+
+        prepared.decoder_model = DecoderModel.from_config(model_config, seed=config.seed)
+        prepared.x, prepared.target = make_tokens(model_config, config.batch, config.seq_len or 0, seed=config.seed)
+    elif config.compute:
         prepared.model = Model.from_sizes(widths, seed=config.seed)
         prepared.x, prepared.target = make_data(widths, config.batch, config.loss, seed=config.seed)
     return prepared
@@ -246,6 +271,8 @@ def training_precision(config: RunConfig) -> tuple[str, str]:
     The MLP's own are ``fp64`` (its NumPy arrays are float64) and ``sgd``
     (what ``train`` has always run), so its numbers stay what they were.
     """
+    if config.model is not None:  # a decoder's own: bf16 with mixed-precision Adam (pipesched.decoder.assemble)
+        return config.dtype or decoder.MODEL_DTYPE, config.optimizer or decoder.MODEL_OPTIMIZER
     return config.dtype or MLP_DTYPE, config.optimizer or MLP_OPTIMIZER
 
 
@@ -260,6 +287,8 @@ def execute(p: Prepared) -> RunResult:
     config = p.config
     rows = [s.stop - s.start for s in p.slices]
     size, state = training_sizes(config)
+    if p.decoder is not None:
+        return _execute_decoder(p, rows, size, state)
     if p.model is None:
         work: Workload = ShapeWorkload(p.layers, p.partition, rows, size, state)
     else:
@@ -276,6 +305,33 @@ def execute(p: Prepared) -> RunResult:
         if config.reference:
             _, reference = full_batch_gradients(work.model, work.x, work.target, config.loss)
             result.grad_rel_err = grad_rel_err(result.grads, reference)
+    return result
+
+
+def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> RunResult:
+    """One step of a decoder run: real NumPy with the full-batch check, or shape-only stand-ins."""
+    from .decoder.accounting import total_parameters
+    from .decoder.workload import DecoderShapeWorkload, DecoderWorkload, full_batch_gradients
+    from .decoder.workload import grad_rel_err as decoder_grad_rel_err
+
+    config = p.config
+    seq_len = config.seq_len or 0
+    if p.decoder_model is None:
+        work: Workload = DecoderShapeWorkload(p.layers, p.partition, rows, seq_len, size, state)
+    else:
+        assert p.x is not None and p.target is not None  # prepare builds the tokens together with the model
+        work = DecoderWorkload(p.decoder_model, p.partition, p.x, p.target, p.slices, size, state)
+    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
+    result = RunResult(
+        config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
+    )
+    result.parameters = total_parameters(p.decoder)
+    if isinstance(work, DecoderWorkload):
+        result.loss = work.loss
+        grads = work.model_gradients()
+        if config.reference:
+            _, reference = full_batch_gradients(work.model, work.inputs, work.labels)
+            result.grad_rel_err = decoder_grad_rel_err(grads, reference)
     return result
 
 
@@ -426,6 +482,11 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
         raise ConfigError(f"--lr {lr} is not positive; give a learning rate above 0, e.g. 0.01")
     if not config.compute:
         raise ConfigError("train needs real compute to update the model; drop --no-compute")
+    if config.model is not None:
+        raise ConfigError(
+            f"train does not take --model yet (a decoder runs one step with pipesched run --model {config.model}); "
+            "drop --model to train the MLP"
+        )
     prepared = prepare(config)
     assert prepared.model is not None  # compute is on
     assert prepared.config.optimizer is not None  # prepare resolves it

@@ -62,6 +62,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
     )
     p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
+    p.add_argument(
+        "--model", help="a transformer decoder instead of --layers: a preset (tiny-gpt, llama2-7b, ...) or config.json"
+    )
+    p.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (default: its context length)")
     p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
     p.add_argument(
         "--partition",

@@ -46,6 +46,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         link_latency=args.link_latency,
         overlap=args.overlap,
         p2p=args.p2p,
+        model=getattr(args, "model", None),
+        seq_len=getattr(args, "seq_len", None),
         loss=args.loss,
         dtype=args.dtype,
         optimizer=args.optimizer,

@@ -25,13 +25,20 @@ from .tools import _balance_table
 __all__ = ["_cmd_run", "_cmd_compare", "_cmd_train"]
 
 
+def _model(config: RunConfig) -> str:
+    """The model a run ran: the MLP's widths, or a decoder and its sequence length."""
+    if config.model is None:
+        return f"layers {config.layers}"
+    return f"model {config.model}, sequences of {config.seq_len} tokens"
+
+
 def _print_run(result: RunResult) -> None:
     config, metrics, unit = result.config, result.metrics, result.trace.time_unit
     counts = ",".join(str(len(s)) for s in result.partition)
     chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
     print(
         f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
-        f"batch {config.batch}, layers {config.layers} (partition {counts}), remat {config.remat}, cost {config.cost}"
+        f"batch {config.batch}, {_model(config)} (partition {counts}), remat {config.remat}, cost {config.cost}"
         f"{_precision(config)}"
     )
     print()
@@ -184,7 +191,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     config, unit = results[0].config, results[0].trace.time_unit
     print(
         f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
-        f"layers {config.layers}, remat {config.remat}, cost {config.cost}{_precision(config)}"
+        f"{_model(config)}, remat {config.remat}, cost {config.cost}{_precision(config)}"
     )
     print()
     rows: list[tuple[str, ...]] = [

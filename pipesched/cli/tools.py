@@ -60,6 +60,11 @@ def _device_table(result: Balance, placement: Placement, show: Callable[[float],
 
 def _cmd_balance(args: argparse.Namespace) -> None:
     config = _config(args)
+    if config.model is not None:
+        raise ConfigError(
+            f"balance does not take --model yet; run a decoder with uniform or explicit counts: "
+            f"pipesched run --model {config.model} --partition 3,3,3,2"
+        )
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
