@@ -70,6 +70,19 @@ class Layer:
     def param_count(self) -> int:
         return (self.in_features + 1) * self.out_features
 
+    @property
+    def needs_output(self) -> bool:
+        """Its backward needs its output when a ReLU follows (the mask)."""
+        return self.relu
+
+    def kept_bytes(self, rows: int, itemsize: int) -> int:
+        """Bytes its backward keeps from the forward: its input (``saved_widths``)."""
+        return rows * self.in_features * itemsize
+
+    def output_bytes(self, rows: int, itemsize: int) -> int:
+        """Bytes of its output, ``rows`` x ``out_features``."""
+        return rows * self.out_features * itemsize
+
     def __str__(self) -> str:
         act = ", relu" if self.relu else ""
         return f"Dense({self.in_features}->{self.out_features}{act})"

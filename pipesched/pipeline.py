@@ -228,8 +228,7 @@ def prepare(config: RunConfig) -> Prepared:
     if model_config is not None:
         config = replace(config, seq_len=config.seq_len or decoder.default_seq_len(model_config))
         layers: Sequence[Any] = decoder.chain(model_config)
-        decoder.check_run(model_config, config.seq_len or 0, config.batch, config.compute, config.loss,
-                          config.partition, layers)  # fmt: skip
+        decoder.check_run(model_config, config.seq_len or 0, config.batch, config.compute, config.loss)
     else:
         widths = parse_layers(config.layers)
         layers = layers_from_widths(widths)
@@ -342,16 +341,24 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     """The config's layer graph and the link bandwidth its crossings are charged at.
 
     Layer costs come from the flops cost model (deterministic) or from timing
-    the real NumPy passes (``balance_by="measured"``); a link carries the
-    activations and gradients crossing it at the flops model's bandwidth when
-    ``config.cost`` is ``flops`` (under ``unit`` the links are free: the
-    bandwidth is infinite). Memory per stage: parameters, gradients, optimizer
-    state and the activations GPipe keeps for the whole batch. Bytes are in
-    the config's training precision (``training_sizes``), as the engine counts them.
+    the real NumPy passes (``balance_by="measured"``, the MLP's only); a link
+    carries the activations and gradients crossing it at the flops model's
+    bandwidth when ``config.cost`` is ``flops`` (under ``unit`` the links are
+    free: the bandwidth is infinite). Memory per stage: parameters, gradients,
+    optimizer state and the activations GPipe keeps for the whole batch. Bytes
+    are in the config's training precision (``training_sizes``), as the
+    engine counts them. A decoder's layers (``--model``) are its chain at its
+    sequence length, rows being sequences (``decoder.costed_chain``): the
+    output layer's 2 t h V FLOPs and the embedding's V h parameters are what
+    make its end stages heavy.
     """
     if config.balance_by not in BALANCE_BY:
         raise ConfigError(f"--balance-by {config.balance_by!r} is unknown; use one of {', '.join(BALANCE_BY)}")
-    widths = parse_layers(config.layers)
+    if config.model is not None and config.balance_by == "measured":
+        raise ConfigError(
+            f"--balance-by measured does not take --model yet (it times the MLP's layers); "
+            f"use --balance-by flops with --model {config.model}"
+        )
     rows = -(-config.batch // config.microbatches)  # the largest micro-batch
     given: dict[str, Any] = {
         "device_flops": config.device_flops,
@@ -361,10 +368,10 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     flops = FlopsCost(**{k: v for k, v in given.items() if v is not None})
     times = None
     if config.balance_by == "measured":
-        times = profile_layers(Model.from_sizes(widths, seed=config.seed), rows)
+        times = profile_layers(Model.from_sizes(parse_layers(config.layers), seed=config.seed), rows)
     size, state = training_sizes(config)
     graph = layer_graph(
-        layers_from_widths(widths),
+        _graph_layers(config),
         rows=rows,
         rows_held=config.batch,
         cost=flops,
@@ -373,6 +380,14 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
         layer_times=times,
     )
     return graph, math.inf if config.cost == "unit" else flops.link_bandwidth
+
+
+def _graph_layers(config: RunConfig) -> Sequence[Any]:
+    """The layers the balancer's graph and its shape-only candidates read: the MLP's, or a decoder's at its seq_len."""
+    if config.model is None:
+        return layers_from_widths(parse_layers(config.layers))
+    model_config = decoder.resolve(config.model, config.seq_len)
+    return decoder.costed_chain(model_config, config.seq_len or decoder.default_seq_len(model_config))
 
 
 #: Simulated actions ``balance_model`` may spend on candidates beyond the objective's optimum and uniform,
@@ -405,14 +420,22 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     optimum = balance(graph, placement, link_bandwidth=bandwidth, memory_cap=cap)
     if config.balance_by != "flops":
         return optimum
-    layers = layers_from_widths(parse_layers(config.layers))
+    layers = _graph_layers(config)
     rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
     cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
     actions = sum(len(list(expand(device))) for device in schedule.actions)
     size, state = training_sizes(config)
 
     def step(sizes: list[int]) -> tuple[bool, float]:
-        work = ShapeWorkload(layers, explicit(sizes, len(layers), stages), rows, size, state)
+        partition = explicit(sizes, len(layers), stages)
+        work: Workload
+        if config.model is None:
+            work = ShapeWorkload(layers, partition, rows, size, state)
+        else:  # the decoder's own shape-only workload, as --no-compute runs it
+            from .decoder.workload import DecoderShapeWorkload
+
+            chain = [costed.layer for costed in layers]
+            work = DecoderShapeWorkload(chain, partition, rows, config.seq_len or 0, size, state)
         trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
         return trace.oom is not None, trace.makespan
 

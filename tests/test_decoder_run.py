@@ -45,12 +45,10 @@ def test_a_7b_model_shape_only_holds_its_weights_and_adam_state_by_hand(capsys):
         (["run", "--model", "gpt5"], "unknown model preset 'gpt5'; use one of"),
         (["run", "--model", "tiny-gpt", "--seq-len", "129"], "sequence length 129 is longer than the 128 positions"),
         (["run", "--model", "tiny-gpt", "--loss", "mse"], "--loss mse is the MLP's; a decoder's loss is next-token"),
-        (["run", "--model", "tiny-gpt", "--partition", "balanced"], "--partition balanced does not take --model yet"),
         (["run", "--model", "llama2-70b"], "--model llama2-70b with real NumPy compute needs at least"),
         (["run", "--model", "tiny-gpt", "--devices", "12"], "but --model tiny-gpt has only 11 layers"),
-        (["train", "--model", "tiny-gpt"], "train does not take --model yet"),
-        (["balance", "--model", "tiny-gpt"], "balance does not take --model yet"),
         (["run", "--model", "missing.json"], "missing.json"),
+        (["balance", "--model", "tiny-gpt", "--balance-by", "measured"], "--balance-by measured does not take --model"),
     ],
 )
 def test_bad_decoder_runs_are_one_sentence(capsys, argv, message):

@@ -13,14 +13,13 @@ too, when a ReLU mask needs it and it leaves the stage). Edge attribute
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 import networkx as nx
 
 from ..cost import CostModel, FlopsCost
-from ..model import Layer, keeps_output
 
-__all__ = ["chain_graph", "layer_graph"]
+__all__ = ["GraphLayer", "chain_graph", "layer_graph"]
 
 
 def chain_graph(costs: Sequence[float]) -> nx.DiGraph:
@@ -32,8 +31,34 @@ def chain_graph(costs: Sequence[float]) -> nx.DiGraph:
     return graph
 
 
+class GraphLayer(Protocol):
+    """What ``layer_graph`` reads of a layer: its FLOPs, parameters and activation bytes.
+
+    The MLP's ``pipesched.model.Layer`` and a decoder's layer at a sequence
+    length (``pipesched.decoder.workload.CostedLayer``) both expose it.
+    """
+
+    @property
+    def param_count(self) -> int: ...
+
+    @property
+    def needs_output(self) -> bool:
+        """Whether its own backward needs its output (a ReLU's mask), so a stage that sends it on keeps it."""
+        ...
+
+    def forward_flops(self, rows: int) -> int: ...
+
+    def kept_bytes(self, rows: int, itemsize: int) -> int:
+        """Bytes its forward keeps for its backward on ``rows`` samples, its input included, its output not."""
+        ...
+
+    def output_bytes(self, rows: int, itemsize: int) -> int:
+        """Bytes of its output on ``rows`` samples: what it sends on, and what the loss keeps after the last layer."""
+        ...
+
+
 def layer_graph(
-    layers: Sequence[Layer],
+    layers: Sequence[GraphLayer],
     rows: int,
     rows_held: int,
     cost: CostModel | None = None,
@@ -41,10 +66,17 @@ def layer_graph(
     layer_times: Sequence[float] | None = None,
     state_bytes: int = 0,
 ) -> nx.DiGraph:
-    """The layer graph of a chain of dense layers.
+    """The layer graph of a chain of layers: the MLP's dense layers, or a decoder's.
+
+    A layer's ``cost`` is what the engine charges it, its forward plus its
+    full backward (``cost.compute_time`` of F and B: 3 forward FLOPs under
+    ``flops``, which for a decoder's layers equals forward + I + W exactly,
+    ``pipesched.decoder.accounting``); its ``memory`` its parameters and
+    their gradients in the training precision, its optimizer state, and what
+    it keeps for backward over ``rows_held`` samples.
 
     Args:
-        layers: the model's layers.
+        layers: the model's layers, in order (``GraphLayer``).
         rows: samples in one micro-batch (what a stage computes and sends at a time).
         rows_held: samples whose activations a stage keeps at its peak (the whole
             batch for GPipe).
@@ -57,20 +89,21 @@ def layer_graph(
     graph = nx.DiGraph()
     last = len(layers) - 1
     for i, layer in enumerate(layers):
+        one: Any = [layer]  # a cost model reads only ``forward_flops`` of a layer, which every GraphLayer has
         time = (
             layer_times[i]
             if layer_times is not None
-            else (cost.compute_time("F", [layer], rows, 1.0) + cost.compute_time("B", [layer], rows, 1.0))
+            else (cost.compute_time("F", one, rows, 1.0) + cost.compute_time("B", one, rows, 1.0))
         )
         # the loss keeps the last output whatever the cut; a ReLU's output is kept when it leaves its stage
-        kept = layer.in_features + (layer.out_features if i == last else 0)
+        kept = layer.kept_bytes(rows_held, itemsize) + (layer.output_bytes(rows_held, itemsize) if i == last else 0)
         graph.add_node(
             i,
             cost=time,
-            memory=(2 * layer.param_count + rows_held * kept) * itemsize + layer.param_count * state_bytes,
-            output_bytes=rows_held * layer.out_features * itemsize if keeps_output([layer], False) else 0,
+            memory=2 * layer.param_count * itemsize + kept + layer.param_count * state_bytes,
+            output_bytes=layer.output_bytes(rows_held, itemsize) if layer.needs_output else 0,
             layer=str(layer),
         )
         if i < last:
-            graph.add_edge(i, i + 1, bytes=rows * layer.out_features * itemsize)
+            graph.add_edge(i, i + 1, bytes=layer.output_bytes(rows, itemsize))
     return graph

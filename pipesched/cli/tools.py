@@ -14,7 +14,9 @@ import json
 import math
 import sys
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, cast
+
+import networkx as nx
 
 from .. import formulas
 from ..balance import Balance, Placement, balance, chain_graph, evaluate
@@ -31,10 +33,16 @@ from .common import _check_output_path, _config, _table, _write_atomic
 __all__ = ["_cmd_balance", "_cmd_formulas", "_cmd_export", "_cmd_strategies"]
 
 
-def _balance_table(result: Balance, in_seconds: bool, placement: Placement | None = None) -> str:
-    """Per stage: its device(s), layers, compute (seconds for a model, plain for --costs) and memory."""
+def _balance_table(
+    result: Balance, in_seconds: bool, placement: Placement | None = None, blocks: int | None = None
+) -> str:
+    """Per stage: its device(s), layers, compute (seconds for a model, plain for --costs) and memory.
+
+    ``blocks``: a decoder's block count, to name what each stage holds (its layers are embedding, blocks,
+    final norm, output).
+    """
     placement = placement or Placement.one_per_device(len(result.stages))
-    rows = [("stage", "device", "layers", "size", "compute", "memory")]
+    rows = [("stage", "device", "layers", "size", "compute", "memory") + (("holds",) if blocks is not None else ())]
     for index, (stage, cost, memory) in enumerate(zip(result.stages, result.stage_costs, result.stage_memory)):
         devices = [d for d, share in enumerate(placement.shares[index]) if share > 0]
         rows.append(
@@ -46,8 +54,43 @@ def _balance_table(result: Balance, in_seconds: bool, placement: Placement | Non
                 format_time(cost, "s") if in_seconds else f"{cost:g}",
                 format_bytes(int(memory)) if in_seconds else "-",
             )
+            + ((_decoder_holds(cast(list[int], stage), blocks),) if blocks is not None else ())
         )
     return _table(rows)
+
+
+def _decoder_holds(stage: list[int], blocks: int) -> str:
+    """What a run of a decoder's layers is: layer 0 the embedding, 1..L the blocks, then final norm and output."""
+    parts = ["embedding"] if stage[0] == 0 else []
+    inner = [i - 1 for i in stage if 1 <= i <= blocks]
+    if inner:
+        parts.append(f"block {inner[0]}" if len(inner) == 1 else f"blocks {inner[0]}-{inner[-1]} ({len(inner)})")
+    parts += [name for i, name in ((blocks + 1, "final norm"), (blocks + 2, "output")) if i in stage]
+    return ", ".join(parts)
+
+
+def _decoder_why(graph: nx.DiGraph, blocks: int, sequences: int, seq_len: int) -> str:
+    """Why a decoder's end stages want fewer blocks: its embedding, a block and its output layer side by side.
+
+    Each row is a node of the balancer's layer graph (``pipesched.balance.layer_graph``): its compute per
+    micro-batch (forward + backward under the flops model: the output layer's 2 t h V FLOPs forward) and
+    its memory (weights, gradients and optimizer state, the embedding's V h parameters among them, and
+    GPipe's activations of the whole batch), each also in blocks' worth.
+    """
+    block = graph.nodes[1]
+    rows = [("layer", "compute", "in blocks", "memory", "in blocks")]
+    for name, node in (("embedding", 0), ("block", 1), ("final norm", blocks + 1), ("output layer", blocks + 2)):
+        data = graph.nodes[node]
+        rows.append(
+            (
+                name,
+                format_time(data["cost"], "s"),
+                f"{data['cost'] / block['cost']:.2f}",
+                format_bytes(int(data["memory"])),
+                f"{data['memory'] / block['memory']:.2f}",
+            )
+        )
+    return f"per layer, micro-batches of {count(sequences, 'sequence')} of {seq_len} tokens:\n{_table(rows)}"
 
 
 def _device_table(result: Balance, placement: Placement, show: Callable[[float], str]) -> str:
@@ -60,11 +103,6 @@ def _device_table(result: Balance, placement: Placement, show: Callable[[float],
 
 def _cmd_balance(args: argparse.Namespace) -> None:
     config = _config(args)
-    if config.model is not None:
-        raise ConfigError(
-            f"balance does not take --model yet; run a decoder with uniform or explicit counts: "
-            f"pipesched run --model {config.model} --partition 3,3,3,2"
-        )
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
@@ -95,12 +133,14 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         return
     seconds = args.costs is None
     name = config.strategy if isinstance(config.strategy, str) else config.strategy.name
-    what = "--costs" if not seconds else f"layers {config.layers}, batch {config.batch}, by {config.balance_by}"
+    model = f"layers {config.layers}" if config.model is None else f"model {config.model}, seq-len {config.seq_len}"
+    what = "--costs" if not seconds else f"{model}, batch {config.batch}, by {config.balance_by}"
     print(
         f"{count(graph.number_of_nodes(), 'layer')} into {count(placement.stages, 'stage')} on "
         f"{count(placement.devices, 'device')} as {name} places them ({what})\n"
     )
-    print(_balance_table(result, in_seconds=seconds, placement=placement))
+    blocks = None if config.model is None else graph.number_of_nodes() - 3  # embedding, final norm, output
+    print(_balance_table(result, in_seconds=seconds, placement=placement, blocks=blocks))
     show = (lambda v: format_time(v, "s")) if seconds else (lambda v: f"{v:g}")
     if not placement.exclusive or any(max(row) < 1 for row in placement.shares):
         print()
@@ -115,6 +155,9 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     if best is not result:
         loads.append(f"{show(result.bottleneck)} balanced")
     loads.append(f"{show(baseline.bottleneck)} uniform ({_sizes(uniform_sizes)})")
+    if blocks is not None:
+        print()
+        print(_decoder_why(graph, blocks, -(-config.batch // config.microbatches), config.seq_len or 0))
     print(f"\nbusiest device or link per micro-batch: {', '.join(loads)}")
     if args.costs is not None:
         return

@@ -11,8 +11,6 @@ is the same path as the MLP's.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 from ..errors import ConfigError
 from ..limits import machine_memory
 from ..units import format_bytes
@@ -20,8 +18,9 @@ from . import accounting as acc
 from .config import DecoderConfig, load_config
 from .layers import DecoderLayer
 from .model import decoder_layers
+from .workload import CostedLayer
 
-__all__ = ["resolve", "default_seq_len", "chain", "check_run", "MODEL_DTYPE", "MODEL_OPTIMIZER"]
+__all__ = ["resolve", "default_seq_len", "chain", "costed_chain", "check_run", "MODEL_DTYPE", "MODEL_OPTIMIZER"]
 
 #: A decoder's own training precision and optimizer: mixed-precision Adam in bf16, as GPT-3, LLaMA and
 #: Megatron-LM train (Brown et al. 2020; Touvron et al. 2023); the seed MLP's own are fp64 and SGD.
@@ -46,17 +45,15 @@ def chain(config: DecoderConfig) -> tuple[DecoderLayer, ...]:
     return decoder_layers(config)
 
 
-def check_run(
-    config: DecoderConfig, seq_len: int, batch: int, compute: bool, loss: str, partition: str, layers: Sequence
-) -> None:
+def costed_chain(config: DecoderConfig, seq_len: int) -> tuple[CostedLayer, ...]:
+    """``chain`` at a sequence length, as the cost model and the balancer's layer graph read it."""
+    return tuple(CostedLayer(layer, seq_len) for layer in chain(config))
+
+
+def check_run(config: DecoderConfig, seq_len: int, batch: int, compute: bool, loss: str) -> None:
     """Refuse what a decoder run cannot do, before any work, each in one sentence."""
     if loss != "cross_entropy":
         raise ConfigError(f"--loss {loss} is the MLP's; a decoder's loss is next-token cross-entropy: leave --loss out")
-    if partition == "balanced":
-        raise ConfigError(
-            f"--partition balanced does not take --model yet; use uniform or counts over its {len(layers)} layers "
-            "(embedding, blocks, final norm, output)"
-        )
     available = machine_memory()
     if compute and available is not None:
         # float64 weights, their gradients and the reference pass's, plus the logits of the whole batch

@@ -43,11 +43,16 @@ from . import model as dm
 from .layers import Arrays, DecoderLayer, cross_entropy
 from .model import DecoderModel, full_batch_gradients
 
-__all__ = ["DecoderWorkload", "DecoderShapeWorkload", "grad_rel_err", "full_batch_gradients"]
+__all__ = ["CostedLayer", "DecoderWorkload", "DecoderShapeWorkload", "grad_rel_err", "full_batch_gradients"]
 
 
-class _Costed(NamedTuple):
-    """A decoder layer as the cost model reads it: forward FLOPs per micro-batch of ``rows`` sequences."""
+class CostedLayer(NamedTuple):
+    """A decoder layer at one sequence length, as the cost model and the balancer read it (rows are sequences).
+
+    It exposes what ``pipesched.balance.layer_graph`` reads of a layer
+    (``GraphLayer``): forward FLOPs, parameters, the bytes it keeps for
+    backward and its output, each from ``accounting``'s closed forms.
+    """
 
     layer: DecoderLayer
     seq_len: int
@@ -58,6 +63,19 @@ class _Costed(NamedTuple):
     @property
     def param_count(self) -> int:
         return self.layer.param_count
+
+    @property
+    def needs_output(self) -> bool:
+        return False  # every decoder layer's backward needs only what it kept (its input among them)
+
+    def kept_bytes(self, rows: int, itemsize: int) -> int:
+        return self.layer.kept_bytes(rows, self.seq_len, itemsize)
+
+    def output_bytes(self, rows: int, itemsize: int) -> int:
+        return self.layer.output_bytes(rows, self.seq_len, itemsize)
+
+    def __str__(self) -> str:
+        return str(self.layer)
 
 
 def _arrays(dicts: Sequence[Arrays]) -> list[np.ndarray]:
@@ -81,7 +99,7 @@ class _DecoderStages:
         self.itemsize = itemsize  # bytes per element in the training precision (pipesched.precision)
         self.state_bytes = state_bytes  # optimizer state per parameter (pipesched.optimizer)
         self.seq_len = seq_len
-        self.layers = tuple(tuple(_Costed(layers[i], seq_len) for i in r) for r in self.stages)
+        self.layers = tuple(tuple(CostedLayer(layers[i], seq_len) for i in r) for r in self.stages)
         self.rows = list(rows)
         self._layers = [[layers[i] for i in r] for r in self.stages]
 
