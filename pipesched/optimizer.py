@@ -30,7 +30,7 @@ array([0.9])
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -46,6 +46,7 @@ __all__ = [
     "SGD",
     "Adam",
     "make_optimizer",
+    "distinct_arrays",
 ]
 
 #: The optimizers a run can name.
@@ -119,6 +120,41 @@ class Adam:
             m_hat = m / (1 - b1**self.t)
             v_hat = v / (1 - b2**self.t)
             w -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+def distinct_arrays(
+    params: Iterable[Mapping[str, np.ndarray] | Sequence[np.ndarray]],
+    grads: Iterable[Mapping[str, np.ndarray] | Sequence[np.ndarray]],
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every parameter array, layer by layer, paired with its gradient, each array once, for ``Optimizer.step``.
+
+    A layer's parameters are a tuple (the MLP's weight and bias) or a dict of
+    named arrays (a decoder's), and its gradients are shaped the same. A tied
+    matrix is one array held by two layers (a decoder's embedding and output
+    layer, ``pipesched.decoder.DecoderModel``), whose gradient is already the
+    pair's sum in both places (``DecoderModel.tie_gradients``): it is stepped
+    once, at its first place, so that an update is not applied twice.
+
+    >>> shared = np.zeros(2)
+    >>> params, grads = distinct_arrays([{"token": shared}, {"weight": shared}], [{"token": 1}, {"weight": 1}])
+    >>> len(params), params[0] is shared
+    (1, True)
+    """
+    seen: set[int] = set()
+    out_params, out_grads = [], []
+    for layer_params, layer_grads in zip(params, grads):
+        if isinstance(layer_params, Mapping):
+            assert isinstance(layer_grads, Mapping)  # shaped as the parameters
+            pairs = [(layer_params[name], layer_grads[name]) for name in layer_params]
+        else:
+            assert not isinstance(layer_grads, Mapping)
+            pairs = list(zip(layer_params, layer_grads))
+        for array, grad in pairs:
+            if id(array) not in seen:
+                seen.add(id(array))
+                out_params.append(array)
+                out_grads.append(grad)
+    return out_params, out_grads
 
 
 def make_optimizer(optimizer: str, lr: float) -> Optimizer:

@@ -29,7 +29,7 @@ from .errors import ConfigError, PipeschedError
 from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
-from .optimizer import MLP_OPTIMIZER, check_optimizer, make_optimizer, state_bytes_per_parameter
+from .optimizer import MLP_OPTIMIZER, check_optimizer, distinct_arrays, make_optimizer, state_bytes_per_parameter
 from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
@@ -109,7 +109,7 @@ class RunResult:
     balance: Balance | None = None
     loss: float | None = None
     grad_rel_err: float | None = None
-    grads: Params | None = field(default=None, repr=False)
+    grads: Params | list[dict[str, np.ndarray]] | None = field(default=None, repr=False)  # MLP's or a decoder's
     parameters: int = 0  # the model's total parameter count
 
     @property
@@ -328,6 +328,7 @@ def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> Run
     if isinstance(work, DecoderWorkload):
         result.loss = work.loss
         grads = work.model_gradients()
+        result.grads = grads  # per layer, tied pairs summed in both places
         if config.reference:
             _, reference = full_batch_gradients(work.model, work.inputs, work.labels)
             result.grad_rel_err = decoder_grad_rel_err(grads, reference)
@@ -495,8 +496,10 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
     """Run ``steps`` simulated steps, each followed by an update of the model's parameters.
 
     The update is the config's optimizer (``pipesched.optimizer``): plain SGD
-    for the MLP unless it names ``adam``, in float64 whatever the precision
-    memory counts; ``lr`` is its learning rate (Adam's step size). Each
+    for the MLP and Adam for a decoder unless it names the other, in float64
+    whatever the precision memory counts; ``lr`` is its learning rate (Adam's
+    step size). A decoder's tied matrix is one array, stepped once with its
+    two layers' summed gradient (``optimizer.distinct_arrays``). Each
     result's ``loss`` is the loss before that step's update.
     """
     if steps < 1:
@@ -505,16 +508,12 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
         raise ConfigError(f"--lr {lr} is not positive; give a learning rate above 0, e.g. 0.01")
     if not config.compute:
         raise ConfigError("train needs real compute to update the model; drop --no-compute")
-    if config.model is not None:
-        raise ConfigError(
-            f"train does not take --model yet (a decoder runs one step with pipesched run --model {config.model}); "
-            "drop --model to train the MLP"
-        )
     prepared = prepare(config)
-    assert prepared.model is not None  # compute is on
     assert prepared.config.optimizer is not None  # prepare resolves it
     optimizer = make_optimizer(prepared.config.optimizer, lr)
-    params = [array for pair in prepared.model.params for array in pair]  # weights and biases, layer by layer
+    # per layer, the MLP's weight and bias or a decoder's named arrays (compute is on, so one of them exists)
+    model = prepared.model if prepared.decoder_model is None else prepared.decoder_model
+    assert model is not None
     results = []
     for step in range(steps):
         with np.errstate(all="ignore"):  # a diverging run is reported below, in one sentence
@@ -523,6 +522,6 @@ def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:
             raise ConfigError(
                 f"training diverged at step {step} (loss {result.loss}) with --lr {lr:g}; use a smaller learning rate"
             )
-        optimizer.step(params, [array for pair in result.grads or [] for array in pair])
+        optimizer.step(*distinct_arrays(model.params, result.grads or []))  # a tied matrix once
         results.append(result)
     return results
