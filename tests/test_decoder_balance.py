@@ -5,6 +5,8 @@ import json
 from dataclasses import replace
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from pipesched import RunConfig, run
 from pipesched.balance import Placement, balance, evaluate
@@ -26,16 +28,20 @@ def decoder_file(tmp_path, blocks, vocab):
 
 @pytest.mark.parametrize("cost", sorted(COSTS))
 @pytest.mark.parametrize("name", [n for n in BUILT_IN if n != "dp"])  # dp has one stage: nothing to balance
-def test_the_decoder_objective_is_the_brute_force_minimum(tmp_path, name, cost):
-    # 3 blocks and a vocabulary of 2048: the output layer alone computes more than all the blocks
-    config = RunConfig(model=decoder_file(tmp_path, 3, 2048), seq_len=8, batch=8, devices=2, microbatches=4,
-                       strategy=name, compute=False, **COSTS[cost])  # fmt: skip
-    schedule = plan(name, 2, 4)
+@settings(max_examples=4, deadline=None)
+@given(blocks=st.integers(2, 4), vocab=st.sampled_from([16, 512, 4096]), devices=st.integers(2, 3))
+def test_the_decoder_objective_is_the_brute_force_minimum(tmp_path_factory, name, cost, blocks, vocab, devices):
+    # from a vocabulary smaller than the width to one whose output layer outweighs every block together
+    path = decoder_file(tmp_path_factory.mktemp("decoder"), blocks, vocab)
+    schedule = plan(name, devices, 2 * devices)
+    assume(schedule.num_stages <= blocks + 3)  # embedding, blocks, final norm, output: a layer a stage at least
+    config = RunConfig(model=path, seq_len=8, batch=8, devices=devices, microbatches=2 * devices, strategy=name,
+                       compute=False, **COSTS[cost])  # fmt: skip
     graph, bandwidth = model_graph(config)
-    assert graph.number_of_nodes() == 6  # embedding, 3 blocks, final norm, output
+    assert graph.number_of_nodes() == blocks + 3
     result = balance(graph, Placement.of(schedule), link_bandwidth=bandwidth)
-    placed = stated_devices(name, 2, 4, schedule.num_stages)
-    expected = brute_force(graph, schedule.num_stages, bandwidth=bandwidth, devices=2, placed=placed)
+    placed = stated_devices(name, devices, 2 * devices, schedule.num_stages)
+    expected = brute_force(graph, schedule.num_stages, bandwidth=bandwidth, devices=devices, placed=placed)
     assert result.bottleneck == pytest.approx(expected, rel=1e-12)
 
 
