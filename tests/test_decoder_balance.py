@@ -90,15 +90,20 @@ def test_a_large_vocabulary_leaves_the_last_stage_fewer_blocks_than_uniform(tmp_
     # Uniform on 2 stages is 4,4: embedding + 3 blocks = 3 | 2 blocks + norm + output = 4.5.
     # Cutting after k blocks gives max(k, 5 - k + 2.5): k = 3 -> 4.5, k = 4 -> 4, k = 5 -> 5,
     # so the balanced partition is 5,3: embedding + 4 blocks | 1 block + norm + output.
-    # GPipe with negligible links is a flow shop, 3 (sum F + (M - 1) max F): the smaller max wins there too.
+    # On a device of 1 MFLOP/s with free links GPipe's step is a flow shop of identical micro-batches,
+    # 3 (sum F + (M - 1) max F): the same sum, so the smaller max wins there too (4 against 4.5 blocks).
     config = RunConfig(model=decoder_file(tmp_path, 5, 520), seq_len=8, batch=8, devices=2, microbatches=4,
-                       compute=False, partition="balanced")  # fmt: skip
+                       compute=False, partition="balanced", device_flops=1e6, link_latency=0.0,
+                       link_bandwidth=1e18)  # fmt: skip
     result = run(config)
     assert [len(stage) for stage in result.partition] == [5, 3]
-    assert result.balance.stage_costs == pytest.approx([4 * 3 * 16 * 6656 / 1e14, 3.5 * 3 * 16 * 6656 / 1e14])
+    block = 3 * 16 * 6656 / 1e6  # forward and backward of one micro-batch of 2 sequences (t = 16 tokens)
+    assert result.balance.stage_costs == pytest.approx([4 * block, 3.5 * block])
     uniform = evaluate(model_graph(config)[0], [4, 4])
-    assert uniform.bottleneck == pytest.approx(4.5 * 3 * 16 * 6656 / 1e14)
-    assert result.balance.simulated.makespan < result.balance.simulated.uniform_makespan
+    assert uniform.bottleneck == pytest.approx(4.5 * block)
+    forward = block / 3
+    assert result.metrics.makespan == pytest.approx(3 * (7.5 * forward + 3 * 4 * forward))
+    assert result.balance.simulated.uniform_makespan == pytest.approx(3 * (7.5 * forward + 3 * 4.5 * forward))
 
 
 def test_balance_cli_names_what_each_stage_of_a_decoder_holds(tmp_path, capsys):
