@@ -13,9 +13,9 @@ their gradients apart, as the two devices would, and are summed in
 ``model_gradients``, where the engine's all-reduce of a replicated stage is
 summed too.
 
-Not yet wired into ``pipesched run``; the cost model reads each layer's
-forward FLOPs through ``layers`` (``forward_flops(rows)``, rows being
-sequences of ``seq_len`` tokens).
+``pipesched run --model`` builds one (``pipesched.pipeline``); the cost
+model reads each layer's forward FLOPs through ``layers``
+(``forward_flops(rows)``, rows being sequences of ``seq_len`` tokens).
 
 >>> from pipesched.decoder import DecoderModel, make_tokens, preset
 >>> from pipesched.cost import UnitCost
