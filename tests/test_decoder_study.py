@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 from importlib import resources
 
 import pytest
@@ -203,3 +204,18 @@ def test_bad_decoder_sweep_files_are_named(tmp_path, capsys, text, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_committed_7b_report_is_the_model_cards_model_and_the_readme_quotes_it():
+    root = pathlib.Path(__file__).resolve().parent.parent
+    study = load_study(str(root / "reports" / "llama2-7b.toml"))
+    assert (study.model.model, study.model.compute, study.hardware.devices) == ("llama2-7b", False, 8)
+    metrics = json.loads((root / "reports" / "llama2-7b" / "metrics.json").read_text())
+    rows = {r["strategy"]: r for r in metrics["compare"]}
+    assert {r["parameters"] for r in rows.values()} == {LLAMA2_7B_PARAMETERS}
+    readme = " ".join((root / "README.md").read_text().split())  # the bullet's lines joined
+    for strategy in ("zb-v", "1f1b", "gpipe"):  # the step and bubble the README quotes, from the committed run
+        row = rows[strategy]
+        assert f"{row['makespan']:.2f} s" in readme and f"{row['bubble_fraction']:.4f}" in readme
+    # 16 micro-batches in flight on GPipe: the peak the README quotes, in GiB
+    assert f"{max(rows['gpipe']['peak_memory_bytes']) / 2**30:.2f} GiB" in readme
