@@ -219,3 +219,17 @@ def test_the_committed_7b_report_is_the_model_cards_model_and_the_readme_quotes_
         assert f"{row['makespan']:.2f} s" in readme and f"{row['bubble_fraction']:.4f}" in readme
     # 16 micro-batches in flight on GPipe: the peak the README quotes, in GiB
     assert f"{max(rows['gpipe']['peak_memory_bytes']) / 2**30:.2f} GiB" in readme
+
+
+def test_a_decoder_study_too_big_for_this_machine_names_the_compute_key(tmp_path, capsys, monkeypatch):
+    # tiny-gpt's float64 weights alone, three copies (model, gradients, reference), are 24 x 424,576 bytes
+    monkeypatch.setattr("pipesched.decoder.assemble.machine_memory", lambda: 24 * TINY_GPT_PARAMETERS - 1)
+    study = tmp_path / "big.toml"
+    study.write_text('[model]\nmodel = "tiny-gpt"\nseq_len = 16\nbatch = 32\n')
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "big.toml: [model].compute: tiny-gpt with real NumPy compute needs at least" in err
+    assert "use compute = false, a smaller model such as tiny-gpt, or a smaller [model].batch" in err
+    assert err.count("\n") == 1 and sorted(os.listdir(tmp_path)) == ["big.toml"]
+    study.write_text('[model]\nmodel = "tiny-gpt"\nseq_len = 16\nbatch = 32\ncompute = false\n')
+    load_study(str(study))  # shapes only: no arrays to hold

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..cost import OVERLAP_RULES
-from ..decoder.assemble import chain, default_seq_len, resolve
+from ..decoder.assemble import chain, check_run, default_seq_len, resolve
 from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
@@ -399,6 +399,15 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
                 f"{path}: [compare].partitions: 'balanced' does not take a decoder ([model].model) yet; "
                 f"use uniform or counts over its {len(chain(config))} layers (embedding, blocks, final norm, output)"
             )
+        if m.compute:  # this machine's memory for the float64 arrays, before any run is prepared
+            try:
+                check_run(config, m.seq_len or default_seq_len(config), m.batch, True, m.loss, "uniform", ())
+            except ConfigError as exc:
+                words = {"--no-compute": "compute = false", "--batch": "[model].batch", "--model ": ""}
+                message = str(exc)
+                for flag, key in words.items():
+                    message = message.replace(flag, key)
+                raise ConfigError(f"{path}: [model].compute: {message}") from None
         study = replace(study, model=replace(m, model=spec))
     if train_given and not trains(study):
         why = (
