@@ -1,6 +1,7 @@
 """Design-space sweeps: the product of a study's axes, run locally on every core or on a Dask cluster.
 
-A sweep file names the axes (``[axes]``), the model (``[model]``) and
+A sweep file names the axes (``[axes]``), the model (``[model]``: MLP
+``layers``, or a decoder's ``model`` and ``seq_len``, which may be an axis) and
 optional constraints (``[constraints] where = ["microbatches >= devices"]``).
 Every point is one ``pipesched run`` (without NumPy unless ``compute = true``),
 and its result is appended at once, as one JSON line, to the results file,
