@@ -1,6 +1,7 @@
 """Design-space sweeps: the product of a study's axes, run locally on every core or on a Dask cluster.
 
-A sweep file names the axes (``[axes]``), the model (``[model]``) and
+A sweep file names the axes (``[axes]``), the model (``[model]``: MLP
+``layers``, or a decoder's ``model`` and ``seq_len``, which may be an axis) and
 optional constraints (``[constraints] where = ["microbatches >= devices"]``).
 Every point is one ``pipesched run`` (without NumPy unless ``compute = true``),
 and its result is appended at once, as one JSON line, to the results file,
@@ -26,6 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from .cost import FlopsCost, check_overlap, make_cost_model
+from .decoder.assemble import chain as decoder_chain
+from .decoder.assemble import default_seq_len
+from .decoder.config import load_config, preset_names
 from .engine import check_remat
 from .errors import ConfigError, PipeschedError
 from .files import progress_bar, read_toml
@@ -66,8 +70,9 @@ AXES = (
     "overlap",
     "dtype",
     "optimizer",
+    "seq_len",
 )
-MODEL_KEYS = ("layers", "batch", "loss", "seed", "compute", "device_flops", "dtype", "optimizer")
+MODEL_KEYS = ("layers", "model", "seq_len", "batch", "loss", "seed", "compute", "device_flops", "dtype", "optimizer")
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
 
@@ -130,6 +135,7 @@ _AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
     "overlap": _text,
     "dtype": _text,
     "optimizer": _text,
+    "seq_len": _whole,
 }
 _AXIS_WORDS = {
     name: "a whole number of at least 1"
@@ -141,6 +147,8 @@ _AXIS_WORDS = {
 }
 _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
     "layers": _text,
+    "model": _text,
+    "seq_len": _whole,
     "batch": _whole,
     "loss": _text,
     "seed": lambda v: _whole(v) or v == 0,
@@ -151,6 +159,8 @@ _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
 }
 _MODEL_WORDS = {
     "layers": 'a width list such as "128,256x10,10"',
+    "model": "a decoder preset or the path to a config.json",
+    "seq_len": "a whole number of at least 1",
     "batch": "a whole number of at least 1",
     "loss": "a loss name",
     "seed": "a whole number",
@@ -215,6 +225,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     for key, value in model.items():
         if not _MODEL_TYPES[key](value):
             raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
+    model = _resolve_model(model, path)
     _check_values(axes, model, path)
     fixed = {k: v for k, v in model.items()}
     where_raw = data.get("constraints", {}).get("where", [])
@@ -247,6 +258,22 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     return result
 
 
+def _resolve_model(model: dict[str, Any], path: str) -> dict[str, Any]:
+    """A decoder named in [model].model: a config.json found next to the sweep file; layers or model, not both."""
+    if "model" not in model:
+        return model
+    if "layers" in model:
+        raise ConfigError(
+            f"{path}: [model].layers: a decoder's layers come from [model].model; give either layers or model"
+        )
+    spec = model["model"]
+    if spec not in preset_names() and not os.path.isabs(spec):
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.exists(os.path.join(folder, spec)) or spec.endswith(".json") or os.sep in spec:
+            spec = os.path.join(folder, spec)  # relative to the sweep file, as a study's schedule files are
+    return {**model, "model": spec}
+
+
 def _usable(name: str, value: Any, layers: int) -> None:
     """Raise ``PipeschedError`` unless some point could run with ``name = value``: a run's own check of it alone."""
     if name == "strategy":
@@ -267,6 +294,8 @@ def _usable(name: str, value: Any, layers: int) -> None:
         raise ConfigError(f"{value!r} is not a loss; use one of {', '.join(LOSSES)}")
     elif name == "layers":
         parse_layers(value)
+    elif name == "model":
+        load_config(value)
     elif name == "partition" and value not in ("uniform", "balanced"):  # counts: their form and their sum
         parse_partition(value, layers, stages=value.count(",") + 1)
 
@@ -281,8 +310,30 @@ def _check_values(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], path:
             raise ConfigError(f"{path}: {where}: {_without_flag(str(exc), name)}") from None
 
     for key, value in model.items():
-        check(f"[model].{key}", key, value, 0)
-    layers = len(parse_layers(model.get("layers", RunConfig.layers))) - 1  # what a partition's counts sum to
+        if key != "seq_len":  # checked against the decoder below
+            check(f"[model].{key}", key, value, 0)
+    if "model" in model:
+        config = load_config(model["model"])
+        layers = len(decoder_chain(config))
+        for where, seq_len in [("[model].seq_len", model.get("seq_len"))] + [
+            ("[axes].seq_len", s) for s in axes.get("seq_len", ())
+        ]:
+            try:
+                config.check_sequence(default_seq_len(config) if seq_len is None else seq_len)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {where}: {exc}") from None
+        if "balanced" in axes.get("partition", ()):
+            raise ConfigError(
+                f"{path}: [axes].partition: 'balanced' does not take a decoder ([model].model) yet; "
+                f"use uniform or counts over its {layers} layers (embedding, blocks, final norm, output)"
+            )
+    else:
+        if "seq_len" in model or "seq_len" in axes:
+            where = "[model].seq_len" if "seq_len" in model else "[axes].seq_len"
+            raise ConfigError(
+                f"{path}: {where}: only a decoder has a sequence length; give [model].model or leave seq_len out"
+            )
+        layers = len(parse_layers(model.get("layers", RunConfig.layers))) - 1  # what a partition's counts sum to
     for name, values in axes.items():
         for value in values:
             check(f"[axes].{name}", name, value, layers)

@@ -25,6 +25,7 @@ from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
 from .study import Study
+from .study import trains as can_train
 
 __all__ = ["StudyResults", "collect"]
 
@@ -39,6 +40,8 @@ class StudyResults:
     sweep_devices: list[dict[str, Any]] = field(default_factory=list)
     partitions: dict[str, Balance] = field(default_factory=dict)
     train: dict[str, list[float]] = field(default_factory=dict)
+    #: figures a study cannot draw, by file stem, each with the sentence the report prints instead
+    left_out: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """Every number in the report's tables and figures, as JSON-ready data."""
@@ -49,7 +52,7 @@ class StudyResults:
             "sweep_devices": self.sweep_devices,
             "partitions": {name: b.to_dict() for name, b in self.partitions.items()},
             "train": self.train,
-        }
+        } | ({"left_out": self.left_out} if self.left_out else {})
 
 
 def _label(strategy: str, chunks: int | None) -> str:
@@ -67,6 +70,8 @@ def _check_limits(study: Study) -> None:
         check_actions(h.devices, m, v, names=("[hardware].devices", where, "chunks"))
     for k in study.sweep.devices:
         check_actions(k, c.microbatches, 1, names=("[sweep].devices", "[compare].microbatches", "chunks"))
+    if study.model.model is not None:
+        return  # a decoder's arrays are checked run by run (pipesched.decoder.assemble.check_run)
     # every compared run's model, data and gradients stay alive until the last has run, and then a training run's
     check_memory(
         study.run_config(), copies=len(c.partitions) * len(c.strategies) + 1, names=("[model].layers", "[model].batch")
@@ -99,13 +104,14 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                         jobs.append(("sweep_m", (strategy, chunks, m, label), prepare(config)))
                     except StrategyError:  # it runs the compared M, so this M is one it refuses (dp: M < K)
                         break
+    decoder = study.model.model is not None
     for k in study.sweep.devices:
         for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(
                 strategy="gpipe",
                 devices=k,
-                partition="balanced",
+                partition="uniform" if decoder else "balanced",  # the balancer does not take decoders yet
                 compute=False,
                 device_memory=None,
                 allow_oom=False,
@@ -113,14 +119,14 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             )
             jobs.append(("sweep_k", (k, label), prepare(config)))
     trains = []
-    for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)):
+    for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)) if can_train(study) else ():
         config = study.run_config(
             strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=False
         )
         prepare(config)  # checked now, not after every other run
         trains.append((name, config))
     results = StudyResults(study)
-    bar = progress_bar(len(jobs) + 2 * study.train.steps, "pipesched report", "run", progress)
+    bar = progress_bar(len(jobs) + len(trains) * study.train.steps, "pipesched report", "run", progress)
     sweep_m: dict[tuple, dict[str, Any]] = {}
     sweep_k: dict[int, dict[str, Any]] = {}
     for kind, key, prepared in jobs:
@@ -159,6 +165,28 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
     results.sweep_microbatches = list(sweep_m.values())
     results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
+    if decoder:
+        results.left_out["stage-costs"] = (
+            "Stage costs are left out: they come from the balancer's layer graph, which does not take decoders yet."
+        )
+    else:
+        _partitions(study, results)
+    if not trains:
+        results.left_out["training"] = (
+            "The training loss is left out: pipesched train does not take decoders yet."
+            if decoder
+            else "The training loss is left out: training needs real compute, and [model].compute is false."
+        )
+    for name, config in trains:
+        # train stops with an error at a step without a finite loss, so every step has one
+        results.train[name] = [cast(float, r.loss) for r in train(config, study.train.steps, study.train.lr)]
+        bar.update(study.train.steps)
+    bar.close()
+    return results
+
+
+def _partitions(study: Study, results: StudyResults) -> None:
+    """The stage costs of the uniform, the balanced and the named partitions of the MLP, for the figure."""
     graph, bandwidth = model_graph(study.run_config(device_memory=None))
     gpipe = study.run_config(strategy="gpipe", partition="balanced", compute=False, device_memory=None, allow_oom=False)
     balanced = prepare(gpipe).balance  # what GPipe's balanced run uses: the objective's optimum or a faster one
@@ -173,9 +201,3 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         if name not in results.partitions:
             results.partitions[name] = evaluate(graph, [int(c) for c in name.split(",")], link_bandwidth=bandwidth)
     results.partitions = {name: results.partitions[name] for name in study.compare.partitions}  # what was asked
-    for name, config in trains:
-        # train stops with an error at a step without a finite loss, so every step has one
-        results.train[name] = [cast(float, r.loss) for r in train(config, study.train.steps, study.train.lr)]
-        bar.update(study.train.steps)
-    bar.close()
-    return results

@@ -84,6 +84,8 @@ def memory(results: StudyResults) -> Figure:
         weights = max(s.params + s.grads + s.optimizer for s in result.trace.memory[0])
         weight_size, weight_unit = byte_prefix(weights)
         state = " and optimizer state" if any(s.optimizer for s in result.trace.memory[0]) else ""
+        # beside another panel, the longer title (with optimizer state) breaks so it stays over its own panel
+        state = state.replace(" and ", " and\n", 1) if state and columns > 1 else state
         ax.set_title(f"{result.label}\n+{weights / weight_size:.3g} {weight_unit} weights{state} on device 0")
         ax.grid(alpha=0.3)
         if i + columns >= len(runs):  # the lowest panel of its column says the time axis

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from typing import Any, Callable
 
+from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -120,8 +121,16 @@ def study_text(study: Study) -> str:
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
     # named only where the study names them: otherwise the model's own (fp64 and sgd for the MLP)
     given = [f"{key} {value}" for key, value in (("precision", m.dtype), ("optimizer", m.optimizer)) if value]
+    if m.model is None:
+        model = f"Model {m.layers} ({', '.join([m.loss, *given])}), batch {m.batch}"
+    else:  # a decoder: its name (a config.json by its file name), sequences of seq_len tokens
+        name = os.path.basename(m.model)
+        tokens = "its context length" if m.seq_len is None else f"{m.seq_len} tokens"
+        own = f"{MODEL_DTYPE} and {MODEL_OPTIMIZER}, a decoder's own"
+        model = f"Model {name} ({', '.join(given) or own}), batch {m.batch} sequences of {tokens}"
+    shapes = "" if m.compute else " (shapes only: no NumPy)"
     return (
-        f"Model {m.layers} ({', '.join([m.loss, *given])}), batch {m.batch}, seed {m.seed}; K={h.devices} devices, "
+        f"{model}{shapes}, seed {m.seed}; K={h.devices} devices, "
         f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
         f"cost model {h.cost}: {link}{memory}."
     )
@@ -146,6 +155,7 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     ]
     for stem, caption in figures:
         lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
+    lines += [f"{note}\n" for note in results.left_out.values()]
     return "\n".join(lines)
 
 
@@ -185,7 +195,8 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
         f"<style>{style}</style></head><body><h1>{title}</h1><p>{html.escape(study_text(results.study))}</p>"
         f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
         f"<p>{html.escape(_notes(results))} Traces for Perfetto (ui.perfetto.dev): {links}</p>{sections}"
-        f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>"
+        + "".join(f"<p>{html.escape(note)}</p>" for note in results.left_out.values())
+        + f"<h2>Configuration</h2><pre>{html.escape(config)}</pre></body></html>"
     )
 
 
@@ -252,6 +263,8 @@ def write_report(
         os.makedirs(os.path.join(work, "figures"))
         inline, listed = [], []
         for stem, caption, draw in FIGURES:
+            if stem in results.left_out:  # the report says why instead (StudyResults.left_out)
+                continue
             if progress:
                 progress(stem)
             fig = draw(results)

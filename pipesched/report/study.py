@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..cost import OVERLAP_RULES
+from ..decoder.assemble import chain, check_run, default_seq_len, resolve
+from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
@@ -36,6 +38,8 @@ __all__ = [
     "SweepSection",
     "TrainSection",
     "load_study",
+    "trains",
+    "layer_count",
     "default_study",
     "SCHEMA_EXAMPLE",
 ]
@@ -43,7 +47,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ModelSection:
-    """[model]: the NumPy model and its synthetic data; its training precision and optimizer (None: its own)."""
+    """[model]: the NumPy model and its synthetic data; its training precision and optimizer (None: its own).
+
+    ``model`` names a decoder (a preset or a config.json, pipesched.decoder) instead of the MLP's ``layers``,
+    with ``seq_len`` tokens per sequence (None: its context length); ``compute = false`` runs from shapes alone.
+    """
 
     layers: str = DEFAULT_LAYERS
     batch: int = 32
@@ -51,6 +59,9 @@ class ModelSection:
     seed: int = 0
     dtype: str | None = None
     optimizer: str | None = None
+    model: str | None = None
+    seq_len: int | None = None
+    compute: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,6 +128,9 @@ class Study:
             seed=m.seed,
             dtype=m.dtype,
             optimizer=m.optimizer,
+            model=m.model,
+            seq_len=m.seq_len,
+            compute=m.compute,
             devices=h.devices,
             cost=h.cost,
             device_flops=h.device_flops,
@@ -197,6 +211,12 @@ def _layers(value: Any) -> str:
     return value
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{_show(value)} is not true or false")
+    return value
+
+
 def _size(value: Any) -> int:
     try:
         return parse_bytes(str(value), flag="")
@@ -234,6 +254,9 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "seed": _whole(0),
         "dtype": _choice(tuple(DTYPES)),
         "optimizer": _choice(OPTIMIZERS),
+        "model": _text,  # a preset or a config.json: resolved once the whole file is read (_resolve_model)
+        "seq_len": _whole(1),
+        "compute": _flag,
     },
     "hardware": {
         "devices": _whole(1),
@@ -267,6 +290,9 @@ loss = "cross_entropy"       # or "mse"
 seed = 0
 # dtype = "fp64"             # optional: the precision memory and links count, bf16, fp16, fp32 or fp64
 # optimizer = "sgd"          # optional: "adam" holds its state on every device, and [train] runs it
+# model = "llama2-7b"        # optional, instead of layers: a decoder preset or a config.json (relative to this file)
+# seq_len = 4096             # optional with model: tokens per sequence; default its context length
+# compute = true             # false: timing and memory from shapes alone (no NumPy, no grad error, no [train])
 
 [hardware]
 devices = 4
@@ -324,8 +350,80 @@ def load_study(path: str) -> Study:
                 raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
         study = replace(study, **{key: replace(section, **changes)})
     study = _resolve_schedule_files(study, path)
+    study = _resolve_model(study, path, data)
     _check_together(study, path)
     return study
+
+
+def trains(study: Study) -> bool:
+    """Whether the study's model can train ([train]): the MLP with real compute; not yet a decoder."""
+    return study.model.model is None and study.model.compute
+
+
+def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
+    """A decoder named in [model].model: its file found next to the study, its seq_len and the rest checked."""
+    m, given, train_given = study.model, set(data.get("model", {})), "train" in data
+    if m.model is None:
+        if "seq_len" in given:
+            raise ConfigError(
+                f"{path}: [model].seq_len: only a decoder has a sequence length; "
+                "give [model].model or leave seq_len out"
+            )
+    else:
+        if "layers" in given:
+            raise ConfigError(
+                f"{path}: [model].layers: a decoder's layers come from [model].model; give either layers or model"
+            )
+        spec = m.model
+        if spec not in preset_names() and not os.path.isabs(spec):
+            folder = os.path.dirname(os.path.abspath(path))
+            if os.path.exists(os.path.join(folder, spec)) or spec.endswith(".json") or os.sep in spec:
+                spec = os.path.join(folder, spec)  # a config.json, found next to the study like a schedule file
+        try:
+            config = load_config(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [model].model: {exc}") from None
+        try:
+            config.check_sequence(default_seq_len(config) if m.seq_len is None else m.seq_len)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: [model].seq_len: {exc}") from None
+        if m.loss != "cross_entropy":
+            raise ConfigError(
+                f"{path}: [model].loss: {m.loss!r} is the MLP's; a decoder's loss is next-token cross-entropy: "
+                "leave loss out"
+            )
+        if "partitions" not in data.get("compare", {}):  # the default's balanced does not take decoders yet
+            study = replace(study, compare=replace(study.compare, partitions=("uniform",)))
+        if "balanced" in study.compare.partitions:
+            raise ConfigError(
+                f"{path}: [compare].partitions: 'balanced' does not take a decoder ([model].model) yet; "
+                f"use uniform or counts over its {len(chain(config))} layers (embedding, blocks, final norm, output)"
+            )
+        if m.compute:  # this machine's memory for the float64 arrays, before any run is prepared
+            try:
+                check_run(config, m.seq_len or default_seq_len(config), m.batch, True, m.loss, "uniform", ())
+            except ConfigError as exc:
+                words = {"--no-compute": "compute = false", "--batch": "[model].batch", "--model ": ""}
+                message = str(exc)
+                for flag, key in words.items():
+                    message = message.replace(flag, key)
+                raise ConfigError(f"{path}: [model].compute: {message}") from None
+        study = replace(study, model=replace(m, model=spec))
+    if train_given and not trains(study):
+        why = (
+            "train does not take a decoder ([model].model) yet"
+            if m.model is not None
+            else "training needs real compute ([model].compute = false)"
+        )
+        raise ConfigError(f"{path}: [train]: {why}; leave [train] out, and the report leaves out its training figure")
+    return study
+
+
+def layer_count(study: Study) -> tuple[int, str]:
+    """The layers a partition of the study's model splits, and the key that gives them."""
+    if study.model.model is not None:
+        return len(chain(resolve(study.model.model, study.model.seq_len))), "[model].model"
+    return len(parse_layers(study.model.layers)) - 1, "[model].layers"
 
 
 def _resolve_schedule_files(study: Study, path: str) -> Study:
@@ -346,19 +444,18 @@ def _resolve_schedule_files(study: Study, path: str) -> Study:
 
 def _check_together(study: Study, path: str) -> None:
     """Checks that need several keys: each must still fail with a path."""
-    widths = parse_layers(study.model.layers)
-    layers = len(widths) - 1
+    layers, source = layer_count(study)
     for where, devices in [("[hardware].devices", study.hardware.devices)] + [
         ("[sweep].devices", d) for d in study.sweep.devices
     ]:
         if devices > layers:
-            raise ConfigError(f"{path}: {where}: {devices} devices are more than the {layers} layers of [model].layers")
+            raise ConfigError(f"{path}: {where}: {devices} devices are more than the {layers} layers of {source}")
     chunked = "interleaved" in study.compare.strategies
     for where, v in [("[compare].chunks", study.compare.chunks)] + [("[sweep].chunks", v) for v in study.sweep.chunks]:
         if chunked and study.hardware.devices * v > layers:
             raise ConfigError(
                 f"{path}: {where}: {v} chunks on {study.hardware.devices} devices make "
-                f"{study.hardware.devices * v} stages, more than the {layers} layers of [model].layers"
+                f"{study.hardware.devices * v} stages, more than the {layers} layers of {source}"
             )
     strategies = study.compare.strategies
     if len(set(strategies)) < len(strategies):
