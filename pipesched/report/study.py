@@ -401,7 +401,7 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
             )
         if m.compute:  # this machine's memory for the float64 arrays, before any run is prepared
             try:
-                check_run(config, m.seq_len or default_seq_len(config), m.batch, True, m.loss, "uniform", ())
+                check_run(config, m.seq_len or default_seq_len(config), m.batch, True, m.loss)
             except ConfigError as exc:
                 words = {"--no-compute": "compute = false", "--batch": "[model].batch", "--model ": ""}
                 message = str(exc)
