@@ -29,7 +29,7 @@ devices holding the two stages, after the backward and before the optimizer
 step (``finalize_model_grads``, after the data-parallel reduction). Here it
 is the same ring over the devices holding either stage, after each one's
 last action and its replica all-reduces; its chunks are transfers with op
-``"tie"``. Where one device holds both stages there is nothing to send.
+``"tie"``. Where a device holds both stages there is nothing to send.
 
 When no event is left but a device has not finished, the schedule deadlocked:
 ``DeadlockError`` names every blocked device and what it waits for.
@@ -532,13 +532,18 @@ def _tie_rings(
 ) -> dict[tuple[int, tuple[int, ...]], int]:
     """Per (first stage, ring of devices holding either stage), the tied bytes to all-reduce.
 
-    A pair held by one device needs no exchange; pairs with the same first
+    A device holding both stages sums the pair itself: one stage (data
+    parallelism's replicas, whose own all-reduce already sums it) or two on
+    one device (ZB-V's V) need no exchange. Otherwise the ring is every device
+    holding either stage (with replicated stages a simplification: Megatron-LM
+    pairs each pipeline's first and last rank). Pairs with the same first
     stage and ring share one all-reduce of their summed bytes.
     """
     rings: dict[tuple[int, tuple[int, ...]], int] = {}
     for a, b, nbytes in ties:
-        ring = tuple(sorted(set(placement[a]) | set(placement[b])))
-        if len(ring) > 1:
+        first, second = set(placement[a]), set(placement[b])
+        ring = tuple(sorted(first | second))
+        if not first & second:
             rings[(a, ring)] = rings.get((a, ring), 0) + nbytes
     return rings
 

@@ -119,15 +119,17 @@ def test_a_tied_pair_is_all_reduced_between_the_first_and_last_device(devices):
     assert max(after) >= 512 and all(b % 512 == 0 for b in after) and after[-1] == 0
 
 
-def test_one_device_holding_both_tied_stages_sends_nothing():
-    # ZB-V puts stage 0 and the last stage on device 0: the two gradients meet there, no link is used.
+@pytest.mark.parametrize("strategy, stages", [("zb-v", 4), ("dp", 1)])
+def test_a_device_holding_both_tied_stages_sends_nothing_for_them(strategy, stages):
+    # ZB-V puts stage 0 and the last stage on device 0; data parallelism holds the whole model (one
+    # stage) on each device, whose own all-reduce sums it: the two gradients meet on a device.
     config = _config(3, heads=4, kv_heads=4, swiglu=False, tied=True)
     model = DecoderModel.from_config(config, seed=0)
     inputs, labels = make_tokens(config, batch=4, seq_len=5, seed=0)
-    schedule = make_plan(load_strategy("zb-v"), 2, 4, 2)
-    work = DecoderWorkload(model, uniform(len(model.layers), 4), inputs, labels, split(4, 4))
+    schedule = make_plan(load_strategy(strategy), 2, 4, 2 if strategy == "zb-v" else 1)
+    work = DecoderWorkload(model, uniform(len(model.layers), stages), inputs, labels, split(4, 4))
     trace = simulate(schedule, work, _SlowLinks())
-    assert work.ties == ((0, 3, 32 * 16 * 8),) and not any(t.op == "tie" for t in trace.transfers)
+    assert work.ties == ((0, stages - 1, 32 * 16 * 8),) and not any(t.op == "tie" for t in trace.transfers)
     _, reference = full_batch_gradients(model, inputs, labels)
     assert grad_rel_err(work.model_gradients(), reference) < 1e-10
 
