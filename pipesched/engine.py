@@ -492,8 +492,8 @@ class _Engine(Links):
             self._send(Message(device, nxt, (op, stage, step, nxt), chunk, (stage, op, step)))
         if key not in self.arrived:
             self.blocked[key] = device
-            what = "all-reduce of stage" if op == "allreduce" else "tied-weight all-reduce of stages"
-            self.waiting[device] = f"step {step} of the {what} {stage} (from device {ring[r - 1]})"
+            what = f"all-reduce of stage {stage}" if op == "allreduce" else f"tied-weight all-reduce of stage {stage}"
+            self.waiting[device] = f"step {step} of the {what} (from device {ring[r - 1]})"
             return
         self.memory[device].release([self.arrived.pop(key)], "buffers")  # summed into the gradient
         del self.arrived[(key, "sent")]
