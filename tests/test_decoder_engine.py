@@ -121,6 +121,26 @@ def test_a_tied_pair_is_all_reduced_between_the_first_and_last_device(devices):
     assert [(m.time - last, m.buffers) for m in tied.memory[0] if m.time >= last] == [(0, 1024), (1, 512), (2, 0)]
 
 
+def test_the_tied_exchange_costs_a_two_member_ring_all_reduce_under_flops():
+    # Slow devices (1 MFLOP/s) so the last device is done long before device 0, whose last B ends the
+    # untied step: then the tie adds exactly one ring all-reduce of V*h*itemsize bytes over R = 2,
+    # 2(R-1) * (latency + ceil(bytes/R) / bandwidth) (Patarasuk and Yuan 2009; formulas.ring_allreduce_time).
+    from pipesched.cost import FlopsCost
+    from pipesched.formulas import ring_allreduce_time
+
+    cost = FlopsCost(device_flops=1e6, link_bandwidth=1e5, link_latency=1e-3)
+    makespans = {}
+    for tied in (True, False):
+        config = _config(2, heads=4, kv_heads=2, swiglu=True, tied=tied)
+        model = DecoderModel.from_config(config, seed=0)
+        inputs, labels = make_tokens(config, batch=2, seq_len=4, seed=0)
+        work = DecoderWorkload(model, uniform(len(model.layers), 2), inputs, labels, split(2, 2), itemsize=2)
+        makespans[tied] = simulate(make_plan(load_strategy("1f1b"), 2, 2), work, cost).makespan
+    extra = ring_allreduce_time(2, 32 * 16 * 2, bandwidth=1e5, latency=1e-3)  # 2 * (1 ms + 512 B / 100 kB/s)
+    assert extra == pytest.approx(2 * (1e-3 + 512 / 1e5), rel=1e-12)
+    assert makespans[True] - makespans[False] == pytest.approx(extra, rel=1e-9)
+
+
 @pytest.mark.parametrize("strategy, stages", [("zb-v", 4), ("dp", 1)])
 def test_a_device_holding_both_tied_stages_sends_nothing_for_them(strategy, stages):
     # ZB-V puts stage 0 and the last stage on device 0; data parallelism holds the whole model (one
