@@ -65,7 +65,12 @@ class Held:
 
 
 class Workload(Protocol):
-    """What the engine asks of a workload, per (stage, micro-batch)."""
+    """What the engine asks of a workload, per (stage, micro-batch).
+
+    A workload with tied weights also states ``ties``: (stage a, stage b,
+    bytes) per pair whose gradients the devices holding the two stages sum
+    over the links (``pipesched.decoder.workload``); without it, none.
+    """
 
     rows: list[int]
     itemsize: int  # bytes per element in the training precision: what memory and links count

@@ -12,7 +12,11 @@ numerically exact and as fast and lean as its theory says:
 >>> check_strategy(EagerGPipe(), bubble=lambda K, M, v: (K - 1) / (K - 1 + M),
 ...                inflight=lambda K, M, v, d: M, max_examples=10)
 
-``configs()`` draws configurations and ``schedules()`` complete, valid,
+``check_strategy`` runs some draws on tiny transformer decoders too (MHA and
+GQA, tied and untied embeddings, GELU and SwiGLU): their gradients must be
+the full-batch pass's, and the shape-only memory timeline (``--no-compute``)
+must be the real arrays' byte for byte. ``configs()`` draws configurations
+(``decoders=True`` for decoders too) and ``schedules()`` complete, valid,
 deadlock-free schedules, for your own property tests. Requires hypothesis
 (``pip install pipesched[test]``).
 """
@@ -20,7 +24,7 @@ deadlock-free schedules, for your own property tests. Requires hypothesis
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 try:
@@ -29,17 +33,34 @@ try:
 except ImportError as exc:  # a library module, so say what to install rather than fail obscurely
     raise ImportError("pipesched.testing needs hypothesis; install it with pip install 'pipesched[test]'") from exc
 
-from .errors import PipeschedError
+from .cost import UnitCost
+from .decoder import DecoderConfig, DecoderModel, make_tokens
+from .decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
+from .decoder.workload import DecoderShapeWorkload, DecoderWorkload, full_batch_gradients, grad_rel_err
+from .engine import simulate
+from .errors import ConfigError, PipeschedError
+from .microbatch import split
+from .optimizer import state_bytes_per_parameter
+from .partition import uniform
 from .pipeline import RunConfig, run
+from .precision import itemsize
 from .schedule import Action, Schedule
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
 
-__all__ = ["Config", "configs", "schedules", "check_strategy", "StrategyCheckFailed"]
+__all__ = ["Config", "configs", "decoder_configs", "schedules", "check_strategy", "StrategyCheckFailed"]
+
+
+#: The drawn decoders' sizes: tiny, so real NumPy runs each in milliseconds, yet every part is there.
+DECODER_HIDDEN, DECODER_HEADS, DECODER_VOCAB, DECODER_MAX_BLOCKS = 16, 4, 32, 4
 
 
 @dataclass(frozen=True)
 class Config:
-    """A drawn configuration: K devices, M micro-batches, v chunks, layer widths, batch, remat."""
+    """A drawn configuration: K devices, M micro-batches, v chunks, layer widths, batch, remat.
+
+    A decoder draw has ``model`` (a tiny ``DecoderConfig``) and ``seq_len``
+    instead of widths (``widths`` is empty).
+    """
 
     devices: int
     microbatches: int
@@ -47,8 +68,26 @@ class Config:
     widths: tuple[int, ...]
     batch: int
     remat: str
+    model: DecoderConfig | None = None
+    seq_len: int = 0
+
+    def describe_model(self) -> str:
+        """``layers=...`` for the MLP, else the decoder's shape and sequence length, for messages."""
+        if self.model is None:
+            return f"layers={','.join(map(str, self.widths))}"
+        m = self.model
+        return (
+            f"model=decoder({m.num_layers} blocks, hidden {m.hidden_size}, {m.num_heads} heads, "
+            f"{m.num_kv_heads} KV heads, {'swiglu' if m.activation == 'silu' else 'gelu'}, "
+            f"{'tied' if m.tie_embeddings else 'untied'}), seq_len={self.seq_len}"
+        )
 
     def run_config(self, strategy: Any, cost: str = "unit", remat: str | None = None) -> RunConfig:
+        if self.model is not None:
+            raise ConfigError(
+                "a drawn decoder has no RunConfig (RunConfig.model names a preset or a config.json); "
+                "check it with check_strategy, or draw with configs(decoders=False)"
+            )
         return RunConfig(
             strategy=strategy,
             devices=self.devices,
@@ -68,22 +107,55 @@ def configs(
     max_microbatches: int = 8,
     chunks: tuple[int, ...] = (1,),
     microbatches_per_device: int = 0,
+    decoders: bool = False,
 ) -> Config:
     """Configurations with enough layers for ``devices × chunks`` stages.
 
     Layer widths 1 to 9, batch at least M (micro-batches of uneven sizes
     included), every remat mode; at least ``microbatches_per_device × K``
     micro-batches (1 for data parallelism, which gives every device its own).
+    With ``decoders``, about half the draws whose stages a decoder of at most
+    ``DECODER_MAX_BLOCKS`` blocks can fill are tiny decoders instead
+    (``decoder_configs``).
     """
     devices = draw(st.integers(1, max_devices))
     v = draw(st.sampled_from(chunks))
     fewest = max(1, microbatches_per_device * devices)
     microbatches = draw(st.integers(fewest, max(max_microbatches, fewest)))
     stages = devices * v
+    if decoders and stages <= DECODER_MAX_BLOCKS + 3 and draw(st.booleans()):  # + embedding, final norm, output
+        model = draw(decoder_configs(stages))
+        batch = draw(st.integers(microbatches, microbatches + 3))
+        remat = draw(st.sampled_from(["never", "always", "except_last"]))
+        return Config(devices, microbatches, v, (), batch, remat, model, draw(st.integers(4, 6)))
     widths = tuple(draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 3)))
     batch = draw(st.integers(microbatches, microbatches + 5))
     remat = draw(st.sampled_from(["never", "always", "except_last"]))
     return Config(devices, microbatches, v, widths, batch, remat)
+
+
+@st.composite
+def decoder_configs(draw: Callable[..., Any], stages: int = 1) -> DecoderConfig:
+    """Tiny decoders (hidden 16, 4 heads, vocabulary 32) with a layer for each of ``stages`` stages.
+
+    1 to 4 blocks (at least ``stages - 3``: the embedding, final norm and
+    output layer are layers too), multi-head or grouped-query (2 KV heads)
+    attention, tied or untied embeddings, GPT-style (learned positions,
+    LayerNorm, GELU) or LLaMA-style (rotary positions, RMSNorm, SwiGLU).
+    """
+    blocks = draw(st.integers(max(1, stages - 3), DECODER_MAX_BLOCKS))
+    gqa, swiglu, tied = draw(st.booleans()), draw(st.booleans()), draw(st.booleans())
+    gpt = DecoderConfig(
+        hidden_size=DECODER_HIDDEN,
+        num_layers=blocks,
+        num_heads=DECODER_HEADS,
+        num_kv_heads=DECODER_HEADS // 2 if gqa else DECODER_HEADS,
+        intermediate_size=24,
+        vocab_size=DECODER_VOCAB,
+        max_positions=8,
+        tie_embeddings=tied,
+    )
+    return replace(gpt, activation="silu", position="rotary", norm="rmsnorm", bias=False) if swiglu else gpt
 
 
 @st.composite
@@ -131,7 +203,7 @@ def _check_one(
 ) -> None:
     label = (
         f"{strategy.name!r} with devices={config.devices}, microbatches={config.microbatches}, "
-        f"chunks={config.chunks}, layers={','.join(map(str, config.widths))}, batch={config.batch}, "
+        f"chunks={config.chunks}, {config.describe_model()}, batch={config.batch}, "
         f"remat={config.remat}"
     )
     try:
@@ -139,6 +211,9 @@ def _check_one(
     except PipeschedError as exc:
         raise StrategyCheckFailed(f"{label}: {exc}") from None
     table = schedule.table()
+    if config.model is not None:
+        _check_decoder(schedule, config, f"{label}: ", f"\n{table}")
+        return
     try:
         result = run(config.run_config(strategy))
     except PipeschedError as exc:
@@ -176,6 +251,40 @@ def _check_one(
             raise StrategyCheckFailed(f"{label}: peak in-flight micro-batches {got}, the formula gives {want}\n{table}")
 
 
+def _check_decoder(schedule: Schedule, config: Config, label: str, table: str) -> None:
+    """A decoder draw: exact gradients, and shape-only memory and transfers equal the real arrays'.
+
+    In the decoder's own training precision (bf16, mixed-precision Adam), as
+    ``pipesched run --model`` counts it; NumPy computes in float64 whatever it is.
+    """
+    assert config.model is not None
+    model = DecoderModel.from_config(config.model, seed=0)
+    inputs, labels = make_tokens(config.model, config.batch, config.seq_len, seed=0)
+    slices = split(config.batch, config.microbatches)
+    size, state = itemsize(MODEL_DTYPE), state_bytes_per_parameter(MODEL_OPTIMIZER, MODEL_DTYPE)
+    try:
+        stages = uniform(len(model.layers), schedule.num_stages)
+        work = DecoderWorkload(model, stages, inputs, labels, slices, size, state)
+        real = simulate(schedule, work, UnitCost(), remat=config.remat)
+        rows = [s.stop - s.start for s in slices]
+        shapes = DecoderShapeWorkload(model.layers, stages, rows, config.seq_len, size, state)
+        shape = simulate(schedule, shapes, UnitCost(), remat=config.remat)
+    except PipeschedError as exc:
+        raise StrategyCheckFailed(f"{label}{exc}{table}") from None
+    error = grad_rel_err(work.model_gradients(), full_batch_gradients(model, inputs, labels)[1])
+    if not error <= 1e-10:
+        raise StrategyCheckFailed(f"{label}gradients differ from the full-batch pass by {error:.3g}{table}")
+    for device, (got, want) in enumerate(zip(shape.memory, real.memory)):
+        if list(got) != list(want):
+            at = next((g, w) for g, w in zip([*got, None], [*want, None]) if g != w)
+            raise StrategyCheckFailed(
+                f"{label}shape-only memory on device {device} differs from the real arrays': "
+                f"{at[0]} against {at[1]}{table}"
+            )
+    if list(shape.transfers) != list(real.transfers):
+        raise StrategyCheckFailed(f"{label}shape-only transfers differ from the real arrays'{table}")
+
+
 def check_strategy(
     strategy: Strategy | str,
     *,
@@ -187,6 +296,7 @@ def check_strategy(
     max_microbatches: int = 8,
     microbatches_per_device: int = 0,
     max_examples: int = 50,
+    decoders: bool = True,
 ) -> None:
     """Assert, over drawn configurations, that ``strategy`` plans valid, exact, deadlock-free schedules.
 
@@ -198,6 +308,11 @@ def check_strategy(
     that configuration), the peak in-flight micro-batches of device d must
     equal ``inflight(K, M, v, d)``, and the bubble with steps back to back
     (``Metrics.steady_bubble_fraction``) must equal ``steady(K, M, v)``.
+    With ``decoders`` (the default), about half the configurations whose
+    stages a 4-block decoder can fill run a tiny transformer decoder instead
+    of the MLP (``decoder_configs``): there the gradients must be exact and
+    the shape-only memory timeline the real arrays' byte for byte (the
+    formulas are checked on the MLP draws).
 
     Args:
         strategy: an instance, or a name or ``path/file.py:Class`` to load.
@@ -216,9 +331,10 @@ def check_strategy(
         deadline=None,
         derandomize=True,
         database=None,
+        report_multiple_bugs=False,  # one failure, the smallest: an MLP draw and a decoder draw may fail alike
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
-    @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device))
+    @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device, decoders))
     def check(config: Config) -> None:
         _check_one(instance, config, bubble, inflight, steady)
 

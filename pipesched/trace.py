@@ -39,11 +39,17 @@ class Span(NamedTuple):
         return f"Span(device={self.device}, name={self.name!r}, start={self.start!r}, end={self.end!r})"
 
 
+#: Transfer ops that are chunks of a ring all-reduce (a replicated stage's, a tied pair's), not an action's output.
+_CHUNKS = ("allreduce", "tie")
+
+
 class Transfer(NamedTuple):
     """The link ``src -> dst`` was busy with ``nbytes`` from start to end, and they landed at ``arrival``.
 
     What moved: the output of action ``(stage, op, microbatch)`` (named like
-    ``2F0``), or, with op ``"allreduce"``, a gradient chunk of ``stage``.
+    ``2F0``), or, with op ``"allreduce"``, a gradient chunk of ``stage``, or,
+    with op ``"tie"``, a chunk of the tied-weight all-reduce of ``stage`` and
+    its pair (``pipesched.engine``).
     ``arrival - end`` is the link's latency: the next send may use the link
     meanwhile.
     """
@@ -60,7 +66,7 @@ class Transfer(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"allreduce {self.stage}" if self.op == "allreduce" else f"{self.stage}{self.op}{self.microbatch}"
+        return f"{self.op} {self.stage}" if self.op in _CHUNKS else f"{self.stage}{self.op}{self.microbatch}"
 
 
 class MemorySample(NamedTuple):
@@ -241,8 +247,10 @@ class Trace:
         windows = []
         devices = _ints(spans.column("device"))
         starts, ends = _floats(spans.column("start")), _floats(spans.column("end"))
-        if len(moves) and moves.has_word("allreduce"):  # a device sums a chunk in once it lands
-            chunk = _ints(moves.column("op")) == moves.code("allreduce")
+        chunks = [word for word in _CHUNKS if len(moves) and moves.has_word(word)]
+        if chunks:  # a device sums a chunk in once it lands
+            ops = _ints(moves.column("op"))
+            chunk = np.isin(ops, [moves.code(word) for word in chunks])
             landed = _floats(moves.column("arrival"))[chunk]
             devices = np.concatenate([devices, _ints(moves.column("dst"))[chunk]])
             starts, ends = np.concatenate([starts, landed]), np.concatenate([ends, landed])

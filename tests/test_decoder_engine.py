@@ -79,6 +79,83 @@ def test_tied_gradients_are_accumulated_apart_and_summed_once():
     assert grad_rel_err([{"m": embedding}], [{"m": reference[0]["token"]}]) > 1e-3  # one side alone is not it
 
 
+class _SlowLinks(UnitCost):
+    """Unit compute, and every message occupies its link for one unit (no latency), as in test_p2p.py."""
+
+    def transfer_times(self, nbytes):
+        return 1.0, 0.0
+
+
+@pytest.mark.parametrize("devices", [2, 3])
+def test_a_tied_pair_is_all_reduced_between_the_first_and_last_device(devices):
+    # Megatron-LM's embedding group: the devices of stage 0 and the last stage sum the tied matrix's
+    # two gradients with a ring all-reduce, R = 2 members, so 2(R-1) = 2 sends each of
+    # ceil(V*h*itemsize / R) = 32*16*2 / 2 = 512 bytes in bf16. Nothing else is sent for it.
+    config = _config(devices, heads=4, kv_heads=4, swiglu=False, tied=True)
+    untied = _config(devices, heads=4, kv_heads=4, swiglu=False, tied=False)
+    schedule = make_plan(load_strategy("1f1b"), devices, 4)
+    traces = {}
+    for c in (config, untied):
+        model = DecoderModel.from_config(c, seed=5)
+        inputs, labels = make_tokens(c, batch=4, seq_len=5, seed=6)
+        work = DecoderWorkload(model, uniform(len(model.layers), devices), inputs, labels, split(4, 4), itemsize=2)
+        traces[c.tie_embeddings] = simulate(schedule, work, _SlowLinks())
+        _, reference = full_batch_gradients(model, inputs, labels)
+        assert grad_rel_err(work.model_gradients(), reference) < 1e-10
+    tied, plain = traces[True], traces[False]
+    ties = [t for t in tied.transfers if t.op == "tie"]
+    assert sorted((t.src, t.dst, t.nbytes) for t in ties) == sorted(
+        [(0, devices - 1, 512)] * 2 + [(devices - 1, 0, 512)] * 2
+    )
+    assert not any(t.op == "tie" for t in plain.transfers)
+    assert [t for t in tied.transfers if t.op != "tie"] == list(plain.transfers)  # the step itself is unchanged
+    # 1F1B ends on device 0 (its last B, at the untied makespan T); the last device finished earlier,
+    # so its first chunk is already there. Device 0's two sends queue on its link, T to T+1 and T+1
+    # to T+2; the last device sends its second chunk when device 0's first lands, T+1 to T+2.
+    assert tied.makespan == plain.makespan + 2
+    # The chunks are link buffers on device 0: at T the chunk that came is summed in and freed, and
+    # its own two are held (one on the wire, one queued): 1024 bytes; at T+1 the first has left; at
+    # T+2 the second has left and the last chunk to come is summed in as it lands.
+    last = max(s.end for s in tied.spans if s.device == 0)
+    assert last == plain.makespan
+    assert [(m.time - last, m.buffers) for m in tied.memory[0] if m.time >= last] == [(0, 1024), (1, 512), (2, 0)]
+
+
+def test_the_tied_exchange_costs_a_two_member_ring_all_reduce_under_flops():
+    # Slow devices (1 MFLOP/s) so the last device is done long before device 0, whose last B ends the
+    # untied step: then the tie adds exactly one ring all-reduce of V*h*itemsize bytes over R = 2,
+    # 2(R-1) * (latency + ceil(bytes/R) / bandwidth) (Patarasuk and Yuan 2009; formulas.ring_allreduce_time).
+    from pipesched.cost import FlopsCost
+    from pipesched.formulas import ring_allreduce_time
+
+    cost = FlopsCost(device_flops=1e6, link_bandwidth=1e5, link_latency=1e-3)
+    makespans = {}
+    for tied in (True, False):
+        config = _config(2, heads=4, kv_heads=2, swiglu=True, tied=tied)
+        model = DecoderModel.from_config(config, seed=0)
+        inputs, labels = make_tokens(config, batch=2, seq_len=4, seed=0)
+        work = DecoderWorkload(model, uniform(len(model.layers), 2), inputs, labels, split(2, 2), itemsize=2)
+        makespans[tied] = simulate(make_plan(load_strategy("1f1b"), 2, 2), work, cost).makespan
+    extra = ring_allreduce_time(2, 32 * 16 * 2, bandwidth=1e5, latency=1e-3)  # 2 * (1 ms + 512 B / 100 kB/s)
+    assert extra == pytest.approx(2 * (1e-3 + 512 / 1e5), rel=1e-12)
+    assert makespans[True] - makespans[False] == pytest.approx(extra, rel=1e-9)
+
+
+@pytest.mark.parametrize("strategy, stages", [("zb-v", 4), ("dp", 1)])
+def test_a_device_holding_both_tied_stages_sends_nothing_for_them(strategy, stages):
+    # ZB-V puts stage 0 and the last stage on device 0; data parallelism holds the whole model (one
+    # stage) on each device, whose own all-reduce sums it: the two gradients meet on a device.
+    config = _config(3, heads=4, kv_heads=4, swiglu=False, tied=True)
+    model = DecoderModel.from_config(config, seed=0)
+    inputs, labels = make_tokens(config, batch=4, seq_len=5, seed=0)
+    schedule = make_plan(load_strategy(strategy), 2, 4, 2 if strategy == "zb-v" else 1)
+    work = DecoderWorkload(model, uniform(len(model.layers), stages), inputs, labels, split(4, 4))
+    trace = simulate(schedule, work, _SlowLinks())
+    assert work.ties == ((0, stages - 1, 32 * 16 * 8),) and not any(t.op == "tie" for t in trace.transfers)
+    _, reference = full_batch_gradients(model, inputs, labels)
+    assert grad_rel_err(work.model_gradients(), reference) < 1e-10
+
+
 def test_the_cost_model_charges_each_layers_forward_flops():
     # Under the flops model a stage's F takes its layers' forward FLOPs / device FLOP/s; B twice that.
     from pipesched.cost import FlopsCost
@@ -120,16 +197,17 @@ def test_each_layers_reused_and_output_bytes_are_its_real_arrays(swiglu):
     remat=st.sampled_from(REMAT),
     gqa=st.booleans(),
     swiglu=st.booleans(),
+    tied=st.booleans(),
     data=st.data(),
 )
-def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, remat, gqa, swiglu, data):
+def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, remat, gqa, swiglu, tied, data):
     from pipesched.decoder.workload import DecoderShapeWorkload
 
     chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
     microbatches = 2 * devices if strategy == "dualpipev" else devices + data.draw(st.integers(0, 2))
     batch = microbatches + data.draw(st.integers(0, 3))
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
-    config = _config(max(1, schedule.num_stages - 2), heads=4, kv_heads=2 if gqa else 4, swiglu=swiglu, tied=True)
+    config = _config(max(1, schedule.num_stages - 2), heads=4, kv_heads=2 if gqa else 4, swiglu=swiglu, tied=tied)
     model = DecoderModel.from_config(config, seed=0)
     inputs, labels = make_tokens(config, batch=batch, seq_len=6, seed=0)
     stages, slices = uniform(len(model.layers), schedule.num_stages), split(batch, microbatches)
@@ -140,4 +218,4 @@ def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, r
     stand_ins = DecoderShapeWorkload(model.layers, stages, rows, 6, itemsize=size, state_bytes=state)
     shape = simulate(schedule, stand_ins, UnitCost(), remat=remat)
     assert [list(m) for m in shape.memory] == [list(m) for m in real.memory]
-    assert [t.nbytes for t in shape.transfers] == [t.nbytes for t in real.transfers]
+    assert list(shape.transfers) == list(real.transfers)  # the tied pair's all-reduce chunks too

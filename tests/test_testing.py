@@ -4,8 +4,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import pipesched.testing as testing
 from pipesched import Action, RunConfig, Schedule, formulas, run, validate
+from pipesched.decoder.workload import DecoderShapeWorkload, DecoderWorkload
+from pipesched.errors import ConfigError
 from pipesched.testing import StrategyCheckFailed, check_strategy, configs, schedules
+
+#: every built-in, with what check_strategy needs to draw configurations it can run
+BUILTINS = {
+    "gpipe": {},
+    "1f1b": {},
+    "interleaved": {"chunks": (1, 2)},
+    "zb-h1": {},
+    "zb-h2": {},
+    "zb-v": {"chunks": (2,)},
+    "dualpipev": {"chunks": (2,), "microbatches_per_device": 2},
+    "dp": {"microbatches_per_device": 1},
+}
 
 
 @pytest.mark.parametrize("name", ["gpipe", "1f1b", "interleaved", "zb-h1", "dp"])
@@ -19,6 +34,68 @@ def test_the_builtins_pass_with_their_closed_forms(name):
         microbatches_per_device=1 if name == "dp" else 0,
         max_examples=25,
     )
+
+
+def test_every_builtin_passes_on_decoder_draws_of_every_kind(monkeypatch):
+    # A spy on the decoder check: each built-in meets decoders (exact gradients, shape-only memory =
+    # real), and over them MHA and GQA, GELU and SwiGLU, tied and untied all occur.
+    seen = {}
+    check = testing._check_decoder
+
+    def spy(schedule, config, label, table):
+        seen.setdefault(label.split("'")[1], []).append(config.model)
+        check(schedule, config, label, table)
+
+    monkeypatch.setattr(testing, "_check_decoder", spy)
+    for name, draws in BUILTINS.items():
+        check_strategy(name, max_examples=20, **draws)
+    assert set(seen) == set(BUILTINS)
+    models = [m for ms in seen.values() for m in ms]
+    assert {m.num_kv_heads < m.num_heads for m in models} == {False, True}
+    assert {m.activation for m in models} == {"gelu", "silu"} and {m.tie_embeddings for m in models} == {False, True}
+
+
+def test_a_workload_wrong_only_on_tied_decoders_is_caught(monkeypatch):
+    # A schedule sees only K, M and v, so no plug-in can be wrong on decoders alone; what the decoder
+    # draws catch is the engine and workload under the plug-in. Forget the tied pair's sum (the
+    # embedding all-reduce): the MLP draws cannot see it, the decoder draws do.
+    def unsummed(self):
+        total = self.model.zeros_like_params()
+        for (_, stage), grads in self.grads.items():
+            for i, layer_grads in zip(self.stages[stage], grads):
+                for name, g in layer_grads.items():
+                    total[i][name] += g
+        return total
+
+    monkeypatch.setattr(DecoderWorkload, "model_gradients", unsummed)
+    check_strategy("1f1b", max_examples=20, decoders=False)
+    with pytest.raises(StrategyCheckFailed, match=r"'1f1b' with .*model=decoder\(.*, tied\).*gradients differ"):
+        check_strategy("1f1b", max_examples=20)
+
+
+def test_shape_only_memory_that_misses_a_byte_is_caught(monkeypatch):
+    sizes = DecoderShapeWorkload._sizes
+
+    def off_by_one(self, stage, mb):
+        x, reused, private, out, new, arriving = sizes(self, stage, mb)
+        return x, reused, private + 1, out, new, arriving
+
+    monkeypatch.setattr(DecoderShapeWorkload, "_sizes", off_by_one)
+    with pytest.raises(StrategyCheckFailed, match=r"shape-only memory on device 0 differs from the real arrays'"):
+        check_strategy("gpipe", max_examples=20)
+
+
+@given(configs(max_devices=4, chunks=(1, 2), decoders=True))
+def test_drawn_decoders_give_every_stage_a_layer(config):
+    if config.model is None:
+        assert len(config.widths) - 1 >= config.devices * config.chunks
+        return
+    m = config.model
+    assert (m.hidden_size, m.num_heads, m.vocab_size) == (16, 4, 32) and m.num_kv_heads in (2, 4)
+    assert 1 <= m.num_layers <= 4 and m.num_layers + 3 >= config.devices * config.chunks  # + embedding, norm, output
+    assert 4 <= config.seq_len <= 6 and config.batch >= config.microbatches
+    with pytest.raises(ConfigError, match="a drawn decoder has no RunConfig"):
+        config.run_config("gpipe")
 
 
 class _Eager:

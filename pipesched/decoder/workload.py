@@ -11,7 +11,8 @@ the loss's backward needs; after an I, every array the layers' W still needs.
 Tied weights (a tied embedding and output layer, on two devices) accumulate
 their gradients apart, as the two devices would, and are summed in
 ``model_gradients``, where the engine's all-reduce of a replicated stage is
-summed too.
+summed too; ``ties`` states the pair (its stages and the matrix's bytes), so
+the engine sends that sum over the links as Megatron-LM does.
 
 ``pipesched run --model`` builds one (``pipesched.pipeline``); the cost
 model reads each layer's forward FLOPs through ``layers``
@@ -111,6 +112,18 @@ class _DecoderStages:
 
     def _last(self, stage: int) -> bool:
         return stage == len(self.stages) - 1
+
+    @property
+    def ties(self) -> tuple[tuple[int, int, int], ...]:
+        """The tied embedding/output pair as (first stage, last stage, bytes of the vocab x hidden matrix).
+
+        The engine all-reduces these bytes between the devices holding the two
+        stages (``pipesched.engine``); an untied model has none.
+        """
+        config = self._layers[0][0].config  # the embedding's: it states whether the output layer shares it
+        if not config.tie_embeddings:
+            return ()
+        return ((0, len(self.stages) - 1, config.vocab_size * config.hidden_size * self.itemsize),)
 
 
 class DecoderWorkload(_DecoderStages):
