@@ -47,11 +47,12 @@ When no event is left but a device has not finished, the schedule deadlocked:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable
 
 import simpy
 
-from .compute import Buffer, Held, Workload
+from .collectives import Collectives, ReduceStep, tie_rings
+from .compute import Held, Workload
 from .cost import CostModel, check_overlap, overlapped_time
 from .diagnose import deadlock_message, oom_message
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
@@ -84,7 +85,7 @@ def check_remat(remat: str) -> None:
         raise ConfigError(f"--remat {remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
 
 
-class _Engine(Links):
+class _Engine(Links, Collectives):
     def __init__(
         self,
         schedule: Schedule,
@@ -120,7 +121,7 @@ class _Engine(Links):
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-        ties = _tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
+        ties = tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
         self.program = [self._program(d, actions, replicas, ties) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
@@ -165,48 +166,6 @@ class _Engine(Links):
         ]
         self.trace.memory = [m.timeline for m in self.memory]
         self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
-
-    def _program(
-        self,
-        device: int,
-        actions: tuple[Item, ...],
-        replicas: dict[int, tuple[int, ...]],
-        ties: dict[tuple[int, tuple[int, ...]], int],
-    ) -> list[Any]:
-        """The device's actions, with each replicated stage's ring all-reduce steps where they run.
-
-        A REDUCE_GRAD action places a stage's all-reduce; without one it runs
-        after the device's last action. A stage without replicas has nothing
-        to reduce, so its REDUCE_GRAD does nothing. The tied weights' rings
-        this device is in come last, as Megatron-LM's embedding all-reduce
-        follows its data-parallel one.
-        """
-
-        def steps(stage: int) -> list[_ReduceStep]:
-            ring = replicas[stage]
-            nbytes = self.work.param_bytes(stage)
-            return [_ReduceStep(stage, step, ring, "allreduce", nbytes) for step in range(2 * (len(ring) - 1))]
-
-        tied = [
-            _ReduceStep(stage, step, ring, "tie", nbytes)
-            for (stage, ring), nbytes in ties.items()
-            if device in ring
-            for step in range(2 * (len(ring) - 1))
-        ]
-        if not replicas and not tied and not any(a.op == "REDUCE_GRAD" for a in actions):
-            return list(actions)  # nothing to reduce: the actions are the program
-        program: list[Any] = []
-        placed = set()
-        for action in actions:
-            if action.op == "REDUCE_GRAD" and isinstance(action, Action):
-                placed.add(action.stage)
-                program += steps(action.stage) if action.stage in replicas else []
-            else:
-                program.append(action)
-        for stage in self.hosted[device]:
-            if stage in replicas and stage not in placed:
-                program += steps(stage)
-        return program + tied
 
     # -- bookkeeping -------------------------------------------------------
     def _exceeded(self, device: int) -> Callable[[MemorySample], None]:
@@ -258,7 +217,7 @@ class _Engine(Links):
             self.waiting[device] = None
             return
         item = program[position]
-        if type(item) is _ReduceStep:
+        if type(item) is ReduceStep:
             self._reduce(device, item)
             return
         if type(item) is Overlap:
@@ -480,27 +439,6 @@ class _Engine(Links):
 
         self._after(self._duration("W", stage, mb), done)
 
-    def _reduce(self, device: int, item: "_ReduceStep") -> None:
-        """One step of a ring all-reduce: send a chunk on, wait for one to come."""
-        stage, step, ring, op, nbytes = item
-        r = ring.index(device)
-        key = (op, stage, step, device)  # a tie's ring and a replica's never share a key
-        if (key, "sent") not in self.arrived:  # send once, even if we come back to wait
-            self.arrived[(key, "sent")] = True
-            chunk = Buffer(-(-nbytes // len(ring)))  # its values are summed exactly at the end
-            nxt = ring[(r + 1) % len(ring)]
-            self._send(Message(device, nxt, (op, stage, step, nxt), chunk, (stage, op, step)))
-        if key not in self.arrived:
-            self.blocked[key] = device
-            what = f"all-reduce of stage {stage}" if op == "allreduce" else f"tied-weight all-reduce of stage {stage}"
-            self.waiting[device] = f"step {step} of the {what} (from device {ring[r - 1]})"
-            return
-        self.memory[device].release([self.arrived.pop(key)], "buffers")  # summed into the gradient
-        del self.arrived[(key, "sent")]
-        self._sample(device)
-        self.position[device] += 1
-        self._advance(device)
-
     def run(self) -> Trace:
         for device in range(self.schedule.devices):
             self._advance(device)
@@ -511,41 +449,6 @@ class _Engine(Links):
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))
         return self.trace
-
-
-class _ReduceStep(NamedTuple):
-    """Step ``step`` of the ring all-reduce of ``nbytes`` of ``stage`` over the devices ``ring``.
-
-    ``op`` is ``"allreduce"`` for a replicated stage's gradients, ``"tie"`` for
-    a tied pair's, ``stage`` then being the pair's first stage.
-    """
-
-    stage: int
-    step: int
-    ring: tuple[int, ...]
-    op: str
-    nbytes: int
-
-
-def _tie_rings(
-    ties: Sequence[tuple[int, int, int]], placement: dict[int, tuple[int, ...]]
-) -> dict[tuple[int, tuple[int, ...]], int]:
-    """Per (first stage, ring of devices holding either stage), the tied bytes to all-reduce.
-
-    A device holding both stages sums the pair itself: one stage (data
-    parallelism's replicas, whose own all-reduce already sums it) or two on
-    one device (ZB-V's V) need no exchange. Otherwise the ring is every device
-    holding either stage (with replicated stages a simplification: Megatron-LM
-    pairs each pipeline's first and last rank). Pairs with the same first
-    stage and ring share one all-reduce of their summed bytes.
-    """
-    rings: dict[tuple[int, tuple[int, ...]], int] = {}
-    for a, b, nbytes in ties:
-        first, second = set(placement[a]), set(placement[b])
-        ring = tuple(sorted(first | second))
-        if not first & second:
-            rings[(a, ring)] = rings.get((a, ring), 0) + nbytes
-    return rings
 
 
 def simulate(
