@@ -224,6 +224,8 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
 def prepare(config: RunConfig) -> Prepared:
     """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
+    if config.model is None and config.seq_len is not None:
+        raise ConfigError(f"--seq-len {config.seq_len} is a decoder's sequence length; give --model too, or drop it")
     model_config = None if config.model is None else decoder.resolve(config.model, config.seq_len)
     if model_config is not None:
         config = replace(config, seq_len=config.seq_len or decoder.default_seq_len(model_config))

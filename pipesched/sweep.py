@@ -324,8 +324,9 @@ def _check_values(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], path:
                 raise ConfigError(f"{path}: {where}: {exc}") from None
         if "balanced" in axes.get("partition", ()):
             raise ConfigError(
-                f"{path}: [axes].partition: 'balanced' does not take a decoder ([model].model) yet; "
-                f"use uniform or counts over its {layers} layers (embedding, blocks, final norm, output)"
+                f"{path}: [axes].partition: 'balanced' is not wired into sweeps of a decoder ([model].model) yet "
+                f"(pipesched run --model ... --partition balanced has it); use uniform or counts over its {layers} "
+                "layers (embedding, blocks, final norm, output)"
             )
     else:
         if "seq_len" in model or "seq_len" in axes:

@@ -30,6 +30,9 @@ def test_llama2_7b_forms_are_the_hand_counts(capsys):
     }
     assert forms["bytes_per_parameter_mixed_precision_adam"] == 16  # ZeRO, section 3.1: 2 + 2 + 12
     assert forms["weights_gradients_optimizer_bytes"] == 16 * 6_738_415_616
+    assert main(["formulas", "--model", "llama2-7b", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["allreduce_bytes"] == 2 * 6_738_415_616  # the model's gradients in bf16, not the MLP's
 
 
 def test_a_shorter_sequence_and_the_table(capsys):

@@ -48,6 +48,7 @@ def test_a_7b_model_shape_only_holds_its_weights_and_adam_state_by_hand(capsys):
         (["run", "--model", "llama2-70b"], "--model llama2-70b with real NumPy compute needs at least"),
         (["run", "--model", "tiny-gpt", "--devices", "12"], "but --model tiny-gpt has only 11 layers"),
         (["run", "--model", "missing.json"], "missing.json"),
+        (["run", "--seq-len", "16"], "--seq-len 16 is a decoder's sequence length; give --model too"),
         (["balance", "--model", "tiny-gpt", "--balance-by", "measured"], "--balance-by measured does not take --model"),
     ],
 )

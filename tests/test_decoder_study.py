@@ -54,7 +54,7 @@ def test_a_decoder_study_runs_and_its_metrics_carry_the_model(tmp_path, capsys):
     figures = os.listdir(tmp_path / "out" / "figures")
     assert "stage-costs.png" not in figures and "training.png" not in figures and "memory.png" in figures
     markdown = (tmp_path / "out" / "report.md").read_text()
-    assert "pipesched train does not take decoders yet" in markdown and "Model tiny-gpt" in markdown
+    assert "a study of a decoder does not train yet" in markdown and "Model tiny-gpt" in markdown
     assert [r["devices"] for r in metrics["sweep_devices"]] == [1, 2]
 
 
@@ -77,7 +77,7 @@ def test_a_config_json_is_found_next_to_the_study_not_the_working_directory(tmp_
     monkeypatch.chdir("/")
     study = load_study(str(tmp_path / "s.toml"))
     assert study.model.model == str(tmp_path / "models" / "mine.json") and study.model.seq_len == 64
-    assert study.compare.partitions == ("uniform",)  # the default's balanced does not take decoders yet
+    assert study.compare.partitions == ("uniform",)  # a decoder study's balanced is not wired yet
     config = study.run_config(strategy="gpipe")
     assert (config.model, config.seq_len, config.compute) == (study.model.model, 64, True)
 
@@ -99,10 +99,12 @@ def test_a_config_json_is_found_next_to_the_study_not_the_working_directory(tmp_
         ('[model]\nmodel = "tiny-gpt"\nloss = "mse"', "[model].loss: 'mse' is the MLP's"),
         (
             '[model]\nmodel = "tiny-gpt"\n[compare]\npartitions = ["uniform", "balanced"]',
-            "[compare].partitions: 'balanced' does not take a decoder ([model].model) yet; use uniform or counts over "
-            "its 11 layers",
+            "[compare].partitions: 'balanced' is not wired into studies of a decoder ([model].model) yet",
         ),  # fmt: skip
-        ('[model]\nmodel = "tiny-gpt"\n[train]\nsteps = 2', "[train]: train does not take a decoder"),
+        (
+            '[model]\nmodel = "tiny-gpt"\n[train]\nsteps = 2',
+            "[train]: a study does not train a decoder ([model].model) yet",
+        ),
         ("[model]\ncompute = false\n[train]\nsteps = 2", "[train]: training needs real compute"),
         ('[model]\nmodel = "tiny-gpt"\n[compare]\npartitions = ["5,5"]', "'5,5' does not sum to the 11 layers"),
         (
@@ -189,7 +191,7 @@ def test_a_sweeps_config_json_is_found_next_to_the_sweep_file(tmp_path, monkeypa
         ('[model]\nmodel = "tiny-gpt"\n[axes]\nseq_len = [0]', "[axes].seq_len: 0 is not a whole number"),
         (
             '[model]\nmodel = "tiny-gpt"\n[axes]\npartition = ["uniform", "balanced"]',
-            "[axes].partition: 'balanced' does not take a decoder ([model].model) yet",
+            "[axes].partition: 'balanced' is not wired into sweeps of a decoder ([model].model) yet",
         ),  # fmt: skip
         (
             '[model]\nmodel = "tiny-gpt"\n[axes]\npartition = ["5,5"]',

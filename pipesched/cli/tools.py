@@ -274,7 +274,12 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
             if value is not None
         }
     )
-    params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
+    model = None if args.model is None else _decoder_forms(args.model, args.seq_len)
+    if model is None:
+        params = sum(layer.param_count for layer in layers_from_widths(parse_layers(args.layers))) * 8
+        gradients = f"--layers {args.layers}"
+    else:  # the decoder's gradients in bf16, its own training precision
+        params, gradients = 2 * model["parameters"], f"--model {args.model}, bf16"
     allreduce = formulas.ring_allreduce_time(k, params, links.link_bandwidth, links.link_latency)
     rows_out: dict[str, dict[str, Any]] = {}
     for name, form in formulas.CLOSED_FORMS.items():
@@ -287,7 +292,6 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
             "source": form.source,
         }
     speedup = formulas.pipeline_speedup(k, m)
-    model = None if args.model is None else _decoder_forms(args.model, args.seq_len)
     if args.json:
         print(
             json.dumps(
@@ -323,7 +327,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
     print(
-        f"ring all-reduce of {format_bytes(params)} of gradients (--layers {args.layers}) over {k} devices, "
+        f"ring all-reduce of {format_bytes(params)} of gradients ({gradients}) over {k} devices, "
         f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}"
     )
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")

@@ -111,7 +111,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             config = study.run_config(
                 strategy="gpipe",
                 devices=k,
-                partition="uniform" if decoder else "balanced",  # the balancer does not take decoders yet
+                partition="uniform" if decoder else "balanced",  # balanced decoder studies are not wired yet
                 compute=False,
                 device_memory=None,
                 allow_oom=False,
@@ -167,13 +167,14 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
     if decoder:
         results.left_out["stage-costs"] = (
-            "Stage costs are left out: they come from the balancer's layer graph, which does not take decoders yet."
+            "Stage costs are left out: a study of a decoder does not draw them yet "
+            "(pipesched balance --model shows them)."
         )
     else:
         _partitions(study, results)
     if not trains:
         results.left_out["training"] = (
-            "The training loss is left out: pipesched train does not take decoders yet."
+            "The training loss is left out: a study of a decoder does not train yet (pipesched train --model does)."
             if decoder
             else "The training loss is left out: training needs real compute, and [model].compute is false."
         )

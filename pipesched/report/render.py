@@ -97,7 +97,7 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
                 f"{m.bubble_fraction:.4f}",
                 "-" if r.bubble_formula is None else f"{r.bubble_formula:.4f}",
                 f"{m.steady_bubble_fraction:.4f}",
-                f"{m.throughput:,.0f}" if unit == "s" else f"{m.throughput:.4g}",
+                f"{m.throughput:,.0f}" if unit == "s" and m.throughput >= 100 else f"{m.throughput:.4g}",
                 format_bytes(max(m.peak_activation_bytes)),
                 format_bytes(max(m.peak_memory_bytes)),
                 "/".join(map(str, m.peak_inflight_microbatches)),

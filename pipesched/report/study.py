@@ -392,12 +392,13 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
                 f"{path}: [model].loss: {m.loss!r} is the MLP's; a decoder's loss is next-token cross-entropy: "
                 "leave loss out"
             )
-        if "partitions" not in data.get("compare", {}):  # the default's balanced does not take decoders yet
+        if "partitions" not in data.get("compare", {}):  # a decoder study's balanced is not wired yet
             study = replace(study, compare=replace(study.compare, partitions=("uniform",)))
         if "balanced" in study.compare.partitions:
             raise ConfigError(
-                f"{path}: [compare].partitions: 'balanced' does not take a decoder ([model].model) yet; "
-                f"use uniform or counts over its {len(chain(config))} layers (embedding, blocks, final norm, output)"
+                f"{path}: [compare].partitions: 'balanced' is not wired into studies of a decoder ([model].model) "
+                f"yet (pipesched run --model ... --partition balanced has it); use uniform or counts over its "
+                f"{len(chain(config))} layers (embedding, blocks, final norm, output)"
             )
         if m.compute:  # this machine's memory for the float64 arrays, before any run is prepared
             try:
@@ -411,7 +412,7 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
         study = replace(study, model=replace(m, model=spec))
     if train_given and not trains(study):
         why = (
-            "train does not take a decoder ([model].model) yet"
+            "a study does not train a decoder ([model].model) yet (pipesched train --model does)"
             if m.model is not None
             else "training needs real compute ([model].compute = false)"
         )
