@@ -64,3 +64,15 @@ def test_compare_takes_a_decoder_and_every_row_is_exact(capsys):
     assert len(rows) == 8 and all(row["grad_rel_err"] < 1e-10 and row["model"] == "tiny-gpt" for row in rows)
     # under unit cost the schedules keep their closed-form bubbles on a decoder too
     assert all(row["bubble_fraction"] == pytest.approx(row["bubble_formula"]) for row in rows if row["bubble_formula"])
+
+
+def test_export_takes_the_model_options_and_checks_its_layers(capsys, tmp_path):
+    out = tmp_path / "s.csv"
+    assert main(["export", "--model", "tiny-gpt", "--devices", "4", "--microbatches", "8", "-o", str(out)]) == 0
+    assert out.read_text().count("\n") == 4  # one row per rank
+    capsys.readouterr()
+    # ZB-V puts 2K = 12 stages on 6 devices; tiny-gpt's chain has 11 layers (embedding, 8 blocks, norm, output)
+    assert main(["export", "--model", "tiny-gpt", "--strategy", "zb-v", "--devices", "6", "--microbatches", "12"]) == 2
+    assert "plans 12 stages on --devices 6 and --chunks 2 but --model tiny-gpt has only 11 layers" in (
+        capsys.readouterr().err
+    )

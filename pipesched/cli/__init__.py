@@ -169,6 +169,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=("torch-csv", "text"),
         help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)",
     )
+    p_export.add_argument("--model", help="a decoder (preset or config.json) whose layers the stages must cover")
+    p_export.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (checked against it)")
     p_export.add_argument("-o", "--output", help="write to this file instead of standard output")
     p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
     p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")

@@ -346,7 +346,15 @@ def _cmd_export(args: argparse.Namespace) -> None:
         _check_output_path("-o", args.output)
     strategy = load_strategy(args.strategy)
     chunks = args.chunks or getattr(strategy, "default_chunks", 1)
-    check_actions(args.devices, args.microbatches, chunks)  # no model here: stages and memory do not apply
+    check_actions(args.devices, args.microbatches, chunks)  # no arrays here: memory does not apply
+    if args.model is not None:  # the schedule is the model's to run: every stage needs one of its layers
+        from ..decoder import assemble
+        from ..limits import check_stages
+        from ..strategy import planned_stages
+
+        layers = len(assemble.chain(assemble.resolve(args.model, args.seq_len)))
+        stages = planned_stages(strategy, args.devices, chunks)
+        check_stages(strategy.name, stages, args.devices, chunks, layers, f"--model {args.model}")
     schedule = make_plan(strategy, args.devices, args.microbatches, chunks)
     try:
         text = to_torch_csv(schedule) if args.format == "torch-csv" else schedule.table() + "\n"
