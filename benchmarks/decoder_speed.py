@@ -17,20 +17,11 @@ import os
 import platform
 import subprocess
 import sys
-import time
+
+from engine_overhead import best_of  # one timing rule for every benchmark
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIPESCHED = os.path.join(os.path.dirname(sys.executable), "pipesched")
-
-
-def best_of(cmd: list[str], repeat: int) -> float:
-    """Best wall time in seconds."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def peak_rss(cmd: list[str]) -> float:

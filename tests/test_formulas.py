@@ -54,6 +54,11 @@ def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, micr
     ]
 
 
+def _unit(widths, **fields):
+    """A unit-cost run config of the MLP with these layer widths."""
+    return RunConfig(layers=",".join(map(str, widths)), cost="unit", **fields)
+
+
 @given(
     strategy=st.sampled_from(["gpipe", "1f1b"]),
     devices=st.integers(1, 4),
@@ -65,17 +70,7 @@ def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches,
     widths = [5, 7, 6, 9, 4, 8, 3]
     assume(devices <= len(widths) - 1)
     batch = per * microbatches  # equal micro-batches
-    r = run(
-        RunConfig(
-            strategy=strategy,
-            devices=devices,
-            microbatches=microbatches,
-            batch=batch,
-            remat=remat,
-            layers=",".join(map(str, widths)),
-            cost="unit",
-        )
-    )
+    r = run(_unit(widths, strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, remat=remat))
     layers = layers_from_widths(widths)
     form = formulas.CLOSED_FORMS[strategy]
     for d, stage in enumerate(r.partition):
@@ -100,18 +95,11 @@ def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, b
     stages = 1 if strategy == "dp" else devices * chunks
     widths = data.draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 4))
     r = run(
-        RunConfig(
-            strategy=strategy,
-            devices=devices,
-            microbatches=microbatches,
-            chunks=chunks,
-            batch=batch,
-            remat=remat,
-            layers=",".join(map(str, widths)),
-            cost="unit",
-            compute=False,
+        _unit(
+            widths, strategy=strategy, devices=devices, microbatches=microbatches, chunks=chunks, batch=batch,
+            remat=remat, compute=False,
         )
-    )
+    )  # fmt: skip
     layers = layers_from_widths(widths)
     rows = [s.stop - s.start for s in split(batch, microbatches)]
     for d, actions in enumerate(r.schedule.actions):

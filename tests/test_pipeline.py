@@ -82,6 +82,11 @@ def _train_keeping_the_model(monkeypatch, config, steps, lr):
     return results, prepared[0].model
 
 
+def _unit(widths, **fields):
+    """A unit-cost run config of the MLP with these layer widths."""
+    return RunConfig(layers=",".join(map(str, widths)), cost="unit", **fields)
+
+
 @pytest.mark.parametrize(
     "strategy, devices, microbatches",
     [
@@ -93,15 +98,7 @@ def _train_keeping_the_model(monkeypatch, config, steps, lr):
 )
 def test_every_sgd_step_equals_a_plain_numpy_loop(monkeypatch, strategy, devices, microbatches):
     widths, batch, seed, steps, lr = [6, 9, 7, 8, 5, 4], 10, 3, 6, 0.5  # a large rate: every update shows
-    config = RunConfig(
-        strategy=strategy,
-        devices=devices,
-        microbatches=microbatches,
-        batch=batch,
-        seed=seed,
-        layers=",".join(map(str, widths)),
-        cost="unit",
-    )
+    config = _unit(widths, strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, seed=seed)
     results, model = _train_keeping_the_model(monkeypatch, config, steps, lr)
     losses, weights, biases = _reference_training(widths, batch, seed, steps, lr)
     assert [r.loss for r in results] == pytest.approx(losses, rel=1e-12, abs=1e-12)
@@ -122,17 +119,10 @@ def test_every_sgd_step_equals_a_plain_numpy_loop(monkeypatch, strategy, devices
 )
 def test_every_adam_step_equals_a_plain_numpy_loop(monkeypatch, strategy, devices, microbatches, dtype):
     widths, batch, seed, steps, lr = [6, 9, 7, 8, 5, 4], 10, 3, 6, 0.01
-    config = RunConfig(
-        strategy=strategy,
-        devices=devices,
-        microbatches=microbatches,
-        batch=batch,
-        seed=seed,
-        layers=",".join(map(str, widths)),
-        cost="unit",
-        dtype=dtype,
+    config = _unit(
+        widths, strategy=strategy, devices=devices, microbatches=microbatches, batch=batch, seed=seed, dtype=dtype,
         optimizer="adam",
-    )
+    )  # fmt: skip
     results, model = _train_keeping_the_model(monkeypatch, config, steps, lr)
     losses, weights, biases = _reference_training(widths, batch, seed, steps, lr, optimizer="adam")
     sgd_losses, _, _ = _reference_training(widths, batch, seed, steps, lr)
