@@ -205,11 +205,12 @@ class _Engine(Links, Collectives):
     # -- one device, action by action ------------------------------------------
     def _advance(self, device: int) -> None:
         """Start the device's next action, or its next all-reduce step, if its input is there."""
-        if self.in_send[device] is not None:
-            return  # held in a blocking send until its bytes have left
-        if self.send_queue[device]:
-            self._blocking_send(device)
-            return
+        if self.blocking:  # only blocking sends hold a device between actions: async runs skip both tests
+            if self.in_send[device] is not None:
+                return  # held in a blocking send until its bytes have left
+            if self.send_queue[device]:
+                self._blocking_send(device)
+                return
         program = self.program[device]
         position = self.position[device]
         if position >= len(program):
