@@ -93,15 +93,26 @@ class CostModel(Protocol):
     @property
     def time_unit(self) -> str: ...
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
-        """Duration of ``op`` (F, B, I, W or R) of a stage made of ``layers`` on ``rows`` samples.
+    def compute_time(
+        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
+        """Duration of ``op`` (F, B, I, W or R) of ``stage``, made of ``layers``, on ``rows`` samples on ``device``.
 
-        ``stage_units`` is K / S, the stage's forward under the unit model.
+        ``stage_units`` is K / S, the stage's forward under the unit model;
+        ``stage`` counts the schedule's stages from 0 (chunks included) and
+        ``device`` the pipeline's devices, for models whose times differ by
+        stage (measured times) or device (a slower device).
         """
         ...
 
-    def transfer_times(self, nbytes: int) -> tuple[float, float]:
-        """Moving ``nbytes`` over one link: (time the link is busy, latency until they land)."""
+    def transfer_times(
+        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
+    ) -> tuple[float, float]:
+        """Moving ``nbytes`` from device ``src`` to ``dst``: (time the link is busy, latency until they land).
+
+        ``boundary`` is s for an activation sent from stage s to s + 1 or a
+        gradient sent back from s + 1 to s; None for a collective's chunk.
+        """
         ...
 
 
@@ -130,10 +141,14 @@ class FlopsCost:
                 f"--link-latency {self.link_latency:g} is not between 0 and 1 second; give seconds, e.g. 5e-6"
             )
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
+    def compute_time(
+        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
         return OP_WEIGHT[op] * sum(layer.forward_flops(rows) for layer in layers) / self.device_flops
 
-    def transfer_times(self, nbytes: int) -> tuple[float, float]:
+    def transfer_times(
+        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
+    ) -> tuple[float, float]:
         return nbytes / self.link_bandwidth, self.link_latency
 
 
@@ -148,10 +163,14 @@ class UnitCost:
     def __post_init__(self) -> None:
         check_overlap(self.overlap)
 
-    def compute_time(self, op: str, layers: Sequence[Layer], rows: int, stage_units: float) -> float:
+    def compute_time(
+        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
         return OP_WEIGHT[op] * stage_units
 
-    def transfer_times(self, nbytes: int) -> tuple[float, float]:
+    def transfer_times(
+        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
+    ) -> tuple[float, float]:
         return 0.0, 0.0
 
 

@@ -165,7 +165,7 @@ class _Engine(Links, Collectives):
             for d, hosted in enumerate(self.hosted)
         ]
         self.trace.memory = [m.timeline for m in self.memory]
-        self.durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time
+        self.durations: dict[tuple[str, int, int, int], float] = {}  # (op, stage, rows, device) -> time
 
     # -- bookkeeping -------------------------------------------------------
     def _exceeded(self, device: int) -> Callable[[MemorySample], None]:
@@ -190,12 +190,12 @@ class _Engine(Links, Collectives):
         """Call ``then`` once ``delay`` has passed: one SimPy event."""
         self.env.timeout(delay).callbacks.append(then)
 
-    def _duration(self, op: str, stage: int, mb: int) -> float:
-        key = (op, stage, self.work.rows[mb])
+    def _duration(self, device: int, op: str, stage: int, mb: int) -> float:
+        key = (op, stage, self.work.rows[mb], device)
         duration = self.durations.get(key)
-        if duration is None:  # the same for every repeat of a stage and micro-batch size: ask once
+        if duration is None:  # the same for every repeat of a stage, micro-batch size and device: ask once
             duration = self.durations[key] = self.cost.compute_time(
-                op, self.work.layers[stage], self.work.rows[mb], self.stage_units
+                op, self.work.layers[stage], self.work.rows[mb], self.stage_units, stage, device
             )
         return duration
 
@@ -317,7 +317,7 @@ class _Engine(Links, Collectives):
             self._finish_forward(device, stage, mb, y)
             self._advance(device)
 
-        self._after(self._duration("F", stage, mb), done)
+        self._after(self._duration(device, "F", stage, mb), done)
 
     def _start_forward(self, device: int, stage: int, mb: int, x: Any) -> Any:
         """Compute the forward and hold what its backward needs; return its output."""
@@ -346,7 +346,7 @@ class _Engine(Links, Collectives):
             self._span(device, "R", stage, mb, start)
             self._backward_pass(device, stage, mb, dy, op, full)
 
-        self._after(self._duration("R", stage, mb), recomputed)
+        self._after(self._duration(device, "R", stage, mb), recomputed)
 
     def _recompute(self, device: int, stage: int, mb: int, held: Held) -> Held:
         """One micro-batch's full activations exist again during recompute and backward."""
@@ -365,7 +365,7 @@ class _Engine(Links, Collectives):
             self._finish_backward(device, stage, mb, op, held, for_weights, dy, dx)
             self._advance(device)
 
-        self._after(self._duration(op, stage, mb), done)
+        self._after(self._duration(device, op, stage, mb), done)
 
     def _start_backward(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> tuple[Any, Held]:
         """Compute the input gradient (and with B the weight gradient); return it and what W needs."""
@@ -395,12 +395,12 @@ class _Engine(Links, Collectives):
         assert fm is not None and bm is not None  # validated: a pair's F and its B or I each name a micro-batch
         y = self._start_forward(device, fs, fm, x)
         held = self.held.pop((bs, bm))
-        parts = [("F", fs, fm, self._duration("F", fs, fm))]
+        parts = [("F", fs, fm, self._duration(device, "F", fs, fm))]
         if held.remat:
             held = self._recompute(device, bs, bm, held)
-            parts.append(("R", bs, bm, self._duration("R", bs, bm)))
+            parts.append(("R", bs, bm, self._duration(device, "R", bs, bm)))
         dx, for_weights = self._start_backward(device, bs, bm, dy, op, held)
-        parts.append((op, bs, bm, self._duration(op, bs, bm)))
+        parts.append((op, bs, bm, self._duration(device, op, bs, bm)))
         forward, backward = parts[0][3], sum(p[3] for p in parts[1:])
         length = overlapped_time(self.overlap, forward, backward)
         start = self.env.now
@@ -438,7 +438,7 @@ class _Engine(Links, Collectives):
             self._sample(device)
             self._advance(device)
 
-        self._after(self._duration("W", stage, mb), done)
+        self._after(self._duration(device, "W", stage, mb), done)
 
     def run(self) -> Trace:
         for device in range(self.schedule.devices):

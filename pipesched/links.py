@@ -134,6 +134,16 @@ class Links:
         self.memory[send.src].hold([send.payload], "buffers")  # issued, still the sender's
         self._sample(send.src)
 
+    @staticmethod
+    def _boundary(what: tuple[int, str, int]) -> int | None:
+        """The stage boundary a message crosses: s for s's activation to s + 1 or s + 1's gradient back to s."""
+        stage, op = what[0], what[1]
+        if op == "F":
+            return stage
+        if op in ("B", "I"):
+            return stage - 1
+        return None  # a collective's chunk
+
     def _send(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
         """Move ``send`` over its link; ``on_left`` runs once its bytes have left the sender."""
         src, dst, key, payload, what = send
@@ -143,7 +153,7 @@ class Links:
                 on_left()
             return
         size = nbytes(payload, self.itemsize)
-        busy, latency = self.cost.transfer_times(size)
+        busy, latency = self.cost.transfer_times(size, src, dst, self._boundary(what))
         now = self.env.now
         start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
         end = start + busy

@@ -82,7 +82,7 @@ def test_tied_gradients_are_accumulated_apart_and_summed_once():
 class _SlowLinks(UnitCost):
     """Unit compute, and every message occupies its link for one unit (no latency), as in test_p2p.py."""
 
-    def transfer_times(self, nbytes):
+    def transfer_times(self, nbytes, src=0, dst=1, boundary=None):
         return 1.0, 0.0
 
 

@@ -180,7 +180,7 @@ def test_overlapped_pairs_are_exported_as_one_cell():
 class _SlowLinks(UnitCost):
     """Unit compute, and every message occupies its link for one unit (no latency)."""
 
-    def transfer_times(self, nbytes):
+    def transfer_times(self, nbytes, src=0, dst=1, boundary=None):
         return 1.0, 0.0
 
 

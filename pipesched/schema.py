@@ -1,0 +1,188 @@
+"""One way to check the files users write: pydantic models, each failure one sentence with its key path.
+
+Every file format pipesched reads (hardware presets, measured times, and the
+sections of studies and sweeps built on them) is a pydantic model checked
+by :func:`validate`. pydantic does the type checks, unknown keys and
+defaults; this module turns its first error into the sentence the CLI
+prints, naming the file, the key's path as TOML spells it, the value and
+the fix::
+
+    times.toml: [stage.3].W: -1 is not a positive time
+
+Value rules are plain functions raising ``ValueError("is not ...")`` (the
+reason without the value: :func:`validate` puts the value in front), wrapped
+with ``Annotated[..., AfterValidator(rule)]``; ready-made ones are below.
+
+>>> from pydantic import BaseModel
+>>> class Link(BaseModel):
+...     model_config = STRICT
+...     bandwidth: PositiveNumber
+>>> validate(Link, {"bandwidth": 5e10}, "hw.toml").bandwidth
+50000000000.0
+>>> validate(Link, {"bandwidth": -1}, "hw.toml")
+Traceback (most recent call last):
+pipesched.errors.ConfigError: hw.toml: bandwidth: -1 is not a positive finite number; fix it and run again
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from types import UnionType
+from typing import Annotated, Any, Sequence, TypeVar, Union, get_args, get_origin
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+from .errors import ConfigError
+
+__all__ = [
+    "STRICT",
+    "validate",
+    "key_path",
+    "show",
+    "PositiveNumber",
+    "NonNegativeNumber",
+    "positive",
+    "non_negative",
+    "fraction",
+    "Fraction",
+]
+
+#: The model config every file format uses: unknown keys are errors, and values keep their TOML types
+#: (a string is never read as a number), so a typo fails instead of being ignored.
+STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def show(value: Any) -> str:
+    """A value as TOML and JSON write it (true, not True; -1, not -1.0), for messages.
+
+    >>> show(True), show(-1.0), show("h100")
+    ('true', '-1', '"h100"')
+    """
+    if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+        value = int(value)
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def key_path(loc: Sequence[Any]) -> str:
+    """The TOML spelling of pydantic's error location: ``[stage.3].W``, ``[hardware]``, ``time_unit``.
+
+    >>> key_path(("stage", "3", "W")), key_path(("time_unit",)), key_path(("link", "intra_node"))
+    ('[stage.3].W', 'time_unit', '[link].intra_node')
+    """
+    parts = [str(p) for p in loc if p != "[key]"]
+    if len(parts) <= 1:
+        return "".join(parts)
+    return f"[{'.'.join(parts[:-1])}].{parts[-1]}"
+
+
+def _table(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc]
+    return f"[{'.'.join(parts)}]" if parts else "the top level"
+
+
+#: pydantic's error types -> the reason they mean, as one clause after the value
+_REASONS = {
+    "float_type": "is not a number",
+    "float_parsing": "is not a number",
+    "finite_number": "is not a finite number",
+    "int_type": "is not a whole number",
+    "int_parsing": "is not a whole number",
+    "int_from_float": "is not a whole number",
+    "string_type": "is not a string",
+    "bool_type": "is not true or false",
+    "dict_type": "is not a table",
+    "model_type": "is not a table",
+    "model_attributes_type": "is not a table",
+    "list_type": "is not a list",
+    "tuple_type": "is not a list",
+}
+
+
+_TABLES = ("dict_type", "model_type", "model_attributes_type")
+
+
+def _sentence(error: dict[str, Any], where: str, allowed: Sequence[str]) -> str:
+    loc = tuple(error["loc"])
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        use = f"; use one of {', '.join(allowed)}" if allowed else "; remove it"
+        return f"{where}: {key_path(loc)} is not a key of {_table(loc[:-1])}{use}"
+    if kind in _TABLES:
+        return f"{where}: {_table(loc)}: {show(value)} is not a table; write it as [{'.'.join(map(str, loc))}]"
+    if kind == "missing":
+        return f"{where}: {key_path(loc)} is missing; add it"
+    if kind == "value_error":
+        reason = str(error["ctx"]["error"])
+        return f"{where}: {key_path(loc)}: {show(value)} {reason}; fix it and run again"
+    if kind == "literal_error":
+        return f"{where}: {key_path(loc)}: {show(value)} is not one of {error['ctx']['expected']}"
+    reason = _REASONS.get(kind, error["msg"].lower())
+    return f"{where}: {key_path(loc)}: {show(value)} {reason}; fix it and run again"
+
+
+def _keys_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """The keys the table at ``loc`` allows: walks fields that are models, or tables (dicts) of models."""
+    current: Any = model
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            info = current.model_fields.get(str(part))
+            current = info.annotation if info is not None else None
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]  # a table of tables: the key is a name, the value the model
+        else:
+            return []
+        for arg in get_args(current) if get_origin(current) in (Union, UnionType) else ():
+            if arg is not type(None):
+                current = arg  # an optional table: its model
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def validate(model: type[M], data: Any, where: str, loc: Sequence[str] = ()) -> M:
+    """``data`` checked against ``model``; the first problem raises ``ConfigError`` as one sentence.
+
+    ``where`` names the file (``times.toml``); ``loc`` is the table ``data``
+    came from inside it (``("hardware",)`` for a study's ``[hardware]``), so
+    paths read as the user wrote them.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first: dict[str, Any] = dict(exc.errors(include_url=False)[0])
+        inner = tuple(first["loc"])
+        allowed = _keys_at(model, inner[:-1]) if first["type"] == "extra_forbidden" else []
+        first["loc"] = (*loc, *inner)
+        raise ConfigError(_sentence(first, where, allowed)) from None
+
+
+def positive(value: float) -> float:
+    """A positive finite number (``ValueError`` otherwise)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError("is not a positive finite number")
+    return value
+
+
+def non_negative(value: float) -> float:
+    """A finite number of at least zero (``ValueError`` otherwise)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError("is not a non-negative finite number")
+    return value
+
+
+def fraction(value: float) -> float:
+    """A number in (0, 1], such as an efficiency (``ValueError`` otherwise)."""
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise ValueError("is not in (0, 1]; give a fraction such as 0.5")
+    return value
+
+
+PositiveNumber = Annotated[float, AfterValidator(positive)]
+NonNegativeNumber = Annotated[float, AfterValidator(non_negative)]
+Fraction = Annotated[float, AfterValidator(fraction)]
