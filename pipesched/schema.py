@@ -9,9 +9,12 @@ the fix::
 
     times.toml: [stage.3].W: -1 is not a positive time
 
-Value rules are plain functions raising ``ValueError("is not ...")`` (the
-reason without the value: :func:`validate` puts the value in front), wrapped
-with ``Annotated[..., AfterValidator(rule)]``; ready-made ones are below.
+Value rules are plain functions raising ``ValueError("is not ...; ...")``
+(the reason and its fix, without the value: :func:`validate` puts the value
+in front), wrapped with ``Annotated[..., AfterValidator(rule)]``; ready-made
+ones are below. A rule over several keys is a pydantic ``model_validator``
+whose ``ValueError`` is the whole sentence after the file's name, keys
+included (``n_head: 5 does not divide n_embd 48; ...``).
 
 >>> from pydantic import BaseModel
 >>> class Link(BaseModel):
@@ -31,7 +34,7 @@ import math
 from types import UnionType
 from typing import Annotated, Any, Sequence, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from .errors import ConfigError
 
@@ -42,8 +45,10 @@ __all__ = [
     "show",
     "PositiveNumber",
     "NonNegativeNumber",
+    "Count",
     "positive",
     "non_negative",
+    "count",
     "fraction",
     "Fraction",
 ]
@@ -95,7 +100,7 @@ _REASONS = {
     "int_parsing": "is not a whole number",
     "int_from_float": "is not a whole number",
     "string_type": "is not a string",
-    "bool_type": "is not true or false",
+    "bool_type": "is not true or false; write one of them",
     "dict_type": "is not a table",
     "model_type": "is not a table",
     "model_attributes_type": "is not a table",
@@ -105,9 +110,10 @@ _REASONS = {
 
 
 _TABLES = ("dict_type", "model_type", "model_attributes_type")
+_FIX = "; fix it and run again"  # for a reason that names no fix of its own
 
 
-def _sentence(error: dict[str, Any], where: str, allowed: Sequence[str]) -> str:
+def _sentence(error: dict[str, Any], where: str, allowed: Sequence[str], whole_table: bool = False) -> str:
     loc = tuple(error["loc"])
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
@@ -117,13 +123,15 @@ def _sentence(error: dict[str, Any], where: str, allowed: Sequence[str]) -> str:
         return f"{where}: {_table(loc)}: {show(value)} is not a table; write it as [{'.'.join(map(str, loc))}]"
     if kind == "missing":
         return f"{where}: {key_path(loc)} is missing; add it"
-    if kind == "value_error":
+    if kind == "value_error":  # a rule's own words, its fix included
         reason = str(error["ctx"]["error"])
-        return f"{where}: {key_path(loc)}: {show(value)} {reason}; fix it and run again"
+        if whole_table:  # a model_validator's: the rule names the keys it relates
+            return f"{where}: {_table(loc)}: {reason}" if loc else f"{where}: {reason}"
+        return f"{where}: {key_path(loc)}: {show(value)} {reason}"
     if kind == "literal_error":
         return f"{where}: {key_path(loc)}: {show(value)} is not one of {error['ctx']['expected']}"
     reason = _REASONS.get(kind, error["msg"].lower())
-    return f"{where}: {key_path(loc)}: {show(value)} {reason}; fix it and run again"
+    return f"{where}: {key_path(loc)}: {show(value)} {reason}{'' if ';' in reason else _FIX}"
 
 
 def _keys_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
@@ -150,7 +158,24 @@ def validate(model: type[M], data: Any, where: str, loc: Sequence[str] = ()) -> 
 
     ``where`` names the file (``times.toml``); ``loc`` is the table ``data``
     came from inside it (``("hardware",)`` for a study's ``[hardware]``), so
-    paths read as the user wrote them.
+    paths read as the user wrote them. A ``model_validator``'s ``ValueError``
+    names its own keys, so its sentence follows the table's name:
+
+    >>> from pydantic import model_validator
+    >>> class Nodes(BaseModel):
+    ...     devices: Count
+    ...     per_node: Count
+    ...     @model_validator(mode="after")
+    ...     def _whole_nodes(self):
+    ...         if self.devices % self.per_node:
+    ...             raise ValueError(f"devices: {self.devices} is not a multiple of per_node {self.per_node}")
+    ...         return self
+    >>> validate(Nodes, {"devices": 12, "per_node": 8}, "study.toml", ("hardware",))
+    Traceback (most recent call last):
+    pipesched.errors.ConfigError: study.toml: [hardware]: devices: 12 is not a multiple of per_node 8
+    >>> validate(Nodes, {"devices": "12", "per_node": 8}, "study.toml", ("hardware",))
+    Traceback (most recent call last):
+    pipesched.errors.ConfigError: study.toml: [hardware].devices: "12" is not a whole number of at least 1
     """
     try:
         return model.model_validate(data)
@@ -158,21 +183,22 @@ def validate(model: type[M], data: Any, where: str, loc: Sequence[str] = ()) -> 
         first: dict[str, Any] = dict(exc.errors(include_url=False)[0])
         inner = tuple(first["loc"])
         allowed = _keys_at(model, inner[:-1]) if first["type"] == "extra_forbidden" else []
+        whole_table = first["type"] == "value_error" and bool(_keys_at(model, inner))  # loc names a table
         first["loc"] = (*loc, *inner)
-        raise ConfigError(_sentence(first, where, allowed)) from None
+        raise ConfigError(_sentence(first, where, allowed, whole_table)) from None
 
 
 def positive(value: float) -> float:
     """A positive finite number (``ValueError`` otherwise)."""
     if not (math.isfinite(value) and value > 0):
-        raise ValueError("is not a positive finite number")
+        raise ValueError("is not a positive finite number" + _FIX)
     return value
 
 
 def non_negative(value: float) -> float:
     """A finite number of at least zero (``ValueError`` otherwise)."""
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError("is not a non-negative finite number")
+        raise ValueError("is not a non-negative finite number" + _FIX)
     return value
 
 
@@ -183,6 +209,17 @@ def fraction(value: float) -> float:
     return value
 
 
+def count(value: Any) -> int:
+    """A whole number of at least 1, such as a number of layers (``ValueError`` otherwise; true is not 1).
+
+    Checked before pydantic's own int check, so a string or a bool gets this reason too.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("is not a whole number of at least 1")
+    return value
+
+
 PositiveNumber = Annotated[float, AfterValidator(positive)]
 NonNegativeNumber = Annotated[float, AfterValidator(non_negative)]
 Fraction = Annotated[float, AfterValidator(fraction)]
+Count = Annotated[int, BeforeValidator(count)]

@@ -31,9 +31,13 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
+
+from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, ConfigDict, model_validator
+from pydantic.functional_validators import ModelWrapValidatorHandler
 
 from ..errors import ConfigError
+from ..schema import Count, PositiveNumber, show, validate
 
 __all__ = [
     "DecoderConfig",
@@ -64,8 +68,6 @@ _ACT_NAMES = {
     "swiglu": "silu",
 }
 _JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
-_GPT2_TYPES = ("gpt2",)
-_LLAMA_TYPES = ("llama", "mistral")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         # A config built in Python is checked like a file, its field names standing for the keys.
-        _check({f.name: getattr(self, f.name) for f in fields(self)}, {}, f"DecoderConfig {self.name!r}")
+        validate(_Keys, {f.name: getattr(self, f.name) for f in fields(self)}, f"DecoderConfig {self.name!r}")
 
     @property
     def head_dim(self) -> int:
@@ -132,9 +134,8 @@ class DecoderConfig:
                 f"{where}: holds a JSON {kind}, not an object of config keys; "
                 'write {"hidden_size": ..., ...} as in a Hugging Face config.json'
             )
-        values, keys = _read(data, where)
-        _check(values, keys, where)
-        return cls(**values, name=name or where)
+        keys = validate(_Keys, data, where)
+        return cls(**keys.model_dump(exclude_none=True), name=name or where)
 
     @classmethod
     def from_file(cls, path: str) -> "DecoderConfig":
@@ -163,118 +164,58 @@ class DecoderConfig:
 
 # -- reading the keys -------------------------------------------------------------------
 
-# field -> (Hugging Face key, GPT-2 key or None, what the number is, for the "missing" message)
-_SIZES = {
-    "hidden_size": ("hidden_size", "n_embd", "the width of the residual stream"),
-    "num_layers": ("num_hidden_layers", "n_layer", "the number of decoder blocks"),
-    "num_heads": ("num_attention_heads", "n_head", "the number of attention heads"),
-    "max_positions": ("max_position_embeddings", "n_positions", "the longest sequence the model takes"),
-    "vocab_size": ("vocab_size", None, "the tokenizer's vocabulary size"),
+# field -> the keys a config.json spells it with, Hugging Face's first; the field's own name is read too,
+# which is how a DecoderConfig built in Python is checked
+_KEYS = {
+    "hidden_size": ("hidden_size", "n_embd"),
+    "num_layers": ("num_hidden_layers", "n_layer"),
+    "num_heads": ("num_attention_heads", "n_head"),
+    "num_kv_heads": ("num_key_value_heads",),
+    "intermediate_size": ("intermediate_size", "n_inner"),
+    "max_positions": ("max_position_embeddings", "n_positions"),
+    "tie_embeddings": ("tie_word_embeddings",),
+    "activation": ("hidden_act", "activation_function"),
+    "bias": ("attention_bias", "mlp_bias"),
+    "norm_eps": ("layer_norm_epsilon", "rms_norm_eps", "layer_norm_eps"),
 }
 
-
-def _show(value: Any) -> str:
-    """A value as JSON writes it (true, not True), for messages."""
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _pick(data: dict[str, Any], hf: str, gpt2: str | None, where: str) -> tuple[str, Any] | None:
-    """The (key, value) given under either spelling; both given must agree."""
-    given = [(k, data[k]) for k in (hf, gpt2) if k is not None and k in data and data[k] is not None]
-    if len(given) == 2 and given[0][1] != given[1][1]:
-        (k1, v1), (k2, v2) = given
-        raise ConfigError(f"{where}: {k1} {_show(v1)} and {k2} {_show(v2)} disagree; keep one of the two keys")
-    return given[0] if given else None
-
-
-def _read(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """Fields and, per field, the key it was read from (for messages)."""
-    model_type = data.get("model_type")
-    if model_type is not None and model_type not in _GPT2_TYPES + _LLAMA_TYPES:
-        raise ConfigError(
-            f"{where}: model_type: {_show(model_type)} is not a decoder pipesched models; use one of "
-            f"{', '.join(_GPT2_TYPES + _LLAMA_TYPES)}, or drop model_type to take the defaults of the keys' family"
-        )
-    gpt2 = model_type in _GPT2_TYPES or (model_type is None and "n_embd" in data and "hidden_size" not in data)
-    values: dict[str, Any] = {}
-    keys: dict[str, str] = {}
-    for attr, (hf, g2, what) in _SIZES.items():
-        found = _pick(data, hf, g2, where)
-        if found is None:
-            spelled = f"{hf!r} (or GPT-2's {g2!r})" if g2 else repr(hf)
-            raise ConfigError(f'{where}: no {spelled}; add {what}, e.g. "{hf}": {_EXAMPLES[attr]}')
-        keys[attr], values[attr] = found
-    found = _pick(data, "num_key_value_heads", None, where)
-    keys["num_kv_heads"], values["num_kv_heads"] = found or (keys["num_heads"], values["num_heads"])
-    found = _pick(data, "intermediate_size", "n_inner", where)
-    if found is not None:
-        keys["intermediate_size"], values["intermediate_size"] = found
-    elif gpt2:
-        # GPT-2's n_inner defaults to 4 x n_embd (Radford et al. 2019; GPT-3 keeps d_ff = 4 d_model);
-        # a bad n_embd passes through, for its own message
-        hidden = values["hidden_size"]
-        keys["intermediate_size"], values["intermediate_size"] = (
-            keys["hidden_size"],
-            4 * hidden if _whole(hidden) else hidden,
-        )
-    else:
-        raise ConfigError(
-            f"{where}: no 'intermediate_size'; add the width of the MLP, e.g. \"intermediate_size\": 11008"
-        )
-    tie = data.get("tie_word_embeddings")
-    keys["tie_embeddings"] = "tie_word_embeddings"
-    values["tie_embeddings"] = gpt2 if tie is None else tie  # Hugging Face's defaults: GPT-2 ties, LLaMA does not
-    act_key = "hidden_act" if "hidden_act" in data else "activation_function"
-    act = data.get(act_key, "gelu_new" if gpt2 else "silu")
-    if not isinstance(act, str) or act not in _ACT_NAMES:
-        raise ConfigError(
-            f"{where}: {act_key}: {_show(act)} is not an activation pipesched models; "
-            "use gelu (or GPT-2's gelu_new) for a GELU MLP, or silu for SwiGLU"
-        )
-    keys["activation"], values["activation"] = act_key, _ACT_NAMES[act]
-    values["position"] = "learned" if gpt2 else "rotary"
-    values["norm"] = "layernorm" if gpt2 else "rmsnorm"
-    values["bias"] = gpt2
-    if not gpt2:
-        biases = {k: data[k] for k in ("attention_bias", "mlp_bias") if k in data}
-        if any(not isinstance(v, bool) for v in biases.values()) or len(set(biases.values())) > 1:
-            raise ConfigError(
-                f"{where}: attention_bias and mlp_bias are {_show(biases)}; pipesched's decoder has biases on "
-                "every linear map or on none, so set both to true or both to false"
-            )
-        values["bias"] = next(iter(biases.values()), False)
-        keys["bias"] = "attention_bias"
-    eps_key = next((k for k in ("layer_norm_epsilon", "rms_norm_eps", "layer_norm_eps") if k in data), None)
-    if eps_key is not None:
-        keys["norm_eps"], values["norm_eps"] = eps_key, data[eps_key]
-    if "rope_theta" in data:
-        keys["rope_theta"], values["rope_theta"] = "rope_theta", data["rope_theta"]
-    head_dim = data.get("head_dim")
-    hidden, heads = values["hidden_size"], values["num_heads"]
-    if head_dim is not None and _whole(hidden) and _whole(heads) and hidden % heads == 0:
-        if head_dim != hidden // heads:
-            raise ConfigError(
-                f"{where}: head_dim: {_show(head_dim)} differs from {keys['hidden_size']} / {keys['num_heads']} "
-                f"= {hidden // heads}; pipesched's decoder has heads of hidden_size / num_attention_heads, "
-                "so drop head_dim or make it agree"
-            )
-    return values, keys
-
-
-_EXAMPLES = {
-    "hidden_size": 4096,
-    "num_layers": 32,
-    "num_heads": 32,
-    "max_positions": 4096,
-    "vocab_size": 32000,
+# field every config.json gives -> (GPT-2's key, what it is, an example), for the message when it is missing
+_REQUIRED = {
+    "hidden_size": ("n_embd", "the width of the residual stream", 4096),
+    "num_layers": ("n_layer", "the number of decoder blocks", 32),
+    "num_heads": ("n_head", "the number of attention heads", 32),
+    "max_positions": ("n_positions", "the longest sequence the model takes", 4096),
+    "vocab_size": (None, "the tokenizer's vocabulary size", 32000),
+    "intermediate_size": (None, "the width of the MLP", 11008),  # GPT-2's n_inner has a default, LLaMA's none
 }
 
+# What a config.json leaves out, by its keys' family (Hugging Face's defaults): GPT-2 (and GPT-3, which keeps
+# GPT-2's architecture) has learned positions, LayerNorm, biases, GELU and tied embeddings; LLaMA has rotary
+# positions (RoPE), RMSNorm, no biases, SwiGLU and untied embeddings
+_GPT2 = dict(position="learned", norm="layernorm", bias=True, activation="gelu", tie_embeddings=True)
+_LLAMA = dict(position="rotary", norm="rmsnorm", bias=False, activation="silu", tie_embeddings=False)
+_FAMILY_DEFAULTS = {"gpt2": _GPT2, "llama": _LLAMA, "mistral": _LLAMA}  # model_type -> its family's defaults
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+def _keys(name: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*_KEYS.get(name, ()), name)))
+
+
+def _activation(value: str) -> str:
+    if value not in _ACT_NAMES:
+        raise ValueError(
+            "is not an activation pipesched models; use gelu (or GPT-2's gelu_new) for a GELU MLP, or silu for SwiGLU"
+        )
+    return _ACT_NAMES[value]
+
+
+def _one_of(options: tuple[str, ...]) -> AfterValidator:
+    def rule(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"is not one of {', '.join(options)}")
+        return value
+
+    return AfterValidator(rule)
 
 
 def _divisors(n: int) -> str:
@@ -282,47 +223,105 @@ def _divisors(n: int) -> str:
     return ", ".join(found[:-1]) + f" or {found[-1]}" if len(found) > 1 else found[0]
 
 
-def _check(values: dict[str, Any], keys: dict[str, str], where: str) -> None:
-    """Every value in range, heads dividing what they split; each failure names its key."""
+def _with_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``data`` with what its keys' family leaves out, and per field the key the file gives it under."""
+    data = {k: v for k, v in data.items() if v is not None}  # Hugging Face writes null for "the default"
+    model_type = data.get("model_type")
+    if model_type is not None and model_type not in list(_FAMILY_DEFAULTS):  # a list: a JSON value may be unhashable
+        raise ValueError(
+            f"model_type: {show(model_type)} is not a decoder pipesched models; use one of "
+            f"{', '.join(_FAMILY_DEFAULTS)}, or drop model_type to take the defaults of the keys' family"
+        )
+    biases = {k: data[k] for k in ("attention_bias", "mlp_bias") if k in data}
+    if len(biases) == 2 and biases["attention_bias"] != biases["mlp_bias"]:
+        raise ValueError(
+            f"attention_bias and mlp_bias are {show(biases)}; pipesched's decoder has biases on every linear map "
+            "or on none, so set both to true or both to false"
+        )
+    key: dict[str, str] = {}
+    for name in _Keys.model_fields:
+        given = [(k, data[k]) for k in _keys(name) if k in data]
+        for k, v in given[1:]:
+            if v != given[0][1]:
+                raise ValueError(
+                    f"{given[0][0]} {show(given[0][1])} and {k} {show(v)} disagree; keep one of the two keys"
+                )
+        if given:
+            key[name] = given[0][0]
+    family = _FAMILY_DEFAULTS.get(model_type or "") or (_GPT2 if key.get("hidden_size") == "n_embd" else _LLAMA)
+    defaults = dict(family)
+    if "num_heads" in key:
+        defaults["num_kv_heads"] = data[key["num_heads"]]  # no grouped-query attention unless the file says so
+    if family is _GPT2 and "hidden_size" in key:
+        hidden = data[key["hidden_size"]]  # GPT-2's d_ff = 4 d_model; a bad width passes, to be named by its key
+        defaults["intermediate_size"] = 4 * hidden if isinstance(hidden, int) else hidden
+    data.update({name: value for name, value in defaults.items() if name not in key})
+    for name, (gpt2_key, what, example) in _REQUIRED.items():
+        if name not in key and name not in data:
+            hf = _KEYS.get(name, (name,))[0]
+            also = f" (or GPT-2's {gpt2_key!r})" if gpt2_key else ""
+            raise ValueError(f'no {hf!r}{also}; add {what}, e.g. "{hf}": {example}')
+    return data, key
 
-    def key(attr: str) -> str:
-        return keys.get(attr, attr)
 
-    for attr in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size"):
-        if not _whole(values[attr]):
-            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not a whole number of at least 1")
-    if not _whole(values["max_positions"]):
-        raise ConfigError(
-            f"{where}: {key('max_positions')}: {_show(values['max_positions'])} is not a whole number of at least 1"
-        )
-    hidden, heads, kv = values["hidden_size"], values["num_heads"], values["num_kv_heads"]
-    if hidden % heads:
-        raise ConfigError(
-            f"{where}: {key('num_heads')}: {heads} does not divide {key('hidden_size')} {hidden}; "
-            f"use a number of heads that divides {hidden}"
-        )
-    if heads % kv:
-        raise ConfigError(
-            f"{where}: {key('num_kv_heads')}: {kv} does not divide {key('num_heads')} {heads}; "
-            f"use a divisor of {heads} ({_divisors(heads)})"
-        )
-    for attr, options in (("activation", ACTIVATIONS), ("position", POSITIONS), ("norm", NORMS)):
-        if values[attr] not in options:
-            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not one of {', '.join(options)}")
-    if values["position"] == "rotary" and (hidden // heads) % 2:
-        raise ConfigError(
-            f"{where}: {key('num_heads')}: {heads} heads make heads of odd width {hidden // heads}, "
-            "which rotary embeddings cannot rotate in pairs; use a head count that leaves an even width"
-        )
-    for attr in ("tie_embeddings", "bias"):
-        if not isinstance(values[attr], bool):
-            raise ConfigError(f"{where}: {key(attr)}: {_show(values[attr])} is not true or false; write one of them")
-    for attr in ("norm_eps", "rope_theta"):
-        value = values.get(attr)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-            raise ConfigError(f"{where}: {key(attr)}: {_show(value)} is not a positive finite number")
+class _Keys(BaseModel):
+    """DecoderConfig's fields as a config.json gives them, each checked by its type, then together.
+
+    A config.json carries many keys pipesched does not model (dropout, ``rope_scaling``, ``torch_dtype``):
+    they are ignored, not refused. Each field is read under any of its spellings (``_KEYS``).
+    """
+
+    model_config = ConfigDict(
+        strict=True, frozen=True, alias_generator=AliasGenerator(validation_alias=lambda f: AliasChoices(*_keys(f)))
+    )
+
+    hidden_size: Count
+    num_layers: Count
+    num_heads: Count
+    num_kv_heads: Count
+    intermediate_size: Count
+    vocab_size: Count
+    max_positions: Count
+    tie_embeddings: bool
+    activation: Annotated[str, AfterValidator(_activation)]
+    position: Annotated[str, _one_of(POSITIONS)]
+    norm: Annotated[str, _one_of(NORMS)]
+    bias: bool
+    norm_eps: PositiveNumber | None = None  # None: DecoderConfig's default
+    rope_theta: PositiveNumber | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _read(cls, data: dict[str, Any], handler: ModelWrapValidatorHandler[_Keys]) -> _Keys:
+        """The family's defaults filled in, each key checked by pydantic, then the sizes checked together."""
+        data, key = _with_defaults(data)
+        keys = handler(data)
+        # hidden_size and num_heads are always given; num_kv_heads is, when it can fail to divide
+        hidden, heads, kv = keys.hidden_size, keys.num_heads, keys.num_kv_heads
+        if hidden % heads:
+            raise ValueError(
+                f"{key['num_heads']}: {heads} does not divide {key['hidden_size']} {hidden}; "
+                f"use a number of heads that divides {hidden}"
+            )
+        if heads % kv:
+            raise ValueError(
+                f"{key['num_kv_heads']}: {kv} does not divide {key['num_heads']} {heads}; "
+                f"use a divisor of {heads} ({_divisors(heads)})"
+            )
+        if "head_dim" in data and data["head_dim"] != hidden // heads:
+            raise ValueError(
+                f"head_dim: {show(data['head_dim'])} differs from {key['hidden_size']} / {key['num_heads']} "
+                f"= {hidden // heads}; pipesched's decoder has heads of hidden_size / num_attention_heads, "
+                "so drop head_dim or make it agree"
+            )
+        if data.get("activation", keys.activation) != keys.activation:  # Hugging Face's names are for files
+            raise ValueError(f"activation: {show(data['activation'])} is not one of {', '.join(ACTIVATIONS)}")
+        if keys.position == "rotary" and (hidden // heads) % 2:
+            raise ValueError(
+                f"{key['num_heads']}: {heads} heads make heads of odd width {hidden // heads}, "
+                "which rotary embeddings cannot rotate in pairs; use a head count that leaves an even width"
+            )
+        return keys
 
 
 # -- presets ----------------------------------------------------------------------------
