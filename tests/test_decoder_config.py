@@ -226,3 +226,18 @@ def test_heads_are_accepted_exactly_when_they_divide(hidden, heads, kv_heads):
     else:
         key = "n_head" if hidden % heads else "num_key_value_heads"
         assert _error(data).startswith(f"model config: {key}: ")
+
+
+def test_keys_pipesched_does_not_model_are_ignored_and_null_means_the_default():
+    """GPT-2's own config.json writes n_inner null and carries dropout, task and tokenizer keys."""
+    data = {**GPT2, "n_inner": None, "resid_pdrop": 0.1, "architectures": ["GPT2LMHeadModel"]}
+    data["task_specific_params"] = {"text-generation": {"do_sample": True, "max_length": 50}}
+    c = DecoderConfig.from_dict(data)
+    assert (c.intermediate_size, c.norm_eps, c.activation) == (4 * 48, 1e-5, "gelu")
+
+
+def test_hugging_face_activation_names_are_for_files_only():
+    assert DecoderConfig.from_dict({**LLAMA, "hidden_act": "swish"}).activation == "silu"
+    with pytest.raises(ConfigError) as err:
+        DecoderConfig(64, 2, 4, 4, 128, 100, 32, False, activation="gelu_new")
+    assert str(err.value) == "DecoderConfig 'decoder': activation: \"gelu_new\" is not one of gelu, silu"
