@@ -186,7 +186,7 @@ _REQUIRED = {
     "num_heads": ("n_head", "the number of attention heads", 32),
     "max_positions": ("n_positions", "the longest sequence the model takes", 4096),
     "vocab_size": (None, "the tokenizer's vocabulary size", 32000),
-    "intermediate_size": (None, "the width of the MLP", 11008),  # GPT-2's n_inner has a default, LLaMA's none
+    "intermediate_size": (None, "the width of the MLP", 11008),  # GPT-2's n_inner has a default (below)
 }
 
 # What a config.json leaves out, by its keys' family (Hugging Face's defaults): GPT-2 (and GPT-3, which keeps
@@ -233,11 +233,14 @@ def _with_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]
             f"{', '.join(_FAMILY_DEFAULTS)}, or drop model_type to take the defaults of the keys' family"
         )
     biases = {k: data[k] for k in ("attention_bias", "mlp_bias") if k in data}
-    if len(biases) == 2 and biases["attention_bias"] != biases["mlp_bias"]:
+    if len(biases) == 2 and biases["attention_bias"] != biases["mlp_bias"]:  # two of Hugging Face's keys, one here
         raise ValueError(
             f"attention_bias and mlp_bias are {show(biases)}; pipesched's decoder has biases on every linear map "
             "or on none, so set both to true or both to false"
         )
+    family = _FAMILY_DEFAULTS.get(model_type or "") or (
+        _GPT2 if "n_embd" in data and "hidden_size" not in data else _LLAMA
+    )
     key: dict[str, str] = {}
     for name in _Keys.model_fields:
         given = [(k, data[k]) for k in _keys(name) if k in data]
@@ -248,19 +251,15 @@ def _with_defaults(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]
                 )
         if given:
             key[name] = given[0][0]
-    family = _FAMILY_DEFAULTS.get(model_type or "") or (_GPT2 if key.get("hidden_size") == "n_embd" else _LLAMA)
-    defaults = dict(family)
-    if "num_heads" in key:
-        defaults["num_kv_heads"] = data[key["num_heads"]]  # no grouped-query attention unless the file says so
-    if family is _GPT2 and "hidden_size" in key:
+        elif name in _REQUIRED and not (name == "intermediate_size" and family is _GPT2):
+            gpt2_key, what, example = _REQUIRED[name]
+            also = f" (or GPT-2's {gpt2_key!r})" if gpt2_key else ""
+            raise ValueError(f'no {_keys(name)[0]!r}{also}; add {what}, e.g. "{_keys(name)[0]}": {example}')
+    defaults = {**family, "num_kv_heads": data[key["num_heads"]]}  # no grouped-query attention unless given
+    if family is _GPT2:
         hidden = data[key["hidden_size"]]  # GPT-2's d_ff = 4 d_model; a bad width passes, to be named by its key
         defaults["intermediate_size"] = 4 * hidden if isinstance(hidden, int) else hidden
     data.update({name: value for name, value in defaults.items() if name not in key})
-    for name, (gpt2_key, what, example) in _REQUIRED.items():
-        if name not in key and name not in data:
-            hf = _KEYS.get(name, (name,))[0]
-            also = f" (or GPT-2's {gpt2_key!r})" if gpt2_key else ""
-            raise ValueError(f'no {hf!r}{also}; add {what}, e.g. "{hf}": {example}')
     return data, key
 
 
