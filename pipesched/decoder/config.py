@@ -33,7 +33,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Any, NoReturn
 
-from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, ConfigDict, model_validator
+from pydantic import AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic.functional_validators import ModelWrapValidatorHandler
 
 from ..errors import ConfigError
@@ -201,21 +201,21 @@ def _keys(name: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*_KEYS.get(name, ()), name)))
 
 
-def _activation(value: str) -> str:
-    if value not in _ACT_NAMES:
+def _activation(value: Any) -> str:
+    if not isinstance(value, str) or value not in _ACT_NAMES:
         raise ValueError(
             "is not an activation pipesched models; use gelu (or GPT-2's gelu_new) for a GELU MLP, or silu for SwiGLU"
         )
     return _ACT_NAMES[value]
 
 
-def _one_of(options: tuple[str, ...]) -> AfterValidator:
-    def rule(value: str) -> str:
+def _one_of(options: tuple[str, ...]) -> BeforeValidator:
+    def rule(value: Any) -> str:
         if value not in options:
             raise ValueError(f"is not one of {', '.join(options)}")
         return value
 
-    return AfterValidator(rule)
+    return BeforeValidator(rule)
 
 
 def _divisors(n: int) -> str:
@@ -282,7 +282,7 @@ class _Keys(BaseModel):
     vocab_size: Count
     max_positions: Count
     tie_embeddings: bool
-    activation: Annotated[str, AfterValidator(_activation)]
+    activation: Annotated[str, BeforeValidator(_activation)]
     position: Annotated[str, _one_of(POSITIONS)]
     norm: Annotated[str, _one_of(NORMS)]
     bias: bool
