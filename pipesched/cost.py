@@ -70,6 +70,7 @@ __all__ = [
     "COST_MODELS",
     "make_cost_model",
     "check_cost_name",
+    "NEEDS_TIMES",
     "OP_WEIGHT",
     "OVERLAP_RULES",
     "overlapped_time",
@@ -268,9 +269,13 @@ class CostInputs:
         return FlopsCost(**{k: v for k, v in given.items() if v is not None})
 
 
+#: What ``--cost measured`` without ``--times`` says, wherever it is found first.
+NEEDS_TIMES = "--cost measured needs the measured times; give --times FILE (see 'Measured times')"
+
+
 def _measured(inputs: CostInputs) -> CostModel:
     if inputs.times is None:
-        raise ConfigError("--cost measured needs the measured times; give --times FILE (see 'Measured times')")
+        raise ConfigError(NEEDS_TIMES)
     if inputs.partition is None:
         raise ConfigError("--cost measured needs the schedule's stages to read its times per stage")
     return MeasuredCost.from_times(inputs.times, inputs.partition, inputs.flops(), inputs.overlap)

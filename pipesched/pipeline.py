@@ -22,7 +22,7 @@ import numpy as np
 from . import microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
-from .cost import CostModel, FlopsCost, check_cost_name, make_cost_model
+from .cost import NEEDS_TIMES, CostModel, FlopsCost, check_cost_name, make_cost_model
 from .decoder import assemble as decoder
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
@@ -235,7 +235,7 @@ def check_times(config: RunConfig) -> Times | None:
             )
         return None
     if config.times is None:
-        raise ConfigError("--cost measured needs the measured times; give --times FILE (see 'Measured times')")
+        raise ConfigError(NEEDS_TIMES)
     if config.partition == "balanced":
         raise ConfigError(
             "--partition balanced moves layers between stages, but --cost measured gives each stage its own times; "
