@@ -74,13 +74,13 @@ TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 def _positive_time(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
-        raise ValueError("is not a positive time; give the measured time in time_unit")
+        raise ValueError("is not a positive time")
     return value
 
 
 def _non_negative_time(value: float) -> float:
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError("is not a time of zero or more; give the measured time in time_unit")
+        raise ValueError("is not a time of zero or more")
     return value
 
 
