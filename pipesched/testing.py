@@ -266,7 +266,8 @@ def timeline_problem(
             free = finish
     link_free: dict[tuple[int, int], float] = {}
     for t in sorted(trace.transfers, key=lambda t: t.start):
-        if t.op not in ("F", "B", "I"):
+        if t.op not in ("F", "B", "I"):  # an all-reduce chunk: the links' own times; it holds its link
+            link_free[(t.src, t.dst)] = t.end
             continue
         boundary = t.stage if t.op == "F" else t.stage - 1
         send = stages[boundary].send
