@@ -19,13 +19,25 @@ must be the real arrays' byte for byte. ``configs()`` draws configurations
 (``decoders=True`` for decoders too) and ``schedules()`` complete, valid,
 deadlock-free schedules, for your own property tests. Requires hypothesis
 (``pip install pipesched[test]``).
+
+Real schedules run where F, I and W differ and sends take time, so every
+MLP draw of ``check_strategy`` also runs under the ``measured`` cost model
+with drawn times (``measured_times``: F, I, W unequal, per stage or alike,
+sends free or not). Unit-cost closed forms cannot hold there; what must
+hold is what the times imply (``timeline_problem``): each action lasts
+exactly its stage's time (a pair as the overlap rule says), and starts the
+moment its device is free and its input has arrived, each send taking its
+time on its link in order. A formula of idle time that holds only when
+F = I = W is caught by the optional ``idle(K, M, v, F, I, W)``, checked on
+the draws whose stages are alike and whose links are free.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -33,21 +45,34 @@ try:
 except ImportError as exc:  # a library module, so say what to install rather than fail obscurely
     raise ImportError("pipesched.testing needs hypothesis; install it with pip install 'pipesched[test]'") from exc
 
-from .cost import UnitCost
+from .compute import ShapeWorkload
+from .cost import MeasuredCost, UnitCost, overlapped_time
 from .decoder import DecoderConfig, DecoderModel, make_tokens
 from .decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
 from .decoder.workload import DecoderShapeWorkload, DecoderWorkload, full_batch_gradients, grad_rel_err
 from .engine import simulate
 from .errors import ConfigError, PipeschedError
 from .microbatch import split
+from .model import layers_from_widths
 from .optimizer import state_bytes_per_parameter
 from .partition import uniform
 from .pipeline import RunConfig, run
 from .precision import itemsize
-from .schedule import Action, Schedule
+from .schedule import Action, Overlap, Schedule
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan
+from .times import StageTimes
+from .trace import Trace
 
-__all__ = ["Config", "configs", "decoder_configs", "schedules", "check_strategy", "StrategyCheckFailed"]
+__all__ = [
+    "Config",
+    "configs",
+    "decoder_configs",
+    "measured_times",
+    "schedules",
+    "check_strategy",
+    "timeline_problem",
+    "StrategyCheckFailed",
+]
 
 
 #: The drawn decoders' sizes: tiny, so real NumPy runs each in milliseconds, yet every part is there.
@@ -70,6 +95,7 @@ class Config:
     remat: str
     model: DecoderConfig | None = None
     seq_len: int = 0
+    times: tuple[StageTimes, ...] = ()  # measured times per stage (``configs(measured=True)``); () for none
 
     def describe_model(self) -> str:
         """``layers=...`` for the MLP, else the decoder's shape and sequence length, for messages."""
@@ -108,6 +134,7 @@ def configs(
     chunks: tuple[int, ...] = (1,),
     microbatches_per_device: int = 0,
     decoders: bool = False,
+    measured: bool = False,
 ) -> Config:
     """Configurations with enough layers for ``devices × chunks`` stages.
 
@@ -116,7 +143,8 @@ def configs(
     micro-batches (1 for data parallelism, which gives every device its own).
     With ``decoders``, about half the draws whose stages a decoder of at most
     ``DECODER_MAX_BLOCKS`` blocks can fill are tiny decoders instead
-    (``decoder_configs``).
+    (``decoder_configs``). With ``measured``, the MLP draws carry measured
+    times for their stages too (``measured_times``).
     """
     devices = draw(st.integers(1, max_devices))
     v = draw(st.sampled_from(chunks))
@@ -131,7 +159,125 @@ def configs(
     widths = tuple(draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 3)))
     batch = draw(st.integers(microbatches, microbatches + 5))
     remat = draw(st.sampled_from(["never", "always", "except_last"]))
-    return Config(devices, microbatches, v, widths, batch, remat)
+    times = tuple(draw(measured_times(stages))) if measured else ()
+    return Config(devices, microbatches, v, widths, batch, remat, times=times)
+
+
+#: Measured times are drawn in halves: every sum of them is exact in floating point, so timelines compare exactly.
+_HALVES = st.integers(1, 12).map(lambda n: n / 2)
+
+
+@st.composite
+def measured_times(draw: Callable[..., Any], stages: int) -> list[StageTimes]:
+    """Measured times for ``stages`` stages: F, I, W from 0.5 to 6 with I != W, recompute R = F.
+
+    Half the draws give every stage the same times (where closed forms are
+    stated), the rest each stage its own; half have free links (send 0),
+    the rest a drawn send time per boundary.
+    """
+
+    def one() -> tuple[float, float, float]:
+        i = draw(_HALVES)
+        return draw(_HALVES), i, draw(_HALVES.filter(lambda w: w != i))
+
+    alike, free = draw(st.booleans()), draw(st.booleans())
+    first = one()
+    times = []
+    for _ in range(stages):
+        f, i, w = first if alike else one()
+        times.append(StageTimes(F=f, I=i, W=w, R=f, send=0.0 if free else draw(_HALVES)))
+    return times
+
+
+def timeline_problem(
+    schedule: Schedule, trace: Trace, stages: Sequence[StageTimes], overlap: str = "sum"
+) -> str | None:
+    """The first way ``trace`` departs from what the measured ``stages`` times imply for ``schedule``; None if none.
+
+    For a run without remat under asynchronous sends (PyTorch's isend and
+    irecv), as the engine runs it (``pipesched.engine``):
+
+    - each action lasts exactly its stage's time (B = I + W); an overlapped
+      pair lasts ``overlapped_time(overlap, F, B)``;
+    - each action starts at the later of its device's previous action's end
+      (0 for the first) and its input's arrival: stage s-1's forward output
+      for F of s > 0, stage s+1's backward output for B or I of s < S-1; on
+      one device an output is there when its producer ends;
+    - a boundary's transfer takes its ``send`` time on the link and lands
+      at its end, starting when its producer ends or, sooner sent ones
+      queued on that link, when the link is free.
+
+    Schedules with explicit SEND or RECV actions are checked for the first rule only.
+    """
+    spans: dict[int, list[Any]] = {}
+    for span in trace.spans:
+        spans.setdefault(span.device, []).append(span)
+    end = {(s.stage, s.op, s.microbatch): (s.device, s.end) for s in trace.spans}
+    for row in schedule.actions:  # a pair's outputs both leave when the pair ends
+        for pair in (item for item in row if isinstance(item, Overlap)):
+            pieces: list[Any] = [tuple(pair.forward), tuple(pair.backward)]
+            if all(piece in end for piece in pieces):
+                done = max(end[piece][1] for piece in pieces)
+                for piece in pieces:
+                    end[piece] = (end[piece][0], done)
+    sent = {(t.stage, t.op, t.microbatch): t for t in trace.transfers}
+    num_stages = schedule.num_stages
+    timed = all(isinstance(a, Overlap) or a.op in "FBIW" for row in schedule.actions for a in row)
+
+    def arrival(producer: tuple[int, str, int], device: int) -> float:
+        src, finished = end[producer]
+        return finished if src == device else sent[producer].arrival
+
+    def inputs(action: Action) -> list[float]:
+        s, op, m = action
+        assert m is not None
+        if op == "F" and s > 0:
+            return [arrival((s - 1, "F", m), device)]
+        if op in "BI" and s < num_stages - 1:
+            return [arrival(p, device) for p in ((s + 1, "B", m), (s + 1, "I", m)) if p in end]
+        return []
+
+    for device, row in enumerate(schedule.actions):
+        mine = sorted(spans.get(device, []), key=lambda span: span.start)
+        free, at = 0.0, 0
+        for item in row:
+            if isinstance(item, Overlap):
+                parts = mine[at : at + 2]
+                expected = overlapped_time(
+                    overlap, stages[item.forward.stage].F, stages[item.backward.stage].time(item.backward.op)
+                )
+                ready = inputs(item.forward) + inputs(item.backward)
+            elif item.op in "FBIW":
+                parts = mine[at : at + 1]
+                expected = stages[item.stage].time(item.op)
+                ready = inputs(item)
+            else:
+                continue
+            at += len(parts)
+            name = str(item)
+            start, finish = parts[0].start, parts[-1].end
+            if not math.isclose(finish - start, expected, rel_tol=1e-9, abs_tol=1e-12):
+                return f"{name} on device {device} lasted {finish - start:g}, but its measured time is {expected:g}"
+            if timed and not math.isclose(start, max([free, *ready]), rel_tol=1e-9, abs_tol=1e-12):
+                return (
+                    f"{name} on device {device} started at {start:g}, but its device was free and its input there "
+                    f"at {max([free, *ready]):g}"
+                )
+            free = finish
+    link_free: dict[tuple[int, int], float] = {}
+    for t in sorted(trace.transfers, key=lambda t: t.start):
+        if t.op not in ("F", "B", "I"):  # an all-reduce chunk: the links' own times; it holds its link
+            link_free[(t.src, t.dst)] = t.end
+            continue
+        boundary = t.stage if t.op == "F" else t.stage - 1
+        send = stages[boundary].send
+        if send is not None and not (math.isclose(t.end - t.start, send, abs_tol=1e-12) and t.arrival == t.end):
+            return f"{t.name} took {t.end - t.start:g} on link {t.src} -> {t.dst}, but its measured send is {send:g}"
+        leaves = max(end[(t.stage, t.op, t.microbatch)][1], link_free.get((t.src, t.dst), 0.0))
+        if timed and not math.isclose(t.start, leaves, rel_tol=1e-9, abs_tol=1e-12):
+            return f"{t.name} left at {t.start:g}, but its producer had ended and its link was free at {leaves:g}"
+        link_free[(t.src, t.dst)] = t.end
+    return None
 
 
 @st.composite
@@ -200,6 +346,7 @@ def _check_one(
     bubble: Callable[[int, int, int], float | None] | bool | None,
     inflight: Callable[[int, int, int, int], int] | None,
     steady: Callable[[int, int, int], float | None] | None = None,
+    idle: Callable[[int, int, int, float, float, float], float | None] | None = None,
 ) -> None:
     label = (
         f"{strategy.name!r} with devices={config.devices}, microbatches={config.microbatches}, "
@@ -223,6 +370,8 @@ def _check_one(
         raise StrategyCheckFailed(
             f"{label}: gradients differ from the full-batch pass by {result.grad_rel_err:.3g}\n{table}"
         )
+    if config.times:
+        _check_measured(schedule, config, idle, label, f"\n{table}")
     if bubble is None and inflight is None and steady is None:
         return
     timing = result if config.remat == "never" else run(config.run_config(strategy, remat="never"))
@@ -249,6 +398,42 @@ def _check_one(
         got = timing.metrics.peak_inflight_microbatches
         if got != want:
             raise StrategyCheckFailed(f"{label}: peak in-flight micro-batches {got}, the formula gives {want}\n{table}")
+
+
+def _check_measured(
+    schedule: Schedule,
+    config: Config,
+    idle: Callable[[int, int, int, float, float, float], float | None] | None,
+    label: str,
+    table: str,
+) -> None:
+    """A draw's measured times: the shape-only timeline is what they imply, and ``idle`` holds where stated."""
+    times = config.times
+    shown = ", ".join(f"{s}: F={t.F:g} I={t.I:g} W={t.W:g} send={t.send:g}" for s, t in enumerate(times))
+    label = f"{label}, measured times ({shown})"
+    layers = layers_from_widths(list(config.widths))
+    rows = [s.stop - s.start for s in split(config.batch, config.microbatches)]
+    work = ShapeWorkload(layers, uniform(len(layers), schedule.num_stages), rows)
+    try:
+        trace = simulate(schedule, work, MeasuredCost(times), remat="never")
+    except PipeschedError as exc:
+        raise StrategyCheckFailed(f"{label}: {exc}{table}") from None
+    problem = timeline_problem(schedule, trace, times)
+    if problem is not None:
+        raise StrategyCheckFailed(f"{label}: {problem}{table}")
+    first = times[0]
+    if idle is None or any(t != first for t in times) or first.send != 0:
+        return  # closed forms are stated for alike stages and free links
+    expected = idle(config.devices, config.microbatches, config.chunks, first.F, first.I, first.W)
+    if expected is None:
+        return
+    busy = trace.busy_time()
+    for device, used in enumerate(busy):
+        if not math.isclose(trace.makespan - used, expected, rel_tol=1e-9, abs_tol=1e-12):
+            raise StrategyCheckFailed(
+                f"{label}: device {device} idles {trace.makespan - used:g} in the step, but the formula gives "
+                f"{expected:g}{table}"
+            )
 
 
 def _check_decoder(schedule: Schedule, config: Config, label: str, table: str) -> None:
@@ -291,6 +476,7 @@ def check_strategy(
     bubble: Callable[[int, int, int], float | None] | bool | None = None,
     inflight: Callable[[int, int, int, int], int] | None = None,
     steady: Callable[[int, int, int], float | None] | None = None,
+    idle: Callable[[int, int, int, float, float, float], float | None] | None = None,
     chunks: tuple[int, ...] = (1,),
     max_devices: int = 4,
     max_microbatches: int = 8,
@@ -314,6 +500,16 @@ def check_strategy(
     the shape-only memory timeline the real arrays' byte for byte (the
     formulas are checked on the MLP draws).
 
+    Every MLP draw also runs shape-only under the ``measured`` cost model
+    with drawn times (``measured_times``: F, I, W unequal, sends free or
+    not), where the unit-cost formulas above cannot hold. There the
+    timeline must be exactly what the times imply (``timeline_problem``:
+    each action lasts its stage's time and starts the moment its device is
+    free and its input has arrived, no idle the times do not explain), and,
+    on draws with alike stages and free links, each device's idle time in
+    the step must equal ``idle(K, M, v, F, I, W)`` (``None`` skips), e.g.
+    ``lambda K, M, v, F, I, W: (K - 1) * (F + I + W)`` for 1F1B.
+
     Args:
         strategy: an instance, or a name or ``path/file.py:Class`` to load.
         chunks: the values of v to draw.
@@ -334,8 +530,8 @@ def check_strategy(
         report_multiple_bugs=False,  # one failure, the smallest: an MLP draw and a decoder draw may fail alike
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
-    @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device, decoders))
+    @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device, decoders, measured=True))
     def check(config: Config) -> None:
-        _check_one(instance, config, bubble, inflight, steady)
+        _check_one(instance, config, bubble, inflight, steady, idle)
 
     check()

@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 
 from pipesched import Action, DeadlockError, Overlap, Schedule, ScheduleError, validate
 from pipesched.compute import NumpyWorkload, ShapeWorkload
-from pipesched.cost import UnitCost
+from pipesched.cost import MeasuredCost, UnitCost
 from pipesched.engine import simulate
 from pipesched.microbatch import split
 from pipesched.model import Model, full_batch_gradients, layers_from_widths, make_data
 from pipesched.partition import uniform
-from pipesched.testing import schedules
+from pipesched.testing import schedules, timeline_problem
+from pipesched.times import StageTimes
 
 #: Corruptions that may break a schedule: it may stay valid, turn invalid, or deadlock.
 BREAKING = [
@@ -221,7 +222,7 @@ def test_a_corrupted_schedule_is_refused_deadlocks_or_runs_exactly_as_the_defini
         note(f"{kind} on K={devices}, M={microbatches}, v={chunks}, remat {remat}")
         valid = data.draw(schedules(devices, microbatches, chunks))
         schedule = corrupt(valid, kind, rng)
-        outcome = _outcome(schedule, devices, microbatches, remat)
+        outcome = _outcome(schedule, devices, microbatches, remat, rng)
         assert outcome == "ran" or kind not in KEEPING, f"{kind} made {outcome}:\n{schedule}"
         outcomes[outcome if outcome != "ran" else "ran changed" if schedule != valid else "ran unchanged"] += 1
 
@@ -231,8 +232,10 @@ def test_a_corrupted_schedule_is_refused_deadlocks_or_runs_exactly_as_the_defini
     assert outcomes["refused"] >= 0.2 * sum(outcomes.values())  # and the validator has work too
 
 
-def _outcome(schedule, devices, microbatches, remat):
-    """ "refused", "deadlock" or "ran", each checked against the independent definitions."""
+def _outcome(schedule, devices, microbatches, remat, rng):
+    """ "refused", "deadlock" or "ran", each checked against the independent definitions. A schedule that
+    runs runs again under measured times with unequal F, I, W and send times drawn from ``rng``: its
+    timeline must be what they imply (``pipesched.testing.timeline_problem``)."""
     expected = is_valid(schedule, devices, microbatches)
     try:
         validate(schedule, devices, microbatches)
@@ -259,7 +262,22 @@ def _outcome(schedule, devices, microbatches, remat):
     for (gw, gb), (rw, rb) in zip(work.model_gradients(), reference):
         np.testing.assert_allclose(gw, rw, rtol=1e-10, atol=1e-14)
         np.testing.assert_allclose(gb, rb, rtol=1e-10, atol=1e-14)
+    times = tuple(_measured(rng) for _ in range(schedule.num_stages))
+    shapes = ShapeWorkload(
+        layers_from_widths(widths), uniform(len(widths) - 1, schedule.num_stages), [1] * microbatches
+    )
+    trace = simulate(schedule, shapes, MeasuredCost(times))
+    problem = timeline_problem(schedule, trace, times)
+    assert problem is None, f"{problem} under {times}:\n{schedule}"
     return "ran"
+
+
+def _measured(rng):
+    """One stage's measured times: halves (exact sums), I != W, a send that may be free."""
+    i = rng.randint(1, 12) / 2
+    w = rng.choice([h / 2 for h in range(1, 13) if h / 2 != i])
+    f = rng.randint(1, 12) / 2
+    return StageTimes(F=f, I=i, W=w, R=f, send=rng.randint(0, 4) / 2)
 
 
 # -- the validator on every small schedule ----------------------------------------------------------

@@ -192,3 +192,46 @@ class _Fixed:
 
     def plan(self, devices, microbatches, chunks=1):
         return self.schedule
+
+
+# -- measured times: unequal F, I, W and sends --------------------------------------------------------------
+
+
+def test_an_idle_formula_that_holds_under_measured_times_passes():
+    # 1F1B: every device idles (K-1)(F+I+W) per step (tests/test_measured.py holds it for any M)
+    check_strategy("1f1b", idle=lambda k, m, v, f, i, w: (k - 1) * (f + i + w), max_examples=25, decoders=False)
+
+
+def test_a_formula_that_holds_only_when_f_i_w_are_equal_is_caught():
+    # 3(K-1)F is 1F1B's idle when F = I = W, and wrong as soon as they differ
+    with pytest.raises(StrategyCheckFailed, match=r"measured times \(0: F=.*idles .* but the formula gives"):
+        check_strategy("1f1b", idle=lambda k, m, v, f, i, w: 3 * (k - 1) * f, max_examples=25, decoders=False)
+
+
+def test_a_strategy_ignoring_the_measured_times_would_be_caught():
+    # the checker against the trace: shift one action later than its device and input allow
+    from pipesched.compute import ShapeWorkload
+    from pipesched.cost import MeasuredCost
+    from pipesched.engine import simulate
+    from pipesched.model import layers_from_widths
+    from pipesched.partition import uniform
+    from pipesched.strategy import load_strategy, make_plan
+    from pipesched.times import StageTimes
+    from pipesched.trace import Span, Trace
+
+    times = (StageTimes(F=1, I=2, W=0.5, R=1, send=0.5), StageTimes(F=1.5, I=1, W=2, R=1.5, send=0.0))
+    schedule = make_plan(load_strategy("zb-h1"), 2, 3, 1)
+    work = ShapeWorkload(layers_from_widths([2, 2, 2]), uniform(2, 2), [1, 1, 1])
+    trace = simulate(schedule, work, MeasuredCost(times))
+    assert testing.timeline_problem(schedule, trace, times) is None
+    spans = [Span(*s[:4], s.start + 0.25, s.end + 0.25) if s.name == "1F2" else s for s in trace.spans]
+    late = Trace(devices=2, time_unit="s", spans=spans, transfers=list(trace.transfers))
+    assert "1F2 on device 1 started at" in testing.timeline_problem(schedule, late, times)
+    short = (times[0], StageTimes(F=1.5, I=1, W=1, R=1.5, send=0.0))
+    assert "lasted 2, but its measured time is 1" in testing.timeline_problem(schedule, trace, short)
+
+
+@given(configs(measured=True))
+def test_measured_draws_give_every_stage_unequal_i_and_w(config):
+    assert len(config.times) == config.devices * config.chunks
+    assert all(t.I != t.W and t.R == t.F and t.send is not None for t in config.times)
