@@ -11,6 +11,18 @@
   free. One stage per device: F=1, B=2. v chunks per device: 1/v and 2/v. A
   data-parallel replica of the whole model: K and 2K, so every strategy is
   charged the same total work. Time is in abstract units.
+- ``measured``: measured times from a times file (``--times``,
+  ``pipesched.times``): an op of stage s takes exactly the file's time of
+  that op and stage (B = I + W), scaled by rows / the file's ``rows`` when
+  it names the micro-batch size it measured; a boundary transfer keeps its
+  link busy for the file's ``send`` time and lands at once (latency 0: the
+  measured time is the whole transfer) when the file gives it, otherwise its
+  bytes (the file's ``activation_bytes``, else the engine's) go over the
+  links of the ``flops`` model; collectives always use those links. Time is
+  in seconds.
+
+All three are found by name in ``COST_MODELS``, the one registry the
+commands, studies and sweeps read (``make_cost_model``).
 
 Re-materialization recomputes a forward, so under every model it costs one
 more F inside the backward that needs it.
@@ -42,17 +54,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from .errors import ConfigError
 from .model import Layer
+from .partition import Partition
+from .times import StageTimes, Times
 
 __all__ = [
     "CostModel",
     "FlopsCost",
     "UnitCost",
+    "MeasuredCost",
+    "CostInputs",
     "COST_MODELS",
     "make_cost_model",
+    "check_cost_name",
     "OP_WEIGHT",
     "OVERLAP_RULES",
     "overlapped_time",
@@ -174,7 +191,103 @@ class UnitCost:
         return 0.0, 0.0
 
 
-COST_MODELS = ("flops", "unit")
+@dataclass(frozen=True)
+class MeasuredCost:
+    """Measured times per stage (``pipesched.times``); what the file does not give goes over ``links``.
+
+    >>> from pipesched.times import StageTimes
+    >>> cost = MeasuredCost((StageTimes(F=1.0, I=2.0, W=0.5, R=1.0, send=0.25), StageTimes(F=3.0, I=1.0, W=1.0, R=3.0)),
+    ...                     links=FlopsCost(link_bandwidth=1e9, link_latency=1e-6))
+    >>> cost.compute_time("B", [], rows=4, stage_units=1.0, stage=0), cost.compute_time("F", [], 4, 1.0, stage=1)
+    (2.5, 3.0)
+    >>> cost.transfer_times(10**6, boundary=0), cost.transfer_times(10**6, boundary=None)  # measured; the links
+    ((0.25, 0.0), (0.001, 1e-06))
+    """
+
+    stages: tuple[StageTimes, ...]
+    links: FlopsCost = FlopsCost()
+    rows: int | None = None  # the micro-batch size the times were measured at; None: every size takes them
+    overlap: str = "sum"
+    name: str = "measured"
+    time_unit: str = "s"
+
+    def __post_init__(self) -> None:
+        check_overlap(self.overlap)
+
+    @classmethod
+    def from_times(
+        cls, times: Times, partition: Partition, links: FlopsCost | None = None, overlap: str = "sum"
+    ) -> MeasuredCost:
+        """The cost model of ``times`` for a schedule of ``len(partition)`` stages (``ConfigError`` naming a gap)."""
+        stages = tuple(times.stage_times(len(partition), partition))
+        return cls(stages, links if links is not None else FlopsCost(), times.rows, overlap)
+
+    def compute_time(
+        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
+        # times are per micro-batch as measured; with the measured size known, they scale linearly with rows
+        scale = 1.0 if self.rows is None else rows / self.rows
+        return self.stages[stage].time(op) * scale
+
+    def transfer_times(
+        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
+    ) -> tuple[float, float]:
+        if boundary is None:
+            return self.links.transfer_times(nbytes, src, dst, boundary)
+        measured = self.stages[boundary]
+        if measured.send is not None:
+            return measured.send, 0.0
+        if measured.activation_bytes is not None:
+            nbytes = measured.activation_bytes
+        return self.links.transfer_times(nbytes, src, dst, boundary)
+
+
+@dataclass(frozen=True)
+class CostInputs:
+    """Everything the cost flags give; each model's builder in ``COST_MODELS`` takes what it needs.
+
+    ``times`` and ``partition`` (per stage, its layers) are the measured
+    model's: its times are resolved per stage of the schedule.
+    """
+
+    device_flops: float | None = None
+    link_bandwidth: float | None = None
+    link_latency: float | None = None
+    overlap: str = "sum"
+    times: Times | None = None
+    partition: Partition | None = None
+
+    def flops(self) -> FlopsCost:
+        """The flops model these inputs give; ``None`` keeps a default."""
+        given: dict[str, Any] = {
+            "device_flops": self.device_flops,
+            "link_bandwidth": self.link_bandwidth,
+            "link_latency": self.link_latency,
+            "overlap": self.overlap,
+        }
+        return FlopsCost(**{k: v for k, v in given.items() if v is not None})
+
+
+def _measured(inputs: CostInputs) -> CostModel:
+    if inputs.times is None:
+        raise ConfigError("--cost measured needs the measured times; give --times FILE (see 'Measured times')")
+    if inputs.partition is None:
+        raise ConfigError("--cost measured needs the schedule's stages to read its times per stage")
+    return MeasuredCost.from_times(inputs.times, inputs.partition, inputs.flops(), inputs.overlap)
+
+
+#: The one registry of cost models: name -> builder from the flags' inputs (commands, studies, sweeps read it).
+COST_MODELS: dict[str, Callable[[CostInputs], CostModel]] = {
+    "flops": CostInputs.flops,
+    "unit": lambda inputs: UnitCost(overlap=inputs.overlap),
+    "measured": _measured,
+}
+
+
+def check_cost_name(name: str) -> None:
+    """Raise ``ConfigError`` unless ``name`` is a registered cost model."""
+    if name not in COST_MODELS:
+        raise ConfigError(f"--cost {name!r} is unknown; use one of {', '.join(COST_MODELS)}")
 
 
 def make_cost_model(
@@ -183,16 +296,13 @@ def make_cost_model(
     link_bandwidth: float | None = None,
     link_latency: float | None = None,
     overlap: str = "sum",
+    times: Times | None = None,
+    partition: Partition | None = None,
 ) -> CostModel:
-    """Build a cost model by name; ``None`` keeps a default."""
-    if name == "unit":
-        return UnitCost(overlap=overlap)
-    if name == "flops":
-        given: dict[str, Any] = {
-            "device_flops": device_flops,
-            "link_bandwidth": link_bandwidth,
-            "link_latency": link_latency,
-            "overlap": overlap,
-        }
-        return FlopsCost(**{k: v for k, v in given.items() if v is not None})
-    raise ConfigError(f"--cost {name!r} is unknown; use one of {', '.join(COST_MODELS)}")
+    """Build a cost model by name from the registry; ``None`` keeps a default.
+
+    >>> make_cost_model("unit").name, make_cost_model("flops", device_flops=1e12).device_flops
+    ('unit', 1000000000000.0)
+    """
+    check_cost_name(name)
+    return COST_MODELS[name](CostInputs(device_flops, link_bandwidth, link_latency, overlap, times, partition))

@@ -22,7 +22,7 @@ import numpy as np
 from . import microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
-from .cost import CostModel, FlopsCost, make_cost_model
+from .cost import CostModel, FlopsCost, check_cost_name, make_cost_model
 from .decoder import assemble as decoder
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
@@ -34,6 +34,7 @@ from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
+from .times import Times, load_times
 from .trace import Trace
 
 __all__ = [
@@ -83,6 +84,7 @@ class RunConfig:
     link_bandwidth: float | None = None
     link_latency: float | None = None
     overlap: str = "sum"  # how long an overlapped F&B pair lasts: sum or max of its parts (see pipesched.cost)
+    times: str | None = None  # the measured times file --cost measured reads (pipesched.times)
     p2p: str = "async"  # point-to-point semantics: PyTorch's isend/irecv, or blocking (see pipesched.engine)
     loss: str = "cross_entropy"
     compute: bool = True
@@ -136,6 +138,7 @@ class RunResult:
             "dtype": c.dtype,
             "optimizer": c.optimizer,
             "cost": c.cost,
+            "times": c.times,
             "time_unit": self.trace.time_unit,
             "makespan": m.makespan,
             "bubble_fraction": m.bubble_fraction,
@@ -221,6 +224,26 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
     check_memory(config, copies)
 
 
+def check_times(config: RunConfig) -> Times | None:
+    """The config's times file read and checked when ``--cost measured`` needs it; a cheap check, before any work."""
+    check_cost_name(config.cost)
+    if config.cost != "measured":
+        if config.times is not None:
+            raise ConfigError(
+                f"--times {config.times} gives measured times, which only --cost measured reads; "
+                f"add --cost measured or drop --times"
+            )
+        return None
+    if config.times is None:
+        raise ConfigError("--cost measured needs the measured times; give --times FILE (see 'Measured times')")
+    if config.partition == "balanced":
+        raise ConfigError(
+            "--partition balanced moves layers between stages, but --cost measured gives each stage its own times; "
+            "give the measured partition's layer counts, e.g. --partition 2,3,3,3"
+        )
+    return load_times(config.times)
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
@@ -234,7 +257,7 @@ def prepare(config: RunConfig) -> Prepared:
     else:
         widths = parse_layers(config.layers)
         layers = layers_from_widths(widths)
-    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
+    times = check_times(config)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
     dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
@@ -252,6 +275,9 @@ def prepare(config: RunConfig) -> Prepared:
         partition = tuple(range(cast(int, stage[0]), cast(int, stage[-1]) + 1) for stage in balanced.stages)
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
+    cost = make_cost_model(
+        config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap, times, partition
+    )
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
     prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)
     prepared.decoder = model_config

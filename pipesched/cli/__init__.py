@@ -22,6 +22,7 @@ import sys
 from typing import Any, Sequence
 
 from .. import __version__
+from ..cost import COST_MODELS
 from ..errors import PipeschedError
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from ..profile import DEFAULT_REPEATS, DEFAULT_WARMUP
@@ -83,7 +84,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--balance-by", default=d.balance_by, help="layer costs for 'balanced': flops or measured")
     p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
-    p.add_argument("--cost", default=d.cost, help="flops or unit (default %(default)s)")
+    p.add_argument("--cost", default=d.cost, help=f"{', '.join(COST_MODELS)}: the cost model (default %(default)s)")
+    p.add_argument("--times", metavar="FILE", help="measured times (TOML) for --cost measured; see 'Measured times'")
     p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
     p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
     p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")

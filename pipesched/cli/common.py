@@ -45,6 +45,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         link_bandwidth=args.link_bandwidth,
         link_latency=args.link_latency,
         overlap=args.overlap,
+        times=getattr(args, "times", None),
         p2p=args.p2p,
         model=getattr(args, "model", None),
         seq_len=getattr(args, "seq_len", None),

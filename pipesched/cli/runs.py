@@ -32,13 +32,18 @@ def _model(config: RunConfig) -> str:
     return f"model {config.model}, sequences of {config.seq_len} tokens"
 
 
+def _cost(config: RunConfig) -> str:
+    """The cost model a run used, with its times file under ``measured``."""
+    return config.cost if config.times is None else f"{config.cost} ({config.times})"
+
+
 def _print_run(result: RunResult) -> None:
     config, metrics, unit = result.config, result.metrics, result.trace.time_unit
     counts = ",".join(str(len(s)) for s in result.partition)
     chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
     print(
         f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
-        f"batch {config.batch}, {_model(config)} (partition {counts}), remat {config.remat}, cost {config.cost}"
+        f"batch {config.batch}, {_model(config)} (partition {counts}), remat {config.remat}, cost {_cost(config)}"
         f"{_precision(config)}"
     )
     print()
@@ -191,7 +196,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     config, unit = results[0].config, results[0].trace.time_unit
     print(
         f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
-        f"{_model(config)}, remat {config.remat}, cost {config.cost}{_precision(config)}"
+        f"{_model(config)}, remat {config.remat}, cost {_cost(config)}{_precision(config)}"
     )
     print()
     rows: list[tuple[str, ...]] = [

@@ -103,6 +103,11 @@ def _device_table(result: Balance, placement: Placement, show: Callable[[float],
 
 def _cmd_balance(args: argparse.Namespace) -> None:
     config = _config(args)
+    if config.cost == "measured":
+        raise ConfigError(
+            "pipesched balance moves layers between stages, but --cost measured gives each stage its own times; "
+            "balance under --cost flops, then run the counts it prints with --cost measured --partition COUNTS"
+        )
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
@@ -167,7 +172,7 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         )
         print(f"not simulated: {why}")
         return
-    unit = "s" if config.cost == "flops" else "unit"
+    unit = "unit" if config.cost == "unit" else "s"
     steps = [f"{format_time(sims.makespan, unit)} balanced" + (" (out of memory)" if sims.oom else "")]
     steps.append(
         "uniform does not fit --device-memory"
