@@ -20,6 +20,7 @@ True
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -38,6 +39,7 @@ from .limits import array_bytes, machine_memory
 from .model import parse_layers
 from .pipeline import RunConfig, _check_counts, prepare, training_sizes
 from .precision import nbytes
+from .times import TIME_UNITS
 from .units import count, format_bytes, time_prefix
 
 __all__ = ["Spread", "Part", "Profile", "measure", "machine", "DEFAULT_WARMUP", "DEFAULT_REPEATS"]
@@ -53,16 +55,22 @@ _UNITS = {"s": "s", "ms": "ms", "µs": "us", "ns": "us"}
 
 @dataclass(frozen=True)
 class Spread:
-    """One pass's timed runs, in seconds: the median (the value written) and the range around it."""
+    """One pass's timed runs, in seconds: the median (the value written), the range and the quartiles around it."""
 
     median: float
     low: float
     high: float
+    q1: float
+    q3: float
 
     @classmethod
     def of(cls, samples: Sequence[float]) -> "Spread":
-        """The median, minimum and maximum of ``samples``."""
-        return cls(statistics.median(samples), min(samples), max(samples))
+        """The median, minimum, maximum and quartiles (inclusive method: within the range) of ``samples``."""
+        if len(samples) < 2:
+            q1 = q3 = samples[0]
+        else:
+            q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        return cls(statistics.median(samples), min(samples), max(samples), q1, q3)
 
 
 @dataclass(frozen=True)
@@ -77,35 +85,52 @@ class Part:
 
 @dataclass(frozen=True)
 class Profile:
-    """What ``pipesched profile`` measured: the parts, per ``layer`` or per ``stage``, and the header's lines."""
+    """What ``pipesched profile`` measured: the parts, per ``layer`` or per ``stage``, on micro-batches of ``rows``.
+
+    ``header`` is the file's opening comment, ``about`` its ``[about]`` table (what and where was measured).
+    """
 
     kind: str
     parts: tuple[Part, ...]
+    rows: int
     header: tuple[str, ...]
+    about: dict[str, str | int]
 
     def time_unit(self) -> str:
         """The unit of the file: the SI prefix of its longest median, as ``units.time_prefix`` shows times."""
         longest = max(spread.median for part in self.parts for spread in part.times.values())
-        return _UNITS[time_prefix(longest)[1]] if longest > 0 else "s"
+        return _UNITS[time_prefix(longest)[1]]
 
     def to_toml(self) -> str:
-        """The times file: the header as comments, ``time_unit``, then one table per part."""
+        """The times file: the header as comments, ``time_unit``, ``rows``, ``[about]``, then one table per part.
+
+        Each time is the median; a comment beside it gives the minimum and
+        maximum, and the part's ``spread`` table the interquartile range
+        (``pipesched.times`` reads it and keeps it).
+        """
         unit = self.time_unit()
-        scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6}[unit]
-        lines = [f"# {line}" if line else "#" for line in self.header]
-        lines += ["", f'time_unit = "{unit}"']
+        scale = TIME_UNITS[unit]
+        lines = [f"# {line}" for line in self.header]
+        lines += [
+            "",
+            f'time_unit = "{unit}"',
+            f"rows = {self.rows}  # the micro-batch measured: one of r rows takes r/{self.rows} of each time",
+            "",
+            "[about]",
+        ]
+        lines += [f"{key} = {_toml(value)}" for key, value in self.about.items()]
         for index, part in enumerate(self.parts):
             lines += ["", f"[{self.kind}.{index}]  # {part.label}"]
             for op in PASSES:
                 spread = part.times[op]
-                value = f"{op} = {_number(spread.median / scale)}"
-                if spread.high > 0:
-                    value += f"  # min {_number(spread.low / scale)}, max {_number(spread.high / scale)}"
-                else:
-                    value += "  # no parameters: no weight-gradient"
-                lines.append(value)
+                lines.append(
+                    f"{op} = {_number(spread.median / scale)}  "
+                    f"# min {_number(spread.low / scale)}, max {_number(spread.high / scale)}"
+                )
             if part.activation_bytes is not None:
                 lines.append(f"activation_bytes = {part.activation_bytes}")
+            iqr = ", ".join(f"{op} = {_number((part.times[op].q3 - part.times[op].q1) / scale)}" for op in PASSES)
+            lines.append(f"spread = {{ {iqr} }}  # interquartile range")
         return "\n".join(lines) + "\n"
 
 
@@ -114,8 +139,13 @@ def _number(value: float) -> str:
     return repr(float(f"{value:.4g}"))
 
 
-def machine() -> list[str]:
-    """This machine as a times file's header states it: platform, CPU, Python, NumPy and its BLAS."""
+def _toml(value: str | int) -> str:
+    """A TOML value: JSON's string escapes are TOML's basic string's."""
+    return json.dumps(value)
+
+
+def machine() -> dict[str, str | int]:
+    """This machine as a times file's ``[about]`` states it: platform, CPU, cores, Python, NumPy and its BLAS."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -130,11 +160,14 @@ def machine() -> list[str]:
         blas = f"{found['name']} {found.get('version', '')}".strip()
     except (TypeError, KeyError):
         pass
-    return [
-        f"machine: {platform.platform()}, CPU {cpu}, {count(os.cpu_count() or 1, 'core')}",
-        f"software: Python {platform.python_version()}, NumPy {np.__version__} with BLAS {blas}, "
-        f"pipesched {__version__}",
-    ]
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cores": os.cpu_count() or 1,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas,
+    }
 
 
 def _stages(config: RunConfig, layers: int, devices: int | None, chunks: int | None) -> tuple[str, list[int]]:
@@ -245,23 +278,31 @@ def measure(
         label = names[0] if kind == "layer" else f"layers {span[0]}-{span[-1]}: {', '.join(names)}"
         boundary = nbytes(outputs[stage], size) if stage + 1 < len(counts) else None
         parts.append(Part(label, span, {op: Spread.of(passes[op]) for op in PASSES}, boundary))
-    model_line = (
-        f"model: --layers {config.layers}" if config.model is None else
-        f"model: --model {config.model}, sequences of {config.seq_len} tokens"
-    )  # fmt: skip
     per = "layer" if kind == "layer" else f"stage (partition {','.join(map(str, counts))})"
     header = (
-        "Measured by pipesched profile: the real NumPy passes of each "
-        f"{per}, as the engine runs them, on this machine.",
-        f"{model_line}; one micro-batch of {count(rows, 'row' if config.model is None else 'sequence')} "
-        f"(--batch {config.batch} in {count(config.microbatches, 'micro-batch')}), synthetic data from "
-        f"--seed {config.seed}",
-        *machine(),
-        f"each time: the median of {count(repeats, 'timed run')} after {count(warmup, 'warm-up run')}; "
-        "its min and max beside it (times vary from run to run)",
-        "F forward, I input-gradient, W weight-gradient, R recompute (the forward run again from the kept "
-        "stage input, as --remat runs it; measured, not copied from F)",
-        f"activation_bytes: what one micro-batch sends across a boundary after this {kind}, in "
-        f"{p.config.dtype}; sends are not measured here (no network): they are left to the links of the cost model",
+        f"Measured by pipesched profile: the real NumPy passes of each {per}, as the engine runs them,",
+        f"on one micro-batch of {count(rows, 'row' if config.model is None else 'sequence')} "
+        f"(--batch {config.batch} in {count(config.microbatches, 'micro-batch')}) of synthetic data from "
+        f"--seed {config.seed}, on the machine in [about].",
+        f"Each time is the median of {count(repeats, 'timed run')} after {count(warmup, 'warm-up run')}, its min "
+        "and max beside it, its interquartile range in spread; times vary from run to run.",
+        "F forward, I input-gradient, W weight-gradient, R recompute (measured: the forward run again from the "
+        "kept stage input, as --remat runs it).",
+        f"activation_bytes: what one micro-batch sends across a boundary after this {kind}, in {p.config.dtype}.",
+        "Sends are not measured here (no network): they are left to the links of the cost model.",
     )
-    return Profile(kind, tuple(parts), header)
+    named: dict[str, str | int] = (
+        {"layers": config.layers} if config.model is None else {"model": config.model, "seq_len": config.seq_len or 0}
+    )
+    about: dict[str, str | int] = {
+        "tool": f"pipesched profile {__version__}",
+        **named,
+        "batch": config.batch,
+        "microbatches": config.microbatches,
+        "seed": config.seed,
+        "dtype": p.config.dtype or "",
+        "warmup": warmup,
+        "repeats": repeats,
+        **machine(),
+    }
+    return Profile(kind, tuple(parts), rows, header, about)

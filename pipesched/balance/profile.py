@@ -42,8 +42,7 @@ def time_passes(
     then from the last stage down its I (from the loss on the last stage,
     from the gradient the stage after it returned elsewhere), its W, and its
     recompute from the stage input it would have kept under ``--remat``
-    (``Workload.recompute``, a forward run again). A stage without parameters
-    has no weight-gradient: its W is 0, not timed. The first ``warmup``
+    (``Workload.recompute``, a forward run again). The first ``warmup``
     repeats (caches, lazy allocations, BLAS start-up) are left out.
 
     Returns per stage ``{pass: [seconds per repeat]}`` and the stage outputs
@@ -77,11 +76,9 @@ def time_passes(
             start = clock()
             dy, deferred = work.backward_input(stage, 0, kept[stage], dy)
             seconds = clock() - start
-            weights = 0.0
-            if work.param_bytes(stage):
-                begin = clock()
-                work.backward_weight(0, stage, 0, deferred)
-                weights = clock() - begin
+            begin = clock()
+            work.backward_weight(0, stage, 0, deferred)
+            weights = clock() - begin
             begin = clock()
             work.recompute(stage, 0, remat[stage])
             again = clock() - begin
