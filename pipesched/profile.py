@@ -5,7 +5,9 @@ The file is the one ``--cost measured --times`` reads (``pipesched.times``):
 table with ``F``, ``I``, ``W`` and ``R``, and ``activation_bytes`` where a
 boundary can follow. Each time is the median of ``repeats`` timed runs after
 ``warmup`` untimed ones, its minimum and maximum written beside it as a
-comment; the passes timed are the workload's own, as the engine calls them
+comment and its interquartile range in the table's ``spread``; ``rows``
+states the micro-batch size measured, ``[about]`` the model and the machine
+(platform, CPU, NumPy and its BLAS). The passes timed are the workload's own, as the engine calls them
 (``pipesched.balance.profile.time_passes``), on one micro-batch of the run's
 size. Sends are not measured (there is no network here): the file gives the
 bytes, and the cost model's links give their time.
@@ -275,7 +277,8 @@ def measure(
     parts = []
     for stage, (span, passes) in enumerate(zip(p.partition, samples)):
         names = [str(p.layers[i]) for i in span]
-        label = names[0] if kind == "layer" else f"layers {span[0]}-{span[-1]}: {', '.join(names)}"
+        span_text = f"layer {span[0]}" if len(span) == 1 else f"layers {span[0]}-{span[-1]}"
+        label = names[0] if kind == "layer" else f"{span_text}: {', '.join(names)}"
         boundary = nbytes(outputs[stage], size) if stage + 1 < len(counts) else None
         parts.append(Part(label, span, {op: Spread.of(passes[op]) for op in PASSES}, boundary))
     per = "layer" if kind == "layer" else f"stage (partition {','.join(map(str, counts))})"
