@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
-from .cost import FlopsCost, check_overlap, make_cost_model
+from .cost import FlopsCost, check_cost_name, check_overlap
 from .decoder.assemble import chain as decoder_chain
 from .decoder.assemble import default_seq_len
 from .decoder.config import load_config, preset_names
@@ -39,6 +39,7 @@ from .partition import parse_partition
 from .pipeline import RunConfig, run
 from .precision import check_dtype
 from .strategy import load_strategy
+from .times import load_times
 from .units import parse_bytes
 
 __all__ = [
@@ -72,7 +73,19 @@ AXES = (
     "optimizer",
     "seq_len",
 )
-MODEL_KEYS = ("layers", "model", "seq_len", "batch", "loss", "seed", "compute", "device_flops", "dtype", "optimizer")
+MODEL_KEYS = (
+    "layers",
+    "model",
+    "seq_len",
+    "batch",
+    "loss",
+    "seed",
+    "compute",
+    "device_flops",
+    "dtype",
+    "optimizer",
+    "times",
+)
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
 
@@ -156,6 +169,7 @@ _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
     "device_flops": _number,
     "dtype": _text,
     "optimizer": _text,
+    "times": _text,
 }
 _MODEL_WORDS = {
     "layers": 'a width list such as "128,256x10,10"',
@@ -168,6 +182,7 @@ _MODEL_WORDS = {
     "device_flops": "a non-negative number",
     "dtype": "a precision name",
     "optimizer": "an optimizer name",
+    "times": "the path to a times file",
 }
 
 #: What an axis a point does not set stands for in a constraint: the run's default.
@@ -225,7 +240,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     for key, value in model.items():
         if not _MODEL_TYPES[key](value):
             raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
-    model = _resolve_model(model, path)
+    model = _resolve_times(_resolve_model(model, path), axes, path)
     _check_values(axes, model, path)
     fixed = {k: v for k, v in model.items()}
     where_raw = data.get("constraints", {}).get("where", [])
@@ -274,6 +289,30 @@ def _resolve_model(model: dict[str, Any], path: str) -> dict[str, Any]:
     return {**model, "model": spec}
 
 
+def _resolve_times(model: dict[str, Any], axes: dict[str, tuple[Any, ...]], path: str) -> dict[str, Any]:
+    """[model].times found next to the sweep file; it makes the cost model measured, which needs it."""
+    costs = axes.get("cost", ())
+    if "times" not in model:
+        if "measured" in costs:
+            raise ConfigError(
+                f'{path}: [axes].cost: "measured" needs the measured times; add times = "times.toml" to [model]'
+            )
+        return model
+    if any(cost != "measured" for cost in costs):
+        raise ConfigError(
+            f"{path}: [model].times gives measured times, which [axes].cost = {list(costs)} does not read; "
+            'use cost = ["measured"] or leave times out'
+        )
+    if "balanced" in axes.get("partition", ()):
+        raise ConfigError(
+            f"{path}: [axes].partition: 'balanced' moves layers between stages, but measured times belong to the "
+            "stages they were measured on; use uniform or the measured partition's counts"
+        )
+    times = model["times"]
+    full = times if os.path.isabs(times) else os.path.join(os.path.dirname(os.path.abspath(path)), times)
+    return {**model, "times": full} | ({} if costs else {"cost": "measured"})
+
+
 def _usable(name: str, value: Any, layers: int) -> None:
     """Raise ``PipeschedError`` unless some point could run with ``name = value``: a run's own check of it alone."""
     if name == "strategy":
@@ -281,7 +320,9 @@ def _usable(name: str, value: Any, layers: int) -> None:
     elif name in ("device_flops", "link_bandwidth", "link_latency"):  # the flops model's rule, whatever the cost axis
         FlopsCost(**{name: value})
     elif name == "cost":
-        make_cost_model(value)
+        check_cost_name(value)
+    elif name == "times":
+        load_times(value)
     elif name == "overlap":
         check_overlap(value)
     elif name == "remat":

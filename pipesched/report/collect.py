@@ -14,7 +14,8 @@ a progress bar on a terminal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from ..balance import Balance, evaluate
@@ -105,7 +106,9 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                     except StrategyError:  # it runs the compared M, so this M is one it refuses (dp: M < K)
                         break
     decoder = study.model.model is not None
-    for k in study.sweep.devices:
+    measured = study.hardware.cost == "measured"
+    # measured times are per stage as measured: they cannot say what a stage of another device count takes
+    for k in study.sweep.devices if not measured else ():
         for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(
@@ -123,6 +126,8 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         config = study.run_config(
             strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=False
         )
+        if measured:  # the loss does not depend on the times, and one device has no measured stage of its own
+            config = replace(config, cost="flops", times=None)
         prepare(config)  # checked now, not after every other run
         trains.append((name, config))
     results = StudyResults(study)
@@ -165,7 +170,16 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             row[f"efficiency_{label}"] = None if one is None else one / row[f"makespan_{label}"] / row["devices"]
     results.sweep_microbatches = list(sweep_m.values())
     results.sweep_devices = [sweep_k[k] for k in sorted(sweep_k)]
-    if decoder:
+    if measured:
+        results.left_out["stage-costs"] = (
+            "Stage costs are left out: under measured times each stage costs what the times file says "
+            f"({os.path.basename(study.cost.times or '')})."
+        )
+        results.left_out["speedup"] = (
+            "Speedup against devices is left out: measured times belong to the stages they were measured on "
+            "and do not say what a stage of another device count would take."
+        )
+    elif decoder:
         results.left_out["stage-costs"] = (
             "Stage costs are left out: a study of a decoder does not draw them yet "
             "(pipesched balance --model shows them)."

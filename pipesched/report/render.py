@@ -113,6 +113,9 @@ def study_text(study: Study) -> str:
     link = (
         "free links"
         if h.cost == "unit"
+        else f"times measured in {os.path.basename(study.cost.times or '')}, links of {h.link_bandwidth / 1e9:g} GB/s "
+        f"and {format_time(h.link_latency, 's')} latency where it gives no send time"
+        if h.cost == "measured"
         else (
             f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
             f"{format_time(h.link_latency, 's')} latency"

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..cost import OVERLAP_RULES
+from ..cost import COST_MODELS, OVERLAP_RULES
 from ..decoder.assemble import chain, check_run, default_seq_len, resolve
 from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
@@ -28,6 +28,7 @@ from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
 from ..precision import DTYPES
+from ..times import load_times
 from ..units import parse_bytes
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "CompareSection",
     "SweepSection",
     "TrainSection",
+    "CostSection",
     "load_study",
     "trains",
     "layer_count",
@@ -79,6 +81,17 @@ class HardwareSection:
 
 
 @dataclass(frozen=True)
+class CostSection:
+    """[cost]: measured times (``pipesched.times``) for ``[hardware].cost = "measured"``, relative to the study file.
+
+    Giving ``times`` makes the study's cost model ``measured`` unless
+    [hardware].cost names another (which is an error).
+    """
+
+    times: str | None = None
+
+
+@dataclass(frozen=True)
 class CompareSection:
     """[compare]: the main table, every strategy under every partition."""
 
@@ -114,6 +127,7 @@ class Study:
     title: str = "Which schedule for the seed model on 4 CPU-class devices?"
     model: ModelSection = field(default_factory=ModelSection)
     hardware: HardwareSection = field(default_factory=HardwareSection)
+    cost: CostSection = field(default_factory=CostSection)
     compare: CompareSection = field(default_factory=CompareSection)
     sweep: SweepSection = field(default_factory=SweepSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -142,7 +156,9 @@ class Study:
             microbatches=c.microbatches,
             remat=c.remat,
         )
-        return replace(base, **overrides)
+        config = replace(base, **overrides)
+        # the times file belongs to the measured model only (a report's unit-cost sweep runs without it)
+        return replace(config, times=self.cost.times if config.cost == "measured" else None)
 
 
 def default_study() -> Study:
@@ -260,13 +276,14 @@ SCHEMA: dict[str, dict[str, Check]] = {
     },
     "hardware": {
         "devices": _whole(1),
-        "cost": _choice(("flops", "unit")),
+        "cost": _choice(tuple(COST_MODELS)),
         "device_flops": _number(True),
         "link_bandwidth": _number(True),
         "link_latency": _number(False),
         "overlap": _choice(OVERLAP_RULES),
         "device_memory": _size,
     },
+    "cost": {"times": _text},  # resolved against the study file's folder once the whole file is read
     "compare": {
         "strategies": _list(_strategy),
         "microbatches": _whole(1),
@@ -296,12 +313,15 @@ seed = 0
 
 [hardware]
 devices = 4
-cost = "flops"               # or "unit"
+cost = "flops"               # or "unit", or "measured" with [cost].times
 device_flops = 1e10          # FLOP per second
 link_bandwidth = 1e10        # bytes per second
 link_latency = 1e-6          # seconds
 overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
+
+# [cost]                     # optional: measured times instead of FLOP counts (see 'Measured times')
+# times = "times.toml"       # relative to this file; makes [hardware].cost "measured"
 
 [compare]                    # the main table: every strategy x every partition
 strategies = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
@@ -351,6 +371,7 @@ def load_study(path: str) -> Study:
         study = replace(study, **{key: replace(section, **changes)})
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
+    study = _resolve_times(study, path, data)
     _check_together(study, path)
     return study
 
@@ -425,6 +446,37 @@ def layer_count(study: Study) -> tuple[int, str]:
     if study.model.model is not None:
         return len(chain(resolve(study.model.model, study.model.seq_len))), "[model].model"
     return len(parse_layers(study.model.layers)) - 1, "[model].layers"
+
+
+def _resolve_times(study: Study, path: str, data: dict[str, Any]) -> Study:
+    """[cost].times found next to the study and read; the cost model measured exactly when it is given."""
+    h, times = study.hardware, study.cost.times
+    named = "cost" in data.get("hardware", {})
+    if times is None:
+        if h.cost == "measured":
+            raise ConfigError(
+                f'{path}: [hardware].cost: "measured" needs the measured times; add [cost] with times = "times.toml"'
+            )
+        return study
+    if named and h.cost != "measured":
+        raise ConfigError(
+            f'{path}: [cost].times gives measured times, which [hardware].cost = "{h.cost}" does not read; '
+            'set [hardware].cost = "measured" or leave [cost] out'
+        )
+    full = times if os.path.isabs(times) else os.path.join(os.path.dirname(os.path.abspath(path)), times)
+    try:
+        load_times(full)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: [cost].times: {exc}") from None
+    compare = study.compare
+    if "partitions" not in data.get("compare", {}):  # balanced moves layers; measured times belong to stages
+        compare = replace(compare, partitions=("uniform",))
+    if "balanced" in compare.partitions:
+        raise ConfigError(
+            f"{path}: [compare].partitions: 'balanced' moves layers between stages, but measured times belong to "
+            "the stages they were measured on; use uniform or the measured partition's counts"
+        )
+    return replace(study, hardware=replace(h, cost="measured"), cost=CostSection(full), compare=compare)
 
 
 def _resolve_schedule_files(study: Study, path: str) -> Study:
