@@ -6,6 +6,7 @@ Bad input ends in one sentence on stderr and exit status 2, never a traceback.
     pipesched run --json --cost unit
     pipesched compare --strategies gpipe,1f1b,interleaved,zb-h1,dp
     pipesched train --steps 10
+    pipesched profile --model tiny-gpt -o times.toml
     pipesched strategies
 
 >>> main(["formulas", "--devices", "0"])  # bad input: one line on stderr, status 2
@@ -24,7 +25,9 @@ from .. import __version__
 from ..cost import COST_MODELS
 from ..errors import PipeschedError
 from ..pipeline import DEFAULT_LAYERS, RunConfig
+from ..profile import DEFAULT_REPEATS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
+from .profile import _cmd_profile
 from .runs import _cmd_compare, _cmd_run, _cmd_train
 from .studies import _cmd_report, _cmd_sweep
 from .tools import _cmd_balance, _cmd_export, _cmd_formulas, _cmd_strategies
@@ -51,6 +54,16 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 1e12") from None
 
 
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model and its batch: ``run``'s flags that ``profile`` shares."""
+    p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
+    p.add_argument(
+        "--model", help="a transformer decoder instead of --layers: a preset (tiny-gpt, llama2-7b, ...) or config.json"
+    )
+    p.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (default: its context length)")
+    p.add_argument("--batch", type=_whole, default=RunConfig.batch, help="samples per step (default %(default)s)")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument(
@@ -62,12 +75,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
     )
-    p.add_argument("--layers", default=DEFAULT_LAYERS, help="layer widths, WxN repeats (default %(default)s)")
-    p.add_argument(
-        "--model", help="a transformer decoder instead of --layers: a preset (tiny-gpt, llama2-7b, ...) or config.json"
-    )
-    p.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (default: its context length)")
-    p.add_argument("--batch", type=_whole, default=d.batch, help="samples per step (default %(default)s)")
+    _add_model_flags(p)
     p.add_argument(
         "--partition",
         default=d.partition,
@@ -190,6 +198,35 @@ def _parser() -> argparse.ArgumentParser:
         "--seq-len", type=_whole, help="tokens per sequence for --model (default: its context length)"
     )
     p_formulas.add_argument("--json", action="store_true", help="print one JSON object")
+    p_profile = sub.add_parser(
+        "profile", help="time the real NumPy layers on this machine and write a times file for --cost measured"
+    )
+    _add_model_flags(p_profile)
+    p_profile.add_argument(
+        "--microbatches",
+        type=_whole,
+        default=RunConfig.microbatches,
+        help="M: the micro-batch timed is the run's, batch/M rows (default %(default)s)",
+    )
+    p_profile.add_argument(
+        "--devices", type=_whole, help="time the stages of K devices ([stage.N] tables) instead of each layer"
+    )
+    p_profile.add_argument("--chunks", type=_whole, help="v, stages per device with --devices (default 1)")
+    p_profile.add_argument(
+        "--partition", default="uniform", help="with --devices, or alone: layer counts per stage, e.g. 2,3,3,3"
+    )
+    p_profile.add_argument("--loss", default=RunConfig.loss, help="cross_entropy or mse (default %(default)s)")
+    p_profile.add_argument(
+        "--dtype", help="training precision activation_bytes counts (default: the model's own, fp64 for the MLP)"
+    )
+    p_profile.add_argument("--seed", type=_whole, default=RunConfig.seed, help="seed of weights and data (default 0)")
+    p_profile.add_argument(
+        "--warmup", type=_whole, default=DEFAULT_WARMUP, help="untimed runs first (default %(default)s)"
+    )
+    p_profile.add_argument(
+        "--repeats", type=_whole, default=DEFAULT_REPEATS, help="timed runs, of which the median (default %(default)s)"
+    )
+    p_profile.add_argument("-o", "--output", help="write the times file here instead of standard output")
     sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
     return parser
 
@@ -204,6 +241,7 @@ _COMMANDS: dict[str, Any] = {
     "export": _cmd_export,
     "sweep": _cmd_sweep,
     "strategies": _cmd_strategies,
+    "profile": _cmd_profile,
 }
 
 
