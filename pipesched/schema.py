@@ -7,7 +7,7 @@ defaults; this module turns its first error into the sentence the CLI
 prints, naming the file, the key's path as TOML spells it, the value and
 the fix::
 
-    times.toml: [stage.3].W: -1 is not a positive time
+    times.toml: [stage.3].W: -1 is not a positive time; give the measured duration in time_unit, e.g. 1.5
 
 Value rules are plain functions raising ``ValueError("is not ...; ...")``
 (the reason and its fix, without the value: :func:`validate` puts the value

@@ -74,25 +74,25 @@ TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 def _positive_time(value: float) -> float:
     if not (math.isfinite(value) and value > 0):
-        raise ValueError("is not a positive time")
+        raise ValueError("is not a positive time; give the measured duration in time_unit, e.g. 1.5")
     return value
 
 
 def _non_negative_time(value: float) -> float:
     if not (math.isfinite(value) and value >= 0):
-        raise ValueError("is not a time of zero or more")
+        raise ValueError("is not a time of zero or more; give the measured duration in time_unit, e.g. 0.6")
     return value
 
 
 def _non_negative_bytes(value: int) -> int:
     if value < 0:
-        raise ValueError("is not a byte count of zero or more")
+        raise ValueError("is not a byte count of zero or more; give bytes per micro-batch, e.g. 4194304")
     return value
 
 
 def _positive_rows(value: int) -> int:
     if value < 1:
-        raise ValueError("is not a micro-batch size of at least 1")
+        raise ValueError("is not a micro-batch size of at least 1; give the rows the times were measured on, e.g. 4")
     return value
 
 

@@ -107,7 +107,7 @@ def test_layer_tables_sum_into_stages(tmp_path):
     [
         (
             'time_unit = "ms"\n[stage.3]\nF = 1\nB = 2\nW = -1\n',
-            "times.toml: [stage.3].W: -1 is not a positive time; fix it and run again",
+            "times.toml: [stage.3].W: -1 is not a positive time; give the measured duration in time_unit, e.g. 1.5",
         ),
         ('time_unit = "ms"\n[default]\nF = nan\nB = 1\n', "times.toml: [default].F: NaN is not a positive time"),
         ('time_unit = "ms"\n[default]\nF = inf\nB = 1\n', "times.toml: [default].F: Infinity is not a positive time"),
