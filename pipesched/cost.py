@@ -61,7 +61,7 @@ __all__ = [
     "UnitCost",
     "SpeedCost",
     "parse_device_speed",
-    "link_name",
+    "link_of",
     "COST_MODELS",
     "make_cost_model",
     "OP_WEIGHT",
@@ -226,10 +226,11 @@ def make_cost_model(
     raise ConfigError(f"--cost {name!r} is unknown; use one of {', '.join(COST_MODELS)}")
 
 
-def link_name(cost: CostModel, src: int, dst: int) -> str:
-    """The name of the link ``src -> dst`` under ``cost`` (``NVLink 4``), or ``link`` where it names none."""
-    namer = getattr(cost, "link_name", None)
-    return "link" if namer is None else str(namer(src, dst))
+def link_of(cost: CostModel, src: int, dst: int) -> tuple[str, bool]:
+    """The link ``src -> dst`` under ``cost``: its name (``NVLink 4``, or ``link`` where the model names
+    none) and whether it leaves the node (a cost model without nodes: never)."""
+    namer, crosses = getattr(cost, "link_name", None), getattr(cost, "crosses_nodes", None)
+    return ("link" if namer is None else str(namer(src, dst))), bool(crosses is not None and crosses(src, dst))
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,10 @@ class SpeedCost:
         return self.base.transfer_times(nbytes, src, dst, boundary)
 
     def link_name(self, src: int, dst: int) -> str:
-        return link_name(self.base, src, dst)
+        return link_of(self.base, src, dst)[0]
+
+    def crosses_nodes(self, src: int, dst: int) -> bool:
+        return link_of(self.base, src, dst)[1]
 
 
 def parse_device_speed(text: str, devices: int) -> tuple[float, ...]:

@@ -50,6 +50,7 @@ __all__ = [
     "default_memory",
     "flops_model",
     "cost_model",
+    "describe",
     "DEFAULT_EFFICIENCY",
     "EFFICIENCY_SOURCE",
     "MLP_HARDWARE",
@@ -242,3 +243,50 @@ def cost_model(config: RunConfig, dtype: str) -> CostModel:
     if config.device_speed is not None:
         cost = SpeedCost(cost, parse_device_speed(config.device_speed, config.devices))
     return cost
+
+
+def describe(config: RunConfig, dtype: str) -> str:
+    """One line saying which hardware a run assumes: the preset, achieved FLOP/s, memory, nodes and links.
+
+    >>> from pipesched.pipeline import RunConfig
+    >>> print(describe(RunConfig(hardware="h100-sxm", devices=16), "bf16").replace("; ", ";\\n"))
+    h100-sxm: 494.75 TFLOP/s per device (989.5 peak bf16 x efficiency 0.5), 80 GB;
+    2 nodes of 8, NVLink 4 inside (450 GB/s, 5 µs), InfiniBand NDR 400 Gb/s between (50 GB/s, 10 µs)
+    """
+    flops = flops_model(config, dtype)
+    hardware = run_hardware(config)
+    topology = flops.topology
+    assert topology is not None  # flops_model always places devices on nodes
+    if config.hardware is not None and hardware is not None:
+        peak = config.device_flops or float(getattr(hardware.peak_flops, dtype))
+        efficiency = config.efficiency or DEFAULT_EFFICIENCY
+        name = (
+            f"{config.hardware}: {_rate(flops.device_flops)} per device ({_number(peak / 1e12)} peak {dtype} "
+            f"x efficiency {efficiency:g}), {_number(hardware.memory / 1e9)} GB"
+        )
+    elif hardware is not None:
+        name = f"no preset, the {MLP_HARDWARE} preset's speed and links: {_rate(flops.device_flops)} per device"
+    else:
+        name = f"no preset: {_rate(flops.device_flops)} per device"
+    nodes = topology.node_count
+    intra, inter = topology.intra, topology.inter
+
+    def link(kind: LinkKind) -> str:
+        return f"{_number(kind.bandwidth / 1e9)} GB/s, {_number(kind.latency * 1e6)} µs"
+
+    if nodes == 1:
+        return f"{name}; one node, {intra.name} ({link(intra)})"
+    sizes = sorted({topology.nodes.count(n) for n in set(topology.nodes)})
+    per = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
+    return f"{name}; {nodes} nodes of {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.5g}" if value < 1e4 else f"{value:,.0f}"
+
+
+def _rate(flops: float) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if flops >= scale:
+            return f"{_number(flops / scale)} {prefix}FLOP/s"
+    return f"{_number(flops)} FLOP/s"

@@ -215,6 +215,8 @@ class Trace:
     peaks: list[tuple[int, int]] | None = None
     # per device, the state at its peak total (the first time it got there), kept the same way
     peak_samples: list[MemorySample] | None = None
+    # each link that carried a transfer, (src, dst) -> (its name, e.g. "NVLink 4"; whether it leaves the node)
+    links: dict[tuple[int, int], tuple[str, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # plain lists are welcome; they are stored as columns
         if not isinstance(self.spans, Records):
@@ -314,6 +316,21 @@ def _window(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> float:
 _OP_COLOURS = {"F": "thread_state_running", "B": "rail_response", "I": "rail_animation", "W": "rail_idle", "R": "bad"}
 
 
+def _kind(trace: Trace, src: int, dst: int) -> str:
+    """`` (NVLink 4, inside a node)`` for a link's track name; nothing where the trace names no link."""
+    if (src, dst) not in trace.links:
+        return ""
+    name, inter = trace.links[(src, dst)]
+    return f" ({name}, {'between nodes' if inter else 'inside a node'})"
+
+
+def _link_args(trace: Trace, src: int, dst: int) -> dict[str, Any]:
+    if (src, dst) not in trace.links:
+        return {}
+    name, inter = trace.links[(src, dst)]
+    return {"link": name, "inter_node": inter}
+
+
 def to_chrome(trace: Trace) -> dict[str, Any]:
     """The trace as a Chrome trace-event object (``json.dump`` it to a file).
 
@@ -330,7 +347,8 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
     links = sorted({(t.src, t.dst) for t in trace.transfers})
     link_tid = {link: i for i, link in enumerate(links)}
     for (src, dst), tid in link_tid.items():
-        events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": f"link {src}->{dst}"}})
+        name = f"link {src}->{dst}" + _kind(trace, src, dst)
+        events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": name}})
     for s in trace.spans:
         events.append(
             {
@@ -355,7 +373,7 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                 "cat": "transfer",
                 "ts": t.start * scale,
                 "dur": (t.end - t.start) * scale,
-                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale},
+                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale, **_link_args(trace, t.src, t.dst)},
             }
         )
     for d, samples in enumerate(trace.memory):

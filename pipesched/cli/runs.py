@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..balance import Placement
+from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
 from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
 from ..precision import MLP_DTYPE
@@ -53,6 +54,7 @@ def _print_run(result: RunResult) -> None:
         "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
     )
     summary = [
+        *([] if config.cost == "unit" else [("hardware", describe(config, training_precision(config)[0]))]),
         ("makespan", format_time(metrics.makespan, unit)),
         ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
         (

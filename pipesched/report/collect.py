@@ -106,7 +106,13 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                         break
     decoder = study.model.model is not None
     for k in study.sweep.devices:
-        for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
+        for label, links in (
+            ("study", {}),
+            (
+                "free links",
+                {"link_latency": 0.0, "link_bandwidth": 1e30, "inter_node_latency": 0.0, "inter_node_bandwidth": 1e30},
+            ),
+        ):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(
                 strategy="gpipe",

@@ -20,6 +20,8 @@ import tempfile
 from typing import Any, Callable
 
 from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
+from ..hardware import describe
+from ..pipeline import training_precision
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -110,14 +112,8 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
 
 def study_text(study: Study) -> str:
     h, m, c = study.hardware, study.model, study.compare
-    link = (
-        "free links"
-        if h.cost == "unit"
-        else (
-            f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
-            f"{format_time(h.link_latency, 's')} latency"
-        )
-    )
+    config = study.run_config()
+    link = "free links" if h.cost == "unit" else f"hardware {describe(config, training_precision(config)[0])}"
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
     # named only where the study names them: otherwise the model's own (fp64 and sgd for the MLP)
     given = [f"{key} {value}" for key, value in (("precision", m.dtype), ("optimizer", m.optimizer)) if value]
