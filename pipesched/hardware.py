@@ -265,7 +265,7 @@ def describe(config: RunConfig, dtype: str) -> str:
             f"x efficiency {efficiency:g}), {_number(hardware.memory / 1e9)} GB"
         )
     elif hardware is not None:
-        name = f"no preset, the {MLP_HARDWARE} preset's speed and links: {_rate(flops.device_flops)} per device"
+        name = f"no preset (the seed MLP on {MLP_HARDWARE}-class devices): {_rate(flops.device_flops)} per device"
     else:
         name = f"no preset: {_rate(flops.device_flops)} per device"
     nodes = topology.node_count

@@ -75,9 +75,10 @@ class HardwareSection:
 
     devices: int = 4
     cost: str = "flops"
-    device_flops: float | None = None  # None: the preset's peak, or 1e10 achieved without a preset
-    link_bandwidth: float | None = None  # None: the preset's intra-node link, or 1e10
-    link_latency: float | None = None  # None: the preset's, or 1e-6
+    # achieved without a preset; with one, its peak and intra-node link unless given (None)
+    device_flops: float | None = 1e10
+    link_bandwidth: float | None = 1e10
+    link_latency: float | None = 1e-6
     overlap: str = "sum"
     device_memory: int | None = None  # None: the preset's memory
     preset: str | None = None
@@ -87,10 +88,6 @@ class HardwareSection:
     inter_node_bandwidth: float | None = None
     inter_node_latency: float | None = None
     device_speed: str | None = None
-
-
-#: The default study's devices and link when it names no preset: CPU-class, the seed model's scale.
-_NO_PRESET = {"device_flops": 1e10, "link_bandwidth": 1e10, "link_latency": 1e-6}
 
 
 @dataclass(frozen=True)
@@ -160,14 +157,9 @@ class Study:
             allow_oom=h.device_memory is not None or h.preset is not None,  # a report marks an OOM, never stops
             microbatches=c.microbatches,
             remat=c.remat,
-            **{
-                key: value if value is not None or h.preset is not None else _NO_PRESET[key]
-                for key, value in (
-                    ("device_flops", h.device_flops),
-                    ("link_bandwidth", h.link_bandwidth),
-                    ("link_latency", h.link_latency),
-                )
-            },
+            device_flops=h.device_flops,
+            link_bandwidth=h.link_bandwidth,
+            link_latency=h.link_latency,
         )
         return replace(base, **overrides)
 
@@ -401,17 +393,23 @@ def load_study(path: str) -> Study:
         study = replace(study, **{key: replace(section, **changes)})
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
-    study = _resolve_hardware(study, path)
+    study = _resolve_hardware(study, path, set(data.get("hardware", {})))
     _check_together(study, path)
     return study
 
 
-def _resolve_hardware(study: Study, path: str) -> Study:
-    """[hardware].preset found next to the study (a file) or by name, and the machine it makes checked."""
+def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
+    """[hardware].preset found next to the study (a file) or by name, and the machine it makes checked.
+
+    With a preset, device_flops and the link keys the file leaves out are the preset's.
+    """
     h = study.hardware
     preset = h.preset
-    if preset is not None and preset not in hardware_presets() and not os.path.isabs(preset):
-        preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
+    if preset is not None:
+        if preset not in hardware_presets() and not os.path.isabs(preset):
+            preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
+        unset = {key: None for key in ("device_flops", "link_bandwidth", "link_latency") if key not in given}
+        h = replace(h, **unset)
     study = replace(study, hardware=replace(h, preset=preset))
     config = study.run_config()
     flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
