@@ -308,8 +308,8 @@ def _resolve_hardware(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], p
     folder = os.path.dirname(os.path.abspath(path))
 
     def found(spec: Any) -> Any:
-        if not isinstance(spec, str) or spec in hardware_presets() or os.path.isabs(spec):
-            return spec
+        if not isinstance(spec, str) or spec in hardware_presets() or not (spec.endswith(".toml") or os.sep in spec):
+            return spec  # a preset, or a name that is not one (its error lists the presets)
         return os.path.join(folder, spec)
 
     if "hardware" in model:

@@ -406,7 +406,7 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
     h = study.hardware
     preset = h.preset
     if preset is not None:
-        if preset not in hardware_presets() and not os.path.isabs(preset):
+        if preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
             preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
         unset = {key: None for key in ("device_flops", "link_bandwidth", "link_latency") if key not in given}
         h = replace(h, **unset)
