@@ -164,7 +164,7 @@ class FlopsCost:
     def transfer_times(
         self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
     ) -> tuple[float, float]:
-        if self.topology is not None and self.topology.nodes[src] != self.topology.nodes[dst]:
+        if self.topology is not None and self.topology.crosses(src, dst):
             inter = self.topology.inter
             return nbytes / inter.bandwidth, inter.latency
         return nbytes / self.link_bandwidth, self.link_latency
@@ -175,7 +175,7 @@ class FlopsCost:
 
     def crosses_nodes(self, src: int, dst: int) -> bool:
         """Whether a send from ``src`` to ``dst`` leaves its node."""
-        return self.topology is not None and self.topology.nodes[src] != self.topology.nodes[dst]
+        return self.topology is not None and self.topology.crosses(src, dst)
 
 
 @dataclass(frozen=True)

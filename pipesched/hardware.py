@@ -22,7 +22,7 @@ import os
 import sys
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel
 
@@ -55,6 +55,8 @@ __all__ = [
     "EFFICIENCY_SOURCE",
     "MLP_HARDWARE",
 ]
+
+T = TypeVar("T")
 
 #: The preset whose speeds and links the seed MLP runs on when no ``--hardware`` is named (issue 15).
 MLP_HARDWARE = "cpu"
@@ -212,26 +214,30 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         base = FlopsCost()
         intra = LinkKind("link", base.link_bandwidth, base.link_latency)
         inter = LinkKind("inter-node link", base.link_bandwidth, base.link_latency)
-        achieved = (config.device_flops or base.device_flops) * (config.efficiency or 1.0)
+        achieved = _given(config.device_flops, base.device_flops) * _given(config.efficiency, 1.0)
     else:
         intra = LinkKind(hardware.intra_node.name, hardware.intra_node.bandwidth, hardware.intra_node.latency)
         inter = LinkKind(hardware.inter_node.name, hardware.inter_node.bandwidth, hardware.inter_node.latency)
         if config.device_flops is not None and not named:
-            achieved = config.device_flops * (config.efficiency or 1.0)
+            achieved = config.device_flops * _given(config.efficiency, 1.0)
         else:
-            peak = config.device_flops or float(getattr(hardware.peak_flops, dtype))
-            achieved = peak * (config.efficiency or DEFAULT_EFFICIENCY)
+            peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
+            achieved = peak * _given(config.efficiency, DEFAULT_EFFICIENCY)
     intra = intra._replace(
-        bandwidth=config.link_bandwidth or intra.bandwidth,
-        latency=intra.latency if config.link_latency is None else config.link_latency,
+        bandwidth=_given(config.link_bandwidth, intra.bandwidth), latency=_given(config.link_latency, intra.latency)
     )
     inter = inter._replace(
-        bandwidth=config.inter_node_bandwidth or inter.bandwidth,
-        latency=inter.latency if config.inter_node_latency is None else config.inter_node_latency,
+        bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
+        latency=_given(config.inter_node_latency, inter.latency),
     )
-    per_node = config.devices_per_node or (hardware.devices_per_node if named and hardware else config.devices)
+    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else config.devices)
     topology = make_topology(config.devices, per_node, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
+
+
+def _given(value: T | None, default: T) -> T:
+    """``value`` unless it is None (a 0 given is kept, for its own check to refuse)."""
+    return default if value is None else value
 
 
 def cost_model(config: RunConfig, dtype: str) -> CostModel:
@@ -258,8 +264,8 @@ def describe(config: RunConfig, dtype: str) -> str:
     topology = flops.topology
     assert topology is not None  # flops_model always places devices on nodes
     if config.hardware is not None and hardware is not None:
-        peak = config.device_flops or float(getattr(hardware.peak_flops, dtype))
-        efficiency = config.efficiency or DEFAULT_EFFICIENCY
+        peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
+        efficiency = _given(config.efficiency, DEFAULT_EFFICIENCY)
         name = (
             f"{config.hardware}: {_rate(flops.device_flops)} per device ({_number(peak / 1e12)} peak {dtype} "
             f"x efficiency {efficiency:g}), {_number(hardware.memory / 1e9)} GB"
@@ -276,7 +282,8 @@ def describe(config: RunConfig, dtype: str) -> str:
 
     if nodes == 1:
         return f"{name}; one node, {intra.name} ({link(intra)})"
-    sizes = sorted({topology.nodes.count(n) for n in set(topology.nodes)})
+    nodes_of = topology.nodes
+    sizes = sorted({nodes_of.count(n) for n in set(nodes_of)})
     per = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
     return f"{name}; {nodes} nodes of {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
 

@@ -248,11 +248,11 @@ def prepare(config: RunConfig) -> Prepared:
     dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
     # a named preset's memory is the default --device-memory, so out-of-memory is checked without asking
     config = replace(config, device_memory=default_memory(config))
-    cost = cost_model(config, dtype)
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
     config = replace(config, chunks=chunks, dtype=dtype, optimizer=optimizer)
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
+    cost = cost_model(config, dtype)  # after the limits: per-device speeds and nodes count the devices
     slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
     # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts

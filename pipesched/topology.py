@@ -36,19 +36,40 @@ class LinkKind(NamedTuple):
 
 @dataclass(frozen=True)
 class Topology:
-    """The node of each pipeline device, and the two kinds of link between them."""
+    """The node of each of ``devices`` pipeline devices, and the two kinds of link between them.
 
-    nodes: tuple[int, ...]
+    Nodes are contiguous blocks of ``per_node`` devices unless ``node_map``
+    gives each device's node; a device's node is worked out when asked, so a
+    topology of many devices costs nothing to build.
+    """
+
+    devices: int
+    per_node: int
     intra: LinkKind
     inter: LinkKind
+    node_map: tuple[int, ...] | None = None
+
+    def node(self, device: int) -> int:
+        return self.node_map[device] if self.node_map is not None else device // self.per_node
+
+    def crosses(self, src: int, dst: int) -> bool:
+        """Whether a send from device ``src`` to ``dst`` leaves its node."""
+        return self.node(src) != self.node(dst)
 
     def link(self, src: int, dst: int) -> LinkKind:
         """The link a send from device ``src`` to ``dst`` takes."""
-        return self.intra if self.nodes[src] == self.nodes[dst] else self.inter
+        return self.inter if self.crosses(src, dst) else self.intra
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """The node of every device, in device order."""
+        return tuple(self.node(d) for d in range(self.devices))
 
     @property
     def node_count(self) -> int:
-        return len(set(self.nodes))
+        if self.node_map is not None:
+            return len(set(self.node_map))
+        return -(-self.devices // self.per_node)
 
 
 def parse_node_map(text: str, devices: int) -> tuple[int, ...]:
@@ -84,7 +105,7 @@ def make_topology(
     if isinstance(devices_per_node, bool) or not isinstance(devices_per_node, int) or devices_per_node < 1:
         raise ConfigError(f"--devices-per-node {devices_per_node!r} is not allowed; use 1 or more")
     if node_map is not None:
-        return Topology(parse_node_map(node_map, devices), intra, inter)
+        return Topology(devices, devices_per_node, intra, inter, parse_node_map(node_map, devices))
     if devices > devices_per_node and devices % devices_per_node:
         smaller = devices // devices_per_node * devices_per_node
         larger = smaller + devices_per_node
@@ -92,4 +113,4 @@ def make_topology(
             f"--devices {devices} spans more than one node of {devices_per_node} devices but is not a multiple of "
             f"{devices_per_node}; give --devices {larger} (or {smaller}), or each device's node with --node-map"
         )
-    return Topology(tuple(d // devices_per_node for d in range(devices)), intra, inter)
+    return Topology(devices, devices_per_node, intra, inter)
