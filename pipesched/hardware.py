@@ -256,26 +256,29 @@ def describe(config: RunConfig, dtype: str) -> str:
 
     >>> from pipesched.pipeline import RunConfig
     >>> print(describe(RunConfig(hardware="h100-sxm", devices=16), "bf16").replace("; ", ";\\n"))
-    h100-sxm: 494.75 TFLOP/s per device (989.5 peak bf16 x efficiency 0.5), 80 GB;
+    h100-sxm: 494.75 TFLOP/s per device (989.5 T peak bf16 x efficiency 0.5), 80 GB;
     2 nodes of 8, NVLink 4 inside (450 GB/s, 5 µs), InfiniBand NDR 400 Gb/s between (50 GB/s, 10 µs)
     """
     flops = flops_model(config, dtype)
     hardware = run_hardware(config)
     topology = flops.topology
     assert topology is not None  # flops_model always places devices on nodes
-    if config.hardware is not None and hardware is not None:
+    rate = _rate(flops.device_flops)
+    if hardware is not None and (config.hardware is not None or config.device_flops is None):
         peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
         efficiency = _given(config.efficiency, DEFAULT_EFFICIENCY)
-        name = (
-            f"{config.hardware}: {_rate(flops.device_flops)} per device ({_number(peak / 1e12)} peak {dtype} "
-            f"x efficiency {efficiency:g}), {_number(hardware.memory / 1e9)} GB"
-        )
-    elif hardware is not None:
-        name = f"no preset (the seed MLP on {MLP_HARDWARE}-class devices): {_rate(flops.device_flops)} per device"
+        scale = 1e12 if peak >= 1e12 else 1e9
+        of = f"({_number(peak / scale)} {'T' if scale == 1e12 else 'G'} peak {dtype} x efficiency {efficiency:g})"
+        if config.hardware is not None:
+            name = f"{config.hardware}: {rate} per device {of}, {_number(hardware.memory / 1e9)} GB"
+        else:  # the seed MLP's own machine: the cpu preset's speed, without its memory
+            name = f"no preset, the seed MLP on the {MLP_HARDWARE} preset's devices: {rate} per device {of}"
     else:
-        name = f"no preset: {_rate(flops.device_flops)} per device"
+        name = f"no preset: {rate} per device"
     nodes = topology.node_count
     intra, inter = topology.intra, topology.inter
+    if config.link_bandwidth is not None or config.link_latency is not None:
+        intra = intra._replace(name="links")  # numbers given: the preset's link name would mislead
 
     def link(kind: LinkKind) -> str:
         return f"{_number(kind.bandwidth / 1e9)} GB/s, {_number(kind.latency * 1e6)} µs"

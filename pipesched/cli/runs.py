@@ -137,8 +137,11 @@ def _transfers(result: RunResult) -> str:
     total = sum(t.arrival - t.start for t in moves)
     if total == 0:
         return f"{len(moves)} over the links, free under --cost {result.config.cost}"
+    crossing = {pair for pair, (_, inter) in result.trace.links.items() if inter}
+    between = sum(1 for t in moves if (t.src, t.dst) in crossing) if crossing else 0
+    split = f" ({len(moves) - between} inside nodes, {between} between)" if between else ""
     return (
-        f"{len(moves)} over the links, {format_bytes(sum(t.nbytes for t in moves))} in all, "
+        f"{len(moves)} over the links{split}, {format_bytes(sum(t.nbytes for t in moves))} in all, "
         f"{format_time(total / len(moves), result.trace.time_unit)} each on average"
     )
 

@@ -20,7 +20,7 @@ import tempfile
 from typing import Any, Callable
 
 from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
-from ..hardware import describe
+from ..hardware import default_memory, describe
 from ..pipeline import training_precision
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
@@ -64,7 +64,7 @@ PAGE_WIDTH_PX, BODY_FONT_PX = 1100, 16
 def comparison_columns(results: StudyResults) -> tuple[str, ...]:
     """The comparison table's headings: throughput in the study's time unit, memory fit only under a cap."""
     per = "s" if results.study.hardware.cost != "unit" else "unit"
-    capped = results.study.hardware.device_memory is not None
+    capped = default_memory(results.study.run_config()) is not None  # given, or a named preset's
     return tuple(
         f"throughput (samples/{per})" if c == "throughput" else c for c in COLUMNS if capped or c != "fits memory"
     )
@@ -105,7 +105,7 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
                 "/".join(map(str, m.peak_inflight_microbatches)),
                 "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
             )
-            + (() if results.study.hardware.device_memory is None else ("no" if r.trace.oom else "yes",))
+            + (() if default_memory(results.study.run_config()) is None else ("no" if r.trace.oom else "yes",))
         )
     return rows
 
