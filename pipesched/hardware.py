@@ -223,6 +223,11 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         else:
             peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
             achieved = peak * _given(config.efficiency, DEFAULT_EFFICIENCY)
+    if not named:  # the seed MLP's cpu links keep their names only where their numbers are the preset's
+        if config.link_bandwidth is not None or config.link_latency is not None:
+            intra = intra._replace(name="link")
+        if config.inter_node_bandwidth is not None or config.inter_node_latency is not None:
+            inter = inter._replace(name="inter-node link")
     intra = intra._replace(
         bandwidth=_given(config.link_bandwidth, intra.bandwidth), latency=_given(config.link_latency, intra.latency)
     )
@@ -277,8 +282,6 @@ def describe(config: RunConfig, dtype: str) -> str:
         name = f"no preset: {rate} per device"
     nodes = topology.node_count
     intra, inter = topology.intra, topology.inter
-    if config.link_bandwidth is not None or config.link_latency is not None:
-        intra = intra._replace(name="links")  # numbers given: the preset's link name would mislead
 
     def link(kind: LinkKind) -> str:
         return f"{_number(kind.bandwidth / 1e9)} GB/s, {_number(kind.latency * 1e6)} µs"

@@ -408,8 +408,12 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
     if preset is not None:
         if preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
             preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
-        unset = {key: None for key in ("device_flops", "link_bandwidth", "link_latency") if key not in given}
-        h = replace(h, **unset)
+        h = replace(
+            h,
+            device_flops=h.device_flops if "device_flops" in given else None,
+            link_bandwidth=h.link_bandwidth if "link_bandwidth" in given else None,
+            link_latency=h.link_latency if "link_latency" in given else None,
+        )
     study = replace(study, hardware=replace(h, preset=preset))
     config = study.run_config()
     flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
