@@ -447,8 +447,7 @@ class _Engine(Links, Collectives):
         self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
         self.trace.peak_samples = [m.peak_sample for m in self.memory]
         # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
-        pairs = zip(self.trace.transfers.column("src"), self.trace.transfers.column("dst"))
-        self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in sorted(set(pairs))}
+        self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
         blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))

@@ -225,6 +225,12 @@ class Trace:
             self.transfers = Records(Transfer, self.transfers)
         self.memory = [m if isinstance(m, Records) else Records(MemorySample, m) for m in self.memory]
 
+    def link_pairs(self) -> list[tuple[int, int]]:
+        """Every (src, dst) that carried a transfer, in order."""
+        width = self.devices + 1
+        codes = np.unique(_ints(self.transfers.column("src")) * width + _ints(self.transfers.column("dst")))
+        return [(int(code) // width, int(code) % width) for code in codes]
+
     @property
     def makespan(self) -> float:
         return max(max(self.spans.column("end"), default=0.0), max(self.transfers.column("arrival"), default=0.0))
@@ -317,18 +323,16 @@ _OP_COLOURS = {"F": "thread_state_running", "B": "rail_response", "I": "rail_ani
 
 
 def _kind(trace: Trace, src: int, dst: int) -> str:
-    """`` (NVLink 4, inside a node)`` for a link's track name; nothing where the trace names no link."""
-    if (src, dst) not in trace.links:
+    """`` (NVLink 4, inside a node)`` for a link's track name where the step crosses nodes, else nothing."""
+    if not any(inter for _, inter in trace.links.values()):  # one node: one kind of link, named in the args
         return ""
-    name, inter = trace.links[(src, dst)]
+    name, inter = trace.links.get((src, dst), ("link", False))
     return f" ({name}, {'between nodes' if inter else 'inside a node'})"
 
 
 def _link_args(trace: Trace, src: int, dst: int) -> dict[str, Any]:
-    if (src, dst) not in trace.links:
-        return {}
-    name, inter = trace.links[(src, dst)]
-    return {"link": name, "inter_node": inter}
+    name, inter = trace.links.get((src, dst), ("link", False))
+    return {} if name == "link" and not inter else {"link": name, "inter_node": inter}
 
 
 def to_chrome(trace: Trace) -> dict[str, Any]:
