@@ -1,6 +1,7 @@
 """Hardware presets, nodes and their links, and devices of unequal speed (pipesched.hardware, .topology, .cost)."""
 
 import json
+import pathlib
 
 import pytest
 from hypothesis import given, settings
@@ -282,3 +283,10 @@ def test_a_sweep_takes_hardware_as_an_axis(tmp_path, capsys):
     bad = _write(tmp_path, "[axes]\nhardware = ['h1']\n", "bad.toml")
     assert main(["sweep", bad, "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "bad.toml: [axes].hardware: 'h1' is not a preset" in capsys.readouterr().err
+
+
+def test_the_readmes_hardware_file_reads(tmp_path):
+    readme = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    start = readme.index('description = "my cluster"')
+    mine = load_hardware(_write(tmp_path, readme[start : readme.index("```", start)]))
+    assert (mine.devices_per_node, mine.inter_node.name, mine.memory) == (4, "RoCE 200 Gb/s", 80e9)
