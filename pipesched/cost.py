@@ -48,18 +48,26 @@ the recompute on its side of the pair: max(F, R + B) or F + R + B.
 >>> flops = FlopsCost(device_flops=1e12, link_bandwidth=1e9, link_latency=1e-6)
 >>> flops.transfer_times(1000)  # the link is busy 1 µs, the bytes land 1 µs later
 (1e-06, 1e-06)
+
+With a topology (``pipesched.topology``, from ``--hardware`` and the node
+flags), ``flops`` is the same model with other numbers: a send inside a node
+takes the intra-node link, across nodes the inter-node link.
+``SpeedCost`` wraps any model for devices of unequal speed (``--device-speed``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from .errors import ConfigError
 from .model import Layer
 from .partition import Partition
 from .times import StageTimes, Times
+
+if TYPE_CHECKING:
+    from .topology import Topology
 
 __all__ = [
     "CostModel",
@@ -67,6 +75,9 @@ __all__ = [
     "UnitCost",
     "MeasuredCost",
     "CostInputs",
+    "SpeedCost",
+    "parse_device_speed",
+    "link_of",
     "COST_MODELS",
     "make_cost_model",
     "check_cost_name",
@@ -139,7 +150,10 @@ class FlopsCost:
     """FLOP-count cost model. Defaults: a current accelerator and its interconnect.
 
     100 TFLOP/s sustained per device; links of 100 GB/s with 5 µs latency,
-    roughly an NVLink-class point-to-point send.
+    roughly an NVLink-class point-to-point send. ``device_flops`` is the
+    achieved rate (a preset's peak times its efficiency, pipesched.hardware).
+    With a ``topology`` its intra-node link is ``link_bandwidth`` and
+    ``link_latency``, and a send across nodes takes its inter-node link.
     """
 
     device_flops: float = 100e12
@@ -148,6 +162,7 @@ class FlopsCost:
     overlap: str = "sum"
     name: str = "flops"
     time_unit: str = "s"
+    topology: Topology | None = None
 
     def __post_init__(self) -> None:
         check_overlap(self.overlap)
@@ -167,7 +182,18 @@ class FlopsCost:
     def transfer_times(
         self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
     ) -> tuple[float, float]:
+        if self.topology is not None and self.topology.crosses(src, dst):
+            inter = self.topology.inter
+            return nbytes / inter.bandwidth, inter.latency
         return nbytes / self.link_bandwidth, self.link_latency
+
+    def link_name(self, src: int, dst: int) -> str:
+        """The name of the link between devices ``src`` and ``dst`` (``NVLink 4``), for traces and charts."""
+        return "link" if self.topology is None else self.topology.link(src, dst).name
+
+    def crosses_nodes(self, src: int, dst: int) -> bool:
+        """Whether a send from ``src`` to ``dst`` leaves its node."""
+        return self.topology is not None and self.topology.crosses(src, dst)
 
 
 @dataclass(frozen=True)
@@ -242,6 +268,13 @@ class MeasuredCost:
             nbytes = measured.activation_bytes
         return self.links.transfer_times(nbytes, src, dst, boundary)
 
+    def link_name(self, src: int, dst: int) -> str:
+        """Its links' name for ``src -> dst`` (a measured send still crosses that link)."""
+        return self.links.link_name(src, dst)
+
+    def crosses_nodes(self, src: int, dst: int) -> bool:
+        return self.links.crosses_nodes(src, dst)
+
 
 @dataclass(frozen=True)
 class CostInputs:
@@ -257,6 +290,7 @@ class CostInputs:
     overlap: str = "sum"
     times: Times | None = None
     partition: Partition | None = None
+    topology: Topology | None = None
 
     def flops(self) -> FlopsCost:
         """The flops model these inputs give; ``None`` keeps a default."""
@@ -265,6 +299,7 @@ class CostInputs:
             "link_bandwidth": self.link_bandwidth,
             "link_latency": self.link_latency,
             "overlap": self.overlap,
+            "topology": self.topology,
         }
         return FlopsCost(**{k: v for k, v in given.items() if v is not None})
 
@@ -303,11 +338,99 @@ def make_cost_model(
     overlap: str = "sum",
     times: Times | None = None,
     partition: Partition | None = None,
+    topology: Topology | None = None,
 ) -> CostModel:
-    """Build a cost model by name from the registry; ``None`` keeps a default.
+    """Build a cost model by name from the registry; ``None`` keeps a default; ``topology`` places devices on nodes.
 
     >>> make_cost_model("unit").name, make_cost_model("flops", device_flops=1e12).device_flops
     ('unit', 1000000000000.0)
     """
     check_cost_name(name)
-    return COST_MODELS[name](CostInputs(device_flops, link_bandwidth, link_latency, overlap, times, partition))
+    return COST_MODELS[name](
+        CostInputs(device_flops, link_bandwidth, link_latency, overlap, times, partition, topology)
+    )
+
+
+def link_of(cost: CostModel, src: int, dst: int) -> tuple[str, bool]:
+    """The link ``src -> dst`` under ``cost``: its name (``NVLink 4``, or ``link`` where the model names
+    none) and whether it leaves the node (a cost model without nodes: never)."""
+    namer, crosses = getattr(cost, "link_name", None), getattr(cost, "crosses_nodes", None)
+    return ("link" if namer is None else str(namer(src, dst))), bool(crosses is not None and crosses(src, dst))
+
+
+@dataclass(frozen=True)
+class SpeedCost:
+    """Devices of unequal speed: ``base``'s compute times divided by each device's speed factor.
+
+    A factor of 0.5 is a device at half speed (a straggler); transfers are
+    ``base``'s. Wraps any cost model (unit, flops, measured).
+
+    >>> slow = SpeedCost(UnitCost(), (1.0, 0.5))
+    >>> slow.compute_time("F", [], 4, 1.0, device=0), slow.compute_time("F", [], 4, 1.0, device=1)
+    (1.0, 2.0)
+    """
+
+    base: CostModel
+    speeds: tuple[float, ...]
+
+    @property
+    def name(self) -> str:
+        return self.base.name
+
+    @property
+    def time_unit(self) -> str:
+        return self.base.time_unit
+
+    @property
+    def overlap(self) -> str:
+        return str(getattr(self.base, "overlap", "sum"))
+
+    def compute_time(
+        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
+        return self.base.compute_time(op, layers, rows, stage_units, stage, device) / self.speeds[device]
+
+    def transfer_times(
+        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
+    ) -> tuple[float, float]:
+        return self.base.transfer_times(nbytes, src, dst, boundary)
+
+    def link_name(self, src: int, dst: int) -> str:
+        return link_of(self.base, src, dst)[0]
+
+    def crosses_nodes(self, src: int, dst: int) -> bool:
+        return link_of(self.base, src, dst)[1]
+
+
+def parse_device_speed(text: str, devices: int) -> tuple[float, ...]:
+    """``--device-speed``: ``2=0.5`` (device 2 at half speed; several as ``1=0.8,2=0.5``) or K factors.
+
+    Every other device keeps speed 1; a factor is a positive finite number.
+
+    >>> parse_device_speed("2=0.5", 4), parse_device_speed("1,1,0.5", 3)
+    ((1.0, 1.0, 0.5, 1.0), (1.0, 1.0, 0.5))
+    """
+    fix = "give DEVICE=FACTOR pairs such as 2=0.5, or one factor per device such as 1,1,0.5,1"
+    parts = [part.strip() for part in text.split(",")]
+    speeds = [1.0] * devices
+    pairs: list[tuple[int, float]] = []
+    try:
+        if all("=" in part for part in parts):
+            pairs = [(int(device), float(factor)) for device, factor in (part.split("=", 1) for part in parts)]
+        elif not any("=" in part for part in parts) and len(parts) == devices:
+            speeds = [float(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"--device-speed {text!r} is not a list of speed factors; {fix}") from None
+    if not pairs and (any("=" in part for part in parts) or len(parts) != devices):
+        raise ConfigError(f"--device-speed {text!r} gives {len(parts)} factors for {devices} devices; {fix}")
+    for index, factor in pairs:
+        if not 0 <= index < devices:
+            raise ConfigError(
+                f"--device-speed {text!r} names device {index}, but devices run from 0 to {devices - 1}; "
+                "give a device of the run"
+            )
+        speeds[index] = factor
+    for speed in speeds:
+        if not (math.isfinite(speed) and speed > 0):
+            raise ConfigError(f"--device-speed {text!r} has factor {speed:g}, which is not positive and finite; {fix}")
+    return tuple(speeds)

@@ -53,7 +53,7 @@ import simpy
 
 from .collectives import Collectives, ReduceStep, tie_rings
 from .compute import Held, Workload
-from .cost import CostModel, check_overlap, overlapped_time
+from .cost import CostModel, check_overlap, link_of, overlapped_time
 from .diagnose import deadlock_message, oom_message
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .links import P2P_MODES, Links, Message, check_p2p
@@ -446,6 +446,8 @@ class _Engine(Links, Collectives):
         self.env.run()
         self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
         self.trace.peak_samples = [m.peak_sample for m in self.memory]
+        # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
+        self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
         blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))

@@ -22,10 +22,11 @@ import numpy as np
 from . import microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
-from .cost import NEEDS_TIMES, CostModel, FlopsCost, check_cost_name, make_cost_model
+from .cost import NEEDS_TIMES, CostModel, check_cost_name
 from .decoder import assemble as decoder
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
+from .hardware import check_hardware, cost_model, default_memory, flops_model
 from .limits import check_actions, check_memory, check_stages
 from .metrics import Metrics, grad_rel_err, measure
 from .model import LOSSES, Model, Params, full_batch_gradients, layers_from_widths, make_data, parse_layers
@@ -96,6 +97,15 @@ class RunConfig:
     optimizer: str | None = None
     model: str | None = None  # a decoder preset or config.json instead of the MLP's layers (pipesched.decoder)
     seq_len: int | None = None  # tokens per sequence of a decoder; None: its context length
+    # the devices and their nodes (pipesched.hardware, pipesched.topology): a preset name or a file; None:
+    # the MLP runs on the cpu preset's speed and links, a decoder on FlopsCost's defaults
+    hardware: str | None = None
+    devices_per_node: int | None = None  # None: the preset's (one node without --hardware)
+    node_map: str | None = None  # each device's node, e.g. 0,0,1,1
+    efficiency: float | None = None  # fraction of peak FLOP/s reached; None: the preset file's default
+    inter_node_bandwidth: float | None = None
+    inter_node_latency: float | None = None
+    device_speed: str | None = None  # per-device speed factors, e.g. 2=0.5 (pipesched.cost.SpeedCost)
 
 
 @dataclass
@@ -139,6 +149,7 @@ class RunResult:
             "optimizer": c.optimizer,
             "cost": c.cost,
             "times": c.times,
+            "hardware": c.hardware,
             "time_unit": self.trace.time_unit,
             "makespan": m.makespan,
             "bubble_fraction": m.bubble_fraction,
@@ -258,11 +269,15 @@ def prepare(config: RunConfig) -> Prepared:
         widths = parse_layers(config.layers)
         layers = layers_from_widths(widths)
     times = check_times(config)
+    dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
+    # a named preset's memory is the default --device-memory, so out-of-memory is checked without asking
+    config = replace(config, device_memory=default_memory(config))
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
     chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
-    dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
     config = replace(config, chunks=chunks, dtype=dtype, optimizer=optimizer)
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
+    # after the limits, before any planning: nodes and per-device speeds count the devices
+    check_hardware(config, dtype)
     slices = microbatch.split(config.batch, config.microbatches)
     schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
     # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts
@@ -275,9 +290,7 @@ def prepare(config: RunConfig) -> Prepared:
         partition = tuple(range(cast(int, stage[0]), cast(int, stage[-1]) + 1) for stage in balanced.stages)
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
-    cost = make_cost_model(
-        config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap, times, partition
-    )
+    cost = cost_model(config, dtype, times, partition)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
     prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)
     prepared.decoder = model_config
@@ -389,12 +402,7 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
             f"use --balance-by flops with --model {config.model}"
         )
     rows = -(-config.batch // config.microbatches)  # the largest micro-batch
-    given: dict[str, Any] = {
-        "device_flops": config.device_flops,
-        "link_bandwidth": config.link_bandwidth,
-        "link_latency": config.link_latency,
-    }
-    flops = FlopsCost(**{k: v for k, v in given.items() if v is not None})
+    flops = flops_model(config, training_precision(config)[0])  # the run's devices and intra-node link
     times = None
     if config.balance_by == "measured":
         times = profile_layers(Model.from_sizes(parse_layers(config.layers), seed=config.seed), rows)
@@ -451,7 +459,7 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
         return optimum
     layers = _graph_layers(config)
     rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
-    cost = make_cost_model(config.cost, config.device_flops, config.link_bandwidth, config.link_latency, config.overlap)
+    cost = cost_model(config, training_precision(config)[0])
     actions = sum(len(list(expand(device))) for device in schedule.actions)
     size, state = training_sizes(config)
 

@@ -33,6 +33,8 @@ from .decoder.config import load_config, preset_names
 from .engine import check_remat
 from .errors import ConfigError, PipeschedError
 from .files import progress_bar, read_toml
+from .hardware import load_hardware, run_hardware
+from .hardware import preset_names as hardware_presets
 from .model import LOSSES, parse_layers
 from .optimizer import check_optimizer
 from .partition import parse_partition
@@ -72,6 +74,11 @@ AXES = (
     "dtype",
     "optimizer",
     "seq_len",
+    "hardware",
+    "devices_per_node",
+    "efficiency",
+    "inter_node_bandwidth",
+    "inter_node_latency",
 )
 MODEL_KEYS = (
     "layers",
@@ -84,6 +91,13 @@ MODEL_KEYS = (
     "device_flops",
     "dtype",
     "optimizer",
+    "hardware",
+    "devices_per_node",
+    "node_map",
+    "efficiency",
+    "inter_node_bandwidth",
+    "inter_node_latency",
+    "device_speed",
     "times",
 )
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
@@ -149,6 +163,11 @@ _AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
     "dtype": _text,
     "optimizer": _text,
     "seq_len": _whole,
+    "hardware": _text,
+    "devices_per_node": _whole,
+    "efficiency": _number,
+    "inter_node_bandwidth": _number,
+    "inter_node_latency": _number,
 }
 _AXIS_WORDS = {
     name: "a whole number of at least 1"
@@ -170,6 +189,13 @@ _MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
     "dtype": _text,
     "optimizer": _text,
     "times": _text,
+    "hardware": _text,
+    "devices_per_node": _whole,
+    "node_map": _text,
+    "efficiency": _number,
+    "inter_node_bandwidth": _number,
+    "inter_node_latency": _number,
+    "device_speed": _text,
 }
 _MODEL_WORDS = {
     "layers": 'a width list such as "128,256x10,10"',
@@ -183,6 +209,13 @@ _MODEL_WORDS = {
     "dtype": "a precision name",
     "optimizer": "an optimizer name",
     "times": "the path to a times file",
+    "hardware": "a device preset or the path to a .toml file of one",
+    "devices_per_node": "a whole number of at least 1",
+    "node_map": 'each device\'s node, such as "0,0,1,1"',
+    "efficiency": "a non-negative number",
+    "inter_node_bandwidth": "a non-negative number",
+    "inter_node_latency": "a non-negative number",
+    "device_speed": 'speed factors such as "2=0.5"',
 }
 
 #: What an axis a point does not set stands for in a constraint: the run's default.
@@ -241,6 +274,7 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
         if not _MODEL_TYPES[key](value):
             raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
     model = _resolve_times(_resolve_model(model, path), axes, path)
+    _resolve_hardware(axes, model, path)
     _check_values(axes, model, path)
     fixed = {k: v for k, v in model.items()}
     where_raw = data.get("constraints", {}).get("where", [])
@@ -271,6 +305,21 @@ def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     for point in itertools.islice(result.points(), 1):  # the fields must make a RunConfig
         _config(point)
     return result
+
+
+def _resolve_hardware(axes: dict[str, tuple[Any, ...]], model: dict[str, Any], path: str) -> None:
+    """Hardware files named in [model].hardware or [axes].hardware are found next to the sweep file (in place)."""
+    folder = os.path.dirname(os.path.abspath(path))
+
+    def found(spec: Any) -> Any:
+        if not isinstance(spec, str) or spec in hardware_presets() or not (spec.endswith(".toml") or os.sep in spec):
+            return spec  # a preset, or a name that is not one (its error lists the presets)
+        return os.path.join(folder, spec)
+
+    if "hardware" in model:
+        model["hardware"] = found(model["hardware"])
+    if "hardware" in axes:
+        axes["hardware"] = tuple(found(spec) for spec in axes["hardware"])
 
 
 def _resolve_model(model: dict[str, Any], path: str) -> dict[str, Any]:
@@ -323,6 +372,10 @@ def _usable(name: str, value: Any, layers: int) -> None:
         check_cost_name(value)
     elif name == "times":
         load_times(value)
+    elif name == "hardware":
+        load_hardware(value)
+    elif name in ("efficiency", "inter_node_bandwidth", "inter_node_latency"):  # their run's own rules
+        run_hardware(RunConfig(model="", **{name: value}))  # a decoder's: the checks alone, no preset read
     elif name == "overlap":
         check_overlap(value)
     elif name == "remat":

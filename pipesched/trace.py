@@ -215,6 +215,8 @@ class Trace:
     peaks: list[tuple[int, int]] | None = None
     # per device, the state at its peak total (the first time it got there), kept the same way
     peak_samples: list[MemorySample] | None = None
+    # each link that carried a transfer, (src, dst) -> (its name, e.g. "NVLink 4"; whether it leaves the node)
+    links: dict[tuple[int, int], tuple[str, bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:  # plain lists are welcome; they are stored as columns
         if not isinstance(self.spans, Records):
@@ -222,6 +224,12 @@ class Trace:
         if not isinstance(self.transfers, Records):
             self.transfers = Records(Transfer, self.transfers)
         self.memory = [m if isinstance(m, Records) else Records(MemorySample, m) for m in self.memory]
+
+    def link_pairs(self) -> list[tuple[int, int]]:
+        """Every (src, dst) that carried a transfer, in order."""
+        width = self.devices + 1
+        codes = np.unique(_ints(self.transfers.column("src")) * width + _ints(self.transfers.column("dst")))
+        return [(int(code) // width, int(code) % width) for code in codes]
 
     @property
     def makespan(self) -> float:
@@ -314,6 +322,19 @@ def _window(keys: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> float:
 _OP_COLOURS = {"F": "thread_state_running", "B": "rail_response", "I": "rail_animation", "W": "rail_idle", "R": "bad"}
 
 
+def _kind(trace: Trace, src: int, dst: int) -> str:
+    """`` (NVLink 4, inside a node)`` for a link's track name where the step crosses nodes, else nothing."""
+    if not any(inter for _, inter in trace.links.values()):  # one node: one kind of link, named in the args
+        return ""
+    name, inter = trace.links.get((src, dst), ("link", False))
+    return f" ({name}, {'between nodes' if inter else 'inside a node'})"
+
+
+def _link_args(trace: Trace, src: int, dst: int) -> dict[str, Any]:
+    name, inter = trace.links.get((src, dst), ("link", False))
+    return {} if name == "link" and not inter else {"link": name, "inter_node": inter}
+
+
 def to_chrome(trace: Trace) -> dict[str, Any]:
     """The trace as a Chrome trace-event object (``json.dump`` it to a file).
 
@@ -330,7 +351,8 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
     links = sorted({(t.src, t.dst) for t in trace.transfers})
     link_tid = {link: i for i, link in enumerate(links)}
     for (src, dst), tid in link_tid.items():
-        events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": f"link {src}->{dst}"}})
+        name = f"link {src}->{dst}" + _kind(trace, src, dst)
+        events.append({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": name}})
     for s in trace.spans:
         events.append(
             {
@@ -355,7 +377,7 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                 "cat": "transfer",
                 "ts": t.start * scale,
                 "dur": (t.end - t.start) * scale,
-                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale},
+                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale, **_link_args(trace, t.src, t.dst)},
             }
         )
     for d, samples in enumerate(trace.memory):

@@ -235,10 +235,12 @@ def test_train_json_and_balance_take_the_flags(capsys):
     assert main(["train", "--steps", "2", "--optimizer", "adam", "--lr", "0.001", "--dtype", "bf16", "--json"]) == 0
     steps = json.loads(capsys.readouterr().out)
     assert [s["optimizer"] for s in steps] == ["adam", "adam"] and steps[1]["loss"] < steps[0]["loss"]
-    # the balancer's stage memory is in the run's precision, optimizer state included
-    assert main(["balance", "--dtype", "bf16", "--optimizer", "adam", "--json"]) == 0
+    # the balancer's stage memory is in the run's precision, optimizer state included; on GPU-class devices
+    # and links (the flops model's own defaults, given as flags: the MLP's default machine is CPU-class)
+    gpu = ["--device-flops", "1e14", "--link-bandwidth", "1e11", "--link-latency", "5e-6"]
+    assert main(["balance", "--dtype", "bf16", "--optimizer", "adam", "--json", *gpu]) == 0
     bf16 = json.loads(capsys.readouterr().out)
-    assert main(["balance", "--json"]) == 0
+    assert main(["balance", "--json", *gpu]) == 0
     fp64 = json.loads(capsys.readouterr().out)
     assert bf16["sizes"] == fp64["sizes"] == [3, 2, 3, 3]
     per_layer = _parameters([128] + [256] * 10 + [10])

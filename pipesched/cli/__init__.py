@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from .. import __version__
 from ..cost import COST_MODELS
 from ..errors import PipeschedError
+from ..hardware import DEFAULT_EFFICIENCY, preset_names
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from ..profile import DEFAULT_REPEATS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
@@ -86,9 +87,42 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remat", default=d.remat, help="never, always or except_last (default %(default)s)")
     p.add_argument("--cost", default=d.cost, help=f"{', '.join(COST_MODELS)}: the cost model (default %(default)s)")
     p.add_argument("--times", metavar="FILE", help="measured times (TOML) for --cost measured; see 'Measured times'")
-    p.add_argument("--device-flops", type=_number, help="device FLOP/s for --cost flops (default 1e14)")
-    p.add_argument("--link-bandwidth", type=_number, help="link bytes/s for --cost flops (default 1e11)")
-    p.add_argument("--link-latency", type=_number, help="link latency in seconds for --cost flops (default 5e-6)")
+    p.add_argument(
+        "--hardware",
+        help=f"a device preset ({', '.join(preset_names())}) or a .toml file of one: its peak FLOP/s, memory "
+        "and links (default: the seed MLP on the cpu preset's speed and links, a decoder on the flags' defaults)",
+    )
+    p.add_argument(
+        "--device-flops",
+        type=_number,
+        help="peak device FLOP/s, replacing the preset's; without --hardware the achieved rate (default: the "
+        "preset's; 1e14 for a decoder without --hardware)",
+    )
+    p.add_argument(
+        "--efficiency",
+        type=_number,
+        help=f"fraction of peak FLOP/s matrix multiplies reach, in (0, 1] (default {DEFAULT_EFFICIENCY} with a preset)",
+    )
+    p.add_argument(
+        "--link-bandwidth", type=_number, help="intra-node link bytes/s per direction (default: the preset's)"
+    )
+    p.add_argument("--link-latency", type=_number, help="intra-node link latency in seconds (default: the preset's)")
+    p.add_argument(
+        "--devices-per-node", type=_whole, help="devices per node (default: the preset's; one node without --hardware)"
+    )
+    p.add_argument(
+        "--node-map", help="each device's node, e.g. 0,0,1,1 (default: contiguous blocks of devices per node)"
+    )
+    p.add_argument(
+        "--inter-node-bandwidth", type=_number, help="inter-node link bytes/s per direction (default: the preset's)"
+    )
+    p.add_argument(
+        "--inter-node-latency", type=_number, help="inter-node link latency in seconds (default: the preset's)"
+    )
+    p.add_argument(
+        "--device-speed",
+        help="devices of unequal speed: 2=0.5 (device 2 at half speed) or one factor per device, e.g. 1,1,0.5,1",
+    )
     p.add_argument(
         "--overlap",
         default=d.overlap,
@@ -112,7 +146,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "(default: the model's own, sgd for the MLP)",
     )
     p.add_argument(
-        "--device-memory", help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM"
+        "--device-memory",
+        help="memory per device, e.g. 16GB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB): more is an OOM "
+        "(default: a named --hardware preset's memory)",
     )
     p.add_argument("--allow-oom", action="store_true", help="report an OOM (oom: true) instead of stopping")
     p.add_argument("--no-compute", action="store_true", help="timing and memory from the cost model alone, no NumPy")

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..balance import Placement
+from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
 from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
 from ..precision import MLP_DTYPE
@@ -58,6 +59,7 @@ def _print_run(result: RunResult) -> None:
         "no closed form stated" if result.bubble_formula is None else f"{result.bubble_formula:.4f} closed form{caveat}"
     )
     summary = [
+        *([] if config.cost == "unit" else [("hardware", describe(config, training_precision(config)[0]))]),
         ("makespan", format_time(metrics.makespan, unit)),
         ("bubble fraction", f"{metrics.bubble_fraction:.4f} measured, {formula}"),
         (
@@ -140,8 +142,11 @@ def _transfers(result: RunResult) -> str:
     total = sum(t.arrival - t.start for t in moves)
     if total == 0:
         return f"{len(moves)} over the links, free under --cost {result.config.cost}"
+    crossing = {pair for pair, (_, inter) in result.trace.links.items() if inter}
+    between = sum(1 for t in moves if (t.src, t.dst) in crossing) if crossing else 0
+    split = f" ({len(moves) - between} inside nodes, {between} between)" if between else ""
     return (
-        f"{len(moves)} over the links, {format_bytes(sum(t.nbytes for t in moves))} in all, "
+        f"{len(moves)} over the links{split}, {format_bytes(sum(t.nbytes for t in moves))} in all, "
         f"{format_time(total / len(moves), result.trace.time_unit)} each on average"
     )
 

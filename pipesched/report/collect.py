@@ -107,9 +107,10 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                         break
     decoder = study.model.model is not None
     measured = study.hardware.cost == "measured"
+    free = {"link_latency": 0.0, "link_bandwidth": 1e30, "inter_node_latency": 0.0, "inter_node_bandwidth": 1e30}
     # measured times are per stage as measured: they cannot say what a stage of another device count takes
     for k in study.sweep.devices if not measured else ():
-        for label, links in (("study", {}), ("free links", {"link_latency": 0.0, "link_bandwidth": 1e30})):
+        for label, links in (("study", {}), ("free links", free)):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(
                 strategy="gpipe",
@@ -117,14 +118,14 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
                 partition="uniform" if decoder else "balanced",  # balanced decoder studies are not wired yet
                 compute=False,
                 device_memory=None,
-                allow_oom=False,
+                allow_oom=True,  # a preset's memory would cap it otherwise (pipesched.hardware.default_memory)
                 **links,
             )
             jobs.append(("sweep_k", (k, label), prepare(config)))
     trains = []
     for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)) if can_train(study) else ():
         config = study.run_config(
-            strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=False
+            strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=True
         )
         if measured:  # the loss does not depend on the times, and one device has no measured stage of its own
             config = replace(config, cost="flops", times=None)
@@ -203,7 +204,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
 def _partitions(study: Study, results: StudyResults) -> None:
     """The stage costs of the uniform, the balanced and the named partitions of the MLP, for the figure."""
     graph, bandwidth = model_graph(study.run_config(device_memory=None))
-    gpipe = study.run_config(strategy="gpipe", partition="balanced", compute=False, device_memory=None, allow_oom=False)
+    gpipe = study.run_config(strategy="gpipe", partition="balanced", compute=False, device_memory=None, allow_oom=True)
     balanced = prepare(gpipe).balance  # what GPipe's balanced run uses: the objective's optimum or a faster one
     assert balanced is not None
     results.partitions = {

@@ -49,6 +49,16 @@ def _chunks(schedule: Any) -> dict[tuple[int, int], int]:
     return {(d, s): i for d, stages in on.items() for i, s in enumerate(sorted(stages))}
 
 
+#: The hatch of a transfer over an inter-node link (InfiniBand), against the plain intra-node (NVLink) ones.
+INTER_NODE_HATCH = "xxx"
+
+
+def _link_label(trace: Any, src: int, dst: int) -> str:
+    """A link's row label: ``link 1→2``, and its kind's name where the trace names it (``link 1→2 IB NDR``)."""
+    name = trace.links.get((src, dst), ("link", False))[0]
+    return f"link {src}→{dst}" + ("" if name == "link" else f" {name}")
+
+
 def _gid(label: str, device: int, what: str) -> str:
     """An id for a Gantt block, kept in the SVG (``gpipe/0/1F3``): a reader's tools and the tests find it."""
     return f"{label}/{device}/{what}".replace(" ", "_")
@@ -107,7 +117,7 @@ def gantt(results: StudyResults) -> Figure:
     )
     longest = max(runs, key=lambda r: r.trace.makespan).trace
     scale, unit = _time_scale(longest)
-    chunks_used, paired = set(), False
+    chunks_used, paired, crossed = set(), False, False
     for ax, result, ls in zip(axes[:, 0], runs, links):
         trace = result.trace
         chunk = _chunks(result.schedule)
@@ -145,16 +155,20 @@ def gantt(results: StudyResults) -> Figure:
         visible = 0.004 * longest.makespan * scale  # a send shorter than this would vanish from the page
         for t in trace.transfers:
             row = trace.devices + ls.index((t.src, t.dst))
+            inter = trace.links.get((t.src, t.dst), ("link", False))[1]
+            crossed |= inter
             ax.add_patch(
                 Rectangle(
                     (t.start * scale, row - 0.3),
                     max((t.arrival - t.start) * scale, visible),
                     0.6,
                     facecolor=OP_COLOURS["link"],
-                    edgecolor="none",
+                    edgecolor="white" if inter else "none",
+                    linewidth=0,
+                    hatch=INTER_NODE_HATCH if inter else None,
                 )
             )
-        labels = [f"device {d}" for d in range(trace.devices)] + [f"link {a}→{b}" for a, b in ls]
+        labels = [f"device {d}" for d in range(trace.devices)] + [_link_label(trace, a, b) for a, b in ls]
         ax.set_yticks(range(len(labels)), labels)
         ax.set_ylim(len(labels) - 0.5, -0.5)
         ax.set_title(
@@ -177,6 +191,10 @@ def gantt(results: StudyResults) -> Figure:
         )
         for c in sorted(chunks_used - {0})
     ]
+    if crossed:
+        handles.append(
+            Patch(facecolor=OP_COLOURS["link"], edgecolor="white", hatch=INTER_NODE_HATCH, label="send between nodes")
+        )
     if paired:
         handles.append(Patch(facecolor="none", edgecolor="black", linewidth=1.6, label="overlapped F&B pair"))
     _title_and_legend(

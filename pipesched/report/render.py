@@ -20,6 +20,8 @@ import tempfile
 from typing import Any, Callable
 
 from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
+from ..hardware import default_memory, describe
+from ..pipeline import training_precision
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -62,7 +64,7 @@ PAGE_WIDTH_PX, BODY_FONT_PX = 1100, 16
 def comparison_columns(results: StudyResults) -> tuple[str, ...]:
     """The comparison table's headings: throughput in the study's time unit, memory fit only under a cap."""
     per = "s" if results.study.hardware.cost != "unit" else "unit"
-    capped = results.study.hardware.device_memory is not None
+    capped = default_memory(results.study.run_config()) is not None  # given, or a named preset's
     return tuple(
         f"throughput (samples/{per})" if c == "throughput" else c for c in COLUMNS if capped or c != "fits memory"
     )
@@ -103,23 +105,21 @@ def comparison_rows(results: StudyResults) -> list[tuple[str, ...]]:
                 "/".join(map(str, m.peak_inflight_microbatches)),
                 "-" if r.grad_rel_err is None else f"{r.grad_rel_err:.1e}",
             )
-            + (() if results.study.hardware.device_memory is None else ("no" if r.trace.oom else "yes",))
+            + (() if default_memory(results.study.run_config()) is None else ("no" if r.trace.oom else "yes",))
         )
     return rows
 
 
 def study_text(study: Study) -> str:
     h, m, c = study.hardware, study.model, study.compare
+    config = study.run_config()
+    hardware = f"hardware {describe(config, training_precision(config)[0])}"
     link = (
         "free links"
         if h.cost == "unit"
-        else f"times measured in {os.path.basename(study.cost.times or '')}, links of {h.link_bandwidth / 1e9:g} GB/s "
-        f"and {format_time(h.link_latency, 's')} latency where it gives no send time"
+        else f"times measured in {os.path.basename(study.cost.times or '')}; where it gives no send time, {hardware}"
         if h.cost == "measured"
-        else (
-            f"devices of {h.device_flops / 1e9:g} GFLOP/s, links of {h.link_bandwidth / 1e9:g} GB/s and "
-            f"{format_time(h.link_latency, 's')} latency"
-        )
+        else hardware
     )
     memory = "" if h.device_memory is None else f", {format_bytes(h.device_memory)} per device"
     # named only where the study names them: otherwise the model's own (fp64 and sgd for the MLP)

@@ -24,9 +24,11 @@ from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
+from ..hardware import check_hardware
+from ..hardware import preset_names as hardware_presets
 from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
-from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig
+from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig, training_precision
 from ..precision import DTYPES
 from ..times import load_times
 from ..units import parse_bytes
@@ -68,16 +70,26 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class HardwareSection:
-    """Devices and links. The default suits the seed model's scale: CPU-class devices (10 GFLOP/s)
-    and links (10 GB/s, 1 µs), where its small matrices compute longer than they take to send."""
+    """Devices and links. Without a preset the default suits the seed model's scale: CPU-class devices
+    (10 GFLOP/s achieved) and links (10 GB/s, 1 µs), where its small matrices compute longer than they
+    take to send. ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
+    ``efficiency``, its memory, its links and devices per node, each replaced by the key that names it."""
 
     devices: int = 4
     cost: str = "flops"
-    device_flops: float = 1e10
-    link_bandwidth: float = 1e10
-    link_latency: float = 1e-6
+    # achieved without a preset; with one, its peak and intra-node link unless given (None)
+    device_flops: float | None = 1e10
+    link_bandwidth: float | None = 1e10
+    link_latency: float | None = 1e-6
     overlap: str = "sum"
-    device_memory: int | None = None
+    device_memory: int | None = None  # None: the preset's memory
+    preset: str | None = None
+    devices_per_node: int | None = None
+    node_map: str | None = None
+    efficiency: float | None = None
+    inter_node_bandwidth: float | None = None
+    inter_node_latency: float | None = None
+    device_speed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,14 +159,21 @@ class Study:
             compute=m.compute,
             devices=h.devices,
             cost=h.cost,
+            hardware=h.preset,
+            devices_per_node=h.devices_per_node,
+            node_map=h.node_map,
+            efficiency=h.efficiency,
+            inter_node_bandwidth=h.inter_node_bandwidth,
+            inter_node_latency=h.inter_node_latency,
+            device_speed=h.device_speed,
+            overlap=h.overlap,
+            device_memory=h.device_memory,
+            allow_oom=h.device_memory is not None or h.preset is not None,  # a report marks an OOM, never stops
+            microbatches=c.microbatches,
+            remat=c.remat,
             device_flops=h.device_flops,
             link_bandwidth=h.link_bandwidth,
             link_latency=h.link_latency,
-            overlap=h.overlap,
-            device_memory=h.device_memory,
-            allow_oom=h.device_memory is not None,
-            microbatches=c.microbatches,
-            remat=c.remat,
         )
         config = replace(base, **overrides)
         # the times file belongs to the measured model only (a report's unit-cost sweep runs without it)
@@ -227,6 +246,13 @@ def _layers(value: Any) -> str:
     return value
 
 
+def _fraction(value: Any) -> float:
+    number = _number(True)(value)
+    if number > 1:
+        raise ValueError(f"{_show(value)} is not in (0, 1]; give a fraction such as 0.5")
+    return number
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{_show(value)} is not true or false")
@@ -282,6 +308,13 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "link_latency": _number(False),
         "overlap": _choice(OVERLAP_RULES),
         "device_memory": _size,
+        "preset": _text,  # a preset or a file next to the study: resolved once the whole file is read
+        "devices_per_node": _whole(1),
+        "node_map": _text,
+        "efficiency": _fraction,
+        "inter_node_bandwidth": _number(True),
+        "inter_node_latency": _number(False),
+        "device_speed": _text,
     },
     "cost": {"times": _text},  # resolved against the study file's folder once the whole file is read
     "compare": {
@@ -319,6 +352,15 @@ link_bandwidth = 1e10        # bytes per second
 link_latency = 1e-6          # seconds
 overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
+# preset = "h100-sxm"        # optional: a device preset or a .toml file of one (relative to this file); then
+                             # device_flops is its peak (times efficiency), link_* its intra-node link and
+                             # device_memory its memory unless given
+# devices_per_node = 8       # optional: default the preset's (one node without a preset)
+# node_map = "0,0,1,1"       # optional: each device's node
+# efficiency = 0.5           # optional: fraction of peak FLOP/s reached; default the preset file's
+# inter_node_bandwidth = 5e10  # optional: bytes per second between nodes; default the preset's
+# inter_node_latency = 1e-5  # optional: seconds; default the preset's
+# device_speed = "2=0.5"     # optional: device 2 at half speed, or one factor per device
 
 # [cost]                     # optional: measured times instead of FLOP counts (see 'Measured times')
 # times = "times.toml"       # relative to this file; makes [hardware].cost "measured"
@@ -372,7 +414,38 @@ def load_study(path: str) -> Study:
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
     study = _resolve_times(study, path, data)
+    study = _resolve_hardware(study, path, set(data.get("hardware", {})))
     _check_together(study, path)
+    return study
+
+
+def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
+    """[hardware].preset found next to the study (a file) or by name, and the machine it makes checked.
+
+    With a preset, device_flops and the link keys the file leaves out are the preset's.
+    """
+    h = study.hardware
+    preset = h.preset
+    if preset is not None:
+        if preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
+            preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
+        h = replace(
+            h,
+            device_flops=h.device_flops if "device_flops" in given else None,
+            link_bandwidth=h.link_bandwidth if "link_bandwidth" in given else None,
+            link_latency=h.link_latency if "link_latency" in given else None,
+        )
+    study = replace(study, hardware=replace(h, preset=preset))
+    config = study.run_config()
+    flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
+    flags.update({"--hardware ": "[hardware].preset: ", "--devices ": "[hardware].devices: "})
+    try:
+        check_hardware(config, training_precision(config)[0])
+    except ConfigError as exc:
+        message = str(exc)
+        for flag, key in flags.items():
+            message = message.replace(flag, key)
+        raise ConfigError(f"{path}: {message}") from None
     return study
 
 

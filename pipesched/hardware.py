@@ -1,0 +1,329 @@
+"""Device presets: peak FLOP/s per training precision, memory, and the links inside and between nodes.
+
+The presets are data (``pipesched/hardware.toml``, in the package), each
+with its vendor datasheet quoted beside the numbers; a user's own file
+(``--hardware mine.toml``) has the keys of one preset at its top level and
+is checked key by key (pipesched.schema). The achieved FLOP/s of a run is
+the preset's peak in its training precision times an efficiency, the
+fraction of peak that matrix multiplies reach (the file's default, with its
+source: Narayanan et al. 2021, Megatron-LM, Table 1).
+
+>>> h100 = load_hardware("h100-sxm")
+>>> h100.peak_flops.bf16, h100.memory, h100.intra_node.name, h100.inter_node.bandwidth
+(989500000000000.0, 80000000000.0, 'NVLink 4', 50000000000.0)
+>>> "cpu" in preset_names() and DEFAULT_EFFICIENCY
+0.5
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from functools import lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+from pydantic import AfterValidator, BaseModel
+
+from .cost import CostModel, FlopsCost, SpeedCost, make_cost_model, parse_device_speed
+from .errors import ConfigError
+from .files import read_toml
+from .schema import STRICT, Fraction, PositiveNumber, validate
+from .topology import LinkKind, make_topology
+
+if TYPE_CHECKING:
+    from .partition import Partition
+    from .times import Times
+
+if TYPE_CHECKING:
+    from .pipeline import RunConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "Link",
+    "PeakFlops",
+    "Hardware",
+    "load_hardware",
+    "preset_names",
+    "run_hardware",
+    "default_memory",
+    "flops_model",
+    "check_hardware",
+    "cost_model",
+    "describe",
+    "DEFAULT_EFFICIENCY",
+    "EFFICIENCY_SOURCE",
+    "MLP_HARDWARE",
+]
+
+T = TypeVar("T")
+
+#: The preset whose speeds and links the seed MLP runs on when no ``--hardware`` is named (issue 15).
+MLP_HARDWARE = "cpu"
+
+
+def _latency(value: float) -> float:
+    if not (0 <= value <= 1):  # nan fails too
+        raise ValueError("is not between 0 and 1 second; give seconds, e.g. 5e-6")
+    return value
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("is not 1 or more; give the devices of one node, e.g. 8")
+    return value
+
+
+Latency = Annotated[float, AfterValidator(_latency)]
+
+
+class Link(BaseModel):
+    """One kind of link: bytes per second in each direction, seconds of latency, a name such as ``NVLink 4``."""
+
+    model_config = STRICT
+    name: str
+    bandwidth: PositiveNumber
+    latency: Latency
+    source: str = ""
+
+
+class PeakFlops(BaseModel):
+    """Dense peak FLOP/s of the matrix units in each training precision (pipesched.precision's names)."""
+
+    model_config = STRICT
+    bf16: PositiveNumber
+    fp16: PositiveNumber
+    fp32: PositiveNumber
+    fp64: PositiveNumber
+
+
+class Hardware(BaseModel):
+    """One device preset: the keys of a ``[preset.NAME]`` table, or of a user's whole file."""
+
+    model_config = STRICT
+    description: str = ""
+    source: str = ""
+    fp32_kind: str = ""
+    peak_flops: PeakFlops
+    memory: PositiveNumber  # bytes per device
+    devices_per_node: Annotated[int, AfterValidator(_at_least_one)]
+    intra_node: Link
+    inter_node: Link
+    name: str = ""  # the preset's name or the file's path, filled in by load_hardware
+
+
+class _File(BaseModel):
+    """The package's preset file."""
+
+    model_config = STRICT
+    efficiency: Fraction
+    efficiency_source: str
+    preset: dict[str, Hardware]
+
+
+@lru_cache(maxsize=1)
+def _presets() -> _File:
+    text = resources.files(__package__).joinpath("hardware.toml").read_text(encoding="utf-8")
+    return validate(_File, tomllib.loads(text), "pipesched/hardware.toml")
+
+
+#: The fraction of peak FLOP/s that matrix multiplies reach when none is given, and its source.
+DEFAULT_EFFICIENCY: float = _presets().efficiency
+EFFICIENCY_SOURCE: str = _presets().efficiency_source
+
+
+def preset_names() -> list[str]:
+    """The names of the built-in presets, in the file's order."""
+    return list(_presets().preset)
+
+
+def load_hardware(spec: str) -> Hardware:
+    """A preset by name, or a user's file (``*.toml``, the keys of one preset) by path.
+
+    Raises ``ConfigError`` naming the known presets for an unknown name, and
+    the key's path for a bad value in a file.
+    """
+    presets = _presets().preset
+    if spec in presets:
+        return presets[spec].model_copy(update={"name": spec})
+    if not (spec.endswith(".toml") or os.sep in spec or os.path.exists(spec)):
+        raise ConfigError(
+            f"--hardware {spec!r} is not a preset; use one of {', '.join(presets)}, or the path of a .toml file "
+            "with the keys of one preset"
+        )
+    data = read_toml(spec, "hardware")
+    hardware = validate(Hardware, data, os.path.basename(spec))
+    return hardware.model_copy(update={"name": spec})
+
+
+def _check_efficiency(efficiency: float | None) -> None:
+    if efficiency is not None and not (math.isfinite(efficiency) and 0 < efficiency <= 1):
+        raise ConfigError(
+            f"--efficiency {efficiency:g} is not in (0, 1]; give the fraction of peak that matrix multiplies "
+            f"reach, e.g. {DEFAULT_EFFICIENCY}"
+        )
+
+
+def run_hardware(config: RunConfig) -> Hardware | None:
+    """The preset or file a run's devices are: ``config.hardware``, the seed MLP's ``cpu``, or None (a decoder's).
+
+    Also checks the hardware flags that need no preset, so that a bad one fails before any work.
+    """
+    _check_efficiency(config.efficiency)
+    # the inter-node link's numbers obey the rules of --link-bandwidth and --link-latency (pipesched.cost)
+    bandwidth, latency = config.inter_node_bandwidth, config.inter_node_latency
+    if bandwidth is not None and not (math.isfinite(bandwidth) and bandwidth >= 1):
+        raise ConfigError(
+            f"--inter-node-bandwidth {bandwidth:g} is not a finite rate of at least 1 per second; give e.g. 5e10"
+        )
+    if latency is not None and not (math.isfinite(latency) and 0 <= latency <= 1):
+        raise ConfigError(f"--inter-node-latency {latency:g} is not between 0 and 1 second; give seconds, e.g. 1e-5")
+    if config.devices_per_node is not None and (
+        isinstance(config.devices_per_node, bool)
+        or not isinstance(config.devices_per_node, int)
+        or config.devices_per_node < 1
+    ):
+        raise ConfigError(f"--devices-per-node {config.devices_per_node!r} is not allowed; use 1 or more")
+    if config.hardware is not None:
+        return load_hardware(config.hardware)
+    return load_hardware(MLP_HARDWARE) if config.model is None else None
+
+
+def default_memory(config: RunConfig) -> int | None:
+    """``--device-memory`` unless given: a named preset's memory (the seed MLP's implicit ``cpu`` sets none)."""
+    if config.device_memory is not None or config.hardware is None:
+        return config.device_memory
+    return int(load_hardware(config.hardware).memory)
+
+
+def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
+    """The ``flops`` cost model of ``config``'s devices, nodes and links, in training precision ``dtype``.
+
+    Achieved FLOP/s = peak in ``dtype`` x efficiency (``--efficiency``, else
+    the preset file's default). ``--device-flops`` replaces a named preset's
+    peak; without ``--hardware`` it is an achieved rate already, as it always
+    was (efficiency 1 unless given). Without ``--hardware`` the seed MLP runs
+    on the ``cpu`` preset's speed and links and a decoder on FlopsCost's own
+    defaults, all devices on one node unless ``--devices-per-node`` or
+    ``--node-map`` says otherwise; a named preset brings its own devices per
+    node. Each ``--link-*``/``--inter-node-*`` flag replaces one link number.
+    """
+    hardware = run_hardware(config)
+    named = config.hardware is not None
+    if hardware is None:
+        base = FlopsCost()
+        intra = LinkKind("link", base.link_bandwidth, base.link_latency)
+        inter = LinkKind("inter-node link", base.link_bandwidth, base.link_latency)
+        achieved = _given(config.device_flops, base.device_flops) * _given(config.efficiency, 1.0)
+    else:
+        intra = LinkKind(hardware.intra_node.name, hardware.intra_node.bandwidth, hardware.intra_node.latency)
+        inter = LinkKind(hardware.inter_node.name, hardware.inter_node.bandwidth, hardware.inter_node.latency)
+        if config.device_flops is not None and not named:
+            achieved = config.device_flops * _given(config.efficiency, 1.0)
+        else:
+            peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
+            achieved = peak * _given(config.efficiency, DEFAULT_EFFICIENCY)
+    if not named:  # the seed MLP's cpu links keep their names only where their numbers are the preset's
+        if config.link_bandwidth is not None or config.link_latency is not None:
+            intra = intra._replace(name="link")
+        if config.inter_node_bandwidth is not None or config.inter_node_latency is not None:
+            inter = inter._replace(name="inter-node link")
+    intra = intra._replace(
+        bandwidth=_given(config.link_bandwidth, intra.bandwidth), latency=_given(config.link_latency, intra.latency)
+    )
+    inter = inter._replace(
+        bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
+        latency=_given(config.inter_node_latency, inter.latency),
+    )
+    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else config.devices)
+    topology = make_topology(config.devices, per_node, config.node_map, intra, inter)
+    return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
+
+
+def _given(value: T | None, default: T) -> T:
+    """``value`` unless it is None (a 0 given is kept, for its own check to refuse)."""
+    return default if value is None else value
+
+
+def check_hardware(config: RunConfig, dtype: str) -> None:
+    """Every hardware flag checked (preset, nodes, links, efficiency, device speeds): cheap, before any planning."""
+    flops_model(config, dtype)
+    if config.device_speed is not None:
+        parse_device_speed(config.device_speed, config.devices)
+
+
+def cost_model(
+    config: RunConfig, dtype: str, times: Times | None = None, partition: Partition | None = None
+) -> CostModel:
+    """The run's cost model: ``config.cost`` from the one registry, on its hardware, with its device speeds.
+
+    ``times`` and ``partition`` are the measured model's (``pipesched.times``): its times per stage.
+    """
+    flops = flops_model(config, dtype)
+    cost = make_cost_model(
+        config.cost,
+        flops.device_flops,
+        flops.link_bandwidth,
+        flops.link_latency,
+        config.overlap,
+        times,
+        partition,
+        flops.topology,
+    )
+    if config.device_speed is not None:
+        cost = SpeedCost(cost, parse_device_speed(config.device_speed, config.devices))
+    return cost
+
+
+def describe(config: RunConfig, dtype: str) -> str:
+    """One line saying which hardware a run assumes: the preset, achieved FLOP/s, memory, nodes and links.
+
+    >>> from pipesched.pipeline import RunConfig
+    >>> print(describe(RunConfig(hardware="h100-sxm", devices=16), "bf16").replace("; ", ";\\n"))
+    h100-sxm: 494.75 TFLOP/s per device (989.5 T peak bf16 x efficiency 0.5), 80 GB;
+    2 nodes of 8, NVLink 4 inside (450 GB/s, 5 µs), InfiniBand NDR 400 Gb/s between (50 GB/s, 10 µs)
+    """
+    flops = flops_model(config, dtype)
+    hardware = run_hardware(config)
+    topology = flops.topology
+    assert topology is not None  # flops_model always places devices on nodes
+    rate = _rate(flops.device_flops)
+    if hardware is not None and (config.hardware is not None or config.device_flops is None):
+        peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
+        efficiency = _given(config.efficiency, DEFAULT_EFFICIENCY)
+        scale = 1e12 if peak >= 1e12 else 1e9
+        of = f"({_number(peak / scale)} {'T' if scale == 1e12 else 'G'} peak {dtype} x efficiency {efficiency:g})"
+        if config.hardware is not None:
+            name = f"{config.hardware}: {rate} per device {of}, {_number(hardware.memory / 1e9)} GB"
+        else:  # the seed MLP's own machine: the cpu preset's speed, without its memory
+            name = f"no preset, the seed MLP on the {MLP_HARDWARE} preset's devices: {rate} per device {of}"
+    else:
+        name = f"no preset: {rate} per device"
+    nodes = topology.node_count
+    intra, inter = topology.intra, topology.inter
+
+    def link(kind: LinkKind) -> str:
+        return f"{_number(kind.bandwidth / 1e9)} GB/s, {_number(kind.latency * 1e6)} µs"
+
+    if nodes == 1:
+        return f"{name}; one node, {intra.name} ({link(intra)})"
+    nodes_of = topology.nodes
+    sizes = sorted({nodes_of.count(n) for n in set(nodes_of)})
+    per = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
+    return f"{name}; {nodes} nodes of {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
+
+
+def _number(value: float) -> str:
+    return f"{value:,.5g}" if value < 1e4 else f"{value:,.0f}"
+
+
+def _rate(flops: float) -> str:
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if flops >= scale:
+            return f"{_number(flops / scale)} {prefix}FLOP/s"
+    return f"{_number(flops)} FLOP/s"
