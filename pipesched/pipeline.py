@@ -35,7 +35,7 @@ from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
-from .times import Times, load_times
+from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
 
 __all__ = [
@@ -247,12 +247,11 @@ def check_times(config: RunConfig) -> Times | None:
         return None
     if config.times is None:
         raise ConfigError(NEEDS_TIMES)
-    if config.partition == "balanced":
-        raise ConfigError(
-            "--partition balanced moves layers between stages, but --cost measured gives each stage its own times; "
-            "give the measured partition's layer counts, e.g. --partition 2,3,3,3"
-        )
-    return load_times(config.times)
+    times = load_times(config.times)
+    times.check_model(config.layers if config.model is None else None, config.model, config.seq_len)
+    if config.partition == "balanced" and not times.per_layer:
+        raise ConfigError(f"--partition {STAGE_TIMES_ONLY}")
+    return times
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -382,8 +381,10 @@ BALANCE_BY = ("flops", "measured")
 def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     """The config's layer graph and the link bandwidth its crossings are charged at.
 
-    Layer costs come from the flops cost model (deterministic) or from timing
-    the real NumPy passes (``balance_by="measured"``, the MLP's only); a link
+    Layer costs come from the flops cost model (deterministic), from a times
+    file's per-layer F + I + W under ``--cost measured`` (``[layer.N]``
+    tables), or from timing the real NumPy passes (``balance_by="measured"``,
+    the MLP's only); a link
     carries the activations and gradients crossing it at the flops model's
     bandwidth when ``config.cost`` is ``flops`` (under ``unit`` the links are
     free: the bandwidth is infinite). Memory per stage: parameters, gradients,
@@ -404,7 +405,9 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     rows = -(-config.batch // config.microbatches)  # the largest micro-batch
     flops = flops_model(config, training_precision(config)[0])  # the run's devices and intra-node link
     times = None
-    if config.balance_by == "measured":
+    if config.cost == "measured":  # the file's own per-layer times (check_times refuses per-stage ones)
+        times = load_times(config.times or "").layer_costs(len(_graph_layers(config)), rows)
+    elif config.balance_by == "measured":
         times = profile_layers(Model.from_sizes(parse_layers(config.layers), seed=config.seed), rows)
     size, state = training_sizes(config)
     graph = layer_graph(
@@ -437,11 +440,13 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
 
     The objective (``pipesched.balance.bottleneck``) is the busiest device or
     link per micro-batch under the schedule's placement (see ``model_graph``
-    for the costs). With ``balance_by="flops"`` its costs are the simulator's,
-    so candidates are simulated shape-only, under this config's cost model,
-    remat and memory, and the fastest returned (``pipesched.balance.search``):
-    never slower than uniform. Measured costs are not the simulator's, so
-    there the objective's optimum stands alone.
+    for the costs). With ``balance_by="flops"``, or under ``--cost measured``
+    with per-layer times (a candidate's stages sum its layers' times), its
+    costs are the simulator's, so candidates are simulated shape-only, under
+    this config's cost model, remat and memory, and the fastest returned
+    (``pipesched.balance.search``): never slower than uniform. Costs timed
+    here (``balance_by="measured"``) are not the simulator's, so there the
+    objective's optimum stands alone.
 
     ``device_memory`` caps each stage only where it can stand for a device's
     memory: one stage per device, and no ``allow_oom`` (which asks to run and
@@ -455,11 +460,12 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     stages = placement.stages
     cap = config.device_memory if stages == config.devices and not config.allow_oom else None
     optimum = balance(graph, placement, link_bandwidth=bandwidth, memory_cap=cap)
-    if config.balance_by != "flops":
-        return optimum
+    if config.balance_by != "flops" and config.cost != "measured":
+        return optimum  # costs timed here are not the simulator's: the objective's optimum stands alone
     layers = _graph_layers(config)
     rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
-    cost = cost_model(config, training_precision(config)[0])
+    dtype = training_precision(config)[0]
+    times = load_times(config.times) if config.cost == "measured" and config.times else None
     actions = sum(len(list(expand(device))) for device in schedule.actions)
     size, state = training_sizes(config)
 
@@ -473,6 +479,7 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
 
             chain = [costed.layer for costed in layers]
             work = DecoderShapeWorkload(chain, partition, rows, config.seq_len or 0, size, state)
+        cost = cost_model(config, dtype, times, partition)  # measured times: the candidate's layer sums
         trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
         return trace.oom is not None, trace.makespan
 

@@ -44,12 +44,15 @@ from .precision import nbytes
 from .times import TIME_UNITS
 from .units import count, format_bytes, time_prefix
 
-__all__ = ["Spread", "Part", "Profile", "measure", "machine", "DEFAULT_WARMUP", "DEFAULT_REPEATS"]
+__all__ = ["Spread", "Part", "Profile", "measure", "machine", "DEFAULT_WARMUP", "DEFAULT_REPEATS", "DEFAULT_THREADS"]
 
 #: Untimed runs before the timed ones: the first pass pays for caches, lazy allocations and BLAS start-up.
 DEFAULT_WARMUP = 2
 #: Timed runs per pass: about three seconds on tiny-gpt's 11 layers here, enough for a steady median.
 DEFAULT_REPEATS = 20
+
+#: BLAS threads while timing: one, so that timings on a machine shared with other work stay steady.
+DEFAULT_THREADS = 1
 
 #: The times file's units (``pipesched.times``), by the prefix ``units.time_prefix`` chooses.
 _UNITS = {"s": "s", "ms": "ms", "µs": "us", "ns": "us"}
@@ -231,6 +234,7 @@ def measure(
     repeats: int = DEFAULT_REPEATS,
     devices: int | None = None,
     chunks: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
 ) -> Profile:
     """Time ``config``'s model on one micro-batch of its size, per layer, or per stage with ``devices``/partition.
 
@@ -240,9 +244,10 @@ def measure(
     the training precision ``activation_bytes`` counts. Per stage when
     ``devices`` is given (``devices`` x ``chunks`` stages, split by
     ``config.partition``) or the partition is layer counts; else per layer.
-    Every check runs before any array is built.
+    Every check runs before any array is built. ``threads`` caps the BLAS
+    threads while timing (threadpoolctl); None leaves the BLAS its own.
     """
-    for flag, value, least in (("--warmup", warmup, 0), ("--repeats", repeats, 1)):
+    for flag, value, least in (("--warmup", warmup, 0), ("--repeats", repeats, 1), ("--threads", threads or 1, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ConfigError(f"{flag} {value!r} is not allowed; give a whole number of at least {least}")
     _check_counts(config)
@@ -273,7 +278,13 @@ def measure(
     else:
         assert p.model is not None
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices, size, state)
-    samples, outputs = time_passes(work, len(counts), warmup, repeats)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    # one BLAS thread by default: small matrix products on shared cores time steadily that way, and a device
+    # in a pipeline runs its stage alone; the count is written in [about] either way
+    with threadpool_limits(limits=threads, user_api="blas"):
+        used = max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=1)
+        samples, outputs = time_passes(work, len(counts), warmup, repeats)
     parts = []
     for stage, (span, passes) in enumerate(zip(p.partition, samples)):
         names = [str(p.layers[i]) for i in span]
@@ -306,6 +317,7 @@ def measure(
         "dtype": p.config.dtype or "",
         "warmup": warmup,
         "repeats": repeats,
+        "blas_threads": used,
         **machine(),
     }
     return Profile(kind, tuple(parts), rows, header, about)

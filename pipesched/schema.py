@@ -93,13 +93,13 @@ def _table(loc: Sequence[Any]) -> str:
 
 #: pydantic's error types -> the reason they mean, as one clause after the value
 _REASONS = {
-    "float_type": "is not a number",
-    "float_parsing": "is not a number",
-    "finite_number": "is not a finite number",
-    "int_type": "is not a whole number",
-    "int_parsing": "is not a whole number",
-    "int_from_float": "is not a whole number",
-    "string_type": "is not a string",
+    "float_type": "is not a number; write a number without quotes, e.g. 1.5",
+    "float_parsing": "is not a number; write a number without quotes, e.g. 1.5",
+    "finite_number": "is not a finite number; write a number such as 1.5",
+    "int_type": "is not a whole number; write one without quotes or a decimal point, e.g. 4",
+    "int_parsing": "is not a whole number; write one without quotes or a decimal point, e.g. 4",
+    "int_from_float": "is not a whole number; write one without a decimal point, e.g. 4",
+    "string_type": 'is not a string; write it in quotes, e.g. "text"',
     "bool_type": "is not true or false; write one of them",
     "dict_type": "is not a table",
     "model_type": "is not a table",

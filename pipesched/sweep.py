@@ -41,7 +41,7 @@ from .partition import parse_partition
 from .pipeline import RunConfig, run
 from .precision import check_dtype
 from .strategy import load_strategy
-from .times import load_times
+from .times import STAGE_TIMES_ONLY, load_times
 from .units import parse_bytes
 
 __all__ = [
@@ -352,13 +352,10 @@ def _resolve_times(model: dict[str, Any], axes: dict[str, tuple[Any, ...]], path
             f"{path}: [model].times gives measured times, which [axes].cost = {list(costs)} does not read; "
             'use cost = ["measured"] or leave times out'
         )
-    if "balanced" in axes.get("partition", ()):
-        raise ConfigError(
-            f"{path}: [axes].partition: 'balanced' moves layers between stages, but measured times belong to the "
-            "stages they were measured on; use uniform or the measured partition's counts"
-        )
     times = model["times"]
     full = times if os.path.isabs(times) else os.path.join(os.path.dirname(os.path.abspath(path)), times)
+    if "balanced" in axes.get("partition", ()) and not load_times(full).per_layer:
+        raise ConfigError(f"{path}: [axes].partition: {STAGE_TIMES_ONLY}")
     return {**model, "times": full} | ({} if costs else {"cost": "measured"})
 
 

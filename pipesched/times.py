@@ -55,21 +55,28 @@ hand:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
 from .errors import ConfigError
 from .files import read_toml
+from .model import parse_layers
 from .partition import Partition
 from .schema import STRICT, validate
 from .units import count
 
-__all__ = ["TIME_UNITS", "StageTimes", "Times", "load_times", "parse_times"]
+__all__ = ["TIME_UNITS", "StageTimes", "Times", "load_times", "parse_times", "STAGE_TIMES_ONLY"]
 
 #: Seconds in one of each time unit a times file may use.
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
+
+
+def _note(value: Any) -> Any:
+    if not isinstance(value, (str, int, float, bool)):
+        raise ValueError('is not a string, number or true/false; write a note such as "measured by hand"')
+    return value
 
 
 def _positive_time(value: float) -> float:
@@ -133,7 +140,8 @@ class _File(BaseModel):
     default: _Table | None = None
     stage: dict[str, _Table] = Field(default_factory=dict)
     layer: dict[str, _Table] = Field(default_factory=dict)
-    about: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # free notes: a rule rather than a union type, so a list reads as one sentence, not a union branch's path
+    about: dict[str, Annotated[Any, AfterValidator(_note)]] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,27 @@ class Times:
     default: _Table | None
     tables: dict[int, _Table]
     per_layer: bool
+    about: dict[str, Any] = field(default_factory=dict)
+
+    def check_model(self, layers: str | None, model: str | None, seq_len: int | None) -> None:
+        """Refuse a run of another model than the one ``[about]`` says was measured (``pipesched profile``
+        writes ``layers``, or ``model`` and ``seq_len``); a file whose [about] names none is taken as it is."""
+        ran = {"layers": layers} if model is None else {"model": model, "seq_len": seq_len}
+        for key, value in ran.items():
+            measured = self.about.get(key)
+            if measured is None or value is None:
+                continue
+            same = (  # widths as widths: "8x3" is "8,8,8"
+                parse_layers(str(measured)) == parse_layers(str(value))
+                if key == "layers"
+                else str(measured) == str(value)
+            )
+            if not same:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"{self.path}: [about].{key} says these times were measured with {flag} {measured}, but the "
+                    f"run has {flag} {value}; profile this run's model (pipesched profile) or fix [about].{key}"
+                )
 
     @property
     def seconds(self) -> float:
@@ -221,6 +250,8 @@ class Times:
             key: next((getattr(t, key) for t in reversed(tables) if getattr(t, key) is not None), None)
             for key in ("F", "R", "send", "activation_bytes")
         }
+        if own is not None and own.F is not None and own.R is None:
+            pick["R"] = own.F  # R defaults to F: a table that times its own forward recomputes in that time
         backward = next((b for t in reversed(tables) if (b := _backward(t, self.path, name)) is not None), None)
         if pick["F"] is None:
             raise ConfigError(f"{self.path}: {kind} {index} has no forward time F; add F to {name}")
@@ -254,13 +285,7 @@ class Times:
             return [self._resolve(s, "stage") for s in range(num_stages)]
         if partition is None or len(partition) != num_stages:
             raise ConfigError(f"{self.path}: [layer.N] tables need the model's partition into {num_stages} stages")
-        num_layers = sum(len(p) for p in partition)
-        extra = [n for n in self.tables if n >= num_layers]
-        if extra:
-            raise ConfigError(
-                f"{self.path}: [layer.{extra[0]}] names a layer the model does not have "
-                f"(it has {count(num_layers, 'layer')}, 0 to {num_layers - 1}); remove it or check the model"
-            )
+        self._check_layers(sum(len(p) for p in partition))
         stages = []
         for layers in partition:
             parts = [self._resolve(n, "layer") for n in layers]
@@ -277,9 +302,34 @@ class Times:
             )
         return stages
 
+    def _check_layers(self, num_layers: int) -> None:
+        extra = [n for n in self.tables if n >= num_layers]
+        if extra:
+            raise ConfigError(
+                f"{self.path}: [layer.{extra[0]}] names a layer the model does not have "
+                f"(it has {count(num_layers, 'layer')}, 0 to {num_layers - 1}); remove it or check the model"
+            )
+
+    def layer_costs(self, num_layers: int, rows: int) -> list[float]:
+        """Each layer's F + I + W in seconds on a micro-batch of ``rows`` rows: what ``--partition balanced``
+        balances when the file gives per-layer times (``ConfigError`` for per-stage times, or a gap)."""
+        if not self.per_layer:
+            raise ConfigError(f"{self.path}: {STAGE_TIMES_ONLY}")
+        self._check_layers(num_layers)
+        factor = self.scale(rows)
+        return [(t.F + t.I + t.W) * factor for t in (self._resolve(n, "layer") for n in range(num_layers))]
+
     def scale(self, rows: int) -> float:
         """The factor a micro-batch of ``rows`` rows multiplies each time by: rows / the file's ``rows``, else 1."""
         return 1.0 if self.rows is None else rows / self.rows
+
+
+#: Why per-stage times cannot be balanced, wherever a balanced partition meets them.
+STAGE_TIMES_ONLY = (
+    "'balanced' moves layers between stages, but [stage.N] times belong to the stages they were measured on; "
+    "give the measured partition's layer counts, e.g. 2,3,3,3, or per-layer times ([layer.N] tables, as "
+    "pipesched profile writes them)"
+)
 
 
 def parse_times(data: dict[str, object], path: str) -> Times:
@@ -294,6 +344,8 @@ def parse_times(data: dict[str, object], path: str) -> Times:
     for key, table in (checked.layer or checked.stage).items():
         if not key.isdigit():
             raise ConfigError(f"{path}: [{kind}.{key}] is not a {kind} number; write [{kind}.0], [{kind}.1], ...")
+        if str(int(key)) != key:  # [stage.01] would silently stand for [stage.1]
+            raise ConfigError(f"{path}: [{kind}.{key}] has a leading zero; write [{kind}.{int(key)}]")
         tables[int(key)] = table
     if not tables and checked.default is None:
         raise ConfigError(f"{path}: has no times; add a [default] table or [stage.N] tables with F and B")
@@ -303,6 +355,7 @@ def parse_times(data: dict[str, object], path: str) -> Times:
         rows=checked.rows,
         default=checked.default,
         tables=dict(sorted(tables.items())),
+        about=dict(checked.about),
         per_layer=bool(checked.layer),
     )
 

@@ -341,7 +341,12 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
     Seconds become microseconds; under the unit cost model one unit is shown
     as one millisecond so that the blocks read as whole numbers.
     """
-    scale = 1e6 if trace.time_unit == "s" else 1e3
+    unit = 1e6 if trace.time_unit == "s" else 1e3
+
+    def at(seconds: float) -> float:
+        # to the picosecond: 2 ms reads 2000, not 2000.0000000000018 (sums of measured times carry round-off)
+        return round(seconds * unit, 6)
+
     events: list[dict[str, Any]] = [
         {"ph": "M", "name": "process_name", "pid": 0, "args": {"name": "devices"}},
         {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "links"}},
@@ -361,8 +366,8 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                 "tid": s.device,
                 "name": s.name,
                 "cat": s.op,
-                "ts": s.start * scale,
-                "dur": (s.end - s.start) * scale,
+                "ts": at(s.start),
+                "dur": at(s.end - s.start),
                 "cname": _OP_COLOURS[s.op],
                 "args": {"stage": s.stage, "microbatch": s.microbatch},
             }
@@ -375,9 +380,9 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                 "tid": link_tid[(t.src, t.dst)],
                 "name": t.name,
                 "cat": "transfer",
-                "ts": t.start * scale,
-                "dur": (t.end - t.start) * scale,
-                "args": {"bytes": t.nbytes, "arrival": t.arrival * scale, **_link_args(trace, t.src, t.dst)},
+                "ts": at(t.start),
+                "dur": at(t.end - t.start),
+                "args": {"bytes": t.nbytes, "arrival": at(t.arrival), **_link_args(trace, t.src, t.dst)},
             }
         )
     for d, samples in enumerate(trace.memory):
@@ -388,7 +393,7 @@ def to_chrome(trace: Trace) -> dict[str, Any]:
                     "pid": 0,
                     "tid": d,
                     "name": f"memory device {d}",
-                    "ts": m.time * scale,
+                    "ts": at(m.time),
                     "args": {
                         "params": m.params,
                         "grads": m.grads,

@@ -273,7 +273,10 @@ def test_a_bad_times_file_is_one_sentence_and_exit_2(capsys, tmp_path, text, mes
         (["--times", "t.toml"], "--times t.toml gives measured times, which only --cost measured reads"),
         (["--cost", "unit", "--times", "t.toml"], "add --cost measured or drop --times"),
         (["--cost", "measured", "--times", "nope.toml"], "times file 'nope.toml' does not exist"),
-        (["--cost", "measured", "--times", "t.toml", "--partition", "balanced"], "--partition balanced moves"),
+        (
+            ["--cost", "measured", "--times", str(FIXTURES / "1.5b_p8_m24.toml"), "--partition", "balanced"],
+            "--partition 'balanced' moves layers between stages, but [stage.N] times belong to the stages",
+        ),
     ],
 )
 def test_bad_flags_are_one_sentence_and_exit_2(capsys, argv, message):
@@ -281,9 +284,46 @@ def test_bad_flags_are_one_sentence_and_exit_2(capsys, argv, message):
     assert status == 2 and out == "" and message in err and "Traceback" not in err
 
 
-def test_balance_refuses_measured_times(capsys, tmp_path):
+def test_balance_refuses_per_stage_times(capsys, tmp_path):
     status, _, err = _cli(capsys, "balance", "--cost", "measured", "--times", str(FIXTURES / "1.5b_p8_m24.toml"))
-    assert status == 2 and "balance under --cost flops, then run the counts it prints" in err
+    assert status == 2 and "or per-layer times ([layer.N] tables, as pipesched profile writes them)" in err
+
+
+# eight layers' F + I + W, in ms: 1+2+1, 5+4+3, ... (send 0: only the layers' times decide)
+LAYER_TIMES = [(1, 2, 1), (5, 4, 3), (2, 2, 2), (1, 1, 1), (6, 5, 4), (1, 2, 3), (2, 1, 1), (3, 3, 3)]
+
+
+def _layer_file(tmp_path):
+    text = 'time_unit = "ms"\n[default]\nsend = 0\n' + "".join(
+        f"[layer.{n}]\nF = {f}\nI = {i}\nW = {w}\n" for n, (f, i, w) in enumerate(LAYER_TIMES)
+    )
+    path = tmp_path / "layers.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_per_layer_times_balance_to_the_brute_force_optimum(capsys, tmp_path):
+    # the objective's optimum: the split of the 8 layers into 3 stages whose largest stage sum is least,
+    # found here by trying every split (the links carry a few bytes, so equal to within 1e-4)
+    costs = [sum(t) * 1e-3 for t in LAYER_TIMES]
+    splits = [(a, b - a, 8 - b) for a in range(1, 7) for b in range(a + 1, 8)]
+    best = min(max(sum(costs[:a]), sum(costs[a : a + b]), sum(costs[a + b :])) for a, b, _ in splits)
+    flags = ["--layers", "8x9", "--devices", "3", "--microbatches", "6", "--cost", "measured"]
+    status, out, _ = _cli(capsys, "balance", *flags, "--times", _layer_file(tmp_path), "--json")
+    assert status == 0
+    result = json.loads(out)
+    # the fastest in simulation is never slower than the objective's optimum, which the balancer reports
+    assert result["simulated"] is not None
+    optimum = result["simulated"]["optimum"]
+    bottleneck = max(sum(costs[sum(optimum[:s]) : sum(optimum[: s + 1])]) for s in range(3))
+    assert bottleneck == pytest.approx(best, rel=1e-4)
+    # and a run with --partition balanced simulates no slower than uniform under the same times
+    run = ["--layers", "8x9", "--devices", "3", "--microbatches", "6", "--cost", "measured", "--no-compute"]
+    times = _layer_file(tmp_path)
+    status, out, _ = _cli(capsys, "run", *run, "--times", times, "--partition", "balanced", "--json")
+    balanced = json.loads(out)["makespan"]
+    status, out, _ = _cli(capsys, "run", *run, "--times", times, "--json")
+    assert balanced <= json.loads(out)["makespan"]
 
 
 STUDY = """

@@ -88,6 +88,13 @@ def test_stage_backward_replaces_default_backward(tmp_path):
     assert (times[1].F, times[1].I, times[1].W) == (1.0, 1.0, 1.0)
 
 
+def test_a_stage_that_times_its_forward_recomputes_in_that_time(tmp_path):
+    # R defaults to F: the stage's own F, not the default table's R (a second reading's find)
+    text = 'time_unit = "s"\n[default]\nF = 1\nR = 1\nB = 2\n[stage.1]\nF = 5\n[stage.2]\nF = 4\nR = 3\n'
+    times = _load(tmp_path, text).stage_times(3)
+    assert [t.R for t in times] == [1.0, 5.0, 3.0]
+
+
 def test_layer_tables_sum_into_stages(tmp_path):
     text = (
         'time_unit = "s"\n[default]\nF = 1\nI = 2\nW = 3\nsend = 0.5\n'
@@ -125,6 +132,10 @@ def test_layer_tables_sum_into_stages(tmp_path):
         ('time_unit = "s"\n[default]\nF = 1\nB = 2\nI = 1\nW = 2\n', "[default] has B = 2 but I + W = 3"),
         ('time_unit = "s"\n[default]\nF = 1\nB = 1\n[stage.9]\nF = 1\n', "[stage.9] names a stage the schedule"),
         ('time_unit = "s"\n[stage.x]\nF = 1\nB = 1\n', "times.toml: [stage.x] is not a stage number"),
+        (
+            'time_unit = "s"\n[default]\nF = 1\nB = 1\n[stage.01]\nF = 7\n',
+            "[stage.01] has a leading zero; write [stage.1]",
+        ),
         ('time_unit = "s"\n[stage.0]\nF = 1\nB = 1\n[layer.0]\nF = 1\nB = 1\n', "has both [stage.N] and [layer.N]"),
         ('time_unit = "s"\n', "times.toml: has no times; add a [default] table"),
         ('time_unit = "s"\nrows = 0\n[default]\nF = 1\nB = 1\n', "rows: 0 is not a micro-batch size of at least 1"),
@@ -148,3 +159,16 @@ def test_layer_file_needs_partition_and_layers():
         times.stage_times(2, explicit([2, 2], 4, 2))
     with pytest.raises(ConfigError, match="need the model's partition"):
         times.stage_times(2)
+
+
+def test_a_file_measured_on_another_model_is_refused(tmp_path):
+    # pipesched profile writes the model in [about]; widths compare as widths, decoders by name and seq_len
+    times = _load(tmp_path, 'time_unit = "s"\n[default]\nF = 1\nB = 2\n[about]\nlayers = "8x9"\n')
+    times.check_model("8,8x8", None, None)  # the same eight 8->8 layers, spelled another way
+    with pytest.raises(ConfigError, match=r"measured with --layers 8x9, but the run has --layers 8x10"):
+        times.check_model("8x10", None, None)
+    decoder = _load(tmp_path, 'time_unit = "s"\n[default]\nF = 1\nB = 2\n[about]\nmodel = "tiny-gpt"\nseq_len = 32\n')
+    decoder.check_model(None, "tiny-gpt", 32)
+    with pytest.raises(ConfigError, match=r"\[about\].seq_len says .* --seq-len 32, but the run has --seq-len 16"):
+        decoder.check_model(None, "tiny-gpt", 16)
+    _load(tmp_path, 'time_unit = "s"\n[default]\nF = 1\nB = 2\n').check_model("4x3", None, None)  # no [about]

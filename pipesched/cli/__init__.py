@@ -26,7 +26,7 @@ from ..cost import COST_MODELS
 from ..errors import PipeschedError
 from ..hardware import DEFAULT_EFFICIENCY, preset_names
 from ..pipeline import DEFAULT_LAYERS, RunConfig
-from ..profile import DEFAULT_REPEATS, DEFAULT_WARMUP
+from ..profile import DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
 from .profile import _cmd_profile
 from .runs import _cmd_compare, _cmd_run, _cmd_train
@@ -261,6 +261,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_profile.add_argument(
         "--repeats", type=_whole, default=DEFAULT_REPEATS, help="timed runs, of which the median (default %(default)s)"
+    )
+    p_profile.add_argument(
+        "--threads",
+        type=_whole,
+        default=DEFAULT_THREADS,
+        help="BLAS threads while timing (default %(default)s: steady timings on shared cores)",
     )
     p_profile.add_argument("-o", "--output", help="write the times file here instead of standard output")
     sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")

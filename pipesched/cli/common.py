@@ -79,14 +79,17 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
-def _check_output_path(flag: str, path: str) -> None:
-    """Fail before any work unless ``path`` names a regular file that can be written, new or existing."""
+def _check_output_path(flag: str, path: str, example: str = "trace.json") -> None:
+    """Fail before any work unless ``path`` names a regular file that can be written, new or existing.
+
+    ``example`` is the file name the fix suggests (``times.toml`` for a profile).
+    """
     if not path:
-        raise ConfigError(f"{flag} is empty; give a file path such as trace.json")
+        raise ConfigError(f"{flag} is empty; give a file path such as {example}")
     real = os.path.realpath(path)  # write through a symbolic link, not over it
     folder = os.path.dirname(real)
     if os.path.isdir(real):
-        raise ConfigError(f"{flag} {path} is a folder; give a file path such as {os.path.join(path, 'trace.json')}")
+        raise ConfigError(f"{flag} {path} is a folder; give a file path such as {os.path.join(path, example)}")
     if os.path.exists(real) and not os.path.isfile(real):
         raise ConfigError(f"{flag} {path} is not a regular file; give a path for an ordinary file")
     if not os.path.isdir(folder):

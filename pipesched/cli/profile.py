@@ -26,7 +26,7 @@ __all__ = ["_cmd_profile"]
 
 def _cmd_profile(args: argparse.Namespace) -> None:
     if args.output is not None:  # before any timing: a path that cannot be written fails at once
-        _check_output_path("-o", args.output)
+        _check_output_path("-o", args.output, "times.toml")
     config = RunConfig(
         layers=args.layers,
         model=args.model,
@@ -38,7 +38,9 @@ def _cmd_profile(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         seed=args.seed,
     )
-    profile = measure(config, warmup=args.warmup, repeats=args.repeats, devices=args.devices, chunks=args.chunks)
+    profile = measure(
+        config, warmup=args.warmup, repeats=args.repeats, devices=args.devices, chunks=args.chunks, threads=args.threads
+    )
     text = profile.to_toml()
     if args.output is None:
         sys.stdout.write(text)

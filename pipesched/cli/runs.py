@@ -168,7 +168,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     if args.trace is not None:
         _check_output_path("--trace", args.trace)
     if args.profile is not None:
-        _check_output_path("--profile", args.profile)
+        _check_output_path("--profile", args.profile, "run.prof")
     config = _config(args)
     strategy = config.strategy
     if isinstance(strategy, str) and strategy.endswith(".csv"):  # a schedule file: what reading it left out

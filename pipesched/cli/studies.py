@@ -56,7 +56,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     study = load_sweep(args.study)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed; use 1 or more")
-    _check_output_path("-o", args.output)
+    _check_output_path("-o", args.output, "results.jsonl")
     lock = os.open(args.output, os.O_RDWR | os.O_CREAT, 0o644)  # held until the process ends
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

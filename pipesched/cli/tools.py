@@ -103,11 +103,6 @@ def _device_table(result: Balance, placement: Placement, show: Callable[[float],
 
 def _cmd_balance(args: argparse.Namespace) -> None:
     config = _config(args)
-    if config.cost == "measured":
-        raise ConfigError(
-            "pipesched balance moves layers between stages, but --cost measured gives each stage its own times; "
-            "balance under --cost flops, then run the counts it prints with --cost measured --partition COUNTS"
-        )
     if args.costs is not None:
         try:
             costs = [float(c) for c in args.costs.split(",")]
@@ -348,7 +343,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
     if args.output is not None:
-        _check_output_path("-o", args.output)
+        _check_output_path("-o", args.output, "schedule.csv")
     strategy = load_strategy(args.strategy)
     chunks = args.chunks or getattr(strategy, "default_chunks", 1)
     check_actions(args.devices, args.microbatches, chunks)  # no arrays here: memory does not apply

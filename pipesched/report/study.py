@@ -30,7 +30,7 @@ from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig, training_precision
 from ..precision import DTYPES
-from ..times import load_times
+from ..times import STAGE_TIMES_ONLY, load_times
 from ..units import parse_bytes
 
 __all__ = [
@@ -538,17 +538,14 @@ def _resolve_times(study: Study, path: str, data: dict[str, Any]) -> Study:
         )
     full = times if os.path.isabs(times) else os.path.join(os.path.dirname(os.path.abspath(path)), times)
     try:
-        load_times(full)
+        per_layer = load_times(full).per_layer  # per-layer times balance; per-stage ones belong to their stages
     except ConfigError as exc:
         raise ConfigError(f"{path}: [cost].times: {exc}") from None
     compare = study.compare
-    if "partitions" not in data.get("compare", {}):  # balanced moves layers; measured times belong to stages
+    if "partitions" not in data.get("compare", {}) and not per_layer:
         compare = replace(compare, partitions=("uniform",))
-    if "balanced" in compare.partitions:
-        raise ConfigError(
-            f"{path}: [compare].partitions: 'balanced' moves layers between stages, but measured times belong to "
-            "the stages they were measured on; use uniform or the measured partition's counts"
-        )
+    if "balanced" in compare.partitions and not per_layer:
+        raise ConfigError(f"{path}: [compare].partitions: {STAGE_TIMES_ONLY}")
     return replace(study, hardware=replace(h, cost="measured"), cost=CostSection(full), compare=compare)
 
 
