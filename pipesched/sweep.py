@@ -33,12 +33,12 @@ from .decoder.config import load_config, preset_names
 from .engine import check_remat
 from .errors import ConfigError, PipeschedError
 from .files import progress_bar, read_toml
-from .hardware import load_hardware, run_hardware
+from .hardware import flops_model, load_hardware, run_hardware
 from .hardware import preset_names as hardware_presets
 from .model import LOSSES, parse_layers
 from .optimizer import check_optimizer
 from .partition import parse_partition
-from .pipeline import RunConfig, run
+from .pipeline import RunConfig, run, training_precision
 from .precision import check_dtype
 from .strategy import load_strategy
 from .times import STAGE_TIMES_ONLY, load_times
@@ -130,6 +130,9 @@ def _value(term: str, point: dict[str, Any]) -> float:
     if re.fullmatch(r"-?\d+(\.\d+)?([eE][+-]?\d+)?", term):
         return float(term)
     value = point.get(term, _DEFAULTS.get(term))
+    if value is None and term in ("link_bandwidth", "link_latency"):  # the point's own hardware's link
+        flops = flops_model(_config(point), training_precision(_config(point))[0])
+        value = getattr(flops, term)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     raise ValueError(term)
@@ -224,9 +227,7 @@ _DEFAULTS = {
     "microbatches": RunConfig.microbatches,
     "chunks": 1,
     "batch": RunConfig.batch,
-    "link_bandwidth": 100e9,
-    "link_latency": 5e-6,
-}
+}  # link_bandwidth and link_latency: the point's hardware's intra-node link (_value)
 
 
 def _holds(rule: str, point: dict[str, Any]) -> bool:

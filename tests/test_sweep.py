@@ -347,3 +347,14 @@ def test_without_dask_the_scheduler_option_says_what_to_install(tmp_path, capsys
     monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if it were not installed
     assert main(["sweep", _write(tmp_path), "-o", str(tmp_path / "r.jsonl"), "--scheduler", "tcp://127.0.0.1:1"]) == 2
     assert "install it with pip install 'pipesched[dask]'" in capsys.readouterr().err
+
+
+def test_a_constraint_on_the_link_reads_each_point_s_own_hardware(tmp_path):
+    # not an axis: link_bandwidth is the point's intra-node link, the MLP's cpu preset (5.12 GB/s per core,
+    # pipesched/hardware.toml) or an H100's NVLink 4 (450 GB/s), so "link_bandwidth > 1e11" keeps the H100 alone
+    text = (
+        '[model]\nlayers = "16x7"\nbatch = 16\n[axes]\ndevices = [2]\nhardware = ["cpu", "h100-sxm"]\n'
+        '[constraints]\nwhere = ["link_bandwidth > 1e11"]\n'
+    )
+    points = list(load_sweep(_write(tmp_path, text)).points())
+    assert [p["hardware"] for p in points] == ["h100-sxm"]
