@@ -207,7 +207,7 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
     Achieved FLOP/s = peak in ``dtype`` x efficiency (``--efficiency``, else
     the preset file's default). ``--device-flops`` replaces a named preset's
     peak; without ``--hardware`` it is an achieved rate already, as it always
-    was (efficiency 1 unless given). Without ``--hardware`` the seed MLP runs
+    was, and ``--efficiency`` is refused (it would count twice). Without ``--hardware`` the seed MLP runs
     on the ``cpu`` preset's speed and links and a decoder on FlopsCost's own
     defaults, all devices on one node unless ``--devices-per-node`` or
     ``--node-map`` says otherwise; a named preset brings its own devices per
@@ -215,16 +215,24 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
     """
     hardware = run_hardware(config)
     named = config.hardware is not None
+    if (hardware is None or config.device_flops is not None and not named) and config.efficiency is not None:
+        # an achieved rate already: scaling it again would count the efficiency twice
+        rate = config.device_flops if config.device_flops is not None else FlopsCost().device_flops
+        raise ConfigError(
+            f"--efficiency {config.efficiency:g} scales a preset's peak, but without --hardware the device rate "
+            f"({rate:g} FLOP/s) is already what the device achieves; name --hardware, or give the achieved rate "
+            f"as --device-flops {rate * config.efficiency:g}"
+        )
     if hardware is None:
         base = FlopsCost()
         intra = LinkKind("link", base.link_bandwidth, base.link_latency)
         inter = LinkKind("inter-node link", base.link_bandwidth, base.link_latency)
-        achieved = _given(config.device_flops, base.device_flops) * _given(config.efficiency, 1.0)
+        achieved = _given(config.device_flops, base.device_flops)
     else:
         intra = LinkKind(hardware.intra_node.name, hardware.intra_node.bandwidth, hardware.intra_node.latency)
         inter = LinkKind(hardware.inter_node.name, hardware.inter_node.bandwidth, hardware.inter_node.latency)
         if config.device_flops is not None and not named:
-            achieved = config.device_flops * _given(config.efficiency, 1.0)
+            achieved = config.device_flops
         else:
             peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
             achieved = peak * _given(config.efficiency, DEFAULT_EFFICIENCY)
@@ -299,11 +307,18 @@ def describe(config: RunConfig, dtype: str) -> str:
         scale = 1e12 if peak >= 1e12 else 1e9
         of = f"({_number(peak / scale)} {'T' if scale == 1e12 else 'G'} peak {dtype} x efficiency {efficiency:g})"
         if config.hardware is not None:
-            name = f"{config.hardware}: {rate} per device {of}, {_number(hardware.memory / 1e9)} GB"
+            memory = _given(config.device_memory, int(hardware.memory))  # what the run checks against
+            name = f"{config.hardware}: {rate} per device {of}, {_number(memory / 1e9)} GB"
         else:  # the seed MLP's own machine: the cpu preset's speed, without its memory
             name = f"no preset, the seed MLP on the {MLP_HARDWARE} preset's devices: {rate} per device {of}"
     else:
         name = f"no preset: {rate} per device"
+    if config.cost == "measured":  # compute times are the file's: only the links are the hardware's
+        name = f"compute times from {os.path.basename(config.times or '')}, sends it does not time over these links"
+    if config.device_speed is not None:
+        speeds = parse_device_speed(config.device_speed, config.devices)
+        slow = ", ".join(f"device {d} at {f:g}x" for d, f in enumerate(speeds) if f != 1)
+        name = f"{name}, {slow or 'every device at 1x'}"
     nodes = topology.node_count
     intra, inter = topology.intra, topology.inter
 
@@ -313,9 +328,9 @@ def describe(config: RunConfig, dtype: str) -> str:
     if nodes == 1:
         return f"{name}; one node, {intra.name} ({link(intra)})"
     nodes_of = topology.nodes
-    sizes = sorted({nodes_of.count(n) for n in set(nodes_of)})
-    per = str(sizes[0]) if len(sizes) == 1 else "/".join(map(str, sizes))
-    return f"{name}; {nodes} nodes of {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
+    sizes = [nodes_of.count(n) for n in sorted(set(nodes_of))]
+    per = f"of {sizes[0]}" if len(set(sizes)) == 1 else f"({', '.join(map(str, sizes))} devices)"
+    return f"{name}; {nodes} nodes {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
 
 
 def _number(value: float) -> str:

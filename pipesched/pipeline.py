@@ -22,7 +22,7 @@ import numpy as np
 from . import microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
-from .cost import NEEDS_TIMES, CostModel, check_cost_name
+from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
@@ -150,6 +150,8 @@ class RunResult:
             "cost": c.cost,
             "times": c.times,
             "hardware": c.hardware,
+            # each device's speed factor where --device-speed gives them (null: all alike)
+            "device_speed": None if c.device_speed is None else list(parse_device_speed(c.device_speed, c.devices)),
             "time_unit": self.trace.time_unit,
             "makespan": m.makespan,
             "bubble_fraction": m.bubble_fraction,
@@ -289,6 +291,8 @@ def prepare(config: RunConfig) -> Prepared:
         partition = tuple(range(cast(int, stage[0]), cast(int, stage[-1]) + 1) for stage in balanced.stages)
     else:
         partition = parse_partition(config.partition, len(layers), schedule.num_stages)
+    if times is not None:
+        times.check_partition([len(stage) for stage in partition])
     cost = cost_model(config, dtype, times, partition)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
     prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)

@@ -308,6 +308,8 @@ def measure(
     named: dict[str, str | int] = (
         {"layers": config.layers} if config.model is None else {"model": config.model, "seq_len": config.seq_len or 0}
     )
+    if kind == "stage":  # the stages measured: a run of another split is refused (Times.check_partition)
+        named["partition"] = ",".join(map(str, counts))
     about: dict[str, str | int] = {
         "tool": f"pipesched profile {__version__}",
         **named,

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Sequence
 
 from pydantic import AfterValidator, BaseModel, Field
 
@@ -229,6 +229,17 @@ class Times:
                     f"{self.path}: [about].{key} says these times were measured with {flag} {measured}, but the "
                     f"run has {flag} {value}; profile this run's model (pipesched profile) or fix [about].{key}"
                 )
+
+    def check_partition(self, sizes: Sequence[int]) -> None:
+        """Refuse per-stage times on another split than the one ``[about].partition`` says was measured."""
+        measured = self.about.get("partition")
+        ran = ",".join(map(str, sizes))
+        if not self.per_layer and measured is not None and str(measured).replace(" ", "") != ran:
+            raise ConfigError(
+                f"{self.path}: [about].partition says these stage times were measured on --partition {measured}, "
+                f"but the run splits its layers {ran}; run --partition {measured}, or profile per layer "
+                "(pipesched profile without --devices) so that any split can be timed"
+            )
 
     @property
     def seconds(self) -> float:

@@ -211,6 +211,9 @@ BAD = [
     (["--devices-per-node", "3", "--devices", "4"], "--devices 4 spans more than one node of 3 devices"),
     (["--efficiency", "1.5"], "--efficiency 1.5 is not in (0, 1]"),
     (["--efficiency", "0"], "--efficiency 0 is not in (0, 1]"),
+    # without a preset the rate is already achieved: an efficiency would count twice (a new user's find)
+    (["--model", "tiny-gpt", "--efficiency", "0.4"], "give the achieved rate as --device-flops 4e+13"),
+    (["--device-flops", "73.6e9", "--efficiency", "0.25"], "give the achieved rate as --device-flops 1.84e+10"),
     (["--devices-per-node", "0"], "--devices-per-node 0 is not allowed; use 1 or more"),
     (["--node-map", "0,0,1"], "--node-map '0,0,1' names 3 devices but the run has 4"),
     (["--node-map", "0,a,1,1"], "--node-map '0,a,1,1' is not a list of node numbers"),

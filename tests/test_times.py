@@ -172,3 +172,12 @@ def test_a_file_measured_on_another_model_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"\[about\].seq_len says .* --seq-len 32, but the run has --seq-len 16"):
         decoder.check_model(None, "tiny-gpt", 16)
     _load(tmp_path, 'time_unit = "s"\n[default]\nF = 1\nB = 2\n').check_model("4x3", None, None)  # no [about]
+
+
+def test_stage_times_on_another_split_are_refused(tmp_path):
+    # pipesched profile --devices writes the split it measured in [about].partition (a new user's find)
+    text = 'time_unit = "s"\n[default]\nF = 1\nB = 2\n[about]\npartition = "3,3,3,2"\n'
+    times = _load(tmp_path, text)
+    times.check_partition([3, 3, 3, 2])
+    with pytest.raises(ConfigError, match=r"measured on --partition 3,3,3,2, but the run splits its layers 2,3,3,3"):
+        times.check_partition([2, 3, 3, 3])
