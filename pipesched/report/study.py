@@ -70,17 +70,19 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class HardwareSection:
-    """Devices and links. Without a preset the default suits the seed model's scale: CPU-class devices
-    (10 GFLOP/s achieved) and links (10 GB/s, 1 µs), where its small matrices compute longer than they
-    take to send. ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
+    """Devices and links. Without a preset the machine is ``pipesched run``'s own default: the seed MLP on
+    the ``cpu`` preset's speed and links (pipesched.hardware.MLP_HARDWARE), where its small matrices
+    compute longer than they take to send, and a decoder on the flops cost model's defaults.
+    ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
     ``efficiency``, its memory, its links and devices per node, each replaced by the key that names it."""
 
     devices: int = 4
     cost: str = "flops"
-    # achieved without a preset; with one, its peak and intra-node link unless given (None)
-    device_flops: float | None = 1e10
-    link_bandwidth: float | None = 1e10
-    link_latency: float | None = 1e-6
+    # None: the run's own default (the cpu preset's for the MLP, the named preset's); a given value replaces
+    # it, achieved FLOP/s without a preset and peak with one, exactly as --device-flops and --link-* do
+    device_flops: float | None = None
+    link_bandwidth: float | None = None
+    link_latency: float | None = None
     overlap: str = "sum"
     device_memory: int | None = None  # None: the preset's memory
     preset: str | None = None
@@ -347,9 +349,10 @@ seed = 0
 [hardware]
 devices = 4
 cost = "flops"               # or "unit", or "measured" with [cost].times
-device_flops = 1e10          # FLOP per second
-link_bandwidth = 1e10        # bytes per second
-link_latency = 1e-6          # seconds
+# device_flops = 1e10        # optional: FLOP per second achieved (a preset's peak with one); default
+                             # pipesched run's: the MLP on the cpu preset, 36.8 GFLOP/s (73.6 peak x 0.5)
+# link_bandwidth = 1e10      # optional: bytes per second; default the cpu preset's 5.12e9 (a preset's own)
+# link_latency = 1e-6        # optional: seconds; default the cpu preset's 1e-6 (a preset's own)
 overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
 # preset = "h100-sxm"        # optional: a device preset or a .toml file of one (relative to this file); then
