@@ -158,6 +158,7 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     ]
     for stem, caption in figures:
         lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
+        lines += [results.notes[stem], ""] if stem in results.notes else []
     lines += [f"{note}\n" for note in results.left_out.values()]
     return "\n".join(lines)
 
@@ -178,7 +179,12 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
     body = "".join(
         "<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>" for row in comparison_rows(results)
     )
-    sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
+    sections = "".join(
+        f"<section><h2>{html.escape(caption)}</h2>{svg}"
+        + (f"<p>{html.escape(results.notes[stem])}</p>" if stem in results.notes else "")
+        + "</section>"
+        for stem, caption, svg in figures
+    )
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
     # the column (the body's content box) is PAGE_WIDTH_PX wide; the table fits it, its headings and partition
     # cells wrapping, and scrolls inside its own box rather than being cut off on a narrower window; a figure

@@ -24,7 +24,7 @@ from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
-from ..hardware import check_hardware
+from ..hardware import check_hardware, load_hardware
 from ..hardware import preset_names as hardware_presets
 from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
@@ -443,13 +443,38 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
     flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
     flags.update({"--hardware ": "[hardware].preset: ", "--devices ": "[hardware].devices: "})
     try:
+        _check_nodes(study, path, "devices_per_node" in given)
         check_hardware(config, training_precision(config)[0])
     except ConfigError as exc:
         message = str(exc)
         for flag, key in flags.items():
             message = message.replace(flag, key)
-        raise ConfigError(f"{path}: {message}") from None
+        raise ConfigError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     return study
+
+
+def _check_nodes(study: Study, path: str, per_node_given: bool) -> None:
+    """Every device count the study runs fills whole nodes when it spans more than one (pipesched.topology).
+
+    [hardware].devices unless node_map places its devices; each K of [sweep].devices, which runs without
+    node_map when it is not the study's own count (``collect.other_devices``).
+    """
+    h = study.hardware
+    per_node = h.devices_per_node
+    if per_node is None and h.preset is not None:
+        per_node = load_hardware(h.preset).devices_per_node  # a named preset's nodes; without one, one node
+    if per_node is None:
+        return
+    counts = [] if h.node_map is not None else [("[hardware].devices", h.devices)]
+    counts += [("[sweep].devices", k) for k in study.sweep.devices if h.node_map is None or k != h.devices]
+    fix = "leave devices_per_node out" if per_node_given else f"give devices_per_node (the preset's is {per_node})"
+    for where, k in counts:
+        if k > per_node and k % per_node:
+            also = ", or give each device's node in [hardware].node_map" if where == "[hardware].devices" else ""
+            raise ConfigError(
+                f"{path}: {where}: {k} spans more than one node of {per_node} devices but is not a multiple of "
+                f"{per_node}; use multiples of {per_node} (or fewer than {per_node}), or {fix}{also}"
+            )
 
 
 def trains(study: Study) -> bool:
