@@ -362,3 +362,41 @@ def test_every_sweep_device_count_that_fills_whole_nodes_is_accepted(tmp_path):
     study = tmp_path / "nodes.toml"
     study.write_text("[hardware]\ndevices_per_node = 2\n[sweep]\ndevices = [1, 2, 4, 6, 8]\n")
     assert load_study(str(study)).sweep.devices == (1, 2, 4, 6, 8)
+
+
+def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
+    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy reports the same."""
+    study_dir = tmp_path / "study"
+    (study_dir / "sched").mkdir(parents=True)
+    (study_dir / "cf.toml").write_text('time_unit = "ms"\n[default]\nF = 1.0\nI = 1.5\nW = 0.7\nsend = 0.1\n')
+    assert main(["export", "--strategy", "zb-h1", "-o", str(study_dir / "sched" / "mine.csv")]) == 0
+    (study_dir / "study.toml").write_text(
+        '[cost]\ntimes = "cf.toml"\n[compare]\nstrategies = ["gpipe", "sched/mine.csv"]\npartitions = ["uniform"]\n'
+        "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n"
+    )
+    first, second = tmp_path / "rep", tmp_path / "rep2"
+    assert main(["report", str(study_dir / "study.toml"), "-o", str(first)]) == 0
+    assert (first / "cf.toml").read_bytes() == (study_dir / "cf.toml").read_bytes()
+    assert (first / "sched" / "mine.csv").read_bytes() == (study_dir / "sched" / "mine.csv").read_bytes()
+    assert main(["report", str(first / "study.toml"), "-o", str(second)]) == 0
+    assert (second / "metrics.json").read_text() == (first / "metrics.json").read_text()
+    rows = json.loads((first / "metrics.json").read_text())["compare"]
+    assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+    # the report with its copies is still a report: it may be replaced by the next one
+    assert main(["report", str(first / "study.toml"), "-o", str(first)]) == 0
+
+
+def test_only_files_inside_the_studys_folder_are_copied(tmp_path):
+    from pipesched.report.render import copied_files
+
+    (tmp_path / "figures").mkdir()
+    for name in ("figures/t.toml", "cfg.json", "a.csv", "sub.csv"):
+        (tmp_path / name).write_text("")
+    (tmp_path.parent / "out.csv").write_text("")
+    study = tmp_path / "s.toml"
+    study.write_text(
+        '[cost]\ntimes = "figures/t.toml"\n[hardware]\npreset = "h100-sxm"\n[model]\nmodel = "cfg.json"\n'
+        f'[compare]\nstrategies = ["gpipe", "a.csv", "../out.csv", "{tmp_path / "sub.csv"}", "x/../a.csv"]\n'
+    )
+    # a preset's name is no file; "..", an absolute path and a folder the report writes itself stay behind
+    assert copied_files(str(study)) == ["a.csv", "cfg.json"]

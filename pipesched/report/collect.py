@@ -51,7 +51,7 @@ class StudyResults:
         return (
             {
                 "title": self.study.title,
-                "compare": [r.to_dict() for r in self.compare],
+                "compare": [self._relative(r.to_dict()) for r in self.compare],
                 "sweep_microbatches": self.sweep_microbatches,
                 "sweep_devices": self.sweep_devices,
                 "partitions": {name: b.to_dict() for name, b in self.partitions.items()},
@@ -60,6 +60,19 @@ class StudyResults:
             | ({"left_out": self.left_out} if self.left_out else {})
             | ({"notes": self.notes} if self.notes else {})
         )
+
+    def _relative(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A run's row with the files it names inside the study's folder relative to it, as the study writes them.
+
+        So metrics.json says the same wherever the study lies (a report's copied study.toml gives the same).
+        """
+        folder = self.study.folder
+        for key in ("strategy", "times", "hardware", "model"):
+            value = row.get(key)
+            if folder and isinstance(value, str) and os.path.isabs(value):
+                inside = os.path.relpath(value, folder)
+                row[key] = value if inside.split(os.sep)[0] == ".." else inside
+        return row
 
 
 def _label(strategy: str, chunks: int | None) -> str:

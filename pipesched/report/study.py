@@ -42,6 +42,7 @@ __all__ = [
     "TrainSection",
     "CostSection",
     "load_study",
+    "named_files",
     "trains",
     "layer_count",
     "default_study",
@@ -145,6 +146,8 @@ class Study:
     compare: CompareSection = field(default_factory=CompareSection)
     sweep: SweepSection = field(default_factory=SweepSection)
     train: TrainSection = field(default_factory=TrainSection)
+    #: the folder of the study file, which its relative paths start from (None: the built-in study)
+    folder: str | None = field(default=None, compare=False)
 
     def run_config(self, **overrides: Any) -> RunConfig:
         """The run config of the main comparison, with ``overrides``."""
@@ -387,6 +390,24 @@ strategy = "gpipe"
 """
 
 
+def named_files(data: dict[str, Any]) -> list[str]:
+    """The files a parsed study names by path, as written: [cost].times, a [hardware].preset file, a
+    [model].model config.json and the schedule CSVs of [compare].strategies (names of presets are not files).
+    """
+    sections = {key: value for key, value in data.items() if isinstance(value, dict)}
+    times, preset, model = (
+        sections.get(k, {}).get(v) for k, v in (("cost", "times"), ("hardware", "preset"), ("model", "model"))
+    )
+    strategies = sections.get("compare", {}).get("strategies")
+    named = [times]
+    named += [preset] if isinstance(preset, str) and preset not in hardware_presets() else []
+    named += [model] if isinstance(model, str) and model not in preset_names() else []
+    named += (
+        [s for s in strategies if isinstance(s, str) and s.endswith(".csv")] if isinstance(strategies, list) else []
+    )
+    return [name for name in named if isinstance(name, str)]
+
+
 def load_study(path: str) -> Study:
     """Read and check a study file; every problem names the key's path."""
     data = read_toml(path, "study")
@@ -414,6 +435,7 @@ def load_study(path: str) -> Study:
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
         study = replace(study, **{key: replace(section, **changes)})
+    study = replace(study, folder=os.path.dirname(os.path.abspath(path)))
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
     study = _resolve_times(study, path, data)
