@@ -258,7 +258,8 @@ def test_a_bad_hardware_file_names_the_key(tmp_path, edit, message, capsys):
 
 
 def test_a_study_names_its_preset_and_its_nodes(tmp_path):
-    study = _write(tmp_path, '[hardware]\npreset = "h100-sxm"\ndevices = 4\ndevices_per_node = 2\n', "s.toml")
+    nodes = '[hardware]\npreset = "h100-sxm"\ndevices = 4\ndevices_per_node = 2\n'
+    study = _write(tmp_path, nodes + "[sweep]\ndevices = [1, 2, 4]\n", "s.toml")  # K = 3 would span nodes unevenly
     config = load_study(study).run_config()
     assert (config.hardware, config.devices_per_node, config.device_flops) == ("h100-sxm", 2, None)
     bad = _write(tmp_path, '[hardware]\npreset = "h100-sxm"\ndevices = 3\ndevices_per_node = 2\n', "b.toml")

@@ -203,9 +203,11 @@ def test_a_partition_named_by_its_layer_counts_is_costed_at_the_studys_links(tmp
     counts = collect(load_study(str(study)), progress=False).partitions["2,3"]
     assert counts.sizes == [2, 3]
     # layers 8-16-16 | 16-16-16-4 on 2 rows (batch 8 / 4 micro-batches): F + B = 3 x 2 x rows x in x out FLOPs
-    # at a study's default 1e10 FLOP/s; the cut sends 2 rows x 16 float64 each way at the study's 1e9 bytes/s
+    # at a study's default, pipesched run's: the cpu preset's 73.6 GFLOP/s fp64 peak x 0.5 (README's preset table);
+    # the cut sends 2 rows x 16 float64 each way at the study's 1e9 bytes/s
+    achieved = 73.6e9 * 0.5
     assert counts.stage_costs == pytest.approx(
-        [6 * 2 * (8 * 16 + 16 * 16) / 1e10, 6 * 2 * (16 * 16 + 16 * 16 + 16 * 4) / 1e10]
+        [6 * 2 * (8 * 16 + 16 * 16) / achieved, 6 * 2 * (16 * 16 + 16 * 16 + 16 * 4) / achieved]
     )
     assert counts.link_loads == pytest.approx({(0, 1): 2 * 16 * 8 / 1e9, (1, 0): 2 * 16 * 8 / 1e9})
 
@@ -262,3 +264,139 @@ def test_a_failure_while_writing_names_the_folder_asked_for_and_leaves_nothing(t
     with pytest.raises(OSError) as failure:
         write_folder(str(blocker / "report"), fill)
     assert failure.value.filename == str(blocker / "report")
+
+
+def test_the_default_study_runs_on_the_machine_pipesched_run_assumes():
+    """Without hardware keys a study is ``pipesched run``'s machine: the cpu preset's numbers, not 10 GFLOP/s."""
+    from pipesched.hardware import flops_model
+    from pipesched.pipeline import RunConfig
+
+    study = flops_model(default_study().run_config(), "fp64")
+    run = flops_model(RunConfig(devices=4), "fp64")
+    # the cpu preset (README's table): 73.6 GFLOP/s fp64 peak at the default efficiency 0.5, 5.12 GB/s, 1 µs
+    expected = (73.6e9 * 0.5, 5.12e9, 1e-6)
+    assert (study.device_flops, study.link_bandwidth, study.link_latency) == pytest.approx(expected)
+    assert (run.device_flops, run.link_bandwidth, run.link_latency) == pytest.approx(expected)
+
+
+def test_hardware_numbers_a_study_gives_are_used_as_given(tmp_path):
+    path = tmp_path / "given.toml"
+    path.write_text("[hardware]\ndevice_flops = 1e10\nlink_bandwidth = 1e8\nlink_latency = 1e-4\n")
+    from pipesched.hardware import flops_model
+
+    cost = flops_model(load_study(str(path)).run_config(), "fp64")
+    assert (cost.device_flops, cost.link_bandwidth, cost.link_latency) == (1e10, 1e8, 1e-4)
+
+
+PER_DEVICE = """
+[model]
+layers = "8,16x7,4"
+batch = 8
+[hardware]
+devices = 4
+NODES
+[compare]
+strategies = ["gpipe"]
+microbatches = 4
+partitions = ["uniform"]
+[sweep]
+microbatches = [4]
+devices = [1, 2, 4]
+[train]
+steps = 1
+"""
+
+
+def test_a_node_map_and_device_speeds_apply_to_the_studys_own_device_count_only(tmp_path):
+    """node_map and device_speed name 4 devices: the sweep's K = 1, 2 and the one-device training run without them."""
+    keys = 'node_map = "0,0,1,1"\ndevice_speed = "2=0.5"\ninter_node_bandwidth = 1e6'
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_text(PER_DEVICE.replace("NODES", ""))
+    marked.write_text(PER_DEVICE.replace("NODES", keys))
+    assert main(["report", str(marked), "-o", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    base = collect(load_study(str(plain)), progress=False).metrics()
+    rows = {r["devices"]: r for r in metrics["sweep_devices"]}
+    same = {r["devices"]: r for r in base["sweep_devices"]}
+    for k in (1, 2):  # runs of another device count: exactly the study without the per-device keys
+        assert rows[k]["makespan_study"] == same[k]["makespan_study"]
+    # K = 4 is the study's own machine: a half-speed device and a 1 MB/s link between the nodes slow it
+    assert rows[4]["makespan_study"] > same[4]["makespan_study"]
+    assert metrics["train"]["single device"] == pytest.approx(base["train"]["single device"], rel=1e-12)
+    # the report says so under the figures those runs draw
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    for stem in ("speedup", "training"):
+        note = metrics["notes"][stem]
+        assert "node_map = '0,0,1,1'" in note and "device_speed = '2=0.5'" in note
+        assert markdown.index(note) > markdown.index(f"figures/{stem}.png")
+    assert "K = 1, 2 devices" in metrics["notes"]["speedup"] and "notes" not in base
+
+
+@pytest.mark.parametrize(
+    "hardware, message",
+    [
+        (
+            "devices_per_node = 2",
+            "[sweep].devices: 3 spans more than one node of 2 devices but is not a multiple of 2; "
+            "use multiples of 2 (or fewer than 2), or leave devices_per_node out",
+        ),
+        ("devices = 3\ndevices_per_node = 2", "[hardware].devices: 3 spans more than one node of 2 devices"),
+        ('node_map = "0,0,1"', "[hardware].node_map: '0,0,1' names 3 devices but the run has 4"),
+        ('device_speed = "7=0.5"', "[hardware].device_speed: '7=0.5' names device 7"),
+        ('preset = "h1000"', "[hardware].preset: 'h1000' is not a preset"),
+        ("inter_node_bandwidth = 0.5", "[hardware].inter_node_bandwidth: 0.5 is not a finite rate"),
+        ("link_latency = 2", "[hardware].link_latency: "),
+    ],
+)
+def test_a_study_s_hardware_errors_name_key_paths_not_flags(tmp_path, capsys, hardware, message):
+    """The default [sweep].devices = [1, 2, 3, 4, 6, 8] is checked against the nodes when the study is read."""
+    study = tmp_path / "bad.toml"
+    study.write_text(f"[hardware]\n{hardware}\n")
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--" not in err and err.count("\n") == 1
+    assert sorted(os.listdir(tmp_path)) == ["bad.toml"]
+
+
+def test_every_sweep_device_count_that_fills_whole_nodes_is_accepted(tmp_path):
+    study = tmp_path / "nodes.toml"
+    study.write_text("[hardware]\ndevices_per_node = 2\n[sweep]\ndevices = [1, 2, 4, 6, 8]\n")
+    assert load_study(str(study)).sweep.devices == (1, 2, 4, 6, 8)
+
+
+def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
+    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy reports the same."""
+    study_dir = tmp_path / "study"
+    (study_dir / "sched").mkdir(parents=True)
+    (study_dir / "cf.toml").write_text('time_unit = "ms"\n[default]\nF = 1.0\nI = 1.5\nW = 0.7\nsend = 0.1\n')
+    assert main(["export", "--strategy", "zb-h1", "-o", str(study_dir / "sched" / "mine.csv")]) == 0
+    (study_dir / "study.toml").write_text(
+        '[cost]\ntimes = "cf.toml"\n[compare]\nstrategies = ["gpipe", "sched/mine.csv"]\npartitions = ["uniform"]\n'
+        "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n"
+    )
+    first, second = tmp_path / "rep", tmp_path / "rep2"
+    assert main(["report", str(study_dir / "study.toml"), "-o", str(first)]) == 0
+    assert (first / "cf.toml").read_bytes() == (study_dir / "cf.toml").read_bytes()
+    assert (first / "sched" / "mine.csv").read_bytes() == (study_dir / "sched" / "mine.csv").read_bytes()
+    assert main(["report", str(first / "study.toml"), "-o", str(second)]) == 0
+    assert (second / "metrics.json").read_text() == (first / "metrics.json").read_text()
+    rows = json.loads((first / "metrics.json").read_text())["compare"]
+    assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+    # the report with its copies is still a report: it may be replaced by the next one
+    assert main(["report", str(first / "study.toml"), "-o", str(first)]) == 0
+
+
+def test_only_files_inside_the_studys_folder_are_copied(tmp_path):
+    from pipesched.report.render import copied_files
+
+    (tmp_path / "figures").mkdir()
+    for name in ("figures/t.toml", "cfg.json", "a.csv", "sub.csv"):
+        (tmp_path / name).write_text("")
+    (tmp_path.parent / "out.csv").write_text("")
+    study = tmp_path / "s.toml"
+    study.write_text(
+        '[cost]\ntimes = "figures/t.toml"\n[hardware]\npreset = "h100-sxm"\n[model]\nmodel = "cfg.json"\n'
+        f'[compare]\nstrategies = ["gpipe", "a.csv", "../out.csv", "{tmp_path / "sub.csv"}", "x/../a.csv"]\n'
+    )
+    # a preset's name is no file; "..", an absolute path and a folder the report writes itself stay behind
+    assert copied_files(str(study)) == ["a.csv", "cfg.json"]

@@ -43,7 +43,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
         results = collect(study)
     except PipeschedError as exc:  # a run the study asks for cannot be made: say which file asked
         raise type(exc)(f"{args.study or 'the built-in study'}: {exc}") from exc
-    page = write_report(results, args.output, text)
+    page = write_report(results, args.output, text, study_path=args.study)
     shown = ("strategy", "partition", "step", "bubble", "back to back", "peak memory")
     rows = [shown] + [tuple(row[COLUMNS.index(c)] for c in shown) for row in comparison_rows(results)]
     print(_table(rows))

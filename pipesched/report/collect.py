@@ -28,7 +28,7 @@ from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
 from .study import Study
 from .study import trains as can_train
 
-__all__ = ["StudyResults", "collect"]
+__all__ = ["StudyResults", "collect", "other_devices"]
 
 
 @dataclass
@@ -43,17 +43,36 @@ class StudyResults:
     train: dict[str, list[float]] = field(default_factory=dict)
     #: figures a study cannot draw, by file stem, each with the sentence the report prints instead
     left_out: dict[str, str] = field(default_factory=dict)
+    #: a sentence the report prints under a figure (by file stem) about how its runs differ from the study's
+    notes: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """Every number in the report's tables and figures, as JSON-ready data."""
-        return {
-            "title": self.study.title,
-            "compare": [r.to_dict() for r in self.compare],
-            "sweep_microbatches": self.sweep_microbatches,
-            "sweep_devices": self.sweep_devices,
-            "partitions": {name: b.to_dict() for name, b in self.partitions.items()},
-            "train": self.train,
-        } | ({"left_out": self.left_out} if self.left_out else {})
+        return (
+            {
+                "title": self.study.title,
+                "compare": [self._relative(r.to_dict()) for r in self.compare],
+                "sweep_microbatches": self.sweep_microbatches,
+                "sweep_devices": self.sweep_devices,
+                "partitions": {name: b.to_dict() for name, b in self.partitions.items()},
+                "train": self.train,
+            }
+            | ({"left_out": self.left_out} if self.left_out else {})
+            | ({"notes": self.notes} if self.notes else {})
+        )
+
+    def _relative(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A run's row with the files it names inside the study's folder relative to it, as the study writes them.
+
+        So metrics.json says the same wherever the study lies (a report's copied study.toml gives the same).
+        """
+        folder = self.study.folder
+        for key in ("strategy", "times", "hardware", "model"):
+            value = row.get(key)
+            if folder and isinstance(value, str) and os.path.isabs(value):
+                inside = os.path.relpath(value, folder)
+                row[key] = value if inside.split(os.sep)[0] == ".." else inside
+        return row
 
 
 def _label(strategy: str, chunks: int | None) -> str:
@@ -76,6 +95,33 @@ def _check_limits(study: Study) -> None:
     # every compared run's model, data and gradients stay alive until the last has run, and then a training run's
     check_memory(
         study.run_config(), copies=len(c.partitions) * len(c.strategies) + 1, names=("[model].layers", "[model].batch")
+    )
+
+
+def other_devices(study: Study, devices: int) -> dict[str, Any]:
+    """The overrides of a run of the study's model on ``devices`` devices.
+
+    ``[hardware].node_map`` and ``device_speed`` name the study's own devices
+    one by one, so a run of another device count (the speedup sweep's K, the
+    single-device training run) runs without them: on nodes of
+    ``devices_per_node`` (the preset's, else one node) and at full speed.
+    """
+    if devices == study.hardware.devices:
+        return {"devices": devices}
+    return {"devices": devices, "node_map": None, "device_speed": None}
+
+
+def _per_device_note(study: Study, runs: str) -> str | None:
+    """The sentence saying that ``runs`` (of other device counts) leave out the study's per-device keys."""
+    h = study.hardware
+    keys = [f"{k} = {v!r}" for k, v in (("node_map", h.node_map), ("device_speed", h.device_speed)) if v]
+    if not keys:
+        return None
+    both = len(keys) > 1
+    return (
+        f"[hardware].{' and '.join(keys)} name{'' if both else 's'} the study's {h.devices} devices one by one, "
+        f"so {runs} without {'them' if both else 'it'}: every device at full speed, on nodes of "
+        "devices_per_node (the preset's, else one node)."
     )
 
 
@@ -113,8 +159,8 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         for label, links in (("study", {}), ("free links", free)):
             # speed only: no memory cap, which K=1 (the whole model on one device) may well exceed
             config = study.run_config(
+                **other_devices(study, k),
                 strategy="gpipe",
-                devices=k,
                 partition="uniform" if decoder else "balanced",  # balanced decoder studies are not wired yet
                 compute=False,
                 device_memory=None,
@@ -125,7 +171,11 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     trains = []
     for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)) if can_train(study) else ():
         config = study.run_config(
-            strategy=study.train.strategy, devices=devices, reference=False, device_memory=None, allow_oom=True
+            **other_devices(study, devices),
+            strategy=study.train.strategy,
+            reference=False,
+            device_memory=None,
+            allow_oom=True,
         )
         if measured:  # the loss does not depend on the times, and one device has no measured stage of its own
             config = replace(config, cost="flops", times=None)
@@ -187,6 +237,14 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         )
     else:
         _partitions(study, results)
+    others = [k for k in study.sweep.devices if k != study.hardware.devices]
+    for stem, what, runs in (
+        ("speedup", f"the runs of K = {', '.join(map(str, others))} devices run", others and not measured),
+        ("training", "the single-device run runs", trains),
+    ):
+        note = _per_device_note(study, what) if runs else None
+        if note:
+            results.notes[stem] = note
     if not trains:
         results.left_out["training"] = (
             "The training loss is left out: a study of a decoder does not train yet (pipesched train --model does)."

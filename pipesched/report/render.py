@@ -20,17 +20,20 @@ import tempfile
 from typing import Any, Callable
 
 from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
+from ..errors import ConfigError
+from ..files import read_toml
 from ..hardware import default_memory, describe
 from ..pipeline import training_precision
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
-from .study import Study
+from .study import Study, named_files
 
 __all__ = [
     "write_report",
     "write_folder",
     "is_report",
+    "copied_files",
     "COLUMNS",
     "comparison_columns",
     "comparison_rows",
@@ -158,6 +161,7 @@ def _markdown(results: StudyResults, figures: list[tuple[str, str]]) -> str:
     ]
     for stem, caption in figures:
         lines += [f"## {caption}", "", f"![{caption}](figures/{stem}.png)", ""]
+        lines += [results.notes[stem], ""] if stem in results.notes else []
     lines += [f"{note}\n" for note in results.left_out.values()]
     return "\n".join(lines)
 
@@ -178,7 +182,12 @@ def _html(results: StudyResults, figures: list[tuple[str, str, str]], traces: li
     body = "".join(
         "<tr>" + "".join(_cell(c, name) for c, name in zip(row, COLUMNS)) + "</tr>" for row in comparison_rows(results)
     )
-    sections = "".join(f"<section><h2>{html.escape(caption)}</h2>{svg}</section>" for _, caption, svg in figures)
+    sections = "".join(
+        f"<section><h2>{html.escape(caption)}</h2>{svg}"
+        + (f"<p>{html.escape(results.notes[stem])}</p>" if stem in results.notes else "")
+        + "</section>"
+        for stem, caption, svg in figures
+    )
     links = " ".join(f'<a href="{html.escape(t)}">{html.escape(t)}</a>' for t in traces)
     # the column (the body's content box) is PAGE_WIDTH_PX wide; the table fits it, its headings and partition
     # cells wrapping, and scrolls inside its own box rather than being cut off on a narrower window; a figure
@@ -214,11 +223,42 @@ def _svg(fig: Any) -> str:
 REPORT_FILES = {"index.html", "report.md", "metrics.json", "study.toml", "figures"}
 
 
+def _report_name(name: str) -> bool:
+    """Whether a report writes ``name`` at its top level itself."""
+    return name in REPORT_FILES or (name.startswith("trace-") and name.endswith(".json"))
+
+
+def copied_files(study_path: str) -> list[str]:
+    """The files the study at ``study_path`` names that its report copies beside its study.toml.
+
+    Those named by a relative path that stays inside the folder (no ``..``,
+    not absolute), at that same path, so the copied study.toml runs again;
+    a path the report writes itself (metrics.json, figures/...) is not copied.
+    """
+    try:
+        data = read_toml(study_path, "study")
+    except ConfigError:
+        return []
+    copied = []
+    for name in named_files(data):
+        parts = os.path.normpath(name).split(os.sep)
+        if os.path.isabs(name) or ".." in parts or _report_name(parts[0]):
+            continue
+        if os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(study_path)), name)):
+            copied.append(os.path.normpath(name))
+    return sorted(set(copied))
+
+
 def is_report(folder: str) -> bool:
-    """Whether ``folder`` holds an earlier report and nothing else (so replacing it loses nothing)."""
+    """Whether ``folder`` holds an earlier report and nothing else (so replacing it loses nothing).
+
+    The files its study.toml names and the report copied (``copied_files``) belong to it.
+    """
     names = set(os.listdir(folder))
-    extra = {n for n in names - REPORT_FILES if not (n.startswith("trace-") and n.endswith(".json"))}
-    return {"metrics.json", "study.toml"} <= names and not extra
+    if not {"metrics.json", "study.toml"} <= names:
+        return False
+    ours = {name.split(os.sep)[0] for name in copied_files(os.path.join(folder, "study.toml"))}
+    return not {n for n in names - ours if not _report_name(n)}
 
 
 def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
@@ -255,9 +295,19 @@ def write_folder(out_dir: str, fill: Callable[[str], None]) -> str:
 
 
 def write_report(
-    results: StudyResults, out_dir: str, config_text: str, progress: Callable[[str], None] | None = None
+    results: StudyResults,
+    out_dir: str,
+    config_text: str,
+    progress: Callable[[str], None] | None = None,
+    study_path: str | None = None,
 ) -> str:
-    """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html."""
+    """Render ``results`` into ``out_dir`` (replaced whole); returns the path of index.html.
+
+    ``study_path``, the study file ``config_text`` was read from: the files it names inside its folder are
+    copied at the same relative paths (``copied_files``), so the report's study.toml runs again.
+    """
+    copies = [] if study_path is None else copied_files(study_path)
+    source = os.path.dirname(os.path.abspath(study_path or "."))
     import matplotlib.pyplot as plt
 
     from .figures import FIGURES  # matplotlib loads here, for reports only
@@ -292,5 +342,9 @@ def write_report(
             f.write(_html(results, inline, traces, config_text))
         with open(os.path.join(work, "study.toml"), "w", encoding="utf-8") as f:
             f.write(config_text)
+        for name in copies:  # inside the folder built aside: a failure leaves nothing half-copied
+            target = os.path.join(work, name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(os.path.join(source, name), target)
 
     return os.path.join(write_folder(out_dir, fill), "index.html")

@@ -24,7 +24,7 @@ from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
-from ..hardware import check_hardware
+from ..hardware import check_hardware, load_hardware
 from ..hardware import preset_names as hardware_presets
 from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
@@ -42,6 +42,7 @@ __all__ = [
     "TrainSection",
     "CostSection",
     "load_study",
+    "named_files",
     "trains",
     "layer_count",
     "default_study",
@@ -70,17 +71,19 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class HardwareSection:
-    """Devices and links. Without a preset the default suits the seed model's scale: CPU-class devices
-    (10 GFLOP/s achieved) and links (10 GB/s, 1 µs), where its small matrices compute longer than they
-    take to send. ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
+    """Devices and links. Without a preset the machine is ``pipesched run``'s own default: the seed MLP on
+    the ``cpu`` preset's speed and links (pipesched.hardware.MLP_HARDWARE), where its small matrices
+    compute longer than they take to send, and a decoder on the flops cost model's defaults.
+    ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
     ``efficiency``, its memory, its links and devices per node, each replaced by the key that names it."""
 
     devices: int = 4
     cost: str = "flops"
-    # achieved without a preset; with one, its peak and intra-node link unless given (None)
-    device_flops: float | None = 1e10
-    link_bandwidth: float | None = 1e10
-    link_latency: float | None = 1e-6
+    # None: the run's own default (the cpu preset's for the MLP, the named preset's); a given value replaces
+    # it, achieved FLOP/s without a preset and peak with one, exactly as --device-flops and --link-* do
+    device_flops: float | None = None
+    link_bandwidth: float | None = None
+    link_latency: float | None = None
     overlap: str = "sum"
     device_memory: int | None = None  # None: the preset's memory
     preset: str | None = None
@@ -143,6 +146,8 @@ class Study:
     compare: CompareSection = field(default_factory=CompareSection)
     sweep: SweepSection = field(default_factory=SweepSection)
     train: TrainSection = field(default_factory=TrainSection)
+    #: the folder of the study file, which its relative paths start from (None: the built-in study)
+    folder: str | None = field(default=None, compare=False)
 
     def run_config(self, **overrides: Any) -> RunConfig:
         """The run config of the main comparison, with ``overrides``."""
@@ -347,9 +352,10 @@ seed = 0
 [hardware]
 devices = 4
 cost = "flops"               # or "unit", or "measured" with [cost].times
-device_flops = 1e10          # FLOP per second
-link_bandwidth = 1e10        # bytes per second
-link_latency = 1e-6          # seconds
+# device_flops = 1e10        # optional: FLOP per second achieved (a preset's peak with one); default
+                             # pipesched run's: the MLP on the cpu preset, 36.8 GFLOP/s (73.6 peak x 0.5)
+# link_bandwidth = 1e10      # optional: bytes per second; default the cpu preset's 5.12e9 (a preset's own)
+# link_latency = 1e-6        # optional: seconds; default the cpu preset's 1e-6 (a preset's own)
 overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
 # preset = "h100-sxm"        # optional: a device preset or a .toml file of one (relative to this file); then
@@ -384,6 +390,24 @@ strategy = "gpipe"
 """
 
 
+def named_files(data: dict[str, Any]) -> list[str]:
+    """The files a parsed study names by path, as written: [cost].times, a [hardware].preset file, a
+    [model].model config.json and the schedule CSVs of [compare].strategies (names of presets are not files).
+    """
+    sections = {key: value for key, value in data.items() if isinstance(value, dict)}
+    times, preset, model = (
+        sections.get(k, {}).get(v) for k, v in (("cost", "times"), ("hardware", "preset"), ("model", "model"))
+    )
+    strategies = sections.get("compare", {}).get("strategies")
+    named = [times]
+    named += [preset] if isinstance(preset, str) and preset not in hardware_presets() else []
+    named += [model] if isinstance(model, str) and model not in preset_names() else []
+    named += (
+        [s for s in strategies if isinstance(s, str) and s.endswith(".csv")] if isinstance(strategies, list) else []
+    )
+    return [name for name in named if isinstance(name, str)]
+
+
 def load_study(path: str) -> Study:
     """Read and check a study file; every problem names the key's path."""
     data = read_toml(path, "study")
@@ -411,6 +435,7 @@ def load_study(path: str) -> Study:
             except ValueError as exc:
                 raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
         study = replace(study, **{key: replace(section, **changes)})
+    study = replace(study, folder=os.path.dirname(os.path.abspath(path)))
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
     study = _resolve_times(study, path, data)
@@ -440,13 +465,38 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
     flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
     flags.update({"--hardware ": "[hardware].preset: ", "--devices ": "[hardware].devices: "})
     try:
+        _check_nodes(study, path, "devices_per_node" in given)
         check_hardware(config, training_precision(config)[0])
     except ConfigError as exc:
         message = str(exc)
         for flag, key in flags.items():
             message = message.replace(flag, key)
-        raise ConfigError(f"{path}: {message}") from None
+        raise ConfigError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
     return study
+
+
+def _check_nodes(study: Study, path: str, per_node_given: bool) -> None:
+    """Every device count the study runs fills whole nodes when it spans more than one (pipesched.topology).
+
+    [hardware].devices unless node_map places its devices; each K of [sweep].devices, which runs without
+    node_map when it is not the study's own count (``collect.other_devices``).
+    """
+    h = study.hardware
+    per_node = h.devices_per_node
+    if per_node is None and h.preset is not None:
+        per_node = load_hardware(h.preset).devices_per_node  # a named preset's nodes; without one, one node
+    if per_node is None:
+        return
+    counts = [] if h.node_map is not None else [("[hardware].devices", h.devices)]
+    counts += [("[sweep].devices", k) for k in study.sweep.devices if h.node_map is None or k != h.devices]
+    fix = "leave devices_per_node out" if per_node_given else f"give devices_per_node (the preset's is {per_node})"
+    for where, k in counts:
+        if k > per_node and k % per_node:
+            also = ", or give each device's node in [hardware].node_map" if where == "[hardware].devices" else ""
+            raise ConfigError(
+                f"{path}: {where}: {k} spans more than one node of {per_node} devices but is not a multiple of "
+                f"{per_node}; use multiples of {per_node} (or fewer than {per_node}), or {fix}{also}"
+            )
 
 
 def trains(study: Study) -> bool:
