@@ -57,7 +57,8 @@ def oom_message(device: int, sample: MemorySample, capacity: int | None, trace: 
     )
     return (
         f"device {device} runs out of memory at {format_time(sample.time, trace.time_unit)}: it holds "
-        f"{format_bytes(sample.total_bytes)} ({parts}) but --device-memory is {format_bytes(capacity or 0)}; "
+        f"{format_bytes(sample.total_bytes)} ({parts}) but the device has {format_bytes(capacity or 0)} "
+        "(--device-memory, else the --hardware preset's memory); "
         f"{advice}, or --allow-oom to report it instead"
     )
 

@@ -79,7 +79,15 @@ def _at_least_one(value: int) -> int:
     return value
 
 
+def _per_second(value: float) -> float:
+    # the flags' rule (pipesched.cost.FlopsCost): so a file's rate fails at its own key, not at a flag it never gave
+    if not (math.isfinite(value) and value >= 1):
+        raise ValueError("is not a finite rate of at least 1 per second; give e.g. 1e12")
+    return value
+
+
 Latency = Annotated[float, AfterValidator(_latency)]
+Rate = Annotated[float, AfterValidator(_per_second)]
 
 
 class Link(BaseModel):
@@ -87,7 +95,7 @@ class Link(BaseModel):
 
     model_config = STRICT
     name: str
-    bandwidth: PositiveNumber
+    bandwidth: Rate
     latency: Latency
     source: str = ""
 
@@ -96,10 +104,10 @@ class PeakFlops(BaseModel):
     """Dense peak FLOP/s of the matrix units in each training precision (pipesched.precision's names)."""
 
     model_config = STRICT
-    bf16: PositiveNumber
-    fp16: PositiveNumber
-    fp32: PositiveNumber
-    fp64: PositiveNumber
+    bf16: Rate
+    fp16: Rate
+    fp32: Rate
+    fp64: Rate
 
 
 class Hardware(BaseModel):
@@ -236,14 +244,16 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         else:
             peak = _given(config.device_flops, float(getattr(hardware.peak_flops, dtype)))
             achieved = peak * _given(config.efficiency, DEFAULT_EFFICIENCY)
-    if not named:  # the seed MLP's cpu links keep their names only where their numbers are the preset's
-        if config.link_bandwidth is not None or config.link_latency is not None:
-            intra = intra._replace(name="link")
-        if config.inter_node_bandwidth is not None or config.inter_node_latency is not None:
-            inter = inter._replace(name="inter-node link")
+    # a link keeps its preset's name only while its numbers are the preset's: "NVLink 4" at 1 GB/s would mislead
+    if config.link_bandwidth is not None or config.link_latency is not None:
+        intra = intra._replace(name="link")
+    if config.inter_node_bandwidth is not None or config.inter_node_latency is not None:
+        inter = inter._replace(name="inter-node link")
     intra = intra._replace(
         bandwidth=_given(config.link_bandwidth, intra.bandwidth), latency=_given(config.link_latency, intra.latency)
     )
+    if hardware is None:  # no preset: one kind of link, so the flags that set it set the link between nodes too
+        inter = inter._replace(bandwidth=intra.bandwidth, latency=intra.latency)
     inter = inter._replace(
         bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
         latency=_given(config.inter_node_latency, inter.latency),

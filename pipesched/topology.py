@@ -105,7 +105,14 @@ def make_topology(
     if isinstance(devices_per_node, bool) or not isinstance(devices_per_node, int) or devices_per_node < 1:
         raise ConfigError(f"--devices-per-node {devices_per_node!r} is not allowed; use 1 or more")
     if node_map is not None:
-        return Topology(devices, devices_per_node, intra, inter, parse_node_map(node_map, devices))
+        nodes = parse_node_map(node_map, devices)
+        full = max(set(nodes), key=lambda n: (nodes.count(n), -n))
+        if nodes.count(full) > devices_per_node:  # a map may leave nodes part-empty, never overfill one
+            raise ConfigError(
+                f"--node-map {node_map!r} puts {nodes.count(full)} devices on node {full}, which holds "
+                f"{devices_per_node}; spread them over more nodes, or give --devices-per-node {nodes.count(full)}"
+            )
+        return Topology(devices, devices_per_node, intra, inter, nodes)
     if devices > devices_per_node and devices % devices_per_node:
         smaller = devices // devices_per_node * devices_per_node
         larger = smaller + devices_per_node

@@ -331,8 +331,11 @@ def _kind(trace: Trace, src: int, dst: int) -> str:
 
 
 def _link_args(trace: Trace, src: int, dst: int) -> dict[str, Any]:
+    """The link's name and whether it leaves its node, on every send of a trace whose links are named or span
+    nodes (the same rule as ``_kind``): never on some sends and not others."""
     name, inter = trace.links.get((src, dst), ("link", False))
-    return {} if name == "link" and not inter else {"link": name, "inter_node": inter}
+    named = any(n != "link" or i for n, i in trace.links.values())
+    return {"link": name, "inter_node": inter} if named else {}
 
 
 def to_chrome(trace: Trace) -> dict[str, Any]:

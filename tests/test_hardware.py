@@ -14,15 +14,15 @@ from pipesched.hardware import DEFAULT_EFFICIENCY, load_hardware, preset_names
 from pipesched.report.study import load_study
 
 # Typed from the vendors' datasheets (not read from pipesched/hardware.toml): dense peak TFLOP/s in bf16,
-# fp16, fp32 (the matrix units' fp32: TF32 on NVIDIA, FP32 Matrix on AMD) and fp64 (Tensor Core / matrix);
-# memory in GB; NVLink/Infinity Fabric GB/s of both directions; the inter-node NIC in Gb/s.
-# NVIDIA H100/H200 print TF32, BF16 and FP16 "with sparsity" only: 989, 1,979, 1,979 -> dense half.
+# fp16, fp32 (full precision: the CUDA cores' FP32 on NVIDIA, as PyTorch leaves TF32 off; FP32 Matrix on AMD)
+# and fp64 (Tensor Core / matrix); memory in GB; NVLink/Infinity Fabric GB/s of both directions; the NIC in Gb/s.
+# NVIDIA H100/H200 print BF16 and FP16 "with sparsity" only: 1,979 -> dense half.
 DATASHEETS = {
     #             bf16     fp16     fp32    fp64   GB   link both ways  NIC Gb/s
-    "a100-40gb": (312, 312, 156, 19.5, 40, 600, 200),
-    "a100-80gb": (312, 312, 156, 19.5, 80, 600, 200),
-    "h100-sxm": (1979 / 2, 1979 / 2, 989 / 2, 67, 80, 900, 400),
-    "h200": (1979 / 2, 1979 / 2, 989 / 2, 67, 141, 900, 400),
+    "a100-40gb": (312, 312, 19.5, 19.5, 40, 600, 200),
+    "a100-80gb": (312, 312, 19.5, 19.5, 80, 600, 200),
+    "h100-sxm": (1979 / 2, 1979 / 2, 67, 67, 80, 900, 400),
+    "h200": (1979 / 2, 1979 / 2, 67, 67, 141, 900, 400),
     "mi300x": (1307.4, 1307.4, 163.4, 163.4, 192, 128, 400),
 }
 
@@ -120,9 +120,12 @@ def test_sends_inside_a_node_and_across_nodes_take_their_links_times(tmp_path):
     ]
     assert result.metrics.makespan == 24.0
     assert result.trace.links[(1, 2)] == ("slow", True) and result.trace.links[(0, 1)] == ("fast", False)
-    # a node map that puts every device on one node: every send takes the fast link
-    flat = run(RunConfig(**{**config.__dict__, "node_map": "0,0,0,0"}))
+    # a node map that puts every device on one node of 4: every send takes the fast link
+    flat = run(RunConfig(**{**config.__dict__, "node_map": "0,0,0,0", "devices_per_node": 4}))
     assert sorted(t.arrival - t.start for t in flat.trace.transfers) == [1.5] * 6
+    # the same map on nodes of 2 overfills node 0 (a reader's find: it once ran as one node without a word)
+    with pytest.raises(ConfigError, match=r"puts 4 devices on node 0, which holds 2"):
+        run(RunConfig(**{**config.__dict__, "node_map": "0,0,0,0"}))
 
 
 def test_the_trace_names_each_link(tmp_path):
@@ -142,7 +145,7 @@ def test_a_presets_memory_is_the_default_device_memory(tmp_path, capsys):
     with pytest.raises(OutOfMemoryError):
         run(RunConfig(hardware=small, devices=2, compute=False))
     assert main(["run", "--hardware", small, "--devices", "2", "--no-compute"]) == 2
-    assert "--device-memory is 1000 B" in capsys.readouterr().err
+    assert "but the device has 1000 B (--device-memory, else the --hardware preset's memory)" in capsys.readouterr().err
     marked = run(RunConfig(hardware=small, devices=2, compute=False, allow_oom=True))
     assert marked.trace.oom is not None and marked.config.device_memory == 1000
     roomy = run(RunConfig(hardware=small, devices=2, compute=False, device_memory=10**9))  # the flag wins
@@ -159,8 +162,8 @@ def test_a_preset_gives_peak_times_efficiency_in_the_training_dtype():
         trace = run(RunConfig(**base, dtype=dtype, efficiency=efficiency)).trace
         first = next(s for s in trace.spans if s.name == "0F0")
         spans[dtype, efficiency] = first.end - first.start
-    # bf16 peak 989.5 TFLOP/s, fp32 (TF32) 494.5: the same FLOPs take 989.5/494.5 as long; efficiency halves speed
-    assert spans["fp32", None] / spans["bf16", None] == pytest.approx(989.5 / 494.5)
+    # bf16 peak 989.5 TFLOP/s, fp32 67: the same FLOPs take 989.5/67 as long; efficiency 0.25 halves speed
+    assert spans["fp32", None] / spans["bf16", None] == pytest.approx(989.5 / 67)
     assert spans["bf16", 0.25] / spans["bf16", None] == pytest.approx(2.0)
 
 
@@ -239,7 +242,7 @@ def test_bad_hardware_flags_exit_2_with_one_sentence(argv, message, capsys):
     [
         (
             ("bandwidth = 16", "bandwidth = -1"),
-            "mine.toml: [inter_node].bandwidth: -1 is not a positive finite number; fix it and run again",
+            "mine.toml: [inter_node].bandwidth: -1 is not a finite rate of at least 1 per second; give e.g. 1e12",
         ),
         (("latency = 1\n", "latency = 2\n"), "mine.toml: [inter_node].latency: 2 is not between 0 and 1 second"),
         (("fp64 = 64\n", ""), "mine.toml: [peak_flops].fp64 is missing; add it"),
