@@ -119,7 +119,8 @@ class _Engine(Links, Collectives):
                     self.backward_on[(a.stage, a.microbatch)] = d
                     self.backward_op[(a.stage, a.microbatch)] = a.op
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
-        self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
+        # the unit cost model's F of one stage: K / S, K the devices of one pipeline replica (pipesched.layout)
+        self.stage_units = devices / schedule.replicas / self.num_stages
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
         ties = tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
         self.program = [self._program(d, actions, replicas, ties) for d, actions in enumerate(schedule.actions)]

@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel
 from .cost import CostModel, FlopsCost, SpeedCost, make_cost_model, parse_device_speed
 from .errors import ConfigError
 from .files import read_toml
+from .layout import total_devices
 from .schema import STRICT, Fraction, PositiveNumber, validate
 from .topology import LinkKind, make_topology
 
@@ -248,8 +249,9 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
         latency=_given(config.inter_node_latency, inter.latency),
     )
-    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else config.devices)
-    topology = make_topology(config.devices, per_node, config.node_map, intra, inter)
+    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config))
+    # every device of the run: K·D with data-parallel replicas, numbered as pipesched.layout says
+    topology = make_topology(total_devices(config), per_node, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
 
 
@@ -262,7 +264,7 @@ def check_hardware(config: RunConfig, dtype: str) -> None:
     """Every hardware flag checked (preset, nodes, links, efficiency, device speeds): cheap, before any planning."""
     flops_model(config, dtype)
     if config.device_speed is not None:
-        parse_device_speed(config.device_speed, config.devices)
+        parse_device_speed(config.device_speed, total_devices(config))
 
 
 def cost_model(
@@ -284,7 +286,7 @@ def cost_model(
         flops.topology,
     )
     if config.device_speed is not None:
-        cost = SpeedCost(cost, parse_device_speed(config.device_speed, config.devices))
+        cost = SpeedCost(cost, parse_device_speed(config.device_speed, total_devices(config)))
     return cost
 
 
@@ -316,7 +318,7 @@ def describe(config: RunConfig, dtype: str) -> str:
     if config.cost == "measured":  # compute times are the file's: only the links are the hardware's
         name = f"compute times from {os.path.basename(config.times or '')}, sends it does not time over these links"
     if config.device_speed is not None:
-        speeds = parse_device_speed(config.device_speed, config.devices)
+        speeds = parse_device_speed(config.device_speed, total_devices(config))
         slow = ", ".join(f"device {d} at {f:g}x" for d, f in enumerate(speeds) if f != 1)
         name = f"{name}, {slow or 'every device at 1x'}"
     nodes = topology.node_count
