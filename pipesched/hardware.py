@@ -249,7 +249,9 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
         latency=_given(config.inter_node_latency, inter.latency),
     )
-    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config))
+    per_node = _given(
+        config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config)
+    )
     # every device of the run: K·D with data-parallel replicas, numbered as pipesched.layout says
     topology = make_topology(total_devices(config), per_node, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
