@@ -248,3 +248,18 @@ def test_unit_stage_cost_is_one_pipelines():
         (0, "B", 2.0), (0, "F", 1.0), (1, "B", 2.0), (1, "F", 1.0), (2, "B", 2.0), (2, "F", 1.0), (3, "B", 2.0),
         (3, "F", 1.0),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("remat", ["never", "always", "except_last"])
+def test_each_replica_holds_what_one_pipeline_holds(remat):
+    """D replicas of micro-batches of the same rows: each device's peak activations are its pipeline device's alone.
+
+    The reference is the single pipeline on a batch D times smaller (the same rows per micro-batch);
+    under ``except_last`` each replica keeps its own last micro-batch, as one pipeline does.
+    """
+    base = RunConfig(layers="6,8x3,3", batch=8, devices=2, microbatches=4, strategy="gpipe", remat=remat, cost="unit")
+    one = run(base)
+    many = run(RunConfig(**{**base.__dict__, "batch": 16, "data_parallel": 2}))
+    assert many.metrics.peak_activation_bytes == [b for b in one.metrics.peak_activation_bytes for _ in range(2)]
+    # and recomputes what it recomputes: busy time counts each recompute forward
+    assert many.metrics.busy == [b for b in one.metrics.busy for _ in range(2)]
