@@ -198,6 +198,7 @@ class Prepared:
     target: np.ndarray | None = None
     decoder: Any = None  # a decoder run's DecoderConfig (pipesched.decoder), its model when computing
     decoder_model: Any = None
+    plan: Schedule | None = None  # one pipeline replica's schedule, as the strategy planned it (pipesched.layout)
 
 
 def _check_counts(config: RunConfig) -> None:
@@ -303,8 +304,17 @@ def prepare(config: RunConfig) -> Prepared:
         times.check_partition([len(stage) for stage in partition])
     cost = cost_model(config, dtype, times, partition)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
-    schedule = layout.replicate(schedule, config.data_parallel, config.microbatches)
-    prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)
+    prepared = Prepared(
+        config,
+        tuple(layers),
+        layout.replicate(schedule, config.data_parallel, config.microbatches),
+        partition,
+        slices,
+        cost,
+        bubble,
+        balanced,
+    )
+    prepared.plan = schedule
     prepared.decoder = model_config
     if config.compute and model_config is not None:
         from .decoder import DecoderModel, make_tokens

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -232,8 +233,6 @@ class TestRun:
     def test_cli_json(self, capsys):
         assert main(["run", "--data-parallel", "2", "--devices", "2", "--batch", "8", "--microbatches", "2",
                      "--layers", "6,8x3,3", "--json"]) == 0  # fmt: skip
-        import json
-
         data = json.loads(capsys.readouterr().out)
         assert data["data_parallel"] == 2 and data["devices"] == 2 and len(data["busy"]) == 4
         assert data["grad_rel_err"] < 1e-12
@@ -263,3 +262,13 @@ def test_each_replica_holds_what_one_pipeline_holds(remat):
     assert many.metrics.peak_activation_bytes == [b for b in one.metrics.peak_activation_bytes for _ in range(2)]
     # and recomputes what it recomputes: busy time counts each recompute forward
     assert many.metrics.busy == [b for b in one.metrics.busy for _ in range(2)]
+
+
+def test_balance_places_one_pipeline(capsys):
+    """`balance --data-parallel 2` balances one replica: the same loads as one pipeline on its share of the batch."""
+    flags = ["--devices", "2", "--layers", "16,32x3,4", "--microbatches", "2", "--json"]
+    assert main(["balance", *flags, "--batch", "4"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert main(["balance", *flags, "--batch", "8", "--data-parallel", "2"]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert many["uniform"]["bottleneck"] == one["uniform"]["bottleneck"] and many["sizes"] == one["sizes"]
