@@ -253,7 +253,15 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config)
     )
     # every device of the run: K·D with data-parallel replicas, numbered as pipesched.layout says
-    topology = make_topology(total_devices(config), per_node, config.node_map, intra, inter)
+    devices = total_devices(config)
+    if config.data_parallel > 1 and config.node_map is None and per_node < devices and devices % per_node:
+        # make_topology's own sentence would name --devices K·D, a value the user did not give
+        raise ConfigError(
+            f"--devices {config.devices} x --data-parallel {config.data_parallel} = {devices} devices span more "
+            f"than one node of {per_node} but do not fill whole nodes; make the product a multiple of {per_node}, "
+            f"or give each device's node with --node-map"
+        )
+    topology = make_topology(devices, per_node, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
 
 

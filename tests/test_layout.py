@@ -216,6 +216,11 @@ class TestRun:
         [
             (["--data-parallel", "0"], "--data-parallel 0 is not allowed; use 1"),
             (
+                ["--data-parallel", "2", "--devices", "3", "--devices-per-node", "4"],
+                "--devices 3 x --data-parallel 2 = 6 devices span more than one node of 4 but do not fill whole",
+            ),
+            (["--data-parallel", "2", "--devices", "2", "--node-map", "0,0,1"], "names 3 devices but the run has 4"),
+            (
                 ["--data-parallel", "2", "--microbatches", "4", "--batch", "7"],
                 "--batch 7 cannot be split over --data-parallel 2 x --microbatches 4 = 8 micro-batches",
             ),
