@@ -235,7 +235,9 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
     ``config.chunks`` must be resolved; ``copies`` counts runs whose arrays are alive at once.
     """
     chunks = config.chunks or 1
-    check_actions(layout.total_devices(config), config.microbatches, chunks)  # each replica runs M micro-batches
+    # each of the D replicas runs the pipeline's actions on its own M micro-batches: K·D devices' worth
+    names = ("--devices x --data-parallel", "--microbatches", "--chunks") if config.data_parallel > 1 else ()
+    check_actions(layout.total_devices(config), config.microbatches, chunks, names)
     stages = planned_stages(strategy, config.devices, chunks)
     if config.model is not None:
         count = len(decoder.chain(decoder.resolve(config.model, config.seq_len)))

@@ -220,6 +220,11 @@ class TestRun:
                 "--devices 3 x --data-parallel 2 = 6 devices span more than one node of 4 but do not fill whole",
             ),
             (["--data-parallel", "2", "--devices", "2", "--node-map", "0,0,1"], "names 3 devices but the run has 4"),
+            (  # 3 x 1000 x 1000 x 2 x 1 = 6,000,000 actions: one replica (3,000,000) would fit
+                ["--data-parallel", "2", "--devices", "1000", "--microbatches", "1000", "--batch", "2000"],
+                "--devices x --data-parallel 2000 x --microbatches 1000 x --chunks 1 makes a schedule of up to "
+                "6,000,000 actions",
+            ),
             (
                 ["--data-parallel", "2", "--microbatches", "4", "--batch", "7"],
                 "--batch 7 cannot be split over --data-parallel 2 x --microbatches 4 = 8 micro-batches",
