@@ -10,7 +10,9 @@
   K/S and B twice that (I=W=F), whatever the micro-batch size; transfers are
   free. One stage per device: F=1, B=2. v chunks per device: 1/v and 2/v. A
   data-parallel replica of the whole model: K and 2K, so every strategy is
-  charged the same total work. Time is in abstract units.
+  charged the same total work. K is one pipeline's devices: D replicas of it
+  (``--data-parallel``, ``pipesched.layout``) cost the same per stage. Time is
+  in abstract units.
 - ``measured``: measured times from a times file (``--times``,
   ``pipesched.times``): an op of stage s takes exactly the file's time of
   that op and stage (B = I + W), scaled by rows / the file's ``rows`` when

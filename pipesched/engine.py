@@ -106,7 +106,9 @@ class _Engine(Links, Collectives):
         self.env = simpy.Environment()
         devices = schedule.devices
         self.num_stages = schedule.num_stages
-        self.microbatches = schedule.microbatches
+        # M of one pipeline replica: replica r runs micro-batches r·M .. r·M + M-1 (pipesched.layout), so
+        # --remat except_last keeps each replica's own last micro-batch
+        self.microbatches = schedule.microbatches // schedule.replicas
         # (stage, micro-batch) -> device, keyed as the actions hold them (F, B and I always name a micro-batch)
         self.forward_on: dict[tuple[int, int | None], int] = {}
         self.backward_on: dict[tuple[int, int | None], int] = {}
@@ -119,7 +121,8 @@ class _Engine(Links, Collectives):
                     self.backward_on[(a.stage, a.microbatch)] = d
                     self.backward_op[(a.stage, a.microbatch)] = a.op
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
-        self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
+        # the unit cost model's F of one stage: K / S, K the devices of one pipeline replica (pipesched.layout)
+        self.stage_units = devices / schedule.replicas / self.num_stages
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
         ties = tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
         self.program = [self._program(d, actions, replicas, ties) for d, actions in enumerate(schedule.actions)]
@@ -321,7 +324,7 @@ class _Engine(Links, Collectives):
 
     def _start_forward(self, device: int, stage: int, mb: int, x: Any) -> Any:
         """Compute the forward and hold what its backward needs; return its output."""
-        keep = remat_keeps(self.remat, mb, self.microbatches)
+        keep = remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
         self._keep(device, held)

@@ -29,6 +29,7 @@ from pydantic import AfterValidator, BaseModel
 from .cost import CostModel, FlopsCost, SpeedCost, make_cost_model, parse_device_speed
 from .errors import ConfigError
 from .files import read_toml
+from .layout import total_devices
 from .schema import STRICT, Fraction, PositiveNumber, validate
 from .topology import LinkKind, make_topology
 
@@ -258,8 +259,19 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         bandwidth=_given(config.inter_node_bandwidth, inter.bandwidth),
         latency=_given(config.inter_node_latency, inter.latency),
     )
-    per_node = _given(config.devices_per_node, hardware.devices_per_node if named and hardware else config.devices)
-    topology = make_topology(config.devices, per_node, config.node_map, intra, inter)
+    per_node = _given(
+        config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config)
+    )
+    # every device of the run: K·D with data-parallel replicas, numbered as pipesched.layout says
+    devices = total_devices(config)
+    if config.data_parallel > 1 and config.node_map is None and per_node < devices and devices % per_node:
+        # make_topology's own sentence would name --devices K·D, a value the user did not give
+        raise ConfigError(
+            f"--devices {config.devices} x --data-parallel {config.data_parallel} = {devices} devices span more "
+            f"than one node of {per_node} but do not fill whole nodes; make the product a multiple of {per_node}, "
+            f"or give each device's node with --node-map"
+        )
+    topology = make_topology(devices, per_node, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
 
 
@@ -272,7 +284,7 @@ def check_hardware(config: RunConfig, dtype: str) -> None:
     """Every hardware flag checked (preset, nodes, links, efficiency, device speeds): cheap, before any planning."""
     flops_model(config, dtype)
     if config.device_speed is not None:
-        parse_device_speed(config.device_speed, config.devices)
+        parse_device_speed(config.device_speed, total_devices(config))
 
 
 def cost_model(
@@ -294,7 +306,7 @@ def cost_model(
         flops.topology,
     )
     if config.device_speed is not None:
-        cost = SpeedCost(cost, parse_device_speed(config.device_speed, config.devices))
+        cost = SpeedCost(cost, parse_device_speed(config.device_speed, total_devices(config)))
     return cost
 
 
@@ -326,7 +338,7 @@ def describe(config: RunConfig, dtype: str) -> str:
     if config.cost == "measured":  # compute times are the file's: only the links are the hardware's
         name = f"compute times from {os.path.basename(config.times or '')}, sends it does not time over these links"
     if config.device_speed is not None:
-        speeds = parse_device_speed(config.device_speed, config.devices)
+        speeds = parse_device_speed(config.device_speed, total_devices(config))
         slow = ", ".join(f"device {d} at {f:g}x" for d, f in enumerate(speeds) if f != 1)
         name = f"{name}, {slow or 'every device at 1x'}"
     nodes = topology.node_count

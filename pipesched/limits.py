@@ -168,6 +168,8 @@ def check_memory(config: "RunConfig", copies: int = 1, roles: Sequence[str] = ()
     from .model import parse_layers  # the model module imports NumPy; this one stays light
 
     sizes = array_bytes(parse_layers(config.layers), config.batch, config.microbatches, config.reference, config.remat)
+    # each of the D pipeline replicas (pipesched.layout) accumulates its own gradients of every stage
+    sizes["gradients"] *= config.data_parallel
     for role in ("parameters", "gradients", "data"):
         sizes[role] *= copies
     if roles:

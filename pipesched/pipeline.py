@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence, cast
 import networkx as nx
 import numpy as np
 
-from . import microbatch
+from . import layout, microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
@@ -72,7 +72,9 @@ class RunConfig:
     layers: str = DEFAULT_LAYERS
     batch: int = 32
     microbatches: int = 8
-    devices: int = 4
+    devices: int = 4  # K: the devices of one pipeline replica
+    # D: pipeline replicas side by side, K·D devices in all (pipesched.layout); batch is the global batch
+    data_parallel: int = 1
     chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
     strategy: str | Strategy = "gpipe"  # a registered name, path/file.py:Class, or an instance
     partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
@@ -136,6 +138,7 @@ class RunResult:
         return {
             "strategy": c.strategy if isinstance(c.strategy, str) else c.strategy.name,
             "devices": c.devices,
+            "data_parallel": c.data_parallel,
             "microbatches": c.microbatches,
             "chunks": c.chunks,
             "batch": c.batch,
@@ -151,7 +154,9 @@ class RunResult:
             "times": c.times,
             "hardware": c.hardware,
             # each device's speed factor where --device-speed gives them (null: all alike)
-            "device_speed": None if c.device_speed is None else list(parse_device_speed(c.device_speed, c.devices)),
+            "device_speed": (
+                None if c.device_speed is None else list(parse_device_speed(c.device_speed, layout.total_devices(c)))
+            ),
             "time_unit": self.trace.time_unit,
             "makespan": m.makespan,
             "bubble_fraction": m.bubble_fraction,
@@ -193,6 +198,7 @@ class Prepared:
     target: np.ndarray | None = None
     decoder: Any = None  # a decoder run's DecoderConfig (pipesched.decoder), its model when computing
     decoder_model: Any = None
+    plan: Schedule | None = None  # one pipeline replica's schedule, as the strategy planned it (pipesched.layout)
 
 
 def _check_counts(config: RunConfig) -> None:
@@ -211,6 +217,8 @@ def _check_counts(config: RunConfig) -> None:
             raise ConfigError(f"{flag} {value} is not allowed; use 1 or more")
     if config.seed < 0:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
+    layout.check_data_parallel(config.data_parallel)
+    layout.check_batch(config.batch, config.microbatches, config.data_parallel)
     check_remat(config.remat)
     check_p2p(config.p2p)
     if config.dtype is not None:
@@ -227,7 +235,9 @@ def check_limits(config: RunConfig, strategy: Strategy, copies: int = 1) -> None
     ``config.chunks`` must be resolved; ``copies`` counts runs whose arrays are alive at once.
     """
     chunks = config.chunks or 1
-    check_actions(config.devices, config.microbatches, chunks)
+    # each of the D replicas runs the pipeline's actions on its own M micro-batches: K·D devices' worth
+    names = ("--devices x --data-parallel", "--microbatches", "--chunks") if config.data_parallel > 1 else ()
+    check_actions(layout.total_devices(config), config.microbatches, chunks, names)
     stages = planned_stages(strategy, config.devices, chunks)
     if config.model is not None:
         count = len(decoder.chain(decoder.resolve(config.model, config.seq_len)))
@@ -279,8 +289,9 @@ def prepare(config: RunConfig) -> Prepared:
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
     # after the limits, before any planning: nodes and per-device speeds count the devices
     check_hardware(config, dtype)
-    slices = microbatch.split(config.batch, config.microbatches)
-    schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
+    # the global batch in D·M micro-batches: replica r runs r·M .. r·M + M-1 (pipesched.layout)
+    slices = microbatch.split(config.batch, config.data_parallel * config.microbatches)
+    schedule = make_plan(strategy, config.devices, config.microbatches, chunks)  # one replica's plan
     # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts
     check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers),
                  config.layers if model_config is None else f"--model {config.model}")  # fmt: skip
@@ -295,7 +306,17 @@ def prepare(config: RunConfig) -> Prepared:
         times.check_partition([len(stage) for stage in partition])
     cost = cost_model(config, dtype, times, partition)
     bubble = closed_form_bubble(strategy, config.devices, config.microbatches, chunks)
-    prepared = Prepared(config, tuple(layers), schedule, partition, slices, cost, bubble, balanced)
+    prepared = Prepared(
+        config,
+        tuple(layers),
+        layout.replicate(schedule, config.data_parallel, config.microbatches),
+        partition,
+        slices,
+        cost,
+        bubble,
+        balanced,
+    )
+    prepared.plan = schedule
     prepared.decoder = model_config
     if config.compute and model_config is not None:
         from .decoder import DecoderModel, make_tokens
@@ -406,7 +427,8 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
             f"--balance-by measured does not take --model yet (it times the MLP's layers); "
             f"use --balance-by flops with --model {config.model}"
         )
-    rows = -(-config.batch // config.microbatches)  # the largest micro-batch
+    # the largest micro-batch, and one replica's share of the global batch (pipesched.layout)
+    rows = -(-config.batch // (config.data_parallel * config.microbatches))
     flops = flops_model(config, training_precision(config)[0])  # the run's devices and intra-node link
     times = None
     if config.cost == "measured":  # the file's own per-layer times (check_times refuses per-stage ones)
@@ -417,7 +439,7 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
     graph = layer_graph(
         _graph_layers(config),
         rows=rows,
-        rows_held=config.batch,
+        rows_held=-(-config.batch // config.data_parallel),
         cost=flops,
         itemsize=size,
         state_bytes=state,
@@ -467,7 +489,9 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     if config.balance_by != "flops" and config.cost != "measured":
         return optimum  # costs timed here are not the simulator's: the objective's optimum stands alone
     layers = _graph_layers(config)
-    rows = [s.stop - s.start for s in microbatch.split(config.batch, config.microbatches)]
+    # the first replica's micro-batches (the largest): the candidates are simulated as one pipeline replica
+    split = microbatch.split(config.batch, config.data_parallel * config.microbatches)
+    rows = [s.stop - s.start for s in split[: config.microbatches]]
     dtype = training_precision(config)[0]
     times = load_times(config.times) if config.cost == "measured" and config.times else None
     actions = sum(len(list(expand(device))) for device in schedule.actions)

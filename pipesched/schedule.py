@@ -140,11 +140,14 @@ class Schedule:
 
     Args:
         per_device: for each device, its actions (``Action``, ``Overlap``, or text like ``"2F0"``).
+        replicas: how many data-parallel copies of one pipeline the devices are (``pipesched.layout``);
+            the unit cost model charges a stage of one copy.
     """
 
-    __slots__ = ("actions",)
+    __slots__ = ("actions", "replicas")
 
-    def __init__(self, per_device: Sequence[Iterable[Item | str]]):
+    def __init__(self, per_device: Sequence[Iterable[Item | str]], replicas: int = 1):
+        self.replicas = replicas
         self.actions: tuple[tuple[Item, ...], ...] = tuple(
             tuple(a if isinstance(a, (Action, Overlap)) else parse_action(a) for a in device) for device in per_device
         )

@@ -76,6 +76,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
     )
+    p.add_argument(
+        "--data-parallel",
+        type=_whole,
+        default=d.data_parallel,
+        help="D, pipeline replicas of --devices each, K·D devices in all; --batch is their global batch "
+        "(default %(default)s)",
+    )
     _add_model_flags(p)
     p.add_argument(
         "--partition",

@@ -36,6 +36,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         batch=args.batch,
         microbatches=RunConfig.microbatches if microbatches is None else microbatches,
         devices=RunConfig.devices if devices is None else devices,
+        data_parallel=args.data_parallel,
         chunks=args.chunks,
         strategy=strategy,
         partition=args.partition,

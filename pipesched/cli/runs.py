@@ -33,6 +33,16 @@ def _model(config: RunConfig) -> str:
     return f"model {config.model}, sequences of {config.seq_len} tokens"
 
 
+def _devices(config: RunConfig) -> str:
+    """The run's devices: K, or D replicas of K and their total (``pipesched.layout``)."""
+    if config.data_parallel == 1:
+        return count(config.devices, "device")
+    return (
+        f"{config.data_parallel} data-parallel replicas of {count(config.devices, 'device')} "
+        f"({config.devices * config.data_parallel} in all, device d·{config.data_parallel} + replica)"
+    )
+
+
 def _cost(config: RunConfig) -> str:
     """The cost model a run used, with its times file under ``measured``."""
     return config.cost if config.times is None else f"{config.cost} ({config.times})"
@@ -43,7 +53,7 @@ def _print_run(result: RunResult) -> None:
     counts = ",".join(str(len(s)) for s in result.partition)
     chunks = f", {config.chunks} chunks per device" if config.chunks != 1 else ""
     print(
-        f"{config.strategy}: {count(config.devices, 'device')}{chunks}, {count(config.microbatches, 'micro-batch')}, "
+        f"{config.strategy}: {_devices(config)}{chunks}, {count(config.microbatches, 'micro-batch')}, "
         f"batch {config.batch}, {_model(config)} (partition {counts}), remat {config.remat}, cost {_cost(config)}"
         f"{_precision(config)}"
     )
@@ -82,7 +92,7 @@ def _print_run(result: RunResult) -> None:
     print()
     placement = result.schedule.placement()
     rows = [("device", "stages", "layers", "busy", "in flight", "peak activations", "peak memory")]
-    for d in range(config.devices):
+    for d in range(result.schedule.devices):  # every replica's devices (pipesched.layout)
         stages = [s for s, ds in placement.items() if d in ds]
         layers = ",".join(_span_of(result.partition[s]) for s in stages)
         rows.append(
@@ -200,7 +210,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         return
     config, unit = results[0].config, results[0].trace.time_unit
     print(
-        f"{count(config.devices, 'device')}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
+        f"{_devices(config)}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
         f"{_model(config)}, remat {config.remat}, cost {_cost(config)}{_precision(config)}"
     )
     print()

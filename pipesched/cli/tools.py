@@ -119,7 +119,8 @@ def _cmd_balance(args: argparse.Namespace) -> None:
         if config.balance_by == "measured":  # timing the layers builds the weights, one layer's work at a time
             check_memory(config, roles=("parameters",))
         prepared = prepare(replace(config, partition="balanced", compute=False))
-        config, schedule, result = prepared.config, prepared.schedule, prepared.balance
+        # the balancer places one pipeline replica's stages: --data-parallel copies the partition it finds
+        config, schedule, result = prepared.config, prepared.plan or prepared.schedule, prepared.balance
         graph, bandwidth = model_graph(config)
     assert result is not None
     placement = Placement.of(schedule)
@@ -157,7 +158,8 @@ def _cmd_balance(args: argparse.Namespace) -> None:
     loads.append(f"{show(baseline.bottleneck)} uniform ({_sizes(uniform_sizes)})")
     if blocks is not None:
         print()
-        print(_decoder_why(graph, blocks, -(-config.batch // config.microbatches), config.seq_len or 0))
+        rows = -(-config.batch // (config.data_parallel * config.microbatches))  # the largest micro-batch
+        print(_decoder_why(graph, blocks, rows, config.seq_len or 0))
     print(f"\nbusiest device or link per micro-batch: {', '.join(loads)}")
     if args.costs is not None:
         return
