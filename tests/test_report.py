@@ -131,7 +131,7 @@ def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[modell]\nlayers = '4,4'", "[modell] is not a section of a study"),
+        ("[modell]\nlayers = '4,4'", "[modell] is not a key of the top level; use one of title, model"),
         ("[hardware]\nlink_bandwidth = -1", "[hardware].link_bandwidth: -1 is not a positive finite number"),
         ("[hardware]\ndevices = 'four'", '[hardware].devices: "four" is not a whole number of at least 1'),
         ("[hardware]\ndevices = true", "[hardware].devices: true is not a whole number"),
@@ -143,8 +143,8 @@ def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
         ("[compare]\nstrategies = ['gpipe', 'nope']", '[compare].strategies: "nope" is not one of'),
         ("[compare]\nmicrobatchs = 4", "[compare].microbatchs is not a key of [compare]"),
         ("[sweep]\ndevices = [1, 20]", "[sweep].devices: 20 devices are more than the 11 layers"),
-        ("[hardware]\ndevice_memory = 'lots'", "[hardware].device_memory: 'lots' is not a size"),
-        ("[model]\nlayers = '4,x'", "[model].layers: '4,x' is malformed"),
+        ("[hardware]\ndevice_memory = 'lots'", '[hardware].device_memory: "lots" is not a size'),
+        ("[model]\nlayers = '4,x'", '[model].layers: "4,x" is malformed'),
         ("[model\n", "not valid TOML"),
     ],
 )
