@@ -300,7 +300,7 @@ def reason(message: str, value: Any, flag: str = "") -> str:
 
 def size(value: Any) -> int:
     """Bytes, written as a number or a string with a unit (``"16GB"``), as ``--device-memory`` reads them."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError('is not a size; write bytes or a number with a unit, e.g. "16GB"')
     try:
         return parse_bytes(str(value), flag="")
@@ -309,8 +309,10 @@ def size(value: Any) -> int:
 
 
 def _non_empty(value: Any) -> tuple[Any, ...]:
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError("is not a non-empty list; write one in brackets, e.g. [2, 4]")
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"is not a list; write it in brackets, e.g. [{show(value)}]")
+    if not value:
+        raise ValueError("is not a non-empty list; give at least one value, or leave the key out")
     return tuple(value)  # a TOML list; kept as a tuple, so the model stays hashable
 
 
