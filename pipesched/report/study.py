@@ -346,19 +346,10 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
 
     With a preset, device_flops and the link keys the file leaves out are the preset's.
     """
-    h = study.hardware
-    preset = h.preset
-    if preset is not None:
-        if preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
-            preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
-        h = h.model_copy(
-            update=dict(
-                device_flops=h.device_flops if "device_flops" in given else None,
-                link_bandwidth=h.link_bandwidth if "link_bandwidth" in given else None,
-                link_latency=h.link_latency if "link_latency" in given else None,
-            )
-        )
-    study = replace(study, hardware=h.model_copy(update={"preset": preset}))
+    preset = study.hardware.preset  # device_flops and link_* stay None unless given: the preset's then
+    if preset is not None and preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
+        preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
+    study = replace(study, hardware=study.hardware.model_copy(update={"preset": preset}))
     config = study.run_config()
     flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in HardwareSection.model_fields}
     flags.update({"--hardware ": "[hardware].preset: ", "--devices ": "[hardware].devices: "})
