@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipesched.cli import main
-from pipesched.sweep import Results, load_sweep, pareto, point_key, sweep
+from pipesched.sweep import Results, load_sweep, pareto, parse_sweep, point_key, sweep
 
 SMALL = """
 [model]
@@ -45,6 +45,14 @@ def test_the_points_are_the_filtered_product(tmp_path):
     study = load_sweep(_write(tmp_path))
     expected = [(s, k, m) for s, k, m in itertools.product(["gpipe", "zb-h1"], [2, 4], [2, 4, 8]) if m >= k]
     assert [(p["strategy"], p["devices"], p["microbatches"]) for p in study.points()] == expected
+
+
+def test_a_point_keeps_its_values_as_written_so_its_key_does_not_change():
+    """The check reads 1000000000 as a float; the point (and the hash a rerun skips it by) keeps the int."""
+    axes = {"link_bandwidth": [1000000000], "device_memory": ["1KiB"]}
+    (point,) = parse_sweep({"axes": axes, "model": {"device_flops": 10**12}}, "s.toml").points()
+    assert point == {"link_bandwidth": 1000000000, "device_memory": 1024, "device_flops": 10**12}
+    assert type(point["link_bandwidth"]) is int and type(point["device_flops"]) is int
 
 
 def test_pool_and_single_process_agree_point_for_point(tmp_path):
