@@ -24,7 +24,9 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Annotated, Any, Callable, Iterable, Iterator
+
+from pydantic import BaseModel
 
 from .cost import FlopsCost, check_cost_name, check_overlap
 from .decoder.assemble import chain as decoder_chain
@@ -40,9 +42,9 @@ from .optimizer import check_optimizer
 from .partition import parse_partition
 from .pipeline import RunConfig, run, training_precision
 from .precision import check_dtype
+from .schema import STRICT, Count, NonEmpty, NonNegativeNumber, Size, WholeNumber, text, validate
 from .strategy import load_strategy
 from .times import STAGE_TIMES_ONLY, load_times
-from .units import parse_bytes
 
 __all__ = [
     "Sweep",
@@ -57,49 +59,73 @@ __all__ = [
     "pareto",
 ]
 
+
+class _Axes(BaseModel):
+    """[axes]: each the RunConfig field it sets, as a non-empty list of values; a run checks the values."""
+
+    model_config = STRICT
+    devices: NonEmpty[Count] | None = None
+    microbatches: NonEmpty[Count] | None = None
+    chunks: NonEmpty[Count] | None = None
+    strategy: NonEmpty[Annotated[str, text("1f1b")]] | None = None
+    partition: NonEmpty[Annotated[str, text("uniform")]] | None = None
+    remat: NonEmpty[Annotated[str, text("never")]] | None = None
+    batch: NonEmpty[Count] | None = None
+    link_bandwidth: NonEmpty[NonNegativeNumber] | None = None
+    link_latency: NonEmpty[NonNegativeNumber] | None = None
+    device_memory: NonEmpty[Size] | None = None
+    cost: NonEmpty[Annotated[str, text("flops")]] | None = None
+    overlap: NonEmpty[Annotated[str, text("sum")]] | None = None
+    dtype: NonEmpty[Annotated[str, text("bf16")]] | None = None
+    optimizer: NonEmpty[Annotated[str, text("adam")]] | None = None
+    seq_len: NonEmpty[Count] | None = None
+    hardware: NonEmpty[Annotated[str, text("h100-sxm")]] | None = None
+    devices_per_node: NonEmpty[Count] | None = None
+    efficiency: NonEmpty[NonNegativeNumber] | None = None
+    inter_node_bandwidth: NonEmpty[NonNegativeNumber] | None = None
+    inter_node_latency: NonEmpty[NonNegativeNumber] | None = None
+
+
+class _Model(BaseModel):
+    """[model]: the settings every point shares (RunConfig fields); a run checks the values."""
+
+    model_config = STRICT
+    layers: Annotated[str, text("128,256x10,10")] | None = None
+    model: Annotated[str, text("llama2-7b")] | None = None
+    seq_len: Count | None = None
+    batch: Count | None = None
+    loss: Annotated[str, text("cross_entropy")] | None = None
+    seed: WholeNumber | None = None
+    compute: bool | None = None
+    device_flops: NonNegativeNumber | None = None
+    dtype: Annotated[str, text("bf16")] | None = None
+    optimizer: Annotated[str, text("adam")] | None = None
+    hardware: Annotated[str, text("h100-sxm")] | None = None
+    devices_per_node: Count | None = None
+    node_map: Annotated[str, text("0,0,1,1")] | None = None
+    efficiency: NonNegativeNumber | None = None
+    inter_node_bandwidth: NonNegativeNumber | None = None
+    inter_node_latency: NonNegativeNumber | None = None
+    device_speed: Annotated[str, text("2=0.5")] | None = None
+    times: Annotated[str, text("times.toml")] | None = None
+
+
+class _Constraints(BaseModel):
+    model_config = STRICT
+    where: NonEmpty[Annotated[str, text("microbatches >= 2 * devices")]] = ()  # each parsed by parse_sweep
+
+
+class _File(BaseModel):
+    """A sweep file: its sections, each checked key by key (pipesched.schema)."""
+
+    model_config = STRICT
+    model: _Model = _Model()
+    axes: _Axes = _Axes()
+    constraints: _Constraints = _Constraints()
+
+
 #: The axes a sweep can span, each the RunConfig field it sets.
-AXES = (
-    "devices",
-    "microbatches",
-    "chunks",
-    "strategy",
-    "partition",
-    "remat",
-    "batch",
-    "link_bandwidth",
-    "link_latency",
-    "device_memory",
-    "cost",
-    "overlap",
-    "dtype",
-    "optimizer",
-    "seq_len",
-    "hardware",
-    "devices_per_node",
-    "efficiency",
-    "inter_node_bandwidth",
-    "inter_node_latency",
-)
-MODEL_KEYS = (
-    "layers",
-    "model",
-    "seq_len",
-    "batch",
-    "loss",
-    "seed",
-    "compute",
-    "device_flops",
-    "dtype",
-    "optimizer",
-    "hardware",
-    "devices_per_node",
-    "node_map",
-    "efficiency",
-    "inter_node_bandwidth",
-    "inter_node_latency",
-    "device_speed",
-    "times",
-)
+AXES = tuple(_Axes.model_fields)
 _COMPARE = re.compile(r"\s*(.+?)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*")
 
 
@@ -138,89 +164,6 @@ def _value(term: str, point: dict[str, Any]) -> float:
     raise ValueError(term)
 
 
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-
-
-def _text(v: Any) -> bool:
-    return isinstance(v, str) and bool(v)
-
-
-_AXIS_TYPES: dict[str, Callable[[Any], bool]] = {
-    "devices": _whole,
-    "microbatches": _whole,
-    "chunks": _whole,
-    "batch": _whole,
-    "strategy": _text,
-    "partition": _text,
-    "remat": _text,
-    "cost": _text,
-    "link_bandwidth": _number,
-    "link_latency": _number,
-    "device_memory": _whole,
-    "overlap": _text,
-    "dtype": _text,
-    "optimizer": _text,
-    "seq_len": _whole,
-    "hardware": _text,
-    "devices_per_node": _whole,
-    "efficiency": _number,
-    "inter_node_bandwidth": _number,
-    "inter_node_latency": _number,
-}
-_AXIS_WORDS = {
-    name: "a whole number of at least 1"
-    if check is _whole
-    else "a non-negative number"
-    if check is _number
-    else "a name"
-    for name, check in _AXIS_TYPES.items()
-}
-_MODEL_TYPES: dict[str, Callable[[Any], bool]] = {
-    "layers": _text,
-    "model": _text,
-    "seq_len": _whole,
-    "batch": _whole,
-    "loss": _text,
-    "seed": lambda v: _whole(v) or v == 0,
-    "compute": lambda v: isinstance(v, bool),
-    "device_flops": _number,
-    "dtype": _text,
-    "optimizer": _text,
-    "times": _text,
-    "hardware": _text,
-    "devices_per_node": _whole,
-    "node_map": _text,
-    "efficiency": _number,
-    "inter_node_bandwidth": _number,
-    "inter_node_latency": _number,
-    "device_speed": _text,
-}
-_MODEL_WORDS = {
-    "layers": 'a width list such as "128,256x10,10"',
-    "model": "a decoder preset or the path to a config.json",
-    "seq_len": "a whole number of at least 1",
-    "batch": "a whole number of at least 1",
-    "loss": "a loss name",
-    "seed": "a whole number",
-    "compute": "true or false",
-    "device_flops": "a non-negative number",
-    "dtype": "a precision name",
-    "optimizer": "an optimizer name",
-    "times": "the path to a times file",
-    "hardware": "a device preset or the path to a .toml file of one",
-    "devices_per_node": "a whole number of at least 1",
-    "node_map": 'each device\'s node, such as "0,0,1,1"',
-    "efficiency": "a non-negative number",
-    "inter_node_bandwidth": "a non-negative number",
-    "inter_node_latency": "a non-negative number",
-    "device_speed": 'speed factors such as "2=0.5"',
-}
-
 #: What an axis a point does not set stands for in a constraint: the run's default.
 _DEFAULTS = {
     "devices": RunConfig.devices,
@@ -246,51 +189,26 @@ def _holds(rule: str, point: dict[str, Any]) -> bool:
 
 def parse_sweep(data: dict[str, Any], path: str) -> Sweep:
     """Check a parsed sweep file; every problem names the key's path."""
-    for section, value in data.items():
-        if section not in ("model", "axes", "constraints"):
-            raise ConfigError(f"{path}: [{section}] is not a section of a sweep; use model, axes, constraints")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {section} must be a table, written [{section}]")
-    model = data.get("model", {})
-    for key in model:
-        if key not in MODEL_KEYS:
-            raise ConfigError(f"{path}: [model].{key} is not a key of [model]; use one of {', '.join(MODEL_KEYS)}")
-    axes_raw = data.get("axes", {})
-    if not axes_raw:
+    checked = validate(_File, data, path)
+    # the values as written, not as checked (1e9, not 1e9 as a float of 1000000000): they make the points' keys
+    model = dict(data.get("model", {}))
+    axes = {name: tuple(values) for name, values in data.get("axes", {}).items()}
+    if not axes:
         raise ConfigError(f"{path}: [axes] is missing or empty; name at least one axis, e.g. devices = [2, 4]")
-    axes: dict[str, tuple[Any, ...]] = {}
-    for name, values in axes_raw.items():
-        if name not in AXES:
-            raise ConfigError(f"{path}: [axes].{name} is not an axis; use one of {', '.join(AXES)}")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{path}: [axes].{name} must be a non-empty list, e.g. {name} = [...]")
-        if name == "device_memory":
-            values = [parse_bytes(str(v), flag=f"{path}: [axes].device_memory") for v in values]
-        axes[name] = tuple(values)
-    for name, values in axes.items():
-        for value in values:
-            if not _AXIS_TYPES[name](value):
-                raise ConfigError(f"{path}: [axes].{name}: {value!r} is not {_AXIS_WORDS[name]}")
-    for key, value in model.items():
-        if not _MODEL_TYPES[key](value):
-            raise ConfigError(f"{path}: [model].{key}: {value!r} is not {_MODEL_WORDS[key]}")
+    if checked.axes.device_memory is not None:
+        axes["device_memory"] = checked.axes.device_memory  # "16GB" as bytes
     model = _resolve_times(_resolve_model(model, path), axes, path)
     _resolve_hardware(axes, model, path)
     _check_values(axes, model, path)
     fixed = {k: v for k, v in model.items()}
-    where_raw = data.get("constraints", {}).get("where", [])
-    if not isinstance(where_raw, list):
-        raise ConfigError(f'{path}: [constraints].where must be a list, e.g. where = ["microbatches >= devices"]')
-    where = tuple(where_raw)
+    where = checked.constraints.where
     if len(axes.get("cost", ())) > 1:
         raise ConfigError(
             f"{path}: [axes].cost: sweep one cost model at a time; unit and flops times are not comparable"
         )
-    if set(data.get("constraints", {})) - {"where"}:
-        raise ConfigError(f'{path}: [constraints] takes only where = ["microbatches >= devices", ...]')
     probe = {**{n: v[0] for n, v in axes.items()}, **fixed}
     for rule in where:
-        match = _COMPARE.fullmatch(rule) if isinstance(rule, str) else None
+        match = _COMPARE.fullmatch(rule)
         try:
             if match is None:
                 raise ValueError(rule)

@@ -131,7 +131,7 @@ def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[modell]\nlayers = '4,4'", "[modell] is not a section of a study"),
+        ("[modell]\nlayers = '4,4'", "[modell] is not a key of the top level; use one of title, model"),
         ("[hardware]\nlink_bandwidth = -1", "[hardware].link_bandwidth: -1 is not a positive finite number"),
         ("[hardware]\ndevices = 'four'", '[hardware].devices: "four" is not a whole number of at least 1'),
         ("[hardware]\ndevices = true", "[hardware].devices: true is not a whole number"),
@@ -143,9 +143,16 @@ def test_the_committed_default_report_is_reproduced(tmp_path, capsys):
         ("[compare]\nstrategies = ['gpipe', 'nope']", '[compare].strategies: "nope" is not one of'),
         ("[compare]\nmicrobatchs = 4", "[compare].microbatchs is not a key of [compare]"),
         ("[sweep]\ndevices = [1, 20]", "[sweep].devices: 20 devices are more than the 11 layers"),
-        ("[hardware]\ndevice_memory = 'lots'", "[hardware].device_memory: 'lots' is not a size"),
-        ("[model]\nlayers = '4,x'", "[model].layers: '4,x' is malformed"),
+        ("[hardware]\ndevice_memory = 'lots'", '[hardware].device_memory: "lots" is not a size'),
+        ("[model]\nlayers = '4,x'", '[model].layers: "4,x" is malformed'),
         ("[model\n", "not valid TOML"),
+        # the value as the file wrote it (2.0, not the 2 a check after the type check would see)
+        ("[model]\nbatch = 2.0", "[model].batch: 2.0 is not a whole number of at least 1"),
+        (
+            "[compare]\nstrategies = 'gpipe'",
+            '[compare].strategies: "gpipe" is not a list; write it in brackets, e.g. ["gpipe"]',
+        ),
+        ("[sweep]\nchunks = [2, 0]", "[sweep].chunks: 0 is not a whole number of at least 1"),
     ],
 )
 def test_a_bad_study_names_the_key_and_writes_nothing(tmp_path, capsys, text, message):
@@ -362,6 +369,13 @@ def test_every_sweep_device_count_that_fills_whole_nodes_is_accepted(tmp_path):
     study = tmp_path / "nodes.toml"
     study.write_text("[hardware]\ndevices_per_node = 2\n[sweep]\ndevices = [1, 2, 4, 6, 8]\n")
     assert load_study(str(study)).sweep.devices == (1, 2, 4, 6, 8)
+
+
+def test_a_study_s_sizes_read_as_run_reads_them(tmp_path):
+    study = tmp_path / "sizes.toml"
+    for written, size in (("16e9", 16 * 10**9), ('"1.5 KiB"', 1536), ("4096", 4096)):
+        study.write_text(f"[hardware]\ndevice_memory = {written}\n")
+        assert load_study(str(study)).hardware.device_memory == size
 
 
 def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):

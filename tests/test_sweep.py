@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipesched.cli import main
-from pipesched.sweep import Results, load_sweep, pareto, point_key, sweep
+from pipesched.sweep import Results, load_sweep, pareto, parse_sweep, point_key, sweep
 
 SMALL = """
 [model]
@@ -45,6 +45,14 @@ def test_the_points_are_the_filtered_product(tmp_path):
     study = load_sweep(_write(tmp_path))
     expected = [(s, k, m) for s, k, m in itertools.product(["gpipe", "zb-h1"], [2, 4], [2, 4, 8]) if m >= k]
     assert [(p["strategy"], p["devices"], p["microbatches"]) for p in study.points()] == expected
+
+
+def test_a_point_keeps_its_values_as_written_so_its_key_does_not_change():
+    """The check reads 1000000000 as a float; the point (and the hash a rerun skips it by) keeps the int."""
+    axes = {"link_bandwidth": [1000000000], "device_memory": ["1KiB"]}
+    (point,) = parse_sweep({"axes": axes, "model": {"device_flops": 10**12}}, "s.toml").points()
+    assert point == {"link_bandwidth": 1000000000, "device_memory": 1024, "device_flops": 10**12}
+    assert type(point["link_bandwidth"]) is int and type(point["device_flops"]) is int
 
 
 def test_pool_and_single_process_agree_point_for_point(tmp_path):
@@ -196,18 +204,27 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("[axes]\ndevice = [2]", "[axes].device is not an axis"),
-        ("[axes]\ndevices = []", "[axes].devices must be a non-empty list"),
+        ("[axes]\ndevice = [2]", "[axes].device is not a key of [axes]; use one of devices, microbatches"),
+        ("[axes]\ndevices = []", "[axes].devices: [] is not a non-empty list; give at least one value"),
         ("[axes]\ndevices = [2]\n[constraints]\nwhere = ['microbatches > 100']", "leave no point to run"),
         ("[axes]\ndevices = [2]\n[constraints]\nwhere = ['devices ~ 2']", "is not a comparison of axes and numbers"),
         ("[model]\nlayer = '4,4'\n[axes]\ndevices = [2]", "[model].layer is not a key of [model]"),
-        ("[grid]\n", "[grid] is not a section of a sweep"),
-        ("axes = 3", "axes must be a table"),
-        ("[axes]\nlink_bandwidth = [1e9, 'fast']", "[axes].link_bandwidth: 'fast' is not a non-negative number"),
-        ("[axes]\ndevices = [2, '4']", "[axes].devices: '4' is not a whole number"),
-        ("[model]\nlayers = [8, 8]\n[axes]\ndevices = [2]", "[model].layers: [8, 8] is not a width list"),
+        ("[grid]\n", "[grid] is not a key of the top level; use one of model, axes, constraints"),
+        ("axes = 3", "[axes]: 3 is not a table; write it as [axes]"),
+        (
+            "[axes]\nlink_bandwidth = [1e9, 'fast']",
+            '[axes].link_bandwidth: "fast" is not a number; write a number without quotes',
+        ),
+        ("[axes]\ndevices = [2, '4']", '[axes].devices: "4" is not a whole number of at least 1'),
+        (
+            "[model]\nlayers = [8, 8]\n[axes]\ndevices = [2]",
+            '[model].layers: [8, 8] is not a string; write it in quotes, e.g. "128,256x10,10"',
+        ),
         ("[axes]\ncost = ['unit', 'flops']", "[axes].cost: sweep one cost model at a time"),
-        ("[axes]\ndevices = [2]\n[constraints]\nwhere = 'devices > 1'", "[constraints].where must be a list"),
+        (
+            "[axes]\ndevices = [2]\n[constraints]\nwhere = 'devices > 1'",
+            '[constraints].where: "devices > 1" is not a list; write it in brackets, e.g. ["devices > 1"]',
+        ),
         # values no point can use, refused when the file is read, in the words a run would use
         ("[axes]\nlink_bandwidth = [1e9, 0]", "[axes].link_bandwidth: 0 is not a finite rate of at least 1 per second"),
         ("[axes]\nlink_latency = [2]", "[axes].link_latency: 2 is not between 0 and 1 second"),

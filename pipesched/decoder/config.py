@@ -37,7 +37,7 @@ from pydantic import AliasChoices, AliasGenerator, BaseModel, BeforeValidator, C
 from pydantic.functional_validators import ModelWrapValidatorHandler
 
 from ..errors import ConfigError
-from ..schema import Count, PositiveNumber, show, validate
+from ..schema import Count, PositiveNumber, one_of, show, validate
 
 __all__ = [
     "DecoderConfig",
@@ -209,15 +209,6 @@ def _activation(value: Any) -> str:
     return _ACT_NAMES[value]
 
 
-def _one_of(options: tuple[str, ...]) -> BeforeValidator:
-    def rule(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"is not one of {', '.join(options)}")
-        return value
-
-    return BeforeValidator(rule)
-
-
 def _divisors(n: int) -> str:
     found = [str(d) for d in range(1, n + 1) if n % d == 0]
     return ", ".join(found[:-1]) + f" or {found[-1]}" if len(found) > 1 else found[0]
@@ -283,8 +274,8 @@ class _Keys(BaseModel):
     max_positions: Count
     tie_embeddings: bool
     activation: Annotated[str, BeforeValidator(_activation)]
-    position: Annotated[str, _one_of(POSITIONS)]
-    norm: Annotated[str, _one_of(NORMS)]
+    position: Annotated[str, one_of(POSITIONS)]
+    norm: Annotated[str, one_of(NORMS)]
     bias: bool
     norm_eps: PositiveNumber | None = None  # None: DecoderConfig's default
     rope_theta: PositiveNumber | None = None

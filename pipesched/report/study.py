@@ -1,8 +1,11 @@
 """A study: what a report compares, read from a TOML file and checked key by key.
 
-Every key is optional; a missing one takes the default study's value. An
-unknown key or a bad value fails with the key's path:
-``study.toml: [hardware].link_bandwidth: -1 is not a positive number``.
+Every key is optional; a missing one takes the default study's value. Each
+section is a pydantic model checked by pipesched.schema, so an unknown key or
+a bad value fails with the key's path: ``study.toml:
+[hardware].link_bandwidth: -1 is not a positive finite number; fix it and run
+again``. Checks over several keys, and the files a study names, follow once
+the whole file is read (``_resolve_*``, ``_check_together``).
 
 >>> study = default_study()
 >>> study.hardware.devices, study.compare.strategies[:2], study.sweep.microbatches[:3]
@@ -11,12 +14,12 @@ unknown key or a bad value fails with the key's path:
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator
 
 from ..cost import COST_MODELS, OVERLAP_RULES
 from ..decoder.assemble import chain, check_run, default_seq_len, resolve
@@ -30,8 +33,21 @@ from ..model import LOSSES, parse_layers
 from ..optimizer import OPTIMIZERS
 from ..pipeline import COMPARE_DEFAULT, DEFAULT_LAYERS, RunConfig, training_precision
 from ..precision import DTYPES
+from ..schema import (
+    STRICT,
+    Count,
+    Fraction,
+    NonEmpty,
+    NonNegativeNumber,
+    PositiveNumber,
+    Size,
+    WholeNumber,
+    one_of,
+    reason,
+    text,
+    validate,
+)
 from ..times import STAGE_TIMES_ONLY, load_times
-from ..units import parse_bytes
 
 __all__ = [
     "Study",
@@ -50,96 +66,144 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class ModelSection:
+def _layers(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError('is not a width list; write one in quotes, e.g. "128,256x10,10"')
+    try:
+        parse_layers(value)
+    except ConfigError as exc:
+        raise ValueError(reason(str(exc), value, "--layers")) from None
+    return value
+
+
+def _strategies() -> tuple[str, ...]:
+    from ..strategy import available_strategies  # the registry imports the report's neighbours: at check time
+
+    return tuple(available_strategies())
+
+
+def _strategy(value: Any) -> str:
+    """A registered strategy, or a schedule file in PyTorch's action CSV (``*.csv``)."""
+    if isinstance(value, str) and value.endswith(".csv"):
+        return value  # resolved against the study file's folder once the whole file is read
+    if value not in _strategies():
+        raise ValueError(f"is not one of {', '.join(_strategies())}, nor a schedule file (*.csv)")
+    return value
+
+
+def _title(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError('is not a title; write title = "..."')
+    return value
+
+
+class ModelSection(BaseModel):
     """[model]: the NumPy model and its synthetic data; its training precision and optimizer (None: its own).
 
     ``model`` names a decoder (a preset or a config.json, pipesched.decoder) instead of the MLP's ``layers``,
     with ``seq_len`` tokens per sequence (None: its context length); ``compute = false`` runs from shapes alone.
     """
 
-    layers: str = DEFAULT_LAYERS
-    batch: int = 32
-    loss: str = "cross_entropy"
-    seed: int = 0
-    dtype: str | None = None
-    optimizer: str | None = None
-    model: str | None = None
-    seq_len: int | None = None
+    model_config = STRICT
+    layers: Annotated[str, BeforeValidator(_layers)] = DEFAULT_LAYERS
+    batch: Count = 32
+    loss: Annotated[str, one_of(tuple(LOSSES))] = "cross_entropy"
+    seed: WholeNumber = 0
+    dtype: Annotated[str, one_of(tuple(DTYPES))] | None = None
+    optimizer: Annotated[str, one_of(OPTIMIZERS)] | None = None
+    model: Annotated[str, text("llama2-7b")] | None = None  # a preset or a config.json: resolved by _resolve_model
+    seq_len: Count | None = None
     compute: bool = True
 
 
-@dataclass(frozen=True)
-class HardwareSection:
+class HardwareSection(BaseModel):
     """Devices and links. Without a preset the machine is ``pipesched run``'s own default: the seed MLP on
     the ``cpu`` preset's speed and links (pipesched.hardware.MLP_HARDWARE), where its small matrices
     compute longer than they take to send, and a decoder on the flops cost model's defaults.
     ``preset`` names a device preset or file (pipesched.hardware): its peak FLOP/s times
     ``efficiency``, its memory, its links and devices per node, each replaced by the key that names it."""
 
-    devices: int = 4
-    cost: str = "flops"
+    model_config = STRICT
+    devices: Count = 4
+    cost: Annotated[str, one_of(tuple(COST_MODELS))] = "flops"
     # None: the run's own default (the cpu preset's for the MLP, the named preset's); a given value replaces
     # it, achieved FLOP/s without a preset and peak with one, exactly as --device-flops and --link-* do
-    device_flops: float | None = None
-    link_bandwidth: float | None = None
-    link_latency: float | None = None
-    overlap: str = "sum"
-    device_memory: int | None = None  # None: the preset's memory
-    preset: str | None = None
-    devices_per_node: int | None = None
-    node_map: str | None = None
-    efficiency: float | None = None
-    inter_node_bandwidth: float | None = None
-    inter_node_latency: float | None = None
-    device_speed: str | None = None
+    device_flops: PositiveNumber | None = None
+    link_bandwidth: PositiveNumber | None = None
+    link_latency: NonNegativeNumber | None = None
+    overlap: Annotated[str, one_of(OVERLAP_RULES)] = "sum"
+    device_memory: Size | None = None  # None: the preset's memory
+    # a preset or a file next to the study: resolved once the whole file is read (_resolve_hardware)
+    preset: Annotated[str, text("h100-sxm")] | None = None
+    devices_per_node: Count | None = None
+    node_map: Annotated[str, text("0,0,1,1")] | None = None
+    efficiency: Fraction | None = None
+    inter_node_bandwidth: PositiveNumber | None = None
+    inter_node_latency: NonNegativeNumber | None = None
+    device_speed: Annotated[str, text("2=0.5")] | None = None
 
 
-@dataclass(frozen=True)
-class CostSection:
+class CostSection(BaseModel):
     """[cost]: measured times (``pipesched.times``) for ``[hardware].cost = "measured"``, relative to the study file.
 
     Giving ``times`` makes the study's cost model ``measured`` unless
     [hardware].cost names another (which is an error).
     """
 
-    times: str | None = None
+    model_config = STRICT
+    times: Annotated[str, text("times.toml")] | None = None  # resolved against the study's folder (_resolve_times)
 
 
-@dataclass(frozen=True)
-class CompareSection:
+class CompareSection(BaseModel):
     """[compare]: the main table, every strategy under every partition."""
 
-    strategies: tuple[str, ...] = COMPARE_DEFAULT
-    microbatches: int = 8
-    chunks: int = 2
-    remat: str = "never"
-    partitions: tuple[str, ...] = ("uniform", "balanced")
+    model_config = STRICT
+    strategies: NonEmpty[Annotated[str, BeforeValidator(_strategy)]] = COMPARE_DEFAULT
+    microbatches: Count = 8
+    chunks: Count = 2
+    remat: Annotated[str, one_of(REMAT_MODES)] = "never"
+    partitions: NonEmpty[Annotated[str, text("2,3,3,3")]] = ("uniform", "balanced")  # checked in _check_together
 
 
-@dataclass(frozen=True)
-class SweepSection:
+class SweepSection(BaseModel):
     """[sweep]: bubble against M (per strategy, and per v for interleaved), speedup against K."""
 
-    microbatches: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    devices: tuple[int, ...] = (1, 2, 3, 4, 6, 8)
-    chunks: tuple[int, ...] = (2,)
+    model_config = STRICT
+    microbatches: NonEmpty[Count] = (1, 2, 4, 8, 16, 32)
+    devices: NonEmpty[Count] = (1, 2, 3, 4, 6, 8)
+    chunks: NonEmpty[Count] = (2,)
 
 
-@dataclass(frozen=True)
-class TrainSection:
+class TrainSection(BaseModel):
     """[train]: loss over the optimizer's steps ([model].optimizer, SGD by default), pipelined against one device."""
 
-    steps: int = 10
-    lr: float = 0.01
-    strategy: str = "gpipe"
+    model_config = STRICT
+    steps: Count = 10
+    lr: PositiveNumber = 0.01
+    strategy: Annotated[str, one_of(_strategies)] = "gpipe"
+
+
+TITLE = "Which schedule for the seed model on 4 CPU-class devices?"
+
+
+class _File(BaseModel):
+    """A study file: its title and sections, each optional (pipesched.schema checks them by key path)."""
+
+    model_config = STRICT
+    title: Annotated[str, BeforeValidator(_title)] = TITLE
+    model: ModelSection = ModelSection()
+    hardware: HardwareSection = HardwareSection()
+    cost: CostSection = CostSection()
+    compare: CompareSection = CompareSection()
+    sweep: SweepSection = SweepSection()
+    train: TrainSection = TrainSection()
 
 
 @dataclass(frozen=True)
 class Study:
     """Everything a report runs; ``run_config`` turns it into one run's config."""
 
-    title: str = "Which schedule for the seed model on 4 CPU-class devices?"
+    title: str = TITLE
     model: ModelSection = field(default_factory=ModelSection)
     hardware: HardwareSection = field(default_factory=HardwareSection)
     cost: CostSection = field(default_factory=CostSection)
@@ -188,150 +252,6 @@ class Study:
 def default_study() -> Study:
     """The built-in study: the seed model on 4 devices, every built-in strategy."""
     return Study()
-
-
-# -- checking a parsed file ------------------------------------------------------------
-
-Check = Callable[[Any], Any]
-
-
-def _show(value: Any) -> str:
-    """A value as TOML writes it (true, not True), for messages."""
-    try:
-        return json.dumps(value)
-    except TypeError:
-        return repr(value)
-
-
-def _whole(at_least: int) -> Check:
-    def check(value: Any) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or value < at_least:
-            raise ValueError(f"{_show(value)} is not a whole number of at least {at_least}")
-        return value
-
-    return check
-
-
-def _number(positive: bool) -> Check:
-    def check(value: Any) -> float:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < 0
-            or (positive and value == 0)
-        ):
-            raise ValueError(f"{_show(value)} is not a {'positive' if positive else 'non-negative'} finite number")
-        return float(value)
-
-    return check
-
-
-def _choice(options: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Check:
-    def check(value: Any) -> str:
-        allowed = options() if callable(options) else options
-        if value not in allowed:
-            raise ValueError(f"{_show(value)} is not one of {', '.join(allowed)}")
-        return value
-
-    return check
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{_show(value)} is not a string")
-    return value
-
-
-def _layers(value: Any) -> str:
-    try:
-        parse_layers(_text(value))
-    except ConfigError as exc:
-        raise ValueError(str(exc).replace("--layers ", "", 1)) from None
-    return value
-
-
-def _fraction(value: Any) -> float:
-    number = _number(True)(value)
-    if number > 1:
-        raise ValueError(f"{_show(value)} is not in (0, 1]; give a fraction such as 0.5")
-    return number
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{_show(value)} is not true or false")
-    return value
-
-
-def _size(value: Any) -> int:
-    try:
-        return parse_bytes(str(value), flag="")
-    except ConfigError as exc:
-        raise ValueError(str(exc).strip()) from None
-
-
-def _list(item: Check) -> Check:
-    def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list) or not value:
-            raise ValueError(f"{_show(value)} is not a non-empty list")
-        return tuple(item(v) for v in value)
-
-    return check
-
-
-def _strategies() -> tuple[str, ...]:
-    from ..strategy import available_strategies
-
-    return tuple(available_strategies())
-
-
-def _strategy(value: Any) -> str:
-    """A registered strategy, or a schedule file in PyTorch's action CSV (``*.csv``)."""
-    if isinstance(value, str) and value.endswith(".csv"):
-        return value  # resolved against the study file's folder once the whole file is read
-    return _choice(_strategies)(value)
-
-
-SCHEMA: dict[str, dict[str, Check]] = {
-    "model": {
-        "layers": _layers,
-        "batch": _whole(1),
-        "loss": _choice(tuple(LOSSES)),
-        "seed": _whole(0),
-        "dtype": _choice(tuple(DTYPES)),
-        "optimizer": _choice(OPTIMIZERS),
-        "model": _text,  # a preset or a config.json: resolved once the whole file is read (_resolve_model)
-        "seq_len": _whole(1),
-        "compute": _flag,
-    },
-    "hardware": {
-        "devices": _whole(1),
-        "cost": _choice(tuple(COST_MODELS)),
-        "device_flops": _number(True),
-        "link_bandwidth": _number(True),
-        "link_latency": _number(False),
-        "overlap": _choice(OVERLAP_RULES),
-        "device_memory": _size,
-        "preset": _text,  # a preset or a file next to the study: resolved once the whole file is read
-        "devices_per_node": _whole(1),
-        "node_map": _text,
-        "efficiency": _fraction,
-        "inter_node_bandwidth": _number(True),
-        "inter_node_latency": _number(False),
-        "device_speed": _text,
-    },
-    "cost": {"times": _text},  # resolved against the study file's folder once the whole file is read
-    "compare": {
-        "strategies": _list(_strategy),
-        "microbatches": _whole(1),
-        "chunks": _whole(1),
-        "remat": _choice(REMAT_MODES),
-        "partitions": _list(_text),
-    },
-    "sweep": {"microbatches": _list(_whole(1)), "devices": _list(_whole(1)), "chunks": _list(_whole(1))},
-    "train": {"steps": _whole(1), "lr": _number(True), "strategy": _choice(_strategies)},
-}
 
 
 #: A complete study file with every key, as documented.
@@ -411,31 +331,8 @@ def named_files(data: dict[str, Any]) -> list[str]:
 def load_study(path: str) -> Study:
     """Read and check a study file; every problem names the key's path."""
     data = read_toml(path, "study")
-    study = Study()
-    for key, value in data.items():
-        if key == "title":
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError(f'{path}: title: {_show(value)} is not a title; write title = "..."')
-            study = replace(study, title=value)
-            continue
-        if key not in SCHEMA:
-            raise ConfigError(f"{path}: [{key}] is not a section of a study; use {', '.join(['title'] + list(SCHEMA))}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {key} must be a table, written [{key}]")
-        section = getattr(study, key)
-        changes = {}
-        for name, raw in value.items():
-            check = SCHEMA[key].get(name)
-            if check is None:
-                raise ConfigError(
-                    f"{path}: [{key}].{name} is not a key of [{key}]; use one of {', '.join(SCHEMA[key])}"
-                )
-            try:
-                changes[name] = check(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{path}: [{key}].{name}: {exc}; see the study schema in the README") from None
-        study = replace(study, **{key: replace(section, **changes)})
-    study = replace(study, folder=os.path.dirname(os.path.abspath(path)))
+    checked = validate(_File, data, path)
+    study = Study(**dict(checked), folder=os.path.dirname(os.path.abspath(path)))
     study = _resolve_schedule_files(study, path)
     study = _resolve_model(study, path, data)
     study = _resolve_times(study, path, data)
@@ -449,20 +346,12 @@ def _resolve_hardware(study: Study, path: str, given: set[str]) -> Study:
 
     With a preset, device_flops and the link keys the file leaves out are the preset's.
     """
-    h = study.hardware
-    preset = h.preset
-    if preset is not None:
-        if preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
-            preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
-        h = replace(
-            h,
-            device_flops=h.device_flops if "device_flops" in given else None,
-            link_bandwidth=h.link_bandwidth if "link_bandwidth" in given else None,
-            link_latency=h.link_latency if "link_latency" in given else None,
-        )
-    study = replace(study, hardware=replace(h, preset=preset))
+    preset = study.hardware.preset  # device_flops and link_* stay None unless given: the preset's then
+    if preset is not None and preset not in hardware_presets() and (preset.endswith(".toml") or os.sep in preset):
+        preset = os.path.join(os.path.dirname(os.path.abspath(path)), preset)
+    study = replace(study, hardware=study.hardware.model_copy(update={"preset": preset}))
     config = study.run_config()
-    flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in SCHEMA["hardware"]}
+    flags = {f"--{key.replace('_', '-')} ": f"[hardware].{key}: " for key in HardwareSection.model_fields}
     flags.update({"--hardware ": "[hardware].preset: ", "--devices ": "[hardware].devices: "})
     try:
         _check_nodes(study, path, "devices_per_node" in given)
@@ -537,7 +426,7 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
                 "leave loss out"
             )
         if "partitions" not in data.get("compare", {}):  # a decoder study's balanced is not wired yet
-            study = replace(study, compare=replace(study.compare, partitions=("uniform",)))
+            study = replace(study, compare=study.compare.model_copy(update={"partitions": ("uniform",)}))
         if "balanced" in study.compare.partitions:
             raise ConfigError(
                 f"{path}: [compare].partitions: 'balanced' is not wired into studies of a decoder ([model].model) "
@@ -553,7 +442,7 @@ def _resolve_model(study: Study, path: str, data: dict[str, Any]) -> Study:
                 for flag, key in words.items():
                     message = message.replace(flag, key)
                 raise ConfigError(f"{path}: [model].compute: {message}") from None
-        study = replace(study, model=replace(m, model=spec))
+        study = replace(study, model=m.model_copy(update={"model": spec}))
     if train_given and not trains(study):
         why = (
             "a study does not train a decoder ([model].model) yet (pipesched train --model does)"
@@ -593,10 +482,12 @@ def _resolve_times(study: Study, path: str, data: dict[str, Any]) -> Study:
         raise ConfigError(f"{path}: [cost].times: {exc}") from None
     compare = study.compare
     if "partitions" not in data.get("compare", {}) and not per_layer:
-        compare = replace(compare, partitions=("uniform",))
+        compare = compare.model_copy(update={"partitions": ("uniform",)})
     if "balanced" in compare.partitions and not per_layer:
         raise ConfigError(f"{path}: [compare].partitions: {STAGE_TIMES_ONLY}")
-    return replace(study, hardware=replace(h, cost="measured"), cost=CostSection(full), compare=compare)
+    return replace(
+        study, hardware=h.model_copy(update={"cost": "measured"}), cost=CostSection(times=full), compare=compare
+    )
 
 
 def _resolve_schedule_files(study: Study, path: str) -> Study:
@@ -612,7 +503,7 @@ def _resolve_schedule_files(study: Study, path: str) -> Study:
                 )
             name = full
         resolved.append(name)
-    return replace(study, compare=replace(study.compare, strategies=tuple(resolved)))
+    return replace(study, compare=study.compare.model_copy(update={"strategies": tuple(resolved)}))
 
 
 def _check_together(study: Study, path: str) -> None:
