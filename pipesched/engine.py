@@ -20,7 +20,11 @@ Sends and receives mean what PyTorch's runtime means by them: see ``pipesched.li
 A stage whose forwards run on several devices is replicated (data
 parallelism); after its last action each replica joins a ring all-reduce of
 that stage's gradients: 2(R-1) steps, each sending 1/R of the bytes to the
-next replica over the links (Patarasuk and Yuan 2009).
+next replica over the links (Patarasuk and Yuan 2009). ``grad_sync="sharded"``
+replaces it by the distributed optimizer's reduce-scatter of the gradients
+and all-gather of the updated parameters, each device then holding 1/R of
+the stage's optimizer state; ``collective`` says whether a ring that spans
+nodes runs in two levels (``pipesched.collectives``).
 
 A workload may state tied weights (``ties``: (stage a, stage b, bytes), a
 tied embedding and output layer): their two gradients are summed as
@@ -51,7 +55,20 @@ from typing import Any, Callable
 
 import simpy
 
-from .collectives import Collectives, ReduceStep, tie_rings
+from .collectives import (
+    COLLECTIVE_ALGORITHMS,
+    GRAD_SYNC_MODES,
+    Collective,
+    Collectives,
+    ReduceStep,
+    check_collective,
+    check_grad_sync,
+    grad_sync_collectives,
+    node_groups,
+    optimizer_share,
+    phases,
+    tie_rings,
+)
 from .compute import Held, Workload
 from .cost import CostModel, check_overlap, link_of, overlapped_time
 from .diagnose import deadlock_message, oom_message
@@ -62,7 +79,18 @@ from .memory import DeviceMemory
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .trace import MemorySample, Span, Trace
 
-__all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
+__all__ = [
+    "simulate",
+    "check_remat",
+    "check_p2p",
+    "check_grad_sync",
+    "check_collective",
+    "remat_keeps",
+    "REMAT_MODES",
+    "P2P_MODES",
+    "GRAD_SYNC_MODES",
+    "COLLECTIVE_ALGORITHMS",
+]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
@@ -95,9 +123,13 @@ class _Engine(Links, Collectives):
         device_memory: int | None = None,
         allow_oom: bool = False,
         p2p: str = "async",
+        grad_sync: str = "allreduce",
+        collective: str = "auto",
     ):
         check_remat(remat)
         check_p2p(p2p)
+        check_grad_sync(grad_sync)
+        check_collective(collective)
         self.blocking = p2p == "blocking"
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
@@ -121,8 +153,19 @@ class _Engine(Links, Collectives):
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-        ties = tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
-        self.program = [self._program(d, actions, replicas, ties) for d, actions in enumerate(schedule.actions)]
+
+        def groups(ring: tuple[int, ...], what: str) -> list[tuple[int, ...]]:
+            return node_groups(ring, lambda a, b: link_of(cost, a, b)[1], collective, what)
+
+        syncs = {
+            s: grad_sync_collectives(s, work.param_bytes(s), groups(ring, f"stage {s}'s replicas"), grad_sync)
+            for s, ring in replicas.items()
+        }
+        ties = [  # optional: only tied models state them
+            Collective(s, "tie", 0, tuple(phases("allreduce", nbytes, groups(ring, f"stage {s}'s tied pair"))))
+            for (s, ring), nbytes in tie_rings(getattr(work, "ties", ()), schedule.placement()).items()
+        ]
+        self.program = [self._program(d, actions, syncs, ties) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
             (a.stage, a.op[-1], a.microbatch)
@@ -159,7 +202,10 @@ class _Engine(Links, Collectives):
                 sum(work.param_bytes(s) for s in hosted),
                 device_memory,
                 self._exceeded(d),
-                optimizer=sum(work.optimizer_bytes(s) for s in hosted),  # each replica holds its own
+                # each replica holds its own, or its shard of it (the distributed optimizer)
+                optimizer=sum(
+                    optimizer_share(work.optimizer_bytes(s), len(replicas.get(s, (d,))), grad_sync) for s in hosted
+                ),
                 itemsize=work.itemsize,
             )
             for d, hosted in enumerate(self.hosted)
@@ -462,6 +508,8 @@ def simulate(
     device_memory: int | None = None,
     allow_oom: bool = False,
     p2p: str = "async",
+    grad_sync: str = "allreduce",
+    collective: str = "auto",
 ) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
@@ -471,5 +519,16 @@ def simulate(
     ``allow_oom``: then ``trace.oom`` records the first time it happened.
     ``p2p`` is ``async`` (PyTorch's isend/irecv) or ``blocking`` (rendezvous);
     see the module's text.
+
+    A replicated stage's gradients are summed by a ring all-reduce
+    (``grad_sync="allreduce"``), or (``"sharded"``, the distributed optimizer,
+    ZeRO-1) by a ring reduce-scatter, then an all-gather of the updated
+    parameters, each replica holding 1/R of the stage's optimizer state.
+    ``collective`` is ``auto`` (two levels, inside nodes then across, where a
+    ring spans nodes with as many of its devices on each; else one flat ring),
+    ``ring`` (always one flat ring, as before nodes) or ``hierarchical`` (two
+    levels, a ring spread unevenly over nodes refused). See
+    ``pipesched.collectives``; their times are ``pipesched.formulas``'s
+    ``ring_*_time`` and ``hierarchical_*_time``.
     """
-    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p).run()
+    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective).run()
