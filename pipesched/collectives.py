@@ -20,10 +20,10 @@ Thakur et al. 2005's composition of reduce-scatter and all-gather, applied
 per level as NCCL and Horovod's hierarchical all-reduce do. A sharded sync
 splits it in two: reduce-scatter inside, then across; all-gather across, then
 inside. ``auto`` (the default) takes two levels wherever the ring spans nodes
-evenly: one ring of single links would send every byte over one inter-node
-link per node boundary and pay the inter-node latency 2(R-1) times, which no
-multi-node NCCL job does. On one node (or without nodes) both are the flat
-ring, so runs without nodes keep their numbers. A tied pair of stages on
+evenly: one flat ring sends 2(R-1)/R of the bytes over each inter-node link it
+crosses, two levels 2(n-1)/(pn), about p times less, as a multi-node NCCL job
+spreads its collectives over every device's link. On one node (or without
+nodes) both are the flat ring, so runs without nodes keep their numbers. A tied pair of stages on
 different devices (a decoder's embedding and output layer) sums its shared
 matrix by the same all-reduce over the devices holding either stage, as
 Megatron-LM's embedding group does. The steps are items of a device's

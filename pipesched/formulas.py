@@ -323,15 +323,16 @@ def hierarchical_allreduce_time(
     all-gather inside every node (p-1 steps of ⌈S/p⌉). It is Thakur et al.
     2005's all-reduce as a reduce-scatter then an all-gather, each split by
     level, with Patarasuk and Yuan 2009's ring at each level; NCCL and
-    Horovod's hierarchical all-reduce take this shape. Against one flat ring
-    over all pn devices, whose every step waits for an inter-node link,
-    2(pn-1)·(Lₑ + ⌈S/(pn)⌉/Bₑ), the inter-node bytes per link fall by about
-    a factor p and the inter-node latencies from 2(pn-1) to 2(n-1).
+    Horovod's hierarchical all-reduce take this shape. One flat ring over
+    all pn devices sends 2(pn-1) chunks of ⌈S/(pn)⌉ over each inter-node
+    link it crosses, one after another, so it lasts at least
+    2(pn-1)·⌈S/(pn)⌉/Bₑ; two levels send 2(n-1) such chunks per link, about
+    p times fewer.
 
     >>> round(hierarchical_allreduce_time(2, 4, 8000, 1e9, 1e-6, 1e8, 1e-5) * 1e6, 9)  # 6·(1+2) + 2·(10+10) µs
     58.0
-    >>> round(ring_allreduce_time(8, 8000, 1e8, 1e-5) * 1e6, 9)  # one flat ring over the same 8: 14·(10+10) µs
-    280.0
+    >>> round(2 * 7 * 1000 / 1e8 * 1e6, 9)  # a flat ring over the same 8: 14 chunks of 1000 B on one slow link
+    140.0
     """
     shard = -(-nbytes // per_node)
     return ring_allreduce_time(per_node, nbytes, intra_bandwidth, intra_latency) + ring_allreduce_time(
