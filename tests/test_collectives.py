@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipesched import Schedule, formulas
+from pipesched import DeadlockError, Schedule, formulas
 from pipesched.compute import ShapeWorkload
 from pipesched.cost import FlopsCost
 from pipesched.engine import simulate
@@ -200,3 +200,17 @@ def test_the_last_stage_reduces_while_the_first_drains():
         (1, 3, 1, 8.5, 9.5, 10),
     ]
     assert trace.makespan == 12
+
+
+def test_crossed_reductions_deadlock_and_say_which_collective_waits():
+    # Both devices hold both stages; device 0 reduces stage 0 first, device 1 stage 1 first: each waits for a chunk
+    # of the collective the other has not reached.
+    schedule = Schedule.parse(
+        ["0F0 1F0 1B0 0B0 0REDUCE_GRAD 1REDUCE_GRAD", "0F1 1F1 1B1 0B1 1REDUCE_GRAD 0REDUCE_GRAD"]
+    )
+    work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), [1, 1])
+    with pytest.raises(DeadlockError) as err:
+        simulate(schedule, work, _LinksOnly(), grad_sync="sharded")
+    message = str(err.value)
+    assert "step 0 of the gradient reduce-scatter of stage 0 (from device 1)" in message
+    assert "step 0 of the gradient reduce-scatter of stage 1 (from device 0)" in message
