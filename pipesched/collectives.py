@@ -47,6 +47,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Sequence
 
 from .compute import Buffer
+from .cost import CostModel, link_of
 from .errors import ConfigError
 from .links import Message
 from .schedule import Action, Item
@@ -64,6 +65,7 @@ __all__ = [
     "node_groups",
     "optimizer_share",
     "phases",
+    "plan_collectives",
     "tie_rings",
 ]
 
@@ -210,6 +212,43 @@ def grad_sync_collectives(
         Collective(stage, "reduce_scatter", 0, scatter),
         Collective(stage, "all_gather", sum(p.steps for p in scatter), gather),
     ]
+
+
+def plan_collectives(
+    placement: dict[int, tuple[int, ...]], work: Any, cost: CostModel, grad_sync: str, collective: str
+) -> tuple[dict[int, list[Collective]], list[Collective]]:
+    """Per replicated stage its gradient collectives, and every tied pair's all-reduce (``work.ties``, if any).
+
+    ``placement`` is the schedule's (stage -> devices running its forwards);
+    the nodes are ``cost``'s (``pipesched.cost.link_of``). Raises
+    ``ConfigError`` for an unknown ``grad_sync`` or ``collective``, or a ring
+    that ``collective="hierarchical"`` cannot split.
+
+    >>> from pipesched.compute import ShapeWorkload
+    >>> from pipesched.cost import UnitCost
+    >>> from pipesched.model import layers_from_widths
+    >>> work = ShapeWorkload(layers_from_widths([3, 4]), (range(0, 1),), [1, 1])
+    >>> syncs, ties = plan_collectives({0: (0, 1)}, work, UnitCost(), "allreduce", "auto")
+    >>> syncs[0][0].steps(1)  # (3 + 1) * 4 parameters of 8 bytes, in 2 steps of half
+    [ReduceStep(stage=0, step=0, ring=(0, 1), op='allreduce', nbytes=128), \
+ReduceStep(stage=0, step=1, ring=(0, 1), op='allreduce', nbytes=128)]
+    """
+    check_grad_sync(grad_sync)
+    check_collective(collective)
+
+    def groups(ring: tuple[int, ...], what: str) -> list[tuple[int, ...]]:
+        return node_groups(ring, lambda a, b: link_of(cost, a, b)[1], collective, what)
+
+    syncs = {
+        s: grad_sync_collectives(s, work.param_bytes(s), groups(ring, f"stage {s}'s replicas"), grad_sync)
+        for s, ring in placement.items()
+        if len(ring) > 1
+    }
+    ties = [  # optional: only tied models state them
+        Collective(s, "tie", 0, tuple(phases("allreduce", nbytes, groups(ring, f"stage {s}'s tied pair"))))
+        for (s, ring), nbytes in tie_rings(getattr(work, "ties", ()), placement).items()
+    ]
+    return syncs, ties
 
 
 def optimizer_share(nbytes: int, replicas: int, grad_sync: str) -> int:

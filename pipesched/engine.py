@@ -55,20 +55,7 @@ from typing import Any, Callable
 
 import simpy
 
-from .collectives import (
-    COLLECTIVE_ALGORITHMS,
-    GRAD_SYNC_MODES,
-    Collective,
-    Collectives,
-    ReduceStep,
-    check_collective,
-    check_grad_sync,
-    grad_sync_collectives,
-    node_groups,
-    optimizer_share,
-    phases,
-    tie_rings,
-)
+from .collectives import Collectives, ReduceStep, optimizer_share, plan_collectives
 from .compute import Held, Workload
 from .cost import CostModel, check_overlap, link_of, overlapped_time
 from .diagnose import deadlock_message, oom_message
@@ -79,18 +66,7 @@ from .memory import DeviceMemory
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .trace import MemorySample, Span, Trace
 
-__all__ = [
-    "simulate",
-    "check_remat",
-    "check_p2p",
-    "check_grad_sync",
-    "check_collective",
-    "remat_keeps",
-    "REMAT_MODES",
-    "P2P_MODES",
-    "GRAD_SYNC_MODES",
-    "COLLECTIVE_ALGORITHMS",
-]
+__all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
@@ -128,8 +104,6 @@ class _Engine(Links, Collectives):
     ):
         check_remat(remat)
         check_p2p(p2p)
-        check_grad_sync(grad_sync)
-        check_collective(collective)
         self.blocking = p2p == "blocking"
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
@@ -153,18 +127,7 @@ class _Engine(Links, Collectives):
         self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
         self.stage_units = devices / self.num_stages  # the unit cost model's F of one stage
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-
-        def groups(ring: tuple[int, ...], what: str) -> list[tuple[int, ...]]:
-            return node_groups(ring, lambda a, b: link_of(cost, a, b)[1], collective, what)
-
-        syncs = {
-            s: grad_sync_collectives(s, work.param_bytes(s), groups(ring, f"stage {s}'s replicas"), grad_sync)
-            for s, ring in replicas.items()
-        }
-        ties = [  # optional: only tied models state them
-            Collective(s, "tie", 0, tuple(phases("allreduce", nbytes, groups(ring, f"stage {s}'s tied pair"))))
-            for (s, ring), nbytes in tie_rings(getattr(work, "ties", ()), schedule.placement()).items()
-        ]
+        syncs, ties = plan_collectives(schedule.placement(), work, cost, grad_sync, collective)  # checks both
         self.program = [self._program(d, actions, syncs, ties) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
