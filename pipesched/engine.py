@@ -20,7 +20,11 @@ Sends and receives mean what PyTorch's runtime means by them: see ``pipesched.li
 A stage whose forwards run on several devices is replicated (data
 parallelism); after its last action each replica joins a ring all-reduce of
 that stage's gradients: 2(R-1) steps, each sending 1/R of the bytes to the
-next replica over the links (Patarasuk and Yuan 2009).
+next replica over the links (Patarasuk and Yuan 2009). ``grad_sync="sharded"``
+replaces it by the distributed optimizer's reduce-scatter of the gradients
+and all-gather of the updated parameters, each device then holding 1/R of
+the stage's optimizer state; ``collective`` says whether a ring that spans
+nodes runs in two levels (``pipesched.collectives``).
 
 A workload may state tied weights (``ties``: (stage a, stage b, bytes), a
 tied embedding and output layer): their two gradients are summed as
@@ -51,7 +55,7 @@ from typing import Any, Callable
 
 import simpy
 
-from .collectives import Collectives, ReduceStep, tie_rings
+from .collectives import Collectives, ReduceStep, optimizer_share, plan_collectives
 from .compute import Held, Workload
 from .cost import CostModel, check_overlap, link_of, overlapped_time
 from .diagnose import deadlock_message, oom_message
@@ -95,6 +99,8 @@ class _Engine(Links, Collectives):
         device_memory: int | None = None,
         allow_oom: bool = False,
         p2p: str = "async",
+        grad_sync: str = "allreduce",
+        collective: str = "auto",
     ):
         check_remat(remat)
         check_p2p(p2p)
@@ -124,8 +130,8 @@ class _Engine(Links, Collectives):
         # the unit cost model's F of one stage: K / S, K the devices of one pipeline replica (pipesched.layout)
         self.stage_units = devices / schedule.replicas / self.num_stages
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-        ties = tie_rings(getattr(work, "ties", ()), schedule.placement())  # optional: only tied models state it
-        self.program = [self._program(d, actions, replicas, ties) for d, actions in enumerate(schedule.actions)]
+        syncs, ties = plan_collectives(schedule.placement(), work, cost, grad_sync, collective)  # checks both
+        self.program = [self._program(d, actions, syncs, ties) for d, actions in enumerate(schedule.actions)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
             (a.stage, a.op[-1], a.microbatch)
@@ -162,7 +168,10 @@ class _Engine(Links, Collectives):
                 sum(work.param_bytes(s) for s in hosted),
                 device_memory,
                 self._exceeded(d),
-                optimizer=sum(work.optimizer_bytes(s) for s in hosted),  # each replica holds its own
+                # each replica holds its own, or its shard of it (the distributed optimizer)
+                optimizer=sum(
+                    optimizer_share(work.optimizer_bytes(s), len(replicas.get(s, (d,))), grad_sync) for s in hosted
+                ),
                 itemsize=work.itemsize,
             )
             for d, hosted in enumerate(self.hosted)
@@ -465,6 +474,8 @@ def simulate(
     device_memory: int | None = None,
     allow_oom: bool = False,
     p2p: str = "async",
+    grad_sync: str = "allreduce",
+    collective: str = "auto",
 ) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
@@ -474,5 +485,16 @@ def simulate(
     ``allow_oom``: then ``trace.oom`` records the first time it happened.
     ``p2p`` is ``async`` (PyTorch's isend/irecv) or ``blocking`` (rendezvous);
     see the module's text.
+
+    A replicated stage's gradients are summed by a ring all-reduce
+    (``grad_sync="allreduce"``), or (``"sharded"``, the distributed optimizer,
+    ZeRO-1) by a ring reduce-scatter, then an all-gather of the updated
+    parameters, each replica holding 1/R of the stage's optimizer state.
+    ``collective`` is ``auto`` (two levels, inside nodes then across, where a
+    ring spans nodes with as many of its devices on each; else one flat ring),
+    ``ring`` (always one flat ring, as before nodes) or ``hierarchical`` (two
+    levels, a ring spread unevenly over nodes refused). See
+    ``pipesched.collectives``; their times are ``pipesched.formulas``'s
+    ``ring_*_time`` and ``hierarchical_*_time``.
     """
-    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p).run()
+    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective).run()

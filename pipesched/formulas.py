@@ -55,6 +55,11 @@ __all__ = [
     "dualpipev_peak_inflight",
     "data_parallel_bubble",
     "ring_allreduce_time",
+    "ring_reduce_scatter_time",
+    "ring_all_gather_time",
+    "hierarchical_allreduce_time",
+    "hierarchical_reduce_scatter_time",
+    "hierarchical_all_gather_time",
     "gpipe_peak_inflight",
     "one_f_one_b_peak_inflight",
     "zb_h1_peak_inflight",
@@ -266,6 +271,121 @@ def ring_allreduce_time(devices: int, nbytes: int, bandwidth: float, latency: fl
     if devices == 1:
         return 0.0
     return 2 * (devices - 1) * (latency + -(-nbytes // devices) / bandwidth)
+
+
+def ring_reduce_scatter_time(devices: int, nbytes: int, bandwidth: float, latency: float) -> float:
+    """(K-1) · (latency + ceil(bytes/K) / bandwidth): a ring reduce-scatter over K devices.
+
+    In each of K-1 steps every device sends one chunk of 1/K of the bytes,
+    summed with what it received, to its neighbour; after them each device
+    holds the full sum of one chunk (Patarasuk and Yuan 2009, the all-reduce's
+    first half; Thakur et al. 2005, "Optimization of collective communication
+    operations in MPICH", section 4: (p-1)α + (p-1)/p · nβ). The distributed
+    optimizer (ZeRO-1) reduces a stage's gradients this way.
+
+    >>> round(ring_reduce_scatter_time(4, 4000, bandwidth=1e9, latency=1e-6) * 1e6, 9)  # 3 steps of 1 + 1 µs
+    6.0
+    """
+    return (devices - 1) * (latency + -(-nbytes // devices) / bandwidth)
+
+
+def ring_all_gather_time(devices: int, nbytes: int, bandwidth: float, latency: float) -> float:
+    """(K-1) · (latency + ceil(bytes/K) / bandwidth): a ring all-gather over K devices.
+
+    Each device starts with one chunk of 1/K of the bytes and passes on the
+    chunk it last received, K-1 times, until every device holds all of them
+    (Patarasuk and Yuan 2009, the all-reduce's second half; Thakur et al.
+    2005, section 3: (p-1)α + (p-1)/p · nβ). The distributed optimizer
+    gathers a stage's updated parameters this way.
+
+    >>> ring_all_gather_time(4, 4000, 1e9, 1e-6) == ring_reduce_scatter_time(4, 4000, 1e9, 1e-6)
+    True
+    """
+    return ring_reduce_scatter_time(devices, nbytes, bandwidth, latency)
+
+
+def hierarchical_allreduce_time(
+    nodes: int,
+    per_node: int,
+    nbytes: int,
+    intra_bandwidth: float,
+    intra_latency: float,
+    inter_bandwidth: float,
+    inter_latency: float,
+) -> float:
+    """2(p-1)·(Lᵢ + ⌈S/p⌉/Bᵢ) + 2(n-1)·(Lₑ + ⌈⌈S/p⌉/n⌉/Bₑ): a two-level all-reduce, n nodes of p devices.
+
+    A ring reduce-scatter of the S bytes inside every node (p-1 steps of
+    ⌈S/p⌉ over the intra-node links, bandwidth Bᵢ, latency Lᵢ), a ring
+    all-reduce of each device's shard of ⌈S/p⌉ bytes across the nodes (the
+    j-th devices of all nodes form one ring of n, all p rings at once over
+    the inter-node links Bₑ, Lₑ: 2(n-1) steps of ⌈S/(pn)⌉), and a ring
+    all-gather inside every node (p-1 steps of ⌈S/p⌉). It is Thakur et al.
+    2005's all-reduce as a reduce-scatter then an all-gather, each split by
+    level, with Patarasuk and Yuan 2009's ring at each level; NCCL and
+    Horovod's hierarchical all-reduce take this shape. One flat ring over
+    all pn devices sends 2(pn-1) chunks of ⌈S/(pn)⌉ over each inter-node
+    link it crosses, one after another, so it lasts at least
+    2(pn-1)·⌈S/(pn)⌉/Bₑ; two levels send 2(n-1) such chunks per link, about
+    p times fewer.
+
+    >>> round(hierarchical_allreduce_time(2, 4, 8000, 1e9, 1e-6, 1e8, 1e-5) * 1e6, 9)  # 6·(1+2) + 2·(10+10) µs
+    58.0
+    >>> round(2 * 7 * 1000 / 1e8 * 1e6, 9)  # a flat ring over the same 8: 14 chunks of 1000 B on one slow link
+    140.0
+    """
+    shard = -(-nbytes // per_node)
+    return ring_allreduce_time(per_node, nbytes, intra_bandwidth, intra_latency) + ring_allreduce_time(
+        nodes, shard, inter_bandwidth, inter_latency
+    )
+
+
+def hierarchical_reduce_scatter_time(
+    nodes: int,
+    per_node: int,
+    nbytes: int,
+    intra_bandwidth: float,
+    intra_latency: float,
+    inter_bandwidth: float,
+    inter_latency: float,
+) -> float:
+    """(p-1)·(Lᵢ + ⌈S/p⌉/Bᵢ) + (n-1)·(Lₑ + ⌈⌈S/p⌉/n⌉/Bₑ): a two-level reduce-scatter, n nodes of p devices.
+
+    A ring reduce-scatter inside every node, then one of each device's shard
+    across the nodes (``hierarchical_allreduce_time``'s first two levels,
+    halved across): every device ends with the sum of its ⌈S/(pn)⌉ bytes.
+
+    >>> round(hierarchical_reduce_scatter_time(2, 4, 8000, 1e9, 1e-6, 1e8, 1e-5) * 1e6, 9)  # 3·(1+2) + (10+10) µs
+    29.0
+    """
+    shard = -(-nbytes // per_node)
+    return ring_reduce_scatter_time(per_node, nbytes, intra_bandwidth, intra_latency) + ring_reduce_scatter_time(
+        nodes, shard, inter_bandwidth, inter_latency
+    )
+
+
+def hierarchical_all_gather_time(
+    nodes: int,
+    per_node: int,
+    nbytes: int,
+    intra_bandwidth: float,
+    intra_latency: float,
+    inter_bandwidth: float,
+    inter_latency: float,
+) -> float:
+    """(n-1)·(Lₑ + ⌈⌈S/p⌉/n⌉/Bₑ) + (p-1)·(Lᵢ + ⌈S/p⌉/Bᵢ): a two-level all-gather, n nodes of p devices.
+
+    The reduce-scatter's mirror: an all-gather of the shards across the nodes,
+    then a ring all-gather inside every node; the same time.
+
+    >>> hierarchical_all_gather_time(2, 4, 8000, 1e9, 1e-6, 1e8, 1e-5) == hierarchical_reduce_scatter_time(
+    ...     2, 4, 8000, 1e9, 1e-6, 1e8, 1e-5
+    ... )
+    True
+    """
+    return hierarchical_reduce_scatter_time(
+        nodes, per_node, nbytes, intra_bandwidth, intra_latency, inter_bandwidth, inter_latency
+    )
 
 
 def gpipe_peak_inflight(devices: int, microbatches: int, device: int) -> int:

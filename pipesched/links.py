@@ -55,7 +55,8 @@ __all__ = ["P2P_MODES", "check_p2p", "Key", "Message", "Links"]
 P2P_MODES = ("async", "blocking")
 
 # ("x", stage, mb): input of a stage; ("g", stage, mb): gradient of its output;
-# ("allreduce", stage, step, device): an all-reduce chunk arriving at a replica;
+# ("allreduce", stage, step, device): an all-reduce chunk arriving at a replica (or "reduce_scatter",
+# "all_gather": the distributed optimizer's);
 # ("tie", stage, step, device): a chunk of a tied pair's all-reduce (``stage`` the pair's first)
 Key = tuple[Any, ...]
 

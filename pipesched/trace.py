@@ -39,17 +39,20 @@ class Span(NamedTuple):
         return f"Span(device={self.device}, name={self.name!r}, start={self.start!r}, end={self.end!r})"
 
 
-#: Transfer ops that are chunks of a ring all-reduce (a replicated stage's, a tied pair's), not an action's output.
-_CHUNKS = ("allreduce", "tie")
+#: Transfer ops that are chunks of a collective (a replicated stage's all-reduce, or reduce-scatter and
+#: all-gather; a tied pair's all-reduce), not an action's output.
+_CHUNKS = ("allreduce", "reduce_scatter", "all_gather", "tie")
 
 
 class Transfer(NamedTuple):
     """The link ``src -> dst`` was busy with ``nbytes`` from start to end, and they landed at ``arrival``.
 
     What moved: the output of action ``(stage, op, microbatch)`` (named like
-    ``2F0``), or, with op ``"allreduce"``, a gradient chunk of ``stage``, or,
-    with op ``"tie"``, a chunk of the tied-weight all-reduce of ``stage`` and
-    its pair (``pipesched.engine``).
+    ``2F0``), or, with op ``"allreduce"`` or ``"reduce_scatter"``, a gradient
+    chunk of ``stage``, with op ``"all_gather"`` one of its updated parameters
+    (``microbatch`` then numbers the collective's step), or, with op
+    ``"tie"``, a chunk of the tied-weight all-reduce of ``stage`` and its pair
+    (``pipesched.collectives``).
     ``arrival - end`` is the link's latency: the next send may use the link
     meanwhile.
     """
