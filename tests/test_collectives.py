@@ -118,7 +118,9 @@ class TestHierarchical:
 
     def test_a_ring_spread_unevenly_over_nodes_runs_flat_or_is_refused(self):
         schedule, work, nbytes = _replicas(4, 8, 8, 8)
-        cost = _cost(2, 2, node_map="0,0,0,1")  # three on node 0, one on node 1: no equal shards
+        # three on node 0 (of up to 3), one on node 1: no equal shards
+        topology = make_topology(4, 3, "0,0,0,1", INTRA, INTER)
+        cost = _LinksOnly(link_bandwidth=INTRA.bandwidth, link_latency=INTRA.latency, topology=topology)
         auto = simulate(schedule, work, cost)
         assert auto.transfers == simulate(schedule, work, cost, collective="ring").transfers
         with pytest.raises(
