@@ -24,6 +24,7 @@ from .balance import Balance, Placement, balance, fastest, layer_graph, profile_
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
+from .collectives import check_collective, check_grad_sync
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .hardware import check_hardware, cost_model, default_memory, flops_model
@@ -75,6 +76,10 @@ class RunConfig:
     devices: int = 4  # K: the devices of one pipeline replica
     # D: pipeline replicas side by side, K·D devices in all (pipesched.layout); batch is the global batch
     data_parallel: int = 1
+    # how replicas sum their gradients (pipesched.collectives): a ring all-reduce, or a sharded optimizer
+    # (reduce-scatter, then all-gather of the updated weights; ZeRO-1); ring, two-level or auto over nodes
+    grad_sync: str = "allreduce"
+    collective: str = "auto"
     chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
     strategy: str | Strategy = "gpipe"  # a registered name, path/file.py:Class, or an instance
     partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
@@ -139,6 +144,8 @@ class RunResult:
             "strategy": c.strategy if isinstance(c.strategy, str) else c.strategy.name,
             "devices": c.devices,
             "data_parallel": c.data_parallel,
+            "grad_sync": c.grad_sync,
+            "collective": c.collective,
             "microbatches": c.microbatches,
             "chunks": c.chunks,
             "batch": c.batch,
@@ -219,6 +226,8 @@ def _check_counts(config: RunConfig) -> None:
         raise ConfigError(f"--seed {config.seed} is negative; give a seed of 0 or more")
     layout.check_data_parallel(config.data_parallel)
     layout.check_batch(config.batch, config.microbatches, config.data_parallel)
+    check_grad_sync(config.grad_sync)
+    check_collective(config.collective)
     check_remat(config.remat)
     check_p2p(config.p2p)
     if config.dtype is not None:
@@ -358,7 +367,10 @@ def execute(p: Prepared) -> RunResult:
     else:
         assert p.x is not None and p.target is not None  # prepare builds the data together with the model
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices, size, state)
-    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
+    trace = simulate(
+        p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
+        config.grad_sync, config.collective,
+    )  # fmt: skip
     result = RunResult(
         config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
     )
@@ -385,7 +397,10 @@ def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> Run
     else:
         assert p.x is not None and p.target is not None  # prepare builds the tokens together with the model
         work = DecoderWorkload(p.decoder_model, p.partition, p.x, p.target, p.slices, size, state)
-    trace = simulate(p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p)
+    trace = simulate(
+        p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
+        config.grad_sync, config.collective,
+    )  # fmt: skip
     result = RunResult(
         config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
     )
@@ -508,7 +523,10 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
             chain = [costed.layer for costed in layers]
             work = DecoderShapeWorkload(chain, partition, rows, config.seq_len or 0, size, state)
         cost = cost_model(config, dtype, times, partition)  # measured times: the candidate's layer sums
-        trace = simulate(schedule, work, cost, config.remat, config.device_memory, allow_oom=True)
+        trace = simulate(
+            schedule, work, cost, config.remat, config.device_memory, allow_oom=True,
+            grad_sync=config.grad_sync, collective=config.collective,
+        )  # fmt: skip
         return trace.oom is not None, trace.makespan
 
     runs = max(2, SEARCH_ACTIONS // actions)

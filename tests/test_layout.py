@@ -282,3 +282,31 @@ def test_balance_places_one_pipeline(capsys):
     assert main(["balance", *flags, "--batch", "8", "--data-parallel", "2"]) == 0
     many = json.loads(capsys.readouterr().out)
     assert many["uniform"]["bottleneck"] == one["uniform"]["bottleneck"] and many["sizes"] == one["sizes"]
+
+
+def test_a_sharded_optimizer_divides_each_replicas_state_and_moves_the_same_bytes(capsys):
+    # ZeRO-1 through the CLI: D = 2 replicas of Adam (fp64 state, 16 bytes per parameter) hold half the optimizer
+    # state each (ceil(state / 2)), and reduce-scatter + all-gather move what the all-reduce moved
+    flags = ["run", "--data-parallel", "2", "--devices", "2", "--microbatches", "2", "--batch", "8",
+             "--layers", "6x5", "--optimizer", "adam", "--no-compute", "--json"]  # fmt: skip
+    assert main(flags) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main([*flags, "--grad-sync", "sharded"]) == 0
+    sharded = json.loads(capsys.readouterr().out)
+    assert sharded["grad_sync"] == "sharded" and whole["grad_sync"] == "allreduce"
+    state = [roles["optimizer"] for roles in whole["memory_by_role"]]
+    assert [roles["optimizer"] for roles in sharded["memory_by_role"]] == [-(-s // 2) for s in state]
+    assert sharded["makespan"] == pytest.approx(whole["makespan"], rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--grad-sync", "zero"], "--grad-sync 'zero' is unknown; use one of allreduce, sharded"),
+        (["--collective", "tree"], "--collective 'tree' is unknown; use one of auto, ring, hierarchical"),
+    ],
+)
+def test_bad_gradient_sync_flags_exit_2(flag, message, capsys):
+    assert main(["run", "--data-parallel", "2", "--no-compute", *flag]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

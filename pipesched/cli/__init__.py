@@ -83,6 +83,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="D, pipeline replicas of --devices each, K·D devices in all; --batch is their global batch "
         "(default %(default)s)",
     )
+    p.add_argument(
+        "--grad-sync",
+        default=d.grad_sync,
+        help="how replicas sum gradients: allreduce, or sharded (the distributed optimizer / ZeRO-1: "
+        "reduce-scatter, optimizer state / D, all-gather of the weights) (default %(default)s)",
+    )
+    p.add_argument(
+        "--collective",
+        default=d.collective,
+        help="ring, hierarchical (inside nodes, then across) or auto (two levels where a ring spans nodes "
+        "evenly) (default %(default)s)",
+    )
     _add_model_flags(p)
     p.add_argument(
         "--partition",

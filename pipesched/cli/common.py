@@ -55,6 +55,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         overlap=args.overlap,
         times=getattr(args, "times", None),
         p2p=args.p2p,
+        grad_sync=args.grad_sync,
+        collective=args.collective,
         model=getattr(args, "model", None),
         seq_len=getattr(args, "seq_len", None),
         loss=args.loss,
