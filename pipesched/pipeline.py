@@ -21,10 +21,10 @@ import numpy as np
 
 from . import layout, microbatch
 from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
+from .collectives import check_collective, check_grad_sync
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
-from .collectives import check_collective, check_grad_sync
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .hardware import check_hardware, cost_model, default_memory, flops_model
