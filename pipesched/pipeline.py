@@ -80,6 +80,9 @@ class RunConfig:
     # (reduce-scatter, then all-gather of the updated weights; ZeRO-1); ring, two-level or auto over nodes
     grad_sync: str = "allreduce"
     collective: str = "auto"
+    # T: tensor-parallel devices per stage (Megatron-LM's intra-layer split), with or without sequence parallelism
+    tensor_parallel: int = 1
+    sequence_parallel: bool = False
     chunks: int | None = None  # None: the strategy's ``default_chunks``, else 1
     strategy: str | Strategy = "gpipe"  # a registered name, path/file.py:Class, or an instance
     partition: str = "uniform"  # uniform, balanced, or layer counts such as 2,3,3,3
