@@ -189,3 +189,23 @@ def test_with_free_links_tensor_parallelism_is_compute_over_t(strategy, tensor, 
                              "device_flops": 1e12}))  # fmt: skip
     fast = run(RunConfig(**{**free.__dict__, "device_flops": 1e12 * tensor}))
     assert split.metrics.makespan == pytest.approx(fast.metrics.makespan, rel=1e-9)
+
+
+LLAMA_GQA = {"model_type": "llama", "hidden_act": "silu", "hidden_size": 8, "num_hidden_layers": 2,
+             "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 24, "vocab_size": 16,
+             "max_position_embeddings": 8}  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [SMALL, LLAMA_GQA])
+def test_whole_plus_divided_parts_are_the_undivided_accounting(spec):
+    # the rule's two parts, each taken at T = 1, add up to pipesched.decoder.accounting's own count of every
+    # layer (GPT-style and LLaMA-style with GQA), so no tensor is lost or counted twice by the division
+    config = DecoderConfig.from_dict(spec)
+    one = Split(1)
+    for layer in decoder_layers(config):
+        for which, want in (
+            ("kept", layer.kept_bytes(2, 4, 2)),
+            ("deferred", layer.deferred_bytes(2, 4, 2)),
+            ("reused", layer.reused_bytes(2, 4, 2)),
+        ):
+            assert one._bytes(layer, 2, 4, 2, which) == want, (layer, which)
