@@ -260,18 +260,30 @@ def flops_model(config: RunConfig, dtype: str) -> FlopsCost:
         latency=_given(config.inter_node_latency, inter.latency),
     )
     per_node = _given(
-        config.devices_per_node, hardware.devices_per_node if named and hardware else total_devices(config)
+        config.devices_per_node,
+        hardware.devices_per_node if named and hardware else total_devices(config) * config.tensor_parallel,
     )
     # every device of the run: K·D with data-parallel replicas, numbered as pipesched.layout says
     devices = total_devices(config)
-    if config.data_parallel > 1 and config.node_map is None and per_node < devices and devices % per_node:
-        # make_topology's own sentence would name --devices K·D, a value the user did not give
+    tensor = config.tensor_parallel
+    if tensor > 1 and per_node % tensor:
+        # Megatron-LM's tensor-parallel ranks are innermost (consecutive), and a group must share a node's link
         raise ConfigError(
-            f"--devices {config.devices} x --data-parallel {config.data_parallel} = {devices} devices span more "
-            f"than one node of {per_node} but do not fill whole nodes; make the product a multiple of {per_node}, "
-            f"or give each device's node with --node-map"
+            f"--tensor-parallel {tensor} does not divide the {per_node} devices of a node, so a tensor-parallel "
+            f"group would leave its node; give a divisor of {per_node} (or --devices-per-node a multiple of {tensor})"
         )
-    topology = make_topology(devices, per_node, config.node_map, intra, inter)
+    gpus = devices * tensor
+    if (config.data_parallel > 1 or tensor > 1) and config.node_map is None and per_node < gpus and gpus % per_node:
+        # make_topology's own sentence would name --devices K·D, a value the user did not give
+        factors = f" x --tensor-parallel {tensor}" if tensor > 1 else ""
+        raise ConfigError(
+            f"--devices {config.devices} x --data-parallel {config.data_parallel}{factors} = {gpus} devices span "
+            f"more than one node of {per_node} but do not fill whole nodes; make the product a multiple of "
+            f"{per_node}, or give each device's node with --node-map"
+        )
+    # one representative per tensor-parallel group: the simulated device i is global rank i·T, so nodes hold
+    # per_node / T of them and the link between two is the link between those ranks (--node-map: per group)
+    topology = make_topology(devices, per_node // tensor, config.node_map, intra, inter)
     return FlopsCost(achieved, intra.bandwidth, intra.latency, config.overlap, topology=topology)
 
 
@@ -307,6 +319,15 @@ def cost_model(
     )
     if config.device_speed is not None:
         cost = SpeedCost(cost, parse_device_speed(config.device_speed, total_devices(config)))
+    if config.tensor_parallel > 1:
+        from .decoder.tensor import TensorParallelCost
+        from .precision import itemsize
+
+        # the group's collectives run on the intra-node link; the unit model's communication is free
+        link = None if config.cost == "unit" else flops.link_bandwidth
+        cost = TensorParallelCost(
+            cost, config.tensor_parallel, config.sequence_parallel, itemsize(dtype), link, flops.link_latency
+        )
     return cost
 
 
@@ -350,7 +371,8 @@ def describe(config: RunConfig, dtype: str) -> str:
     if nodes == 1:
         return f"{name}; one node, {intra.name} ({link(intra)})"
     nodes_of = topology.nodes
-    sizes = [nodes_of.count(n) for n in sorted(set(nodes_of))]
+    # GPUs per node: each simulated device stands for its tensor-parallel group of T
+    sizes = [nodes_of.count(n) * config.tensor_parallel for n in sorted(set(nodes_of))]
     per = f"of {sizes[0]}" if len(set(sizes)) == 1 else f"({', '.join(map(str, sizes))} devices)"
     return f"{name}; {nodes} nodes {per}, {intra.name} inside ({link(intra)}), {inter.name} between ({link(inter)})"
 

@@ -25,6 +25,7 @@ from .collectives import check_collective, check_grad_sync
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
+from .decoder.tensor import Split, check_tensor_parallel
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .hardware import check_hardware, cost_model, default_memory, flops_model
@@ -147,6 +148,8 @@ class RunResult:
             "strategy": c.strategy if isinstance(c.strategy, str) else c.strategy.name,
             "devices": c.devices,
             "data_parallel": c.data_parallel,
+            "tensor_parallel": c.tensor_parallel,
+            "sequence_parallel": c.sequence_parallel,
             "grad_sync": c.grad_sync,
             "collective": c.collective,
             "microbatches": c.microbatches,
@@ -291,6 +294,12 @@ def prepare(config: RunConfig) -> Prepared:
     else:
         widths = parse_layers(config.layers)
         layers = layers_from_widths(widths)
+    check_tensor_parallel(config.tensor_parallel, config.sequence_parallel, model_config, config.seq_len or 0)
+    if config.tensor_parallel > 1 and config.cost == "measured":
+        raise ConfigError(
+            f"--tensor-parallel {config.tensor_parallel} divides computed times, but --cost measured reads "
+            "measured ones; measure the tensor-parallel stage and run it with --tensor-parallel 1, or use --cost flops"
+        )
     times = check_times(config)
     dtype, optimizer = training_precision(config)  # named in the result, so --json says which ran
     # a named preset's memory is the default --device-memory, so out-of-memory is checked without asking
@@ -395,11 +404,12 @@ def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> Run
 
     config = p.config
     seq_len = config.seq_len or 0
+    split = Split(config.tensor_parallel, config.sequence_parallel)  # one device's share of a tensor-parallel group
     if p.decoder_model is None:
-        work: Workload = DecoderShapeWorkload(p.layers, p.partition, rows, seq_len, size, state)
+        work: Workload = DecoderShapeWorkload(p.layers, p.partition, rows, seq_len, size, state, split)
     else:
         assert p.x is not None and p.target is not None  # prepare builds the tokens together with the model
-        work = DecoderWorkload(p.decoder_model, p.partition, p.x, p.target, p.slices, size, state)
+        work = DecoderWorkload(p.decoder_model, p.partition, p.x, p.target, p.slices, size, state, split)
     trace = simulate(
         p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
         config.grad_sync, config.collective,
@@ -524,7 +534,8 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
             from .decoder.workload import DecoderShapeWorkload
 
             chain = [costed.layer for costed in layers]
-            work = DecoderShapeWorkload(chain, partition, rows, config.seq_len or 0, size, state)
+            split = Split(config.tensor_parallel, config.sequence_parallel)
+            work = DecoderShapeWorkload(chain, partition, rows, config.seq_len or 0, size, state, split)
         cost = cost_model(config, dtype, times, partition)  # measured times: the candidate's layer sums
         trace = simulate(
             schedule, work, cost, config.remat, config.device_memory, allow_oom=True,

@@ -84,6 +84,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "(default %(default)s)",
     )
     p.add_argument(
+        "--tensor-parallel",
+        type=_whole,
+        default=d.tensor_parallel,
+        help="T, devices of one stage's tensor-parallel group (Megatron-LM), a decoder's only: compute, weights "
+        "and activations divided over T, collectives inside every pass; K·D·T devices in all (default %(default)s)",
+    )
+    p.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="with --tensor-parallel: split the activations a group keeps whole over T as well (Korthikanti "
+        "et al. 2022), reduce-scatter plus all-gather instead of each all-reduce",
+    )
+    p.add_argument(
         "--grad-sync",
         default=d.grad_sync,
         help="how replicas sum gradients: allreduce, or sharded (the distributed optimizer / ZeRO-1: "

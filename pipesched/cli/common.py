@@ -37,6 +37,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
         microbatches=RunConfig.microbatches if microbatches is None else microbatches,
         devices=RunConfig.devices if devices is None else devices,
         data_parallel=args.data_parallel,
+        tensor_parallel=args.tensor_parallel,
+        sequence_parallel=args.sequence_parallel,
         chunks=args.chunks,
         strategy=strategy,
         partition=args.partition,

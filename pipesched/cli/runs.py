@@ -34,12 +34,20 @@ def _model(config: RunConfig) -> str:
 
 
 def _devices(config: RunConfig) -> str:
-    """The run's devices: K, or D replicas of K and their total (``pipesched.layout``)."""
+    """The run's devices: K, or D replicas of K and their total (``pipesched.layout``), and T per stage."""
     if config.data_parallel == 1:
-        return count(config.devices, "device")
+        text = count(config.devices, "device")
+    else:
+        text = (
+            f"{config.data_parallel} data-parallel replicas of {count(config.devices, 'device')} "
+            f"({config.devices * config.data_parallel} in all, device d·{config.data_parallel} + replica)"
+        )
+    if config.tensor_parallel == 1:
+        return text
+    sequence = " with sequence parallelism" if config.sequence_parallel else ""
     return (
-        f"{config.data_parallel} data-parallel replicas of {count(config.devices, 'device')} "
-        f"({config.devices * config.data_parallel} in all, device d·{config.data_parallel} + replica)"
+        f"{text}, each a tensor-parallel group of {config.tensor_parallel}{sequence} "
+        f"({config.devices * config.data_parallel * config.tensor_parallel} GPUs in all, one simulated per group)"
     )
 
 

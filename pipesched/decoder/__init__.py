@@ -6,7 +6,8 @@
 - ``layers``      embedding, decoder block, final norm, output layer and loss: forward, I, W;
 - ``model``       the chain of layers, its parameters and ties, token data, the reference gradient;
 - ``accounting``  parameters, FLOPs, activation and optimizer bytes in closed form, with sources;
-- ``workload``    a decoder split into stages as the engine's workload (real NumPy, exact gradients).
+- ``workload``    a decoder split into stages as the engine's workload (real NumPy, exact gradients);
+- ``tensor``      one device's share under tensor (and sequence) parallelism, and its collectives' cost.
 
 The engine runs a decoder through ``workload.DecoderWorkload``; not yet wired
 into the command line (``pipesched run --model``). What a workload over these layers has, per

@@ -43,6 +43,7 @@ from . import accounting as acc
 from . import model as dm
 from .layers import Arrays, DecoderLayer, cross_entropy
 from .model import DecoderModel, full_batch_gradients
+from .tensor import WHOLE, Split, padded_vocab
 
 __all__ = ["CostedLayer", "DecoderWorkload", "DecoderShapeWorkload", "grad_rel_err", "full_batch_gradients"]
 
@@ -95,8 +96,10 @@ class _DecoderStages:
         seq_len: int,
         itemsize: int = 8,
         state_bytes: int = 0,
+        split: Split = WHOLE,
     ):
         self.stages = tuple(stages)
+        self.split = split  # one device's share of each layer under tensor parallelism (pipesched.decoder.tensor)
         self.itemsize = itemsize  # bytes per element in the training precision (pipesched.precision)
         self.state_bytes = state_bytes  # optimizer state per parameter (pipesched.optimizer)
         self.seq_len = seq_len
@@ -104,11 +107,15 @@ class _DecoderStages:
         self.rows = list(rows)
         self._layers = [[layers[i] for i in r] for r in self.stages]
 
+    def _param_count(self, stage: int) -> int:
+        """Parameters one device of ``stage`` holds: its share under tensor parallelism."""
+        return sum(self.split.param_count(layer) for layer in self._layers[stage])
+
     def param_bytes(self, stage: int) -> int:
-        return sum(layer.param_count for layer in self._layers[stage]) * self.itemsize
+        return self._param_count(stage) * self.itemsize
 
     def optimizer_bytes(self, stage: int) -> int:
-        return sum(layer.param_count for layer in self._layers[stage]) * self.state_bytes
+        return self._param_count(stage) * self.state_bytes
 
     def _last(self, stage: int) -> bool:
         return stage == len(self.stages) - 1
@@ -123,7 +130,27 @@ class _DecoderStages:
         config = self._layers[0][0].config  # the embedding's: it states whether the output layer shares it
         if not config.tie_embeddings:
             return ()
-        return ((0, len(self.stages) - 1, config.vocab_size * config.hidden_size * self.itemsize),)
+        vocab = padded_vocab(config.vocab_size, self.split.tensor_parallel) // self.split.tensor_parallel
+        return ((0, len(self.stages) - 1, vocab * config.hidden_size * self.itemsize),)
+
+    def _sizes(self, stage: int, mb: int) -> tuple[int, int, int, int, int, int]:
+        """(input, reused beyond the input, kept beyond those, output, new in I, gradient arriving) bytes.
+
+        Each is one device's share (``split``), except the stage input and a
+        gradient sent back, which cross a stage boundary whole; the input's
+        own share is what the reused bytes beyond it leave out.
+        """
+        b, s, size, layers, split = self.rows[mb], self.seq_len, self.itemsize, self._layers[stage], self.split
+        first, last = layers[0], layers[-1]
+        # the stage input: int64 token ids (in any precision), or activations
+        x = b * s * acc.TOKEN_ID_BYTES if stage == 0 else b * s * first.config.hidden_size * size
+        share = split.input_bytes(first, b, s, size)
+        reused = sum(split.reused_bytes(layer, b, s, size) for layer in layers)
+        kept = sum(split.kept_bytes(layer, b, s, size) for layer in layers)
+        deferred = sum(split.deferred_bytes(layer, b, s, size) for layer in layers)
+        out_share = split.output_bytes(last, b, s, size)
+        out = out_share if self._last(stage) else last.output_bytes(b, s, size)  # the logits' share, or a send
+        return x, reused - share, kept - reused, out, deferred - reused - out_share, out
 
 
 class DecoderWorkload(_DecoderStages):
@@ -145,9 +172,10 @@ class DecoderWorkload(_DecoderStages):
         slices: Sequence[slice],
         itemsize: int = 8,
         state_bytes: int = 0,
+        split: Split = WHOLE,
     ):
         rows = [s.stop - s.start for s in slices]
-        super().__init__(model.layers, stages, rows, inputs.shape[1], itemsize, state_bytes)
+        super().__init__(model.layers, stages, rows, inputs.shape[1], itemsize, state_bytes, split)
         self.model = model
         self.inputs, self.labels, self.slices = inputs, labels, list(slices)
         self.scale = 1.0 / labels.size  # per token of the whole batch: micro-batch gradients add up
@@ -156,6 +184,7 @@ class DecoderWorkload(_DecoderStages):
         self._params = [[model.params[i] for i in r] for r in self.stages]
         self._kept: dict[tuple[int, int], list[Arrays]] = {}  # the structure of what a Held holds
         self._deferred: dict[tuple[int, int], list[Arrays]] = {}
+        self._logits: dict[tuple[int, int], np.ndarray] = {}  # under tensor parallelism, held apart (see _hold)
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
         if x is None:
@@ -169,6 +198,16 @@ class DecoderWorkload(_DecoderStages):
 
     def _hold(self, stage: int, mb: int, kept: list[Arrays], y: np.ndarray) -> Held:
         self._kept[(stage, mb)] = kept
+        if self.split.tensor_parallel > 1:
+            # NumPy computes the whole stage, but one device of the group holds its share: the memory count
+            # holds stand-ins of the shape-only workload's sizes beside the stage input itself, and the arrays
+            # stay here, the logits too (the loss's backward reads them)
+            x = kept[0]["ids" if stage == 0 else "x"]
+            _, reused, private, out, _, _ = self._sizes(stage, mb)
+            if self._last(stage):
+                self._logits[(stage, mb)] = y
+            acts = [x, Buffer(reused), Buffer(private)]
+            return Held(acts + [Buffer(out)] if self._last(stage) else acts)
         arrays = _arrays(kept)
         return Held(arrays + [y] if self._last(stage) else arrays)  # the last stage keeps the logits for the loss
 
@@ -179,9 +218,16 @@ class DecoderWorkload(_DecoderStages):
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
         kept = self._kept.pop((stage, mb))
         if dy is None:  # the last stage starts backward from its loss, whose logits it kept
-            dy = cross_entropy(held.acts[-1], self.labels[self.slices[mb]], self.scale)[1]
+            logits = self._logits.pop((stage, mb)) if self.split.tensor_parallel > 1 else held.acts[-1]
+            dy = cross_entropy(logits, self.labels[self.slices[mb]], self.scale)[1]
+            arrived = None
+        else:
+            arrived = dy
         dx, deferred = dm.backward_input(self._layers[stage], self._params[stage], kept, dy)
         self._deferred[(stage, mb)] = deferred
+        if self.split.tensor_parallel > 1:  # the shape-only workload's stand-ins (see _hold)
+            _, _, _, _, new, arriving = self._sizes(stage, mb)
+            return dx, Held([], held.acts[:2] + [Buffer(arriving) if arrived is None else arrived, Buffer(new)])
         return dx, Held([], _arrays(deferred))
 
     def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
@@ -212,18 +258,6 @@ class DecoderShapeWorkload(_DecoderStages):
     hold to the real arrays; so the engine's memory timeline is the real
     workload's, byte for byte.
     """
-
-    def _sizes(self, stage: int, mb: int) -> tuple[int, int, int, int, int, int]:
-        """(input, reused beyond the input, kept beyond those, output, new in I, gradient arriving) bytes."""
-        b, s, size, layers = self.rows[mb], self.seq_len, self.itemsize, self._layers[stage]
-        first, last = layers[0], layers[-1]
-        # the stage input: int64 token ids (in any precision), or activations
-        x = b * s * acc.TOKEN_ID_BYTES if stage == 0 else b * s * first.config.hidden_size * size
-        reused = sum(layer.reused_bytes(b, s, size) for layer in layers)
-        kept = sum(layer.kept_bytes(b, s, size) for layer in layers)
-        deferred = sum(layer.deferred_bytes(b, s, size) for layer in layers)
-        out = last.output_bytes(b, s, size)
-        return x, reused - x, kept - reused, out, deferred - reused - out, out
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
         first, reused, private, out, _, _ = self._sizes(stage, mb)
