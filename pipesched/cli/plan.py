@@ -98,7 +98,8 @@ def _summary(p: Plan) -> str:
     ]
     if worst is not None:
         lines.append(
-            f"out of memory by {format_bytes(worst['overshoot_bytes'])} at the least, e.g. {_layout(worst['point'])}"
+            f"the closest to fitting of those is over by {format_bytes(worst['overshoot_bytes'])}: "
+            f"{_layout(worst['point'])}"
         )
     if not TENSOR_PARALLEL:
         lines.append("tensor parallelism: T = 1 only (the engine does not divide a stage over T devices yet)")
