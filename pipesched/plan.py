@@ -146,7 +146,11 @@ def _check(cluster: Cluster) -> tuple[Any, int, Any]:
     given = {flag: v for flag, v in fixed.items() if v is not None}
     product = math.prod(given.values())
     sizes = " x ".join(f"{flag} {v}" for flag, v in given.items())
-    if given and (n % product or (len(given) == 3 and product != n)):
+    if len(given) == 3 and product != n:
+        raise ConfigError(
+            f"--gpus {n} is not {sizes} = {product}; give --gpus {product}, or sizes whose product is {n}"
+        )
+    if n % product:
         raise ConfigError(
             f"--gpus {n} is not a multiple of {sizes} = {product}; give --gpus a multiple of {product}, "
             "or sizes whose product divides it"
@@ -276,11 +280,14 @@ def static_bytes(prepared: Any) -> list[int]:
     rows = [s.stop - s.start for s in prepared.slices]
     work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state)
     hosted = [sorted({a.stage for a in _expand(actions)}) for actions in prepared.plan.actions]
+    # T tensor-parallel devices share a stage's weights: none holds less than 1/T of them (norms are whole on
+    # each), so the quotient rounded down stays a lower bound whatever the division's details
     return [
         sum(
             work.param_bytes(s) + optimizer_share(work.optimizer_bytes(s), config.data_parallel, config.grad_sync)
             for s in stages
         )
+        // config.tensor_parallel
         for stages in hosted
     ]
 
@@ -358,6 +365,8 @@ def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
         return {**record, "ok": False, "error": str(exc)}
     except MemoryError:  # a candidate too large for this machine, not a bug
         return {**record, "ok": False, "error": "this configuration does not fit in this machine's memory"}
+    except Exception as exc:  # one odd candidate must not sink the plan: recorded, as sweep.run_point does
+        return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
     m, c = result.metrics, prepared.config
     assert c.seq_len is not None and c.dtype is not None  # prepare resolves both for a decoder
     devices = c.data_parallel * c.tensor_parallel * c.devices

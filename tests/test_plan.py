@@ -162,6 +162,15 @@ def _cli(capsys, *extra):
             ["--gpus", "6", "--data-parallel", "4", "--global-batch", "8", "--micro-batch-size", "1"],
             r"--gpus 6 is not a multiple of --data-parallel 4 = 4",
         ),
+        (
+            ["--gpus", "8", "--data-parallel", "2", "--tensor-parallel", "1", "--devices", "2"]
+            + ["--global-batch", "8", "--micro-batch-size", "1"],
+            r"--gpus 8 is not --data-parallel 2 x --tensor-parallel 1 x --devices 2 = 4; give --gpus 4",
+        ),
+        (
+            ["--gpus", "4", "--tensor-parallel", "2", "--global-batch", "8", "--micro-batch-size", "1"],
+            r"--tensor-parallel 2: this engine does not divide a stage",
+        ),
         (["--gpus", "4", "--global-batch", "6", "--micro-batch-size", "4"], r"--global-batch 6 is not a multiple"),
         (
             ["--gpus", "4", "--data-parallel", "4", "--global-batch", "6", "--micro-batch-size", "1"],
@@ -221,3 +230,14 @@ def test_resume_runs_nothing_again(tmp_path, hardware):
     again = plan(cluster, results, workers=1)
     assert first.simulated == len(first.records) and again.simulated == 0
     assert [r["key"] for r in again.ranked] == [r["key"] for r in first.ranked]
+
+
+def test_report_draws_the_pareto_front(tmp_path, capsys, hardware):
+    folder = tmp_path / "plan"
+    status, out, _ = _cli(
+        capsys, "--hardware", hardware, "--gpus", "2", "--global-batch", "4", "--micro-batch-size", "1",
+        "--report", str(folder),
+    )  # fmt: skip
+    assert status == 0 and "Pareto plot written to" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["pareto.png", "summary.md"]
+    assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
