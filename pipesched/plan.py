@@ -187,12 +187,12 @@ def _check(cluster: Cluster) -> tuple[Any, int, Any]:
     return config, seq_len, hardware
 
 
-def _sizes(cluster: Cluster, config: Any, per_node: int) -> Iterator[tuple[int, int, int]]:
-    """Every (D, T, K) with D·T·K = N that the fixed sizes allow and D·b divides B, in a fixed order."""
+def _sizes(cluster: Cluster, config: Any, per_node: int, batch: bool = True) -> Iterator[tuple[int, int, int]]:
+    """Every (D, T, K) with D·T·K = N that the fixed sizes allow and (``batch``) D·b divides B, in a fixed order."""
     n = cluster.gpus
     tensors = tensor_sizes(config.num_heads, config.hidden_size, per_node)
     for d in _divisors(n):
-        if cluster.data_parallel not in (None, d) or cluster.global_batch % (d * cluster.micro_batch_size):
+        if cluster.data_parallel not in (None, d) or batch and cluster.global_batch % (d * cluster.micro_batch_size):
             continue
         for t in tensors:
             if cluster.tensor_parallel not in (None, t) or (n // d) % t:
@@ -243,19 +243,20 @@ def candidates(cluster: Cluster) -> list[dict[str, Any]]:
                             }
                         )
     if not points:
-        raise ConfigError(_no_sizes(cluster, layers, bool(sizes)))
+        allowed = sorted({d for d, _, _ in _sizes(cluster, config, hardware.devices_per_node, batch=False)})
+        raise ConfigError(_no_sizes(cluster, layers, allowed if not sizes else []))
     return points
 
 
-def _no_sizes(cluster: Cluster, layers: int, factored: bool) -> str:
-    """Why no configuration exists: the batch fits no data-parallel size, or the pipeline is longer than the model."""
+def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
+    """Why no configuration exists: the batch fits none of the ``allowed`` data-parallel sizes, or (none given)
+    the pipeline is longer than the model."""
     n, b, size = cluster.gpus, cluster.global_batch, cluster.micro_batch_size
-    if not factored:
-        usable = [d for d in _divisors(n) if b % (d * size) == 0]
+    if allowed:  # D = 1 always divides the batch, so the sizes given left only larger D
         return (
-            f"--global-batch {b} is not divisible by D x --micro-batch-size {size} for any data-parallel size D "
-            f"that divides --gpus {n}{' allowed by the sizes given' if usable else ''}; give a global batch that "
-            f"is a multiple of {size} times a divisor of {n}, e.g. {n * size}"
+            f"--global-batch {b} is not divisible by D x --micro-batch-size {size} for the data-parallel sizes D "
+            f"that --gpus {n} and the sizes given leave ({', '.join(map(str, allowed))}); give a global batch that "
+            f"is a multiple of {allowed[0] * size}, or other sizes"
         )
     return (
         f"--gpus {n} cannot be split into data x tensor x pipeline sizes whose pipeline of K devices fits the "

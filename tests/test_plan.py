@@ -173,6 +173,11 @@ def _cli(capsys, *extra):
         ),
         (["--gpus", "4", "--global-batch", "6", "--micro-batch-size", "4"], r"--global-batch 6 is not a multiple"),
         (
+            ["--gpus", "8", "--devices", "4", "--global-batch", "3", "--micro-batch-size", "1"],  # D = 2 only
+            r"--global-batch 3 is not divisible by D x --micro-batch-size 1 for the data-parallel sizes D that "
+            r"--gpus 8 and the sizes given leave \(2\); give a global batch that is a multiple of 2",
+        ),
+        (
             ["--gpus", "4", "--data-parallel", "4", "--global-batch", "6", "--micro-batch-size", "1"],
             r"--global-batch 6 is not divisible by --data-parallel 4 x --micro-batch-size 1 = 4",
         ),
