@@ -9,11 +9,14 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipesched import RunConfig, run
 from pipesched.cli import main
 from pipesched.errors import ConfigError, PipeschedError
-from pipesched.plan import Cluster, plan
+from pipesched.plan import Cluster, exposed_communication, plan
+from pipesched.trace import Span, Trace, Transfer
 
 # A small cluster: 4 GPUs on nodes of 2, tiny-gpt at 32 tokens, 8 sequences of 1 per step.
 GPUS, BATCH, SIZE, SEQ = 4, 8, 1, 32
@@ -246,3 +249,21 @@ def test_report_draws_the_pareto_front(tmp_path, capsys, hardware):
     assert status == 0 and "Pareto plot written to" in out
     assert sorted(p.name for p in folder.iterdir()) == ["pareto.png", "summary.md"]
     assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+intervals = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(compute=intervals, moves=intervals)
+def test_exposed_communication_is_the_link_time_no_device_computes(compute, moves):
+    """Against a plain loop over unit cells: integer ends, so each cell [i, i+1) is wholly in or out."""
+    spans = [Span(i % 2, "F", 0, 0, float(a), float(b)) for i, (a, b) in enumerate(compute) if a < b]
+    transfers = [Transfer(0, 1, 0, "F", 0, 8, float(a), float(b), float(b)) for a, b in moves if a < b]
+    trace = Trace(devices=2, time_unit="s", spans=spans, transfers=transfers)
+
+    def busy(cell, items):
+        return any(item.start <= cell < (item.arrival if isinstance(item, Transfer) else item.end) for item in items)
+
+    expected = sum(1 for cell in range(20) if busy(cell, transfers) and not busy(cell, spans))
+    assert exposed_communication(trace) == expected
