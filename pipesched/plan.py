@@ -57,6 +57,7 @@ from .decoder.accounting import model_flops
 from .errors import ConfigError, PipeschedError
 from .hardware import load_hardware
 from .pipeline import COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
+from .schedule import expand
 from .strategy import load_strategy, planned_stages
 from .sweep import Results, Sweep, pareto, point_key, sweep
 from .trace import Trace
@@ -260,8 +261,8 @@ def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
         )
     return (
         f"--gpus {n} cannot be split into data x tensor x pipeline sizes whose pipeline of K devices fits the "
-        f"{layers} layers of {cluster.model} (embedding, blocks, final norm, output); give --gpus a multiple of "
-        f"a divisor of {cluster.global_batch // size} times at most {layers}, or fix --data-parallel"
+        f"{layers} layers of {cluster.model} (embedding, blocks, final norm, output); give --gpus at most {layers} "
+        f"times a data-parallel size that divides {b // size} (e.g. --gpus {layers}), or a larger --global-batch"
     )
 
 
@@ -280,7 +281,7 @@ def static_bytes(prepared: Any) -> list[int]:
     size, state = training_sizes(config)
     rows = [s.stop - s.start for s in prepared.slices]
     work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state)
-    hosted = [sorted({a.stage for a in _expand(actions)}) for actions in prepared.plan.actions]
+    hosted = [sorted({a.stage for a in expand(actions)}) for actions in prepared.plan.actions]
     # T tensor-parallel devices share a stage's weights: none holds less than 1/T of them (norms are whole on
     # each), so the quotient rounded down stays a lower bound whatever the division's details
     return [
@@ -291,12 +292,6 @@ def static_bytes(prepared: Any) -> list[int]:
         // config.tensor_parallel
         for stages in hosted
     ]
-
-
-def _expand(actions: Any) -> Any:
-    from .schedule import expand
-
-    return expand(actions)
 
 
 def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
