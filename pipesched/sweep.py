@@ -400,9 +400,15 @@ def run_point(point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_chunk(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Simulate several points in one task, so thousands of small points are not all scheduling."""
-    return [run_point(p) for p in points]
+def run_chunk(
+    points: list[dict[str, Any]], evaluate: Callable[[dict[str, Any]], dict[str, Any]] = run_point
+) -> list[dict[str, Any]]:
+    """Simulate several points in one task, so thousands of small points are not all scheduling.
+
+    ``evaluate`` makes one point's record (``run_point``, or ``pipesched.plan.evaluate``): a module-level
+    function, which a worker process or a Dask worker imports by name.
+    """
+    return [evaluate(p) for p in points]
 
 
 class Results:
@@ -475,11 +481,13 @@ def sweep(
     scheduler: str | None = None,
     progress: bool = True,
     on_record: Callable[[dict[str, Any]], None] | None = None,
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]] = run_point,
 ) -> int:
     """Run every point of ``study`` not yet in ``results``; returns how many ran now.
 
     Locally with ``workers`` processes (default: one per core; 1 runs in this
     process), or on the Dask cluster at ``scheduler`` (``tcp://host:port``).
+    ``evaluate`` makes each point's record (see ``run_chunk``).
     """
     todo = [p for p in study.points() if not results.done(point_key(p))]
     if not todo:
@@ -498,18 +506,23 @@ def sweep(
 
     try:
         if scheduler is not None:
-            _on_dask(scheduler, todo, finished)
+            _on_dask(scheduler, todo, finished, evaluate)
         elif (workers or os.cpu_count() or 1) == 1:
             for point in todo:
-                finished([run_point(point)])
+                finished([evaluate(point)])
         else:
-            _on_pool(workers or os.cpu_count() or 1, todo, finished)
+            _on_pool(workers or os.cpu_count() or 1, todo, finished, evaluate)
     finally:
         bar.close()
     return done
 
 
-def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
+def _on_pool(
+    workers: int,
+    todo: list[dict[str, Any]],
+    finished: Callable[[list[dict[str, Any]]], None],
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]] = run_point,
+) -> None:
     import gc
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -525,7 +538,7 @@ def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[
         context = multiprocessing.get_context("spawn")
     gc.collect()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
-    pending = {pool.submit(run_chunk, chunk) for chunk in _chunks(todo, workers)}
+    pending = {pool.submit(run_chunk, chunk, evaluate) for chunk in _chunks(todo, workers)}
     try:
         while pending:
             ready, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -543,7 +556,12 @@ def _on_pool(workers: int, todo: list[dict[str, Any]], finished: Callable[[list[
     pool.shutdown()
 
 
-def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[dict[str, Any]]], None]) -> None:
+def _on_dask(
+    address: str,
+    todo: list[dict[str, Any]],
+    finished: Callable[[list[dict[str, Any]]], None],
+    evaluate: Callable[[dict[str, Any]], dict[str, Any]] = run_point,
+) -> None:
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
@@ -562,7 +580,7 @@ def _on_dask(address: str, todo: list[dict[str, Any]], finished: Callable[[list[
         ) from None
     try:
         workers = max(1, len(client.scheduler_info().get("workers", {})))
-        futures = [client.submit(run_chunk, chunk, pure=False) for chunk in _chunks(todo, workers)]
+        futures = [client.submit(run_chunk, chunk, evaluate, pure=False) for chunk in _chunks(todo, workers)]
         chunks = dict(zip(futures, _chunks(todo, workers)))
         for future in as_completed(futures):
             try:

@@ -28,6 +28,7 @@ from ..hardware import DEFAULT_EFFICIENCY, preset_names
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from ..profile import DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
+from .plan import _cmd_plan, add_plan_parser
 from .profile import _cmd_profile
 from .runs import _cmd_compare, _cmd_run, _cmd_train
 from .studies import _cmd_report, _cmd_sweep
@@ -236,6 +237,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')"
     )
     p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
+    add_plan_parser(sub, _whole, "a decoder preset (llama2-7b, gpt3-175b, tiny-gpt, ...) or config.json")
     p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
     p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
@@ -316,6 +318,7 @@ _COMMANDS: dict[str, Any] = {
     "sweep": _cmd_sweep,
     "strategies": _cmd_strategies,
     "profile": _cmd_profile,
+    "plan": _cmd_plan,
 }
 
 

@@ -56,25 +56,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
     study = load_sweep(args.study)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is not allowed; use 1 or more")
-    _check_output_path("-o", args.output, "results.jsonl")
-    lock = os.open(args.output, os.O_RDWR | os.O_CREAT, 0o644)  # held until the process ends
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise ConfigError(
-            f"-o {args.output} is being written by another sweep; wait for it or give another file"
-        ) from None
-    if args.report is not None:
-        _check_output_folder("--report", args.report)
-    if args.report and os.path.isdir(args.report) and os.listdir(args.report) and not _is_sweep_report(args.report):
-        raise ConfigError(f"--report {args.report} is a folder with other files in it; give a new folder")
+    _lock_results(args.output)
+    _check_report_folder(args.report)
     results = Results(args.output)
     points = list(study.points())
-
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM stops like Ctrl-C: whole lines kept, pool shut
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    _stop_on_sigterm()
     before = sum(results.done(point_key(p)) for p in points)
     ran = sweep(study, results, workers=args.workers, scheduler=args.scheduler)
     mine = [results.records[point_key(p)] for p in points if point_key(p) in results.records]
@@ -115,6 +101,34 @@ def _cmd_sweep(args: argparse.Namespace) -> int | None:
         path = _sweep_report(args.report, mine, front)
         print(f"\nheat maps and Pareto plot written to {path}")
     return None
+
+
+def _lock_results(path: str) -> None:
+    """Check the results file ``-o`` and lock it for this process, so that one sweep or plan writes it at a time."""
+    _check_output_path("-o", path, "results.jsonl")
+    lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise ConfigError(f"-o {path} is being written by another sweep; wait for it or give another file") from None
+
+
+def _check_report_folder(folder: str | None) -> None:
+    """``--report DIR`` can be written and holds nothing but an earlier sweep's or plan's figures."""
+    if folder is None:
+        return
+    _check_output_folder("--report", folder)
+    if folder and os.path.isdir(folder) and os.listdir(folder) and not _is_sweep_report(folder):
+        raise ConfigError(f"--report {folder} is a folder with other files in it; give a new folder")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: whole lines kept in the results file, the pool shut."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _failure_summary(failed: list[dict[str, Any]]) -> str:

@@ -1,0 +1,162 @@
+"""``pipesched plan``: the best layouts of a decoder on N GPUs, the Pareto front, and why the best wins.
+
+>>> _share(0.25)
+'25.0%'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from ..plan import TENSOR_PARALLEL, Cluster, Plan, plan
+from ..units import format_bytes, parse_bytes
+from .common import _table
+from .studies import _check_report_folder, _lock_results, _stop_on_sigterm
+
+__all__ = ["_cmd_plan", "add_plan_parser"]
+
+#: Configurations the table shows unless --top says otherwise.
+TOP = 10
+
+
+def add_plan_parser(sub: Any, whole: Any, model_help: str) -> None:
+    """The ``plan`` command's flags (``whole``: the parser's whole-number type)."""
+    p = sub.add_parser("plan", help="simulate every data x tensor x pipeline layout of a model on N GPUs and rank them")
+    p.add_argument("--gpus", type=whole, required=True, help="N: every GPU of the cluster")
+    p.add_argument("--model", required=True, help=model_help)
+    p.add_argument("--hardware", required=True, help="a device preset or a .toml file of one: its peak, memory, links")
+    p.add_argument("--global-batch", type=whole, required=True, help="B: sequences per step, over all replicas")
+    p.add_argument("--micro-batch-size", type=whole, required=True, help="b: sequences per micro-batch")
+    p.add_argument("--seq-len", type=whole, help="tokens per sequence (default: the model's context length)")
+    p.add_argument("--device-memory", help="memory per device, e.g. 40GB (default: the preset's)")
+    p.add_argument("--data-parallel", type=whole, help="fix D instead of trying every divisor of N")
+    p.add_argument("--tensor-parallel", type=whole, help="fix T (only 1 until the engine models tensor parallelism)")
+    p.add_argument("--devices", type=whole, help="fix K, the pipeline's devices")
+    p.add_argument("--top", type=whole, default=TOP, help="configurations in the table (default %(default)s)")
+    p.add_argument("-o", "--output", help="JSON-lines results file to append to and resume from (default: none)")
+    p.add_argument("--workers", type=whole, help="local worker processes (default: one per core)")
+    p.add_argument("--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')")
+    p.add_argument("--report", metavar="DIR", help="write the Pareto plot of throughput against memory to DIR")
+    p.add_argument("--json", action="store_true", help="print a JSON list of configurations, best first")
+
+
+def _share(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _layout(point: dict[str, Any]) -> str:
+    chunks = f" v={point['chunks']}" if point.get("chunks") else ""
+    return (
+        f"D={point['data_parallel']} T={point['tensor_parallel']} K={point['devices']} M={point['microbatches']} "
+        f"{point['strategy']}{chunks} remat={point['remat']} {point['grad_sync']}"
+    )
+
+
+def _rows(records: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [("#", "tokens/s", "MFU", "bubble", "comm", "peak memory", "configuration")]
+    for i, r in enumerate(records, start=1):
+        rows.append(
+            (
+                str(i),
+                f"{r['tokens_per_second']:.4g}",
+                _share(r["mfu"]),
+                _share(r["bubble_fraction"]),
+                _share(r["communication_share"]),
+                format_bytes(r["peak_memory_bytes"]),
+                _layout(r["point"]),
+            )
+        )
+    return rows
+
+
+def _why(best: dict[str, Any], runner_up: dict[str, Any] | None) -> str:
+    """Why the top configuration wins: its bubble, its exposed communication, its memory headroom."""
+    if runner_up is None:
+        lead = "the only configuration that fits"
+    elif best["tokens_per_second"] == runner_up["tokens_per_second"]:
+        lead = f"as fast as #2 and {format_bytes(runner_up['peak_memory_bytes'] - best['peak_memory_bytes'])} leaner"
+    else:
+        lead = f"{best['tokens_per_second'] / runner_up['tokens_per_second'] - 1:.1%} faster than #2"
+    return (
+        f"why #1 wins ({lead}): its devices idle {_share(best['bubble_fraction'])} of the step (bubble), links "
+        f"carry data while no device computes for {_share(best['communication_share'])} of it (exposed "
+        f"communication), and its fullest device keeps {format_bytes(best['headroom_bytes'])} of "
+        f"{format_bytes(best['device_memory'])} free"
+    )
+
+
+def _summary(p: Plan) -> str:
+    oom = p.out_of_memory
+    worst = min(oom, key=lambda r: r["overshoot_bytes"]) if oom else None
+    lines = [
+        f"{len(p.records)} configurations: {len(p.ranked)} fit, {len(oom)} out of memory "
+        f"({p.skipped} of them by weights and optimizer state alone, not simulated), {len(p.failed)} cannot run; "
+        f"{p.simulated} simulated or decided now"
+    ]
+    if worst is not None:
+        lines.append(
+            f"the closest to fitting of those is over by {format_bytes(worst['overshoot_bytes'])}: "
+            f"{_layout(worst['point'])}"
+        )
+    if not TENSOR_PARALLEL:
+        lines.append("tensor parallelism: T = 1 only (the engine does not divide a stage over T devices yet)")
+    return "\n".join(lines)
+
+
+def _report(folder: str, p: Plan) -> str:
+    import matplotlib.pyplot as plt
+
+    from ..report.render import write_folder
+    from ..report.sweep_figures import sweep_pareto
+
+    def fill(work: str) -> None:
+        fig = sweep_pareto(p.ranked, p.front)
+        fig.savefig(os.path.join(work, "pareto.png"), dpi=110, metadata={"Software": None})
+        plt.close(fig)
+        with open(os.path.join(work, "summary.md"), "w", encoding="utf-8") as f:
+            f.write(
+                "# Plan\n\n![Pareto front](pareto.png)\n\n"
+                + "".join(
+                    f"- {_layout(r['point'])}: {r['tokens_per_second']:.4g} tokens/s, "
+                    f"{format_bytes(r['peak_memory_bytes'])}\n"
+                    for r in p.front
+                )
+            )
+
+    return write_folder(folder, fill)
+
+
+def _cmd_plan(args: argparse.Namespace) -> None:
+    cluster = Cluster(
+        gpus=args.gpus,
+        model=args.model,
+        hardware=args.hardware,
+        global_batch=args.global_batch,
+        micro_batch_size=args.micro_batch_size,
+        seq_len=args.seq_len,
+        device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
+        data_parallel=args.data_parallel,
+        tensor_parallel=args.tensor_parallel,
+        devices=args.devices,
+    )
+    if args.output is not None:
+        _lock_results(args.output)
+    _check_report_folder(args.report)
+    _stop_on_sigterm()
+    result = plan(cluster, args.output, args.workers, args.scheduler, progress=not args.json)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(_summary(result))
+        print(f"\nthe best {min(args.top, len(result.ranked))} by throughput:")
+        print(_table(_rows(result.ranked[: args.top])))
+        print("\nPareto front of throughput against peak memory:")
+        print(_table(_rows(result.front)))
+        print("\n" + _why(result.ranked[0], result.ranked[1] if len(result.ranked) > 1 else None))
+    if args.report:
+        path = _report(args.report, result)
+        if not args.json:
+            print(f"\nPareto plot written to {path}")

@@ -1,0 +1,526 @@
+"""``pipesched plan``: every way to lay a decoder's training out on N GPUs, simulated and ranked.
+
+A layout is a factorization N = D·T·K (data-parallel replicas, tensor-parallel
+devices per stage, pipeline devices per replica) with options: a built-in
+pipeline strategy (every one of ``COMPARE_DEFAULT`` but ``dp``), its chunks
+where it takes them (``CHUNK_OPTIONS``), full recompute or none, and a ring
+all-reduce or a sharded optimizer (the latter only with D > 1, where it
+differs). The global batch B and the micro-batch size b fix the micro-batches
+of a replica, M = B / (D·b) (Megatron-LM's global batch = D × M × b), so a D
+with D·b not dividing B is left out.
+
+Each candidate is one shape-only ``pipesched.pipeline.run`` (``compute=False,
+reference=False, allow_oom=True``) on the run's own engine, through
+``pipesched.sweep``'s local pool or Dask cluster and its resumable results
+file. Before simulating, a candidate whose static bytes (parameters and their
+optimizer state, which a device holds from the first instant to the last,
+``pipesched.memory.DeviceMemory``) already exceed the device memory is marked
+out of memory without simulation: the engine would find the same at time 0.
+
+Tensor parallelism: T > 1 is offered only when ``TENSOR_PARALLEL`` says the
+engine divides a stage's work and memory over T devices (``tensor_sizes``).
+Until then the planner searches T = 1 only, and says so.
+
+Metrics of a step (``evaluate``):
+
+- tokens per second = B · seq_len / makespan;
+- MFU = model FLOPs per step / (makespan × N × the preset's dense peak in the
+  training dtype), the model FLOPs being ``decoder.accounting.model_flops``'
+  exact matrix-product count of forward, input- and weight-gradient passes
+  (no recompute counted: recompute is overhead, not model work; Narayanan et
+  al. 2021, section 5.1, call the same ratio model FLOPs utilisation);
+- communication share = the part of the step in which some link carries a
+  transfer while no device computes, over the makespan: the communication the
+  step does not hide behind compute;
+- bubble = the idle share of the devices' time (``pipesched.metrics``);
+- headroom = device memory − the fullest device's peak.
+
+>>> [t for t in tensor_sizes(heads=32, hidden=4096, per_node=8, supported=True)]
+[1, 2, 4, 8]
+>>> tensor_sizes(heads=32, hidden=4096, per_node=8)  # until the engine divides work over T
+[1]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .collectives import optimizer_share
+from .decoder import assemble as decoder
+from .decoder.accounting import model_flops
+from .errors import ConfigError, PipeschedError
+from .hardware import load_hardware
+from .pipeline import COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
+from .schedule import expand
+from .strategy import load_strategy, planned_stages
+from .sweep import Results, Sweep, pareto, point_key, sweep
+from .trace import Trace
+from .units import format_bytes
+
+__all__ = [
+    "TENSOR_PARALLEL",
+    "PLAN_STRATEGIES",
+    "CHUNK_OPTIONS",
+    "REMAT_OPTIONS",
+    "GRAD_SYNC_OPTIONS",
+    "Cluster",
+    "tensor_sizes",
+    "candidates",
+    "static_bytes",
+    "exposed_communication",
+    "evaluate",
+    "Plan",
+    "plan",
+]
+
+#: Whether the engine divides a stage's compute and memory over T tensor-parallel devices. RunConfig has the
+#: ``tensor_parallel`` field but ignores it until that lands; a T > 1 candidate would then be simulated as T = 1
+#: on T times the devices, so the planner offers T = 1 only while this is False.
+TENSOR_PARALLEL = False
+
+#: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it).
+PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name != "dp")
+#: Chunks per device tried for a strategy that takes chunks, where its stage count is K times them (ZB-V and
+#: DualPipeV place exactly 2 per device, so they try 2 alone).
+CHUNK_OPTIONS = (2, 4)
+REMAT_OPTIONS = ("never", "always")
+GRAD_SYNC_OPTIONS = ("allreduce", "sharded")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What a plan is asked: the GPUs, the model, the hardware and the batch, and any sizes fixed by the user."""
+
+    gpus: int
+    model: str
+    hardware: str
+    global_batch: int
+    micro_batch_size: int
+    seq_len: int | None = None
+    device_memory: int | None = None  # None: the preset's
+    data_parallel: int | None = None  # a size the user fixes; None: every divisor
+    tensor_parallel: int | None = None
+    devices: int | None = None  # K
+
+
+def tensor_sizes(heads: int, hidden: int, per_node: int, supported: bool | None = None) -> list[int]:
+    """The tensor-parallel sizes T to try: divisors of the heads and the hidden size, at most a node's devices.
+
+    Megatron-LM splits attention by heads and the MLP by columns, and keeps a
+    tensor-parallel group inside a node (its all-reduces run in every layer).
+    Only T = 1 unless ``supported`` (default ``TENSOR_PARALLEL``).
+    """
+    if not (TENSOR_PARALLEL if supported is None else supported):
+        return [1]
+    return [t for t in range(1, per_node + 1) if heads % t == 0 and hidden % t == 0]
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _whole(flag: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{flag} {value!r} is not allowed; give a whole number of 1 or more")
+    return value
+
+
+def _check(cluster: Cluster) -> tuple[Any, int, Any]:
+    """The cluster's cheap checks, before any candidate is built: (decoder config, seq_len, hardware)."""
+    n = _whole("--gpus", cluster.gpus)
+    batch = _whole("--global-batch", cluster.global_batch)
+    size = _whole("--micro-batch-size", cluster.micro_batch_size)
+    fixed = {
+        "--data-parallel": cluster.data_parallel,
+        "--tensor-parallel": cluster.tensor_parallel,
+        "--devices": cluster.devices,
+    }
+    for flag, value in fixed.items():
+        if value is not None:
+            _whole(flag, value)
+    given = {flag: v for flag, v in fixed.items() if v is not None}
+    product = math.prod(given.values())
+    sizes = " x ".join(f"{flag} {v}" for flag, v in given.items())
+    if len(given) == 3 and product != n:
+        raise ConfigError(
+            f"--gpus {n} is not {sizes} = {product}; give --gpus {product}, or sizes whose product is {n}"
+        )
+    if n % product:
+        raise ConfigError(
+            f"--gpus {n} is not a multiple of {sizes} = {product}; give --gpus a multiple of {product}, "
+            "or sizes whose product divides it"
+        )
+    if batch % size:
+        raise ConfigError(
+            f"--global-batch {batch} is not a multiple of --micro-batch-size {size}; give a global batch of "
+            f"{batch // size * size or size} or {(batch // size + 1) * size}"
+        )
+    if cluster.data_parallel is not None and batch % (cluster.data_parallel * size):
+        step = cluster.data_parallel * size
+        raise ConfigError(
+            f"--global-batch {batch} is not divisible by --data-parallel {cluster.data_parallel} x "
+            f"--micro-batch-size {size} = {step}; give a global batch that is a multiple of {step}, e.g. "
+            f"{max(step, batch // step * step)}"
+        )
+    config = decoder.resolve(cluster.model, cluster.seq_len)
+    seq_len = cluster.seq_len or decoder.default_seq_len(config)
+    hardware = load_hardware(cluster.hardware)
+    if cluster.device_memory is not None and cluster.device_memory < 1:
+        raise ConfigError(f"--device-memory {cluster.device_memory} is not allowed; give e.g. 80GB")
+    if cluster.tensor_parallel not in (None, 1) and not TENSOR_PARALLEL:
+        raise ConfigError(
+            f"--tensor-parallel {cluster.tensor_parallel}: this engine does not divide a stage over tensor-parallel "
+            "devices yet, so the planner searches T = 1 only; drop --tensor-parallel"
+        )
+    if cluster.tensor_parallel is not None and (
+        config.num_heads % cluster.tensor_parallel or config.hidden_size % cluster.tensor_parallel
+    ):
+        raise ConfigError(
+            f"--tensor-parallel {cluster.tensor_parallel} does not divide the {config.num_heads} heads and the "
+            f"hidden size {config.hidden_size} of {cluster.model}; use a common divisor of both"
+        )
+    return config, seq_len, hardware
+
+
+def _sizes(cluster: Cluster, config: Any, per_node: int, batch: bool = True) -> Iterator[tuple[int, int, int]]:
+    """Every (D, T, K) with D·T·K = N that the fixed sizes allow and (``batch``) D·b divides B, in a fixed order."""
+    n = cluster.gpus
+    tensors = tensor_sizes(config.num_heads, config.hidden_size, per_node)
+    for d in _divisors(n):
+        if cluster.data_parallel not in (None, d) or batch and cluster.global_batch % (d * cluster.micro_batch_size):
+            continue
+        for t in tensors:
+            if cluster.tensor_parallel not in (None, t) or (n // d) % t:
+                continue
+            k = n // (d * t)
+            if cluster.devices in (None, k):
+                yield d, t, k
+
+
+def candidates(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every configuration of the plan, each as the RunConfig fields of its point, in a fixed order.
+
+    Raises ``ConfigError`` in one sentence when the sizes leave none.
+    """
+    config, seq_len, hardware = _check(cluster)
+    layers = len(decoder.chain(config))
+    memory = cluster.device_memory if cluster.device_memory is not None else int(hardware.memory)
+    points = []
+    sizes = list(_sizes(cluster, config, hardware.devices_per_node))
+    for d, t, k in sizes:
+        m = cluster.global_batch // (d * cluster.micro_batch_size)
+        for name in PLAN_STRATEGIES:
+            strategy = load_strategy(name)
+            chunk_options: tuple[int | None, ...] = CHUNK_OPTIONS if hasattr(strategy, "default_chunks") else (None,)
+            for chunks in chunk_options:
+                stages = planned_stages(strategy, k, chunks or 1)
+                if stages > layers or stages != k * (chunks or 1):
+                    # more stages than the model has layers (no partition exists), or a strategy whose stage
+                    # count does not grow with its chunks (ZB-V, DualPipeV: always 2 per device) refusing this one
+                    continue
+                for remat in REMAT_OPTIONS:
+                    for grad_sync in GRAD_SYNC_OPTIONS if d > 1 else GRAD_SYNC_OPTIONS[:1]:
+                        points.append(
+                            {
+                                "model": cluster.model,
+                                "seq_len": seq_len,
+                                "hardware": cluster.hardware,
+                                "device_memory": memory,
+                                "batch": cluster.global_batch,
+                                "data_parallel": d,
+                                "tensor_parallel": t,
+                                "devices": k,
+                                "microbatches": m,
+                                "strategy": name,
+                                "chunks": chunks,
+                                "remat": remat,
+                                "grad_sync": grad_sync,
+                            }
+                        )
+    if not points:
+        allowed = sorted({d for d, _, _ in _sizes(cluster, config, hardware.devices_per_node, batch=False)})
+        raise ConfigError(_no_sizes(cluster, layers, allowed if not sizes else []))
+    return points
+
+
+def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
+    """Why no configuration exists: the batch fits none of the ``allowed`` data-parallel sizes, or (none given)
+    the pipeline is longer than the model."""
+    n, b, size = cluster.gpus, cluster.global_batch, cluster.micro_batch_size
+    if allowed:  # D = 1 always divides the batch, so the sizes given left only larger D
+        return (
+            f"--global-batch {b} is not divisible by D x --micro-batch-size {size} for the data-parallel sizes D "
+            f"that --gpus {n} and the sizes given leave ({', '.join(map(str, allowed))}); give a global batch that "
+            f"is a multiple of {allowed[0] * size}, or other sizes"
+        )
+    return (
+        f"--gpus {n} cannot be split into data x tensor x pipeline sizes whose pipeline of K devices fits the "
+        f"{layers} layers of {cluster.model} (embedding, blocks, final norm, output); give --gpus at most {layers} "
+        f"times a data-parallel size that divides {b // size} (e.g. --gpus {layers}), or a larger --global-batch"
+    )
+
+
+def static_bytes(prepared: Any) -> list[int]:
+    """Per pipeline device of one replica, the bytes held from the first instant: parameters and optimizer state.
+
+    What ``pipesched.engine`` gives each ``DeviceMemory`` at time 0
+    (parameters of the stages it hosts, and its share of their optimizer
+    state: all of it, or 1/D with a sharded optimizer); gradients and
+    activations come later and only add. So a device over its memory here is
+    out of memory in the simulation too, at time 0.
+    """
+    from .decoder.workload import DecoderShapeWorkload
+
+    config = prepared.config
+    size, state = training_sizes(config)
+    rows = [s.stop - s.start for s in prepared.slices]
+    work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state)
+    hosted = [sorted({a.stage for a in expand(actions)}) for actions in prepared.plan.actions]
+    # T tensor-parallel devices share a stage's weights: none holds less than 1/T of them (norms are whole on
+    # each), so the quotient rounded down stays a lower bound whatever the division's details
+    return [
+        sum(
+            work.param_bytes(s) + optimizer_share(work.optimizer_bytes(s), config.data_parallel, config.grad_sync)
+            for s in stages
+        )
+        // config.tensor_parallel
+        for stages in hosted
+    ]
+
+
+def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The union of intervals [start, end) as sorted disjoint intervals."""
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if not len(starts):
+        return starts, ends
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order], np.maximum.accumulate(ends[order])
+    # a new interval begins where a start lies beyond every end before it
+    new = np.concatenate([[True], starts[1:] > ends[:-1]])
+    last = np.concatenate([np.flatnonzero(new)[1:] - 1, [len(starts) - 1]])
+    return starts[new], ends[last]
+
+
+def exposed_communication(trace: Trace) -> float:
+    """The time some link carries a transfer (start to arrival) while no device computes.
+
+    The measure of (union of transfers) minus (union of compute spans),
+    computed on the elementary segments between all their ends.
+
+    >>> from pipesched.trace import Span, Transfer
+    >>> t = Trace(devices=2, time_unit="s", spans=[Span(0, "F", 0, 0, 0.0, 1.0)],
+    ...           transfers=[Transfer(0, 1, 0, "F", 0, 8, 0.5, 1.5, 2.0)])
+    >>> exposed_communication(t)  # the transfer runs 0.5 .. 2.0, compute 0 .. 1
+    1.0
+    """
+    moves, spans = trace.transfers, trace.spans
+    if not len(moves):
+        return 0.0
+    ms, me = _union(np.asarray(moves.column("start"), float), np.asarray(moves.column("arrival"), float))
+    cs, ce = _union(np.asarray(spans.column("start"), float), np.asarray(spans.column("end"), float))
+    cuts = np.unique(np.concatenate([ms, me, cs, ce]))
+    if len(cuts) < 2:
+        return 0.0
+    mid, width = (cuts[:-1] + cuts[1:]) / 2, np.diff(cuts)
+
+    def covered(s: np.ndarray, e: np.ndarray) -> np.ndarray:
+        if not len(s):
+            return np.zeros(len(mid), bool)
+        i = np.searchsorted(s, mid, side="right") - 1
+        return (i >= 0) & (mid < e[np.maximum(i, 0)])
+
+    return float(width[covered(ms, me) & ~covered(cs, ce)].sum())
+
+
+def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
+    """One candidate, shape-only: its record for the results file (``pipesched.sweep.Results``).
+
+    A candidate that cannot run (a strategy refusing its chunks or micro-batches)
+    is a failed record with the reason; one whose static bytes exceed the
+    memory is out of memory without simulation (``skipped``), its overshoot
+    the static excess, a lower bound of the simulated one (``prune=False``
+    simulates it anyway, for its exact peak).
+    """
+    record: dict[str, Any] = {"key": point_key(point), "point": point}
+    try:
+        config = RunConfig(compute=False, reference=False, allow_oom=True, **point)
+        prepared = prepare(config)
+        memory = prepared.config.device_memory or 0
+        static = max(static_bytes(prepared))
+        if prune and static > memory:
+            return {**record, "ok": True, "oom": True, "skipped": True, "overshoot_bytes": static - memory}
+        result = execute(prepared)
+    except PipeschedError as exc:
+        return {**record, "ok": False, "error": str(exc)}
+    except MemoryError:  # a candidate too large for this machine, not a bug
+        return {**record, "ok": False, "error": "this configuration does not fit in this machine's memory"}
+    except Exception as exc:  # one odd candidate must not sink the plan: recorded, as sweep.run_point does
+        return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    m, c = result.metrics, prepared.config
+    assert c.seq_len is not None and c.dtype is not None  # prepare resolves both for a decoder
+    devices = c.data_parallel * c.tensor_parallel * c.devices
+    peak_flops = float(getattr(load_hardware(c.hardware or "").peak_flops, c.dtype))
+    flops = sum(model_flops(prepared.decoder, c.batch, c.seq_len))
+    peak = max(m.peak_memory_bytes)
+    fullest = m.peak_memory_bytes.index(peak)
+    return {
+        **record,
+        "ok": True,
+        "oom": result.trace.oom is not None,
+        "skipped": False,
+        "overshoot_bytes": max(0, peak - memory),
+        "makespan": m.makespan,
+        "throughput": m.throughput,
+        "tokens_per_second": c.batch * c.seq_len / m.makespan,
+        "mfu": flops / (m.makespan * devices * peak_flops),
+        "model_flops": flops,
+        "bubble_fraction": m.bubble_fraction,
+        "communication_share": exposed_communication(result.trace) / m.makespan,
+        "peak_memory_bytes": peak,
+        "memory_by_role": m.memory_by_role[fullest],
+        "device_memory": memory,
+        "headroom_bytes": memory - peak,
+        "time_unit": result.trace.time_unit,
+    }
+
+
+@dataclass(frozen=True)
+class _Listed(Sweep):
+    """A plan's candidates as a sweep of listed points (``pipesched.sweep.sweep`` reads ``points()`` alone)."""
+
+    listed: tuple[dict[str, Any], ...] = field(default=())
+
+    def points(self) -> Iterator[dict[str, Any]]:
+        yield from self.listed
+
+
+#: The fields of each configuration ``--json`` lists, best first.
+JSON_FIELDS = (
+    "data_parallel",
+    "tensor_parallel",
+    "devices",
+    "strategy",
+    "chunks",
+    "microbatches",
+    "remat",
+    "grad_sync",
+)
+
+
+@dataclass
+class Plan:
+    """Every candidate's record, the runnable ones ranked, and the Pareto front."""
+
+    cluster: Cluster
+    records: list[dict[str, Any]]
+    ranked: list[dict[str, Any]]  # fitting, fastest first
+    front: list[dict[str, Any]]
+    simulated: int  # candidates simulated now (not resumed, not skipped by the static bound)
+    skipped: int  # out of memory by the static bound, not simulated
+
+    @property
+    def out_of_memory(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("ok") and r.get("oom")]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if not r.get("ok")]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The configurations, best first: the fitting ones by throughput, then the out-of-memory ones."""
+        oom = sorted(self.out_of_memory, key=lambda r: r["overshoot_bytes"])
+        return [_public(r) for r in self.ranked + oom]
+
+
+def _public(r: dict[str, Any]) -> dict[str, Any]:
+    point = r["point"]
+    fields = {name: point.get(name) for name in JSON_FIELDS}
+    fields["chunks"] = point.get("chunks") or 1
+    return {
+        **fields,
+        "gpus": point["data_parallel"] * point["tensor_parallel"] * point["devices"],
+        "tokens_per_second": r.get("tokens_per_second"),
+        "mfu": r.get("mfu"),
+        "bubble_fraction": r.get("bubble_fraction"),
+        "communication_share": r.get("communication_share"),
+        "peak_memory_bytes": r.get("peak_memory_bytes"),
+        "memory_by_role": r.get("memory_by_role"),
+        "device_memory": point["device_memory"],
+        "oom": bool(r["oom"]),
+        "overshoot_bytes": r.get("overshoot_bytes"),
+        "simulated": not r.get("skipped", False),
+    }
+
+
+def _order(r: dict[str, Any]) -> tuple[Any, ...]:
+    """Fastest first; among equals the leaner, then the candidates' own order (deterministic)."""
+    return (-r["tokens_per_second"], r["peak_memory_bytes"])
+
+
+def plan(
+    cluster: Cluster,
+    output: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+    evaluate_point: Callable[[dict[str, Any]], dict[str, Any]] = evaluate,
+) -> Plan:
+    """Simulate every candidate of ``cluster`` not yet in ``output`` and rank them.
+
+    ``output``: a results file to append to and resume from (``pipesched.sweep.Results``);
+    None keeps the records in a temporary file. Raises ``ConfigError`` when no
+    configuration fits, naming the smallest memory that would fit one.
+    """
+    points = candidates(cluster)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers} is not allowed; use 1 or more")
+    with tempfile.TemporaryDirectory(prefix="pipesched-plan-") as folder:
+        results = Results(output or os.path.join(folder, "results.jsonl"))
+        keys = [point_key(p) for p in points]
+        before = sum(results.done(k) for k in keys)
+        sweep(_Listed({}, listed=tuple(points)), results, workers, scheduler, progress, evaluate=evaluate_point)
+        records = [results.records[k] for k in keys]
+    fitting = [r for r in records if r.get("ok") and not r.get("oom")]
+    if not fitting:  # the smallest memory that fits one must be exact: simulate the skipped that could be it
+        exact = [r for r in records if r.get("ok") and r.get("oom") and not r.get("skipped")]
+        need = min((r["peak_memory_bytes"] for r in exact), default=math.inf)
+        records = [
+            evaluate(r["point"], prune=False)
+            if r.get("skipped") and r["point"]["device_memory"] + r["overshoot_bytes"] < need
+            else r
+            for r in records
+        ]
+    ranked = [r for _, r in sorted(enumerate(fitting), key=lambda pair: (_order(pair[1]), pair[0]))]
+    skipped = sum(bool(r.get("skipped")) for r in records)
+    result = Plan(cluster, records, ranked, pareto(ranked), len(points) - before, skipped)
+    if not ranked:
+        raise ConfigError(_nothing_fits(result))
+    return result
+
+
+def _nothing_fits(p: Plan) -> str:
+    """No configuration fits: the smallest memory that would fit one, or why none could run at all."""
+    oom = p.out_of_memory
+    if not oom:
+        reasons = sorted({r["error"] for r in p.failed})
+        return f"no configuration of --gpus {p.cluster.gpus} can run: {reasons[0]}" + (
+            f" (and {len(reasons) - 1} other reasons; see the results file)" if len(reasons) > 1 else ""
+        )
+    # a skipped candidate's overshoot is a lower bound; plan simulated every one whose bound is below the
+    # smallest simulated peak, so the least of the simulated peaks is the least any candidate needs
+    best = min((r for r in oom if not r.get("skipped")), key=lambda r: r["peak_memory_bytes"])
+    need = best["peak_memory_bytes"]
+    point = best["point"]
+    return (
+        f"no configuration fits in {format_bytes(point['device_memory'])} per device; the leanest "
+        f"(D={point['data_parallel']} T={point['tensor_parallel']} K={point['devices']} {point['strategy']}, "
+        f"remat {point['remat']}, {point['grad_sync']}) needs {format_bytes(need)} ({need} bytes): give "
+        f"--device-memory {need} or more, more GPUs, or a smaller micro-batch"
+    )
