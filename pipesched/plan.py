@@ -17,9 +17,10 @@ optimizer state, which a device holds from the first instant to the last,
 ``pipesched.memory.DeviceMemory``) already exceed the device memory is marked
 out of memory without simulation: the engine would find the same at time 0.
 
-Tensor parallelism: T > 1 is offered only when ``TENSOR_PARALLEL`` says the
-engine divides a stage's work and memory over T devices (``tensor_sizes``).
-Until then the planner searches T = 1 only, and says so.
+Tensor parallelism: the engine runs T > 1 (``pipesched run --tensor-parallel``),
+but the planner does not search it yet: ``TENSOR_PARALLEL`` turns on T > 1
+candidates (``tensor_sizes``) once their brute-force test and the speed
+budget cover them. Until then the planner searches T = 1 only, and says so.
 
 Metrics of a step (``evaluate``):
 
@@ -79,9 +80,8 @@ __all__ = [
     "plan",
 ]
 
-#: Whether the engine divides a stage's compute and memory over T tensor-parallel devices. RunConfig has the
-#: ``tensor_parallel`` field but ignores it until that lands; a T > 1 candidate would then be simulated as T = 1
-#: on T times the devices, so the planner offers T = 1 only while this is False.
+#: Whether the planner offers T > 1. The engine divides a stage over T devices (--tensor-parallel), but the
+#: planner's brute-force test and its one-minute budget cover T = 1 only so far, so it searches T = 1.
 TENSOR_PARALLEL = False
 
 #: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it).
@@ -175,8 +175,8 @@ def _check(cluster: Cluster) -> tuple[Any, int, Any]:
         raise ConfigError(f"--device-memory {cluster.device_memory} is not allowed; give e.g. 80GB")
     if cluster.tensor_parallel not in (None, 1) and not TENSOR_PARALLEL:
         raise ConfigError(
-            f"--tensor-parallel {cluster.tensor_parallel}: this engine does not divide a stage over tensor-parallel "
-            "devices yet, so the planner searches T = 1 only; drop --tensor-parallel"
+            f"--tensor-parallel {cluster.tensor_parallel}: the planner searches T = 1 only so far; drop "
+            "--tensor-parallel, or try a T on one layout with pipesched run --tensor-parallel"
         )
     if cluster.tensor_parallel is not None and (
         config.num_heads % cluster.tensor_parallel or config.hidden_size % cluster.tensor_parallel

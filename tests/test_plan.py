@@ -172,7 +172,7 @@ def _cli(capsys, *extra):
         ),
         (
             ["--gpus", "4", "--tensor-parallel", "2", "--global-batch", "8", "--micro-batch-size", "1"],
-            r"--tensor-parallel 2: this engine does not divide a stage",
+            r"--tensor-parallel 2: the planner searches T = 1 only so far",
         ),
         (["--gpus", "4", "--global-batch", "6", "--micro-batch-size", "4"], r"--global-batch 6 is not a multiple"),
         (

@@ -102,7 +102,7 @@ def _summary(p: Plan) -> str:
             f"{_layout(worst['point'])}"
         )
     if not TENSOR_PARALLEL:
-        lines.append("tensor parallelism: T = 1 only (the engine does not divide a stage over T devices yet)")
+        lines.append("tensor parallelism: T = 1 only (the planner does not search T > 1 yet; pipesched run takes it)")
     return "\n".join(lines)
 
 
