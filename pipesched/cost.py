@@ -77,6 +77,7 @@ __all__ = [
     "UnitCost",
     "MeasuredCost",
     "CostInputs",
+    "WrappedCost",
     "SpeedCost",
     "parse_device_speed",
     "link_of",
@@ -361,19 +362,19 @@ def link_of(cost: CostModel, src: int, dst: int) -> tuple[str, bool]:
 
 
 @dataclass(frozen=True)
-class SpeedCost:
-    """Devices of unequal speed: ``base``'s compute times divided by each device's speed factor.
+class WrappedCost:
+    """A cost model over ``base``: every answer is ``base``'s unless a subclass changes it.
 
-    A factor of 0.5 is a device at half speed (a straggler); transfers are
-    ``base``'s. Wraps any cost model (unit, flops, measured).
+    ``SpeedCost`` and the decoder's ``TensorParallelCost`` change compute
+    times only; names, units, the overlap rule, transfers and link names stay
+    the wrapped model's, however many wrappers are stacked.
 
-    >>> slow = SpeedCost(UnitCost(), (1.0, 0.5))
-    >>> slow.compute_time("F", [], 4, 1.0, device=0), slow.compute_time("F", [], 4, 1.0, device=1)
-    (1.0, 2.0)
+    >>> wrapped = WrappedCost(UnitCost())
+    >>> wrapped.name, wrapped.compute_time("B", [], 4, 1.0), wrapped.transfer_times(10**9)
+    ('unit', 2.0, (0.0, 0.0))
     """
 
     base: CostModel
-    speeds: tuple[float, ...]
 
     @property
     def name(self) -> str:
@@ -388,9 +389,9 @@ class SpeedCost:
         return str(getattr(self.base, "overlap", "sum"))
 
     def compute_time(
-        self, op: str, layers: Sequence[Layer], rows: int, stage_units: float, stage: int = 0, device: int = 0
+        self, op: str, layers: Sequence[Any], rows: int, stage_units: float, stage: int = 0, device: int = 0
     ) -> float:
-        return self.base.compute_time(op, layers, rows, stage_units, stage, device) / self.speeds[device]
+        return self.base.compute_time(op, layers, rows, stage_units, stage, device)
 
     def transfer_times(
         self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
@@ -402,6 +403,26 @@ class SpeedCost:
 
     def crosses_nodes(self, src: int, dst: int) -> bool:
         return link_of(self.base, src, dst)[1]
+
+
+@dataclass(frozen=True)
+class SpeedCost(WrappedCost):
+    """Devices of unequal speed: ``base``'s compute times divided by each device's speed factor.
+
+    A factor of 0.5 is a device at half speed (a straggler); transfers are
+    ``base``'s. Wraps any cost model (unit, flops, measured).
+
+    >>> slow = SpeedCost(UnitCost(), (1.0, 0.5))
+    >>> slow.compute_time("F", [], 4, 1.0, device=0), slow.compute_time("F", [], 4, 1.0, device=1)
+    (1.0, 2.0)
+    """
+
+    speeds: tuple[float, ...] = ()
+
+    def compute_time(
+        self, op: str, layers: Sequence[Any], rows: int, stage_units: float, stage: int = 0, device: int = 0
+    ) -> float:
+        return self.base.compute_time(op, layers, rows, stage_units, stage, device) / self.speeds[device]
 
 
 def parse_device_speed(text: str, devices: int) -> tuple[float, ...]:

@@ -74,7 +74,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import formulas
-from ..cost import CostModel, link_of
+from ..cost import WrappedCost
 from ..errors import ConfigError
 from . import accounting as acc
 from .config import DecoderConfig
@@ -284,7 +284,7 @@ _TIMES = {
 
 
 @dataclass(frozen=True)
-class TensorParallelCost:
+class TensorParallelCost(WrappedCost):
     """``base``'s compute over T plus the group's collectives inside each pass, on the intra-node link.
 
     ``layers`` in ``compute_time`` are ``workload.CostedLayer``s (a decoder's);
@@ -294,24 +294,11 @@ class TensorParallelCost:
     are whole: module text).
     """
 
-    base: CostModel
-    tensor_parallel: int
+    tensor_parallel: int = 1
     sequence_parallel: bool = False
     itemsize: int = 2
     bandwidth: float | None = None
     latency: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.base.name
-
-    @property
-    def time_unit(self) -> str:
-        return self.base.time_unit
-
-    @property
-    def overlap(self) -> str:
-        return str(getattr(self.base, "overlap", "sum"))
 
     def collective_time(self, op: str, layers: Sequence[Any], rows: int) -> float:
         """The time of the group's collectives inside ``op`` over ``layers`` on ``rows`` sequences."""
@@ -329,14 +316,3 @@ class TensorParallelCost:
     ) -> float:
         base = self.base.compute_time(op, layers, rows, stage_units, stage, device)
         return base / self.tensor_parallel + self.collective_time(op, layers, rows)
-
-    def transfer_times(
-        self, nbytes: int, src: int = 0, dst: int = 1, boundary: int | None = None
-    ) -> tuple[float, float]:
-        return self.base.transfer_times(nbytes, src, dst, boundary)
-
-    def link_name(self, src: int, dst: int) -> str:
-        return link_of(self.base, src, dst)[0]
-
-    def crosses_nodes(self, src: int, dst: int) -> bool:
-        return link_of(self.base, src, dst)[1]
