@@ -473,6 +473,7 @@ def test_a_studys_layout_keys_run_as_pipesched_run_does(tmp_path, model, layout,
     assert rows[2]["makespan_study"] == gpipe.metrics.makespan
     if results.get("train"):  # the one-device reference runs without replicas: the same loss as the replicated run
         assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
+        assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,13 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         ("training", "the single-device run runs", trains),
     ):
         note = _per_device_note(study, what) if runs else None
+        h = study.hardware
+        if stem == "training" and runs and (h.data_parallel > 1 or h.tensor_parallel > 1):
+            layout = (
+                f"[hardware].data_parallel = {h.data_parallel} and tensor_parallel = {h.tensor_parallel} lay out "
+                "the pipelined run, so the single-device run runs without them: one device in all."
+            )
+            note = f"{note} {layout}" if note else layout
         if note:
             results.notes[stem] = note
     if not trains:
