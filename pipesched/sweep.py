@@ -28,6 +28,7 @@ from typing import Annotated, Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel
 
+from .collectives import check_collective, check_grad_sync
 from .cost import FlopsCost, check_cost_name, check_overlap
 from .decoder.assemble import chain as decoder_chain
 from .decoder.assemble import default_seq_len
@@ -84,6 +85,12 @@ class _Axes(BaseModel):
     efficiency: NonEmpty[NonNegativeNumber] | None = None
     inter_node_bandwidth: NonEmpty[NonNegativeNumber] | None = None
     inter_node_latency: NonEmpty[NonNegativeNumber] | None = None
+    # the layout around the pipeline (pipesched run --data-parallel and its kin); devices stays the pipeline's K
+    data_parallel: NonEmpty[Count] | None = None
+    tensor_parallel: NonEmpty[Count] | None = None
+    sequence_parallel: NonEmpty[bool] | None = None
+    grad_sync: NonEmpty[Annotated[str, text("sharded")]] | None = None
+    collective: NonEmpty[Annotated[str, text("ring")]] | None = None
 
 
 class _Model(BaseModel):
@@ -108,6 +115,11 @@ class _Model(BaseModel):
     inter_node_latency: NonNegativeNumber | None = None
     device_speed: Annotated[str, text("2=0.5")] | None = None
     times: Annotated[str, text("times.toml")] | None = None
+    data_parallel: Count | None = None
+    tensor_parallel: Count | None = None
+    sequence_parallel: bool | None = None
+    grad_sync: Annotated[str, text("sharded")] | None = None
+    collective: Annotated[str, text("ring")] | None = None
 
 
 class _Constraints(BaseModel):
@@ -170,6 +182,8 @@ _DEFAULTS = {
     "microbatches": RunConfig.microbatches,
     "chunks": 1,
     "batch": RunConfig.batch,
+    "data_parallel": RunConfig.data_parallel,
+    "tensor_parallel": RunConfig.tensor_parallel,
 }  # link_bandwidth and link_latency: the point's hardware's intra-node link (_value)
 
 
@@ -296,6 +310,10 @@ def _usable(name: str, value: Any, layers: int) -> None:
         check_overlap(value)
     elif name == "remat":
         check_remat(value)
+    elif name == "grad_sync":
+        check_grad_sync(value)
+    elif name == "collective":
+        check_collective(value)
     elif name == "dtype":
         check_dtype(value)
     elif name == "optimizer":

@@ -414,3 +414,81 @@ def test_only_files_inside_the_studys_folder_are_copied(tmp_path):
     )
     # a preset's name is no file; "..", an absolute path and a folder the report writes itself stay behind
     assert copied_files(str(study)) == ["a.csv", "cfg.json"]
+
+
+LAYOUT = """
+[model]
+MODEL
+[hardware]
+devices = 2
+LAYOUT
+[compare]
+strategies = ["1f1b"]
+microbatches = 4
+partitions = ["uniform"]
+[sweep]
+microbatches = [4]
+devices = [1, 2]
+[train]
+steps = 1
+"""
+
+
+@pytest.mark.parametrize(
+    "model, layout, by_hand",
+    [
+        (
+            'layers = "8,16x7,4"\nbatch = 16',
+            'data_parallel = 2\ngrad_sync = "sharded"\ncollective = "ring"',
+            {"layers": "8,16x7,4", "batch": 16, "data_parallel": 2, "grad_sync": "sharded", "collective": "ring"},
+        ),
+        (
+            'model = "tiny-gpt"\ncompute = false\nbatch = 8',
+            "tensor_parallel = 2\nsequence_parallel = true",
+            {"model": "tiny-gpt", "compute": False, "batch": 8, "tensor_parallel": 2, "sequence_parallel": True},
+        ),
+    ],
+)
+def test_a_studys_layout_keys_run_as_pipesched_run_does(tmp_path, model, layout, by_hand):
+    """[hardware].data_parallel and its kin: the compared run is pipesched.run of the RunConfig built by hand."""
+    import pipesched
+    from pipesched.pipeline import RunConfig
+
+    path = tmp_path / "s.toml"
+    text = LAYOUT.replace("MODEL", model).replace("LAYOUT", layout)
+    path.write_text(text.replace("[train]\nsteps = 1\n", "") if "compute = false" in model else text)
+    results = collect(load_study(str(path)), progress=False).metrics()
+    (row,) = results["compare"]
+    direct = pipesched.run(
+        RunConfig(devices=2, strategy="1f1b", partition="uniform", microbatches=4, **by_hand)
+    ).metrics
+    assert row["makespan"] == direct.makespan
+    assert row["peak_memory_bytes"] == list(direct.peak_memory_bytes)
+    for key in ("data_parallel", "tensor_parallel", "grad_sync"):
+        assert row[key] == by_hand.get(key, RunConfig.__dataclass_fields__[key].default)
+    # the speedup sweep keeps the layout and varies K: its K = 2 is the compared run under gpipe
+    partition = "uniform" if "model" in by_hand else "balanced"  # the sweep's: balanced for the MLP
+    gpipe = pipesched.run(RunConfig(devices=2, strategy="gpipe", partition=partition, microbatches=4, **by_hand))
+    rows = {r["devices"]: r for r in results["sweep_devices"]}
+    assert rows[2]["makespan_study"] == gpipe.metrics.makespan
+    if results.get("train"):  # the one-device reference runs without replicas: the same loss as the replicated run
+        assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
+        assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("data_parallel = 0", "[hardware].data_parallel: 0 is not a whole number of at least 1"),
+        ("tensor_parallel = 1.5", "[hardware].tensor_parallel: 1.5 is not a whole number"),
+        ('grad_sync = "zero"', '[hardware].grad_sync: "zero" is not one of allreduce, sharded'),
+        ('collective = "tree"', '[hardware].collective: "tree" is not one of auto, ring, hierarchical'),
+        ('sequence_parallel = "yes"', '[hardware].sequence_parallel: "yes" is not true or false'),
+    ],
+)
+def test_bad_layout_keys_in_a_study_are_named(tmp_path, capsys, line, message):
+    path = tmp_path / "s.toml"
+    path.write_text(LAYOUT.replace("MODEL", 'layers = "8,16x7,4"').replace("LAYOUT", line))
+    assert main(["report", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()

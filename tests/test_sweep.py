@@ -241,6 +241,10 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
             "[axes].partition: 2,2,3 sums to 7 layers but the model has 6; make the counts sum to 6",
         ),
         ("[axes]\npartition = ['2,x']", "[axes].partition: '2,x' is neither 'uniform', 'balanced' nor"),
+        ("[axes]\ndata_parallel = [1, 0]", "[axes].data_parallel: 0 is not a whole number of at least 1"),
+        ("[axes]\ngrad_sync = ['allreduce', 'zero']", "[axes].grad_sync: 'zero' is unknown; use one of allreduce"),
+        ("[axes]\ncollective = ['tree']", "[axes].collective: 'tree' is unknown; use one of auto, ring"),
+        ("[model]\ntensor_parallel = 0\n[axes]\ndevices = [2]", "[model].tensor_parallel: 0 is not a whole number"),
     ],
 )
 def test_bad_sweep_files_are_named(tmp_path, capsys, text, message):
@@ -375,3 +379,38 @@ def test_a_constraint_on_the_link_reads_each_point_s_own_hardware(tmp_path):
     )
     points = list(load_sweep(_write(tmp_path, text)).points())
     assert [p["hardware"] for p in points] == ["h100-sxm"]
+
+
+def test_the_layout_keys_are_axes_and_model_keys_that_constraints_can_name(tmp_path):
+    """data_parallel as an axis, grad_sync in [model]: each point's makespan is pipesched.run's of that RunConfig."""
+    import pipesched
+    from pipesched.pipeline import RunConfig
+
+    text = """
+[model]
+layers = "16x7"
+batch = 16
+grad_sync = "sharded"
+
+[axes]
+data_parallel = [1, 2]
+devices = [2, 4]
+microbatches = [2, 4]
+
+[constraints]
+where = ["microbatches * data_parallel >= devices + tensor_parallel"]
+"""
+    study = load_sweep(_write(tmp_path, text))
+    points = list(study.points())
+    # by hand: (D, K, M) with M * D >= K + 1 (tensor_parallel stands for its default, 1)
+    expected = [(d, k, m) for d, k, m in itertools.product([1, 2], [2, 4], [2, 4]) if m * d >= k + 1]
+    assert [(p["data_parallel"], p["devices"], p["microbatches"]) for p in points] == expected
+    assert all(p["grad_sync"] == "sharded" for p in points)
+    results = Results(str(tmp_path / "r.jsonl"))
+    assert sweep(study, results, workers=1, progress=False) == len(expected)
+    for point in points:
+        record = results.records[point_key(point)]
+        given = {k: point[k] for k in ("data_parallel", "devices", "microbatches")}  # the axes; the rest by hand
+        config = RunConfig(layers="16x7", batch=16, grad_sync="sharded", compute=False, **given)
+        assert record["ok"] and record["makespan"] == pipesched.run(config).metrics.makespan
+        assert record["point"] == point

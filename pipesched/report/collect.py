@@ -105,6 +105,9 @@ def other_devices(study: Study, devices: int) -> dict[str, Any]:
     one by one, so a run of another device count (the speedup sweep's K, the
     single-device training run) runs without them: on nodes of
     ``devices_per_node`` (the preset's, else one node) and at full speed.
+    ``data_parallel`` and ``tensor_parallel`` stay as the study gives them (the
+    speedup sweep varies the pipeline's K of that layout); only the
+    single-device training run, the one-device reference, drops them (``collect``).
     """
     if devices == study.hardware.devices:
         return {"devices": devices}
@@ -170,8 +173,11 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
             jobs.append(("sweep_k", (k, label), prepare(config)))
     trains = []
     for name, devices in (("pipelined", study.hardware.devices), ("single device", 1)) if can_train(study) else ():
+        # the single-device reference is one device in all: no replicas, no tensor-parallel group
+        alone = {"data_parallel": 1, "tensor_parallel": 1, "sequence_parallel": False} if devices == 1 else {}
         config = study.run_config(
             **other_devices(study, devices),
+            **alone,
             strategy=study.train.strategy,
             reference=False,
             device_memory=None,
@@ -243,6 +249,13 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         ("training", "the single-device run runs", trains),
     ):
         note = _per_device_note(study, what) if runs else None
+        h = study.hardware
+        if stem == "training" and runs and (h.data_parallel > 1 or h.tensor_parallel > 1):
+            layout = (
+                f"[hardware].data_parallel = {h.data_parallel} and tensor_parallel = {h.tensor_parallel} lay out "
+                "the pipelined run, so the single-device run runs without them: one device in all."
+            )
+            note = f"{note} {layout}" if note else layout
         if note:
             results.notes[stem] = note
     if not trains:

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator
 
+from ..collectives import COLLECTIVE_ALGORITHMS, GRAD_SYNC_MODES
 from ..cost import COST_MODELS, OVERLAP_RULES
 from ..decoder.assemble import chain, check_run, default_seq_len, resolve
 from ..decoder.config import load_config, preset_names
@@ -141,6 +142,13 @@ class HardwareSection(BaseModel):
     inter_node_bandwidth: PositiveNumber | None = None
     inter_node_latency: NonNegativeNumber | None = None
     device_speed: Annotated[str, text("2=0.5")] | None = None
+    # the layout around the pipeline, as pipesched run's --data-parallel and its kin: devices stays the
+    # pipeline's K, and D x T x K devices run in all (pipesched.layout)
+    data_parallel: Count = 1
+    tensor_parallel: Count = 1
+    sequence_parallel: bool = False
+    grad_sync: Annotated[str, one_of(GRAD_SYNC_MODES)] = "allreduce"
+    collective: Annotated[str, one_of(COLLECTIVE_ALGORITHMS)] = "auto"
 
 
 class CostSection(BaseModel):
@@ -235,6 +243,11 @@ class Study:
             inter_node_bandwidth=h.inter_node_bandwidth,
             inter_node_latency=h.inter_node_latency,
             device_speed=h.device_speed,
+            data_parallel=h.data_parallel,
+            tensor_parallel=h.tensor_parallel,
+            sequence_parallel=h.sequence_parallel,
+            grad_sync=h.grad_sync,
+            collective=h.collective,
             overlap=h.overlap,
             device_memory=h.device_memory,
             allow_oom=h.device_memory is not None or h.preset is not None,  # a report marks an OOM, never stops
@@ -287,6 +300,11 @@ overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum 
 # inter_node_bandwidth = 5e10  # optional: bytes per second between nodes; default the preset's
 # inter_node_latency = 1e-5  # optional: seconds; default the preset's
 # device_speed = "2=0.5"     # optional: device 2 at half speed, or one factor per device
+data_parallel = 1            # D pipeline replicas of the devices above: D x T x devices in all
+tensor_parallel = 1          # T devices per stage (Megatron-LM's split; a decoder's heads and hidden size)
+sequence_parallel = false    # true: with T > 1, activations outside attention and MLP split over T too
+grad_sync = "allreduce"      # how replicas sum gradients, or "sharded" (distributed optimizer, ZeRO-1)
+collective = "auto"          # or "ring", "hierarchical" (intra-node then inter-node)
 
 # [cost]                     # optional: measured times instead of FLOP counts (see 'Measured times')
 # times = "times.toml"       # relative to this file; makes [hardware].cost "measured"
