@@ -379,13 +379,7 @@ def execute(p: Prepared) -> RunResult:
     else:
         assert p.x is not None and p.target is not None  # prepare builds the data together with the model
         work = NumpyWorkload(p.model, p.partition, p.x, p.target, config.loss, p.slices, size, state)
-    trace = simulate(
-        p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
-        config.grad_sync, config.collective,
-    )  # fmt: skip
-    result = RunResult(
-        config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
-    )
+    result = _simulate_step(p, work)
     result.parameters = sum(layer.param_count for layer in p.layers)
     if isinstance(work, NumpyWorkload):
         result.loss = work.loss
@@ -394,6 +388,16 @@ def execute(p: Prepared) -> RunResult:
             _, reference = full_batch_gradients(work.model, work.x, work.target, config.loss)
             result.grad_rel_err = grad_rel_err(result.grads, reference)
     return result
+
+
+def _simulate_step(p: Prepared, work: Workload) -> RunResult:
+    """Simulate ``work`` under the prepared schedule and cost model: the result's trace and metrics."""
+    config = p.config
+    trace = simulate(
+        p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
+        config.grad_sync, config.collective,
+    )  # fmt: skip
+    return RunResult(config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance)
 
 
 def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> RunResult:
@@ -410,13 +414,7 @@ def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> Run
     else:
         assert p.x is not None and p.target is not None  # prepare builds the tokens together with the model
         work = DecoderWorkload(p.decoder_model, p.partition, p.x, p.target, p.slices, size, state, split)
-    trace = simulate(
-        p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
-        config.grad_sync, config.collective,
-    )  # fmt: skip
-    result = RunResult(
-        config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance
-    )
+    result = _simulate_step(p, work)
     result.parameters = total_parameters(p.decoder)
     if isinstance(work, DecoderWorkload):
         result.loss = work.loss
