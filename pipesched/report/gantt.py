@@ -49,8 +49,10 @@ def _chunks(schedule: Any) -> dict[tuple[int, int], int]:
     return {(d, s): i for d, stages in on.items() for i, s in enumerate(sorted(stages))}
 
 
-#: The hatch of a transfer over an inter-node link (InfiniBand), against the plain intra-node (NVLink) ones.
+#: A transfer between nodes (InfiniBand, Ethernet) against the light plain ones inside a node (NVLink, shared
+#: memory): a darker grey, so that a send a few pixels wide still reads apart, and hatched where it is wide enough.
 INTER_NODE_HATCH = "xxx"
+INTER_NODE_COLOUR = "#666666"
 
 
 def _link_label(trace: Any, src: int, dst: int) -> str:
@@ -162,7 +164,7 @@ def gantt(results: StudyResults) -> Figure:
                     (t.start * scale, row - 0.3),
                     max((t.arrival - t.start) * scale, visible),
                     0.6,
-                    facecolor=OP_COLOURS["link"],
+                    facecolor=INTER_NODE_COLOUR if inter else OP_COLOURS["link"],
                     edgecolor="white" if inter else "none",
                     linewidth=0,
                     hatch=INTER_NODE_HATCH if inter else None,
@@ -193,7 +195,7 @@ def gantt(results: StudyResults) -> Figure:
     ]
     if crossed:
         handles.append(
-            Patch(facecolor=OP_COLOURS["link"], edgecolor="white", hatch=INTER_NODE_HATCH, label="send between nodes")
+            Patch(facecolor=INTER_NODE_COLOUR, edgecolor="white", hatch=INTER_NODE_HATCH, label="send between nodes")
         )
     if paired:
         handles.append(Patch(facecolor="none", edgecolor="black", linewidth=1.6, label="overlapped F&B pair"))
