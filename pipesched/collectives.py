@@ -275,8 +275,9 @@ class Collectives:
     waiting: list[Any]
     position: list[int]
     memory: list[Any]
+    mirror: bool  # replica 0 alone, the others mirrored (pipesched.symmetry)
 
-    def _send(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
+    def _send(self, send: Message, on_left: Callable[[], None] | None = None, via: int | None = None) -> None:
         raise NotImplementedError
 
     def _sample(self, device: int) -> None:
@@ -329,7 +330,11 @@ class Collectives:
             self.arrived[(key, "sent")] = True
             chunk = Buffer(-(-nbytes // len(ring)))  # its values are summed exactly at the end
             nxt = ring[(r + 1) % len(ring)]
-            self._send(Message(device, nxt, (op, stage, step, nxt), chunk, (stage, op, step)))
+            if self.mirror and op != "tie":  # every replica sends now over an equal link: what lands is what leaves
+                # (a tied pair's ring lies within one pipeline: replica 0's runs as it is)
+                self._send(Message(device, device, key, chunk, (stage, op, step)), via=nxt)
+            else:
+                self._send(Message(device, nxt, (op, stage, step, nxt), chunk, (stage, op, step)))
         if key not in self.arrived:
             self.blocked[key] = device
             self.waiting[device] = f"step {step} of the {_WHAT[op]} of stage {stage} (from device {ring[r - 1]})"
@@ -362,19 +367,28 @@ class ReduceStep(NamedTuple):
 def tie_rings(
     ties: Sequence[tuple[int, int, int]], placement: dict[int, tuple[int, ...]]
 ) -> dict[tuple[int, tuple[int, ...]], int]:
-    """Per (first stage, ring of devices holding either stage), the tied bytes to all-reduce.
+    """Per (first stage, ring of devices), the tied bytes to all-reduce: each pipeline's pair on its own.
 
-    A device holding both stages sums the pair itself: one stage (data
-    parallelism's replicas, whose own all-reduce already sums it) or two on
-    one device (ZB-V's V) need no exchange. Otherwise the ring is every device
-    holding either stage (with replicated stages a simplification: Megatron-LM
-    pairs each pipeline's first and last rank). Pairs with the same first
-    stage and ring share one all-reduce of their summed bytes.
+    Megatron-LM's embedding group pairs each pipeline's first and last rank
+    (``parallel_state``'s embedding ranks, one group per data-parallel
+    replica): replica r sums its two gradients between its own device of
+    stage a and its own device of stage b, the r-th of each stage's replicas
+    (``Schedule.placement`` lists them in replica order, device d·D + r:
+    ``pipesched.layout``); the replicas' own all-reduce sums across replicas.
+    A device holding both stages sums the pair itself (ZB-V's V): no exchange.
+    Pairs with the same first stage and ring share one all-reduce of their
+    summed bytes.
+
+    >>> tie_rings([(0, 3, 1024)], {0: (0, 1), 3: (6, 7)})  # two replicas: two rings of two
+    {(0, (0, 6)): 1024, (0, (1, 7)): 1024}
     """
     rings: dict[tuple[int, tuple[int, ...]], int] = {}
     for a, b, nbytes in ties:
-        first, second = set(placement[a]), set(placement[b])
-        ring = tuple(sorted(first | second))
-        if not first & second:
+        if len(placement[a]) != len(placement[b]):  # no pairing by replica (a hand-made schedule): one ring
+            union, shared = set(placement[a]) | set(placement[b]), set(placement[a]) & set(placement[b])
+            pairs = [] if shared else [tuple(sorted(union))]
+        else:
+            pairs = [tuple(sorted((x, y))) for x, y in zip(placement[a], placement[b]) if x != y]
+        for ring in pairs:
             rings[(a, ring)] = rings.get((a, ring), 0) + nbytes
     return rings

@@ -64,6 +64,7 @@ from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
 from .memory import DeviceMemory
 from .schedule import Action, Item, Overlap, Schedule, expand
+from .symmetry import asymmetry, one_replica
 from .trace import MemorySample, Span, Trace
 
 __all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
@@ -101,6 +102,7 @@ class _Engine(Links, Collectives):
         p2p: str = "async",
         grad_sync: str = "allreduce",
         collective: str = "auto",
+        mirror: bool = False,
     ):
         check_remat(remat)
         check_p2p(p2p)
@@ -132,6 +134,10 @@ class _Engine(Links, Collectives):
         replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
         syncs, ties = plan_collectives(schedule.placement(), work, cost, grad_sync, collective)  # checks both
         self.program = [self._program(d, actions, syncs, ties) for d, actions in enumerate(schedule.actions)]
+        # replica 0 alone, the others mirrored, where they provably run alike (pipesched.symmetry)
+        collectives = [c for stage in syncs.values() for c in stage]
+        self.mirror = mirror and asymmetry(schedule, work, cost, self.stage_units, collectives, ties) is None
+        self.running = range(0, devices, schedule.replicas) if self.mirror else range(devices)
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends = {
             (a.stage, a.op[-1], a.microbatch)
@@ -453,17 +459,17 @@ class _Engine(Links, Collectives):
         self._after(self._duration(device, "W", stage, mb), done)
 
     def run(self) -> Trace:
-        for device in range(self.schedule.devices):
+        for device in self.running:
             self._advance(device)
         self.env.run()
         self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
         self.trace.peak_samples = [m.peak_sample for m in self.memory]
         # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
         self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
-        blocked = [d for d in range(self.schedule.devices) if not self.finished[d]]
+        blocked = [d for d in self.running if not self.finished[d]]
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))
-        return self.trace
+        return one_replica(self.trace, self.schedule.replicas) if self.mirror else self.trace
 
 
 def simulate(
@@ -476,6 +482,7 @@ def simulate(
     p2p: str = "async",
     grad_sync: str = "allreduce",
     collective: str = "auto",
+    mirror: bool = False,
 ) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
@@ -496,5 +503,11 @@ def simulate(
     levels, a ring spread unevenly over nodes refused). See
     ``pipesched.collectives``; their times are ``pipesched.formulas``'s
     ``ring_*_time`` and ``hierarchical_*_time``.
+
+    ``mirror`` runs replica 0 alone where every replica provably runs alike
+    (``pipesched.symmetry``; else all of them) and returns its K devices'
+    trace, whose metrics are the full step's. Shape-only work only: the other
+    replicas' gradients are never computed.
     """
-    return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective).run()
+    engine = _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror)
+    return engine.run()

@@ -145,21 +145,26 @@ class Links:
             return stage - 1
         return None  # a collective's chunk
 
-    def _send(self, send: Message, on_left: Callable[[], None] | None = None) -> None:
-        """Move ``send`` over its link; ``on_left`` runs once its bytes have left the sender."""
+    def _send(self, send: Message, on_left: Callable[[], None] | None = None, via: int | None = None) -> None:
+        """Move ``send`` over its link; ``on_left`` runs once its bytes have left the sender.
+
+        ``via``: the device whose link ``src -> via`` carries it, when that is not ``dst`` (a mirrored
+        collective's chunk, landing back on its sender: ``pipesched.symmetry``).
+        """
         src, dst, key, payload, what = send
-        if src == dst:
+        link = dst if via is None else via
+        if src == link:
             self._deliver(dst, key, payload)
             if on_left is not None:
                 on_left()
             return
         size = nbytes(payload, self.itemsize)
-        busy, latency = self.cost.transfer_times(size, src, dst, self._boundary(what))
+        busy, latency = self.cost.transfer_times(size, src, link, self._boundary(what))
         now = self.env.now
-        start = max(now, self.link_free.get((src, dst), now))  # first in, first out on this link
+        start = max(now, self.link_free.get((src, link), now))  # first in, first out on this link
         end = start + busy
-        self.link_free[(src, dst)] = end
-        self.trace.transfers.append(Transfer(src, dst, *what, size, start, end, end + latency))
+        self.link_free[(src, link)] = end
+        self.trace.transfers.append(Transfer(src, link, *what, size, start, end, end + latency))
         if end + latency == now:  # a free transfer lands at once
             self._deliver(dst, key, payload)
             if on_left is not None:

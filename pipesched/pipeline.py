@@ -117,6 +117,9 @@ class RunConfig:
     inter_node_bandwidth: float | None = None
     inter_node_latency: float | None = None
     device_speed: str | None = None  # per-device speed factors, e.g. 2=0.5 (pipesched.cost.SpeedCost)
+    # shape-only runs: simulate replica 0 alone where every replica provably runs alike (pipesched.symmetry);
+    # the trace then holds one replica's K devices and the metrics are the full step's (pipesched plan's)
+    mirror_replicas: bool = False
 
 
 @dataclass
@@ -395,7 +398,7 @@ def _simulate_step(p: Prepared, work: Workload) -> RunResult:
     config = p.config
     trace = simulate(
         p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
-        config.grad_sync, config.collective,
+        config.grad_sync, config.collective, config.mirror_replicas and not config.compute,
     )  # fmt: skip
     return RunResult(config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance)
 

@@ -17,10 +17,18 @@ optimizer state, which a device holds from the first instant to the last,
 ``pipesched.memory.DeviceMemory``) already exceed the device memory is marked
 out of memory without simulation: the engine would find the same at time 0.
 
-Tensor parallelism: the engine runs T > 1 (``pipesched run --tensor-parallel``),
-but the planner does not search it yet: ``TENSOR_PARALLEL`` turns on T > 1
-candidates (``tensor_sizes``) once their brute-force test and the speed
-budget cover them. Until then the planner searches T = 1 only, and says so.
+Tensor parallelism: T runs over the divisors of the heads and the hidden size
+up to a node's devices (``tensor_sizes``): Megatron-LM keeps a tensor-parallel
+group inside a node, since its all-reduces run in every layer. Sequence
+parallelism (Korthikanti et al. 2022) applies to every T > 1 candidate when
+the cluster asks for it (``--sequence-parallel``); it is not searched, as it
+moves the same bytes in other collectives and only saves memory.
+
+Evaluation, exactly and cheaply: a layout with replicas is simulated for one
+replica alone where every replica provably runs alike (``pipesched.symmetry``,
+1/D of the work), and once for both gradient synchronisations, which move the
+same chunks in the same steps and differ by a constant optimizer share
+(``evaluate``).
 
 Metrics of a step (``evaluate``):
 
@@ -36,10 +44,10 @@ Metrics of a step (``evaluate``):
 - bubble = the idle share of the devices' time (``pipesched.metrics``);
 - headroom = device memory − the fullest device's peak.
 
->>> [t for t in tensor_sizes(heads=32, hidden=4096, per_node=8, supported=True)]
+>>> tensor_sizes(heads=32, hidden=4096, per_node=8)
 [1, 2, 4, 8]
->>> tensor_sizes(heads=32, hidden=4096, per_node=8)  # until the engine divides work over T
-[1]
+>>> tensor_sizes(heads=12, hidden=768, per_node=8)  # GPT-2 small: 12 heads
+[1, 2, 3, 4, 6]
 """
 
 from __future__ import annotations
@@ -65,7 +73,6 @@ from .trace import Trace
 from .units import format_bytes
 
 __all__ = [
-    "TENSOR_PARALLEL",
     "PLAN_STRATEGIES",
     "CHUNK_OPTIONS",
     "REMAT_OPTIONS",
@@ -79,10 +86,6 @@ __all__ = [
     "Plan",
     "plan",
 ]
-
-#: Whether the planner offers T > 1. The engine divides a stage over T devices (--tensor-parallel), but the
-#: planner's brute-force test and its one-minute budget cover T = 1 only so far, so it searches T = 1.
-TENSOR_PARALLEL = False
 
 #: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it).
 PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name != "dp")
@@ -107,17 +110,15 @@ class Cluster:
     data_parallel: int | None = None  # a size the user fixes; None: every divisor
     tensor_parallel: int | None = None
     devices: int | None = None  # K
+    sequence_parallel: bool = False  # with every T > 1 (Korthikanti et al. 2022)
 
 
-def tensor_sizes(heads: int, hidden: int, per_node: int, supported: bool | None = None) -> list[int]:
+def tensor_sizes(heads: int, hidden: int, per_node: int) -> list[int]:
     """The tensor-parallel sizes T to try: divisors of the heads and the hidden size, at most a node's devices.
 
     Megatron-LM splits attention by heads and the MLP by columns, and keeps a
     tensor-parallel group inside a node (its all-reduces run in every layer).
-    Only T = 1 unless ``supported`` (default ``TENSOR_PARALLEL``).
     """
-    if not (TENSOR_PARALLEL if supported is None else supported):
-        return [1]
     return [t for t in range(1, per_node + 1) if heads % t == 0 and hidden % t == 0]
 
 
@@ -173,11 +174,6 @@ def _check(cluster: Cluster) -> tuple[Any, int, Any]:
     hardware = load_hardware(cluster.hardware)
     if cluster.device_memory is not None and cluster.device_memory < 1:
         raise ConfigError(f"--device-memory {cluster.device_memory} is not allowed; give e.g. 80GB")
-    if cluster.tensor_parallel not in (None, 1) and not TENSOR_PARALLEL:
-        raise ConfigError(
-            f"--tensor-parallel {cluster.tensor_parallel}: the planner searches T = 1 only so far; drop "
-            "--tensor-parallel, or try a T on one layout with pipesched run --tensor-parallel"
-        )
     if cluster.tensor_parallel is not None and (
         config.num_heads % cluster.tensor_parallel or config.hidden_size % cluster.tensor_parallel
     ):
@@ -225,24 +221,23 @@ def candidates(cluster: Cluster) -> list[dict[str, Any]]:
                     # count does not grow with its chunks (ZB-V, DualPipeV: always 2 per device) refusing this one
                     continue
                 for remat in REMAT_OPTIONS:
-                    for grad_sync in GRAD_SYNC_OPTIONS if d > 1 else GRAD_SYNC_OPTIONS[:1]:
-                        points.append(
-                            {
-                                "model": cluster.model,
-                                "seq_len": seq_len,
-                                "hardware": cluster.hardware,
-                                "device_memory": memory,
-                                "batch": cluster.global_batch,
-                                "data_parallel": d,
-                                "tensor_parallel": t,
-                                "devices": k,
-                                "microbatches": m,
-                                "strategy": name,
-                                "chunks": chunks,
-                                "remat": remat,
-                                "grad_sync": grad_sync,
-                            }
-                        )
+                    points.append(
+                        {
+                            "model": cluster.model,
+                            "seq_len": seq_len,
+                            "hardware": cluster.hardware,
+                            "device_memory": memory,
+                            "batch": cluster.global_batch,
+                            "data_parallel": d,
+                            "tensor_parallel": t,
+                            "devices": k,
+                            "microbatches": m,
+                            "strategy": name,
+                            "chunks": chunks,
+                            "remat": remat,
+                            **({"sequence_parallel": True} if cluster.sequence_parallel and t > 1 else {}),
+                        }
+                    )
     if not points:
         allowed = sorted({d for d, _, _ in _sizes(cluster, config, hardware.devices_per_node, batch=False)})
         raise ConfigError(_no_sizes(cluster, layers, allowed if not sizes else []))
@@ -266,32 +261,35 @@ def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
     )
 
 
-def static_bytes(prepared: Any) -> list[int]:
+def static_bytes(prepared: Any, grad_sync: str | None = None) -> list[int]:
     """Per pipeline device of one replica, the bytes held from the first instant: parameters and optimizer state.
 
     What ``pipesched.engine`` gives each ``DeviceMemory`` at time 0
     (parameters of the stages it hosts, and its share of their optimizer
-    state: all of it, or 1/D with a sharded optimizer); gradients and
-    activations come later and only add. So a device over its memory here is
-    out of memory in the simulation too, at time 0.
+    state: all of it, or 1/D with a sharded optimizer, ``grad_sync``; default
+    the config's); gradients and activations come later and only add. So a
+    device over its memory here is out of memory in the simulation too, at
+    time 0.
     """
+    params, optimizer = _weights(prepared, grad_sync or prepared.config.grad_sync)
+    return [p + o for p, o in zip(params, optimizer)]
+
+
+def _weights(prepared: Any, grad_sync: str) -> tuple[list[int], list[int]]:
+    """Per pipeline device of one replica: (parameter bytes, optimizer-state bytes) under ``grad_sync``."""
+    from .decoder.tensor import Split
     from .decoder.workload import DecoderShapeWorkload
 
     config = prepared.config
     size, state = training_sizes(config)
     rows = [s.stop - s.start for s in prepared.slices]
-    work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state)
+    split = Split(config.tensor_parallel, config.sequence_parallel)  # one device's share, as the engine's
+    work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state, split)
     hosted = [sorted({a.stage for a in expand(actions)}) for actions in prepared.plan.actions]
-    # T tensor-parallel devices share a stage's weights: none holds less than 1/T of them (norms are whole on
-    # each), so the quotient rounded down stays a lower bound whatever the division's details
-    return [
-        sum(
-            work.param_bytes(s) + optimizer_share(work.optimizer_bytes(s), config.data_parallel, config.grad_sync)
-            for s in stages
-        )
-        // config.tensor_parallel
-        for stages in hosted
-    ]
+    d = config.data_parallel
+    params = [sum(work.param_bytes(s) for s in stages) for stages in hosted]
+    optimizer = [sum(optimizer_share(work.optimizer_bytes(s), d, grad_sync) for s in stages) for stages in hosted]
+    return params, optimizer
 
 
 def _union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,23 +337,43 @@ def exposed_communication(trace: Trace) -> float:
     return float(width[covered(ms, me) & ~covered(cs, ce)].sum())
 
 
-def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
-    """One candidate, shape-only: its record for the results file (``pipesched.sweep.Results``).
+def grad_syncs(point: dict[str, Any]) -> tuple[str, ...]:
+    """The gradient synchronisations one layout stands for: both with replicas, the plain one without."""
+    return GRAD_SYNC_OPTIONS if point["data_parallel"] > 1 else GRAD_SYNC_OPTIONS[:1]
 
-    A candidate that cannot run (a strategy refusing its chunks or micro-batches)
-    is a failed record with the reason; one whose static bytes exceed the
-    memory is out of memory without simulation (``skipped``), its overshoot
-    the static excess, a lower bound of the simulated one (``prune=False``
-    simulates it anyway, for its exact peak).
+
+def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
+    """One layout, shape-only: its record for the results file (``pipesched.sweep.Results``).
+
+    The record holds one configuration per gradient synchronisation the
+    layout stands for (``grad_syncs``), in ``configurations``: a sharded
+    optimizer moves the same chunks over the same rings in the same steps as
+    the all-reduce (a ring all-reduce is a reduce-scatter then an
+    all-gather, Patarasuk and Yuan 2009, per level where it has two), so its
+    step is the all-reduce's step, each device holding a constant
+    ``optimizer share`` fewer bytes throughout. One simulation (with the
+    all-reduce) gives both, exactly: the peaks shift by that constant, and
+    so does each device's fullest instant (``tests/test_plan.py`` holds the
+    derived record to a full simulation of the sharded layout).
+
+    A layout that cannot run (a strategy refusing its chunks or micro-batches)
+    is a failed record with the reason; a configuration whose static bytes
+    exceed the memory is out of memory without simulation (``skipped``), its
+    overshoot the static excess, a lower bound of the simulated one
+    (``prune=False`` simulates it anyway, for its exact peak).
     """
     record: dict[str, Any] = {"key": point_key(point), "point": point}
+    syncs = grad_syncs(point)
     try:
-        config = RunConfig(compute=False, reference=False, allow_oom=True, **point)
+        config = RunConfig(
+            compute=False, reference=False, allow_oom=True, mirror_replicas=True, grad_sync=syncs[0], **point
+        )
         prepared = prepare(config)
         memory = prepared.config.device_memory or 0
-        static = max(static_bytes(prepared))
-        if prune and static > memory:
-            return {**record, "ok": True, "oom": True, "skipped": True, "overshoot_bytes": static - memory}
+        weights = {sync: _weights(prepared, sync) for sync in syncs}
+        static = {sync: max(p + o for p, o in zip(*weights[sync])) for sync in syncs}
+        if prune and all(static[sync] > memory for sync in syncs):
+            return {**record, "ok": True, "configurations": [_skipped(sync, static[sync] - memory) for sync in syncs]}
         result = execute(prepared)
     except PipeschedError as exc:
         return {**record, "ok": False, "error": str(exc)}
@@ -363,19 +381,26 @@ def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
         return {**record, "ok": False, "error": "this configuration does not fit in this machine's memory"}
     except Exception as exc:  # one odd candidate must not sink the plan: recorded, as sweep.run_point does
         return {**record, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    common = _step(prepared, result)
+    plain = weights[syncs[0]][1]
+    configurations = [
+        _configuration(sync, common, result, memory, [a - b for a, b in zip(plain, weights[sync][1])]) for sync in syncs
+    ]
+    return {**record, "ok": True, "configurations": configurations}
+
+
+def _skipped(grad_sync: str, overshoot: int) -> dict[str, Any]:
+    return {"grad_sync": grad_sync, "oom": True, "skipped": True, "overshoot_bytes": overshoot}
+
+
+def _step(prepared: Any, result: Any) -> dict[str, Any]:
+    """What a layout's step gives every configuration of it: its times, throughput, MFU and shares."""
     m, c = result.metrics, prepared.config
     assert c.seq_len is not None and c.dtype is not None  # prepare resolves both for a decoder
     devices = c.data_parallel * c.tensor_parallel * c.devices
     peak_flops = float(getattr(load_hardware(c.hardware or "").peak_flops, c.dtype))
     flops = sum(model_flops(prepared.decoder, c.batch, c.seq_len))
-    peak = max(m.peak_memory_bytes)
-    fullest = m.peak_memory_bytes.index(peak)
     return {
-        **record,
-        "ok": True,
-        "oom": result.trace.oom is not None,
-        "skipped": False,
-        "overshoot_bytes": max(0, peak - memory),
         "makespan": m.makespan,
         "throughput": m.throughput,
         "tokens_per_second": c.batch * c.seq_len / m.makespan,
@@ -383,12 +408,44 @@ def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:
         "model_flops": flops,
         "bubble_fraction": m.bubble_fraction,
         "communication_share": exposed_communication(result.trace) / m.makespan,
-        "peak_memory_bytes": peak,
-        "memory_by_role": m.memory_by_role[fullest],
-        "device_memory": memory,
-        "headroom_bytes": memory - peak,
         "time_unit": result.trace.time_unit,
     }
+
+
+def _configuration(
+    grad_sync: str, common: dict[str, Any], result: Any, memory: int, fewer: list[int]
+) -> dict[str, Any]:
+    """One grad-sync configuration of a simulated layout: each pipeline device holding ``fewer`` optimizer
+    bytes than in the simulation, all along (a constant shift of its timeline, so of its peak)."""
+    trace = result.trace
+    replicas = trace.devices // len(fewer)  # 1 where the simulation ran replica 0 alone (pipesched.symmetry)
+    peaks = [total - fewer[d // replicas] for d, (_, total) in enumerate(trace.peaks)]
+    peak = max(peaks)
+    fullest = peaks.index(peak)
+    roles = dict(result.metrics.memory_by_role[fullest])
+    roles["optimizer"] -= fewer[fullest // replicas]
+    return {
+        **common,
+        "grad_sync": grad_sync,
+        "oom": peak > memory,
+        "skipped": False,
+        "overshoot_bytes": max(0, peak - memory),
+        "peak_memory_bytes": peak,
+        "memory_by_role": roles,
+        "device_memory": memory,
+        "headroom_bytes": memory - peak,
+    }
+
+
+def configurations(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A layout's record as one record per configuration, each with its full point (``grad_sync`` in it)."""
+    point = record["point"]
+    if not record.get("ok"):
+        return [{**record, "point": {**point, "grad_sync": sync}} for sync in grad_syncs(point)]
+    return [
+        {"key": record["key"], "ok": True, **c, "point": {**point, "grad_sync": c["grad_sync"]}}
+        for c in record["configurations"]
+    ]
 
 
 @dataclass(frozen=True)
@@ -422,8 +479,9 @@ class Plan:
     records: list[dict[str, Any]]
     ranked: list[dict[str, Any]]  # fitting, fastest first
     front: list[dict[str, Any]]
-    simulated: int  # candidates simulated now (not resumed, not skipped by the static bound)
-    skipped: int  # out of memory by the static bound, not simulated
+    simulated: int  # layouts simulated or decided now (not resumed)
+    skipped: int  # configurations out of memory by the static bound, not simulated
+    layouts: int = 0  # the layouts behind the configurations (each simulated once for both grad syncs)
 
     @property
     def out_of_memory(self) -> list[dict[str, Any]]:
@@ -486,20 +544,20 @@ def plan(
         keys = [point_key(p) for p in points]
         before = sum(results.done(k) for k in keys)
         sweep(_Listed({}, listed=tuple(points)), results, workers, scheduler, progress, evaluate=evaluate_point)
-        records = [results.records[k] for k in keys]
+        layouts = [results.records[k] for k in keys]
+    records = [c for r in layouts for c in configurations(r)]
     fitting = [r for r in records if r.get("ok") and not r.get("oom")]
     if not fitting:  # the smallest memory that fits one must be exact: simulate the skipped that could be it
         exact = [r for r in records if r.get("ok") and r.get("oom") and not r.get("skipped")]
         need = min((r["peak_memory_bytes"] for r in exact), default=math.inf)
-        records = [
-            evaluate(r["point"], prune=False)
-            if r.get("skipped") and r["point"]["device_memory"] + r["overshoot_bytes"] < need
-            else r
-            for r in records
-        ]
+        redo = {
+            r["key"] for r in records if r.get("skipped") and r["point"]["device_memory"] + r["overshoot_bytes"] < need
+        }
+        layouts = [evaluate(r["point"], prune=False) if r["key"] in redo else r for r in layouts]
+        records = [c for r in layouts for c in configurations(r)]
     ranked = [r for _, r in sorted(enumerate(fitting), key=lambda pair: (_order(pair[1]), pair[0]))]
     skipped = sum(bool(r.get("skipped")) for r in records)
-    result = Plan(cluster, records, ranked, pareto(ranked), len(points) - before, skipped)
+    result = Plan(cluster, records, ranked, pareto(ranked), len(points) - before, skipped, len(points))
     if not ranked:
         raise ConfigError(_nothing_fits(result))
     return result

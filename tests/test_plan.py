@@ -15,12 +15,13 @@ from hypothesis import strategies as st
 from pipesched import RunConfig, run
 from pipesched.cli import main
 from pipesched.errors import ConfigError, PipeschedError
-from pipesched.plan import Cluster, exposed_communication, plan
+from pipesched.plan import Cluster, evaluate, exposed_communication, plan
 from pipesched.trace import Span, Trace, Transfer
 
 # A small cluster: 4 GPUs on nodes of 2, tiny-gpt at 32 tokens, 8 sequences of 1 per step.
 GPUS, BATCH, SIZE, SEQ = 4, 8, 1, 32
 MEMORY = 4_000_000  # bytes: some layouts fit, some overfill with weights alone, some with activations
+UNTIED_MEMORY = 3_000_000  # the same for the untied model below, whose fastest layout needs 3.6 MB
 HARDWARE = """\
 description = "a small test device"
 memory = 4e6
@@ -60,51 +61,93 @@ def hardware(tmp_path_factory):
     return str(path)
 
 
-def _layout(d, k, strategy, chunks, remat, grad_sync):
-    # with one replica a sharded optimizer is the plain one: one layout
-    return (d, k, strategy, chunks or 1, remat, grad_sync if d > 1 else "allreduce")
+# A LLaMA-style decoder without tied embeddings (tiny-gpt ties them): its replicas run alike, so the plan
+# simulates one replica alone (pipesched.symmetry), while the brute force below simulates every one.
+UNTIED = {
+    "model_type": "llama", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 256, "max_position_embeddings": 128,
+    "tie_word_embeddings": False,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt", "untied"])
+def model(request, tmp_path_factory):
+    if request.param == "tiny-gpt":
+        return "tiny-gpt"
+    path = tmp_path_factory.mktemp("model") / "config.json"
+    path.write_text(json.dumps(UNTIED))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def brute(hardware):
-    """Every layout, fully simulated: layout -> (tokens per second, the fullest device's peak bytes)."""
+def memory(model):
+    return MEMORY if model == "tiny-gpt" else UNTIED_MEMORY
+
+
+def _layout(d, t, k, strategy, chunks, remat, grad_sync):
+    # with one replica a sharded optimizer is the plain one: one layout
+    return (d, t, k, strategy, chunks or 1, remat, grad_sync if d > 1 else "allreduce")
+
+
+@pytest.fixture(scope="module")
+def brute(hardware, model):
+    """Every layout, fully simulated: layout -> (tokens per second, the fullest device's peak bytes).
+
+    T runs over 1 and 2: both divide the 4 heads and the hidden size of 64, and a node holds 2 devices.
+    """
     out = {}
     for d in (1, 2, 4):
-        if BATCH % (d * SIZE):
-            continue
-        for strategy, chunks in STRATEGIES:
-            for remat in ("never", "always"):
-                for grad_sync in ("allreduce", "sharded"):
-                    config = RunConfig(
-                        model="tiny-gpt", seq_len=SEQ, hardware=hardware, device_memory=MEMORY, batch=BATCH,
-                        data_parallel=d, devices=GPUS // d, microbatches=BATCH // (d * SIZE), strategy=strategy,
-                        chunks=chunks, remat=remat, grad_sync=grad_sync, compute=False, reference=False,
-                        allow_oom=True,
-                    )  # fmt: skip
-                    try:
-                        result = run(config)
-                    except PipeschedError:
-                        continue  # a layout this strategy cannot run (too many stages for the model)
-                    out[_layout(d, GPUS // d, strategy, chunks, remat, grad_sync)] = (
-                        BATCH * SEQ / result.metrics.makespan,
-                        max(result.metrics.peak_memory_bytes),
-                    )
+        for t in (1, 2):
+            if BATCH % (d * SIZE) or GPUS % (d * t):
+                continue
+            k = GPUS // (d * t)
+            for strategy, chunks in STRATEGIES:
+                for remat in ("never", "always"):
+                    for grad_sync in ("allreduce", "sharded"):
+                        config = RunConfig(
+                            model=model, seq_len=SEQ, hardware=hardware, device_memory=MEMORY, batch=BATCH,
+                            data_parallel=d, tensor_parallel=t, devices=k, microbatches=BATCH // (d * SIZE),
+                            strategy=strategy, chunks=chunks, remat=remat, grad_sync=grad_sync, compute=False,
+                            reference=False, allow_oom=True,
+                        )  # fmt: skip
+                        try:
+                            result = run(config)
+                        except PipeschedError:
+                            continue  # a layout this strategy cannot run (too many stages for the model)
+                        out[_layout(d, t, k, strategy, chunks, remat, grad_sync)] = (
+                            BATCH * SEQ / result.metrics.makespan,
+                            max(result.metrics.peak_memory_bytes),
+                        )
     return out
 
 
 @pytest.fixture(scope="module")
-def planned(hardware):
-    cluster = Cluster(GPUS, "tiny-gpt", hardware, BATCH, SIZE, seq_len=SEQ, device_memory=MEMORY)
+def planned(hardware, model, memory):
+    cluster = Cluster(GPUS, model, hardware, BATCH, SIZE, seq_len=SEQ, device_memory=memory)
     return plan(cluster, workers=1)
 
 
 def _key(record):
     p = record["point"]
-    return _layout(p["data_parallel"], p["devices"], p["strategy"], p["chunks"], p["remat"], p["grad_sync"])
+    return _layout(
+        p["data_parallel"], p["tensor_parallel"], p["devices"], p["strategy"], p["chunks"], p["remat"], p["grad_sync"]
+    )
 
 
-def test_the_best_layout_is_brute_forces_best(brute, planned):
-    fitting = {k: v for k, v in brute.items() if v[1] <= MEMORY}
+def test_every_configuration_is_brute_forces_own(brute, planned):
+    """Each configuration's throughput and peak, the sharded ones derived from their all-reduce twin and the
+    untied model's from one replica, equal the full simulation of that very configuration."""
+    simulated = [r for r in planned.records if r["ok"] and not r["skipped"]]
+    assert {_key(r) for r in simulated} <= set(brute) and len(simulated) > len(brute) // 2
+    assert {t for _, t, *_ in map(_key, simulated)} == {1, 2}  # tensor parallelism is searched
+    for r in simulated:
+        speed, peak = brute[_key(r)]
+        assert r["tokens_per_second"] == pytest.approx(speed, rel=1e-12)
+        assert r["peak_memory_bytes"] == peak
+
+
+def test_the_best_layout_is_brute_forces_best(brute, planned, memory):
+    fitting = {k: v for k, v in brute.items() if v[1] <= memory}
     best = max(speed for speed, _ in fitting.values())
     winners = {k for k, (speed, _) in fitting.items() if speed == best}
     assert planned.ranked[0]["tokens_per_second"] == pytest.approx(best, rel=1e-12)
@@ -115,26 +158,39 @@ def test_the_best_layout_is_brute_forces_best(brute, planned):
     assert speeds == sorted(speeds, reverse=True)
 
 
-def test_the_memory_limit_changes_the_answer(brute, planned):
+def test_the_memory_limit_changes_the_answer(brute, planned, memory):
     """The case is worth testing: the fastest layout without a limit does not fit."""
     fastest = max(brute, key=lambda k: brute[k][0])
-    assert brute[fastest][1] > MEMORY
-    assert planned.skipped > 0  # some were decided by their weights alone
+    assert brute[fastest][1] > memory
+    assert _key(planned.ranked[0]) != fastest
 
 
-def test_out_of_memory_layouts_are_dropped_with_their_overshoot(brute, planned):
+def test_a_tight_memory_is_decided_by_the_weights_first(brute, hardware, model):
+    """Near the leanest layout's peak most layouts overfill with weights and optimizer state alone: those are
+    not simulated, their overshoot a lower bound of the simulated one, and the fitting set is still exact."""
+    tight = int(min(peak for _, peak in brute.values()) * 1.1)
+    result = plan(Cluster(GPUS, model, hardware, BATCH, SIZE, seq_len=SEQ, device_memory=tight), workers=1)
+    assert result.skipped > 0
+    assert {_key(r) for r in result.ranked} == {k for k, (_, peak) in brute.items() if peak <= tight}
+    for r in result.out_of_memory:
+        peak = brute[_key(r)][1]
+        assert 0 < r["overshoot_bytes"] <= peak - tight
+        assert r["overshoot_bytes"] == peak - tight or r["skipped"]
+
+
+def test_out_of_memory_layouts_are_dropped_with_their_overshoot(brute, planned, memory):
     oom = planned.out_of_memory
-    assert {_key(r) for r in oom} == {k for k, v in brute.items() if v[1] > MEMORY}
+    assert {_key(r) for r in oom} == {k for k, v in brute.items() if v[1] > memory}
     for r in oom:
         peak = brute[_key(r)][1]
         if r["skipped"]:  # decided before simulating: a lower bound of the overshoot
-            assert 0 < r["overshoot_bytes"] <= peak - MEMORY
+            assert 0 < r["overshoot_bytes"] <= peak - memory
         else:
-            assert r["overshoot_bytes"] == peak - MEMORY
+            assert r["overshoot_bytes"] == peak - memory
 
 
-def test_the_pareto_front_is_brute_forces(brute, planned):
-    fitting = {k: v for k, v in brute.items() if v[1] <= MEMORY}
+def test_the_pareto_front_is_brute_forces(brute, planned, memory):
+    fitting = {k: v for k, v in brute.items() if v[1] <= memory}
     # a layout is on the front unless another is at least as fast and as lean, and better in one
     front = {
         k
@@ -146,10 +202,10 @@ def test_the_pareto_front_is_brute_forces(brute, planned):
     assert {fitting[k] for k in got} == {fitting[k] for k in front}  # equal twins may stand for each other
 
 
-def test_nothing_fits_names_the_smallest_memory_that_would(brute, hardware):
+def test_nothing_fits_names_the_smallest_memory_that_would(brute, hardware, model):
     least = min(peak for _, peak in brute.values())
     with pytest.raises(ConfigError, match=rf"needs .* \({least} bytes\): give --device-memory {least} or more"):
-        plan(Cluster(GPUS, "tiny-gpt", hardware, BATCH, SIZE, seq_len=SEQ, device_memory=least - 1), workers=1)
+        plan(Cluster(GPUS, model, hardware, BATCH, SIZE, seq_len=SEQ, device_memory=least - 1), workers=1)
 
 
 def _cli(capsys, *extra):
@@ -171,12 +227,14 @@ def _cli(capsys, *extra):
             r"--gpus 8 is not --data-parallel 2 x --tensor-parallel 1 x --devices 2 = 4; give --gpus 4",
         ),
         (
-            ["--gpus", "4", "--tensor-parallel", "2", "--global-batch", "8", "--micro-batch-size", "1"],
-            r"--tensor-parallel 2: the planner searches T = 1 only so far",
+            ["--gpus", "6", "--tensor-parallel", "3", "--global-batch", "8", "--micro-batch-size", "1"],
+            r"--tensor-parallel 3 does not divide the 4 heads and the hidden size 64 of tiny-gpt; use a common "
+            r"divisor of both",
         ),
         (["--gpus", "4", "--global-batch", "6", "--micro-batch-size", "4"], r"--global-batch 6 is not a multiple"),
         (
-            ["--gpus", "8", "--devices", "4", "--global-batch", "3", "--micro-batch-size", "1"],  # D = 2 only
+            ["--gpus", "8", "--devices", "4", "--tensor-parallel", "1", "--global-batch", "3"]  # D = 2 only
+            + ["--micro-batch-size", "1"],
             r"--global-batch 3 is not divisible by D x --micro-batch-size 1 for the data-parallel sizes D that "
             r"--gpus 8 and the sizes given leave \(2\); give a global batch that is a multiple of 2",
         ),
@@ -231,24 +289,56 @@ def _tiny_gpt_flops():
     return 3 * forward
 
 
+class _Counting:
+    """``plan``'s evaluate, counting its calls (``workers=1`` runs it in this process)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, point):
+        self.calls += 1
+        return evaluate(point)
+
+
 def test_resume_runs_nothing_again(tmp_path, hardware):
     cluster = Cluster(GPUS, "tiny-gpt", hardware, BATCH, SIZE, seq_len=SEQ, device_memory=MEMORY, data_parallel=2)
     results = str(tmp_path / "plan.jsonl")
-    first = plan(cluster, results, workers=1)
-    again = plan(cluster, results, workers=1)
-    assert first.simulated == len(first.records) and again.simulated == 0
-    assert [r["key"] for r in again.ranked] == [r["key"] for r in first.ranked]
+    counted, again_counted = _Counting(), _Counting()
+    first = plan(cluster, results, workers=1, evaluate_point=counted)
+    again = plan(cluster, results, workers=1, evaluate_point=again_counted)
+    fresh = plan(cluster, workers=1)  # without the results file
+    # D = 2 fixes K = 2 / T: every layout is evaluated once (both grad syncs in one record), none again
+    layouts = {(r["point"]["tensor_parallel"], r["point"]["strategy"], r["point"]["chunks"], r["point"]["remat"])
+               for r in first.records}  # fmt: skip
+    assert counted.calls == len(layouts) == first.layouts and again_counted.calls == 0
+    assert len(first.records) == 2 * len(layouts)
+    assert again.to_json() == fresh.to_json() == first.to_json()
 
 
 def test_report_draws_the_pareto_front(tmp_path, capsys, hardware):
     folder = tmp_path / "plan"
     status, out, _ = _cli(
         capsys, "--hardware", hardware, "--gpus", "2", "--global-batch", "4", "--micro-batch-size", "1",
-        "--report", str(folder),
+        "--report", str(folder), "--json",
     )  # fmt: skip
-    assert status == 0 and "Pareto plot written to" in out
+    assert status == 0
     assert sorted(p.name for p in folder.iterdir()) == ["pareto.png", "summary.md"]
     assert (folder / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the summary lists the front: the fitting configurations no other beats in both speed and memory
+    fits = [c for c in json.loads(out) if not c["oom"]]
+    front = [
+        c
+        for c in fits
+        if not any(
+            o["tokens_per_second"] >= c["tokens_per_second"] and o["peak_memory_bytes"] <= c["peak_memory_bytes"]
+            and (o["tokens_per_second"] > c["tokens_per_second"] or o["peak_memory_bytes"] < c["peak_memory_bytes"])
+            for o in fits
+        )
+    ]  # fmt: skip
+    summary = (folder / "summary.md").read_text()
+    listed = re.findall(r"^- D=(\d+) T=(\d+) K=(\d+) .*: ([\d.e+]+) tokens/s", summary, re.M)
+    assert front and len(listed) <= len(front)
+    assert {float(s) for *_, s in listed} == {float(f"{c['tokens_per_second']:.4g}") for c in front}
 
 
 intervals = st.lists(st.tuples(st.integers(0, 20), st.integers(0, 20)), max_size=6)

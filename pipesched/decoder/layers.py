@@ -32,6 +32,7 @@ FLOPs and kept bytes of every layer equal the closed forms of
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +79,7 @@ class DecoderLayer:
     @property
     def param_count(self) -> int:
         """Parameters this layer holds (the output layer counts its matrix even when tied)."""
-        return sum(int(np.prod(shape)) for shape in self.shapes().values())
+        return sum(math.prod(shape) for shape in self.shapes().values())
 
     def init(self, rng: np.random.Generator, std: float = 0.02) -> Arrays:
         """Fresh parameters, deterministic in ``rng``."""

@@ -106,10 +106,16 @@ class _DecoderStages:
         self.layers = tuple(tuple(CostedLayer(layers[i], seq_len) for i in r) for r in self.stages)
         self.rows = list(rows)
         self._layers = [[layers[i] for i in r] for r in self.stages]
+        # _sizes depends on the stage and the micro-batch's rows alone, and the engine asks it several times per
+        # action: computed once per pair (a third of a shape-only plan's time before)
+        self._sized: dict[tuple[int, int], tuple[int, int, int, int, int, int]] = {}
+        self._params_held: dict[int, int] = {}
 
     def _param_count(self, stage: int) -> int:
         """Parameters one device of ``stage`` holds: its share under tensor parallelism."""
-        return sum(self.split.param_count(layer) for layer in self._layers[stage])
+        if stage not in self._params_held:  # asked per device and per collective: counted once
+            self._params_held[stage] = sum(self.split.param_count(layer) for layer in self._layers[stage])
+        return self._params_held[stage]
 
     def param_bytes(self, stage: int) -> int:
         return self._param_count(stage) * self.itemsize
@@ -140,7 +146,13 @@ class _DecoderStages:
         gradient sent back, which cross a stage boundary whole; the input's
         own share is what the reused bytes beyond it leave out.
         """
-        b, s, size, layers, split = self.rows[mb], self.seq_len, self.itemsize, self._layers[stage], self.split
+        key = (stage, self.rows[mb])
+        if key not in self._sized:
+            self._sized[key] = self._compute_sizes(stage, self.rows[mb])
+        return self._sized[key]
+
+    def _compute_sizes(self, stage: int, b: int) -> tuple[int, int, int, int, int, int]:
+        s, size, layers, split = self.seq_len, self.itemsize, self._layers[stage], self.split
         first, last = layers[0], layers[-1]
         # the stage input: int64 token ids (in any precision), or activations
         x = b * s * acc.TOKEN_ID_BYTES if stage == 0 else b * s * first.config.hidden_size * size
