@@ -35,6 +35,21 @@ def test_llama_presets_have_their_published_parameter_counts(name, published, sh
     assert abs(count / 1e9 - shown) <= 0.005  # the rounded figure, within its rounding
 
 
+def test_bloom_preset_count_against_the_model_cards_176_billion():
+    """bigscience/bloom: 176,247,271,424 parameters (its model card). BLOOM's own count, by hand from
+    train/tr11-176B-ml/README.md (h = 14336, 70 layers, vocabulary padded to 250880, ALiBi, tied):
+      blocks     70 x (12 h^2 + 13 h) = 70 x 2,466,437,120 = 172,650,598,400
+      tokens     250880 x 14336                              =   3,596,615,680
+      two LayerNorms, after the embedding and at the end, 2 x 2h =        57,344
+    pipesched reads the preset as GPT-2 keys: a learned position table (2048 x h = 29,360,128) in place
+    of ALiBi's none, and no LayerNorm after the embedding (-2h = -28,672).
+    """
+    h = 14336
+    bloom = 70 * (12 * h * h + 13 * h) + 250880 * h + 2 * 2 * h
+    assert bloom == 176_247_271_424
+    assert acc.total_parameters(preset("bloom-176b")) == bloom + 2048 * h - 2 * h
+
+
 def test_gpt3_preset_count_and_the_published_175_billion():
     """Brown et al. 2020, Table 2.1: GPT-3 175B, n_params 175.0B, 96 layers, d_model 12288, 96 heads of 128.
 

@@ -177,7 +177,7 @@ def test_a_missing_file_a_folder_bad_json_and_a_json_list_are_refused(tmp_path):
         load_config(missing)
     assert str(err.value) == (
         f"model config file {missing!r} does not exist; give the path to a config.json or a preset name "
-        "(gpt3-175b, llama2-70b, llama2-7b, llama3-8b, tiny-gpt)"
+        "(bloom-176b, gpt3-175b, llama2-70b, llama2-7b, llama3-8b, tiny-gpt)"
     )
     with pytest.raises(ConfigError, match=r"is a folder; give the path to its config.json"):
         DecoderConfig.from_file(str(tmp_path))
@@ -198,7 +198,7 @@ def test_an_unknown_preset_lists_the_known_ones():
         with pytest.raises(ConfigError) as err:
             ask()
         assert str(err.value) == (
-            "unknown model preset 'gpt4'; use one of gpt3-175b, llama2-70b, llama2-7b, llama3-8b, tiny-gpt, "
+            "unknown model preset 'gpt4'; use one of bloom-176b, gpt3-175b, llama2-70b, llama2-7b, llama3-8b, tiny-gpt, "
             "or the path to a config.json"
         )
 

@@ -327,7 +327,7 @@ def preset_names() -> list[str]:
     """The names of the built-in presets, sorted.
 
     >>> preset_names()
-    ['gpt3-175b', 'llama2-70b', 'llama2-7b', 'llama3-8b', 'tiny-gpt']
+    ['bloom-176b', 'gpt3-175b', 'llama2-70b', 'llama2-7b', 'llama3-8b', 'tiny-gpt']
     """
     return sorted(_presets())
 
