@@ -26,6 +26,7 @@ from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
 from .decoder.tensor import Split, check_tensor_parallel
+from .division import memory_division
 from .engine import check_p2p, check_remat, simulate
 from .errors import ConfigError, PipeschedError
 from .hardware import check_hardware, cost_model, default_memory, flops_model
@@ -137,6 +138,8 @@ class RunResult:
     grad_rel_err: float | None = None
     grads: Params | list[dict[str, np.ndarray]] | None = field(default=None, repr=False)  # MLP's or a decoder's
     parameters: int = 0  # the model's total parameter count
+    # per device, each role's bytes held against whole: what T, sequence parallelism and sharding divide
+    memory_division: list[dict[str, dict[str, int]]] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -188,6 +191,7 @@ class RunResult:
             "peak_activation_bytes": m.peak_activation_bytes,
             "peak_memory_bytes": m.peak_memory_bytes,
             "memory_by_role": m.memory_by_role,
+            "memory_division": self.memory_division,
             "peak_inflight_microbatches": m.peak_inflight_microbatches,
             "balance": None if self.balance is None else self.balance.to_dict(),
             "device_memory": c.device_memory,
@@ -400,7 +404,11 @@ def _simulate_step(p: Prepared, work: Workload) -> RunResult:
         p.schedule, work, p.cost, config.remat, config.device_memory, config.allow_oom, config.p2p,
         config.grad_sync, config.collective, config.mirror_replicas and not config.compute,
     )  # fmt: skip
-    return RunResult(config, p.schedule, p.partition, trace, measure(trace, config.batch), p.bubble_formula, p.balance)
+    metrics = measure(trace, config.batch)
+    result = RunResult(config, p.schedule, p.partition, trace, metrics, p.bubble_formula, p.balance)
+    if trace.devices == p.schedule.devices:  # a mirrored trace holds one replica (pipesched.symmetry)
+        result.memory_division = memory_division(work, p.schedule, config.grad_sync)
+    return result
 
 
 def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> RunResult:

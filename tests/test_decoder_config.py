@@ -198,8 +198,8 @@ def test_an_unknown_preset_lists_the_known_ones():
         with pytest.raises(ConfigError) as err:
             ask()
         assert str(err.value) == (
-            "unknown model preset 'gpt4'; use one of bloom-176b, gpt3-175b, llama2-70b, llama2-7b, llama3-8b, tiny-gpt, "
-            "or the path to a config.json"
+            "unknown model preset 'gpt4'; use one of bloom-176b, gpt3-175b, llama2-70b, llama2-7b, llama3-8b, "
+            "tiny-gpt, or the path to a config.json"
         )
 
 

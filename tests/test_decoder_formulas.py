@@ -43,7 +43,7 @@ def test_a_shorter_sequence_and_the_table(capsys):
 
 def test_bad_models_are_one_sentence(capsys, tmp_path):
     for argv, message in [
-        (["--model", "gpt5"], "unknown model preset 'gpt5'; use one of gpt3-175b, llama2-70b, llama2-7b, llama3-8b"),
+        (["--model", "gpt5"], "unknown model preset 'gpt5'; use one of bloom-176b, gpt3-175b, llama2-70b, llama2-7b"),
         (["--model", "tiny-gpt", "--seq-len", "129"], "sequence length 129 is longer than the 128 positions"),
     ]:
         assert main(["formulas", *argv]) == 2

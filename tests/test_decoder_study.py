@@ -89,7 +89,7 @@ def test_a_config_json_is_found_next_to_the_study_not_the_working_directory(tmp_
             '[model]\nmodel = "tiny-gpt"\nlayers = "8,8"',
             "[model].layers: a decoder's layers come from [model].model; give either layers or model",
         ),  # fmt: skip
-        ('[model]\nmodel = "gpt5"', "[model].model: unknown model preset 'gpt5'; use one of gpt3-175b, llama2-70b"),
+        ('[model]\nmodel = "gpt5"', "[model].model: unknown model preset 'gpt5'; use one of bloom-176b, gpt3-175b"),
         ('[model]\nmodel = "none/here.json"', "[model].model: model config file"),
         ("[model]\nmodel = 7", "[model].model: 7 is not a string"),
         ('[model]\nmodel = "tiny-gpt"\nseq_len = 129', "[model].seq_len: sequence length 129 is longer than the 128"),

@@ -76,7 +76,10 @@ def test_the_json_keys_listed_are_the_keys_run_prints(capsys):
     assert main(["run", "--no-compute", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     roles = set(data["memory_by_role"][0])  # named in memory_by_role's description
-    assert set(data) <= names <= set(data) | roles
+    assert main(["run", "--model", "tiny-gpt", "--seq-len", "16", "--no-compute", "--json"]) == 0
+    division = json.loads(capsys.readouterr().out)["memory_division"][0]  # and in memory_division's, a decoder's
+    inner = set(division) | {key for shares in division.values() for key in shares}
+    assert set(data) <= names <= set(data) | roles | inner
 
 
 SAMPLES = [b for b in _blocks("") if b.startswith("$ pipesched ")]

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..balance import Placement
+from ..division import causes, describe_division
 from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
 from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
@@ -88,6 +89,7 @@ def _print_run(result: RunResult) -> None:
         ("throughput", f"{format_rate(metrics.throughput)} samples/{'s' if unit == 's' else 'unit'}"),
         ("transfers", _transfers(result)),
         *([("memory", _oom(result))] if config.device_memory is not None else []),
+        *([("memory division", _division(result))] if _division(result) else []),
         ("loss", "not computed (--no-compute)" if result.loss is None else f"{result.loss:.6f}"),
         (
             "grad rel. error",
@@ -128,6 +130,17 @@ def _print_run(result: RunResult) -> None:
         )
         print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
         print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
+
+
+def _division(result: RunResult) -> str:
+    """The fullest device's shares under tensor and sequence parallelism and a sharded optimizer, or ''."""
+    if not result.memory_division:
+        return ""
+    c = result.config
+    fullest = result.metrics.peak_memory_bytes.index(max(result.metrics.peak_memory_bytes))
+    why = causes(c.tensor_parallel, c.sequence_parallel, c.data_parallel, c.grad_sync)
+    shares = describe_division(result.memory_division[fullest], why)
+    return f"device {fullest} (the fullest) holds {shares}" if shares else ""
 
 
 def _precision(config: RunConfig) -> str:

@@ -106,6 +106,7 @@ class _DecoderStages:
         self.layers = tuple(tuple(CostedLayer(layers[i], seq_len) for i in r) for r in self.stages)
         self.rows = list(rows)
         self._layers = [[layers[i] for i in r] for r in self.stages]
+        self._chain = tuple(layers)
         # _sizes depends on the stage and the micro-batch's rows alone, and the engine asks it several times per
         # action: computed once per pair (a third of a shape-only plan's time before)
         self._sized: dict[tuple[int, int], tuple[int, int, int, int, int, int]] = {}
@@ -122,6 +123,16 @@ class _DecoderStages:
 
     def optimizer_bytes(self, stage: int) -> int:
         return self._param_count(stage) * self.state_bytes
+
+    def undivided(self) -> _DecoderStages:
+        """The same stages and micro-batches on one device: no tensor or sequence parallelism to divide them."""
+        return _DecoderStages(self._chain, self.stages, self.rows, self.seq_len, self.itemsize, self.state_bytes)
+
+    def microbatch_bytes(self, stage: int, mb: int) -> int:
+        """Bytes one device keeps for micro-batch ``mb`` of ``stage`` from its F to its B, without recompute:
+        the stage input, the kept arrays and, on the last stage, the logits (``pipesched.division``)."""
+        x, reused, private, out, _, _ = self._sizes(stage, mb)
+        return x + reused + private + (out if self._last(stage) else 0)
 
     def _last(self, stage: int) -> bool:
         return stage == len(self.stages) - 1

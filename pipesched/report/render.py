@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Callable
 
 from ..decoder.assemble import MODEL_DTYPE, MODEL_OPTIMIZER
+from ..division import causes, describe_division
 from ..errors import ConfigError
 from ..files import read_toml
 from ..hardware import default_memory, describe
@@ -83,6 +84,21 @@ def _notes(results: StudyResults) -> str:
         "each device starting the next step as soon as it has finished this one."
         + (f" An overlapped F&B pair lasts the {rule} of its parts (--overlap {rule})" if pairs else "")
         + ("; the formulas are stated for the sum." if pairs and rule != "sum" else "." if pairs else "")
+        + _division_note(results)
+    )
+
+
+def _division_note(results: StudyResults) -> str:
+    """What tensor and sequence parallelism and a sharded optimizer leave the first run's fullest device, or ''."""
+    first = next((r for r in results.compare if r.memory_division), None)
+    if first is None:
+        return ""
+    c, peaks = first.config, first.metrics.peak_memory_bytes
+    fullest = peaks.index(max(peaks))
+    why = causes(c.tensor_parallel, c.sequence_parallel, c.data_parallel, c.grad_sync)
+    shares = describe_division(first.memory_division[fullest], why)
+    return (
+        f" Memory per device is divided: {first.label}'s fullest device ({fullest}) holds {shares}." if shares else ""
     )
 
 
