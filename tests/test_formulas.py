@@ -259,3 +259,30 @@ def test_strategies_state_the_tables_bubble():
             if name == "dp" and m < k:
                 continue
             assert load_strategy(name).bubble(k, m, v) == form.bubble(k, m, v)
+
+
+def test_formulas_prints_the_collectives_the_engine_runs(tmp_path, capsys):
+    """``formulas --data-parallel 4 --hardware`` on nodes of 2: the two-level closed forms, by hand, and the
+    simulated all-reduce of the same replicas (K = 1, so all four start together) lasting exactly as long."""
+    import json
+
+    from pipesched import RunConfig, run
+    from pipesched.cli import main
+
+    hw = tmp_path / "hw.toml"
+    hw.write_text(
+        "memory = 1e9\ndevices_per_node = 2\n[peak_flops]\nbf16 = 1e12\nfp16 = 1e12\nfp32 = 1e12\nfp64 = 1e12\n"
+        '[intra_node]\nname = "fast"\nbandwidth = 1e9\nlatency = 1e-6\n'
+        '[inter_node]\nname = "slow"\nbandwidth = 1e8\nlatency = 1e-5\n'
+    )
+    assert main(["formulas", "--layers", "4,4", "--data-parallel", "4", "--hardware", str(hw), "--json"]) == 0
+    two = json.loads(capsys.readouterr().out)["collectives"]["hierarchical"]
+    # 20 parameters of 8 bytes = 160 B; 2 nodes of 2: inside, chunks of 80 B; across, shards of 80 B in 2 chunks
+    inside, across = 1e-6 + 80 / 1e9, 1e-5 + 40 / 1e8
+    assert (two["nodes"], two["per_node"]) == (2, 2)
+    assert two["allreduce"] == pytest.approx(2 * inside + 2 * across, rel=1e-12)
+    assert two["reduce_scatter"] == two["all_gather"] == pytest.approx(inside + across, rel=1e-12)
+    assert two["flat_ring_at_least"] == pytest.approx(6 * 40 / 1e8, rel=1e-12)
+    result = run(RunConfig(layers="4,4", devices=1, data_parallel=4, microbatches=1, batch=4, hardware=str(hw)))
+    moves = [t for t in result.trace.transfers if t.op == "allreduce"]
+    assert max(t.arrival for t in moves) - min(t.start for t in moves) == pytest.approx(two["allreduce"], rel=1e-9)

@@ -262,6 +262,12 @@ def _parser() -> argparse.ArgumentParser:
     p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
     p_formulas.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
     p_formulas.add_argument(
+        "--data-parallel", type=_whole, help="D, the replicas whose gradients the collectives sum (default: K, dp's)"
+    )
+    p_formulas.add_argument(
+        "--hardware", help="a preset or file: its intra-node link, and two-level collectives over its nodes"
+    )
+    p_formulas.add_argument(
         "--model", help="a decoder preset (tiny-gpt, gpt3-175b, llama2-7b, ...) or config.json: its closed forms too"
     )
     p_formulas.add_argument(

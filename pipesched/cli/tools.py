@@ -22,6 +22,7 @@ from .. import formulas
 from ..balance import Balance, Placement, balance, chain_graph, evaluate
 from ..cost import FlopsCost
 from ..errors import ConfigError, PipeschedError, ScheduleError
+from ..hardware import load_hardware
 from ..limits import check_actions, check_listing, check_memory
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
@@ -282,7 +283,14 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
         gradients = f"--layers {args.layers}"
     else:  # the decoder's gradients in bf16, its own training precision
         params, gradients = 2 * model["parameters"], f"--model {args.model}, bf16"
-    allreduce = formulas.ring_allreduce_time(k, params, links.link_bandwidth, links.link_latency)
+    ring = k if args.data_parallel is None else args.data_parallel  # D replicas; without it, dp's K
+    if ring < 1:
+        raise ConfigError(f"--data-parallel {ring} is not allowed; use 1 or more")
+    hardware = None if args.hardware is None else load_hardware(args.hardware)
+    if hardware is not None and (args.link_bandwidth is None and args.link_latency is None):
+        links = FlopsCost(link_bandwidth=hardware.intra_node.bandwidth, link_latency=hardware.intra_node.latency)
+    allreduce = formulas.ring_allreduce_time(ring, params, links.link_bandwidth, links.link_latency)
+    collectives = _collectives(ring, params, links, hardware)
     rows_out: dict[str, dict[str, Any]] = {}
     for name, form in formulas.CLOSED_FORMS.items():
         chunks = v if name == "interleaved" else 1
@@ -304,7 +312,9 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
                     "strategies": rows_out,
                     "pipeline_speedup": speedup,
                     "allreduce_bytes": params,
+                    "allreduce_devices": ring,
                     "allreduce_time": allreduce,
+                    "collectives": collectives,
                     "model": model,
                 },
                 indent=2,
@@ -328,14 +338,57 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
         )
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
-    print(
-        f"ring all-reduce of {format_bytes(params)} of gradients ({gradients}) over {k} devices, "
-        f"2(K-1)/K*bytes/bandwidth + 2(K-1)*latency: {format_time(allreduce, 's')}"
-    )
+    two = collectives["hierarchical"]
+    if two is None:
+        half = format_time(collectives["ring"]["reduce_scatter"], "s")
+        print(
+            f"ring all-reduce of {format_bytes(params)} of gradients ({gradients}) over {ring} devices, "
+            f"2(D-1)(latency + ceil(bytes/D)/bandwidth): {format_time(allreduce, 's')}; with a sharded optimizer "
+            f"a reduce-scatter then an all-gather, (D-1)(latency + ceil(bytes/D)/bandwidth) each: {half} + {half}"
+        )
+    else:
+        assert hardware is not None  # two levels come from a hardware's nodes
+        print(
+            f"gradient collectives of {format_bytes(params)} ({gradients}) over {ring} devices, {two['nodes']} nodes "
+            f"of {two['per_node']} ({hardware.intra_node.name} inside, {hardware.inter_node.name} between), in two "
+            f"levels as --collective auto runs them: all-reduce {format_time(two['allreduce'], 's')}; with a sharded "
+            f"optimizer a reduce-scatter then an all-gather, {format_time(two['reduce_scatter'], 's')} each; one flat "
+            f"ring across the nodes takes at least {format_time(two['flat_ring_at_least'], 's')}"
+        )
     print("bubble = idle share of K x makespan; Megatron's bubble/ideal ratio r is the fraction r/(1+r)")
     print("found by simulation: read off the simulator, not derived; regression tests hold it (pipesched/formulas.py)")
     if model is not None:
         _print_decoder_forms(model)
+
+
+def _collectives(ring: int, nbytes: int, links: FlopsCost, hardware: Any) -> dict[str, Any]:
+    """The gradient collectives' closed forms over ``ring`` devices (``pipesched.formulas``): one flat ring on
+    ``links``, and with ``hardware`` two levels where the ring fills whole nodes of its devices per node (the
+    D replicas of one pipeline device sit side by side, ``pipesched.layout``), as ``--collective auto`` runs it."""
+    b, lat = links.link_bandwidth, links.link_latency
+    out: dict[str, Any] = {
+        "ring": {
+            "allreduce": formulas.ring_allreduce_time(ring, nbytes, b, lat),
+            "reduce_scatter": formulas.ring_reduce_scatter_time(ring, nbytes, b, lat),
+            "all_gather": formulas.ring_all_gather_time(ring, nbytes, b, lat),
+        },
+        "hierarchical": None,
+    }
+    if hardware is None or ring <= hardware.devices_per_node or ring % hardware.devices_per_node:
+        return out
+    p, n = hardware.devices_per_node, ring // hardware.devices_per_node
+    inter = (hardware.inter_node.bandwidth, hardware.inter_node.latency)
+    args = (n, p, nbytes, b, lat, *inter)
+    out["hierarchical"] = {
+        "nodes": n,
+        "per_node": p,
+        "allreduce": formulas.hierarchical_allreduce_time(*args),
+        "reduce_scatter": formulas.hierarchical_reduce_scatter_time(*args),
+        "all_gather": formulas.hierarchical_all_gather_time(*args),
+        # a flat ring over the same devices sends 2(pn-1) chunks of ceil(S/(pn)) over each inter-node link
+        "flat_ring_at_least": 2 * (ring - 1) * -(-nbytes // ring) / inter[0],
+    }
+    return out
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
