@@ -371,6 +371,49 @@ def test_every_sweep_device_count_that_fills_whole_nodes_is_accepted(tmp_path):
     assert load_study(str(study)).sweep.devices == (1, 2, 4, 6, 8)
 
 
+def test_a_sweep_count_whose_replicas_overfill_a_node_is_refused_when_the_study_is_read(tmp_path, capsys):
+    """K = 3 pipeline devices fit a node of 4, but with data_parallel = 2 the run uses 3 x 2 = 6: 1.5 nodes."""
+    study = tmp_path / "dp.toml"
+    study.write_text("[hardware]\ndevices = 2\ndata_parallel = 2\ndevices_per_node = 4\n[sweep]\ndevices = [1, 2, 3]\n")
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--" not in err
+    assert (
+        "[sweep].devices: 3 x [hardware].data_parallel 2 = 6 devices span more than one node of 4 but do not fill "
+        "whole nodes; use multiples of 2 (or fewer than 2), or leave devices_per_node out"
+    ) in err
+    assert sorted(os.listdir(tmp_path)) == ["dp.toml"]
+    # pipesched run refuses that run too
+    assert main(["run", "--devices", "3", "--data-parallel", "2", "--devices-per-node", "4", "--batch", "64"]) == 2
+    assert "--devices 3 x --data-parallel 2 = 6 devices span more than one node of 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("per_node", [1, 2, 3, 4])
+@pytest.mark.parametrize("data_parallel", [1, 2, 3])
+def test_a_study_accepts_exactly_the_device_counts_whose_d_x_k_devices_fill_whole_nodes(
+    tmp_path, per_node, data_parallel
+):
+    """Brute force over K = 1..8 (the study's own and its sweep's): the read-time check passes K iff D x K devices
+    fit one node or fill whole ones."""
+    from pipesched.errors import ConfigError
+
+    study = tmp_path / "s.toml"
+    accepted = []
+    for k in range(1, 9):
+        study.write_text(
+            f"[hardware]\ndevices = {k}\ndata_parallel = {data_parallel}\ndevices_per_node = {per_node}\n"
+            f'[sweep]\ndevices = [{k}]\n[compare]\nstrategies = ["gpipe"]\n'
+        )
+        try:
+            load_study(str(study))
+        except ConfigError as exc:
+            assert f"devices: {k} " in str(exc)  # [hardware].devices, checked first, or [sweep].devices
+        else:
+            accepted.append(k)
+    gpus = [k * data_parallel for k in range(1, 9)]  # by hand: at most one node, or whole nodes
+    assert accepted == [k for k, n in zip(range(1, 9), gpus) if n <= per_node or n % per_node == 0]
+
+
 def test_a_study_s_sizes_read_as_run_reads_them(tmp_path):
     study = tmp_path / "sizes.toml"
     for written, size in (("16e9", 16 * 10**9), ('"1.5 KiB"', 1536), ("4096", 4096)):
