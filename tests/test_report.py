@@ -1,6 +1,7 @@
 """Reports: well-formed files, Chrome traces with one event per action, studies checked by key path,
 and the committed default report reproduced."""
 
+import csv
 import json
 import os
 import pathlib
@@ -421,8 +422,38 @@ def test_a_study_s_sizes_read_as_run_reads_them(tmp_path):
         assert load_study(str(study)).hardware.device_memory == size
 
 
+def _csv_makespan(path, times, send):
+    """The makespan of a torch-csv schedule by a plain list-scheduling loop, independent of the engine.
+
+    Each rank runs its actions in order; ``sFm`` waits for stage s-1's F of m plus ``send``, ``sIm`` for
+    stage s+1's I of m plus ``send`` (the last stage: its own F), ``sWm`` for its own I. Sends take no
+    device time and never queue (each is shorter than any compute between two of them).
+    """
+    ranks = [[cell for cell in row if cell] for row in csv.reader(open(path))]
+    stages, end, free, done = len(ranks), {}, [0.0] * len(ranks), [0] * len(ranks)
+    while any(n < len(actions) for n, actions in zip(done, ranks)):
+        progressed = False
+        for rank, actions in enumerate(ranks):
+            while done[rank] < len(actions):
+                action = actions[done[rank]]
+                stage, op, mb = int(action[0]), action[1], int(action[2:])
+                after = {
+                    "F": [((stage - 1, "F", mb), send)] if stage > 0 else [],
+                    "I": [((stage + 1, "I", mb), send)] if stage < stages - 1 else [((stage, "F", mb), 0.0)],
+                    "W": [((stage, "I", mb), 0.0)],
+                }[op]
+                if any(key not in end for key, _ in after):
+                    break
+                start = max([free[rank]] + [end[key] + delay for key, delay in after])
+                end[(stage, op, mb)] = free[rank] = start + times[op]
+                done[rank] += 1
+                progressed = True
+        assert progressed, "the schedule deadlocks"
+    return max(free)
+
+
 def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
-    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy reports the same."""
+    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy runs on them again."""
     study_dir = tmp_path / "study"
     (study_dir / "sched").mkdir(parents=True)
     (study_dir / "cf.toml").write_text('time_unit = "ms"\n[default]\nF = 1.0\nI = 1.5\nW = 0.7\nsend = 0.1\n')
@@ -431,14 +462,23 @@ def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
         '[cost]\ntimes = "cf.toml"\n[compare]\nstrategies = ["gpipe", "sched/mine.csv"]\npartitions = ["uniform"]\n'
         "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n"
     )
+    # by hand, K = 4 stages of F = 1, B = I + W = 2.2 ms, M = 8, a send 0.1 ms: GPipe's last stage ends its
+    # forwards at 3 (F + send) + 8 F, its backwards 8 B later, and stage 0 its own 3 (B + send) after that:
+    # (M + K - 1)(F + B) + 2 (K - 1) send = 11 x 3.2 + 0.6 = 35.8 ms
+    gpipe = 35.8e-3
+    zb_h1 = _csv_makespan(study_dir / "sched" / "mine.csv", {"F": 1e-3, "I": 1.5e-3, "W": 0.7e-3}, 0.1e-3)
     first, second = tmp_path / "rep", tmp_path / "rep2"
     assert main(["report", str(study_dir / "study.toml"), "-o", str(first)]) == 0
     assert (first / "cf.toml").read_bytes() == (study_dir / "cf.toml").read_bytes()
     assert (first / "sched" / "mine.csv").read_bytes() == (study_dir / "sched" / "mine.csv").read_bytes()
+    # the copied study.toml, run from inside the report, finds its copies (not the originals, now gone)
+    (study_dir / "cf.toml").unlink()
+    (study_dir / "sched" / "mine.csv").unlink()
     assert main(["report", str(first / "study.toml"), "-o", str(second)]) == 0
-    assert (second / "metrics.json").read_text() == (first / "metrics.json").read_text()
-    rows = json.loads((first / "metrics.json").read_text())["compare"]
-    assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+    for report in (first, second):
+        rows = json.loads((report / "metrics.json").read_text())["compare"]
+        assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+        assert [r["makespan"] for r in rows] == pytest.approx([gpipe, zb_h1], rel=1e-12)
     # the report with its copies is still a report: it may be replaced by the next one
     assert main(["report", str(first / "study.toml"), "-o", str(first)]) == 0
 
