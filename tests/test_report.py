@@ -517,46 +517,71 @@ steps = 1
 """
 
 
-@pytest.mark.parametrize(
-    "model, layout, by_hand",
-    [
-        (
-            'layers = "8,16x7,4"\nbatch = 16',
-            'data_parallel = 2\ngrad_sync = "sharded"\ncollective = "ring"',
-            {"layers": "8,16x7,4", "batch": 16, "data_parallel": 2, "grad_sync": "sharded", "collective": "ring"},
-        ),
-        (
-            'model = "tiny-gpt"\ncompute = false\nbatch = 8',
-            "tensor_parallel = 2\nsequence_parallel = true",
-            {"model": "tiny-gpt", "compute": False, "batch": 8, "tensor_parallel": 2, "sequence_parallel": True},
-        ),
-    ],
-)
-def test_a_studys_layout_keys_run_as_pipesched_run_does(tmp_path, model, layout, by_hand):
-    """[hardware].data_parallel and its kin: the compared run is pipesched.run of the RunConfig built by hand."""
-    import pipesched
-    from pipesched.pipeline import RunConfig
+#: Free links: sends, gradient reductions and tensor-parallel collectives take no time, so every makespan
+#: below is compute alone.
+FREE = "link_bandwidth = 1e30\nlink_latency = 0.0"
 
+
+def test_a_studys_data_parallel_keys_reach_its_runs(tmp_path):
+    """data_parallel = 2 with a sharded Adam, by hand: "16x9" is eight 16 -> 16 layers (272 parameters each),
+    four per stage; --batch 16 over D = 2 replicas of M = 4 makes micro-batches of 2 rows, whose forward
+    through a stage is 2·2·4·16·16 = 4096 FLOPs (pipesched.model): 1 s at device_flops = 4096, B = 2 s.
+    """
     path = tmp_path / "s.toml"
-    text = LAYOUT.replace("MODEL", model).replace("LAYOUT", layout)
-    path.write_text(text.replace("[train]\nsteps = 1\n", "") if "compute = false" in model else text)
+    layout = f'data_parallel = 2\ngrad_sync = "sharded"\ncollective = "ring"\ndevice_flops = 4096\n{FREE}'
+    path.write_text(
+        LAYOUT.replace("MODEL", 'layers = "16x9"\nbatch = 16\noptimizer = "adam"').replace("LAYOUT", layout)
+    )
     results = collect(load_study(str(path)), progress=False).metrics()
     (row,) = results["compare"]
-    direct = pipesched.run(
-        RunConfig(devices=2, strategy="1f1b", partition="uniform", microbatches=4, **by_hand)
-    ).metrics
-    assert row["makespan"] == direct.makespan
-    assert row["peak_memory_bytes"] == list(direct.peak_memory_bytes)
-    for key in ("data_parallel", "tensor_parallel", "grad_sync"):
-        assert row[key] == by_hand.get(key, RunConfig.__dataclass_fields__[key].default)
-    # the speedup sweep keeps the layout and varies K: its K = 2 is the compared run under gpipe
-    partition = "uniform" if "model" in by_hand else "balanced"  # the sweep's: balanced for the MLP
-    gpipe = pipesched.run(RunConfig(devices=2, strategy="gpipe", partition=partition, microbatches=4, **by_hand))
-    rows = {r["devices"]: r for r in results["sweep_devices"]}
-    assert rows[2]["makespan_study"] == gpipe.metrics.makespan
-    if results.get("train"):  # the one-device reference runs without replicas: the same loss as the replicated run
-        assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
-        assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
+    assert (row["data_parallel"], row["tensor_parallel"], row["grad_sync"]) == (2, 1, "sharded")
+    # 1F1B on equal stages with free sends: (M + K - 1)(F + B) = 5 x 3 s; every device of both replicas busy
+    # M (F + B) = 12 s
+    assert row["makespan"] == pytest.approx(15.0, rel=1e-12) and row["busy"] == pytest.approx([12.0] * 4)
+    # fp64 parameters and gradients, 8 B per parameter each; Adam's two fp64 moments (16 B) halved by the
+    # sharded optimizer: 8 B per parameter on each replica
+    params = 4 * 272
+    assert [(m["parameters"], m["gradients"], m["optimizer"]) for m in row["memory_by_role"]] == [
+        (8 * params, 8 * params, 8 * params)
+    ] * 4
+    # the speedup sweep keeps the layout and varies K, under GPipe: K = 2 is (M + K - 1)(F + B) again, and
+    # K = 1 runs all eight layers on each replica, F = 2 s, B = 4 s: M x 6 = 24 s
+    rows = {r["devices"]: r["makespan_study"] for r in results["sweep_devices"]}
+    assert rows == pytest.approx({1: 24.0, 2: 15.0}, rel=1e-12)
+    # the one-device reference runs without replicas: the same loss as the replicated run
+    assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
+    assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
+
+
+def test_a_studys_tensor_parallel_keys_reach_its_runs(tmp_path):
+    """tensor_parallel = 2 with sequence parallelism on tiny-gpt (h = 64, 8 blocks, MLP 256, vocabulary 256,
+    128 positions, tied embeddings), split 6, 5 over K = 2: Megatron-LM's division, by hand.
+    """
+    study = LAYOUT.replace("MODEL", 'model = "tiny-gpt"\ncompute = false\nbatch = 8').replace(
+        "[train]\nsteps = 1\n", ""
+    )
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text(study.replace("LAYOUT", FREE))
+    two.write_text(study.replace("LAYOUT", f"tensor_parallel = 2\nsequence_parallel = true\n{FREE}"))
+    whole, split = (collect(load_study(str(p)), progress=False).metrics() for p in (one, two))
+    (row,) = split["compare"]
+    assert (row["tensor_parallel"], row["sequence_parallel"], row["data_parallel"]) == (2, True, 1)
+    # every layer's FLOPs are split evenly over the group and the links are free: the whole timeline halves
+    assert row["makespan"] == pytest.approx(whole["compare"][0]["makespan"] / 2, rel=1e-12)
+    assert row["busy"] == pytest.approx([b / 2 for b in whole["compare"][0]["busy"]], rel=1e-12)
+    halved = {r["devices"]: r["makespan_study"] / 2 for r in whole["sweep_devices"]}
+    assert {r["devices"]: r["makespan_study"] for r in split["sweep_devices"]} == pytest.approx(halved, rel=1e-12)
+    # parameters per device: weight matrices and column-parallel biases (q, k, v; the MLP's first) over T;
+    # row-parallel biases and the norms replicated; the token table and the tied output matrix by vocabulary;
+    # the position table replicated
+    h, inner, vocab, positions, t = 64, 256, 256, 128, 2
+    block = (4 * h * h + 2 * h * inner + 3 * h + inner) // t + 2 * h + 4 * h
+    stage0 = vocab * h // t + positions * h + 5 * block  # embedding and blocks 0-4
+    stage1 = 3 * block + 2 * h + vocab * h // t  # blocks 5-7, the final norm and the output layer
+    # bf16 parameters and gradients (2 B each), fp32 master weights and Adam's two moments (12 B)
+    assert [(m["parameters"], m["gradients"], m["optimizer"]) for m in row["memory_by_role"]] == [
+        (2 * p, 2 * p, 12 * p) for p in (stage0, stage1)
+    ]
 
 
 @pytest.mark.parametrize(
