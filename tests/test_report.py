@@ -298,10 +298,13 @@ def test_hardware_numbers_a_study_gives_are_used_as_given(tmp_path):
 
 PER_DEVICE = """
 [model]
-layers = "8,16x7,4"
+layers = "16x9"
 batch = 8
 [hardware]
 devices = 4
+device_flops = 2048
+link_bandwidth = 1e30
+link_latency = 0.0
 NODES
 [compare]
 strategies = ["gpipe"]
@@ -315,22 +318,43 @@ steps = 1
 """
 
 
+def _gpipe_makespan(forward, backward, microbatches):
+    """GPipe with its sends as servers of their own: two flow shops of identical jobs (all forwards, then all
+    backwards from the last stage), each lasting Σ p + (M - 1) max p (the permutation flow shop with
+    identical jobs; e.g. Pinedo, "Scheduling", 2016, section 6.1)."""
+    return sum(forward) + (microbatches - 1) * max(forward) + sum(backward) + (microbatches - 1) * max(backward)
+
+
 def test_a_node_map_and_device_speeds_apply_to_the_studys_own_device_count_only(tmp_path):
-    """node_map and device_speed name 4 devices: the sweep's K = 1, 2 and the one-device training run without them."""
-    keys = 'node_map = "0,0,1,1"\ndevice_speed = "2=0.5"\ninter_node_bandwidth = 1e6'
+    """node_map and device_speed name 4 devices: the sweep's K = 1, 2 and the one-device training run without them.
+
+    By hand: "16x9" is eight 16 -> 16 layers; M = 4 micro-batches of 2 rows, so a layer's forward is
+    2·2·16·16 = 1024 FLOPs, 0.5 s at device_flops = 2048, and its backward 1 s. Sends inside a node are free;
+    between the nodes one micro-batch's 2 x 16 fp64 values, 256 B, take 1 s at 256 B/s.
+    """
+    keys = 'node_map = "0,0,1,1"\ndevice_speed = "2=0.5"\ninter_node_bandwidth = 256\ninter_node_latency = 0.0'
     plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
     plain.write_text(PER_DEVICE.replace("NODES", ""))
     marked.write_text(PER_DEVICE.replace("NODES", keys))
     assert main(["report", str(marked), "-o", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     base = collect(load_study(str(plain)), progress=False).metrics()
-    rows = {r["devices"]: r for r in metrics["sweep_devices"]}
-    same = {r["devices"]: r for r in base["sweep_devices"]}
-    for k in (1, 2):  # runs of another device count: exactly the study without the per-device keys
-        assert rows[k]["makespan_study"] == same[k]["makespan_study"]
-    # K = 4 is the study's own machine: a half-speed device and a 1 MB/s link between the nodes slow it
-    assert rows[4]["makespan_study"] > same[4]["makespan_study"]
-    assert metrics["train"]["single device"] == pytest.approx(base["train"]["single device"], rel=1e-12)
+    # the plain study: K = 4 stages of two layers, F = 1 s, B = 2 s, free sends: (M + K - 1)(F + B) = 21 s
+    assert base["compare"][0]["makespan"] == pytest.approx(21.0, rel=1e-12)
+    # the study's own machine, uniform: device 2 at half speed (F = 2 s, B = 4 s), and the send between
+    # devices 1 and 2 a 1 s stage of its own in both directions
+    (row,) = metrics["compare"]
+    assert row["makespan"] == pytest.approx(_gpipe_makespan([1, 1, 1, 2, 1], [2, 4, 1, 2, 2], 4), rel=1e-12)
+    assert _gpipe_makespan([1, 1, 1, 2, 1], [2, 4, 1, 2, 2], 4) == 35
+    # the speedup sweep (GPipe, balanced): K = 1 and 2 run on one node at full speed, as the plain study:
+    # K = 1 holds all eight layers, F = 4 s, B = 8 s: M x 12 = 48 s; K = 2 four each: (4 + 1) x 6 = 30 s.
+    # K = 4 is the study's own machine, and balancing leaves the half-speed device one layer (F = 1 s) and
+    # splits the other seven 2, 2, 3 (F up to 1.5 s) in some order: 29 s whichever order
+    rows = {r["devices"]: r["makespan_study"] for r in metrics["sweep_devices"]}
+    assert rows == pytest.approx({1: 48.0, 2: 30.0, 4: _gpipe_makespan([1, 1, 1.5, 1, 1], [2, 3, 1, 2, 2], 4)})
+    assert {r["devices"]: r["makespan_study"] for r in base["sweep_devices"]} == pytest.approx({1: 48, 2: 30, 4: 21})
+    # training: the pipelined and the one-device run reach the same loss (the full-batch reference)
+    assert metrics["train"]["single device"] == pytest.approx(metrics["train"]["pipelined"], rel=1e-12)
     # the report says so under the figures those runs draw
     markdown = (tmp_path / "out" / "report.md").read_text()
     for stem in ("speedup", "training"):
