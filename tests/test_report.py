@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipesched.cli import main
+from pipesched.errors import ConfigError
 from pipesched.report import collect, default_study, load_study
 from pipesched.units import format_bytes
 
@@ -413,6 +414,19 @@ def test_a_sweep_count_whose_replicas_overfill_a_node_is_refused_when_the_study_
     assert "--devices 3 x --data-parallel 2 = 6 devices span more than one node of 4" in capsys.readouterr().err
 
 
+def test_a_study_counts_each_tensor_parallel_group_whole_against_the_nodes(tmp_path):
+    """tensor_parallel = 2 on nodes of 4: K = 6 is 12 devices, three whole nodes; K = 3 is 6, one and a half."""
+    study = tmp_path / "tp.toml"
+    text = '[model]\nmodel = "tiny-gpt"\ncompute = false\nbatch = 8\n[hardware]\ndevices = 2\ntensor_parallel = 2\n'
+    text += 'devices_per_node = 4\n[compare]\nstrategies = ["gpipe"]\n'
+    text += "[sweep]\nmicrobatches = [4]\ndevices = [1, 2, SWEPT]\n"
+    study.write_text(text.replace("SWEPT", "6"))
+    assert load_study(str(study)).sweep.devices == (1, 2, 6)
+    study.write_text(text.replace("SWEPT", "3"))
+    with pytest.raises(ConfigError, match=r"\[sweep\].devices: 3 x \[hardware\].tensor_parallel 2 = 6 devices span"):
+        load_study(str(study))
+
+
 @pytest.mark.parametrize("per_node", [1, 2, 3, 4])
 @pytest.mark.parametrize("data_parallel", [1, 2, 3])
 def test_a_study_accepts_exactly_the_device_counts_whose_d_x_k_devices_fill_whole_nodes(
@@ -420,8 +434,6 @@ def test_a_study_accepts_exactly_the_device_counts_whose_d_x_k_devices_fill_whol
 ):
     """Brute force over K = 1..8 (the study's own and its sweep's): the read-time check passes K iff D x K devices
     fit one node or fill whole ones."""
-    from pipesched.errors import ConfigError
-
     study = tmp_path / "s.toml"
     accepted = []
     for k in range(1, 9):
