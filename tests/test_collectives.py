@@ -122,7 +122,19 @@ class TestHierarchical:
         topology = make_topology(4, 3, "0,0,0,1", INTRA, INTER)
         cost = _LinksOnly(link_bandwidth=INTRA.bandwidth, link_latency=INTRA.latency, topology=topology)
         auto = simulate(schedule, work, cost)
-        assert auto.transfers == simulate(schedule, work, cost, collective="ring").transfers
+        # by hand, the flat ring 0 -> 1 -> 2 -> 3 -> 0: 2 (4 - 1) = 6 steps of one ceil(576 / 4) = 144 B chunk per
+        # device, links 2 -> 3 and 3 -> 0 between the nodes. A device sends step k once step k - 1 has reached it,
+        # so device d finishes after the 6 hops into it; device 0's (2->3, 3->0, 0->1, 1->2, 2->3, 3->0) cross
+        # nodes 4 times, the most: 4 (144 B / 100 MB/s + 10 µs) + 2 (144 B / 1 GB/s + 1 µs) = 48.048 µs
+        assert nbytes == 576 and {(t.op, t.nbytes) for t in auto.transfers} == {("allreduce", 144)}
+        assert len(auto.transfers) == 4 * 6 and {(t.src, t.dst) for t in auto.transfers} == {
+            (0, 1),
+            (1, 2),
+            (2, 3),
+            (3, 0),
+        }
+        slow, fast = 144 / INTER.bandwidth + INTER.latency, 144 / INTRA.bandwidth + INTRA.latency
+        assert auto.makespan == pytest.approx(4 * slow + 2 * fast, rel=1e-12) == pytest.approx(48.048e-6, rel=1e-12)
         with pytest.raises(
             ConfigError,
             match="needs as many of stage 0's replicas on every node, but devices 0, 1, 2, 3 sit 3, 1 to a node",
@@ -139,7 +151,8 @@ def test_sharded_optimizer_state_is_divided_by_the_replicas():
     assert {s.optimizer for timeline in whole.memory for s in timeline} == {1232}
     assert {s.optimizer for timeline in sharded.memory for s in timeline} == {411}
     # parameters and gradients stay whole (ZeRO-1 shards only the optimizer state)
-    assert [t.column("params")[-1] for t in sharded.memory] == [t.column("params")[-1] for t in whole.memory]
+    assert [t.column("params")[-1] for t in whole.memory] == [77 * 8] * 3
+    assert [t.column("params")[-1] for t in sharded.memory] == [77 * 8] * 3
     assert [t.column("grads")[-1] for t in sharded.memory] == [77 * 8] * 3
 
 

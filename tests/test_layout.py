@@ -275,13 +275,28 @@ def test_each_replica_holds_what_one_pipeline_holds(remat):
 
 
 def test_balance_places_one_pipeline(capsys):
-    """`balance --data-parallel 2` balances one replica: the same loads as one pipeline on its share of the batch."""
-    flags = ["--devices", "2", "--layers", "16,32x3,4", "--microbatches", "2", "--json"]
-    assert main(["balance", *flags, "--batch", "4"]) == 0
-    one = json.loads(capsys.readouterr().out)
+    """`balance --data-parallel 2` balances one replica: its micro-batches of batch / (D x M) rows, by hand.
+
+    Layers 16 -> 32 -> 32 -> 32 -> 4 (ReLU after all but the last), --batch 8 over D = 2 replicas of M = 2
+    micro-batches: rows = 8 / (2 x 2) = 2. A layer's forward is 2·rows·in·out FLOPs (pipesched.model) and
+    its backward twice that (OP_WEIGHT), at the cpu preset's 73.6 GFLOP/s x 0.5 (README's table). One
+    pipeline on the whole batch would have micro-batches of 4 rows: twice each cost below.
+    """
+    flags = ["--devices", "2", "--layers", "16,32x3,4", "--microbatches", "2", "--strategy", "gpipe", "--json"]
     assert main(["balance", *flags, "--batch", "8", "--data-parallel", "2"]) == 0
     many = json.loads(capsys.readouterr().out)
-    assert many["uniform"]["bottleneck"] == one["uniform"]["bottleneck"] and many["sizes"] == one["sizes"]
+    rows, rate = 2, 73.6e9 * 0.5
+    forward = [2 * rows * i * o for i, o in ((16, 32), (32, 32), (32, 32), (32, 4))]
+    costs = [3 * sum(forward[:2]) / rate, 3 * sum(forward[2:]) / rate]  # the even split: two layers each
+    assert many["sizes"] == [2, 2] and many["stage_costs"] == pytest.approx(costs, rel=1e-12)
+    assert many["bottleneck"] == pytest.approx(max(costs), rel=1e-12)
+    # each boundary carries one micro-batch's 2 rows x 32 wide in fp64 over the cpu preset's 5.12 GB/s
+    assert [link["load"] for link in many["link_loads"]] == pytest.approx([2 * 32 * 8 / 5.12e9] * 2, rel=1e-12)
+    # memory: fp64 parameters and gradients (16 B per parameter), and for each of the M = 2 micro-batches
+    # GPipe keeps in flight the stage's input and each layer's output (a ReLU's mask, the loss's logits)
+    params = [(16 + 1) * 32 + (32 + 1) * 32, (32 + 1) * 32 + (32 + 1) * 4]
+    kept = [rows * 8 * (16 + 32 + 32), rows * 8 * (32 + 32 + 4)]
+    assert many["stage_memory"] == [16 * p + 2 * k for p, k in zip(params, kept)]
 
 
 def test_a_sharded_optimizer_divides_each_replicas_state_and_moves_the_same_bytes(capsys):

@@ -3,6 +3,7 @@ the timer's bookkeeping against a scripted clock; each bad input in one sentence
 
 import json
 import math
+import os
 import re
 import sys
 
@@ -107,10 +108,24 @@ def test_stages_from_devices_or_counts(tmp_path):
     assert len(load_times(str(path)).stage_times(2)) == 2
 
 
-def test_without_output_prints_the_file(capsys):
+def test_without_output_prints_the_file(tmp_path, capsys, monkeypatch):
+    """Without -o the whole times file goes to stdout, nothing else, and nothing is written to disk."""
+    monkeypatch.chdir(tmp_path)
     assert main(["profile", *MLP]) == 0
-    data = tomllib.loads(capsys.readouterr().out)
-    assert sorted(data["layer"]) == ["0", "1", "2"]
+    out = capsys.readouterr().out
+    assert os.listdir(tmp_path) == [] and "written to" not in out
+    data = tomllib.loads(out)  # the whole of stdout is one TOML file
+    # by hand: 8 -> 16 -> 16 -> 4 is three dense layers, ReLU after all but the last; micro-batches of 4 / 2 rows
+    for n, layer in enumerate(["Dense(8->16, relu)", "Dense(16->16, relu)", "Dense(16->4)"]):
+        assert f"[layer.{n}]  # {layer}\n" in out
+    assert sorted(data["layer"]) == ["0", "1", "2"] and data["rows"] == 2 and data["time_unit"] in TIME_UNITS
+    assert data["about"]["layers"] == "8,16,16,4" and (data["about"]["repeats"], data["about"]["warmup"]) == (3, 0)
+    # 2 rows x 16 wide in fp64 cross each of the two boundaries
+    assert [data["layer"][n].get("activation_bytes") for n in "012"] == [2 * 16 * 8, 2 * 16 * 8, None]
+    # each median lies within the min and max written beside it
+    spreads = SPREAD.findall(out)
+    assert len(spreads) == 3 * len(PASSES)
+    assert all(0 < float(low) <= float(median) <= float(high) for _, median, low, high in spreads)
 
 
 class _Script:

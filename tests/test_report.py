@@ -1,6 +1,7 @@
 """Reports: well-formed files, Chrome traces with one event per action, studies checked by key path,
 and the committed default report reproduced."""
 
+import csv
 import json
 import os
 import pathlib
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pipesched.cli import main
+from pipesched.errors import ConfigError
 from pipesched.report import collect, default_study, load_study
 from pipesched.units import format_bytes
 
@@ -297,10 +299,13 @@ def test_hardware_numbers_a_study_gives_are_used_as_given(tmp_path):
 
 PER_DEVICE = """
 [model]
-layers = "8,16x7,4"
+layers = "16x9"
 batch = 8
 [hardware]
 devices = 4
+device_flops = 2048
+link_bandwidth = 1e30
+link_latency = 0.0
 NODES
 [compare]
 strategies = ["gpipe"]
@@ -314,22 +319,43 @@ steps = 1
 """
 
 
+def _gpipe_makespan(forward, backward, microbatches):
+    """GPipe with its sends as servers of their own: two flow shops of identical jobs (all forwards, then all
+    backwards from the last stage), each lasting Σ p + (M - 1) max p (the permutation flow shop with
+    identical jobs; e.g. Pinedo, "Scheduling", 2016, section 6.1)."""
+    return sum(forward) + (microbatches - 1) * max(forward) + sum(backward) + (microbatches - 1) * max(backward)
+
+
 def test_a_node_map_and_device_speeds_apply_to_the_studys_own_device_count_only(tmp_path):
-    """node_map and device_speed name 4 devices: the sweep's K = 1, 2 and the one-device training run without them."""
-    keys = 'node_map = "0,0,1,1"\ndevice_speed = "2=0.5"\ninter_node_bandwidth = 1e6'
+    """node_map and device_speed name 4 devices: the sweep's K = 1, 2 and the one-device training run without them.
+
+    By hand: "16x9" is eight 16 -> 16 layers; M = 4 micro-batches of 2 rows, so a layer's forward is
+    2·2·16·16 = 1024 FLOPs, 0.5 s at device_flops = 2048, and its backward 1 s. Sends inside a node are free;
+    between the nodes one micro-batch's 2 x 16 fp64 values, 256 B, take 1 s at 256 B/s.
+    """
+    keys = 'node_map = "0,0,1,1"\ndevice_speed = "2=0.5"\ninter_node_bandwidth = 256\ninter_node_latency = 0.0'
     plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
     plain.write_text(PER_DEVICE.replace("NODES", ""))
     marked.write_text(PER_DEVICE.replace("NODES", keys))
     assert main(["report", str(marked), "-o", str(tmp_path / "out")]) == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     base = collect(load_study(str(plain)), progress=False).metrics()
-    rows = {r["devices"]: r for r in metrics["sweep_devices"]}
-    same = {r["devices"]: r for r in base["sweep_devices"]}
-    for k in (1, 2):  # runs of another device count: exactly the study without the per-device keys
-        assert rows[k]["makespan_study"] == same[k]["makespan_study"]
-    # K = 4 is the study's own machine: a half-speed device and a 1 MB/s link between the nodes slow it
-    assert rows[4]["makespan_study"] > same[4]["makespan_study"]
-    assert metrics["train"]["single device"] == pytest.approx(base["train"]["single device"], rel=1e-12)
+    # the plain study: K = 4 stages of two layers, F = 1 s, B = 2 s, free sends: (M + K - 1)(F + B) = 21 s
+    assert base["compare"][0]["makespan"] == pytest.approx(21.0, rel=1e-12)
+    # the study's own machine, uniform: device 2 at half speed (F = 2 s, B = 4 s), and the send between
+    # devices 1 and 2 a 1 s stage of its own in both directions
+    (row,) = metrics["compare"]
+    assert row["makespan"] == pytest.approx(_gpipe_makespan([1, 1, 1, 2, 1], [2, 4, 1, 2, 2], 4), rel=1e-12)
+    assert _gpipe_makespan([1, 1, 1, 2, 1], [2, 4, 1, 2, 2], 4) == 35
+    # the speedup sweep (GPipe, balanced): K = 1 and 2 run on one node at full speed, as the plain study:
+    # K = 1 holds all eight layers, F = 4 s, B = 8 s: M x 12 = 48 s; K = 2 four each: (4 + 1) x 6 = 30 s.
+    # K = 4 is the study's own machine, and balancing leaves the half-speed device one layer (F = 1 s) and
+    # splits the other seven 2, 2, 3 (F up to 1.5 s) in some order: 29 s whichever order
+    rows = {r["devices"]: r["makespan_study"] for r in metrics["sweep_devices"]}
+    assert rows == pytest.approx({1: 48.0, 2: 30.0, 4: _gpipe_makespan([1, 1, 1.5, 1, 1], [2, 3, 1, 2, 2], 4)})
+    assert {r["devices"]: r["makespan_study"] for r in base["sweep_devices"]} == pytest.approx({1: 48, 2: 30, 4: 21})
+    # training: the pipelined and the one-device run reach the same loss (the full-batch reference)
+    assert metrics["train"]["single device"] == pytest.approx(metrics["train"]["pipelined"], rel=1e-12)
     # the report says so under the figures those runs draw
     markdown = (tmp_path / "out" / "report.md").read_text()
     for stem in ("speedup", "training"):
@@ -371,6 +397,60 @@ def test_every_sweep_device_count_that_fills_whole_nodes_is_accepted(tmp_path):
     assert load_study(str(study)).sweep.devices == (1, 2, 4, 6, 8)
 
 
+def test_a_sweep_count_whose_replicas_overfill_a_node_is_refused_when_the_study_is_read(tmp_path, capsys):
+    """K = 3 pipeline devices fit a node of 4, but with data_parallel = 2 the run uses 3 x 2 = 6: 1.5 nodes."""
+    study = tmp_path / "dp.toml"
+    study.write_text("[hardware]\ndevices = 2\ndata_parallel = 2\ndevices_per_node = 4\n[sweep]\ndevices = [1, 2, 3]\n")
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "--" not in err
+    assert (
+        "[sweep].devices: 3 x [hardware].data_parallel 2 = 6 devices span more than one node of 4 but do not fill "
+        "whole nodes; use multiples of 2 (or fewer than 2), or leave devices_per_node out"
+    ) in err
+    assert sorted(os.listdir(tmp_path)) == ["dp.toml"]
+    # pipesched run refuses that run too
+    assert main(["run", "--devices", "3", "--data-parallel", "2", "--devices-per-node", "4", "--batch", "64"]) == 2
+    assert "--devices 3 x --data-parallel 2 = 6 devices span more than one node of 4" in capsys.readouterr().err
+
+
+def test_a_study_counts_each_tensor_parallel_group_whole_against_the_nodes(tmp_path):
+    """tensor_parallel = 2 on nodes of 4: K = 6 is 12 devices, three whole nodes; K = 3 is 6, one and a half."""
+    study = tmp_path / "tp.toml"
+    text = '[model]\nmodel = "tiny-gpt"\ncompute = false\nbatch = 8\n[hardware]\ndevices = 2\ntensor_parallel = 2\n'
+    text += 'devices_per_node = 4\n[compare]\nstrategies = ["gpipe"]\n'
+    text += "[sweep]\nmicrobatches = [4]\ndevices = [1, 2, SWEPT]\n"
+    study.write_text(text.replace("SWEPT", "6"))
+    assert load_study(str(study)).sweep.devices == (1, 2, 6)
+    study.write_text(text.replace("SWEPT", "3"))
+    with pytest.raises(ConfigError, match=r"\[sweep\].devices: 3 x \[hardware\].tensor_parallel 2 = 6 devices span"):
+        load_study(str(study))
+
+
+@pytest.mark.parametrize("per_node", [1, 2, 3, 4])
+@pytest.mark.parametrize("data_parallel", [1, 2, 3])
+def test_a_study_accepts_exactly_the_device_counts_whose_d_x_k_devices_fill_whole_nodes(
+    tmp_path, per_node, data_parallel
+):
+    """Brute force over K = 1..8 (the study's own and its sweep's): the read-time check passes K iff D x K devices
+    fit one node or fill whole ones."""
+    study = tmp_path / "s.toml"
+    accepted = []
+    for k in range(1, 9):
+        study.write_text(
+            f"[hardware]\ndevices = {k}\ndata_parallel = {data_parallel}\ndevices_per_node = {per_node}\n"
+            f'[sweep]\ndevices = [{k}]\n[compare]\nstrategies = ["gpipe"]\n'
+        )
+        try:
+            load_study(str(study))
+        except ConfigError as exc:
+            assert f"devices: {k} " in str(exc)  # [hardware].devices, checked first, or [sweep].devices
+        else:
+            accepted.append(k)
+    gpus = [k * data_parallel for k in range(1, 9)]  # by hand: at most one node, or whole nodes
+    assert accepted == [k for k, n in zip(range(1, 9), gpus) if n <= per_node or n % per_node == 0]
+
+
 def test_a_study_s_sizes_read_as_run_reads_them(tmp_path):
     study = tmp_path / "sizes.toml"
     for written, size in (("16e9", 16 * 10**9), ('"1.5 KiB"', 1536), ("4096", 4096)):
@@ -378,8 +458,38 @@ def test_a_study_s_sizes_read_as_run_reads_them(tmp_path):
         assert load_study(str(study)).hardware.device_memory == size
 
 
+def _csv_makespan(path, times, send):
+    """The makespan of a torch-csv schedule by a plain list-scheduling loop, independent of the engine.
+
+    Each rank runs its actions in order; ``sFm`` waits for stage s-1's F of m plus ``send``, ``sIm`` for
+    stage s+1's I of m plus ``send`` (the last stage: its own F), ``sWm`` for its own I. Sends take no
+    device time and never queue (each is shorter than any compute between two of them).
+    """
+    ranks = [[cell for cell in row if cell] for row in csv.reader(open(path))]
+    stages, end, free, done = len(ranks), {}, [0.0] * len(ranks), [0] * len(ranks)
+    while any(n < len(actions) for n, actions in zip(done, ranks)):
+        progressed = False
+        for rank, actions in enumerate(ranks):
+            while done[rank] < len(actions):
+                action = actions[done[rank]]
+                stage, op, mb = int(action[0]), action[1], int(action[2:])
+                after = {
+                    "F": [((stage - 1, "F", mb), send)] if stage > 0 else [],
+                    "I": [((stage + 1, "I", mb), send)] if stage < stages - 1 else [((stage, "F", mb), 0.0)],
+                    "W": [((stage, "I", mb), 0.0)],
+                }[op]
+                if any(key not in end for key, _ in after):
+                    break
+                start = max([free[rank]] + [end[key] + delay for key, delay in after])
+                end[(stage, op, mb)] = free[rank] = start + times[op]
+                done[rank] += 1
+                progressed = True
+        assert progressed, "the schedule deadlocks"
+    return max(free)
+
+
 def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
-    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy reports the same."""
+    """The times file and a schedule CSV in a subfolder are copied at their paths; the copy runs on them again."""
     study_dir = tmp_path / "study"
     (study_dir / "sched").mkdir(parents=True)
     (study_dir / "cf.toml").write_text('time_unit = "ms"\n[default]\nF = 1.0\nI = 1.5\nW = 0.7\nsend = 0.1\n')
@@ -388,14 +498,23 @@ def test_a_reports_study_toml_runs_again_with_the_files_it_names(tmp_path):
         '[cost]\ntimes = "cf.toml"\n[compare]\nstrategies = ["gpipe", "sched/mine.csv"]\npartitions = ["uniform"]\n'
         "[sweep]\nmicrobatches = [8]\ndevices = [1, 4]\n[train]\nsteps = 1\n"
     )
+    # by hand, K = 4 stages of F = 1, B = I + W = 2.2 ms, M = 8, a send 0.1 ms: GPipe's last stage ends its
+    # forwards at 3 (F + send) + 8 F, its backwards 8 B later, and stage 0 its own 3 (B + send) after that:
+    # (M + K - 1)(F + B) + 2 (K - 1) send = 11 x 3.2 + 0.6 = 35.8 ms
+    gpipe = 35.8e-3
+    zb_h1 = _csv_makespan(study_dir / "sched" / "mine.csv", {"F": 1e-3, "I": 1.5e-3, "W": 0.7e-3}, 0.1e-3)
     first, second = tmp_path / "rep", tmp_path / "rep2"
     assert main(["report", str(study_dir / "study.toml"), "-o", str(first)]) == 0
     assert (first / "cf.toml").read_bytes() == (study_dir / "cf.toml").read_bytes()
     assert (first / "sched" / "mine.csv").read_bytes() == (study_dir / "sched" / "mine.csv").read_bytes()
+    # the copied study.toml, run from inside the report, finds its copies (not the originals, now gone)
+    (study_dir / "cf.toml").unlink()
+    (study_dir / "sched" / "mine.csv").unlink()
     assert main(["report", str(first / "study.toml"), "-o", str(second)]) == 0
-    assert (second / "metrics.json").read_text() == (first / "metrics.json").read_text()
-    rows = json.loads((first / "metrics.json").read_text())["compare"]
-    assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+    for report in (first, second):
+        rows = json.loads((report / "metrics.json").read_text())["compare"]
+        assert [(r["strategy"], r["times"]) for r in rows] == [("gpipe", "cf.toml"), ("sched/mine.csv", "cf.toml")]
+        assert [r["makespan"] for r in rows] == pytest.approx([gpipe, zb_h1], rel=1e-12)
     # the report with its copies is still a report: it may be replaced by the next one
     assert main(["report", str(first / "study.toml"), "-o", str(first)]) == 0
 
@@ -434,46 +553,71 @@ steps = 1
 """
 
 
-@pytest.mark.parametrize(
-    "model, layout, by_hand",
-    [
-        (
-            'layers = "8,16x7,4"\nbatch = 16',
-            'data_parallel = 2\ngrad_sync = "sharded"\ncollective = "ring"',
-            {"layers": "8,16x7,4", "batch": 16, "data_parallel": 2, "grad_sync": "sharded", "collective": "ring"},
-        ),
-        (
-            'model = "tiny-gpt"\ncompute = false\nbatch = 8',
-            "tensor_parallel = 2\nsequence_parallel = true",
-            {"model": "tiny-gpt", "compute": False, "batch": 8, "tensor_parallel": 2, "sequence_parallel": True},
-        ),
-    ],
-)
-def test_a_studys_layout_keys_run_as_pipesched_run_does(tmp_path, model, layout, by_hand):
-    """[hardware].data_parallel and its kin: the compared run is pipesched.run of the RunConfig built by hand."""
-    import pipesched
-    from pipesched.pipeline import RunConfig
+#: Free links: sends, gradient reductions and tensor-parallel collectives take no time, so every makespan
+#: below is compute alone.
+FREE = "link_bandwidth = 1e30\nlink_latency = 0.0"
 
+
+def test_a_studys_data_parallel_keys_reach_its_runs(tmp_path):
+    """data_parallel = 2 with a sharded Adam, by hand: "16x9" is eight 16 -> 16 layers (272 parameters each),
+    four per stage; --batch 16 over D = 2 replicas of M = 4 makes micro-batches of 2 rows, whose forward
+    through a stage is 2·2·4·16·16 = 4096 FLOPs (pipesched.model): 1 s at device_flops = 4096, B = 2 s.
+    """
     path = tmp_path / "s.toml"
-    text = LAYOUT.replace("MODEL", model).replace("LAYOUT", layout)
-    path.write_text(text.replace("[train]\nsteps = 1\n", "") if "compute = false" in model else text)
+    layout = f'data_parallel = 2\ngrad_sync = "sharded"\ncollective = "ring"\ndevice_flops = 4096\n{FREE}'
+    path.write_text(
+        LAYOUT.replace("MODEL", 'layers = "16x9"\nbatch = 16\noptimizer = "adam"').replace("LAYOUT", layout)
+    )
     results = collect(load_study(str(path)), progress=False).metrics()
     (row,) = results["compare"]
-    direct = pipesched.run(
-        RunConfig(devices=2, strategy="1f1b", partition="uniform", microbatches=4, **by_hand)
-    ).metrics
-    assert row["makespan"] == direct.makespan
-    assert row["peak_memory_bytes"] == list(direct.peak_memory_bytes)
-    for key in ("data_parallel", "tensor_parallel", "grad_sync"):
-        assert row[key] == by_hand.get(key, RunConfig.__dataclass_fields__[key].default)
-    # the speedup sweep keeps the layout and varies K: its K = 2 is the compared run under gpipe
-    partition = "uniform" if "model" in by_hand else "balanced"  # the sweep's: balanced for the MLP
-    gpipe = pipesched.run(RunConfig(devices=2, strategy="gpipe", partition=partition, microbatches=4, **by_hand))
-    rows = {r["devices"]: r for r in results["sweep_devices"]}
-    assert rows[2]["makespan_study"] == gpipe.metrics.makespan
-    if results.get("train"):  # the one-device reference runs without replicas: the same loss as the replicated run
-        assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
-        assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
+    assert (row["data_parallel"], row["tensor_parallel"], row["grad_sync"]) == (2, 1, "sharded")
+    # 1F1B on equal stages with free sends: (M + K - 1)(F + B) = 5 x 3 s; every device of both replicas busy
+    # M (F + B) = 12 s
+    assert row["makespan"] == pytest.approx(15.0, rel=1e-12) and row["busy"] == pytest.approx([12.0] * 4)
+    # fp64 parameters and gradients, 8 B per parameter each; Adam's two fp64 moments (16 B) halved by the
+    # sharded optimizer: 8 B per parameter on each replica
+    params = 4 * 272
+    assert [(m["parameters"], m["gradients"], m["optimizer"]) for m in row["memory_by_role"]] == [
+        (8 * params, 8 * params, 8 * params)
+    ] * 4
+    # the speedup sweep keeps the layout and varies K, under GPipe: K = 2 is (M + K - 1)(F + B) again, and
+    # K = 1 runs all eight layers on each replica, F = 2 s, B = 4 s: M x 6 = 24 s
+    rows = {r["devices"]: r["makespan_study"] for r in results["sweep_devices"]}
+    assert rows == pytest.approx({1: 24.0, 2: 15.0}, rel=1e-12)
+    # the one-device reference runs without replicas: the same loss as the replicated run
+    assert results["train"]["single device"] == pytest.approx(results["train"]["pipelined"], rel=1e-12)
+    assert "the single-device run runs without them: one device in all" in results["notes"]["training"]
+
+
+def test_a_studys_tensor_parallel_keys_reach_its_runs(tmp_path):
+    """tensor_parallel = 2 with sequence parallelism on tiny-gpt (h = 64, 8 blocks, MLP 256, vocabulary 256,
+    128 positions, tied embeddings), split 6, 5 over K = 2: Megatron-LM's division, by hand.
+    """
+    study = LAYOUT.replace("MODEL", 'model = "tiny-gpt"\ncompute = false\nbatch = 8').replace(
+        "[train]\nsteps = 1\n", ""
+    )
+    one, two = tmp_path / "one.toml", tmp_path / "two.toml"
+    one.write_text(study.replace("LAYOUT", FREE))
+    two.write_text(study.replace("LAYOUT", f"tensor_parallel = 2\nsequence_parallel = true\n{FREE}"))
+    whole, split = (collect(load_study(str(p)), progress=False).metrics() for p in (one, two))
+    (row,) = split["compare"]
+    assert (row["tensor_parallel"], row["sequence_parallel"], row["data_parallel"]) == (2, True, 1)
+    # every layer's FLOPs are split evenly over the group and the links are free: the whole timeline halves
+    assert row["makespan"] == pytest.approx(whole["compare"][0]["makespan"] / 2, rel=1e-12)
+    assert row["busy"] == pytest.approx([b / 2 for b in whole["compare"][0]["busy"]], rel=1e-12)
+    halved = {r["devices"]: r["makespan_study"] / 2 for r in whole["sweep_devices"]}
+    assert {r["devices"]: r["makespan_study"] for r in split["sweep_devices"]} == pytest.approx(halved, rel=1e-12)
+    # parameters per device: weight matrices and column-parallel biases (q, k, v; the MLP's first) over T;
+    # row-parallel biases and the norms replicated; the token table and the tied output matrix by vocabulary;
+    # the position table replicated
+    h, inner, vocab, positions, t = 64, 256, 256, 128, 2
+    block = (4 * h * h + 2 * h * inner + 3 * h + inner) // t + 2 * h + 4 * h
+    stage0 = vocab * h // t + positions * h + 5 * block  # embedding and blocks 0-4
+    stage1 = 3 * block + 2 * h + vocab * h // t  # blocks 5-7, the final norm and the output layer
+    # bf16 parameters and gradients (2 B each), fp32 master weights and Adam's two moments (12 B)
+    assert [(m["parameters"], m["gradients"], m["optimizer"]) for m in row["memory_by_role"]] == [
+        (2 * p, 2 * p, 12 * p) for p in (stage0, stage1)
+    ]
 
 
 @pytest.mark.parametrize(

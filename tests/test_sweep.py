@@ -382,15 +382,28 @@ def test_a_constraint_on_the_link_reads_each_point_s_own_hardware(tmp_path):
 
 
 def test_the_layout_keys_are_axes_and_model_keys_that_constraints_can_name(tmp_path):
-    """data_parallel as an axis, grad_sync in [model]: each point's makespan is pipesched.run's of that RunConfig."""
-    import pipesched
-    from pipesched.pipeline import RunConfig
+    """data_parallel as an axis, grad_sync in [model]: each point's makespan and memory as derived by hand.
 
+    Layers "16x9" are eight 16 -> 16 layers (272 parameters each), split evenly over K = 2 or 4 stages of
+    L = 8 / K layers; each of D replicas runs M micro-batches of rows = 16 / (D x M). The machine's links
+    are free, so the gradient reduction and the sends cost nothing and GPipe's makespan is
+    (M + K - 1)(F + B) with B = 2F and F = 2·rows·L·16·16 FLOPs (pipesched.model) at its 64 GFLOP/s x 0.5.
+    """
+    free = "bandwidth = 1e30\nlatency = 0.0\n"
+    machine = (
+        'description = "free links"\nmemory = 1e12\ndevices_per_node = 8\n[peak_flops]\n'
+        + "".join(f"{dtype} = 64e9\n" for dtype in ("bf16", "fp16", "fp32", "fp64"))
+        + f'[intra_node]\nname = "free"\n{free}[inter_node]\nname = "free too"\n{free}'
+    )
+    _write(tmp_path, machine, "free.toml")
     text = """
 [model]
-layers = "16x7"
+layers = "16x9"
 batch = 16
 grad_sync = "sharded"
+optimizer = "adam"
+compute = false
+hardware = "free.toml"
 
 [axes]
 data_parallel = [1, 2]
@@ -410,7 +423,17 @@ where = ["microbatches * data_parallel >= devices + tensor_parallel"]
     assert sweep(study, results, workers=1, progress=False) == len(expected)
     for point in points:
         record = results.records[point_key(point)]
-        given = {k: point[k] for k in ("data_parallel", "devices", "microbatches")}  # the axes; the rest by hand
-        config = RunConfig(layers="16x7", batch=16, grad_sync="sharded", compute=False, **given)
-        assert record["ok"] and record["makespan"] == pipesched.run(config).metrics.makespan
-        assert record["point"] == point
+        assert record["ok"] and record["point"] == point
+        d, k, m = point["data_parallel"], point["devices"], point["microbatches"]
+        rows, layers = 16 / (d * m), 8 // k
+        forward = 2 * rows * layers * 16 * 16 / (64e9 * 0.5)
+        assert record["makespan"] == pytest.approx((m + k - 1) * 3 * forward, rel=1e-12)
+        # GPipe keeps all M micro-batches in flight: each the stage's input and its L layers' outputs, in fp64
+        activations = m * rows * 8 * 16 * (1 + layers)
+        assert record["peak_activation_bytes"] == activations
+        # fp64 parameters and gradients (16 B per parameter) and Adam's two fp64 moments (16 B) sharded over
+        # the D replicas; link buffers come on top, but an unsharded state (D = 1's) would not fit below 32 B
+        params = layers * 272
+        assert 16 * params + 16 * params // d + activations <= record["peak_memory_bytes"]
+        if d > 1:
+            assert record["peak_memory_bytes"] < 32 * params + activations

@@ -14,6 +14,7 @@ the whole file is read (``_resolve_*``, ``_check_together``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -386,23 +387,42 @@ def _check_nodes(study: Study, path: str, per_node_given: bool) -> None:
     """Every device count the study runs fills whole nodes when it spans more than one (pipesched.topology).
 
     [hardware].devices unless node_map places its devices; each K of [sweep].devices, which runs without
-    node_map when it is not the study's own count (``collect.other_devices``).
+    node_map when it is not the study's own count (``collect.other_devices``). A run of K pipeline devices
+    uses D x T x K devices in all (pipesched.layout; [hardware].data_parallel and tensor_parallel, which the
+    sweep keeps), so that product is what must fill whole nodes, as ``pipesched run`` checks it
+    (``hardware.flops_model``).
     """
     h = study.hardware
     per_node = h.devices_per_node
     if per_node is None and h.preset is not None:
         per_node = load_hardware(h.preset).devices_per_node  # a named preset's nodes; without one, one node
-    if per_node is None:
-        return
+    if per_node is None or per_node % h.tensor_parallel:
+        return  # one node; or a tensor-parallel group that leaves its node, which check_hardware says next
     counts = [] if h.node_map is not None else [("[hardware].devices", h.devices)]
     counts += [("[sweep].devices", k) for k in study.sweep.devices if h.node_map is None or k != h.devices]
     fix = "leave devices_per_node out" if per_node_given else f"give devices_per_node (the preset's is {per_node})"
+    # the devices each pipeline device stands for: its D replicas, each a tensor-parallel group of T
+    width = h.data_parallel * h.tensor_parallel
+    factors = "".join(
+        f" x [hardware].{key} {size}"
+        for key, size in (("data_parallel", h.data_parallel), ("tensor_parallel", h.tensor_parallel))
+        if size > 1
+    )
     for where, k in counts:
-        if k > per_node and k % per_node:
+        if k * width > per_node and k * width % per_node:
             also = ", or give each device's node in [hardware].node_map" if where == "[hardware].devices" else ""
+            if width == 1:
+                raise ConfigError(
+                    f"{path}: {where}: {k} spans more than one node of {per_node} devices but is not a multiple of "
+                    f"{per_node}; use multiples of {per_node} (or fewer than {per_node}), or {fix}{also}"
+                )
+            # K x width fills whole nodes exactly when K is a multiple of per_node / gcd(per_node, width)
+            step = per_node // math.gcd(per_node, width)
+            few = f" (or at most {per_node // width})" if per_node > width else ""
+            few = f" (or fewer than {step})" if per_node % width == 0 else few
             raise ConfigError(
-                f"{path}: {where}: {k} spans more than one node of {per_node} devices but is not a multiple of "
-                f"{per_node}; use multiples of {per_node} (or fewer than {per_node}), or {fix}{also}"
+                f"{path}: {where}: {k}{factors} = {k * width} devices span more than one node of {per_node} but do "
+                f"not fill whole nodes; use multiples of {step}{few}, or {fix}{also}"
             )
 
 
