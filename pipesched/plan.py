@@ -458,6 +458,9 @@ class _Listed(Sweep):
         yield from self.listed
 
 
+#: The roles of ``memory_by_role``, in the order ``pipesched run --json`` prints them.
+ROLE_ORDER = ("parameters", "gradients", "optimizer", "activations", "deferred", "buffers")
+
 #: The fields of each configuration ``--json`` lists, best first.
 JSON_FIELDS = (
     "data_parallel",
@@ -509,7 +512,8 @@ def _public(r: dict[str, Any]) -> dict[str, Any]:
         "bubble_fraction": r.get("bubble_fraction"),
         "communication_share": r.get("communication_share"),
         "peak_memory_bytes": r.get("peak_memory_bytes"),
-        "memory_by_role": r.get("memory_by_role"),
+        # in MemorySample.roles' order, however the record travelled (a Dask worker's comes back key-sorted)
+        "memory_by_role": None if r.get("memory_by_role") is None else {k: r["memory_by_role"][k] for k in ROLE_ORDER},
         "device_memory": point["device_memory"],
         "oom": bool(r["oom"]),
         "overshoot_bytes": r.get("overshoot_bytes"),
