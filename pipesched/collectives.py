@@ -25,8 +25,8 @@ crosses, two levels 2(n-1)/(pn), about p times less, as a multi-node NCCL job
 spreads its collectives over every device's link. On one node (or without
 nodes) both are the flat ring, so runs without nodes keep their numbers. A tied pair of stages on
 different devices (a decoder's embedding and output layer) sums its shared
-matrix by the same all-reduce over the devices holding either stage, as
-Megatron-LM's embedding group does. The steps are items of a device's
+matrix by the same all-reduce, each pipeline replica between its own two
+devices (``tie_rings``), as Megatron-LM's embedding group does. The steps are items of a device's
 program, placed by REDUCE_GRAD actions or after its last action. Closed forms:
 ``pipesched.formulas.ring_allreduce_time`` and its neighbours.
 

@@ -31,8 +31,9 @@ tied embedding and output layer): their two gradients are summed as
 Megatron-LM sums them, by an all-reduce over its "embedding group", the
 devices holding the two stages, after the backward and before the optimizer
 step (``finalize_model_grads``, after the data-parallel reduction). Here it
-is the same ring over the devices holding either stage, after each one's
-last action and its replica all-reduces; its chunks are transfers with op
+is the same ring, each pipeline replica's over its own two devices
+(``collectives.tie_rings``), after each one's last action and its replica
+all-reduces; its chunks are transfers with op
 ``"tie"``. Where a device holds both stages there is nothing to send.
 
 When no event is left but a device has not finished, the schedule deadlocked:

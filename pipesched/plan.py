@@ -465,6 +465,7 @@ ROLE_ORDER = ("parameters", "gradients", "optimizer", "activations", "deferred",
 JSON_FIELDS = (
     "data_parallel",
     "tensor_parallel",
+    "sequence_parallel",
     "devices",
     "strategy",
     "chunks",
@@ -504,6 +505,7 @@ def _public(r: dict[str, Any]) -> dict[str, Any]:
     point = r["point"]
     fields = {name: point.get(name) for name in JSON_FIELDS}
     fields["chunks"] = point.get("chunks") or 1
+    fields["sequence_parallel"] = bool(point.get("sequence_parallel"))
     return {
         **fields,
         "gpus": point["data_parallel"] * point["tensor_parallel"] * point["devices"],

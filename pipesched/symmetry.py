@@ -18,7 +18,10 @@ simulation this way (``pipesched.plan``).
 
 What breaks the symmetry, and sends the engine back to the full simulation:
 micro-batches one row apart (a batch that D·M does not divide), per-device
-speeds (``--device-speed``), a ``--node-map`` or flat ring over nodes that
+speeds (``--device-speed``), collective links without latency (free links,
+``cost="unit"``, or ``latency = 0``: a chunk then lands the instant the next
+one leaves, and which of the two a device holds first, so its peak memory,
+depends on the order of simultaneous events in other replicas), a ``--node-map`` or flat ring over nodes that
 gives two edges of one ring different links, and a tied pair's all-reduce
 whose ring spans replicas (``pipesched.collectives.tie_rings`` keeps each
 pipeline's pair to itself, as Megatron-LM does, so only a hand-made
@@ -107,9 +110,14 @@ def asymmetry(
                 _link(cost, ring[i], ring[(i + 1) % len(ring)], None)
                 for ring, _ in phase.rings
                 for i in range(len(ring))
+                if len(ring) > 1
             }
             if len(edges) > 1:
                 return f"stage {collective.stage}'s {collective.op} crosses links of different speeds in one phase"
+            if any(latency == 0 for edge in edges for _, latency in edge):
+                # a chunk that lands the instant its predecessor's leaves: which a device holds first depends on
+                # the order of simultaneous events across replicas, which one replica cannot stand for
+                return f"stage {collective.stage}'s {collective.op} runs over links without latency"
     return None
 
 
@@ -140,5 +148,6 @@ def one_replica(trace: Trace, replicas: int) -> Trace:
         out.peaks = trace.peaks[::replicas]
     if trace.peak_samples is not None:
         out.peak_samples = list(trace.peak_samples[::replicas])
-    out.links = {(a // replicas, b // replicas): link for (a, b), link in trace.links.items() if kept(a)}
+    # the pipeline's links; a mirrored chunk's link (to another replica) has no pair among replica 0's devices
+    out.links = {(a // replicas, b // replicas): link for (a, b), link in trace.links.items() if kept(a) and kept(b)}
     return out

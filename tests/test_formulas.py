@@ -286,3 +286,22 @@ def test_formulas_prints_the_collectives_the_engine_runs(tmp_path, capsys):
     result = run(RunConfig(layers="4,4", devices=1, data_parallel=4, microbatches=1, batch=4, hardware=str(hw)))
     moves = [t for t in result.trace.transfers if t.op == "allreduce"]
     assert max(t.arrival for t in moves) - min(t.start for t in moves) == pytest.approx(two["allreduce"], rel=1e-9)
+
+
+def test_formulas_says_an_uneven_ring_is_one_flat_ring_over_the_slow_link(tmp_path, capsys):
+    """D = 3 on nodes of 2: some pipeline device's replicas sit 2 + 1 on two nodes, so the engine runs one
+    flat ring, and its inter-node edge carries all 2(D-1) = 4 chunks of ceil(160/3) = 54 B in turn."""
+    import json
+
+    from pipesched.cli import main
+
+    hw = tmp_path / "hw.toml"
+    hw.write_text(
+        "memory = 1e9\ndevices_per_node = 2\n[peak_flops]\nbf16 = 1e12\nfp16 = 1e12\nfp32 = 1e12\nfp64 = 1e12\n"
+        '[intra_node]\nname = "fast"\nbandwidth = 1e9\nlatency = 1e-6\n'
+        '[inter_node]\nname = "slow"\nbandwidth = 1e8\nlatency = 1e-5\n'
+    )
+    assert main(["formulas", "--layers", "4,4", "--data-parallel", "3", "--hardware", str(hw), "--json"]) == 0
+    collectives = json.loads(capsys.readouterr().out)["collectives"]
+    assert collectives["hierarchical"] is None
+    assert collectives["uneven"]["flat_ring_at_least"] == pytest.approx(4 * 54 / 1e8, rel=1e-12)

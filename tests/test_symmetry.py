@@ -106,3 +106,18 @@ def test_a_tied_decoder_mirrors_with_each_pipelines_own_tie(grad_sync):
     assert sorted({(t.src, t.dst) for t in ties}) == [(0, 2), (1, 3), (2, 0), (3, 1)]
     assert mirrored.trace.devices == 2 and any(t.op == "tie" for t in mirrored.trace.transfers)
     _assert_same_step(full, mirrored, 2)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(cost="unit"),  # free transfers land at once
+        dict(link_latency=0.0),  # a chunk lands the instant the next one leaves
+    ],
+)
+def test_collectives_without_latency_are_simulated_in_full(extra):
+    """Which of two chunks a device holds first at one instant then depends on other replicas' events: the
+    full runs below peak on replica 1's device (found by a second reader), which one replica cannot show."""
+    kw = dict(layers="16,32x5,8", devices=2, data_parallel=2, microbatches=4, batch=64, strategy="1f1b", **extra)
+    full, mirrored = _pair(**kw)
+    assert mirrored.trace.devices == 4 and mirrored.metrics == full.metrics

@@ -339,7 +339,16 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     print(_table(table))
     print(f"\npipeline speedup over one device, K/(1+(K-1)/M): {speedup:.4f}")
     two = collectives["hierarchical"]
-    if two is None:
+    if collectives["uneven"] is not None:
+        assert hardware is not None  # nodes come from a hardware
+        print(
+            f"gradient collectives of {format_bytes(params)} ({gradients}) over {ring} devices: on nodes of "
+            f"{hardware.devices_per_node} some pipeline device's {ring} replicas sit unevenly on two nodes, so they "
+            f"run one flat ring whose {hardware.inter_node.name} edges carry all 2(D-1) chunks in turn: at least "
+            f"{format_time(collectives['uneven']['flat_ring_at_least'], 's')} (a D that divides or is a multiple of "
+            f"{hardware.devices_per_node} runs in one node or in two levels)"
+        )
+    elif two is None:
         half = format_time(collectives["ring"]["reduce_scatter"], "s")
         print(
             f"ring all-reduce of {format_bytes(params)} of gradients ({gradients}) over {ring} devices, "
@@ -373,10 +382,18 @@ def _collectives(ring: int, nbytes: int, links: FlopsCost, hardware: Any) -> dic
             "all_gather": formulas.ring_all_gather_time(ring, nbytes, b, lat),
         },
         "hierarchical": None,
+        "uneven": None,
     }
-    if hardware is None or ring <= hardware.devices_per_node or ring % hardware.devices_per_node:
+    if hardware is None or (ring <= hardware.devices_per_node and hardware.devices_per_node % ring == 0):
+        return out  # no nodes, or every pipeline device's replicas inside one node: the flat ring above
+    p = hardware.devices_per_node
+    inter_b = hardware.inter_node.bandwidth
+    if ring < p or ring % p:
+        # some pipeline device's replicas sit unevenly on two or more nodes (device d's are d·D .. d·D+D-1):
+        # one flat ring, whose inter-node edges carry every one of its 2(D-1) chunks in turn
+        out["uneven"] = {"flat_ring_at_least": 2 * (ring - 1) * -(-nbytes // ring) / inter_b}
         return out
-    p, n = hardware.devices_per_node, ring // hardware.devices_per_node
+    n = ring // p
     inter = (hardware.inter_node.bandwidth, hardware.inter_node.latency)
     args = (n, p, nbytes, b, lat, *inter)
     out["hierarchical"] = {
