@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -89,6 +89,8 @@ __all__ = [
 
 #: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it).
 PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name != "dp")
+#: Significant digits a step's makespan is kept to for ranking (``evaluate``).
+SIGNIFICANT = 12
 #: Chunks per device tried for a strategy that takes chunks, where its stage count is K times them (ZB-V and
 #: DualPipeV place exactly 2 per device, so they try 2 alone).
 CHUNK_OPTIONS = (2, 4)
@@ -174,6 +176,17 @@ def _check(cluster: Cluster) -> tuple[Any, int, Any]:
     hardware = load_hardware(cluster.hardware)
     if cluster.device_memory is not None and cluster.device_memory < 1:
         raise ConfigError(f"--device-memory {cluster.device_memory} is not allowed; give e.g. 80GB")
+    if cluster.tensor_parallel is not None and cluster.tensor_parallel > hardware.devices_per_node:
+        raise ConfigError(
+            f"--tensor-parallel {cluster.tensor_parallel} is more than the {hardware.devices_per_node} devices of a "
+            f"node of {cluster.hardware}; a tensor-parallel group stays inside a node (its all-reduces run in every "
+            f"layer): give at most {hardware.devices_per_node}"
+        )
+    if cluster.sequence_parallel and cluster.tensor_parallel == 1:
+        raise ConfigError(
+            "--sequence-parallel splits what a tensor-parallel group keeps whole, but --tensor-parallel 1 has no "
+            "group: drop --sequence-parallel, or let T run over its divisors"
+        )
     if cluster.tensor_parallel is not None and (
         config.num_heads % cluster.tensor_parallel or config.hidden_size % cluster.tensor_parallel
     ):
@@ -240,13 +253,25 @@ def candidates(cluster: Cluster) -> list[dict[str, Any]]:
                     )
     if not points:
         allowed = sorted({d for d, _, _ in _sizes(cluster, config, hardware.devices_per_node, batch=False)})
-        raise ConfigError(_no_sizes(cluster, layers, allowed if not sizes else []))
+        near = _nearest_gpus(cluster, config, hardware.devices_per_node, layers) if not allowed or sizes else []
+        raise ConfigError(_no_sizes(cluster, layers, allowed if not sizes else [], near))
     return points
 
 
-def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
+def _nearest_gpus(cluster: Cluster, config: Any, per_node: int, layers: int) -> list[int]:
+    """The GPU counts nearest ``cluster.gpus``, below and above (up to twice it), that some layout can use."""
+
+    def usable(n: int) -> bool:
+        return any(k <= layers for _, _, k in _sizes(replace(cluster, gpus=n), config, per_node))
+
+    below = next((n for n in range(cluster.gpus - 1, 0, -1) if usable(n)), None)
+    above = next((n for n in range(cluster.gpus + 1, 2 * cluster.gpus + 1) if usable(n)), None)
+    return [n for n in (below, above) if n is not None]
+
+
+def _no_sizes(cluster: Cluster, layers: int, allowed: list[int], near: list[int]) -> str:
     """Why no configuration exists: the batch fits none of the ``allowed`` data-parallel sizes, or (none given)
-    the pipeline is longer than the model."""
+    the pipeline is longer than the model; ``near``: GPU counts that some layout can use."""
     n, b, size = cluster.gpus, cluster.global_batch, cluster.micro_batch_size
     if allowed:  # D = 1 always divides the batch, so the sizes given left only larger D
         return (
@@ -254,10 +279,16 @@ def _no_sizes(cluster: Cluster, layers: int, allowed: list[int]) -> str:
             f"that --gpus {n} and the sizes given leave ({', '.join(map(str, allowed))}); give a global batch that "
             f"is a multiple of {allowed[0] * size}, or other sizes"
         )
+    counts = " or ".join(f"--gpus {g}" for g in near)
     return (
         f"--gpus {n} cannot be split into data x tensor x pipeline sizes whose pipeline of K devices fits the "
-        f"{layers} layers of {cluster.model} (embedding, blocks, final norm, output); give --gpus at most {layers} "
-        f"times a data-parallel size that divides {b // size} (e.g. --gpus {layers}), or a larger --global-batch"
+        f"{layers} layers of {cluster.model} (embedding, blocks, final norm, output) with a data-parallel size that "
+        f"divides the {b // size} micro-batches of the global batch; give "
+        + (
+            f"{counts} (the nearest counts a layout can use), or a larger --global-batch"
+            if near
+            else "a larger --global-batch"
+        )
     )
 
 
@@ -400,11 +431,14 @@ def _step(prepared: Any, result: Any) -> dict[str, Any]:
     devices = c.data_parallel * c.tensor_parallel * c.devices
     peak_flops = float(getattr(load_hardware(c.hardware or "").peak_flops, c.dtype))
     flops = sum(model_flops(prepared.decoder, c.batch, c.seq_len))
+    # to SIGNIFICANT digits, far finer than any cost model, so that two schedules whose steps differ only in
+    # the order a float sum was taken (1e-16 of it) rank as the equals they are, in the table and the front
+    makespan = float(f"{m.makespan:.{SIGNIFICANT}g}")
     return {
-        "makespan": m.makespan,
-        "throughput": m.throughput,
-        "tokens_per_second": c.batch * c.seq_len / m.makespan,
-        "mfu": flops / (m.makespan * devices * peak_flops),
+        "makespan": makespan,
+        "throughput": c.batch / makespan,
+        "tokens_per_second": c.batch * c.seq_len / makespan,
+        "mfu": flops / (makespan * devices * peak_flops),
         "model_flops": flops,
         "bubble_fraction": m.bubble_fraction,
         "communication_share": exposed_communication(result.trace) / m.makespan,
@@ -553,13 +587,8 @@ def plan(
         layouts = [results.records[k] for k in keys]
     records = [c for r in layouts for c in configurations(r)]
     fitting = [r for r in records if r.get("ok") and not r.get("oom")]
-    if not fitting:  # the smallest memory that fits one must be exact: simulate the skipped that could be it
-        exact = [r for r in records if r.get("ok") and r.get("oom") and not r.get("skipped")]
-        need = min((r["peak_memory_bytes"] for r in exact), default=math.inf)
-        redo = {
-            r["key"] for r in records if r.get("skipped") and r["point"]["device_memory"] + r["overshoot_bytes"] < need
-        }
-        layouts = [evaluate(r["point"], prune=False) if r["key"] in redo else r for r in layouts]
+    if not fitting:
+        layouts = _least_memory(layouts, records)
         records = [c for r in layouts for c in configurations(r)]
     ranked = [r for _, r in sorted(enumerate(fitting), key=lambda pair: (_order(pair[1]), pair[0]))]
     skipped = sum(bool(r.get("skipped")) for r in records)
@@ -567,6 +596,30 @@ def plan(
     if not ranked:
         raise ConfigError(_nothing_fits(result))
     return result
+
+
+def _least_memory(layouts: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nothing fits: simulate, best bound first, the skipped layouts that could need less than the least simulated
+    peak, so that the smallest memory the error names is exact.
+
+    A skipped configuration's static bytes are a lower bound of its peak, so
+    once the next bound is no less than the least peak found, none after it
+    can need less (a best-first search: usually one or two simulations, where
+    simulating every skipped layout took as long as the plan).
+    """
+    need = min((r["peak_memory_bytes"] for r in records if r.get("ok") and not r.get("skipped")), default=math.inf)
+    bounds = sorted((r["point"]["device_memory"] + r["overshoot_bytes"], r["key"]) for r in records if r.get("skipped"))
+    index = {r["key"]: i for i, r in enumerate(layouts)}
+    for bound, key in bounds:
+        if bound >= need:
+            break
+        i = index[key]
+        if not layouts[i].get("ok") or any(not c.get("skipped") for c in layouts[i]["configurations"]):
+            continue  # simulated already, for a twin configuration's lower bound
+        layouts[i] = evaluate(layouts[i]["point"], prune=False)
+        if layouts[i].get("ok"):
+            need = min([need] + [c["peak_memory_bytes"] for c in layouts[i]["configurations"]])
+    return layouts
 
 
 def _nothing_fits(p: Plan) -> str:
@@ -586,5 +639,6 @@ def _nothing_fits(p: Plan) -> str:
         f"no configuration fits in {format_bytes(point['device_memory'])} per device; the leanest "
         f"(D={point['data_parallel']} T={point['tensor_parallel']} K={point['devices']} {point['strategy']}, "
         f"remat {point['remat']}, {point['grad_sync']}) needs {format_bytes(need)} ({need} bytes): give "
-        f"--device-memory {need} or more, more GPUs, or a smaller micro-batch"
+        f"--device-memory {need} or more, or more GPUs"
+        + (", or a smaller micro-batch" if p.cluster.micro_batch_size > 1 else "")
     )

@@ -227,9 +227,20 @@ def _cli(capsys, *extra):
             r"--gpus 8 is not --data-parallel 2 x --tensor-parallel 1 x --devices 2 = 4; give --gpus 4",
         ),
         (
-            ["--gpus", "6", "--tensor-parallel", "3", "--global-batch", "8", "--micro-batch-size", "1"],
+            ["--gpus", "6", "--tensor-parallel", "3", "--global-batch", "8", "--micro-batch-size", "1"]
+            + ["--hardware", "h100-sxm"],  # 8 to a node, the last --hardware taken
             r"--tensor-parallel 3 does not divide the 4 heads and the hidden size 64 of tiny-gpt; use a common "
             r"divisor of both",
+        ),
+        (
+            ["--gpus", "8", "--tensor-parallel", "4", "--global-batch", "8", "--micro-batch-size", "1"],
+            r"--tensor-parallel 4 is more than the 2 devices of a node of .*small.toml; a tensor-parallel group "
+            r"stays inside a node",
+        ),
+        (
+            ["--gpus", "4", "--tensor-parallel", "1", "--sequence-parallel", "--global-batch", "8"]
+            + ["--micro-batch-size", "1"],
+            r"--sequence-parallel splits what a tensor-parallel group keeps whole, but --tensor-parallel 1",
         ),
         (["--gpus", "4", "--global-batch", "6", "--micro-batch-size", "4"], r"--global-batch 6 is not a multiple"),
         (
@@ -357,3 +368,24 @@ def test_exposed_communication_is_the_link_time_no_device_computes(compute, move
 
     expected = sum(1 for cell in range(20) if busy(cell, transfers) and not busy(cell, spans))
     assert exposed_communication(trace) == expected
+
+
+def test_schedules_with_the_same_step_share_one_row(capsys, hardware):
+    """4 GPUs as D=4, K=1: one pipeline device, so 1F1B and ZB-H1 run the same step (gradient accumulation);
+    the table shows such twins as one row joined by '=' when their speed, bubble and peak agree, --json each."""
+    flags = ["--hardware", hardware, "--gpus", "4", "--data-parallel", "4", "--global-batch", "8"]
+    flags += ["--micro-batch-size", "1", "--device-memory", "1GB", "--top", "100"]
+    status, out, _ = _cli(capsys, *flags, "--json")
+    listed = json.loads(out)
+    status, out, _ = _cli(capsys, *flags)
+    assert status == 0
+    table = out.split("the best")[1].split("Pareto front")[0]
+    rows = [line for line in table.splitlines() if re.match(r"^\d+ ", line)]
+    groups = {}
+    for c in listed:
+        if not c["oom"]:
+            key = (c["tokens_per_second"], c["bubble_fraction"], c["peak_memory_bytes"], c["remat"], c["grad_sync"])
+            groups.setdefault(key, []).append(c["strategy"] + (f" v={c['chunks']}" if c["chunks"] > 1 else ""))
+    assert len(rows) == len(groups) < len(listed)
+    for names in groups.values():
+        assert any(" = ".join(names) in row for row in rows)

@@ -50,18 +50,40 @@ def _share(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def _layout(point: dict[str, Any]) -> str:
-    chunks = f" v={point['chunks']}" if point.get("chunks") else ""
+def _layout(point: dict[str, Any], twins: list[dict[str, Any]] | None = None) -> str:
+    """A configuration in one line; ``twins``: the same layout under other schedules with the same step."""
+
+    def schedule(p: dict[str, Any]) -> str:
+        return p["strategy"] + (f" v={p['chunks']}" if p.get("chunks") else "")
+
     sp = "+SP" if point.get("sequence_parallel") else ""
+    names = " = ".join(schedule(p) for p in [point, *(twins or [])])
     return (
         f"D={point['data_parallel']} T={point['tensor_parallel']}{sp} K={point['devices']} M={point['microbatches']} "
-        f"{point['strategy']}{chunks} remat={point['remat']} {point['grad_sync']}"
+        f"{names} remat={point['remat']} {point['grad_sync']}"
     )
 
 
-def _rows(records: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+def _twins(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The records in groups: a layout under several schedules whose steps are the same (same tokens/s, bubble
+    and peak memory: with one pipeline device every schedule is gradient accumulation), one row each."""
+    groups: list[list[dict[str, Any]]] = []
+    for r in records:
+        last = groups[-1][0] if groups else None
+        same = last is not None and all(
+            last[key] == r[key] for key in ("tokens_per_second", "bubble_fraction", "peak_memory_bytes")
+        )
+        fields = ("data_parallel", "tensor_parallel", "devices", "remat", "grad_sync", "sequence_parallel")
+        if same and all(last["point"].get(f) == r["point"].get(f) for f in fields):  # type: ignore[index]
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def _rows(groups: list[list[dict[str, Any]]]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [("#", "tokens/s", "MFU", "bubble", "comm", "peak memory", "configuration")]
-    for i, r in enumerate(records, start=1):
+    for i, (r, *twins) in enumerate(groups, start=1):
         rows.append(
             (
                 str(i),
@@ -70,7 +92,7 @@ def _rows(records: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 _share(r["bubble_fraction"]),
                 _share(r["communication_share"]),
                 format_bytes(r["peak_memory_bytes"]),
-                _layout(r["point"]),
+                _layout(r["point"], [t["point"] for t in twins]),
             )
         )
     return rows
@@ -84,7 +106,8 @@ def _why(best: dict[str, Any], runner_up: dict[str, Any] | None) -> str:
         gain = best["tokens_per_second"] / runner_up["tokens_per_second"] - 1
         leaner = runner_up["peak_memory_bytes"] - best["peak_memory_bytes"]
         if gain < 5e-4 and leaner > 0:  # what a table of four digits shows as a tie: memory decides
-            lead = f"as fast as #2 to within 0.05% and {format_bytes(leaner)} leaner"
+            close = "" if gain == 0 else " to within 0.05%"
+            lead = f"as fast as #2{close} and {format_bytes(leaner)} leaner"
         else:
             lead = f"{gain:.2%} faster than #2"
     return (
@@ -118,16 +141,16 @@ def _report(folder: str, p: Plan) -> str:
     from ..report.sweep_figures import sweep_pareto
 
     def fill(work: str) -> None:
-        fig = sweep_pareto(p.ranked, p.front)
+        fig = sweep_pareto(p.ranked, p.front, metric="tokens_per_second", unit="tokens/s")
         fig.savefig(os.path.join(work, "pareto.png"), dpi=110, metadata={"Software": None})
         plt.close(fig)
         with open(os.path.join(work, "summary.md"), "w", encoding="utf-8") as f:
             f.write(
                 "# Plan\n\n![Pareto front](pareto.png)\n\n"
                 + "".join(
-                    f"- {_layout(r['point'])}: {r['tokens_per_second']:.4g} tokens/s, "
+                    f"- {_layout(r['point'], [t['point'] for t in twins])}: {r['tokens_per_second']:.4g} tokens/s, "
                     f"{format_bytes(r['peak_memory_bytes'])}\n"
-                    for r in p.front
+                    for r, *twins in _twins(p.front)
                 )
             )
 
@@ -156,12 +179,13 @@ def _cmd_plan(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
+        groups = _twins(result.ranked)
         print(_summary(result))
-        print(f"\nthe best {min(args.top, len(result.ranked))} by throughput:")
-        print(_table(_rows(result.ranked[: args.top])))
+        print(f"\nthe best {min(args.top, len(groups))} by throughput:")
+        print(_table(_rows(groups[: args.top])))
         print("\nPareto front of throughput against peak memory:")
-        print(_table(_rows(result.front)))
-        print("\n" + _why(result.ranked[0], result.ranked[1] if len(result.ranked) > 1 else None))
+        print(_table(_rows(_twins(result.front))))
+        print("\n" + _why(groups[0][0], groups[1][0] if len(groups) > 1 else None))
     if args.report:
         path = _report(args.report, result)
         if not args.json:

@@ -84,8 +84,14 @@ def sweep_heatmaps(records: list[dict[str, Any]]) -> Figure:
 
 
 @_readable
-def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> Figure:
-    """Throughput against peak memory for every point; the Pareto front joined."""
+def sweep_pareto(
+    records: list[dict[str, Any]], front: list[dict[str, Any]], metric: str = "throughput", unit: str | None = None
+) -> Figure:
+    """Throughput against peak memory for every point; the Pareto front joined.
+
+    ``metric`` is the record's throughput key (``tokens_per_second`` for a plan), ``unit`` its unit
+    (default: samples per the records' time unit).
+    """
     ok = [r for r in records if r.get("ok") and not r.get("oom")]
     fig, ax = plt.subplots(figsize=(8, 5.6))
     strategies = sorted({r["point"].get("strategy", "gpipe") for r in ok})
@@ -95,7 +101,7 @@ def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> 
         mine = [r for r in ok if r["point"].get("strategy", "gpipe") == name]
         handles += ax.plot(
             [r["peak_memory_bytes"] / size for r in mine],
-            [r["throughput"] for r in mine],
+            [r[metric] for r in mine],
             MARKERS[i % len(MARKERS)],
             markerfacecolor="none",
             markersize=8,
@@ -105,7 +111,7 @@ def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> 
     if front:
         handles += ax.plot(
             [r["peak_memory_bytes"] / size for r in front],
-            [r["throughput"] for r in front],
+            [r[metric] for r in front],
             "-",
             color="black",
             linewidth=1,
@@ -114,7 +120,11 @@ def sweep_pareto(records: list[dict[str, Any]], front: list[dict[str, Any]]) -> 
     units = sorted({r.get("time_unit", "s") for r in ok})
     ax.set_xlabel(f"peak memory of the fullest device ({size_unit})")
     ax.set_ylabel(
-        f"throughput ({_per_time(units[0])})" if len(units) == 1 else "throughput (samples/s and samples/unit mixed)"
+        f"throughput ({unit})"
+        if unit is not None
+        else f"throughput ({_per_time(units[0])})"
+        if len(units) == 1
+        else "throughput (samples/s and samples/unit mixed)"
     )
     _plain(ax.yaxis)
     ax.grid(alpha=0.3)
