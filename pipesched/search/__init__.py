@@ -4,6 +4,18 @@
 ``bounds`` are makespans no valid schedule can beat, each with its proof (``pipesched.search.bounds``).
 """
 
+from .bounds import Bound, bounds, lower_bound
 from .evaluate import ActionTimes, Evaluation, TieStep, action_times, evaluate, from_prepared, placement_of
 
-__all__ = ["ActionTimes", "Evaluation", "TieStep", "action_times", "evaluate", "from_prepared", "placement_of"]
+__all__ = [
+    "ActionTimes",
+    "Bound",
+    "bounds",
+    "lower_bound",
+    "Evaluation",
+    "TieStep",
+    "action_times",
+    "evaluate",
+    "from_prepared",
+    "placement_of",
+]
