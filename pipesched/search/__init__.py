@@ -2,6 +2,13 @@
 
 ``evaluate`` runs one pipeline's schedule as the engine would (``pipesched.search.evaluate``);
 ``bounds`` are makespans no valid schedule can beat, each with its proof (``pipesched.search.bounds``).
+
+>>> from pipesched import RunConfig
+>>> from pipesched.pipeline import prepare
+>>> prepared = prepare(RunConfig(strategy="zb-h1", devices=4, microbatches=8, cost="unit", compute=False))
+>>> times = from_prepared(prepared)
+>>> evaluate(prepared.schedule, times).makespan, lower_bound(times).value  # ZB-H1 is optimal here: 3M + K - 1
+(27.0, 27.0)
 """
 
 from .bounds import Bound, bounds, lower_bound
