@@ -296,15 +296,16 @@ class Evaluation:
         return self
 
 
-def _describe(key: int, stages: int, microbatches: int, ties: dict[int, tuple[str, int, int]]) -> str:
-    """What the input ``key`` is, for a deadlock's message."""
+def _describe(key: int, times: ActionTimes, ties: dict[int, tuple[str, int, int]]) -> str:
+    """What the input ``key`` is and where it comes from, in the engine's words (``pipesched.diagnose``)."""
     if key in ties:
         _, stage, step = ties[key]
         return f"step {step} of the tied-weight all-reduce of stage {stage}"
-    which, m = divmod(key, microbatches)
-    if which < stages:
-        return f"stage {which - 1}'s output of micro-batch {m}"
-    return f"stage {which - stages + 1}'s input gradient of micro-batch {m}"
+    which, m = divmod(key, times.microbatches)
+    if which < times.stages:
+        return f"the activation of micro-batch {m} from {which - 1}F{m} (on device {times.placement[which - 1]})"
+    s = which - times.stages + 1
+    return f"the gradient of micro-batch {m} from stage {s}'s backward (on device {times.placement[s]})"
 
 
 def _programs(schedule: Schedule, times: ActionTimes) -> tuple[list[list[_Compiled]], dict[int, tuple[str, int, int]]]:
@@ -409,9 +410,16 @@ def evaluate(schedule: Schedule, times: ActionTimes, check: bool = True) -> Eval
     stuck = [d for d in range(K) if position[d] < len(programs[d])]
     if stuck:
         waits = "; ".join(
-            f"device {d} waits for {_describe(programs[d][position[d]][0], S, M, tie_keys)}"
+            f"device {d} waits"
             + (f" at {schedule.actions[d][position[d]]}" if position[d] < len(schedule.actions[d]) else "")
+            + f" for {_describe(programs[d][position[d]][0], times, tie_keys)}"
             for d in stuck
         )
-        return Evaluation(float("inf"), tuple(busy), tuple(peak), f"the schedule deadlocks: {waits}, which never comes")
+        return Evaluation(
+            float("inf"),
+            tuple(busy),
+            tuple(peak),
+            f"the schedule deadlocks: {waits}; reorder the actions so that every input is produced before a "
+            "device waits for it",
+        )
     return Evaluation(makespan, tuple(busy), tuple(peak))
