@@ -19,7 +19,7 @@ from pipesched.pipeline import prepare
 from pipesched.search import action_times, evaluate, from_prepared, placement_of
 from pipesched.search.bounds import bounds, busiest_device, critical_path, device_window, lower_bound
 from pipesched.times import StageTimes
-from test_search_evaluate import problems, reorder
+from test_search_evaluate import STRATEGIES, problems, reorder
 
 #: Times are added in another order than the simulation adds them: a bound may pass an equal makespan by a rounding.
 ROUNDING = 1e-12
@@ -29,11 +29,12 @@ def full_backwards_only(schedule: Schedule) -> bool:
     return all(a.op != "I" for row in schedule.actions for a in expand(row))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(pairs=True))
-def test_no_bound_exceeds_a_built_in_strategy(problem: tuple) -> None:
+@pytest.mark.parametrize("name", STRATEGIES)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_no_bound_exceeds_a_built_in_strategy(name: str, data: st.DataObject) -> None:
     """Every built-in (DualPipeV with its overlapped pairs, under the sum rule) on random measured costs."""
-    schedule, work, cost, remat = problem
+    schedule, work, cost, remat = data.draw(problems(name, pairs=True))
     times = action_times(placement_of(schedule), schedule.devices, work, cost, remat)
     makespan = simulate(schedule, work, cost, remat).makespan
     for bound in bounds(times):
@@ -43,10 +44,11 @@ def test_no_bound_exceeds_a_built_in_strategy(problem: tuple) -> None:
             assert bound.value <= makespan * (1 + ROUNDING), bound.reason
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems(), st.integers(0, 2**32 - 1))
-def test_no_bound_exceeds_a_reordering(problem: tuple, seed: int) -> None:
-    schedule, work, cost, remat = problem
+@pytest.mark.parametrize("name", STRATEGIES)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_no_bound_exceeds_a_reordering(name: str, data: st.DataObject, seed: int) -> None:
+    schedule, work, cost, remat = data.draw(problems(name))
     shuffled = reorder(schedule, random.Random(seed), local=False)  # never deadlocks
     times = action_times(placement_of(schedule), schedule.devices, work, cost, remat)
     makespan = evaluate(shuffled, times).makespan
