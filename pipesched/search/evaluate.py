@@ -237,7 +237,9 @@ def from_prepared(prepared: Any) -> ActionTimes:
     """The times of a prepared run (``pipesched.pipeline.prepare``) of one pipeline under asynchronous sends.
 
     Refuses, in one sentence each, what the evaluator does not run: data
-    parallelism, blocking sends, a stage on several devices.
+    parallelism, blocking sends, a stage on several devices. Memory is not
+    counted: a run the engine stops out of memory (``--device-memory``, a
+    preset's memory) still gets its times here.
     """
     from ..pipeline import training_sizes  # pipeline imports the engine and strategies; import it when asked
 
