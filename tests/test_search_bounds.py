@@ -17,7 +17,14 @@ from pipesched.model import layers_from_widths
 from pipesched.partition import uniform
 from pipesched.pipeline import prepare
 from pipesched.search import action_times, evaluate, from_prepared, placement_of
-from pipesched.search.bounds import bounds, busiest_device, critical_path, device_window, lower_bound
+from pipesched.search.bounds import (
+    bounds,
+    busiest_device,
+    critical_path,
+    device_window,
+    device_windows,
+    lower_bound,
+)
 from pipesched.times import StageTimes
 from test_search_evaluate import STRATEGIES, problems, reorder
 
@@ -67,16 +74,16 @@ def unit_times(strategy: str, devices: int, microbatches: int) -> tuple:
 def test_tight_for_gpipe_and_1f1b_under_unit_cost(strategy: str, devices: int, microbatches: int) -> None:
     """Bound (b) without split backwards is (K-1) + 3M + 2(K-1) on the last device: their 3(M + K - 1)."""
     times, makespan = unit_times(strategy, devices, microbatches)
-    window = device_window(times, split=False)
-    assert window.value == lower_bound(times, split=False).value == makespan == 3 * (microbatches + devices - 1)
-    assert window.reason.startswith(f"device {devices - 1}:")
+    last = device_windows(times, split=False)[-1]
+    assert last.value == lower_bound(times, split=False).value == makespan == 3 * (microbatches + devices - 1)
+    assert last.reason.startswith(f"device {devices - 1}: its first forward starts at {devices - 1} ")
 
 
 @pytest.mark.parametrize("devices,microbatches", [(2, 2), (3, 5), (4, 4), (4, 8)])
 def test_tight_for_zb_h1_under_unit_cost(devices: int, microbatches: int) -> None:
     """With split backwards, bound (b) is (K-1) + 3M on the last device for M >= K: ZB-H1's 3M + K - 1."""
     times, makespan = unit_times("zb-h1", devices, microbatches)
-    assert lower_bound(times).value == makespan == 3 * microbatches + devices - 1
+    assert device_windows(times)[-1].value == lower_bound(times).value == makespan == 3 * microbatches + devices - 1
     # the bound without split backwards does not hold here: ZB-H1's deferred Ws beat it
     assert lower_bound(times, split=False).value == 3 * (microbatches + devices - 1) > makespan
 
@@ -85,17 +92,21 @@ def test_a_hand_worked_case() -> None:
     """Two devices, one stage each, M = 2, no remat; stage 0: F 1, I 2, W 1, send 0.5; stage 1: F 2, I 1, W 3.
 
     work(0) = 2 (1 + min(3, 3)) = 8; work(1) = 2 (2 + min(4, 4)) = 12: bound (a) 12.
-    (b) device 0: head 0, tail 0 (stage 0): 8. Device 1: head = F(0) + send = 1.5; split, the gradient's
-    way down G = c_B + min(B, I + W) of stage 0 = 0.5 + 3 = 3.5, less its Ws 2 · 3 = 6: tail 0; 13.5.
-    Without split backwards: tail = G = 0.5 + 3 = 3.5: 17.
+    (b) device 0: head 0 + work 8; its first backward no sooner than F(0) + send + F(1) + min(B, I)(1) + send
+    = 1 + 0.5 + 2 + 1 + 0.5 = 5, then its backward work 2 · 3 = 6: 11; tail 0 (stage 0). Device 1: head =
+    F(0) + send = 1.5, + work 12 = 13.5; first backward at 1.5 + 2 = 3.5, + backward work 2 · 4 = 8: 11.5;
+    split, the gradient's way down G = c_B + min(B, I + W) of stage 0 = 0.5 + 3 = 3.5, less its Ws 2 · 3 = 6:
+    tail 0; 13.5. Without split backwards: device 0's first backward at 1 + 0.5 + 2 + 4 + 0.5 = 8, + 6 = 14;
+    device 1's tail = G = 3.5: 17.
     (c) 1 + 0.5 + 2 + min(4, 1) + 0.5 + min(3, 3) = 8; without split, min(4, 1) reads 4: 11.
     """
     stages = (StageTimes(F=1, I=2, W=1, R=1, send=0.5), StageTimes(F=2, I=1, W=3, R=2, send=0.5))
     work = ShapeWorkload(layers_from_widths([2, 2, 2]), uniform(2, 2), [1, 1])
     times = action_times((0, 1), 2, work, MeasuredCost(stages))
     assert busiest_device(times).value == 12
+    assert [b.value for b in device_windows(times)] == [11, 13.5]
+    assert [b.value for b in device_windows(times, split=False)] == [14, 17]
     assert device_window(times).value == 13.5
-    assert device_window(times, split=False).value == 17
     assert critical_path(times).value == 8
     assert critical_path(times, split=False).value == 11
     assert lower_bound(times).value == 13.5

@@ -39,32 +39,40 @@ Work of device d: ``work(d) = Σ_{s on d} Σ_m F(s,m) + R(s,m)·r(m) + min(B, I 
 
 (a) Busiest device: makespan ≥ max_d work(d). By fact 1.
 
-(b) Device window: makespan ≥ head(d) + work(d) + tail(d) for every device d.
+(b) Device window: makespan ≥ max(head(d) + work(d), up(d) + back(d)) + tail(d) for every device d.
 
     head(d) = min_m P(σ, m), σ the lowest stage on d and
     P(s, m) = Σ_{j<s} F(j, m) + c_F(j, m): by fact 2 and induction on s,
     F(s, m) starts no sooner than P(s, m), and P grows with s; by fact 3
     d's first action is an F of one of its stages, so nothing on d starts
-    before head(d), and by fact 1 d's last action ends no sooner than
-    head(d) + work(d).
+    before head(d).
+
+    up(d) = min over d's stages s and m of U(s, m), the earliest the
+    backward of (s, m) can start:
+    U(s, m) = P(S-1, m) + F(S-1, m) + Σ_{j>s} (R·r + min(B, I))(j, m) + Σ_{s≤j<S-1} c_B(j, m),
+    by fact 2 along m's forwards to the last stage and its gradient back to
+    s. Every backward on d (R, then B or I) starts no sooner than up(d),
+    and every W after its I, so d's backward work, at least
+    back(d) = Σ_{s on d} Σ_m R·r + min(B, I + W), runs after up(d).
 
     tail(d) bounds what must follow d's work. Let e be the end of d's last
     B or I, of (s*, m*). Then s* = σ: a B or I of a higher stage on d is
     followed, through the gradient chain, by the B or I of σ for the same
     micro-batch, on d. After e, d runs only Ws (an F would need its own
     backward after it), of total Ω. Before e, d has run all its work but
-    Ω, from head(d) on: e ≥ head(d) + work(d) - Ω. After e, d still runs
-    Ω, and σ's gradient of m* must still reach stage 0 and be used there:
-    by fact 2 that takes at least
+    Ω, from head(d) on, and all its backward work but Ω, from up(d) on (by
+    fact 1): e ≥ max(head(d) + work(d), up(d) + back(d)) - Ω. After e, d
+    still runs Ω, and σ's gradient of m* must still reach stage 0 and be
+    used there: by fact 2 that takes at least
     G(σ, m) = Σ_{j<σ} c_B(j, m) + Σ_{0<j<σ} (R·r + min(B, I))(j, m) + (R·r + min(B, I + W))(0, m)
     (the last term: stage 0 runs B, or I and then its W). So the makespan is
-    at least e + max(Ω, G) ≥ head(d) + work(d) + max(0, G - Ω). Ω is at most
-    the Ws of all of d's stages, ΣW(d), whence
+    at least e + max(Ω, G) ≥ max(head(d) + work(d), up(d) + back(d)) + max(0, G - Ω).
+    Ω is at most the Ws of all of d's stages, ΣW(d), whence
     tail(d) = max(0, min_m G(σ, m) - ΣW(d)) for σ > 0, else 0: a deferred W
     can hide the gradient's way down, which is what zero-bubble schedules
     do. A schedule of full backwards only (``split=False``: GPipe, 1F1B,
     interleaved) has Ω = 0 and no I: there tail(d) = min_m G(σ, m) with
-    every min(B, I) and min(B, I + W) read as B.
+    every min(B, I) and min(B, I + W) read as B (in U too).
 
 (c) Critical path: makespan ≥ max_m P(S-1, m) + (F + R·r)(S-1, m) + back(S-1, m) + G(S-1, m),
     back being min(B, I) (min(B, I + W) on stage 0; B with ``split=False``):
@@ -92,7 +100,16 @@ from typing import NamedTuple
 
 from .evaluate import ActionTimes
 
-__all__ = ["Bound", "device_work", "busiest_device", "device_window", "critical_path", "bounds", "lower_bound"]
+__all__ = [
+    "Bound",
+    "device_work",
+    "busiest_device",
+    "device_windows",
+    "device_window",
+    "critical_path",
+    "bounds",
+    "lower_bound",
+]
 
 
 class Bound(NamedTuple):
@@ -147,27 +164,50 @@ def busiest_device(times: ActionTimes, split: bool = True) -> Bound:
     return Bound(work[d], f"device {d}'s work takes {_g(work[d])} (bound a)")
 
 
-def device_window(times: ActionTimes, split: bool = True) -> Bound:
-    """Bound (b): over devices, the earliest its first forward can start, plus its work, plus what must follow."""
+def _up(times: ActionTimes, s: int, m: int, split: bool) -> float:
+    """U(s, m): the earliest (s, m)'s backward can start, its forwards through every stage and gradient back."""
+    last = times.stages - 1
+    t = _ahead(times, last, m) + times.time("F", last, m)
+    for j in range(last, s, -1):  # the backwards of the stages after s, each sending its gradient on
+        t += _backward(times, j, m, split, last=False) + times.send("B", j - 1, m)
+    return t
+
+
+def device_windows(times: ActionTimes, split: bool = True) -> list[Bound]:
+    """Bound (b) of each device: from the earliest its first forward (or backward) can start, its work (or its
+    backward work), then what must follow; 0 for a device without stages."""
     work = device_work(times, split)
-    best = Bound(0.0, "")
+    found = []
     for d in range(times.devices):
         mine = [s for s, p in enumerate(times.placement) if p == d]
         if not mine:
+            found.append(Bound(0.0, f"device {d} holds no stage (bound b)"))
             continue
         low, ms = mine[0], range(times.microbatches)
         head = min(_ahead(times, low, m) for m in ms)
+        up = min(_up(times, s, m, split) for s in mine for m in ms)
+        back = sum(_backward(times, s, m, split, last=True) for s in mine for m in ms)
         tail = min(_down(times, low, m, split) for m in ms)
         if split:  # deferred Ws can fill the time the gradient takes to reach stage 0
             tail = max(0.0, tail - sum(times.time("W", s, m) for s in mine for m in ms))
-        value = head + work[d] + tail
-        if value > best.value or not best.reason:
-            best = Bound(
-                value,
-                f"device {d}: its first forward starts at {_g(head)} at the earliest, then its work takes "
-                f"{_g(work[d])}, then {_g(tail)} must follow (bound b)",
+        if head + work[d] >= up + back:
+            start, what, length = head, "forward", ("work", work[d])
+        else:
+            start, what, length = up, "backward", ("backward work", back)
+        found.append(
+            Bound(
+                start + length[1] + tail,
+                f"device {d}: its first {what} starts at {_g(start)} at the earliest, then its {length[0]} takes "
+                f"{_g(length[1])}, then {_g(tail)} must follow (bound b)",
             )
-    return best
+        )
+    return found
+
+
+def device_window(times: ActionTimes, split: bool = True) -> Bound:
+    """Bound (b): the largest of ``device_windows``, the first device's where several are equal."""
+    found = device_windows(times, split)
+    return max(found, key=lambda b: (b.value, -found.index(b)))
 
 
 def critical_path(times: ActionTimes, split: bool = True) -> Bound:
