@@ -1,0 +1,28 @@
+"""Schedule search: a fast exact evaluator of candidate schedules and lower bounds on any schedule's makespan.
+
+``evaluate`` runs one pipeline's schedule as the engine would (``pipesched.search.evaluate``);
+``bounds`` are makespans no valid schedule can beat, each with its proof (``pipesched.search.bounds``).
+
+>>> from pipesched import RunConfig
+>>> from pipesched.pipeline import prepare
+>>> prepared = prepare(RunConfig(strategy="zb-h1", devices=4, microbatches=8, cost="unit", compute=False))
+>>> times = from_prepared(prepared)
+>>> evaluate(prepared.schedule, times).makespan, lower_bound(times).value  # ZB-H1 is optimal here: 3M + K - 1
+(27.0, 27.0)
+"""
+
+from .bounds import Bound, bounds, lower_bound
+from .evaluate import ActionTimes, Evaluation, TieStep, action_times, evaluate, from_prepared, placement_of
+
+__all__ = [
+    "ActionTimes",
+    "Bound",
+    "bounds",
+    "lower_bound",
+    "Evaluation",
+    "TieStep",
+    "action_times",
+    "evaluate",
+    "from_prepared",
+    "placement_of",
+]
