@@ -31,6 +31,7 @@ from .common import COMPARE_DEFAULT
 from .plan import _cmd_plan, add_plan_parser
 from .profile import _cmd_profile
 from .runs import _cmd_compare, _cmd_run, _cmd_train
+from .search import _cmd_search, add_search_parser
 from .studies import _cmd_report, _cmd_sweep
 from .tools import _cmd_balance, _cmd_export, _cmd_formulas, _cmd_strategies
 
@@ -238,6 +239,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
     add_plan_parser(sub, _whole, "a decoder preset (llama2-7b, gpt3-175b, tiny-gpt, ...) or config.json")
+    add_search_parser(sub, _whole, _add_run_flags)
     p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
     p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
     p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
@@ -325,6 +327,7 @@ _COMMANDS: dict[str, Any] = {
     "strategies": _cmd_strategies,
     "profile": _cmd_profile,
     "plan": _cmd_plan,
+    "search": _cmd_search,
 }
 
 

@@ -13,6 +13,8 @@
 
 from .bounds import Bound, bounds, lower_bound
 from .evaluate import ActionTimes, Evaluation, TieStep, action_times, evaluate, from_prepared, placement_of
+from .greedy import greedy
+from .synthesise import Fixed, Found, synthesise
 
 __all__ = [
     "ActionTimes",
@@ -25,4 +27,8 @@ __all__ = [
     "evaluate",
     "from_prepared",
     "placement_of",
+    "greedy",
+    "Fixed",
+    "Found",
+    "synthesise",
 ]

@@ -1,0 +1,90 @@
+"""``pipesched search``: the fastest schedule found for a configuration's costs and an in-flight limit.
+
+The search (``pipesched.search.synthesise``) times its candidates with the
+fast evaluator; the schedule it keeps then runs once through the engine, as
+``pipesched run`` would run it, for the step's period, memory and gradient
+check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from typing import Any
+
+from ..errors import ConfigError
+from ..exchange import to_torch_csv
+from ..pipeline import prepare, run
+from ..search import Fixed, from_prepared, synthesise
+from ..units import format_bytes, format_time
+from .common import _check_output_path, _config, _table, _write_atomic
+
+__all__ = ["_cmd_search", "add_search_parser"]
+
+
+def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
+    """The ``search`` command's flags: ``run``'s, the in-flight limit, the output file."""
+    p = sub.add_parser("search", help="synthesise the fastest schedule for this configuration and a memory limit")
+    add_run_flags(p)
+    p.add_argument(
+        "--max-inflight",
+        type=whole,
+        help="micro-batches whose activations one device may hold at once (default K, 1F1B's and ZB-H1's)",
+    )
+    p.add_argument("-o", "--output", metavar="FILE.csv", help="write the schedule in PyTorch's action CSV")
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    if args.output is not None:
+        _check_output_path("-o", args.output, "schedule.csv")
+    config = _config(args)
+    if config.chunks not in (None, 1):
+        raise ConfigError(f"--chunks {config.chunks}: the search plans one stage per device; drop --chunks")
+    config = replace(config, strategy="1f1b", chunks=1)  # its placement: stage s on device s
+    limit = config.devices if args.max_inflight is None else args.max_inflight
+    found = synthesise(from_prepared(prepare(config)), limit)
+    result = run(replace(config, strategy=Fixed(found.schedule)))
+    if args.output is not None:
+        _write_atomic(args.output, to_torch_csv(found.schedule))
+    m = result.metrics
+    data = {
+        "makespan": m.makespan,
+        "period": m.period,
+        "bubble_fraction": m.bubble_fraction,
+        "steady_bubble_fraction": m.steady_bubble_fraction,
+        "lower_bound": found.bound.value,
+        "lower_bound_reason": found.bound.reason,
+        "gap": found.gap,
+        "optimal": found.optimal,
+        "method": found.method,
+        "max_inflight": limit,
+        "peak_inflight_microbatches": m.peak_inflight_microbatches,
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "grad_rel_err": result.grad_rel_err,
+        "candidates": found.candidates,
+        "time_unit": result.trace.time_unit,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return
+    unit = result.trace.time_unit
+    proof = "optimal: the makespan equals the lower bound" if found.optimal else f"within {found.gap:.2%} of it"
+    rows = [
+        ("schedule", f"{found.method} (the best of {found.candidates} timed)"),
+        ("makespan", format_time(m.makespan, unit)),
+        ("lower bound", f"{format_time(found.bound.value, unit)}, {found.bound.reason}: {proof}"),
+        ("bubble fraction", f"{m.bubble_fraction:.4f}"),
+        ("back to back", f"{m.steady_bubble_fraction:.4f} bubble, steps {format_time(m.period, unit)} apart"),
+        ("in flight", f"{'/'.join(map(str, m.peak_inflight_microbatches))} micro-batches (limit {limit})"),
+        ("peak memory", ", ".join(format_bytes(b) for b in m.peak_memory_bytes)),
+        (
+            "grad rel. error",
+            "not checked" if result.grad_rel_err is None else f"{result.grad_rel_err:.2e} against one full-batch pass",
+        ),
+    ]
+    print(_table(rows))
+    print()
+    print(found.schedule.table())
+    if args.output is not None:
+        print(f"\nschedule written to {args.output} (PyTorch's action CSV)")

@@ -1,0 +1,121 @@
+"""Synthesise a schedule for given times and an in-flight limit: the best of the built-ins and greedy orders.
+
+The candidates are every built-in strategy with one stage per device (GPipe,
+1F1B, ZB-H1, ZB-H2) whose peak in flight fits the limit, and the list
+scheduler's orders (``pipesched.search.greedy``) over its variants: full or
+split backward, W deferred or not, forwards or backwards first, and every
+in-flight limit of the given one and half of it. Each is timed exactly by the fast
+evaluator (``pipesched.search.evaluate``, equal to the engine); the fastest
+wins, the leaner among equals. So the result is never slower than the best
+built-in that fits. Its distance from optimal is bounded by the lower bound
+(``pipesched.search.bounds``): ``gap = makespan / bound - 1``, and a gap of
+zero proves the schedule optimal.
+
+>>> from pipesched import RunConfig
+>>> from pipesched.pipeline import prepare
+>>> from pipesched.search import from_prepared
+>>> times = from_prepared(prepare(RunConfig(strategy="1f1b", devices=4, microbatches=8, cost="unit", compute=False)))
+>>> found = synthesise(times, limit=4)
+>>> found.evaluation.makespan, found.bound.value, found.optimal  # ZB-H1's 3M + K - 1, proved optimal
+(27.0, 27.0, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+from ..errors import ConfigError, PipeschedError
+from ..schedule import Schedule
+from ..strategy import load_strategy, make_plan
+from .bounds import Bound, lower_bound
+from .evaluate import ActionTimes, Evaluation, evaluate
+from .greedy import greedy
+
+__all__ = ["BUILTINS", "Fixed", "Found", "synthesise"]
+
+#: The built-in strategies the search starts from: those with one stage per device.
+BUILTINS = ("gpipe", "1f1b", "zb-h1", "zb-h2")
+#: Those of them with full backwards only (for ``split=False``).
+FULL_BACKWARD = ("gpipe", "1f1b")
+
+
+@dataclass
+class Fixed:
+    """A found schedule as a strategy, so ``pipesched.run`` runs it like any other (name ``auto``)."""
+
+    schedule: Schedule
+    name: str = "auto"
+
+    def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+        if (devices, microbatches, chunks) != (self.schedule.devices, self.schedule.microbatches, 1):
+            raise ConfigError(
+                f"the schedule found is for {self.schedule.devices} devices and {self.schedule.microbatches} "
+                f"micro-batches; search again for {devices} and {microbatches}"
+            )
+        return self.schedule
+
+
+@dataclass(frozen=True)
+class Found:
+    """The schedule a search chose, its exact time, the lower bound, and how it was made."""
+
+    schedule: Schedule
+    evaluation: Evaluation
+    bound: Bound
+    method: str  # e.g. "built-in zb-h1" or "greedy: limit 4, split, W deferred, backwards first"
+    candidates: int  # how many schedules were timed
+
+    @property
+    def gap(self) -> float:
+        """makespan / lower bound - 1, at least 0 (the bound may exceed an equal makespan by round-off)."""
+        return max(0.0, self.evaluation.makespan / self.bound.value - 1) if self.bound.value > 0 else 0.0
+
+    @property
+    def optimal(self) -> bool:
+        """Proved optimal: the makespan equals the lower bound (to round-off, 1e-12)."""
+        return self.gap <= 1e-12
+
+
+def synthesise(times: ActionTimes, limit: int, split: bool = True) -> Found:
+    """The fastest schedule found for ``times`` with at most ``limit`` micro-batches in flight per device.
+
+    ``split=False`` keeps to full backwards (B: no I and W apart), and the
+    lower bound is then the one for such schedules. Raises ``ConfigError`` for
+    a limit below 1 or a placement other than one stage per device.
+    """
+    if limit < 1:
+        raise ConfigError(
+            f"--max-inflight {limit} is not allowed; every schedule holds at least 1 micro-batch per device"
+        )
+    K, M = times.devices, times.microbatches
+    candidates: list[tuple[Schedule, str]] = []
+    for name in BUILTINS if split else FULL_BACKWARD:
+        try:
+            candidates.append((make_plan(load_strategy(name), K, M), f"built-in {name}"))
+        except PipeschedError:
+            continue  # a strategy refusing these sizes
+    # the limit itself, and half of it (a shorter warm-up sometimes queues less on the links); smaller limits
+    # only slow a pipeline down, and each greedy order costs a third of a second at K=32, M=256
+    limits = sorted({limit, max(1, limit // 2)})
+    for lim, parts, defer, eager in product(limits, (True, False) if split else (False,), (True, False), (False, True)):
+        if not parts and not defer:
+            continue  # without a split backward there is no W to defer
+        describe = (
+            f"greedy: limit {lim}, {'split' if parts else 'full'} backward"
+            + (f", W {'deferred' if defer else 'after its I'}" if parts else "")
+            + f", {'forwards' if eager else 'backwards'} first"
+        )
+        candidates.append((greedy(times, lim, split=parts, defer=defer, eager=eager), describe))
+    best: tuple[float, int, int] | None = None
+    chosen: tuple[Schedule, Evaluation, str] | None = None
+    for i, (schedule, method) in enumerate(candidates):
+        evaluation = evaluate(schedule, times)
+        if evaluation.deadlock is not None or max(evaluation.peak_inflight) > limit:
+            continue
+        key = (evaluation.makespan, max(evaluation.peak_inflight), i)
+        if best is None or key < best:
+            best, chosen = key, (schedule, evaluation, method)
+    if chosen is None:  # the greedy order at limit 1 always runs; kept for safety
+        raise ConfigError(f"no schedule runs with --max-inflight {limit}; allow more micro-batches in flight")
+    return Found(chosen[0], chosen[1], lower_bound(times, split=split), chosen[2], len(candidates))

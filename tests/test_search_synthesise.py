@@ -1,0 +1,90 @@
+"""The schedule search: never slower than the best built-in that fits the limit, optimal where the optimum is known,
+and every schedule it keeps runs in the engine with its gradient check and within its limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipesched import RunConfig, run
+from pipesched.cli import main
+from pipesched.engine import simulate
+from pipesched.pipeline import prepare
+from pipesched.search import action_times, evaluate, from_prepared, placement_of, synthesise
+from pipesched.search.synthesise import BUILTINS, Fixed
+from pipesched.strategy import load_strategy, make_plan
+from test_search_evaluate import problems
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), slack=st.integers(0, 2))
+def test_never_slower_than_the_best_built_in_that_fits(data, slack):
+    """Random measured costs (unequal F, I, W per stage, timed sends or links with latency, uneven micro-batches,
+    recompute): the search's makespan, checked in the engine itself, is at most every built-in's whose peak in
+    flight fits the same limit, each built-in simulated by the engine too."""
+    schedule, work, cost, remat = data.draw(problems("1f1b"))
+    k, m = schedule.devices, schedule.microbatches
+    limit = max(1, min(k, m) - 1 + slack)  # below, at and above 1F1B's memory
+    times = action_times(placement_of(schedule), k, work, cost, remat)
+    found = synthesise(times, limit)
+    trace = simulate(found.schedule, work, cost, remat)
+    assert trace.makespan == found.evaluation.makespan
+    for name in BUILTINS:
+        built = make_plan(load_strategy(name), k, m)
+        other = simulate(built, work, cost, remat)
+        if max(evaluate(built, times).peak_inflight) <= limit:
+            assert found.evaluation.makespan <= other.makespan
+    assert found.bound.value <= found.evaluation.makespan * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("devices, microbatches", [(2, 2), (3, 4), (4, 4), (4, 8), (5, 7)])
+def test_known_optima_under_unit_cost(devices, microbatches):
+    """F = I = W = 1 (B = 2): with ZB-H1's memory (K in flight) the optimum is 3M + K - 1 for M >= K (Qi et al.
+    2024, section 2); with 1F1B's and full backwards, 1F1B's 3(M + K - 1). Both are proved by the lower bound."""
+    config = RunConfig(strategy="1f1b", devices=devices, microbatches=microbatches, cost="unit", compute=False)
+    times = from_prepared(prepare(config))
+    split = synthesise(times, devices)
+    assert split.evaluation.makespan == 3 * microbatches + devices - 1 and split.optimal
+    full = synthesise(times, devices, split=False)
+    assert full.evaluation.makespan == 3 * (microbatches + devices - 1) and full.optimal
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_the_schedule_runs_with_its_gradient_check_within_its_limit(limit):
+    config = RunConfig(strategy="1f1b", devices=4, microbatches=6, batch=12, layers="8,16x6,4")
+    found = synthesise(from_prepared(prepare(RunConfig(**{**config.__dict__, "compute": False}))), limit)
+    result = run(RunConfig(**{**config.__dict__, "strategy": Fixed(found.schedule)}))
+    assert result.grad_rel_err is not None and result.grad_rel_err < 1e-12
+    assert max(result.metrics.peak_inflight_microbatches) <= limit
+    assert result.metrics.makespan == found.evaluation.makespan
+
+
+def test_search_prints_json_and_writes_a_csv_pytorch_reads(tmp_path, capsys):
+    out = tmp_path / "auto.csv"
+    flags = ["search", "--devices", "4", "--microbatches", "8", "--cost", "unit", "--max-inflight", "4"]
+    assert main([*flags, "--json", "-o", str(out)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    keys = {"makespan", "period", "bubble_fraction", "steady_bubble_fraction", "lower_bound", "gap", "optimal"}
+    assert keys | {"peak_memory_bytes"} <= set(data)
+    assert data["makespan"] == data["lower_bound"] == 27 and data["optimal"] and data["gap"] == 0
+    assert data["bubble_fraction"] == pytest.approx(1 - 4 * 8 * 3 / (4 * 27))  # busy 3M per device
+    # the CSV runs as a schedule file, to the same makespan
+    again = run(RunConfig(strategy=str(out), devices=4, microbatches=8, cost="unit", compute=False))
+    assert again.metrics.makespan == 27
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-inflight", "0"], "--max-inflight 0 is not allowed; every schedule holds at least 1 micro-batch"),
+        (["--chunks", "2"], "--chunks 2: the search plans one stage per device; drop --chunks"),
+        (["--data-parallel", "2"], "--data-parallel 2: the fast evaluator runs one pipeline"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_status_2(capsys, flags, message):
+    status = main(["search", "--devices", "4", "--microbatches", "8", "--batch", "32", *flags])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and err.startswith(f"pipesched: error: {message}") and err.count("\n") == 1
