@@ -42,6 +42,7 @@ from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
 
 __all__ = [
+    "AUTO",
     "RunConfig",
     "RunResult",
     "Prepared",
@@ -63,6 +64,9 @@ __all__ = [
 
 #: The seed model: input 128, ten hidden layers of 256 with ReLU, a linear output of 10.
 DEFAULT_LAYERS = "128,256x10,10"
+
+#: The strategy name that asks for a search instead of a recipe (``pipesched.search``).
+AUTO = "auto"
 
 #: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study).
 COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
@@ -118,6 +122,8 @@ class RunConfig:
     inter_node_bandwidth: float | None = None
     inter_node_latency: float | None = None
     device_speed: str | None = None  # per-device speed factors, e.g. 2=0.5 (pipesched.cost.SpeedCost)
+    # --strategy auto's memory limit: micro-batches in flight per device (pipesched.search); None: K
+    max_inflight: int | None = None
     # shape-only runs: simulate replica 0 alone where every replica provably runs alike (pipesched.symmetry);
     # the trace then holds one replica's K devices and the metrics are the full step's (pipesched plan's)
     mirror_replicas: bool = False
@@ -291,6 +297,8 @@ def check_times(config: RunConfig) -> Times | None:
 def prepare(config: RunConfig) -> Prepared:
     """Every check and every piece of setup of a run, before any simulation."""
     _check_counts(config)
+    if config.strategy == AUTO:
+        return prepare(replace(config, strategy=_auto(config)))
     if config.model is None and config.seq_len is not None:
         raise ConfigError(f"--seq-len {config.seq_len} is a decoder's sequence length; give --model too, or drop it")
     model_config = None if config.model is None else decoder.resolve(config.model, config.seq_len)
@@ -395,6 +403,26 @@ def execute(p: Prepared) -> RunResult:
             _, reference = full_batch_gradients(work.model, work.x, work.target, config.loss)
             result.grad_rel_err = grad_rel_err(result.grads, reference)
     return result
+
+
+def _auto(config: RunConfig) -> Strategy:
+    """``--strategy auto``: the schedule ``pipesched.search`` finds for this run's costs and ``--max-inflight``.
+
+    It plans one pipeline with one stage per device; the times come from the
+    same configuration prepared with 1F1B's placement (stage s on device s).
+    """
+    from .search import Fixed, from_prepared, synthesise  # the search imports this module: import it when asked
+
+    if config.data_parallel != 1:
+        raise ConfigError(
+            f"--strategy auto plans one pipeline for its costs; run it with --data-parallel 1 (not "
+            f"{config.data_parallel}), or give a built-in strategy for the replicas"
+        )
+    if config.chunks not in (None, 1):
+        raise ConfigError(f"--chunks {config.chunks}: --strategy auto plans one stage per device; drop --chunks")
+    base = replace(config, strategy="1f1b", chunks=1, compute=False, reference=False, allow_oom=True)
+    limit = config.devices if config.max_inflight is None else config.max_inflight
+    return Fixed(synthesise(from_prepared(prepare(base)), limit).schedule)
 
 
 def _simulate_step(p: Prepared, work: Workload) -> RunResult:
@@ -582,7 +610,7 @@ def compare(
     for name in strategies:
         others = ",".join(n for n in strategies if n != name and not n.lower().endswith(".csv")) or "another strategy"
         try:
-            takes_chunks = hasattr(load_strategy(name), "default_chunks")
+            takes_chunks = name != AUTO and hasattr(load_strategy(name), "default_chunks")
             prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
         except PipeschedError as exc:
             if on_skip is not None:

@@ -88,3 +88,40 @@ def test_bad_input_is_one_sentence_and_status_2(capsys, flags, message):
     status = main(["search", "--devices", "4", "--microbatches", "8", "--batch", "32", *flags])
     out, err = capsys.readouterr()
     assert status == 2 and out == "" and err.startswith(f"pipesched: error: {message}") and err.count("\n") == 1
+
+
+def test_strategy_auto_runs_the_searched_schedule_in_run_compare_and_studies(tmp_path, capsys):
+    """--strategy auto is the search's schedule for the run's own costs and --max-inflight, by name 'auto'."""
+    from pipesched.pipeline import compare
+    from pipesched.report.study import load_study
+
+    base = dict(devices=4, microbatches=8, batch=32, layers="8,16x6,4", cost="unit")
+    auto = run(RunConfig(strategy="auto", max_inflight=2, **base))
+    found = synthesise(from_prepared(prepare(RunConfig(strategy="1f1b", compute=False, **base))), 2)
+    assert auto.metrics.makespan == found.evaluation.makespan and auto.to_dict()["strategy"] == "auto"
+    assert max(auto.metrics.peak_inflight_microbatches) <= 2 and auto.grad_rel_err < 1e-12
+    rows = compare(RunConfig(**base), ["1f1b", "zb-h1", "auto"])  # K in flight: ZB-H1's memory
+    assert [r.label for r in rows] == ["1f1b", "zb-h1", "auto"]
+    assert rows[2].metrics.makespan <= min(r.metrics.makespan for r in rows[:2])
+    study = tmp_path / "s.toml"
+    study.write_text(
+        '[model]\nlayers = "8,16x6,4"\nbatch = 32\n[hardware]\ndevices = 4\ncost = "unit"\n'
+        '[compare]\nmicrobatches = 8\nstrategies = ["1f1b", "auto"]\n[sweep]\nmicrobatches = [8]\ndevices = [2, 4]\n'
+    )
+    loaded = load_study(str(study))
+    assert "auto" in loaded.compare.strategies
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (dict(data_parallel=2), "--strategy auto plans one pipeline for its costs; run it with --data-parallel 1"),
+        (dict(chunks=2), "--chunks 2: --strategy auto plans one stage per device; drop --chunks"),
+        (dict(max_inflight=0), "--max-inflight 0 is not allowed"),
+    ],
+)
+def test_strategy_auto_refuses_what_it_cannot_plan(extra, message):
+    from pipesched.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        run(RunConfig(strategy="auto", devices=2, microbatches=4, batch=8, **extra))

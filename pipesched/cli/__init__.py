@@ -79,6 +79,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
     )
     p.add_argument(
+        "--max-inflight",
+        type=int,
+        help="--strategy auto and search: micro-batches one device may hold at once (default K, 1F1B's and ZB-H1's)",
+    )
+    p.add_argument(
         "--data-parallel",
         type=_whole,
         default=d.data_parallel,

@@ -70,6 +70,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
         balance_by=args.balance_by,
         device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
         allow_oom=args.allow_oom,
+        max_inflight=getattr(args, "max_inflight", None),
     )
 
 

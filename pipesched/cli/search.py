@@ -26,12 +26,7 @@ __all__ = ["_cmd_search", "add_search_parser"]
 def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
     """The ``search`` command's flags: ``run``'s, the in-flight limit, the output file."""
     p = sub.add_parser("search", help="synthesise the fastest schedule for this configuration and a memory limit")
-    add_run_flags(p)
-    p.add_argument(
-        "--max-inflight",
-        type=whole,
-        help="micro-batches whose activations one device may hold at once (default K, 1F1B's and ZB-H1's)",
-    )
+    add_run_flags(p)  # --max-inflight among them
     p.add_argument("-o", "--output", metavar="FILE.csv", help="write the schedule in PyTorch's action CSV")
 
 
@@ -42,7 +37,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if config.chunks not in (None, 1):
         raise ConfigError(f"--chunks {config.chunks}: the search plans one stage per device; drop --chunks")
     config = replace(config, strategy="1f1b", chunks=1)  # its placement: stage s on device s
-    limit = config.devices if args.max_inflight is None else args.max_inflight
+    limit = config.devices if config.max_inflight is None else config.max_inflight
     found = synthesise(from_prepared(prepare(config)), limit)
     result = run(replace(config, strategy=Fixed(found.schedule)))
     if args.output is not None:

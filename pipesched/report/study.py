@@ -81,7 +81,7 @@ def _layers(value: Any) -> str:
 def _strategies() -> tuple[str, ...]:
     from ..strategy import available_strategies  # the registry imports the report's neighbours: at check time
 
-    return tuple(available_strategies())
+    return (*available_strategies(), "auto")  # auto: a search for the study's own costs (pipesched.search)
 
 
 def _strategy(value: Any) -> str:

@@ -47,6 +47,9 @@ class Fixed:
     schedule: Schedule
     name: str = "auto"
 
+    def __str__(self) -> str:  # in headings and tables, the strategy's name as the user gave it
+        return self.name
+
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
         if (devices, microbatches, chunks) != (self.schedule.devices, self.schedule.microbatches, 1):
             raise ConfigError(
