@@ -4,6 +4,10 @@ The search (``pipesched.search.synthesise``) times its candidates with the
 fast evaluator; the schedule it keeps then runs once through the engine, as
 ``pipesched run`` would run it, for the step's period, memory and gradient
 check.
+
+>>> from pipesched.cli import main
+>>> main(["search", "--devices", "2", "--microbatches", "2", "--max-inflight", "0"])  # one sentence on stderr
+2
 """
 
 from __future__ import annotations
