@@ -420,9 +420,16 @@ def _auto(config: RunConfig) -> Strategy:
         )
     if config.chunks not in (None, 1):
         raise ConfigError(f"--chunks {config.chunks}: --strategy auto plans one stage per device; drop --chunks")
+    from .search.memory import fit_memory
+
     base = replace(config, strategy="1f1b", chunks=1, compute=False, reference=False, allow_oom=True)
+    prepared = prepare(base)
+    times = from_prepared(prepared)
+    if config.max_inflight is None and prepared.config.device_memory is not None:
+        # a memory in bytes (--device-memory, or a preset's): the most in flight whose schedule fits it
+        return Fixed(fit_memory(prepared, times).schedule)
     limit = config.devices if config.max_inflight is None else config.max_inflight
-    return Fixed(synthesise(from_prepared(prepare(base)), limit).schedule)
+    return Fixed(synthesise(times, limit).schedule)
 
 
 def _simulate_step(p: Prepared, work: Workload) -> RunResult:

@@ -125,3 +125,26 @@ def test_strategy_auto_refuses_what_it_cannot_plan(extra, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         run(RunConfig(strategy="auto", devices=2, microbatches=4, batch=8, **extra))
+
+
+@pytest.mark.parametrize("memory", [3_250_000, 3_300_000, 3_400_000, 4_000_000])
+def test_auto_fits_a_memory_in_bytes_and_beats_every_built_in_that_fits_it(memory):
+    """--device-memory instead of --max-inflight: the engine's own count keeps every device within it, and no
+    built-in that also fits is faster (each run in the engine with the same memory)."""
+    base = dict(devices=4, microbatches=8, layers="128,256x10,10", compute=False, device_memory=memory)
+    auto = run(RunConfig(strategy="auto", **base))
+    assert auto.trace.oom is None and max(auto.metrics.peak_memory_bytes) <= memory
+    for name in BUILTINS:
+        other = run(RunConfig(strategy=name, allow_oom=True, **base))
+        if other.trace.oom is None:
+            assert auto.metrics.makespan <= other.metrics.makespan
+
+
+def test_a_memory_no_schedule_fits_names_the_least_that_would(capsys):
+    flags = ["--strategy", "auto", "--devices", "4", "--microbatches", "8", "--no-compute"]
+    assert main(["run", *flags, "--device-memory", "3000000"]) == 2
+    err = capsys.readouterr().err
+    need = int(err.split("give --device-memory ")[1].split()[0])
+    assert err.startswith("pipesched: error: --device-memory 2.86 MiB is below what any schedule needs")
+    assert main(["run", *flags, "--device-memory", str(need), "--json"]) == 0  # and that much is enough
+    assert max(json.loads(capsys.readouterr().out)["peak_memory_bytes"]) <= need

@@ -23,6 +23,7 @@ from ..exchange import to_torch_csv
 from ..pipeline import prepare, run
 from ..search import Fixed, from_prepared
 from ..search.exact import search
+from ..search.memory import fit_memory
 from ..units import format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
 
@@ -55,12 +56,21 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if config.chunks not in (None, 1):
         raise ConfigError(f"--chunks {config.chunks}: the search plans one stage per device; drop --chunks")
     config = replace(config, strategy="1f1b", chunks=1)  # its placement: stage s on device s
-    limit = config.devices if config.max_inflight is None else config.max_inflight
     if not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise ConfigError(
             f"--time-limit {args.time_limit:g} is not allowed; give a positive number of work units, e.g. 2"
         )
-    found = search(from_prepared(prepare(config)), limit, args.time_limit, args.exact)
+    prepared = prepare(replace(config, allow_oom=True))
+    times = from_prepared(prepared)
+    if config.max_inflight is None and prepared.config.device_memory is not None:
+        # a memory in bytes (--device-memory, or a preset's): the most in flight whose schedule fits it
+        found = fit_memory(prepared, times)  # the heuristic's candidates, each checked in the engine
+        limit: int | None = None
+        within = f"within --device-memory {format_bytes(prepared.config.device_memory)}"
+    else:
+        limit = config.devices if config.max_inflight is None else config.max_inflight
+        found = search(times, limit, args.time_limit, args.exact)
+        within = f"limit {limit}"
     result = run(replace(config, strategy=Fixed(found.schedule)))
     if args.output is not None:
         _write_atomic(args.output, to_torch_csv(found.schedule))
@@ -98,7 +108,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         ("lower bound", f"{format_time(found.bound.value, unit)}, {found.bound.reason}: {proof}"),
         ("bubble fraction", f"{m.bubble_fraction:.4f}"),
         ("back to back", f"{m.steady_bubble_fraction:.4f} bubble, steps {format_time(m.period, unit)} apart"),
-        ("in flight", f"{'/'.join(map(str, m.peak_inflight_microbatches))} micro-batches (limit {limit})"),
+        ("in flight", f"{'/'.join(map(str, m.peak_inflight_microbatches))} micro-batches ({within})"),
         ("peak memory", ", ".join(format_bytes(b) for b in m.peak_memory_bytes)),
         (
             "grad rel. error",

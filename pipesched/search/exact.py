@@ -44,12 +44,13 @@ stops at it stops at the same point on every run and machine.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import ConfigError
 from ..schedule import Action, Schedule
 from .bounds import Bound, lower_bound
 from .evaluate import ActionTimes, evaluate
+from .greedy import per_device
 from .synthesise import Found, synthesise
 
 __all__ = ["EXACT_DEVICES", "EXACT_MICROBATCHES", "NoSolution", "RESOLUTION", "search", "solve"]
@@ -67,7 +68,7 @@ class NoSolution(ConfigError):
 EXACT_DEVICES, EXACT_MICROBATCHES = 4, 8
 
 
-def search(times: ActionTimes, limit: int, seconds: float = 2.0, exact: bool | None = None) -> Found:
+def search(times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0, exact: bool | None = None) -> Found:
     """The heuristic search (``synthesise``), and for small sizes (``exact``; default K <= 4 and M <= 8) the
     exact one too: the faster schedule of the two, and the higher of their lower bounds."""
     heuristic = synthesise(times, limit)
@@ -83,7 +84,9 @@ def search(times: ActionTimes, limit: int, seconds: float = 2.0, exact: bool | N
     return Found(best.schedule, best.evaluation, bound, best.method, heuristic.candidates + 1)
 
 
-def solve(times: ActionTimes, limit: int, seconds: float = 2.0, split: bool = True, workers: int = 1) -> Found:
+def solve(
+    times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0, split: bool = True, workers: int = 1
+) -> Found:
     """The optimal schedule for ``times`` and ``limit``, or the best found in ``seconds`` with its gap.
 
     Raises ``ConfigError`` for a time limit that is not positive, a limit
@@ -93,11 +96,8 @@ def solve(times: ActionTimes, limit: int, seconds: float = 2.0, split: bool = Tr
 
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise ConfigError(f"--time-limit {seconds:g} is not allowed; give a positive number of work units, e.g. 2")
-    if limit < 1:
-        raise ConfigError(
-            f"--max-inflight {limit} is not allowed; every schedule holds at least 1 micro-batch per device"
-        )
     S, M = times.stages, times.microbatches
+    limits = per_device(limit, times.devices)
     if tuple(times.placement) != tuple(range(S)) or times.devices != S:
         raise ConfigError("the search plans one stage per device (stage s on device s); use such a placement")
     backward = "I" if split else "B"
@@ -139,7 +139,7 @@ def solve(times: ActionTimes, limit: int, seconds: float = 2.0, split: bool = Tr
                 model.add(start[("W", s, m)] >= end[("I", s, m)])
         done = "W" if split else "B"
         events = [start[("F", s, m)] for m in range(M)] + [end[(done, s, m)] for m in range(M)]
-        model.add_reservoir_constraint(events, [1] * M + [-1] * M, 0, limit)
+        model.add_reservoir_constraint(events, [1] * M + [-1] * M, 0, limits[s])
     if len(set(times.rows)) == 1:  # interchangeable micro-batches: number them in stage 0's forward order
         for m in range(M - 1):
             model.add(start[("F", 0, m)] <= start[("F", 0, m + 1)])

@@ -33,16 +33,36 @@ the result is a valid schedule whose exact time the evaluator gives
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 from ..errors import ConfigError
 from ..schedule import Action, Schedule
 from .evaluate import ActionTimes
 
-__all__ = ["greedy"]
+__all__ = ["greedy", "per_device"]
 
 
-def greedy(times: ActionTimes, limit: int, split: bool = True, defer: bool = True, eager: bool = False) -> Schedule:
-    """Per-device orders for ``times`` with at most ``limit`` micro-batches in flight per device.
+def per_device(limit: int | Sequence[int], devices: int) -> tuple[int, ...]:
+    """An in-flight limit as one number per device; ``ConfigError`` for one below 1 or a list of another length.
+
+    >>> per_device(3, 2), per_device([4, 2], 2)
+    ((3, 3), (4, 2))
+    """
+    limits = (limit,) * devices if isinstance(limit, int) else tuple(limit)
+    if len(limits) != devices or min(limits) < 1:
+        shown = limit if isinstance(limit, int) else ",".join(map(str, limits))
+        raise ConfigError(
+            f"--max-inflight {shown} is not allowed; every schedule holds at least 1 micro-batch on each of the "
+            f"{devices} devices"
+        )
+    return limits
+
+
+def greedy(
+    times: ActionTimes, limit: int | Sequence[int], split: bool = True, defer: bool = True, eager: bool = False
+) -> Schedule:
+    """Per-device orders for ``times`` with at most ``limit`` micro-batches in flight per device (one number for
+    every device, or one per device).
 
     Raises ``ConfigError`` for a placement other than stage s on device s, or
     a ``limit`` below 1.
@@ -50,8 +70,7 @@ def greedy(times: ActionTimes, limit: int, split: bool = True, defer: bool = Tru
     S, M = times.stages, times.microbatches
     if tuple(times.placement) != tuple(range(S)) or times.devices != S:
         raise ConfigError("the search plans one stage per device (stage s on device s); use such a placement")
-    if limit < 1:
-        raise ConfigError(f"an in-flight limit of {limit} is not allowed; give 1 or more micro-batches")
+    limits = per_device(limit, S)
     backward = "I" if split else "B"
     clock = [0.0] * S
     nxt_f, nxt_b = [0] * S, [0] * S
@@ -100,7 +119,7 @@ def greedy(times: ActionTimes, limit: int, split: bool = True, defer: bool = Tru
                 if ready < math.inf:
                     options.append((max(c, ready), 1 if eager else 0, backward, mb))
             mf = nxt_f[d]
-            if mf < M and inflight[d] < limit and (d, mf) in x_arrival:
+            if mf < M and inflight[d] < limits[d] and (d, mf) in x_arrival:
                 options.append((max(c, x_arrival[(d, mf)]), 0 if eager else 1, "F", mf))
             if not options and not deferred[d]:
                 continue

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import product
+from typing import Sequence
 
 from ..errors import ConfigError, PipeschedError
 from ..schedule import Schedule
 from ..strategy import load_strategy, make_plan
 from .bounds import Bound, lower_bound
 from .evaluate import ActionTimes, Evaluation, evaluate
-from .greedy import greedy
+from .greedy import greedy, per_device
 
-__all__ = ["BUILTINS", "Fixed", "Found", "synthesise"]
+__all__ = ["BUILTINS", "Fixed", "Found", "ranked", "synthesise"]
 
 #: The built-in strategies the search starts from: those with one stage per device.
 BUILTINS = ("gpipe", "1f1b", "zb-h1", "zb-h2")
@@ -80,18 +81,14 @@ class Found:
         return self.gap <= 1e-12
 
 
-def synthesise(times: ActionTimes, limit: int, split: bool = True) -> Found:
-    """The fastest schedule found for ``times`` with at most ``limit`` micro-batches in flight per device.
+def ranked(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -> list[Found]:
+    """Every candidate that runs within ``limit``, fastest first (the leaner among equals), each as a ``Found``.
 
-    ``split=False`` keeps to full backwards (B: no I and W apart), and the
-    lower bound is then the one for such schedules. Raises ``ConfigError`` for
-    a limit below 1 or a placement other than one stage per device.
+    Raises ``ConfigError`` for a limit below 1 or a placement other than one
+    stage per device.
     """
-    if limit < 1:
-        raise ConfigError(
-            f"--max-inflight {limit} is not allowed; every schedule holds at least 1 micro-batch per device"
-        )
     K, M = times.devices, times.microbatches
+    limits = per_device(limit, K)
     candidates: list[tuple[Schedule, str]] = []
     for name in BUILTINS if split else FULL_BACKWARD:
         try:
@@ -100,25 +97,36 @@ def synthesise(times: ActionTimes, limit: int, split: bool = True) -> Found:
             continue  # a strategy refusing these sizes
     # the limit itself, and half of it (a shorter warm-up sometimes queues less on the links); smaller limits
     # only slow a pipeline down, and each greedy order costs a third of a second at K=32, M=256
-    limits = sorted({limit, max(1, limit // 2)})
-    for lim, parts, defer, eager in product(limits, (True, False) if split else (False,), (True, False), (False, True)):
+    tried = sorted({limits, tuple(max(1, x // 2) for x in limits)})
+    for lim, parts, defer, eager in product(tried, (True, False) if split else (False,), (True, False), (False, True)):
         if not parts and not defer:
             continue  # without a split backward there is no W to defer
         describe = (
-            f"greedy: limit {lim}, {'split' if parts else 'full'} backward"
+            f"greedy: limit {lim[0] if len(set(lim)) == 1 else '/'.join(map(str, lim))}, "
+            f"{'split' if parts else 'full'} backward"
             + (f", W {'deferred' if defer else 'after its I'}" if parts else "")
             + f", {'forwards' if eager else 'backwards'} first"
         )
         candidates.append((greedy(times, lim, split=parts, defer=defer, eager=eager), describe))
-    best: tuple[float, int, int] | None = None
-    chosen: tuple[Schedule, Evaluation, str] | None = None
+    bound = lower_bound(times, split=split)
+    keyed = []
     for i, (schedule, method) in enumerate(candidates):
         evaluation = evaluate(schedule, times)
-        if evaluation.deadlock is not None or max(evaluation.peak_inflight) > limit:
-            continue
-        key = (evaluation.makespan, max(evaluation.peak_inflight), i)
-        if best is None or key < best:
-            best, chosen = key, (schedule, evaluation, method)
-    if chosen is None:  # the greedy order at limit 1 always runs; kept for safety
+        if evaluation.deadlock is None and all(p <= x for p, x in zip(evaluation.peak_inflight, limits)):
+            keyed.append(((evaluation.makespan, max(evaluation.peak_inflight), i), schedule, evaluation, method))
+    keyed.sort(key=lambda k: k[0])
+    return [Found(schedule, evaluation, bound, method, len(candidates)) for _, schedule, evaluation, method in keyed]
+
+
+def synthesise(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -> Found:
+    """The fastest schedule found for ``times`` with at most ``limit`` micro-batches in flight per device
+    (``ranked``'s first).
+
+    ``split=False`` keeps to full backwards (B: no I and W apart), and the
+    lower bound is then the one for such schedules. Raises ``ConfigError`` for
+    a limit below 1 or a placement other than one stage per device.
+    """
+    found = ranked(times, limit, split)
+    if not found:  # the greedy order at limit 1 always runs; kept for safety
         raise ConfigError(f"no schedule runs with --max-inflight {limit}; allow more micro-batches in flight")
-    return Found(chosen[0], chosen[1], lower_bound(times, split=split), chosen[2], len(candidates))
+    return found[0]

@@ -1,0 +1,76 @@
+"""A memory limit in bytes as micro-batches in flight: what ``--device-memory`` leaves the search.
+
+A device holds its weights, gradients and optimizer state whatever the
+order, and each micro-batch in flight adds the activations its stage keeps
+(``pipesched.memory``). One shape-only run of 1F1B on the same stages
+(``pipesched.pipeline``) measures both per device: the bytes beside the
+activations at its peak, and the activations per micro-batch in flight
+(its peak activations over its peak count in flight). The limit is then the
+most micro-batches each device can hold:
+``floor((memory - fixed) / per micro-batch)``, at least 1.
+Buffers on the links and a split backward's deferred tensors can add a
+little at other instants, so the searched schedule is run in the engine
+in the engine, fastest first, until one fits (``fit_memory``).
+
+>>> from pipesched import RunConfig
+>>> from pipesched.pipeline import prepare
+>>> config = RunConfig(strategy="1f1b", devices=4, microbatches=8, compute=False, device_memory=3_300_000)
+>>> inflight_limit(prepare(config))  # devices 1 and 2 hold the widest layers' weights
+(8, 3, 3, 8)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+from ..errors import ConfigError
+from ..units import format_bytes
+
+__all__ = ["inflight_limit", "fit_memory"]
+
+
+def inflight_limit(prepared: Any) -> tuple[int, ...]:
+    """Per device, the micro-batches in flight that ``prepared.config.device_memory`` allows (see the module),
+    at least 1 (whether one fits, ``fit_memory`` finds out in the engine)."""
+    from ..pipeline import execute  # the pipeline imports the search: import it when asked
+
+    config = prepared.config
+    memory = config.device_memory
+    if memory is None:
+        raise ConfigError("a memory limit in bytes needs --device-memory (or a --hardware preset's memory)")
+    probe = execute(replace(prepared, config=replace(config, compute=False, reference=False, allow_oom=True)))
+    m = probe.metrics
+    limits = []
+    for peak, acts, count in zip(m.peak_memory_bytes, m.peak_activation_bytes, m.peak_inflight_microbatches):
+        per = acts / max(count, 1)
+        fixed = peak - acts
+        most = math.floor((memory - fixed) / per) if per > 0 else config.microbatches
+        limits.append(min(max(most, 1), config.microbatches))
+    return tuple(limits)
+
+
+def fit_memory(prepared: Any, times: Any) -> Any:
+    """The fastest candidate (``synthesise.ranked``) within ``inflight_limit`` whose schedule fits
+    ``prepared``'s device memory in the engine's own count (a shape-only run of each, fastest first).
+
+    Raises ``ConfigError`` if no candidate fits, naming the memory the leanest needs.
+    """
+    from ..pipeline import execute, prepare
+    from .synthesise import Fixed, ranked
+
+    config = replace(prepared.config, compute=False, reference=False, allow_oom=True)
+    leanest = None
+    for limits in (inflight_limit(prepared), 1):  # then one micro-batch in flight everywhere, the leanest
+        for found in ranked(times, limits):
+            check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=1)))
+            peak = max(check.metrics.peak_memory_bytes)
+            if check.trace.oom is None:
+                return found
+            leanest = peak if leanest is None else min(leanest, peak)
+    raise ConfigError(
+        f"--device-memory {format_bytes(config.device_memory or 0)} is below what any schedule needs: the leanest "
+        f"found, one micro-batch in flight per device, needs {format_bytes(leanest or 0)} ({leanest} bytes); give "
+        f"--device-memory {leanest} or more"
+    )
