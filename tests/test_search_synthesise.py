@@ -145,6 +145,6 @@ def test_a_memory_no_schedule_fits_names_the_least_that_would(capsys):
     assert main(["run", *flags, "--device-memory", "3000000"]) == 2
     err = capsys.readouterr().err
     need = int(err.split("give --device-memory ")[1].split()[0])
-    assert err.startswith("pipesched: error: --device-memory 2.86 MiB is below what any schedule needs")
+    assert err.startswith("pipesched: error: --device-memory 3000000 bytes (2.86 MiB) is below what every schedule")
     assert main(["run", *flags, "--device-memory", str(need), "--json"]) == 0  # and that much is enough
     assert max(json.loads(capsys.readouterr().out)["peak_memory_bytes"]) <= need

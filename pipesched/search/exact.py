@@ -44,6 +44,7 @@ stops at it stops at the same point on every run and machine.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Sequence
 
 from ..errors import ConfigError
@@ -77,11 +78,15 @@ def search(times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0,
         return heuristic  # proved optimal by the lower bound already, or too large to solve
     try:
         solved = solve(times, limit, seconds)
-    except NoSolution:
-        return heuristic  # the solver found nothing in its time: the heuristic's schedule and bound stand
+    except NoSolution:  # the heuristic's schedule and bound stand, and the output says why
+        note = "; CP-SAT found no schedule within its time limit"
+        return replace(heuristic, method=heuristic.method + note, candidates=heuristic.candidates + 1)
     bound = max(heuristic.bound, solved.bound, key=lambda b: b.value)
     best = min((solved, heuristic), key=lambda f: f.evaluation.makespan)  # the exact one among equals
-    return Found(best.schedule, best.evaluation, bound, best.method, heuristic.candidates + 1)
+    method = best.method
+    if best is heuristic and not solved.method.endswith("optimum"):
+        method += "; CP-SAT found nothing faster within its time limit"
+    return Found(best.schedule, best.evaluation, bound, method, heuristic.candidates + 1)
 
 
 def solve(
@@ -140,7 +145,8 @@ def solve(
         done = "W" if split else "B"
         events = [start[("F", s, m)] for m in range(M)] + [end[(done, s, m)] for m in range(M)]
         model.add_reservoir_constraint(events, [1] * M + [-1] * M, 0, limits[s])
-    if len(set(times.rows)) == 1:  # interchangeable micro-batches: number them in stage 0's forward order
+    if len(set(times.rows)) == 1 and len(set(times.recompute)) == 1:  # interchangeable micro-batches (same
+        # size, all recomputed or none: not --remat except_last): number them in stage 0's forward order
         for m in range(M - 1):
             model.add(start[("F", 0, m)] <= start[("F", 0, m + 1)])
     makespan = model.new_int_var(0, horizon, "makespan")

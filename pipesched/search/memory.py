@@ -9,8 +9,8 @@ activations at its peak, and the activations per micro-batch in flight
 most micro-batches each device can hold:
 ``floor((memory - fixed) / per micro-batch)``, at least 1.
 Buffers on the links and a split backward's deferred tensors can add a
-little at other instants, so the searched schedule is run in the engine
-in the engine, fastest first, until one fits (``fit_memory``).
+little at other instants, so the candidates run in the engine, fastest
+first, until one fits (``fit_memory``).
 
 >>> from pipesched import RunConfig
 >>> from pipesched.pipeline import prepare
@@ -70,7 +70,7 @@ def fit_memory(prepared: Any, times: Any) -> Any:
                 return found
             leanest = peak if leanest is None else min(leanest, peak)
     raise ConfigError(
-        f"--device-memory {format_bytes(config.device_memory or 0)} is below what any schedule needs: the leanest "
-        f"found, one micro-batch in flight per device, needs {format_bytes(leanest or 0)} ({leanest} bytes); give "
-        f"--device-memory {leanest} or more"
+        f"--device-memory {config.device_memory} bytes ({format_bytes(config.device_memory or 0)}) is below what "
+        f"every schedule the search tried needs: the leanest needs {leanest} bytes ({format_bytes(leanest or 0)}); "
+        f"give --device-memory {leanest} or more"
     )
