@@ -261,6 +261,17 @@ def test_strategies_state_the_tables_bubble():
             assert load_strategy(name).bubble(k, m, v) == form.bubble(k, m, v)
 
 
+def _two_node_hardware(tmp_path):
+    """A hardware file with nodes of 2: links of 1e9 B/s and 1 µs inside, 1e8 B/s and 10 µs between."""
+    hw = tmp_path / "hw.toml"
+    hw.write_text(
+        "memory = 1e9\ndevices_per_node = 2\n[peak_flops]\nbf16 = 1e12\nfp16 = 1e12\nfp32 = 1e12\nfp64 = 1e12\n"
+        '[intra_node]\nname = "fast"\nbandwidth = 1e9\nlatency = 1e-6\n'
+        '[inter_node]\nname = "slow"\nbandwidth = 1e8\nlatency = 1e-5\n'
+    )
+    return hw
+
+
 def test_formulas_prints_the_collectives_the_engine_runs(tmp_path, capsys):
     """``formulas --data-parallel 4 --hardware`` on nodes of 2: the two-level closed forms, by hand, and the
     simulated all-reduce of the same replicas (K = 1, so all four start together) lasting exactly as long."""
@@ -269,12 +280,7 @@ def test_formulas_prints_the_collectives_the_engine_runs(tmp_path, capsys):
     from pipesched import RunConfig, run
     from pipesched.cli import main
 
-    hw = tmp_path / "hw.toml"
-    hw.write_text(
-        "memory = 1e9\ndevices_per_node = 2\n[peak_flops]\nbf16 = 1e12\nfp16 = 1e12\nfp32 = 1e12\nfp64 = 1e12\n"
-        '[intra_node]\nname = "fast"\nbandwidth = 1e9\nlatency = 1e-6\n'
-        '[inter_node]\nname = "slow"\nbandwidth = 1e8\nlatency = 1e-5\n'
-    )
+    hw = _two_node_hardware(tmp_path)
     assert main(["formulas", "--layers", "4,4", "--data-parallel", "4", "--hardware", str(hw), "--json"]) == 0
     two = json.loads(capsys.readouterr().out)["collectives"]["hierarchical"]
     # 20 parameters of 8 bytes = 160 B; 2 nodes of 2: inside, chunks of 80 B; across, shards of 80 B in 2 chunks
@@ -295,12 +301,7 @@ def test_formulas_says_an_uneven_ring_is_one_flat_ring_over_the_slow_link(tmp_pa
 
     from pipesched.cli import main
 
-    hw = tmp_path / "hw.toml"
-    hw.write_text(
-        "memory = 1e9\ndevices_per_node = 2\n[peak_flops]\nbf16 = 1e12\nfp16 = 1e12\nfp32 = 1e12\nfp64 = 1e12\n"
-        '[intra_node]\nname = "fast"\nbandwidth = 1e9\nlatency = 1e-6\n'
-        '[inter_node]\nname = "slow"\nbandwidth = 1e8\nlatency = 1e-5\n'
-    )
+    hw = _two_node_hardware(tmp_path)
     assert main(["formulas", "--layers", "4,4", "--data-parallel", "3", "--hardware", str(hw), "--json"]) == 0
     collectives = json.loads(capsys.readouterr().out)["collectives"]
     assert collectives["hierarchical"] is None
