@@ -406,30 +406,12 @@ def execute(p: Prepared) -> RunResult:
 
 
 def _auto(config: RunConfig) -> Strategy:
-    """``--strategy auto``: the schedule ``pipesched.search`` finds for this run's costs and ``--max-inflight``.
+    """``--strategy auto``: the schedule ``pipesched search`` finds for this run (``pipesched.search.configured``:
+    its placement, ``--max-inflight`` or memory, and costs)."""
+    from .search import Fixed  # the search imports this module: import it when asked
+    from .search.configured import find
 
-    It plans one pipeline with one stage per device; the times come from the
-    same configuration prepared with 1F1B's placement (stage s on device s).
-    """
-    from .search import Fixed, from_prepared, synthesise  # the search imports this module: import it when asked
-
-    if config.data_parallel != 1:
-        raise ConfigError(
-            f"--strategy auto plans one pipeline for its costs; run it with --data-parallel 1 (not "
-            f"{config.data_parallel}), or give a built-in strategy for the replicas"
-        )
-    if config.chunks not in (None, 1):
-        raise ConfigError(f"--chunks {config.chunks}: --strategy auto plans one stage per device; drop --chunks")
-    from .search.memory import fit_memory
-
-    base = replace(config, strategy="1f1b", chunks=1, compute=False, reference=False, allow_oom=True)
-    prepared = prepare(base)
-    times = from_prepared(prepared)
-    if config.max_inflight is None and prepared.config.device_memory is not None:
-        # a memory in bytes (--device-memory, or a preset's): the most in flight whose schedule fits it
-        return Fixed(fit_memory(prepared, times).schedule)
-    limit = config.devices if config.max_inflight is None else config.max_inflight
-    return Fixed(synthesise(times, limit).schedule)
+    return Fixed(find(config).found.schedule)
 
 
 def _simulate_step(p: Prepared, work: Workload) -> RunResult:

@@ -76,7 +76,7 @@ def test_tight_for_gpipe_and_1f1b_under_unit_cost(strategy: str, devices: int, m
     times, makespan = unit_times(strategy, devices, microbatches)
     last = device_windows(times, split=False)[-1]
     assert last.value == lower_bound(times, split=False).value == makespan == 3 * (microbatches + devices - 1)
-    assert last.reason.startswith(f"device {devices - 1}: its first forward starts at {devices - 1} ")
+    assert last.reason.startswith(f"device {devices - 1}: its first forward starts at {devices - 1} units ")
 
 
 @pytest.mark.parametrize("devices,microbatches", [(2, 2), (3, 5), (4, 4), (4, 8)])

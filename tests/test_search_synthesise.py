@@ -4,6 +4,7 @@ and every schedule it keeps runs in the engine with its gradient check and withi
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -80,8 +81,10 @@ def test_search_prints_json_and_writes_a_csv_pytorch_reads(tmp_path, capsys):
     "flags, message",
     [
         (["--max-inflight", "0"], "--max-inflight 0 is not allowed; every schedule holds at least 1 micro-batch"),
-        (["--chunks", "2"], "--chunks 2: the search plans one stage per device; drop --chunks"),
-        (["--data-parallel", "2"], "--data-parallel 2: the fast evaluator runs one pipeline"),
+        (["--chunks", "3"], "--chunks 3: the search plans one stage per device (--chunks 1) or a V of two"),
+        (["--data-parallel", "2"], "the search plans one pipeline for its costs; run it with --data-parallel 1"),
+        (["--time-limit", "0"], "--time-limit 0 is not allowed; give a positive number"),
+        (["--max-inflight", "0", "--chunks", "2"], "--max-inflight 0 is not allowed"),
     ],
 )
 def test_bad_input_is_one_sentence_and_status_2(capsys, flags, message):
@@ -115,15 +118,15 @@ def test_strategy_auto_runs_the_searched_schedule_in_run_compare_and_studies(tmp
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (dict(data_parallel=2), "--strategy auto plans one pipeline for its costs; run it with --data-parallel 1"),
-        (dict(chunks=2), "--chunks 2: --strategy auto plans one stage per device; drop --chunks"),
+        (dict(data_parallel=2), "the search plans one pipeline for its costs; run it with --data-parallel 1"),
+        (dict(chunks=4), "--chunks 4: the search plans one stage per device (--chunks 1) or a V of two"),
         (dict(max_inflight=0), "--max-inflight 0 is not allowed"),
     ],
 )
 def test_strategy_auto_refuses_what_it_cannot_plan(extra, message):
     from pipesched.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         run(RunConfig(strategy="auto", devices=2, microbatches=4, batch=8, **extra))
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from dataclasses import replace
 from typing import Any
 
-from ..errors import ConfigError
 from ..exchange import to_torch_csv
-from ..pipeline import prepare, run
-from ..search import Fixed, from_prepared
-from ..search.exact import search
-from ..search.memory import fit_memory
+from ..pipeline import run
+from ..search import Fixed
+from ..search.configured import find
 from ..units import format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
 
@@ -38,7 +35,7 @@ def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
         "--time-limit",
         type=float,
         default=2.0,
-        help="the exact solver's limit in CP-SAT's deterministic work units, about 3 s each (default %(default)s)",
+        help="the exact solver's limit in CP-SAT's deterministic work units, 1-5 s each (default %(default)s)",
     )
     p.add_argument(
         "--exact",
@@ -53,25 +50,9 @@ def _cmd_search(args: argparse.Namespace) -> None:
     if args.output is not None:
         _check_output_path("-o", args.output, "schedule.csv")
     config = _config(args)
-    if config.chunks not in (None, 1):
-        raise ConfigError(f"--chunks {config.chunks}: the search plans one stage per device; drop --chunks")
-    config = replace(config, strategy="1f1b", chunks=1)  # its placement: stage s on device s
-    if not (math.isfinite(args.time_limit) and args.time_limit > 0):
-        raise ConfigError(
-            f"--time-limit {args.time_limit:g} is not allowed; give a positive number of work units, e.g. 2"
-        )
-    prepared = prepare(replace(config, allow_oom=True))
-    times = from_prepared(prepared)
-    if config.max_inflight is None and prepared.config.device_memory is not None:
-        # a memory in bytes (--device-memory, or a preset's): the most in flight whose schedule fits it
-        found = fit_memory(prepared, times)  # the heuristic's candidates, each checked in the engine
-        limit: int | None = None
-        within = f"within --device-memory {format_bytes(prepared.config.device_memory)}"
-    else:
-        limit = config.devices if config.max_inflight is None else config.max_inflight
-        found = search(times, limit, args.time_limit, args.exact)
-        within = f"limit {limit}"
-    result = run(replace(config, strategy=Fixed(found.schedule)))
+    outcome = find(config, args.time_limit, args.exact)
+    found = outcome.found
+    result = run(replace(config, strategy=Fixed(found.schedule), chunks=outcome.held, max_inflight=None))
     if args.output is not None:
         _write_atomic(args.output, to_torch_csv(found.schedule))
     m = result.metrics
@@ -85,7 +66,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
         "gap": found.gap,
         "optimal": found.optimal,
         "method": found.method,
-        "max_inflight": limit,
+        "max_inflight": config.max_inflight if outcome.limit is not None else None,
+        "stages_per_device": outcome.held,
         "peak_inflight_microbatches": m.peak_inflight_microbatches,
         "peak_memory_bytes": m.peak_memory_bytes,
         "grad_rel_err": result.grad_rel_err,
@@ -96,6 +78,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         print(json.dumps(data, indent=2))
         return
     unit = result.trace.time_unit
+    held = "micro-batches" if outcome.held == 1 else "stage-micro-batches"
     if found.optimal:
         proof = "optimal: the makespan equals the lower bound"
     elif found.gap >= 5e-5:
@@ -108,7 +91,7 @@ def _cmd_search(args: argparse.Namespace) -> None:
         ("lower bound", f"{format_time(found.bound.value, unit)}, {found.bound.reason}: {proof}"),
         ("bubble fraction", f"{m.bubble_fraction:.4f}"),
         ("back to back", f"{m.steady_bubble_fraction:.4f} bubble, steps {format_time(m.period, unit)} apart"),
-        ("in flight", f"{'/'.join(map(str, m.peak_inflight_microbatches))} micro-batches ({within})"),
+        ("in flight", f"{'/'.join(map(str, m.peak_inflight_microbatches))} {held} ({outcome.within})"),
         ("peak memory", ", ".join(format_bytes(b) for b in m.peak_memory_bytes)),
         (
             "grad rel. error",

@@ -98,6 +98,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..units import format_time
 from .evaluate import ActionTimes
 
 __all__ = [
@@ -119,8 +120,9 @@ class Bound(NamedTuple):
     reason: str
 
 
-def _g(value: float) -> str:
-    return f"{value:.6g}"
+def _t(times: ActionTimes, value: float) -> str:
+    """A time in a reason, in the cost model's unit: seconds with an SI prefix, or units."""
+    return format_time(value, times.time_unit)
 
 
 def _recompute(times: ActionTimes, s: int, m: int) -> float:
@@ -161,7 +163,7 @@ def busiest_device(times: ActionTimes, split: bool = True) -> Bound:
     """Bound (a): the busiest device's work."""
     work = device_work(times, split)
     d = max(range(times.devices), key=work.__getitem__)
-    return Bound(work[d], f"device {d}'s work takes {_g(work[d])} (bound a)")
+    return Bound(work[d], f"device {d}'s work takes {_t(times, work[d])} (bound a)")
 
 
 def _up(times: ActionTimes, s: int, m: int, split: bool) -> float:
@@ -197,8 +199,8 @@ def device_windows(times: ActionTimes, split: bool = True) -> list[Bound]:
         found.append(
             Bound(
                 start + length[1] + tail,
-                f"device {d}: its first {what} starts at {_g(start)} at the earliest, then its {length[0]} takes "
-                f"{_g(length[1])}, then {_g(tail)} must follow (bound b)",
+                f"device {d}: its first {what} starts at {_t(times, start)} at the earliest, then its {length[0]} "
+                f"takes {_t(times, length[1])}, then {_t(times, tail)} must follow (bound b)",
             )
         )
     return found
@@ -223,7 +225,7 @@ def critical_path(times: ActionTimes, split: bool = True) -> Bound:
         )
         if value > best.value or not best.reason:
             best = Bound(
-                value, f"micro-batch {m}'s forwards and backwards through every stage take {_g(value)} (bound c)"
+                value, f"micro-batch {m}'s forwards and backwards through every stage take {_t(times, value)} (bound c)"
             )
     return best
 

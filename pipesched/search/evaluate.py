@@ -99,7 +99,8 @@ class ActionTimes:
     ``recompute[m]`` says whether micro-batch m's backward recomputes its
     forward first (re-materialization); ``ties[d]`` are device d's tied-weight
     all-reduce steps, run after its last action. ``overlap`` is the cost
-    model's rule for overlapped pairs (the bounds need ``sum``).
+    model's rule for overlapped pairs (the bounds need ``sum``), ``time_unit``
+    its unit of time.
     """
 
     devices: int
@@ -111,6 +112,7 @@ class ActionTimes:
     recompute: tuple[bool, ...]
     ties: tuple[tuple[TieStep, ...], ...] = ()
     overlap: str = "sum"
+    time_unit: str = "s"  # the cost model's: seconds, or "unit" for unit cost (how the bounds print times)
     # per action the compiled form the evaluator's loop reads; built on first use
     _table: dict[Action, _Compiled] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -230,6 +232,7 @@ def action_times(
         recompute,
         tuple(tuple(s) for s in steps) if any(steps) else (),
         str(getattr(cost, "overlap", "sum")),
+        cost.time_unit,
     )
 
 

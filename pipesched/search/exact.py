@@ -8,17 +8,17 @@ variables, no-overlap, ``add_reservoir_constraint``) and proves optimality by
 its lower bound; a MILP for HiGHS (SciPy) would need big-M disjunctions, whose
 weak relaxation proves little at these sizes.
 
-The model, for one stage per device, M micro-batches and the times of
-``ActionTimes``:
+The model, for one stage per device or a V of two (``greedy.supported``),
+M micro-batches and the times of ``ActionTimes``:
 
 - per (stage s, micro-batch m) an interval F, and I and W (``split``) or B,
-  on device s, lasting the action's time (a re-materialized backward its
+  on stage s's device, lasting the action's time (a re-materialized backward its
   recompute R first); no two intervals of a device overlap;
 - F(s, m) starts after F(s-1, m) ends plus the activation's send (busy +
   latency); the backward of s < S-1 after the backward of s+1 plus the
   gradient's send; the last stage's backward after its own F; W after I;
-- on each device the micro-batches in flight (+1 at F's start, -1 at the end
-  of W or B) stay within ``limit``;
+- on each device the stage-micro-batches in flight (+1 at F's start, -1 at
+  the end of W or B, over every stage it holds) stay within ``limit``;
 - minimise the makespan, the latest end.
 
 It relaxes the engine in one way only: a send here never waits for its link
@@ -29,7 +29,7 @@ the fast evaluator: when that time equals the bound, the schedule is proved
 optimal. Times are integers to the solver: they are scaled to ``RESOLUTION``
 units and rounded down, which keeps the model's bound a lower bound. The
 time limit is in CP-SAT's deterministic time units (its own count of work,
-about 3 s of wall time each on the development machine), so a search that
+1 to 5 s of wall time each on the development machine), so a search that
 stops at it stops at the same point on every run and machine.
 
 >>> from pipesched import RunConfig
@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from ..errors import ConfigError
 from ..schedule import Action, Schedule
 from .bounds import Bound, lower_bound
 from .evaluate import ActionTimes, evaluate
-from .greedy import per_device
+from .greedy import per_device, supported
 from .synthesise import Found, synthesise
 
 __all__ = ["EXACT_DEVICES", "EXACT_MICROBATCHES", "NoSolution", "RESOLUTION", "search", "solve"]
@@ -77,7 +77,7 @@ def search(times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0,
     if heuristic.optimal or not (small if exact is None else exact):
         return heuristic  # proved optimal by the lower bound already, or too large to solve
     try:
-        solved = solve(times, limit, seconds)
+        solved = solve(times, limit, seconds, hint=heuristic.schedule)
     except NoSolution:  # the heuristic's schedule and bound stand, and the output says why
         note = "; CP-SAT found no schedule within its time limit"
         return replace(heuristic, method=heuristic.method + note, candidates=heuristic.candidates + 1)
@@ -89,22 +89,77 @@ def search(times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0,
     return Found(best.schedule, best.evaluation, bound, method, heuristic.candidates + 1)
 
 
+def _split_backwards(schedule: Schedule) -> list[list[tuple[str, int, int]]]:
+    """Per device, ``schedule``'s (op, stage, micro-batch) with each full backward B as its two halves, I then
+    W at once: the same order, in flight as long (a B frees its micro-batch when it ends, as the W right after
+    it does). The schedule has F, B, I and W actions only, as every one the evaluator timed."""
+    rows: list[list[tuple[str, int, int]]] = []
+    for row in schedule.actions:
+        rows.append([])
+        for a in map(lambda x: cast(Action, x), row):
+            m = int(a.microbatch or 0)
+            rows[-1] += [("I", a.stage, m), ("W", a.stage, m)] if a.op == "B" else [(a.op, a.stage, m)]
+    return rows
+
+
+def _earliest(
+    orders: list[list[tuple[str, int, int]]],
+    lengths: dict[tuple[str, int, int], int],
+    send: Callable[[str, int, int], int],
+) -> dict[tuple[str, int, int], int]:
+    """Each action's start in the model's ticks when every device runs its order in ``orders`` (split
+    backwards) as early as the model's precedences allow: a complete solution of the model, to hint it with."""
+    S = 1 + max(s for row in orders for _, s, _ in row)
+    ends: dict[tuple[str, int, int], int] = {}
+    starts: dict[tuple[str, int, int], int] = {}
+    position, free = [0] * len(orders), [0] * len(orders)
+    moved = True
+    while moved:  # a valid schedule's every action is reached: each pass runs at least one
+        moved = False
+        for d, row in enumerate(orders):
+            while position[d] < len(row):
+                key = op, s, m = row[position[d]]
+                after: tuple[str, int, int] | None
+                if op == "F":
+                    after, delay = (("F", s - 1, m), send("F", s - 1, m)) if s > 0 else (None, 0)
+                elif op == "W":
+                    after, delay = ("I", s, m), 0
+                else:
+                    after, delay = (("I", s + 1, m), send("B", s, m)) if s < S - 1 else (("F", s, m), 0)
+                if after is not None and after not in ends:
+                    break
+                starts[key] = max(free[d], ends[after] + delay if after is not None else 0)
+                free[d] = ends[key] = starts[key] + lengths[key]
+                position[d] += 1
+                moved = True
+    return starts
+
+
 def solve(
-    times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0, split: bool = True, workers: int = 1
+    times: ActionTimes,
+    limit: int | Sequence[int],
+    seconds: float = 2.0,
+    split: bool = True,
+    workers: int = 1,
+    hint: Schedule | None = None,
 ) -> Found:
     """The optimal schedule for ``times`` and ``limit``, or the best found in ``seconds`` with its gap.
 
-    Raises ``ConfigError`` for a time limit that is not positive, a limit
-    below 1, or a placement other than one stage per device.
+    ``hint``, a valid schedule within ``limit`` (the heuristic's), starts the
+    solver from that schedule's orders run as early as the model allows, so
+    it returns at least as good a schedule however soon it stops. Raises
+    ``ConfigError`` for a time limit that is not positive, a limit below the
+    stages a device holds, or a placement other than one stage per device
+    or a V (``greedy.supported``).
     """
     from ortools.sat.python import cp_model
 
     if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
         raise ConfigError(f"--time-limit {seconds:g} is not allowed; give a positive number of work units, e.g. 2")
-    S, M = times.stages, times.microbatches
-    limits = per_device(limit, times.devices)
-    if tuple(times.placement) != tuple(range(S)) or times.devices != S:
-        raise ConfigError("the search plans one stage per device (stage s on device s); use such a placement")
+    S, M, K = times.stages, times.microbatches, times.devices
+    mine = supported(times)
+    limits = per_device(limit, K, len(mine[0]))
+    placement = times.placement
     backward = "I" if split else "B"
     ops = ("F", backward, "W") if split else ("F", backward)
 
@@ -125,14 +180,21 @@ def solve(
     model = cp_model.CpModel()
     start: dict[tuple[str, int, int], Any] = {}
     end: dict[tuple[str, int, int], Any] = {}
-    intervals: list[list[Any]] = [[] for _ in range(S)]
+    intervals: list[list[Any]] = [[] for _ in range(K)]
     for (op, s, m), t in lengths.items():
         a = model.new_int_var(0, horizon, f"s_{op}{s}_{m}")
         b = model.new_int_var(0, horizon, f"e_{op}{s}_{m}")
-        intervals[s].append(model.new_interval_var(a, ticks(t), b, f"{op}{s}_{m}"))
+        intervals[placement[s]].append(model.new_interval_var(a, ticks(t), b, f"{op}{s}_{m}"))
         start[(op, s, m)], end[(op, s, m)] = a, b
+    for d in range(K):
+        model.add_no_overlap(intervals[d])
+    done = "W" if split else "B"
+    for d in range(K):  # the stage-micro-batches in flight on each device, over all the stages it holds
+        events = [start[("F", s, m)] for s in mine[d] for m in range(M)]
+        events += [end[(done, s, m)] for s in mine[d] for m in range(M)]
+        n = len(events) // 2
+        model.add_reservoir_constraint(events, [1] * n + [-1] * n, 0, limits[d])
     for s in range(S):
-        model.add_no_overlap(intervals[s])
         for m in range(M):
             if s > 0:
                 model.add(start[("F", s, m)] >= end[("F", s - 1, m)] + ticks(times.send("F", s - 1, m)))
@@ -142,9 +204,6 @@ def solve(
                 model.add(start[(backward, s, m)] >= end[("F", s, m)])
             if split:
                 model.add(start[("W", s, m)] >= end[("I", s, m)])
-        done = "W" if split else "B"
-        events = [start[("F", s, m)] for m in range(M)] + [end[(done, s, m)] for m in range(M)]
-        model.add_reservoir_constraint(events, [1] * M + [-1] * M, 0, limits[s])
     if len(set(times.rows)) == 1 and len(set(times.recompute)) == 1:  # interchangeable micro-batches (same
         # size, all recomputed or none: not --remat except_last): number them in stage 0's forward order
         for m in range(M - 1):
@@ -152,21 +211,32 @@ def solve(
     makespan = model.new_int_var(0, horizon, "makespan")
     model.add_max_equality(makespan, list(end.values()))
     model.minimize(makespan)
+    if hint is not None and split:  # (the full-backward model has no I and W to hint)
+        tick_lengths = {k: ticks(t) for k, t in lengths.items()}
+        starts = _earliest(_split_backwards(hint), tick_lengths, lambda d, s, m: ticks(times.send(d, s, m)))
+        for k, at in starts.items():
+            model.add_hint(start[k], at)
+            model.add_hint(end[k], at + ticks(lengths[k]))
+        model.add_hint(makespan, max(at + ticks(lengths[k]) for k, at in starts.items()))
     solver = cp_model.CpSolver()
     # deterministic time (CP-SAT's own work units, about seconds): the same answer on every machine and run,
     # where a wall-clock limit would stop at a different point each time
     solver.parameters.max_deterministic_time = float(seconds)
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = 0  # the same answer on every run
+    # no linear relaxation: on these models CP-SAT's LP spends wall time its deterministic clock undercounts
+    # (46 s for 2 units at K=3, M=6 on a V) and proves no more; without it the same limit takes 2-10 s and
+    # finds better schedules (measured on the test cases of tests/test_search_exact.py and test_search_v.py)
+    solver.parameters.linearization_level = 0
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise NoSolution(
             f"the solver found no schedule within --time-limit {seconds:g}; allow more, or use the heuristic search"
         )
     orders = [
-        [Action(s, op, m) for (op, _, m) in sorted(((o, s2, m2) for (o, s2, m2) in lengths if s2 == s),
-                                                     key=lambda k: (solver.value(start[k]), "FIWB".index(k[0]), k[2]))]
-        for s in range(S)
+        [Action(s, op, m) for (op, s, m) in sorted((k for k in lengths if placement[k[1]] == d),
+                                                    key=lambda k: (solver.value(start[k]), "FIWB".index(k[0]), k[2]))]
+        for d in range(K)
     ]  # fmt: skip
     schedule = Schedule(orders)
     evaluation = evaluate(schedule, times)

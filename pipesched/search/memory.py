@@ -7,7 +7,8 @@ order, and each micro-batch in flight adds the activations its stage keeps
 activations at its peak, and the activations per micro-batch in flight
 (its peak activations over its peak count in flight). The limit is then the
 most micro-batches each device can hold:
-``floor((memory - fixed) / per micro-batch)``, at least 1.
+``floor((memory - fixed) / per micro-batch)``, at least 1. For a V the run
+is ZB-V's and the count is of stage-micro-batches, two per micro-batch.
 Buffers on the links and a split backward's deferred tensors can add a
 little at other instants, so the candidates run in the engine, fastest
 first, until one fits (``fit_memory``).
@@ -32,8 +33,9 @@ __all__ = ["inflight_limit", "fit_memory"]
 
 
 def inflight_limit(prepared: Any) -> tuple[int, ...]:
-    """Per device, the micro-batches in flight that ``prepared.config.device_memory`` allows (see the module),
-    at least 1 (whether one fits, ``fit_memory`` finds out in the engine)."""
+    """Per device, the stage-micro-batches in flight that ``prepared.config.device_memory`` allows (see the
+    module), at least one per stage the device holds (whether that fits, ``fit_memory`` finds out in the
+    engine). ``prepared`` is a run of 1F1B, or of ZB-V for a V."""
     from ..pipeline import execute  # the pipeline imports the search: import it when asked
 
     config = prepared.config
@@ -42,12 +44,13 @@ def inflight_limit(prepared: Any) -> tuple[int, ...]:
         raise ConfigError("a memory limit in bytes needs --device-memory (or a --hardware preset's memory)")
     probe = execute(replace(prepared, config=replace(config, compute=False, reference=False, allow_oom=True)))
     m = probe.metrics
+    held = prepared.schedule.num_stages // prepared.schedule.devices  # a V's device: two stages, each counted
     limits = []
     for peak, acts, count in zip(m.peak_memory_bytes, m.peak_activation_bytes, m.peak_inflight_microbatches):
         per = acts / max(count, 1)
         fixed = peak - acts
         most = math.floor((memory - fixed) / per) if per > 0 else config.microbatches
-        limits.append(min(max(most, 1), config.microbatches))
+        limits.append(min(max(most, held), config.microbatches * held))
     return tuple(limits)
 
 
@@ -61,10 +64,11 @@ def fit_memory(prepared: Any, times: Any) -> Any:
     from .synthesise import Fixed, ranked
 
     config = replace(prepared.config, compute=False, reference=False, allow_oom=True)
+    held = prepared.schedule.num_stages // prepared.schedule.devices
     leanest = None
-    for limits in (inflight_limit(prepared), 1):  # then one micro-batch in flight everywhere, the leanest
+    for limits in (inflight_limit(prepared), held):  # then one micro-batch in flight everywhere, the leanest
         for found in ranked(times, limits):
-            check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=1)))
+            check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=held)))
             peak = max(check.metrics.peak_memory_bytes)
             if check.trace.oom is None:
                 return found

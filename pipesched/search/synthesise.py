@@ -31,7 +31,7 @@ from ..schedule import Schedule
 from ..strategy import load_strategy, make_plan
 from .bounds import Bound, lower_bound
 from .evaluate import ActionTimes, Evaluation, evaluate
-from .greedy import greedy, per_device
+from .greedy import greedy, per_device, supported
 
 __all__ = ["BUILTINS", "Fixed", "Found", "ranked", "synthesise"]
 
@@ -39,6 +39,8 @@ __all__ = ["BUILTINS", "Fixed", "Found", "ranked", "synthesise"]
 BUILTINS = ("gpipe", "1f1b", "zb-h1", "zb-h2")
 #: Those of them with full backwards only (for ``split=False``).
 FULL_BACKWARD = ("gpipe", "1f1b")
+#: Those with a V of two stages per device (DualPipeV's overlapped pairs are not the evaluator's to time).
+BUILTINS_V = ("zb-v",)
 
 
 @dataclass
@@ -51,11 +53,17 @@ class Fixed:
     def __str__(self) -> str:  # in headings and tables, the strategy's name as the user gave it
         return self.name
 
+    @property
+    def default_chunks(self) -> int:
+        """Stages per device: 1, or 2 for a V."""
+        return self.schedule.num_stages // self.schedule.devices
+
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
-        if (devices, microbatches, chunks) != (self.schedule.devices, self.schedule.microbatches, 1):
+        found = (self.schedule.devices, self.schedule.microbatches, self.default_chunks)
+        if (devices, microbatches, chunks) != found:
             raise ConfigError(
-                f"the schedule found is for {self.schedule.devices} devices and {self.schedule.microbatches} "
-                f"micro-batches; search again for {devices} and {microbatches}"
+                f"the schedule found is for {found[0]} devices, {found[1]} micro-batches and {found[2]} stage(s) per "
+                f"device; search again for {devices}, {microbatches} and --chunks {chunks}"
             )
         return self.schedule
 
@@ -88,16 +96,18 @@ def ranked(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -
     stage per device.
     """
     K, M = times.devices, times.microbatches
-    limits = per_device(limit, K)
+    held = len(supported(times)[0])  # stages per device: 1, or 2 in a V
+    limits = per_device(limit, K, held)
     candidates: list[tuple[Schedule, str]] = []
-    for name in BUILTINS if split else FULL_BACKWARD:
+    names = (BUILTINS if split else FULL_BACKWARD) if held == 1 else (BUILTINS_V if split else ())
+    for name in names:
         try:
-            candidates.append((make_plan(load_strategy(name), K, M), f"built-in {name}"))
+            candidates.append((make_plan(load_strategy(name), K, M, held), f"built-in {name}"))
         except PipeschedError:
             continue  # a strategy refusing these sizes
     # the limit itself, and half of it (a shorter warm-up sometimes queues less on the links); smaller limits
     # only slow a pipeline down, and each greedy order costs a third of a second at K=32, M=256
-    tried = sorted({limits, tuple(max(1, x // 2) for x in limits)})
+    tried = sorted({limits, tuple(max(held, x // 2) for x in limits)})
     for lim, parts, defer, eager in product(tried, (True, False) if split else (False,), (True, False), (False, True)):
         if not parts and not defer:
             continue  # without a split backward there is no W to defer
