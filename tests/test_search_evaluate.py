@@ -119,7 +119,7 @@ def assert_same(schedule: Schedule, work: ShapeWorkload, cost: MeasuredCost, rem
         return
     assert got.deadlock is None, got.deadlock
     metrics = measure(trace, 1)
-    assert got.makespan == metrics.makespan
+    assert got.makespan == metrics.makespan and got.period == metrics.period
     assert list(got.busy) == metrics.busy
     assert list(got.peak_inflight) == metrics.peak_inflight_microbatches
 
@@ -159,7 +159,7 @@ def test_equals_run(settings_: dict) -> None:
     prepared = prepare(config)
     got = evaluate(prepared.schedule, from_prepared(prepared))
     metrics = run(config).metrics
-    assert (got.makespan, list(got.busy)) == (metrics.makespan, metrics.busy)
+    assert (got.makespan, got.period, list(got.busy)) == (metrics.makespan, metrics.period, metrics.busy)
     assert list(got.peak_inflight) == metrics.peak_inflight_microbatches
 
 
@@ -173,7 +173,8 @@ def test_equals_run_under_measured_times(tmp_path) -> None:
         strategy="zb-h1", devices=3, microbatches=6, layers="8x4", cost="measured", times=str(path), compute=False
     )
     prepared = prepare(config)
-    assert evaluate(prepared.schedule, from_prepared(prepared)).makespan == run(config).metrics.makespan
+    got, metrics = evaluate(prepared.schedule, from_prepared(prepared)), run(config).metrics
+    assert (got.makespan, got.period) == (metrics.makespan, metrics.period)
 
 
 def test_a_hand_timed_schedule() -> None:

@@ -293,6 +293,7 @@ class Evaluation:
     busy: tuple[float, ...]
     peak_inflight: tuple[int, ...]
     deadlock: str | None = None
+    period: float = float("inf")  # steps back to back: ``Trace.period``, the longest device or link window
 
     def check(self) -> Evaluation:
         """Itself, or ``DeadlockError`` with the deadlock's description."""
@@ -357,7 +358,9 @@ def evaluate(schedule: Schedule, times: ActionTimes, check: bool = True) -> Eval
     arrived: list[float | None] = [None] * (2 * S * M + len(tie_keys))
     waiter = [-1] * len(arrived)
     link_free: list[float | None] = [None] * (K * K)
+    link_first: list[float | None] = [None] * (K * K)  # when the link's first transfer leaves
     position, free, busy = [0] * K, [0.0] * K, [0.0] * K
+    first = [0.0] * K  # when the device's first action starts (its window, ``Trace.period``, opens)
     held, peak = [0] * K, [0] * K
     makespan = 0.0
     ready = list(range(K - 1, -1, -1))
@@ -376,6 +379,8 @@ def evaluate(schedule: Schedule, times: ActionTimes, check: bool = True) -> Eval
                     t = at
             if duration is not None:
                 start = t
+                if not p:
+                    first[d] = start
                 if pre:  # R, then the backward: two spans, as the engine records them
                     t = start + pre
                     b += t - start
@@ -394,6 +399,8 @@ def evaluate(schedule: Schedule, times: ActionTimes, check: bool = True) -> Eval
                 else:
                     last = link_free[link]
                     leaves = t if last is None or last < t else last  # first in, first out on this link
+                    if last is None:
+                        link_first[link] = leaves
                     end = leaves + cost
                     link_free[link] = end
                     landed = end + latency
@@ -427,4 +434,8 @@ def evaluate(schedule: Schedule, times: ActionTimes, check: bool = True) -> Eval
             f"the schedule deadlocks: {waits}; reorder the actions so that every input is produced before a "
             "device waits for it",
         )
-    return Evaluation(makespan, tuple(busy), tuple(peak))
+    # back to back (``Trace.period``): a device's window ends at its last action or at the last all-reduce chunk
+    # landing on it, which it waits for, so at ``free``; a link's from its first transfer's leaving to its last's end
+    windows = [free[d] - first[d] for d in range(K) if programs[d]]
+    windows += [end - begin for end, begin in zip(link_free, link_first) if end is not None and begin is not None]
+    return Evaluation(makespan, tuple(busy), tuple(peak), None, max(windows, default=0.0))
