@@ -21,24 +21,41 @@ from test_search_evaluate import problems
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), slack=st.integers(0, 2))
-def test_never_slower_than_the_best_built_in_that_fits(data, slack):
+@given(data=st.data(), slack=st.integers(0, 2), objective=st.sampled_from(["makespan", "period"]))
+def test_never_slower_than_the_best_built_in_that_fits(data, slack, objective):
     """Random measured costs (unequal F, I, W per stage, timed sends or links with latency, uneven micro-batches,
-    recompute): the search's makespan, checked in the engine itself, is at most every built-in's whose peak in
-    flight fits the same limit, each built-in simulated by the engine too."""
+    recompute): the search's makespan (or period back to back), checked in the engine itself, is at most every
+    built-in's whose peak in flight fits the same limit, each built-in simulated by the engine too."""
     schedule, work, cost, remat = data.draw(problems("1f1b"))
     k, m = schedule.devices, schedule.microbatches
     limit = max(1, min(k, m) - 1 + slack)  # below, at and above 1F1B's memory
     times = action_times(placement_of(schedule), k, work, cost, remat)
-    found = synthesise(times, limit)
+    found = synthesise(times, limit, objective=objective)
     trace = simulate(found.schedule, work, cost, remat)
-    assert trace.makespan == found.evaluation.makespan
+    value = {"makespan": trace.makespan, "period": trace.period()}[objective]
+    assert value == found.value
     for name in BUILTINS:
         built = make_plan(load_strategy(name), k, m)
         other = simulate(built, work, cost, remat)
         if max(evaluate(built, times).peak_inflight) <= limit:
-            assert found.evaluation.makespan <= other.makespan
-    assert found.bound.value <= found.evaluation.makespan * (1 + 1e-12)
+            assert value <= {"makespan": other.makespan, "period": other.period()}[objective]
+    assert found.bound.value <= value * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("devices, microbatches", [(2, 3), (3, 5), (3, 8), (4, 7), (4, 12)])
+def test_with_enough_memory_the_back_to_back_bubble_reaches_zero(capsys, devices, microbatches):
+    """F = I = W = 1: with 2K - 1 micro-batches in flight and M >= 2K - 1, steps run back to back without a
+    bubble (Qi et al. 2024, section 3.1, ZB-H2): a period of 3M, each device's work, which proves it optimal.
+    Minimising one step's makespan instead gives its own optimum, 3M + K - 1."""
+    flags = ["search", "--devices", str(devices), "--microbatches", str(microbatches), "--cost", "unit",
+             "--max-inflight", str(2 * devices - 1), "--no-compute", "--json"]  # fmt: skip
+    assert main([*flags, "--back-to-back"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["period"] == 3 * microbatches and data["steady_bubble_fraction"] == 0 and data["optimal"]
+    assert data["objective"] == "period" and max(data["peak_inflight_microbatches"]) <= 2 * devices - 1
+    assert main(flags) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["makespan"] == 3 * microbatches + devices - 1 and data["objective"] == "makespan"
 
 
 @pytest.mark.parametrize("devices, microbatches", [(2, 2), (3, 4), (4, 4), (4, 8), (5, 7)])

@@ -118,3 +118,14 @@ def test_auto_on_a_v_fits_a_memory_in_bytes():
     result = run(RunConfig(strategy="auto", devices=4, microbatches=8, chunks=2, compute=False,
                            device_memory=memory))  # fmt: skip
     assert result.trace.oom is None and max(result.metrics.peak_memory_bytes) <= memory
+
+
+def test_a_v_schedule_exports_to_pytorchs_csv_and_runs_back_to_the_same_step(tmp_path, capsys):
+    """-o writes the V in PyTorch's action CSV; run as a schedule file, it simulates to the same makespan."""
+    out = tmp_path / "v.csv"
+    flags = ["search", "--devices", "3", "--microbatches", "6", "--chunks", "2", "--max-inflight", "2",
+             "--no-exact", "--no-compute", "--json", "-o", str(out)]  # fmt: skip
+    assert main(flags) == 0
+    data = json.loads(capsys.readouterr().out)
+    again = run(RunConfig(strategy=str(out), devices=3, microbatches=6, chunks=2, compute=False))
+    assert again.metrics.makespan == data["makespan"] and again.schedule.num_stages == 6

@@ -110,6 +110,7 @@ __all__ = [
     "critical_path",
     "bounds",
     "lower_bound",
+    "period_bound",
 ]
 
 
@@ -233,6 +234,13 @@ def critical_path(times: ActionTimes, split: bool = True) -> Bound:
 def bounds(times: ActionTimes, split: bool = True) -> list[Bound]:
     """Bounds (a), (b) and (c); ``split=False`` for schedules of full backwards only (no I or W)."""
     return [busiest_device(times, split), device_window(times, split), critical_path(times, split)]
+
+
+def period_bound(times: ActionTimes, split: bool = True) -> Bound:
+    """A period no schedule's steps run back to back beat: the busiest device's work (bound a), since each
+    device's window (``Trace.period``) holds all its actions."""
+    busiest = busiest_device(times, split)
+    return Bound(busiest.value, f"back to back, each device's window holds its work: {busiest.reason}")
 
 
 def lower_bound(times: ActionTimes, split: bool = True) -> Bound:

@@ -68,8 +68,9 @@ def placement_base(config: Any) -> tuple[str, int]:
     )
 
 
-def find(config: Any, seconds: float = 2.0, exact: bool | None = None) -> Outcome:
-    """The schedule the search finds for ``config`` (a ``RunConfig``; its strategy is ignored).
+def find(config: Any, seconds: float = 2.0, exact: bool | None = None, objective: str = "makespan") -> Outcome:
+    """The schedule the search finds for ``config`` (a ``RunConfig``; its strategy is ignored), minimising
+    ``objective``: one step's ``"makespan"``, or the ``"period"`` of steps back to back.
 
     Raises ``ConfigError``, before any work, for data parallelism (one
     pipeline is planned), a placement other than one stage per device or a
@@ -100,8 +101,9 @@ def find(config: Any, seconds: float = 2.0, exact: bool | None = None) -> Outcom
     memory = prepared.config.device_memory
     if config.max_inflight is None and memory is not None:
         # a memory in bytes (--device-memory, or a preset's): the fastest candidate that fits it in the engine
-        return Outcome(fit_memory(prepared, times), None, held, f"within --device-memory {format_bytes(memory)}")
+        found = fit_memory(prepared, times, objective)
+        return Outcome(found, None, held, f"within --device-memory {format_bytes(memory)}")
     n = config.devices if config.max_inflight is None else config.max_inflight
     limit = (n * held,) * config.devices
     within = f"--max-inflight {n}" + (f": at most {n * held}, a V's half-stages counting as halves" if held > 1 else "")
-    return Outcome(search(times, limit, seconds, exact), limit, held, within)
+    return Outcome(search(times, limit, seconds, exact, objective), limit, held, within)

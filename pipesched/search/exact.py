@@ -69,10 +69,22 @@ class NoSolution(ConfigError):
 EXACT_DEVICES, EXACT_MICROBATCHES = 4, 8
 
 
-def search(times: ActionTimes, limit: int | Sequence[int], seconds: float = 2.0, exact: bool | None = None) -> Found:
+def search(
+    times: ActionTimes,
+    limit: int | Sequence[int],
+    seconds: float = 2.0,
+    exact: bool | None = None,
+    objective: str = "makespan",
+) -> Found:
     """The heuristic search (``synthesise``), and for small sizes (``exact``; default K <= 4 and M <= 8) the
-    exact one too: the faster schedule of the two, and the higher of their lower bounds."""
-    heuristic = synthesise(times, limit)
+    exact one too: the faster schedule of the two, and the higher of their lower bounds.
+
+    The solver's model minimises one step's makespan, so ``objective="period"``
+    (steps back to back) is the heuristic's alone.
+    """
+    heuristic = synthesise(times, limit, objective=objective)
+    if objective != "makespan":
+        return heuristic
     small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
     if heuristic.optimal or not (small if exact is None else exact):
         return heuristic  # proved optimal by the lower bound already, or too large to solve

@@ -54,9 +54,9 @@ def inflight_limit(prepared: Any) -> tuple[int, ...]:
     return tuple(limits)
 
 
-def fit_memory(prepared: Any, times: Any) -> Any:
-    """The fastest candidate (``synthesise.ranked``) within ``inflight_limit`` whose schedule fits
-    ``prepared``'s device memory in the engine's own count (a shape-only run of each, fastest first).
+def fit_memory(prepared: Any, times: Any, objective: str = "makespan") -> Any:
+    """The fastest candidate (``synthesise.ranked``, by ``objective``) within ``inflight_limit`` whose schedule
+    fits ``prepared``'s device memory in the engine's own count (a shape-only run of each, fastest first).
 
     Raises ``ConfigError`` if no candidate fits, naming the memory the leanest needs.
     """
@@ -67,7 +67,7 @@ def fit_memory(prepared: Any, times: Any) -> Any:
     held = prepared.schedule.num_stages // prepared.schedule.devices
     leanest = None
     for limits in (inflight_limit(prepared), held):  # then one micro-batch in flight everywhere, the leanest
-        for found in ranked(times, limits):
+        for found in ranked(times, limits, objective=objective):
             check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=held)))
             peak = max(check.metrics.peak_memory_bytes)
             if check.trace.oom is None:

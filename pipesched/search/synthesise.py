@@ -29,11 +29,14 @@ from typing import Sequence
 from ..errors import ConfigError, PipeschedError
 from ..schedule import Schedule
 from ..strategy import load_strategy, make_plan
-from .bounds import Bound, lower_bound
+from .bounds import Bound, lower_bound, period_bound
 from .evaluate import ActionTimes, Evaluation, evaluate
 from .greedy import greedy, per_device, supported
 
-__all__ = ["BUILTINS", "Fixed", "Found", "ranked", "synthesise"]
+__all__ = ["BUILTINS", "BUILTINS_V", "OBJECTIVES", "Fixed", "Found", "ranked", "synthesise"]
+
+#: What a search minimises: one step's makespan, or the period of steps run back to back.
+OBJECTIVES = ("makespan", "period")
 
 #: The built-in strategies the search starts from: those with one stage per device.
 BUILTINS = ("gpipe", "1f1b", "zb-h1", "zb-h2")
@@ -77,20 +80,31 @@ class Found:
     bound: Bound
     method: str  # e.g. "built-in zb-h1" or "greedy: limit 4, split, W deferred, backwards first"
     candidates: int  # how many schedules were timed
+    objective: str = "makespan"  # or "period": steps back to back
+
+    @property
+    def value(self) -> float:
+        """What the search minimised: one step's makespan, or the period of steps back to back."""
+        return self.evaluation.makespan if self.objective == "makespan" else self.evaluation.period
 
     @property
     def gap(self) -> float:
-        """makespan / lower bound - 1, at least 0 (the bound may exceed an equal makespan by round-off)."""
-        return max(0.0, self.evaluation.makespan / self.bound.value - 1) if self.bound.value > 0 else 0.0
+        """value / lower bound - 1, at least 0 (the bound may exceed an equal value by round-off)."""
+        return max(0.0, self.value / self.bound.value - 1) if self.bound.value > 0 else 0.0
 
     @property
     def optimal(self) -> bool:
-        """Proved optimal: the makespan equals the lower bound (to round-off, 1e-12)."""
+        """Proved optimal: the value equals the lower bound (to round-off, 1e-12)."""
         return self.gap <= 1e-12
 
 
-def ranked(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -> list[Found]:
+def ranked(
+    times: ActionTimes, limit: int | Sequence[int], split: bool = True, objective: str = "makespan"
+) -> list[Found]:
     """Every candidate that runs within ``limit``, fastest first (the leaner among equals), each as a ``Found``.
+
+    ``objective`` is ``"makespan"`` (one step) or ``"period"`` (steps back to
+    back, ``Trace.period``; its bound is ``bounds.period_bound``).
 
     Raises ``ConfigError`` for a limit below 1 or a placement other than one
     stage per device.
@@ -118,17 +132,23 @@ def ranked(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -
             + f", {'forwards' if eager else 'backwards'} first"
         )
         candidates.append((greedy(times, lim, split=parts, defer=defer, eager=eager), describe))
-    bound = lower_bound(times, split=split)
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective {objective!r} is not one of {', '.join(OBJECTIVES)}")
+    bound = lower_bound(times, split=split) if objective == "makespan" else period_bound(times, split=split)
     keyed = []
     for i, (schedule, method) in enumerate(candidates):
         evaluation = evaluate(schedule, times)
         if evaluation.deadlock is None and all(p <= x for p, x in zip(evaluation.peak_inflight, limits)):
-            keyed.append(((evaluation.makespan, max(evaluation.peak_inflight), i), schedule, evaluation, method))
+            value = evaluation.makespan if objective == "makespan" else evaluation.period
+            keyed.append(((value, max(evaluation.peak_inflight), i), schedule, evaluation, method))
     keyed.sort(key=lambda k: k[0])
-    return [Found(schedule, evaluation, bound, method, len(candidates)) for _, schedule, evaluation, method in keyed]
+    n = len(candidates)
+    return [Found(schedule, evaluation, bound, method, n, objective) for _, schedule, evaluation, method in keyed]
 
 
-def synthesise(times: ActionTimes, limit: int | Sequence[int], split: bool = True) -> Found:
+def synthesise(
+    times: ActionTimes, limit: int | Sequence[int], split: bool = True, objective: str = "makespan"
+) -> Found:
     """The fastest schedule found for ``times`` with at most ``limit`` micro-batches in flight per device
     (``ranked``'s first).
 
@@ -136,7 +156,7 @@ def synthesise(times: ActionTimes, limit: int | Sequence[int], split: bool = Tru
     lower bound is then the one for such schedules. Raises ``ConfigError`` for
     a limit below 1 or a placement other than one stage per device.
     """
-    found = ranked(times, limit, split)
+    found = ranked(times, limit, split, objective)
     if not found:  # the greedy order at limit 1 always runs; kept for safety
         raise ConfigError(f"no schedule runs with --max-inflight {limit}; allow more micro-batches in flight")
     return found[0]
