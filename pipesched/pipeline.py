@@ -299,6 +299,11 @@ def prepare(config: RunConfig) -> Prepared:
     _check_counts(config)
     if config.strategy == AUTO:
         return prepare(replace(config, strategy=_auto(config)))
+    if config.max_inflight is not None and isinstance(config.strategy, str):
+        raise ConfigError(
+            f"--max-inflight {config.max_inflight} limits the schedule the search plans; it applies to "
+            f"--strategy auto (or pipesched search), not to {config.strategy}: drop it, or use --strategy auto"
+        )
     if config.model is None and config.seq_len is not None:
         raise ConfigError(f"--seq-len {config.seq_len} is a decoder's sequence length; give --model too, or drop it")
     model_config = None if config.model is None else decoder.resolve(config.model, config.seq_len)
@@ -599,8 +604,13 @@ def compare(
     for name in strategies:
         others = ",".join(n for n in strategies if n != name and not n.lower().endswith(".csv")) or "another strategy"
         try:
-            takes_chunks = name != AUTO and hasattr(load_strategy(name), "default_chunks")
-            prepared.append(prepare(replace(config, strategy=name, chunks=config.chunks if takes_chunks else None)))
+            # auto plans one stage per device or a V (--chunks 2), within --max-inflight, which is its alone
+            takes_chunks = name == AUTO or hasattr(load_strategy(name), "default_chunks")
+            chunks, inflight = (
+                (config.chunks if takes_chunks else None),
+                (config.max_inflight if name == AUTO else None),
+            )
+            prepared.append(prepare(replace(config, strategy=name, chunks=chunks, max_inflight=inflight)))
         except PipeschedError as exc:
             if on_skip is not None:
                 on_skip(name, str(exc))

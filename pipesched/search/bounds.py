@@ -90,8 +90,11 @@ links) (b) is the closed forms: without split backwards, for the last device,
 >>> times = from_prepared(prepare(RunConfig(strategy="1f1b", devices=4, microbatches=8, cost="unit", compute=False)))
 >>> lower_bound(times, split=False).value, 3 * (8 + 4 - 1)
 (33.0, 33)
->>> print(lower_bound(times).reason)
-device 3: its first forward starts at 3 at the earliest, then its work takes 24, then 0 must follow (bound b)
+>>> for part in lower_bound(times).reason.split(", "):
+...     print(part)
+device 3: its first forward starts at 3 units at the earliest
+then its work takes 24 units
+then 0 units must follow (bound b)
 """
 
 from __future__ import annotations

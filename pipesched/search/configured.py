@@ -33,7 +33,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..units import format_bytes
 from .evaluate import from_prepared
-from .exact import search
+from .exact import EXACT_DEVICES, EXACT_MICROBATCHES, search
 from .synthesise import Found
 
 __all__ = ["Outcome", "find", "placement_base"]
@@ -101,7 +101,10 @@ def find(config: Any, seconds: float = 2.0, exact: bool | None = None, objective
     memory = prepared.config.device_memory
     if config.max_inflight is None and memory is not None:
         # a memory in bytes (--device-memory, or a preset's): the fastest candidate that fits it in the engine
-        found = fit_memory(prepared, times, objective)
+        small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
+        solver = objective == "makespan" and (small if exact is None else exact)
+        refine = (lambda limits: search(times, limits, seconds, True, objective)) if solver else None
+        found = fit_memory(prepared, times, objective, refine)
         return Outcome(found, None, held, f"within --device-memory {format_bytes(memory)}")
     n = config.devices if config.max_inflight is None else config.max_inflight
     limit = (n * held,) * config.devices

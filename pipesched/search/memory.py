@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..units import format_bytes
@@ -54,9 +54,15 @@ def inflight_limit(prepared: Any) -> tuple[int, ...]:
     return tuple(limits)
 
 
-def fit_memory(prepared: Any, times: Any, objective: str = "makespan") -> Any:
+def fit_memory(
+    prepared: Any, times: Any, objective: str = "makespan", refine: Callable[[tuple[int, ...]], Any] | None = None
+) -> Any:
     """The fastest candidate (``synthesise.ranked``, by ``objective``) within ``inflight_limit`` whose schedule
     fits ``prepared``'s device memory in the engine's own count (a shape-only run of each, fastest first).
+
+    ``refine(limits)``, where given, is a search of its own within those
+    in-flight limits (the exact one, ``exact.search``); its schedule is tried
+    first when it is faster than every candidate.
 
     Raises ``ConfigError`` if no candidate fits, naming the memory the leanest needs.
     """
@@ -66,8 +72,13 @@ def fit_memory(prepared: Any, times: Any, objective: str = "makespan") -> Any:
     config = replace(prepared.config, compute=False, reference=False, allow_oom=True)
     held = prepared.schedule.num_stages // prepared.schedule.devices
     leanest = None
-    for limits in (inflight_limit(prepared), held):  # then one micro-batch in flight everywhere, the leanest
-        for found in ranked(times, limits, objective=objective):
+    for first, limits in ((True, inflight_limit(prepared)), (False, (held,) * times.devices)):
+        # then one micro-batch in flight everywhere, the leanest, where only fitting matters
+        candidates = ranked(times, limits, objective=objective)
+        better = refine(limits) if refine and first else None
+        if better is not None and (not candidates or better.value < candidates[0].value):
+            candidates.insert(0, better)
+        for found in candidates:
             check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=held)))
             peak = max(check.metrics.peak_memory_bytes)
             if check.trace.oom is None:
