@@ -688,3 +688,21 @@ def test_a_study_runs_auto_within_the_memory_the_built_ins_run_under_and_says_wh
         "at most 2 micro-batches in flight per device (K: 1F1B's and ZB-H1's memory), as no memory limit is "
         "given; [hardware].device_memory sets one." in _notes(results)
     )
+
+
+def test_a_default_list_leaves_auto_out_of_replicas_and_says_why_a_named_auto_stops(tmp_path, capsys):
+    replicas = AUTO_STUDY.replace("MEMORY", "data_parallel = 2").replace("batch = 8", "batch = 16")
+    study = tmp_path / "replicas.toml"
+    study.write_text(replicas.replace('strategies = ["1f1b", "zb-h1", "auto"]\n', ""))  # the default list
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "auto" not in {row["strategy"] for row in metrics["compare"] + metrics["sweep_microbatches"]}
+    built_ins = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+    assert [row["strategy"] for row in metrics["compare"]] == built_ins
+    why = metrics["notes"]["auto"]
+    assert why.startswith("auto is left out of the default comparison: ") and "--data-parallel" in why
+    assert f"pipesched: note: {why}" in err and why in (tmp_path / "out" / "report.md").read_text()
+    study.write_text(replicas)  # named, it must run: the study stops, naming it
+    assert main(["report", str(study), "-o", str(tmp_path / "named")]) == 2
+    assert "[compare] strategy 'auto' with partition 'uniform': " in capsys.readouterr().err

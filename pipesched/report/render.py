@@ -90,7 +90,9 @@ def _notes(results: StudyResults) -> str:
 
 
 def _auto_note(results: StudyResults) -> str:
-    """Which memory limit the ``auto`` rows were searched within (``pipeline.auto_limit``), or ''."""
+    """Which memory limit the ``auto`` rows were searched within (``pipeline.auto_limit``), why none ran, or ''."""
+    if AUTO in results.notes:  # left out of the default list (collect): why
+        return f" {results.notes[AUTO].rstrip('.')}."
     if not any(r.label == AUTO for r in results.compare):
         return ""
     limit = auto_limit(results.study.run_config(), keys=("[hardware].device_memory",))
