@@ -40,9 +40,11 @@ from .schedule import Schedule, expand
 from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
 from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
+from .units import count, format_bytes
 
 __all__ = [
     "AUTO",
+    "auto_limit",
     "RunConfig",
     "RunResult",
     "Prepared",
@@ -68,8 +70,9 @@ DEFAULT_LAYERS = "128,256x10,10"
 #: The strategy name that asks for a search instead of a recipe (``pipesched.search``).
 AUTO = "auto"
 
-#: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study).
-COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
+#: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study): every
+#: built-in, and the schedule the search finds for the same costs and memory limit beside them.
+COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp", AUTO)
 
 
 @dataclass(frozen=True)
@@ -629,6 +632,35 @@ def compare(
         except PipeschedError as exc:  # a deadlock or OOM: say whose
             raise type(exc)(f"strategy {name!r}: {exc}") from exc
     return results
+
+
+def auto_limit(config: RunConfig, keys: Sequence[str] = ("--device-memory", "--max-inflight")) -> str:
+    """The memory limit ``--strategy auto`` plans within under ``config``, as a phrase for a table's note.
+
+    The same order as ``_auto``: ``--max-inflight`` where given, else the bytes
+    of ``--device-memory`` or of a named preset, else K micro-batches in
+    flight per device, 1F1B's and ZB-H1's most. ``keys`` name what sets a
+    limit, the memory first (a study's is ``[hardware].device_memory``).
+
+    >>> auto_limit(RunConfig(max_inflight=2))
+    'at most 2 micro-batches in flight per device (--max-inflight)'
+    >>> auto_limit(RunConfig(device_memory=2**30))
+    'within 1.00 GiB per device (--device-memory), the limit every strategy here runs under'
+    """
+    if config.max_inflight is not None:
+        return f"at most {count(config.max_inflight, 'micro-batch')} in flight per device (--max-inflight)"
+    memory = default_memory(config)
+    if memory is None:
+        return (
+            f"at most {count(config.devices, 'micro-batch')} in flight per device (K: 1F1B's and ZB-H1's memory), "
+            f"as no memory limit is given; {' or '.join(keys)} sets one"
+        )
+    where = (
+        keys[0]
+        if config.device_memory is not None
+        else f"the {os.path.basename(config.hardware or '')} preset's memory"
+    )
+    return f"within {format_bytes(memory)} per device ({where}), the limit every strategy here runs under"
 
 
 def train(config: RunConfig, steps: int, lr: float = 0.01) -> list[RunResult]:

@@ -2,7 +2,7 @@
 
 A layout is a factorization N = D·T·K (data-parallel replicas, tensor-parallel
 devices per stage, pipeline devices per replica) with options: a built-in
-pipeline strategy (every one of ``COMPARE_DEFAULT`` but ``dp``), its chunks
+pipeline strategy (every one of ``COMPARE_DEFAULT`` but ``dp`` and ``auto``), its chunks
 where it takes them (``CHUNK_OPTIONS``), full recompute or none, and a ring
 all-reduce or a sharded optimizer (the latter only with D > 1, where it
 differs). The global batch B and the micro-batch size b fix the micro-batches
@@ -65,7 +65,7 @@ from .decoder import assemble as decoder
 from .decoder.accounting import model_flops
 from .errors import ConfigError, PipeschedError
 from .hardware import load_hardware
-from .pipeline import COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
+from .pipeline import AUTO, COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
 from .schedule import expand
 from .strategy import load_strategy, planned_stages
 from .sweep import Results, Sweep, pareto, point_key, sweep
@@ -87,8 +87,9 @@ __all__ = [
     "plan",
 ]
 
-#: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it).
-PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name != "dp")
+#: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it) and
+#: without auto, a search of its own for one pipeline that refuses D > 1 (``pipesched search``).
+PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name not in ("dp", AUTO))
 #: Significant digits a step's makespan is kept to for ranking (``evaluate``).
 SIGNIFICANT = 12
 #: Chunks per device tried for a strategy that takes chunks, where its stage count is K times them (ZB-V and

@@ -164,7 +164,8 @@ def test_a_study_is_checked_by_key_before_any_run_is_prepared(tmp_path, capsys, 
     monkeypatch.setattr(limits, "machine_memory", lambda: 10**6)
     study.write_text('[model]\nlayers = "64x9"\n')
     err = _refused(capsys, "report", str(study), "-o", str(tmp_path / "out"))
-    assert "[model].layers 64x9 with [model].batch 32 needs at least" in err and "for 17 runs prepared together" in err
+    # 2 partitions x 9 strategies (the eight built-ins and auto), and the training run
+    assert "[model].layers 64x9 with [model].batch 32 needs at least" in err and "for 19 runs prepared together" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -5,6 +5,7 @@ import csv
 import json
 import os
 import pathlib
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -636,3 +637,72 @@ def test_bad_layout_keys_in_a_study_are_named(tmp_path, capsys, line, message):
     assert main(["report", str(path), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+AUTO_STUDY = """
+[model]
+layers = "8,16x4,4"
+batch = 8
+compute = false
+[hardware]
+devices = 2
+link_bandwidth = 1e9
+MEMORY
+[compare]
+strategies = ["1f1b", "zb-h1", "auto"]
+microbatches = 4
+partitions = ["uniform"]
+[sweep]
+microbatches = [4]
+devices = [2]
+"""
+
+
+def test_a_study_runs_auto_within_the_memory_the_built_ins_run_under_and_says_which(tmp_path):
+    from pipesched import RunConfig, run
+    from pipesched.report.render import _notes, comparison_rows
+
+    config = RunConfig(layers="8,16x4,4", batch=8, devices=2, microbatches=4, link_bandwidth=1e9, compute=False)
+    limit = max(run(replace(config, strategy="1f1b")).metrics.peak_memory_bytes)  # 1F1B's own peak: it just fits
+    study = tmp_path / "auto.toml"
+    study.write_text(AUTO_STUDY.replace("MEMORY", f"device_memory = {limit}"))
+    results = collect(load_study(str(study)), progress=False)
+    runs = {r.label: r for r in results.compare}
+    assert runs["zb-h1"].trace.oom is not None and runs["1f1b"].trace.oom is None  # the limit parts them
+    assert runs["auto"].trace.oom is None and max(runs["auto"].metrics.peak_memory_bytes) <= limit
+    assert runs["auto"].metrics.makespan <= runs["1f1b"].metrics.makespan
+    assert [(row[0], row[-1]) for row in comparison_rows(results)] == [
+        ("1f1b", "yes"),
+        ("zb-h1", "no"),
+        ("auto", "yes"),
+    ]
+    assert (
+        f"auto is the fastest schedule pipesched search found for the study's costs, within {format_bytes(limit)} "
+        "per device ([hardware].device_memory), the limit every strategy here runs under." in _notes(results)
+    )
+    # without a limit, K = 2 micro-batches in flight, and the note names the key that would set one
+    study.write_text(AUTO_STUDY.replace("MEMORY", ""))
+    results = collect(load_study(str(study)), progress=False)
+    assert max(next(r for r in results.compare if r.label == "auto").metrics.peak_inflight_microbatches) <= 2
+    assert (
+        "at most 2 micro-batches in flight per device (K: 1F1B's and ZB-H1's memory), as no memory limit is "
+        "given; [hardware].device_memory sets one." in _notes(results)
+    )
+
+
+def test_a_default_list_leaves_auto_out_of_replicas_and_says_why_a_named_auto_stops(tmp_path, capsys):
+    replicas = AUTO_STUDY.replace("MEMORY", "data_parallel = 2").replace("batch = 8", "batch = 16")
+    study = tmp_path / "replicas.toml"
+    study.write_text(replicas.replace('strategies = ["1f1b", "zb-h1", "auto"]\n', ""))  # the default list
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "auto" not in {row["strategy"] for row in metrics["compare"] + metrics["sweep_microbatches"]}
+    built_ins = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+    assert [row["strategy"] for row in metrics["compare"]] == built_ins
+    why = metrics["notes"]["auto"]
+    assert why.startswith("auto is left out of the default comparison: ") and "--data-parallel" in why
+    assert f"pipesched: note: {why}" in err and why in (tmp_path / "out" / "report.md").read_text()
+    study.write_text(replicas)  # named, it must run: the study stops, naming it
+    assert main(["report", str(study), "-o", str(tmp_path / "named")]) == 2
+    assert "[compare] strategy 'auto' with partition 'uniform': " in capsys.readouterr().err

@@ -16,7 +16,7 @@ from ..balance import Placement
 from ..division import causes, describe_division
 from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
-from ..pipeline import RunConfig, RunResult, compare, run, train, training_precision
+from ..pipeline import AUTO, RunConfig, RunResult, auto_limit, compare, run, train, training_precision
 from ..precision import MLP_DTYPE
 from ..strategy import load_strategy
 from ..trace import to_chrome
@@ -225,11 +225,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print(f"pipesched: note: {name} left out of the default comparison: {why}", file=sys.stderr)
 
     default = args.strategies == ",".join(COMPARE_DEFAULT)
-    results = compare(_config(args), names, on_skip=left_out if default else None)
+    asked = _config(args)
+    results = compare(asked, names, on_skip=left_out if default else None)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], indent=2))
         return
     config, unit = results[0].config, results[0].trace.time_unit
+    # under a memory limit (--device-memory, or a preset's), whether each fits it: only --allow-oom lets one not fit
+    capped: tuple[str, ...] = ("fits memory",) if config.device_memory is not None else ()
     print(
         f"{_devices(config)}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
         f"{_model(config)}, remat {config.remat}, cost {_cost(config)}{_precision(config)}"
@@ -248,6 +251,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             "peak mem.",
             "grad err",
         )
+        + capped
     ]
     for result in results:
         metrics = result.metrics
@@ -264,6 +268,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 format_bytes(max(metrics.peak_memory_bytes)),
                 "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
             )
+            + (("no" if result.trace.oom else "yes",) if capped else ())
         )
     print(_table(rows))
     print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
@@ -285,6 +290,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     )
     if config.cost != "unit":
         print("formula: the closed-form bubble under unit cost and free links, for reference")
+    if any(str(result.config.strategy) == AUTO for result in results):
+        print(f"auto: the fastest schedule pipesched search found for these costs, {auto_limit(asked)}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, PipeschedError
+from ..pipeline import AUTO
 from ..report.render import COLUMNS, comparison_rows
 from ..units import format_bytes, format_rate
 from .common import _check_output_folder, _check_output_path, _table
@@ -43,6 +44,8 @@ def _cmd_report(args: argparse.Namespace) -> None:
         results = collect(study)
     except PipeschedError as exc:  # a run the study asks for cannot be made: say which file asked
         raise type(exc)(f"{args.study or 'the built-in study'}: {exc}") from exc
+    if AUTO in results.notes:  # the default list left auto out, as compare's does: say why
+        print(f"pipesched: note: {results.notes[AUTO]}", file=sys.stderr)
     page = write_report(results, args.output, text, study_path=args.study)
     shown = ("strategy", "partition", "step", "bubble", "back to back", "peak memory")
     rows = [shown] + [tuple(row[COLUMNS.index(c)] for c in shown) for row in comparison_rows(results)]

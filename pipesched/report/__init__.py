@@ -7,7 +7,7 @@
 - ``render``: write index.html, report.md, metrics.json and the traces.
 
 >>> default_study().compare.strategies
-('gpipe', '1f1b', 'interleaved', 'zb-h1', 'zb-h2', 'zb-v', 'dualpipev', 'dp')
+('gpipe', '1f1b', 'interleaved', 'zb-h1', 'zb-h2', 'zb-v', 'dualpipev', 'dp', 'auto')
 """
 
 from .collect import StudyResults, collect

@@ -24,7 +24,7 @@ from ..files import progress_bar
 from ..formulas import CLOSED_FORMS, pipeline_speedup
 from ..limits import check_actions, check_memory
 from ..partition import uniform
-from ..pipeline import Prepared, RunResult, execute, model_graph, prepare, train
+from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, model_graph, prepare, train
 from .study import Study
 from .study import trains as can_train
 
@@ -43,7 +43,8 @@ class StudyResults:
     train: dict[str, list[float]] = field(default_factory=dict)
     #: figures a study cannot draw, by file stem, each with the sentence the report prints instead
     left_out: dict[str, str] = field(default_factory=dict)
-    #: a sentence the report prints under a figure (by file stem) about how its runs differ from the study's
+    #: a sentence the report prints under a figure (by file stem) about how its runs differ from the study's,
+    #: or under the table (``auto``) why the default list left auto out
     notes: dict[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
@@ -132,17 +133,24 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     """Run every part of ``study``; ``progress`` shows a bar on a terminal."""
     _check_limits(study)
     jobs: list[tuple[str, Any, Prepared]] = []
+    # the default list runs auto where the search can plan the study (as pipesched compare does), else says why
+    left_out: dict[str, str] = {}
     for partition in study.compare.partitions:
         for strategy in study.compare.strategies:
+            if strategy in left_out:
+                continue
             chunks = study.compare.chunks if strategy == "interleaved" else None
             config = study.run_config(strategy=strategy, partition=partition, chunks=chunks)
             try:
                 jobs.append(("compare", None, prepare(config)))
             except PipeschedError as exc:  # say which part of the study it was
+                if strategy == AUTO and tuple(study.compare.strategies) == COMPARE_DEFAULT:
+                    left_out[strategy] = str(exc)
+                    continue
                 raise type(exc)(f"[compare] strategy {strategy!r} with partition {partition!r}: {exc}") from exc
     unit_costs = [("study", study.hardware.cost)] + ([("unit", "unit")] if study.hardware.cost != "unit" else [])
     for strategy in study.compare.strategies:
-        if strategy.endswith(".csv"):
+        if strategy.endswith(".csv") or strategy in left_out:
             continue  # a schedule file has its own M: nothing to sweep
         for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
             for m in study.sweep.microbatches:
@@ -188,6 +196,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         prepare(config)  # checked now, not after every other run
         trains.append((name, config))
     results = StudyResults(study)
+    results.notes |= {name: f"{name} is left out of the default comparison: {why}" for name, why in left_out.items()}
     bar = progress_bar(len(jobs) + len(trains) * study.train.steps, "pipesched report", "run", progress)
     sweep_m: dict[tuple, dict[str, Any]] = {}
     sweep_k: dict[int, dict[str, Any]] = {}

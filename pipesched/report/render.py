@@ -24,7 +24,7 @@ from ..division import causes, describe_division
 from ..errors import ConfigError
 from ..files import read_toml
 from ..hardware import default_memory, describe
-from ..pipeline import training_precision
+from ..pipeline import AUTO, auto_limit, training_precision
 from ..trace import to_chrome
 from ..units import format_bytes, format_time
 from .collect import StudyResults
@@ -85,7 +85,18 @@ def _notes(results: StudyResults) -> str:
         + (f" An overlapped F&B pair lasts the {rule} of its parts (--overlap {rule})" if pairs else "")
         + ("; the formulas are stated for the sum." if pairs and rule != "sum" else "." if pairs else "")
         + _division_note(results)
+        + _auto_note(results)
     )
+
+
+def _auto_note(results: StudyResults) -> str:
+    """Which memory limit the ``auto`` rows were searched within (``pipeline.auto_limit``), why none ran, or ''."""
+    if AUTO in results.notes:  # left out of the default list (collect): why
+        return f" {results.notes[AUTO].rstrip('.')}."
+    if not any(r.label == AUTO for r in results.compare):
+        return ""
+    limit = auto_limit(results.study.run_config(), keys=("[hardware].device_memory",))
+    return f" auto is the fastest schedule pipesched search found for the study's costs, {limit}."
 
 
 def _division_note(results: StudyResults) -> str:

@@ -311,7 +311,7 @@ collective = "auto"          # or "ring", "hierarchical" (intra-node then inter-
 # times = "times.toml"       # relative to this file; makes [hardware].cost "measured"
 
 [compare]                    # the main table: every strategy x every partition
-strategies = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+strategies = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp", "auto"]
 microbatches = 8
 chunks = 2                   # v, for strategies that interleave
 remat = "never"              # or "always", "except_last"

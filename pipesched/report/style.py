@@ -76,7 +76,7 @@ OP_NAMES = {
 }
 #: A device's chunks (its stages in order: interleaved's v chunks, a V's way down and back up) by hatch.
 CHUNK_HATCHES = ["", "///", "\\\\\\", "xxx", "...", "ooo"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<"]  # nine: every built-in and auto tell apart
 LINE_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 
 # typed Any: matplotlib types rc_context's keys as a Literal of every rc name
