@@ -148,9 +148,11 @@ def test_strategy_auto_refuses_what_it_cannot_plan(extra, message):
 
 
 @pytest.mark.parametrize("memory", [3_250_000, 3_300_000, 3_400_000, 4_000_000])
-def test_auto_fits_a_memory_in_bytes_and_beats_every_built_in_that_fits_it(memory):
+def test_auto_fits_a_memory_in_bytes_and_beats_every_built_in_that_fits_it(monkeypatch, memory):
     """--device-memory instead of --max-inflight: the engine's own count keeps every device within it, and no
-    built-in that also fits is faster (each run in the engine with the same memory)."""
+    built-in that also fits is faster (each run in the engine with the same memory). The heuristic's
+    candidates alone (CP-SAT's under bytes: tests/test_search_v.py), to keep the suite quick."""
+    monkeypatch.setattr("pipesched.search.configured.EXACT_DEVICES", 0)
     base = dict(devices=4, microbatches=8, layers="128,256x10,10", compute=False, device_memory=memory)
     auto = run(RunConfig(strategy="auto", **base))
     assert auto.trace.oom is None and max(auto.metrics.peak_memory_bytes) <= memory
@@ -160,7 +162,8 @@ def test_auto_fits_a_memory_in_bytes_and_beats_every_built_in_that_fits_it(memor
             assert auto.metrics.makespan <= other.metrics.makespan
 
 
-def test_a_memory_no_schedule_fits_names_the_least_that_would(capsys):
+def test_a_memory_no_schedule_fits_names_the_least_that_would(capsys, monkeypatch):
+    monkeypatch.setattr("pipesched.search.configured.EXACT_DEVICES", 0)  # the candidates' memory is the subject
     flags = ["--strategy", "auto", "--devices", "4", "--microbatches", "8", "--no-compute"]
     assert main(["run", *flags, "--device-memory", "3000000"]) == 2
     err = capsys.readouterr().err
