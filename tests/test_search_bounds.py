@@ -24,6 +24,7 @@ from pipesched.search.bounds import (
     device_window,
     device_windows,
     lower_bound,
+    period_bound,
 )
 from pipesched.times import StageTimes
 from test_search_evaluate import STRATEGIES, problems, reorder
@@ -43,9 +44,11 @@ def test_no_bound_exceeds_a_built_in_strategy(name: str, data: st.DataObject) ->
     """Every built-in (DualPipeV with its overlapped pairs, under the sum rule) on random measured costs."""
     schedule, work, cost, remat = data.draw(problems(name, pairs=True))
     times = action_times(placement_of(schedule), schedule.devices, work, cost, remat)
-    makespan = simulate(schedule, work, cost, remat).makespan
+    trace = simulate(schedule, work, cost, remat)
+    makespan = trace.makespan
     for bound in bounds(times):
         assert bound.value <= makespan * (1 + ROUNDING), bound.reason
+    assert period_bound(times).value <= trace.period() * (1 + ROUNDING)  # steps back to back
     if full_backwards_only(schedule):  # GPipe, 1F1B, interleaved: the bounds without split backwards hold too
         for bound in bounds(times, split=False):
             assert bound.value <= makespan * (1 + ROUNDING), bound.reason

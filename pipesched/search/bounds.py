@@ -1,4 +1,4 @@
-"""Lower bounds on the makespan of any valid schedule of one pipeline: what no order of the actions can beat.
+"""Lower bounds on the makespan (and period) of any valid schedule of one pipeline: what no order beats.
 
 The setting is what ``ActionTimes`` holds (``pipesched.search.evaluate``):
 a placement (stage s on device p(s): one stage per device, a V with two, or
@@ -78,6 +78,11 @@ Work of device d: ``work(d) = Σ_{s on d} Σ_m F(s,m) + R(s,m)·r(m) + min(B, I 
     back being min(B, I) (min(B, I + W) on stage 0; B with ``split=False``):
     micro-batch m's forward through every stage and its gradient back, by
     fact 2 along its chain of dependencies.
+
+(p) Period back to back (``Trace.period``: steps run back to back, no
+    barrier between them, start a period apart, which is the longest window
+    any device or link is in use from its first start to its last end):
+    period ≥ max_d work(d), since d's window holds all its actions (fact 1).
 
 Under unit cost with one stage per device (F = 1, B = 2, I = W = 1, free
 links) (b) is the closed forms: without split backwards, for the last device,
@@ -240,8 +245,16 @@ def bounds(times: ActionTimes, split: bool = True) -> list[Bound]:
 
 
 def period_bound(times: ActionTimes, split: bool = True) -> Bound:
-    """A period no schedule's steps run back to back beat: the busiest device's work (bound a), since each
-    device's window (``Trace.period``) holds all its actions."""
+    """Bound (p): a period no schedule's steps run back to back beat, the busiest device's work, since each
+    device's window (``Trace.period``) holds all its actions.
+
+    >>> from pipesched import RunConfig
+    >>> from pipesched.pipeline import prepare
+    >>> from pipesched.search import from_prepared
+    >>> config = RunConfig(strategy="zb-h2", devices=4, microbatches=8, cost="unit", compute=False)
+    >>> period_bound(from_prepared(prepare(config))).value  # 3M: ZB-H2 reaches it back to back
+    24.0
+    """
     busiest = busiest_device(times, split)
     return Bound(busiest.value, f"back to back, each device's window holds its work: {busiest.reason}")
 
