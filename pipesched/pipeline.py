@@ -602,6 +602,11 @@ def compare(
     if repeated:
         raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; name each strategy once")
     _check_counts(config)  # what no strategy can run is one sentence, not a note per strategy
+    if config.max_inflight is not None and AUTO not in strategies:
+        raise ConfigError(
+            f"--max-inflight {config.max_inflight} limits auto's schedule, and --strategies does not name auto; "
+            "add auto, or drop --max-inflight"
+        )
     check_memory(config, copies=len(strategies))  # every prepared run keeps its model until the last has run
     prepared = []
     for name in strategies:
@@ -637,9 +642,10 @@ def compare(
 def auto_limit(config: RunConfig, keys: Sequence[str] = ("--device-memory", "--max-inflight")) -> str:
     """The memory limit ``--strategy auto`` plans within under ``config``, as a phrase for a table's note.
 
-    The same order as ``_auto``: ``--max-inflight`` where given, else the bytes
-    of ``--device-memory`` or of a named preset, else K micro-batches in
-    flight per device, 1F1B's and ZB-H1's most. ``keys`` name what sets a
+    As ``pipesched.search.configured.find`` plans: ``--max-inflight`` where
+    given, within the bytes of ``--device-memory`` or of a named preset where
+    there are any; else those bytes; else K micro-batches in flight per
+    device, 1F1B's and ZB-H1's most. ``keys`` name what sets a
     limit, the memory first (a study's is ``[hardware].device_memory``).
 
     >>> auto_limit(RunConfig(max_inflight=2))
@@ -647,9 +653,10 @@ def auto_limit(config: RunConfig, keys: Sequence[str] = ("--device-memory", "--m
     >>> auto_limit(RunConfig(device_memory=2**30))
     'within 1.00 GiB per device (--device-memory), the limit every strategy here runs under'
     """
-    if config.max_inflight is not None:
-        return f"at most {count(config.max_inflight, 'micro-batch')} in flight per device (--max-inflight)"
     memory = default_memory(config)
+    if config.max_inflight is not None:
+        inflight = f"at most {count(config.max_inflight, 'micro-batch')} in flight per device (--max-inflight)"
+        return inflight if memory is None else f"{inflight}, within {format_bytes(memory)} per device"
     if memory is None:
         return (
             f"at most {count(config.devices, 'micro-batch')} in flight per device (K: 1F1B's and ZB-H1's memory), "

@@ -20,9 +20,9 @@ def _rows(capsys, *argv):
 
 
 def _one_stage_per_device(rows):
-    """The built-ins with one stage per device, the placement the search plans.
+    """The built-ins with one stage per device, the placement the search plans without --chunks 2.
 
-    Not V placements (two stages per device: the search does not plan them yet) nor dp (the whole model on
+    Not V placements (two stages per device, which auto plans only with --chunks 2) nor dp (the whole model on
     every device, whose in-flight count is not a pipeline stage's).
     """
     return [row for name, row in rows.items() if name != "auto" and len(row["partition"]) == row["devices"]]

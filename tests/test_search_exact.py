@@ -8,6 +8,7 @@ its optimum must be brute force's to the last bit, with the lower bound proving 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -99,3 +100,39 @@ def test_search_keeps_the_solvers_schedule_where_the_heuristic_falls_short():
     heuristic, found = synthesise(times, 2), search(times, 2)
     assert found.method.startswith("exact") and found.evaluation.makespan < heuristic.evaluation.makespan / 1.01
     assert found.gap < 1e-6 and found.bound.value > heuristic.bound.value
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        # compute a billionth of a send: rounded to no time in the solver's units, so its start order is loose
+        ["--devices", "3", "--microbatches", "4", "--cost", "flops", "--link-bandwidth", "1", "--max-inflight", "1"],
+        # a decoder stage without work (the tied head's), on a V
+        [
+            "--devices",
+            "4",
+            "--microbatches",
+            "6",
+            "--model",
+            "tiny-gpt",
+            "--seq-len",
+            "16",
+            "--batch",
+            "6",
+            "--chunks",
+            "2",
+        ],
+    ],
+)
+def test_actions_of_no_time_never_give_an_invalid_schedule_or_a_false_proof(capsys, flags):
+    """The solver may place an action of no time inside another; its order is then refused, and what is
+    printed is a schedule within the limit that the engine runs, no faster than the bound it states."""
+    from pipesched.cli import main
+
+    assert main(["search", *flags, "--no-compute", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    inflight = int(flags[flags.index("--max-inflight") + 1]) if "--max-inflight" in flags else 4
+    held = 2 if "--chunks" in flags else 1
+    assert max(data["peak_inflight_microbatches"]) <= inflight * held
+    assert data["makespan"] >= data["lower_bound"] * (1 - 1e-12)
+    assert data["optimal"] == (data["makespan"] <= data["lower_bound"] * (1 + 1e-12))

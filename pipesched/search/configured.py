@@ -10,10 +10,10 @@ from both.
 - Limit: ``--max-inflight N`` micro-batches of activations of one stage per
   device, as the Zero Bubble paper states its limits (ZB-1p: N = K, 1F1B's;
   ZB-2p: 2K). A V's two stages are half a stage each, so N allows 2N
-  stage-micro-batches on a device, the engine's count. With no N but a memory
-  in bytes (``--device-memory``, or a ``--hardware`` preset's), the fastest
-  candidate that fits it in the engine (``memory.fit_memory``); with
-  neither, N = K.
+  stage-micro-batches on a device, the engine's count. With a memory in
+  bytes (``--device-memory``, or a ``--hardware`` preset's), the fastest
+  candidate that fits it in the engine (``memory.fit_memory``), within N
+  too where given; with neither, N = K.
 - Times: the configuration prepared with 1F1B (one stage per device) or ZB-V
   (a V), for the stages' partition, costs and sends (``from_prepared``).
 - Search: ``exact.search``, the heuristic and, for K <= 4 and M <= 8, CP-SAT.
@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PipeschedError
 from ..units import format_bytes
 from .evaluate import from_prepared
 from .exact import EXACT_DEVICES, EXACT_MICROBATCHES, search
@@ -94,19 +94,29 @@ def find(config: Any, seconds: float = 2.0, exact: bool | None = None, objective
     from ..pipeline import prepare  # the pipeline imports the search: import it when asked
     from .memory import fit_memory
 
-    prepared = prepare(
-        replace(config, strategy=base, chunks=held, max_inflight=None, compute=False, reference=False, allow_oom=True)
-    )
+    try:
+        prepared = prepare(
+            replace(config, strategy=base, chunks=held, max_inflight=None, compute=False, reference=False,
+                    allow_oom=True)
+        )  # fmt: skip
+    except PipeschedError as exc:  # in the user's words: the placement they asked for, not the built-in it borrows
+        placement = "a V of two stages per device (--chunks 2)" if held == 2 else "one stage per device"
+        raise type(exc)(str(exc).replace(f"strategy {base!r}", f"the search's placement, {placement},")) from None
     times = from_prepared(prepared)
     memory = prepared.config.device_memory
-    if config.max_inflight is None and memory is not None:
-        # a memory in bytes (--device-memory, or a preset's): the fastest candidate that fits it in the engine
-        small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
-        solver = objective == "makespan" and (small if exact is None else exact)
-        refine = (lambda limits: search(times, limits, seconds, True, objective)) if solver else None
-        found = fit_memory(prepared, times, objective, refine)
-        return Outcome(found, None, held, f"within --device-memory {format_bytes(memory)}")
     n = config.devices if config.max_inflight is None else config.max_inflight
     limit = (n * held,) * config.devices
     within = f"--max-inflight {n}" + (f": at most {n * held}, a V's half-stages counting as halves" if held > 1 else "")
-    return Outcome(search(times, limit, seconds, exact, objective), limit, held, within)
+    if memory is None:
+        return Outcome(search(times, limit, seconds, exact, objective), limit, held, within)
+    # a memory in bytes (--device-memory, or a preset's): the fastest candidate that fits it in the engine, within
+    # --max-inflight too where given
+    small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
+    solver = objective == "makespan" and (small if exact is None else exact)
+    refine = (lambda limits: search(times, limits, seconds, True, objective)) if solver else None
+    cap = None if config.max_inflight is None else n * held
+    found = fit_memory(prepared, times, objective, refine, cap)
+    bytes_ = f"--device-memory {format_bytes(memory)}"
+    if cap is None:
+        return Outcome(found, None, held, f"within {bytes_}")
+    return Outcome(found, limit, held, f"{within}, within {bytes_}")

@@ -21,15 +21,22 @@ M micro-batches and the times of ``ActionTimes``:
   the end of W or B, over every stage it holds) stay within ``limit``;
 - minimise the makespan, the latest end.
 
-It relaxes the engine in one way only: a send here never waits for its link
-(the engine's links are first in, first out, and a send can queue). So the
-model's optimum is a lower bound on every schedule's makespan, and the
-schedule it gives (each device's actions in start order) is timed exactly by
-the fast evaluator: when that time equals the bound, the schedule is proved
-optimal. Times are integers to the solver: they are scaled to ``RESOLUTION``
-units and rounded down, which keeps the model's bound a lower bound. The
-time limit is in CP-SAT's deterministic time units (its own count of work,
-1 to 5 s of wall time each on the development machine), so a search that
+It relaxes the engine in two ways: a send here never waits for its link
+(the engine's links are first in, first out, and a send can queue), and a
+tied pair's all-reduce after the last actions (a decoder's tied embedding)
+is left out. So the model's optimum is a lower bound on every schedule's
+makespan, and the schedule it gives (each device's actions in start order)
+is timed exactly by the fast evaluator: when that time equals the bound, the
+schedule is proved optimal. Times are integers to the solver: they are
+scaled to ``RESOLUTION`` units and rounded down, which keeps the model's
+bound a lower bound. An action rounded to no time at all (a stage without
+work, or compute far shorter than a send) may sit anywhere in the model,
+even inside another action, so its start order can be an order the engine
+would run otherwise; the schedule is therefore evaluated, and one that
+deadlocks or holds more in flight than the limit is refused (``NoSolution``:
+``search`` keeps the heuristic's). The time limit is in CP-SAT's
+deterministic time units (its own count of work, 1 to 11 s of wall time
+each on the development machine, depending on the model), so a search that
 stops at it stops at the same point on every run and machine.
 
 >>> from pipesched import RunConfig
@@ -62,7 +69,17 @@ RESOLUTION = 10_000_000
 
 
 class NoSolution(ConfigError):
-    """The solver found no schedule within its time limit."""
+    """The solver found no schedule within its time limit, or none the engine runs within the limit.
+
+    ``note`` says which in a few words, for the search's ``method``; ``bound``
+    is the lower bound the solver proved all the same (its model relaxes the
+    engine whatever order it returns), or None.
+    """
+
+    def __init__(self, message: str, note: str, bound: Bound | None = None) -> None:
+        super().__init__(message)
+        self.note = note
+        self.bound = bound  # what the solver proved all the same, if anything
 
 
 #: The sizes the search solves exactly by default (``search``): CP-SAT proves these in seconds.
@@ -90,9 +107,11 @@ def search(
         return heuristic  # proved optimal by the lower bound already, or too large to solve
     try:
         solved = solve(times, limit, seconds, hint=heuristic.schedule)
-    except NoSolution:  # the heuristic's schedule and bound stand, and the output says why
-        note = "; CP-SAT found no schedule within its time limit"
-        return replace(heuristic, method=heuristic.method + note, candidates=heuristic.candidates + 1)
+    except NoSolution as exc:  # the heuristic's schedule stands, with what the solver proved; the output says why
+        bound = max(heuristic.bound, exc.bound or heuristic.bound, key=lambda b: b.value)
+        return replace(
+            heuristic, bound=bound, method=f"{heuristic.method}; {exc.note}", candidates=heuristic.candidates + 1
+        )
     bound = max(heuristic.bound, solved.bound, key=lambda b: b.value)
     best = min((solved, heuristic), key=lambda f: f.evaluation.makespan)  # the exact one among equals
     method = best.method
@@ -159,10 +178,13 @@ def solve(
 
     ``hint``, a valid schedule within ``limit`` (the heuristic's), starts the
     solver from that schedule's orders run as early as the model allows, so
-    it returns at least as good a schedule however soon it stops. Raises
-    ``ConfigError`` for a time limit that is not positive, a limit below the
-    stages a device holds, or a placement other than one stage per device
-    or a V (``greedy.supported``).
+    it has a solution at once, at least as good in the model's time (which
+    lets no send queue: in the engine's it can be slower, and ``search``
+    keeps the faster). Raises ``ConfigError`` for a time limit that is not
+    positive, a limit below the stages a device holds, or a placement other
+    than one stage per device or a V (``greedy.supported``); ``NoSolution``
+    when the solver finds no schedule within its limit, or its order is not
+    one the engine runs within ``limit`` (see the module).
     """
     from ortools.sat.python import cp_model
 
@@ -243,11 +265,13 @@ def solve(
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise NoSolution(
-            f"the solver found no schedule within --time-limit {seconds:g}; allow more, or use the heuristic search"
+            f"the solver found no schedule within --time-limit {seconds:g}; allow more, or use the heuristic search",
+            "CP-SAT found no schedule within its time limit",
         )
     orders = [
         [Action(s, op, m) for (op, s, m) in sorted((k for k in lengths if placement[k[1]] == d),
-                                                    key=lambda k: (solver.value(start[k]), "FIWB".index(k[0]), k[2]))]
+                                                    key=lambda k: (solver.value(start[k]), solver.value(end[k]),
+                                                                   "FIWB".index(k[0]), k[2]))]
         for d in range(K)
     ]  # fmt: skip
     schedule = Schedule(orders)
@@ -259,5 +283,13 @@ def solve(
         if proved > analytic.value
         else analytic
     )
+    if evaluation.deadlock is not None or any(p > x for p, x in zip(evaluation.peak_inflight, limits)):
+        raise NoSolution(
+            "the solver's order puts actions of no time where the engine would not run them (it "
+            + ("deadlocks" if evaluation.deadlock is not None else "holds more in flight than the limit")
+            + "); use the heuristic search",
+            "CP-SAT's order, with actions of no time, was not one the engine runs within the limit",
+            bound,
+        )
     verdict = "the model's optimum" if status == cp_model.OPTIMAL else "the best found within its time limit"
     return Found(schedule, evaluation, bound, f"exact: OR-Tools CP-SAT, {verdict}", 1)

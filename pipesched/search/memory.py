@@ -32,6 +32,11 @@ from ..units import format_bytes
 __all__ = ["inflight_limit", "fit_memory"]
 
 
+def _key(schedule: Any) -> tuple[tuple[Any, ...], ...]:
+    """A schedule's orders, to tell candidates apart."""
+    return tuple(tuple(row) for row in schedule.actions)
+
+
 def inflight_limit(prepared: Any) -> tuple[int, ...]:
     """Per device, the stage-micro-batches in flight that ``prepared.config.device_memory`` allows (see the
     module), at least one per stage the device holds (whether that fits, ``fit_memory`` finds out in the
@@ -55,14 +60,24 @@ def inflight_limit(prepared: Any) -> tuple[int, ...]:
 
 
 def fit_memory(
-    prepared: Any, times: Any, objective: str = "makespan", refine: Callable[[tuple[int, ...]], Any] | None = None
+    prepared: Any,
+    times: Any,
+    objective: str = "makespan",
+    refine: Callable[[tuple[int, ...]], Any] | None = None,
+    cap: int | None = None,
 ) -> Any:
-    """The fastest candidate (``synthesise.ranked``, by ``objective``) within ``inflight_limit`` whose schedule
-    fits ``prepared``'s device memory in the engine's own count (a shape-only run of each, fastest first).
+    """The fastest candidate (``synthesise.ranked``, by ``objective``) whose schedule fits ``prepared``'s
+    device memory in the engine's own count (a shape-only run of each, fastest first).
 
-    ``refine(limits)``, where given, is a search of its own within those
-    in-flight limits (the exact one, ``exact.search``); its schedule is tried
-    first when it is faster than every candidate.
+    The candidates are those within ``inflight_limit`` (the estimate), then
+    the faster ones that hold more in flight (up to ``cap`` stage-micro-batches
+    per device, or all): the estimate comes from one 1F1B run, and a schedule
+    that holds more micro-batches may still fit where 1F1B's split of the
+    memory misjudges it (link buffers, re-materialization of all but the
+    last micro-batch), so the engine decides. ``refine(limits)``, where
+    given, is a search of its own within the estimate (the exact one,
+    ``exact.search``); its schedule is tried first when it is faster than
+    every candidate. ``cap`` is ``--max-inflight``'s, in stage-micro-batches.
 
     Raises ``ConfigError`` if no candidate fits, naming the memory the leanest needs.
     """
@@ -71,13 +86,19 @@ def fit_memory(
 
     config = replace(prepared.config, compute=False, reference=False, allow_oom=True)
     held = prepared.schedule.num_stages // prepared.schedule.devices
+    most = times.microbatches * held if cap is None else cap
+    estimate = tuple(min(x, most) for x in inflight_limit(prepared))
     leanest = None
-    for first, limits in ((True, inflight_limit(prepared)), (False, (held,) * times.devices)):
+    for first, limits in ((True, estimate), (False, (held,) * times.devices)):
         # then one micro-batch in flight everywhere, the leanest, where only fitting matters
         candidates = ranked(times, limits, objective=objective)
         better = refine(limits) if refine and first else None
         if better is not None and (not candidates or better.value < candidates[0].value):
             candidates.insert(0, better)
+        if first and min(limits) < most:  # and those beyond the estimate, in order of speed
+            seen = {_key(f.schedule) for f in candidates}
+            candidates += [f for f in ranked(times, most, objective=objective) if _key(f.schedule) not in seen]
+            candidates.sort(key=lambda f: f.value)  # stable: the estimate's first among equals
         for found in candidates:
             check = execute(prepare(replace(config, strategy=Fixed(found.schedule), chunks=held)))
             peak = max(check.metrics.peak_memory_bytes)
