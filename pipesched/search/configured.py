@@ -112,7 +112,7 @@ def find(config: Any, seconds: float = 2.0, exact: bool | None = None, objective
     # a memory in bytes (--device-memory, or a preset's): the fastest candidate that fits it in the engine, within
     # --max-inflight too where given
     small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
-    solver = objective == "makespan" and (small if exact is None else exact)
+    solver = small if exact is None else exact
     refine = (lambda limits: search(times, limits, seconds, True, objective)) if solver else None
     cap = None if config.max_inflight is None else n * held
     found = fit_memory(prepared, times, objective, refine, cap)

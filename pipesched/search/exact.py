@@ -18,7 +18,12 @@ M micro-batches and the times of ``ActionTimes``:
   latency); the backward of s < S-1 after the backward of s+1 plus the
   gradient's send; the last stage's backward after its own F; W after I;
 - on each device the stage-micro-batches in flight (+1 at F's start, -1 at
-  the end of W or B, over every stage it holds) stay within ``limit``;
+  the end of W or B, over every stage it holds) stay within ``limit``,
+  stated twice: as a reservoir of those events and as a cumulative of each
+  micro-batch's span in flight. The second is redundant, yet without it
+  CP-SAT's wall time per unit of its deterministic clock ran away on some
+  V placements (84 s for 2 units at K = 3, M = 6 on LLaMA-2-7B costs; 4 s
+  with it), and with it the K = 4, M = 8 LLaMA case is proved optimal;
 - minimise the makespan, the latest end.
 
 It relaxes the engine in two ways: a send here never waits for its link
@@ -35,8 +40,8 @@ even inside another action, so its start order can be an order the engine
 would run otherwise; the schedule is therefore evaluated, and one that
 deadlocks or holds more in flight than the limit is refused (``NoSolution``:
 ``search`` keeps the heuristic's). The time limit is in CP-SAT's
-deterministic time units (its own count of work, 1 to 11 s of wall time
-each on the development machine, depending on the model), so a search that
+deterministic time units (its own count of work, 1.5 to 5.5 s of wall
+time each on the development machine, depending on the model), so a search that
 stops at it stops at the same point on every run and machine.
 
 >>> from pipesched import RunConfig
@@ -56,7 +61,7 @@ from typing import Any, Callable, Sequence, cast
 
 from ..errors import ConfigError
 from ..schedule import Action, Schedule
-from .bounds import Bound, lower_bound
+from .bounds import Bound, lower_bound, period_bound
 from .evaluate import ActionTimes, evaluate
 from .greedy import per_device, supported
 from .synthesise import Found, synthesise
@@ -96,15 +101,25 @@ def search(
     """The heuristic search (``synthesise``), and for small sizes (``exact``; default K <= 4 and M <= 8) the
     exact one too: the faster schedule of the two, and the higher of their lower bounds.
 
-    The solver's model minimises one step's makespan, so ``objective="period"``
-    (steps back to back) is the heuristic's alone.
+    The solver's model minimises one step's makespan; for
+    ``objective="period"`` (steps back to back) its schedule is one more
+    candidate, kept where its period is shorter, and the bound stays the
+    period's (``bounds.period_bound``).
     """
     heuristic = synthesise(times, limit, objective=objective)
-    if objective != "makespan":
-        return heuristic
     small = times.devices <= EXACT_DEVICES and times.microbatches <= EXACT_MICROBATCHES
     if heuristic.optimal or not (small if exact is None else exact):
         return heuristic  # proved optimal by the lower bound already, or too large to solve
+    if objective != "makespan":
+        try:
+            solved = replace(solve(times, limit, seconds, hint=heuristic.schedule), objective=objective)
+        except NoSolution:
+            return replace(heuristic, candidates=heuristic.candidates + 1)
+        n = heuristic.candidates + 1
+        if solved.value < heuristic.value:  # the model's verdict is on the makespan: say what it is kept for
+            heuristic = replace(solved, method=solved.method.replace("exact: ", "exact for the makespan: ")
+                                + ", the shortest period found")  # fmt: skip
+        return replace(heuristic, bound=period_bound(times), candidates=n)
     try:
         solved = solve(times, limit, seconds, hint=heuristic.schedule)
     except NoSolution as exc:  # the heuristic's schedule stands, with what the solver proved; the output says why
@@ -114,6 +129,8 @@ def search(
         )
     bound = max(heuristic.bound, solved.bound, key=lambda b: b.value)
     best = min((solved, heuristic), key=lambda f: f.evaluation.makespan)  # the exact one among equals
+    if best.value < bound.value <= best.value * (1 + 1e-12):  # the bound's own round-off, from the solver's units
+        bound = Bound(best.value, bound.reason)
     method = best.method
     if best is heuristic and not solved.method.endswith("optimum"):
         method += "; CP-SAT found nothing faster within its time limit"
@@ -224,6 +241,12 @@ def solve(
         model.add_no_overlap(intervals[d])
     done = "W" if split else "B"
     for d in range(K):  # the stage-micro-batches in flight on each device, over all the stages it holds
+        held = []  # each from its F's start to its W's (or B's) end, one unit of the device's limit
+        for s in mine[d]:
+            for m in range(M):
+                a, b = start[("F", s, m)], end[(done, s, m)]
+                held.append(model.new_interval_var(a, model.new_int_var(0, horizon, f"h{s}_{m}"), b, f"held{s}_{m}"))
+        model.add_cumulative(held, [1] * len(held), limits[d])
         events = [start[("F", s, m)] for s in mine[d] for m in range(M)]
         events += [end[(done, s, m)] for s in mine[d] for m in range(M)]
         n = len(events) // 2
@@ -259,14 +282,14 @@ def solve(
     solver.parameters.num_workers = workers
     solver.parameters.random_seed = 0  # the same answer on every run
     # no linear relaxation: on these models CP-SAT's LP spends wall time its deterministic clock undercounts
-    # (46 s for 2 units at K=3, M=6 on a V) and proves no more; without it the same limit takes 2-10 s and
-    # finds better schedules (measured on the test cases of tests/test_search_exact.py and test_search_v.py)
+    # (46 s for 2 units at K=3, M=6 on a V) and proves no more; without it the same limit takes 3-6 s
+    # (measured on the test cases of tests/test_search_exact.py and test_search_v.py)
     solver.parameters.linearization_level = 0
     status = solver.solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise NoSolution(
             f"the solver found no schedule within --time-limit {seconds:g}; allow more, or use the heuristic search",
-            "CP-SAT found no schedule within its time limit",
+            "CP-SAT reached its time limit before it returned a schedule",
         )
     orders = [
         [Action(s, op, m) for (op, s, m) in sorted((k for k in lengths if placement[k[1]] == d),
@@ -279,7 +302,12 @@ def solve(
     proved = solver.best_objective_bound / scale  # a lower bound: rounded-down times, sends without queues
     analytic = lower_bound(times, split=split)
     bound = (
-        Bound(proved, f"the solver's proof over every schedule ({solver.status_name(status).lower()})")
+        Bound(
+            proved,
+            "the solver's proof over every schedule ("
+            + ("its model solved to the end" if status == cp_model.OPTIMAL else "as far as its time limit took it")
+            + ")",
+        )
         if proved > analytic.value
         else analytic
     )
