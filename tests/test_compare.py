@@ -82,3 +82,14 @@ def test_data_parallel_compares_the_built_ins_and_says_why_auto_is_left_out(caps
     # named, it must run: one sentence and the way out
     assert main(["compare", "--data-parallel", "2", "--strategies", "1f1b,auto", "--no-compute"]) == 2
     assert "or leave auto out with --strategies 1f1b" in capsys.readouterr().err
+
+
+def test_max_inflight_marks_which_strategies_hold_that_few(capsys):
+    """--max-inflight 2 under unit cost (K = 4, M = 8): 1F1B holds K - d on device d (4 on device 0), ZB-V's
+    V 2K half-stages (4 whole), so neither is within 2; auto is, and says so."""
+    assert main(["compare", "--max-inflight", "2", "--cost", "unit", "--no-compute",
+                 "--strategies", "1f1b,zb-v,auto"]) == 0  # fmt: skip
+    table = capsys.readouterr().out.split("per device")[0].splitlines()
+    assert next(line for line in table if line.startswith("strategy ")).rstrip().endswith("≤ 2 in flight")
+    within = {line.split()[0]: line.split()[-1] for line in table if line.split()[:1] in (["1f1b"], ["zb-v"], ["auto"])}
+    assert within == {"1f1b": "no", "zb-v": "no", "auto": "yes"}

@@ -76,12 +76,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--microbatches", type=_whole, help=f"M, micro-batches per step (default {d.microbatches}, or a CSV schedule's)"
     )
     p.add_argument(
-        "--chunks", type=_whole, help="v, model chunks per device (default: the strategy's, 2 for interleaved, else 1)"
+        "--chunks",
+        type=_whole,
+        help="model chunks (stages) per device, v (default: the strategy's, 2 for interleaved and the V schedules, "
+        "else 1; for auto and search, 2 plans a V)",
     )
     p.add_argument(
         "--max-inflight",
         type=int,
-        help="--strategy auto and search: micro-batches one device may hold at once (default K, 1F1B's and ZB-H1's)",
+        help="--strategy auto and search: micro-batches of a stage one device may hold at once, a V's half-stages "
+        "as halves (default: what --device-memory or a preset's memory allows, else K, 1F1B's and ZB-H1's)",
     )
     p.add_argument(
         "--data-parallel",

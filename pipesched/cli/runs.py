@@ -233,6 +233,10 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     config, unit = results[0].config, results[0].trace.time_unit
     # under a memory limit (--device-memory, or a preset's), whether each fits it: only --allow-oom lets one not fit
     capped: tuple[str, ...] = ("fits memory",) if config.device_memory is not None else ()
+    # under --max-inflight (auto's limit), whether each holds as few micro-batches of a stage per device, the
+    # stages of a device with several counting as their share (a V's two as halves)
+    inflight = asked.max_inflight
+    limited: tuple[str, ...] = (f"≤ {inflight} in flight",) if inflight is not None else ()
     print(
         f"{_devices(config)}, {count(config.microbatches, 'micro-batch')}, batch {config.batch}, "
         f"{_model(config)}, remat {config.remat}, cost {_cost(config)}{_precision(config)}"
@@ -252,6 +256,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
             "grad err",
         )
         + capped
+        + limited
     ]
     for result in results:
         metrics = result.metrics
@@ -269,6 +274,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
                 "-" if result.grad_rel_err is None else f"{result.grad_rel_err:.1e}",
             )
             + (("no" if result.trace.oom else "yes",) if capped else ())
+            + (("yes" if _within(result, inflight) else "no",) if inflight is not None else ())
         )
     print(_table(rows))
     print("\nper device (device 0 first): in-flight micro-batches | peak activations | peak memory")
@@ -292,6 +298,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         print("formula: the closed-form bubble under unit cost and free links, for reference")
     if any(str(result.config.strategy) == AUTO for result in results):
         print(f"auto: the fastest schedule pipesched search found for these costs, {auto_limit(asked)}")
+
+
+def _within(result: RunResult, inflight: int) -> bool:
+    """Whether ``result`` holds at most ``inflight`` micro-batches of a stage on every device (a device's
+    stage-micro-batches over the stages it holds: a V's half-stages count as halves)."""
+    held = result.schedule.num_stages / result.schedule.devices
+    return max(result.metrics.peak_inflight_microbatches) <= inflight * held
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
