@@ -92,7 +92,7 @@ def fit_memory(
     for first, limits in ((True, estimate), (False, (held,) * times.devices)):
         # then one micro-batch in flight everywhere, the leanest, where only fitting matters
         candidates = ranked(times, limits, objective=objective)
-        better = refine(limits) if refine and first else None
+        better = refine(limits) if refine else None
         if better is not None and (not candidates or better.value < candidates[0].value):
             candidates.insert(0, better)
         if first and min(limits) < most:  # and those beyond the estimate, in order of speed
