@@ -107,21 +107,8 @@ def test_search_keeps_the_solvers_schedule_where_the_heuristic_falls_short():
     [
         # compute a billionth of a send: rounded to no time in the solver's units, so its start order is loose
         ["--devices", "3", "--microbatches", "4", "--cost", "flops", "--link-bandwidth", "1", "--max-inflight", "1"],
-        # a decoder stage without work (the tied head's), on a V
-        [
-            "--devices",
-            "4",
-            "--microbatches",
-            "6",
-            "--model",
-            "tiny-gpt",
-            "--seq-len",
-            "16",
-            "--batch",
-            "6",
-            "--chunks",
-            "2",
-        ],
+        # a decoder stage without work (the tied head's), on a V (1 work unit: enough to meet the case)
+        "--devices 4 --microbatches 6 --model tiny-gpt --seq-len 16 --batch 6 --chunks 2 --time-limit 1".split(),
     ],
 )
 def test_actions_of_no_time_never_give_an_invalid_schedule_or_a_false_proof(capsys, flags):
