@@ -39,6 +39,9 @@ __all__ = [
     "activation_peak",
     "gpipe_bubble",
     "interleaved_bubble",
+    "LOOPED",
+    "looped_bfs_bubble",
+    "looped_bfs_unit_makespan",
     "zb_h1_bubble",
     "zb_h1_unit_makespan",
     "zb_h2_bubble",
@@ -93,6 +96,24 @@ def interleaved_bubble(devices: int, microbatches: int, chunks: int) -> float:
     (K <= 5, M <= 12, v <= 3).
     """
     return (devices - 1) / (chunks * microbatches + devices - 1)
+
+
+def looped_bfs_unit_makespan(devices: int, microbatches: int, chunks: int) -> float:
+    """3M + 3(K-1)/v + 3(v-1)·max(0, K-M)/v: looped breadth-first's step under unit cost (a stage's F = 1/v,
+    B = 2/v, free links).
+
+    Source: Lamy-Poirier, "Breadth-First Pipeline Parallelism", MLSys 2023, in
+    PyTorch's ``ScheduleLoopedBFS`` order; derived in ``strategies/looped_bfs.py``.
+
+    >>> looped_bfs_unit_makespan(4, 8, 2), looped_bfs_unit_makespan(4, 2, 2)
+    (28.5, 13.5)
+    """
+    return 3 * microbatches + 3 * (devices - 1) / chunks + 3 * (chunks - 1) * max(0, devices - microbatches) / chunks
+
+
+def looped_bfs_bubble(devices: int, microbatches: int, chunks: int) -> float:
+    """1 - 3M / ``looped_bfs_unit_makespan``: (K-1)/(vM + K-1) for M >= K, interleaved 1F1B's."""
+    return 1.0 - 3 * microbatches / looped_bfs_unit_makespan(devices, microbatches, chunks)
 
 
 def zb_h1_unit_makespan(devices: int, microbatches: int) -> float:
@@ -508,6 +529,10 @@ def gpipe_unit_bubble(devices: int, microbatches: int, remat: str = "never") -> 
 
 # -- the built-in strategies' closed forms, in one table ------------------------------
 
+#: The built-ins that loop v stages over the devices (stage s on device s mod K), whose v ``--chunks`` (a
+#: study's ``chunks``) sets; the others take their own default (1, or 2 for the V schedules).
+LOOPED: tuple[str, ...] = ("interleaved", "looped-bfs")
+
 
 @dataclass(frozen=True)
 class ClosedForm:
@@ -562,6 +587,13 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         lambda K, M, v, d: interleaved_peak_inflight(K, M, d, v),
         "min(w_d+1, vM), w_d Megatron's warm-up",
         "Narayanan et al., SC 2021; Megatron-LM",
+    ),
+    "looped-bfs": ClosedForm(
+        lambda K, M, v: looped_bfs_bubble(K, M, v),
+        "1-3M/(3M+3(K-1)/v+3(v-1)max(0,K-M)/v): (K-1)/(v*M+K-1), M >= K",
+        lambda K, M, v, d: v * M,
+        "v*M",
+        "Lamy-Poirier, MLSys 2023; PyTorch's ScheduleLoopedBFS",
     ),
     "zb-h1": ClosedForm(
         lambda K, M, v: zb_h1_bubble(K, M),

@@ -10,18 +10,19 @@ from hypothesis import strategies as st
 from pipesched import RunConfig, Schedule, ScheduleError, load_strategy, make_plan, run
 from pipesched.cli import main
 from pipesched.exchange import from_torch_csv, to_torch_csv
+from pipesched.formulas import LOOPED
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 @given(
-    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
+    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
     devices=st.integers(1, 4),
     microbatches=st.integers(1, 8),
     chunks=st.integers(1, 3),
 )
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
-    chunks = chunks if strategy == "interleaved" else 2 if strategy in ("zb-v", "dualpipev") else 1
+    chunks = chunks if strategy in LOOPED else 2 if strategy in ("zb-v", "dualpipev") else 1
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)

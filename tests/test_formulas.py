@@ -17,7 +17,15 @@ from pipesched.model import layers_from_widths, parse_layers
 from pipesched.units import format_bytes, parse_bytes
 
 TESTS = pathlib.Path(__file__).resolve().parent
-STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "dp"]  # the V schedules: tests/test_frontier.py
+STRATEGIES = [
+    "gpipe",
+    "1f1b",
+    "interleaved",
+    "looped-bfs",
+    "zb-h1",
+    "zb-h2",
+    "dp",
+]  # the V schedules: tests/test_frontier.py
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
 
@@ -29,7 +37,7 @@ REMAT = st.sampled_from(["never", "always", "except_last"])
 )
 def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, microbatches, chunks):
     """For the interleaved bubble when K does not divide M, a regression check of a form found by simulation."""
-    chunks = chunks if strategy == "interleaved" else 1
+    chunks = chunks if strategy in formulas.LOOPED else 1
     assume(strategy != "dp" or microbatches >= devices)
     form = formulas.CLOSED_FORMS[strategy]
     stages = 1 if strategy == "dp" else devices * chunks
@@ -244,6 +252,7 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
         "gpipe": "2/2/2/2",
         "1f1b": "2/2/2/1",
         "interleaved": "4/4/4/3",
+        "looped-bfs": "4/4/4/4",  # v·M with v = 2
         "zb-h1": "2/2/2/2",
         "zb-h2": "2/2/2/2",
         "zb-v": "3/4/4/4",
@@ -255,7 +264,7 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
 def test_strategies_state_the_tables_bubble():
     for name, form in formulas.CLOSED_FORMS.items():
         for k, m, v in [(4, 8, 2), (3, 7, 3), (2, 1, 2)]:
-            v = v if name == "interleaved" else 1
+            v = v if name in formulas.LOOPED else 1
             if name == "dp" and m < k:
                 continue
             assert load_strategy(name).bubble(k, m, v) == form.bubble(k, m, v)

@@ -293,7 +293,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
     collectives = _collectives(ring, params, links, hardware)
     rows_out: dict[str, dict[str, Any]] = {}
     for name, form in formulas.CLOSED_FORMS.items():
-        chunks = v if name == "interleaved" else 1
+        chunks = v if name in formulas.LOOPED else 1
         rows_out[name] = {
             "bubble": form.bubble(k, m, chunks),
             "bubble_formula": form.bubble_text,

@@ -21,7 +21,7 @@ from typing import Any, cast
 from ..balance import Balance, evaluate
 from ..errors import PipeschedError, StrategyError
 from ..files import progress_bar
-from ..formulas import CLOSED_FORMS, pipeline_speedup
+from ..formulas import CLOSED_FORMS, LOOPED, pipeline_speedup
 from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, model_graph, prepare, train
@@ -77,14 +77,14 @@ class StudyResults:
 
 
 def _label(strategy: str, chunks: int | None) -> str:
-    return f"{strategy} v={chunks}" if strategy == "interleaved" else strategy
+    return f"{strategy} v={chunks}" if strategy in LOOPED else strategy
 
 
 def _check_limits(study: Study) -> None:
     """The limits of every run the study makes (``pipesched.limits``), by key, before any is prepared."""
     c, h = study.compare, study.hardware
     # the most chunks any run has: interleaved's [compare] and [sweep] values, two for the V schedules
-    chunked = any(s in ("interleaved", "zb-v", "dualpipev") for s in c.strategies)
+    chunked = any(s in (*LOOPED, "zb-v", "dualpipev") for s in c.strategies)
     v = max(c.chunks, *study.sweep.chunks, 2) if chunked else 1
     sweeps = [("[sweep].microbatches", m) for m in study.sweep.microbatches]
     for where, m in [("[compare].microbatches", c.microbatches)] + sweeps:
@@ -139,7 +139,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         for strategy in study.compare.strategies:
             if strategy in left_out:
                 continue
-            chunks = study.compare.chunks if strategy == "interleaved" else None
+            chunks = study.compare.chunks if strategy in LOOPED else None
             config = study.run_config(strategy=strategy, partition=partition, chunks=chunks)
             try:
                 jobs.append(("compare", None, prepare(config)))
@@ -152,7 +152,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
     for strategy in study.compare.strategies:
         if strategy.endswith(".csv") or strategy in left_out:
             continue  # a schedule file has its own M: nothing to sweep
-        for chunks in study.sweep.chunks if strategy == "interleaved" else [None]:
+        for chunks in study.sweep.chunks if strategy in LOOPED else [None]:
             for m in study.sweep.microbatches:
                 for label, cost in unit_costs:
                     config = study.run_config(

@@ -29,6 +29,7 @@ from ..decoder.config import load_config, preset_names
 from ..engine import REMAT_MODES
 from ..errors import ConfigError
 from ..files import read_toml
+from ..formulas import LOOPED
 from ..hardware import check_hardware, load_hardware
 from ..hardware import preset_names as hardware_presets
 from ..model import LOSSES, parse_layers
@@ -552,7 +553,7 @@ def _check_together(study: Study, path: str) -> None:
     ]:
         if devices > layers:
             raise ConfigError(f"{path}: {where}: {devices} devices are more than the {layers} layers of {source}")
-    chunked = "interleaved" in study.compare.strategies
+    chunked = any(s in LOOPED for s in study.compare.strategies)
     for where, v in [("[compare].chunks", study.compare.chunks)] + [("[sweep].chunks", v) for v in study.sweep.chunks]:
         if chunked and study.hardware.devices * v > layers:
             raise ConfigError(
