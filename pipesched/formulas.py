@@ -41,6 +41,8 @@ __all__ = [
     "interleaved_bubble",
     "LOOPED",
     "looped_bfs_bubble",
+    "interleaved_zb_bubble",
+    "interleaved_zb_peak_inflight",
     "looped_bfs_unit_makespan",
     "zb_h1_bubble",
     "zb_h1_unit_makespan",
@@ -114,6 +116,21 @@ def looped_bfs_unit_makespan(devices: int, microbatches: int, chunks: int) -> fl
 def looped_bfs_bubble(devices: int, microbatches: int, chunks: int) -> float:
     """1 - 3M / ``looped_bfs_unit_makespan``: (K-1)/(vM + K-1) for M >= K, interleaved 1F1B's."""
     return 1.0 - 3 * microbatches / looped_bfs_unit_makespan(devices, microbatches, chunks)
+
+
+def interleaved_zb_bubble(devices: int, microbatches: int, chunks: int) -> float:
+    """(K-1)/(3vM + K-1): interleaved zero bubble (PyTorch's ``ScheduleInterleavedZeroBubble``) under unit
+    cost, M >= K: ZB-H1's idle K-1 (Qi et al., ICLR 2024) divided by v. Found by simulation; regression check:
+    ``tests/test_interleaved_zb.py::test_unit_cost_closed_forms``.
+    """
+    return (devices - 1) / (3 * chunks * microbatches + devices - 1)
+
+
+def interleaved_zb_peak_inflight(devices: int, microbatches: int, chunks: int) -> int:
+    """min((v-1)·g + K, v·M) on every device, g = M / max(1, M // K) the round: derived in
+    ``strategies/interleaved_zb.py``."""
+    g = microbatches // max(1, microbatches // devices)
+    return min((chunks - 1) * g + devices, chunks * microbatches)
 
 
 def zb_h1_unit_makespan(devices: int, microbatches: int) -> float:
@@ -531,7 +548,7 @@ def gpipe_unit_bubble(devices: int, microbatches: int, remat: str = "never") -> 
 
 #: The built-ins that loop v stages over the devices (stage s on device s mod K), whose v ``--chunks`` (a
 #: study's ``chunks``) sets; the others take their own default (1, or 2 for the V schedules).
-LOOPED: tuple[str, ...] = ("interleaved", "looped-bfs")
+LOOPED: tuple[str, ...] = ("interleaved", "looped-bfs", "interleaved-zb")
 
 
 @dataclass(frozen=True)
@@ -594,6 +611,14 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         lambda K, M, v, d: v * M,
         "v*M",
         "Lamy-Poirier, MLSys 2023; PyTorch's ScheduleLoopedBFS",
+    ),
+    "interleaved-zb": ClosedForm(
+        lambda K, M, v: interleaved_zb_bubble(K, M, v) if M >= K else None,
+        "(K-1)/(3vM+K-1), M >= K (found by simulation)",
+        lambda K, M, v, d: interleaved_zb_peak_inflight(K, M, v),
+        "min((v-1)g+K, vM), g the round",
+        "PyTorch's ScheduleInterleavedZeroBubble; Qi et al., ICLR 2024",
+        runs=lambda K, M, v: M % max(1, M // K) == 0,
     ),
     "zb-h1": ClosedForm(
         lambda K, M, v: zb_h1_bubble(K, M),

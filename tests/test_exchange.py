@@ -16,7 +16,9 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
 @given(
-    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "looped-bfs", "zb-h1", "zb-h2", "zb-v", "dualpipev"]),
+    strategy=st.sampled_from(
+        ["gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "dualpipev"]
+    ),
     devices=st.integers(1, 4),
     microbatches=st.integers(1, 8),
     chunks=st.integers(1, 3),
@@ -25,6 +27,8 @@ def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatc
     chunks = chunks if strategy in LOOPED else 2 if strategy in ("zb-v", "dualpipev") else 1
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
+    if strategy == "interleaved-zb":  # rounds of equal size, as PyTorch's: one round
+        microbatches = min(microbatches, devices)
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
     assert from_torch_csv(to_torch_csv(schedule)).schedule == schedule
 

@@ -22,6 +22,7 @@ STRATEGIES = [
     "1f1b",
     "interleaved",
     "looped-bfs",
+    "interleaved-zb",
     "zb-h1",
     "zb-h2",
     "dp",
@@ -39,6 +40,7 @@ def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, micr
     """For the interleaved bubble when K does not divide M, a regression check of a form found by simulation."""
     chunks = chunks if strategy in formulas.LOOPED else 1
     assume(strategy != "dp" or microbatches >= devices)
+    assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # interleaved-zb: equal rounds
     form = formulas.CLOSED_FORMS[strategy]
     stages = 1 if strategy == "dp" else devices * chunks
     r = run(
@@ -223,7 +225,7 @@ def test_formulas_command(capsys):
 
 def test_forms_found_by_simulation_are_marked_and_name_regression_tests_that_exist(capsys):
     marked = {name for name, form in formulas.CLOSED_FORMS.items() if "found by simulation" in form.bubble_text}
-    assert marked == {"interleaved", "zb-h2", "zb-v", "dualpipev"}
+    assert marked == {"interleaved", "interleaved-zb", "zb-h2", "zb-v", "dualpipev"}
     assert main(["formulas"]) == 0
     assert "found by simulation: read off the simulator, not derived" in capsys.readouterr().out
     named = set(re.findall(r"``(?:tests/\w+\.py::)?(test_\w+)``", inspect.getsource(formulas)))
@@ -253,6 +255,7 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
         "1f1b": "2/2/2/1",
         "interleaved": "4/4/4/3",
         "looped-bfs": "4/4/4/4",  # v·M with v = 2
+        "interleaved-zb": "4/4/4/4",  # v·M, M < K
         "zb-h1": "2/2/2/2",
         "zb-h2": "2/2/2/2",
         "zb-v": "3/4/4/4",
@@ -265,7 +268,7 @@ def test_strategies_state_the_tables_bubble():
     for name, form in formulas.CLOSED_FORMS.items():
         for k, m, v in [(4, 8, 2), (3, 7, 3), (2, 1, 2)]:
             v = v if name in formulas.LOOPED else 1
-            if name == "dp" and m < k:
+            if not form.runs(k, m, v):
                 continue
             assert load_strategy(name).bubble(k, m, v) == form.bubble(k, m, v)
 
