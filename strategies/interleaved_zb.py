@@ -11,7 +11,7 @@ runs, in PyTorch's steps:
 - then, while forwards remain, one forward and one I per step, the I's
   through its stages in reverse, stage v-1-((t - w_d) // g) mod v; from its
   (d+1)-th such step on, each followed by the W of the oldest I whose W has
-  not run (the last device defers none: d = 0 defers none, device d defers d);
+  not run (device d defers d: the first device none);
 - then the remaining I's, each followed by a W the same way;
 - then the Ws left.
 
@@ -39,6 +39,7 @@ device 1: 1F0 1F1 3F0 3I0 3F1 3I1 3W0 1I0 3W1 1I1 1W0 1W1
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import count
 
 from pipesched import Action, Schedule, formulas
 from pipesched.errors import ConfigError
@@ -50,7 +51,9 @@ def rounds_of(devices: int, microbatches: int) -> int:
     """g, micro-batches per round: M / max(1, M // K); ``ConfigError`` where the rounds do not divide M."""
     rounds = max(1, microbatches // devices)
     if microbatches % rounds:
-        below, above = rounds * (microbatches // rounds), rounds * (microbatches // rounds + 1)
+        # the nearest M on each side whose own rounds divide it (a larger M may have more rounds)
+        below = max(m for m in range(1, microbatches) if m % max(1, m // devices) == 0)
+        above = next(m for m in count(microbatches + 1) if m % max(1, m // devices) == 0)
         raise ConfigError(
             f"interleaved-zb runs micro-batches in {rounds} rounds of equal size, as PyTorch's "
             f"ScheduleInterleavedZeroBubble does, and {rounds} does not divide --microbatches {microbatches}; "

@@ -68,3 +68,21 @@ def test_several_rounds_give_the_full_batch_gradients(remat):
     result = run(RunConfig(strategy="interleaved-zb", devices=3, microbatches=9, chunks=2, batch=20,
                            layers="8,16x6,4", remat=remat))  # fmt: skip
     assert result.grad_rel_err is not None and result.grad_rel_err < 1e-10
+
+
+def test_every_refusal_names_the_nearest_m_that_works_on_each_side():
+    """A larger M can have more rounds: K = 2, M = 11 needs 12 (not 15, which 7 rounds do not divide)."""
+    from pipesched.errors import PipeschedError
+
+    def works(k, m):
+        return m % max(1, m // k) == 0
+
+    for k in range(1, 7):
+        for m in range(1, 30):
+            if works(k, m):
+                continue
+            with pytest.raises(PipeschedError) as refused:
+                load_strategy("interleaved-zb").plan(k, m, 2)
+            below, above = (int(x) for x in str(refused.value).rsplit("use ", 1)[1].split(" or "))
+            assert works(k, below) and works(k, above) and below < m < above
+            assert not any(works(k, x) for x in range(below + 1, above))
