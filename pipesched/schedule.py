@@ -166,6 +166,12 @@ class Schedule:
         return 1 + max((a.stage for device in self.actions for a in expand(device)), default=-1)
 
     @property
+    def stages_per_device(self) -> int:
+        """v, the stages each device holds: 2 on a V, v looped; 1 where one stage is replicated over the devices
+        (data parallelism), each device then holding the whole of it."""
+        return max(1, self.num_stages // self.devices)
+
+    @property
     def microbatches(self) -> int:
         return 1 + max(
             (a.microbatch for device in self.actions for a in expand(device) if a.microbatch is not None), default=-1

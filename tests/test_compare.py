@@ -93,3 +93,14 @@ def test_max_inflight_marks_which_strategies_hold_that_few(capsys):
     assert next(line for line in table if line.startswith("strategy ")).rstrip().endswith("≤ 2 in flight")
     within = {line.split()[0]: line.split()[-1] for line in table if line.split()[:1] in (["1f1b"], ["zb-v"], ["auto"])}
     assert within == {"1f1b": "no", "zb-v": "no", "auto": "yes"}
+
+
+def test_data_parallel_holds_one_micro_batch_of_its_whole_model_in_flight(capsys):
+    """dp: each device runs its micro-batches one after another, forward then backward, so one is in flight:
+    within --max-inflight 1, its one (replicated) stage counting as a whole stage."""
+    assert main(["compare", "--max-inflight", "1", "--cost", "unit", "--no-compute", "--strategies", "dp,auto"]) == 0
+    table = capsys.readouterr().out.split("per device")[0].splitlines()
+    assert {line.split()[0]: line.split()[-1] for line in table if line.split()[:1] in (["dp"], ["auto"])} == {
+        "dp": "yes",
+        "auto": "yes",
+    }

@@ -303,8 +303,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _within(result: RunResult, inflight: int) -> bool:
     """Whether ``result`` holds at most ``inflight`` micro-batches of a stage on every device (a device's
     stage-micro-batches over the stages it holds: a V's half-stages count as halves)."""
-    held = result.schedule.num_stages / result.schedule.devices
-    return max(result.metrics.peak_inflight_microbatches) <= inflight * held
+    return max(result.metrics.peak_inflight_microbatches) <= inflight * result.schedule.stages_per_device
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

@@ -49,7 +49,7 @@ def inflight_limit(prepared: Any) -> tuple[int, ...]:
         raise ConfigError("a memory limit in bytes needs --device-memory (or a --hardware preset's memory)")
     probe = execute(replace(prepared, config=replace(config, compute=False, reference=False, allow_oom=True)))
     m = probe.metrics
-    held = prepared.schedule.num_stages // prepared.schedule.devices  # a V's device: two stages, each counted
+    held = prepared.schedule.stages_per_device  # a V's device: two stages, each counted
     limits = []
     for peak, acts, count in zip(m.peak_memory_bytes, m.peak_activation_bytes, m.peak_inflight_microbatches):
         per = acts / max(count, 1)
@@ -85,7 +85,7 @@ def fit_memory(
     from .synthesise import Fixed, ranked
 
     config = replace(prepared.config, compute=False, reference=False, allow_oom=True)
-    held = prepared.schedule.num_stages // prepared.schedule.devices
+    held = prepared.schedule.stages_per_device
     most = times.microbatches * held if cap is None else cap
     estimate = tuple(min(x, most) for x in inflight_limit(prepared))
     leanest = None

@@ -59,7 +59,7 @@ class Fixed:
     @property
     def default_chunks(self) -> int:
         """Stages per device: 1, or 2 for a V."""
-        return self.schedule.num_stages // self.schedule.devices
+        return self.schedule.stages_per_device
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
         found = (self.schedule.devices, self.schedule.microbatches, self.default_chunks)
