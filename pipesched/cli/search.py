@@ -35,7 +35,8 @@ def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
         "--time-limit",
         type=float,
         default=2.0,
-        help="the exact solver's limit in CP-SAT's deterministic work units, 1.5-5.5 s each here (default %(default)s)",
+        help="the exact solver's limit in CP-SAT's deterministic work units, the same on every machine; their wall "
+        "time varies with the model (default %(default)s)",
     )
     p.add_argument(
         "--exact",

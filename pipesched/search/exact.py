@@ -40,8 +40,8 @@ even inside another action, so its start order can be an order the engine
 would run otherwise; the schedule is therefore evaluated, and one that
 deadlocks or holds more in flight than the limit is refused (``NoSolution``:
 ``search`` keeps the heuristic's). The time limit is in CP-SAT's
-deterministic time units (its own count of work, 1.5 to 5.5 s of wall
-time each on the development machine, depending on the model), so a search that
+deterministic time units (its own count of work; a few seconds of wall
+time each on the development machine, more or less with the model), so a search that
 stops at it stops at the same point on every run and machine.
 
 >>> from pipesched import RunConfig
