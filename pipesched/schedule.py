@@ -167,9 +167,9 @@ class Schedule:
 
     @property
     def stages_per_device(self) -> int:
-        """v, the stages each device holds: 2 on a V, v looped; 1 where one stage is replicated over the devices
-        (data parallelism), each device then holding the whole of it."""
-        return max(1, self.num_stages // self.devices)
+        """v, the most stages one device holds: 2 on a V or in a bidirectional pipeline (DualPipe, Chimera), v
+        looped; 1 where one stage is replicated over the devices (data parallelism)."""
+        return max((len({a.stage for a in expand(device)}) for device in self.actions), default=1)
 
     @property
     def microbatches(self) -> int:

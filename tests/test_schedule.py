@@ -102,3 +102,17 @@ def test_action_fields_are_checked(action, message):
     schedule.actions = ((action,) + schedule.actions[0],)  # smuggled past the constructor
     with pytest.raises(ScheduleError, match=message):
         validate(schedule, devices=1, microbatches=1)
+
+
+@pytest.mark.parametrize(
+    "rows, held",
+    [
+        (["0F0 0B0", "1F0 1B0"], 1),  # one stage per device
+        (["0F0 0B0", "0F1 0B1"], 1),  # data parallel: the same stage on both
+        (["0F0 3F0 3B0 0B0", "1F0 2F0 2B0 1B0"], 2),  # a V: stages d and 2K-1-d
+        (["0F0 2F0 4F0 4B0 2B0 0B0", "1F0 3F0 5F0 5B0 3B0 1B0"], 3),  # looped, v = 3
+        (["0F0 1F1 1B1 0B0", "0F1 1F0 1B0 0B1"], 2),  # bidirectional: K stages, yet two on each device
+    ],
+)
+def test_stages_per_device_counts_what_each_device_holds(rows, held):
+    assert Schedule.parse(rows).stages_per_device == held
