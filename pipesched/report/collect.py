@@ -25,6 +25,7 @@ from ..formulas import CLOSED_FORMS, LOOPED, pipeline_speedup
 from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, model_graph, prepare, train
+from ..strategy import load_strategy
 from .study import Study
 from .study import trains as can_train
 
@@ -80,11 +81,18 @@ def _label(strategy: str, chunks: int | None) -> str:
     return f"{strategy} v={chunks}" if strategy in LOOPED else strategy
 
 
+def _default_chunks(strategy: str) -> int:
+    """The stages per device a strategy plans when not told (two for a V); 1 for auto and schedule files."""
+    if strategy == AUTO or strategy.lower().endswith(".csv"):
+        return 1
+    return int(getattr(load_strategy(strategy), "default_chunks", 1))
+
+
 def _check_limits(study: Study) -> None:
     """The limits of every run the study makes (``pipesched.limits``), by key, before any is prepared."""
     c, h = study.compare, study.hardware
-    # the most chunks any run has: interleaved's [compare] and [sweep] values, two for the V schedules
-    chunked = any(s in (*LOOPED, "zb-v", "dualpipev") for s in c.strategies)
+    # the most chunks any run has: the looped schedules' [compare] and [sweep] values, two for the V schedules
+    chunked = any(s in LOOPED or _default_chunks(s) > 1 for s in c.strategies)
     v = max(c.chunks, *study.sweep.chunks, 2) if chunked else 1
     sweeps = [("[sweep].microbatches", m) for m in study.sweep.microbatches]
     for where, m in [("[compare].microbatches", c.microbatches)] + sweeps:

@@ -76,7 +76,8 @@ OP_NAMES = {
 }
 #: A device's chunks (its stages in order: interleaved's v chunks, a V's way down and back up) by hatch.
 CHUNK_HATCHES = ["", "///", "\\\\\\", "xxx", "...", "ooo"]
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<"]  # nine: every built-in and auto tell apart
+#: one per built-in and auto, so every strategy of the default comparison has its own
+MARKERS = ["o", "s", "^", ">", "d", "D", "v", "P", "p", "h", "X", "H", "8", "*", "<"]
 LINE_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 
 # typed Any: matplotlib types rc_context's keys as a Literal of every rc name
