@@ -275,7 +275,7 @@ def dualpipe_unit_makespan(devices: int, microbatches: int, overlap: str = "sum"
     stages twice as long, and the two halves mirror each other. Found by
     simulation, not derived; regression checks:
     ``tests/test_dualpipe.py::test_unit_cost_step_idle_and_memory_under_each_overlap_rule`` (K <= 8,
-    M <= 2K + 14) and ``test_dualpipe_meets_deepseeks_table``.
+    M <= 2K + 14) and ``test_dualpipe_meets_deepseeks_table_and_figure``.
 
     >>> dualpipe_unit_makespan(4, 8), dualpipe_unit_makespan(4, 8, "max")
     (26.0, 22.0)

@@ -152,4 +152,6 @@ class DualPipe:
         return devices
 
     def bubble(self, devices: int, microbatches: int, chunks: int = 1) -> float | None:
-        return formulas.dualpipe_bubble(devices, microbatches) if formulas.dualpipe_runs(devices, microbatches) else None
+        return (
+            formulas.dualpipe_bubble(devices, microbatches) if formulas.dualpipe_runs(devices, microbatches) else None
+        )
