@@ -43,7 +43,8 @@ micro-batches of activations per device. How long a pair (F&B) takes is the
 cost model's ``overlap`` rule: ``sum`` (default, F&B = F + B) or ``max``.
 Under unit cost (a stage's F = I = W = 1, B = 2, free links) the table's
 bubble is K-2 with the sum rule and K/2-1 with the max rule. The
-simulation gives, for every even K and even M >= 2K (found by simulation,
+simulation gives, for every even K <= 8 and even M from 2K to 2K+14 that
+the tests draw (found by simulation, not derived:
 ``formulas.dualpipe_unit_makespan``): under the sum rule every device idles
 exactly the table's K-2, a step of 3M + K - 2 and a bubble of
 (K-2)/(3M+K-2); under the max rule the middle devices idle the table's
@@ -117,7 +118,7 @@ def _device_order(d: int, devices: int, microbatches: int) -> list[Item]:
     ]
 
 
-def check_sizes(devices: int, microbatches: int) -> None:
+def _check_sizes(devices: int, microbatches: int) -> None:
     """Refuse, in one sentence naming the nearest valid value, an odd K or an M that is odd or below 2K."""
     if devices % 2:
         fix = "--devices 2" if devices < 2 else f"--devices {devices - 1} or {devices + 1}"
@@ -144,7 +145,7 @@ class DualPipe:
 
     def plan(self, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
         require_one_chunk(chunks, "dualpipe holds one stage of each direction on each device, d and K-1-d")
-        check_sizes(devices, microbatches)
+        _check_sizes(devices, microbatches)
         return Schedule([_device_order(d, devices, microbatches) for d in range(devices)])
 
     def stages(self, devices: int, chunks: int = 1) -> int:

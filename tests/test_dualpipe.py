@@ -227,3 +227,11 @@ def test_dualpipe_passes_check_strategy():
         max_examples=15,
         runs=form.runs,
     )
+
+
+def test_data_parallel_replicas_of_the_bidirectional_pipeline():
+    # --data-parallel 2: two DualPipe pipelines side by side, so each stage has four replicas (two per pipeline),
+    # all summed by one all-reduce; the gradients still equal the full-batch pass
+    r = run(RunConfig(strategy="dualpipe", devices=2, microbatches=4, data_parallel=2, layers="5,7,6", batch=10))
+    assert {s: len(devices) for s, devices in r.schedule.placement().items()} == {0: 4, 1: 4}
+    assert r.grad_rel_err < 1e-12
