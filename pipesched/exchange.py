@@ -72,7 +72,8 @@ def to_torch_csv(schedule: Schedule) -> str:
     the compute order.
 
     Raises ``ScheduleError`` for a replicated stage (PyTorch places each stage
-    on one rank) and for a schedule that deadlocks.
+    on one rank: data parallelism, or a bidirectional pipeline such as
+    DualPipe) and for a schedule that deadlocks.
     """
     placement = schedule.placement()
     replicated = [s for s, devices in placement.items() if len(devices) > 1]
@@ -80,8 +81,9 @@ def to_torch_csv(schedule: Schedule) -> str:
         s = replicated[0]
         raise ScheduleError(
             f"stage {s} runs on devices {', '.join(map(str, placement[s]))}; PyTorch's pipelining places each stage "
-            "on one rank and refuses a replicated one, so data-parallel schedules cannot be exported (in PyTorch, data "
-            "parallelism wraps the pipeline, e.g. with FSDP or DDP, instead of living inside the schedule)"
+            "on one rank and refuses a replicated one, so neither data-parallel schedules nor bidirectional ones "
+            "(dualpipe, each stage on two devices) can be exported (in PyTorch, data parallelism wraps the pipeline, "
+            "e.g. with FSDP or DDP, instead of living inside the schedule; --format text prints any schedule)"
         )
     compute = [[a for a in actions if a.op in OPS or a.op == OVERLAP] for actions in schedule.actions]
     steps = time_steps(Schedule(compute))

@@ -9,7 +9,7 @@ et al., 2021) reports instead the ratio of bubble time to ideal time,
 **Found by simulation.** Most forms here come from a paper or are derived in
 their docstrings. A few were read off the simulator and are not derived: the
 interleaved bubble when K does not divide M, ZB-H2's step for M <= 2K-2, ZB-V's
-step, and DualPipeV's step under either overlap rule. Their docstrings say so,
+step, and DualPipeV's and DualPipe's steps under either overlap rule. Their docstrings say so,
 their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
 simulation", and the tests that hold the simulator to them are regression
 checks, named in each docstring: they show when the schedule or the engine
@@ -74,6 +74,10 @@ __all__ = [
     "flow_shop_makespan",
     "gpipe_unit_makespan",
     "gpipe_unit_bubble",
+    "dualpipe_unit_makespan",
+    "dualpipe_bubble",
+    "dualpipe_peak_inflight",
+    "dualpipe_runs",
 ]
 
 
@@ -238,7 +242,7 @@ def zero_bubble_steady_bubble(devices: int, microbatches: int) -> float:
 
 
 def dualpipe_table_bubble(devices: int, forward: float, backward: float, weight: float, pair: float) -> float:
-    """DualPipe's bubble per device, (PP/2 - 1)(F&B + B - 3W), for DualPipeV on K = PP/2 devices.
+    """DualPipe's bubble per device, (PP/2 - 1)(F&B + B - 3W), ``devices`` = PP/2: DualPipeV's K, or half DualPipe's.
 
     Source: the DualPipe README's table (DeepSeek-AI, 2025), PP the number of
     stages; F, B, W one chunk's forward, full backward and weight pass, F&B an
@@ -248,6 +252,52 @@ def dualpipe_table_bubble(devices: int, forward: float, backward: float, weight:
     3.0
     """
     return (devices - 1) * (pair + backward - 3 * weight)
+
+
+def dualpipe_runs(devices: int, microbatches: int) -> bool:
+    """Whether DualPipe runs K devices and M micro-batches: K even, M even and M >= 2K, as DeepSeek's
+    ``DualPipe.step`` asserts (``num_ranks % 2 == 0``, ``num_chunks % 2 == 0 and num_chunks >= num_ranks * 2``)."""
+    return devices % 2 == 0 and microbatches % 2 == 0 and microbatches >= 2 * devices
+
+
+def dualpipe_unit_makespan(devices: int, microbatches: int, overlap: str = "sum") -> float:
+    """DualPipe's step under unit cost (a stage's F = I = W = 1, B = 2, free links), K and M even, M >= 2K.
+
+    Every device computes M forwards and M backwards, 3M. ``sum`` rule (a
+    pair lasts F + B): every device idles K - 2, DeepSeek's table's
+    (PP/2-1)(F&B + B - 3W) with PP = K ranks and F&B = 3, so the step is
+    3M + K - 2. ``max`` rule (a pair lasts max(F, B) = B): device d idles
+    min(r+1, K/2-1), r = min(d, K-1-d), the table's (K/2-1)(B + B - 3W) =
+    K/2 - 1 on the middle devices, which run one pair fewer (DeepSeek does
+    not overlap their first); the step is 2M + 3K/2. Both are twice
+    DualPipeV's (``dualpipev_unit_makespan``) on K/2 devices and M/2
+    micro-batches: each half of the devices runs DualPipeV's order with
+    stages twice as long, and the two halves mirror each other. Found by
+    simulation, not derived; regression checks:
+    ``tests/test_dualpipe.py::test_unit_cost_step_idle_and_memory_under_each_overlap_rule`` (K <= 8,
+    M <= 2K + 14) and ``test_dualpipe_meets_deepseeks_table_and_figure``.
+
+    >>> dualpipe_unit_makespan(4, 8), dualpipe_unit_makespan(4, 8, "max")
+    (26.0, 22.0)
+    """
+    if overlap == "sum":
+        return 3.0 * microbatches + devices - 2
+    return 2.0 * microbatches + 1.5 * devices
+
+
+def dualpipe_bubble(devices: int, microbatches: int, overlap: str = "sum") -> float:
+    """DualPipe's idle share under unit cost, K and M even, M >= 2K: (K-2)/(3M+K-2) with the sum rule.
+
+    With the ``max`` rule the devices idle min(r+1, K/2-1) each,
+    (K/2-1)(K/2+2) in all, over K(2M + 3K/2). Found by simulation
+    (``dualpipe_unit_makespan``). As for DualPipeV, overlap hides only
+    communication, which unit cost makes free: the sum rule's K-2 is ZB-H1's
+    K-1 on K devices less one, won by feeding the pipeline from both ends.
+    """
+    if overlap == "sum":
+        return (devices - 2) / (3 * microbatches + devices - 2)
+    half = devices // 2
+    return (half - 1) * (half + 2) / (devices * dualpipe_unit_makespan(devices, microbatches, overlap))
 
 
 def dualpipev_unit_makespan(devices: int, microbatches: int, overlap: str = "sum") -> float:
@@ -461,6 +511,16 @@ def dualpipev_peak_inflight(devices: int, microbatches: int, device: int) -> int
     return 2 * devices + 1
 
 
+def dualpipe_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """K + 1 stage-micro-batches on every device, K and M even, M >= 2K: the DualPipe table's PP + 1, PP = K.
+
+    Found by simulation, as DualPipeV's 2K+1 half-stages (``dualpipev_peak_inflight``), whose
+    orders each half of DualPipe's devices runs; regression check:
+    ``tests/test_dualpipe.py::test_unit_cost_step_idle_and_memory_under_each_overlap_rule``.
+    """
+    return devices + 1
+
+
 def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chunks: int) -> int:
     """min(w_d + 1, v·M) chunk-micro-batches, w_d = 2(K-1-d) + (v-1)·g Megatron's warm-up count.
 
@@ -658,6 +718,14 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "1",
         "ring all-reduce: Patarasuk and Yuan 2009",
         runs=lambda K, M, v: M >= K,
+    ),
+    "dualpipe": ClosedForm(
+        lambda K, M, v: dualpipe_bubble(K, M) if dualpipe_runs(K, M) else None,
+        "(K-2)/(3M+K-2), --overlap sum, K and M even, M >= 2K (found by simulation)",
+        lambda K, M, v, d: dualpipe_peak_inflight(K, M, d),
+        "K+1",
+        "DeepSeek-AI, DualPipe 2025",
+        runs=lambda K, M, v: dualpipe_runs(K, M),
     ),
 }
 

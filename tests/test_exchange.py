@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipesched import RunConfig, Schedule, ScheduleError, load_strategy, make_plan, run
 from pipesched.cli import main
-from pipesched.exchange import from_torch_csv, to_torch_csv
+from pipesched.exchange import from_torch_csv, time_steps, to_torch_csv
 from pipesched.formulas import LOOPED
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -154,3 +154,27 @@ def test_a_device_held_up_by_a_late_send_is_told_so(tmp_path, capsys):
 def test_export_writes_compute_actions_only(tmp_path):
     csv_text = to_torch_csv(Schedule.parse(["0F0 0SEND_F0 0B0", "1RECV_F0 1F0 1B0"]))
     assert csv_text == "0F0,,,0B0\n,1F0,1B0\n"  # columns are time steps: 1F0 after 0F0, 0B0 after 1B0
+
+
+def test_a_bidirectional_schedule_is_refused_by_export_yet_read_back_from_a_hand_written_file(tmp_path, capsys):
+    # DualPipe runs stage s on devices s and K-1-s; PyTorch maps each stage to one rank, so the export refuses it
+    # (exit 2, one sentence), as it refuses dp. The CSV's cells can still hold it: written by hand, one row per
+    # device in time-step columns as the export writes them, pipesched reads back the same schedule, and it
+    # simulates exactly as the strategy does.
+    assert main(["export", "--strategy", "dualpipe", "--devices", "4", "--microbatches", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 0 runs on devices 0, 3" in err and "bidirectional" in err and len(err.strip().splitlines()) == 1
+    schedule = load_strategy("dualpipe").plan(4, 8)
+    rows = []
+    for actions, columns in zip(schedule.actions, time_steps(schedule)):
+        cells = [""] * (columns[-1] + 1)
+        for action, column in zip(actions, columns):
+            cells[column] = str(action)
+        rows.append(",".join(cells))
+    path = tmp_path / "dualpipe.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert from_torch_csv(path.read_text()).schedule == schedule
+    common = dict(devices=4, microbatches=8, layers="8x5", batch=16)
+    direct, imported = run(RunConfig(strategy="dualpipe", **common)), run(RunConfig(strategy=str(path), **common))
+    assert imported.metrics == direct.metrics and imported.trace.spans == direct.trace.spans
+    assert imported.trace.transfers == direct.trace.transfers and imported.grad_rel_err < 1e-12
