@@ -80,7 +80,8 @@ def to_torch_csv(schedule: Schedule) -> str:
         s = replicated[0]
         raise ScheduleError(
             f"stage {s} runs on devices {', '.join(map(str, placement[s]))}; PyTorch's pipelining places each stage "
-            "on one rank and refuses a replicated one, so data-parallel schedules cannot be exported (in PyTorch, data "
+            "on one rank and refuses a replicated one, so neither data parallelism nor a bidirectional pipeline "
+            "(chimera) can be exported (in PyTorch, data "
             "parallelism wraps the pipeline, e.g. with FSDP or DDP, instead of living inside the schedule)"
         )
     compute = [[a for a in actions if a.op in OPS or a.op == OVERLAP] for actions in schedule.actions]

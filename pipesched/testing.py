@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 try:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, assume, given, settings
     from hypothesis import strategies as st
 except ImportError as exc:  # a library module, so say what to install rather than fail obscurely
     raise ImportError("pipesched.testing needs hypothesis; install it with pip install 'pipesched[test]'") from exc
@@ -483,6 +483,7 @@ def check_strategy(
     microbatches_per_device: int = 0,
     max_examples: int = 50,
     decoders: bool = True,
+    runs: Callable[[int, int, int], bool] | None = None,
 ) -> None:
     """Assert, over drawn configurations, that ``strategy`` plans valid, exact, deadlock-free schedules.
 
@@ -515,6 +516,8 @@ def check_strategy(
         chunks: the values of v to draw.
         microbatches_per_device: draw at least this many micro-batches per device.
         max_examples: configurations to try (derandomized: the same ones every run).
+        runs: ``runs(K, M, v)``, whether the strategy plans (K, M, v) at all (as ``ClosedForm.runs``);
+            the draws it refuses are skipped, e.g. odd K for a bidirectional pipeline.
 
     Raises:
         StrategyCheckFailed: naming the smallest failing configuration hypothesis
@@ -532,6 +535,7 @@ def check_strategy(
     )
     @given(configs(max_devices, max_microbatches, chunks, microbatches_per_device, decoders, measured=True))
     def check(config: Config) -> None:
+        assume(runs is None or runs(config.devices, config.microbatches, config.chunks))
         _check_one(instance, config, bubble, inflight, steady, idle)
 
     check()
