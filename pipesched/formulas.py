@@ -563,10 +563,10 @@ def chimera_runs(devices: int, microbatches: int) -> bool:
 def chimera_paper_bubble(devices: int, microbatches: int) -> float:
     """(D-2)/(2N+D-2): Chimera's bubble ratio in Li and Hoefler's Table 2 (SC 2021), D stages, N micro-batches.
 
-    Each worker idles D/2 - 1 forward slots and D/2 - 1 backward slots (GPipe
-    and 1F1B D - 1 of each) beside its N forward and N backward slots; the
-    ratio counts every slot alike, so it is the idle share when a backward
-    takes as long as a forward. pipesched holds ``chimera`` to it with F = B
+    The paper counts bubbles in pass slots: D - 2 idle slots per worker
+    beside its N forward and N backward ones (GPipe's and DAPPLE's 2(D-1)),
+    every slot alike, so the ratio is the idle share when a backward takes as
+    long as a forward. pipesched holds ``chimera`` to it with F = B
     (``chimera_idle``), for every even K and every M a multiple of K.
 
     >>> chimera_paper_bubble(4, 4)
@@ -753,7 +753,7 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
     ),
     "chimera": ClosedForm(
         lambda K, M, v: chimera_bubble(K, M) if chimera_runs(K, M) else None,
-        "(K-2)(M/K+1)/(3M+(K-2)(M/K+1)), K even, K | M (found by simulation); the paper's (K-2)/(2M+K-2) at F = B",
+        "(K-2)(M/K+1)/(3M+(K-2)(M/K+1)), K even, K | M (found by simulation); paper: (K-2)/(2M+K-2) at F=B",
         lambda K, M, v, d: chimera_peak_inflight(K, M, d),
         "K/2+1+min(d, K-1-d)",
         "Li and Hoefler, SC 2021",

@@ -40,7 +40,7 @@ For K=4, M=4 (stage s of micro-batches 0, 1 on device s; of 2, 3 on 3-s)::
 
 The paper's Table 2 (bubble ratio (D-2)/(2N+D-2), weights of two stages,
 activations between (D/2+1) and D micro-batches' worth per worker) counts
-D/2 - 1 idle forward and D/2 - 1 idle backward slots per worker, every slot
+D - 2 idle pass slots per worker beside its 2N busy ones, every slot
 alike. pipesched's simulation of this order, free links, each stage's
 forward F and full backward B alike: every device idles
 (K/2 - 1)(F + B + |B - F|(2M/K - 1)) (``formulas.chimera_idle``, found by
