@@ -25,11 +25,12 @@ units: unit u+1's phase 1 becomes a times (a backward of near left from
 unit u, then a forward of near), and only the last unit ends with phase 5
 (the authors' ``main_with_runtime_direct.py``; their newer generator,
 ``chimera_pipeline_rank.py`` on the main branch, lists the same order for
-every device). The paper's two other ways to concatenate, forward doubling
-and backward halving, change how many samples one pass carries (two
-micro-batches per forward, half a micro-batch per backward), which a
-schedule of equal micro-batches cannot say; pipesched plans direct
-concatenation only.
+every device). The paper's two variants are not planned here: forward
+doubling (each forward slot carries two micro-batches, the authors'
+``main_with_runtime_forward_doubling.py``) could be written as two
+forwards back to back, at about twice the activations; backward halving
+(a backward of half a micro-batch) cannot be written with micro-batches of
+one size.
 
 For K=4, M=4 (stage s of micro-batches 0, 1 on device s; of 2, 3 on 3-s)::
 
