@@ -28,7 +28,7 @@ unit u, then a forward of near), and only the last unit ends with phase 5
 every device). The paper's two variants are not planned here: forward
 doubling (each forward slot carries two micro-batches, the authors'
 ``main_with_runtime_forward_doubling.py``) could be written as two
-forwards back to back, at about twice the activations; backward halving
+forwards back to back, holding up to 2K in flight against K; backward halving
 (a backward of half a micro-batch) cannot be written with micro-batches of
 one size.
 
