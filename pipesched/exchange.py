@@ -82,8 +82,8 @@ def to_torch_csv(schedule: Schedule) -> str:
         raise ScheduleError(
             f"stage {s} runs on devices {', '.join(map(str, placement[s]))}; PyTorch's pipelining places each stage "
             "on one rank and refuses a replicated one, so neither data-parallel schedules nor bidirectional ones "
-            "(dualpipe, each stage on two devices) can be exported (in PyTorch, data parallelism wraps the pipeline, "
-            "e.g. with FSDP or DDP, instead of living inside the schedule; --format text prints any schedule)"
+            "(dualpipe, chimera: each stage on two devices) can be exported (in PyTorch, data parallelism wraps the "
+            "pipeline, e.g. with FSDP or DDP, instead of living inside the schedule; --format text prints any schedule)"
         )
     compute = [[a for a in actions if a.op in OPS or a.op == OVERLAP] for actions in schedule.actions]
     steps = time_steps(Schedule(compute))

@@ -9,7 +9,8 @@ et al., 2021) reports instead the ratio of bubble time to ideal time,
 **Found by simulation.** Most forms here come from a paper or are derived in
 their docstrings. A few were read off the simulator and are not derived: the
 interleaved bubble when K does not divide M, ZB-H2's step for M <= 2K-2, ZB-V's
-step, and DualPipeV's and DualPipe's steps under either overlap rule. Their docstrings say so,
+step, DualPipeV's and DualPipe's steps under either overlap rule, and Chimera's idle time when
+a backward and a forward differ in length. Their docstrings say so,
 their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
 simulation", and the tests that hold the simulator to them are regression
 checks, named in each docstring: they show when the schedule or the engine
@@ -78,6 +79,12 @@ __all__ = [
     "dualpipe_bubble",
     "dualpipe_peak_inflight",
     "dualpipe_runs",
+    "chimera_runs",
+    "chimera_paper_bubble",
+    "chimera_idle",
+    "chimera_unit_makespan",
+    "chimera_bubble",
+    "chimera_peak_inflight",
 ]
 
 
@@ -604,6 +611,92 @@ def gpipe_unit_bubble(devices: int, microbatches: int, remat: str = "never") -> 
     return 1.0 - busy / gpipe_unit_makespan(devices, microbatches, remat)
 
 
+# -- Chimera: two pipelines in opposite directions ------------------------------------
+
+
+def chimera_runs(devices: int, microbatches: int) -> bool:
+    """Whether ``chimera`` plans (K, M): K even (two pipelines that meet without conflict, Li and Hoefler 2021,
+    section 3) and M a multiple of K (whole basic units, as the authors' code asserts)."""
+    return devices % 2 == 0 and microbatches >= devices and microbatches % devices == 0
+
+
+def chimera_paper_bubble(devices: int, microbatches: int) -> float:
+    """(D-2)/(2N+D-2): Chimera's bubble ratio in Li and Hoefler's Table 2 (SC 2021), D stages, N micro-batches.
+
+    The paper counts bubbles in pass slots: D - 2 idle slots per worker
+    beside its N forward and N backward ones (GPipe's and DAPPLE's 2(D-1)),
+    every slot alike, so the ratio is the idle share when a backward takes as
+    long as a forward. pipesched holds ``chimera`` to it with F = B
+    (``chimera_idle``), for every even K and every M a multiple of K.
+
+    >>> chimera_paper_bubble(4, 4)
+    0.2
+    """
+    return (devices - 2) / (2 * microbatches + devices - 2)
+
+
+def chimera_idle(devices: int, microbatches: int, forward: float, backward: float) -> float:
+    """(K/2 - 1)·(F + B + |B - F|·(2M/K - 1)): each device's idle time in a step of ``chimera``, free links.
+
+    F and B are one stage's forward and full backward, alike on every stage;
+    M a multiple of K (``chimera_runs``). With F = B it is (K - 2)·F whatever
+    M, the paper's D - 2 slots (``chimera_paper_bubble``): direct
+    concatenation is seamless, as the paper says of equal passes. With
+    B != F the basic unit idles |B - F|·(K/2 - 1) more and every further unit
+    adds 2|B - F|·(K/2 - 1), the paper's intermediate bubbles. Every device
+    idles alike, since each computes M(F + B). Found by simulation, not
+    derived: every device of every even K <= 12, M = K to 5K, F and B whole
+    numbers 1 to 6 (1080 cases, checked once by hand). Regression checks:
+    ``tests/test_chimera.py::test_idle_time_per_device_over_forward_and_backward_times`` and
+    ``test_passes_check_strategy_with_its_formulas``.
+
+    >>> chimera_idle(4, 4, 1, 1), chimera_idle(4, 8, 1, 2)
+    (2.0, 6.0)
+    """
+    return (devices // 2 - 1) * (forward + backward + abs(backward - forward) * (2 * microbatches / devices - 1))
+
+
+def chimera_unit_makespan(devices: int, microbatches: int) -> float:
+    """3M + (K - 2)(M/K + 1): ``chimera``'s step under unit cost (F = 1, B = 2), M a multiple of K.
+
+    ``chimera_idle`` with F = 1, B = 2, found by simulation.
+
+    >>> chimera_unit_makespan(4, 4), chimera_unit_makespan(4, 8)
+    (16.0, 30.0)
+    """
+    return 3.0 * microbatches + chimera_idle(devices, microbatches, 1.0, 2.0)
+
+
+def chimera_bubble(devices: int, microbatches: int) -> float:
+    """(K-2)(M/K+1) / (3M + (K-2)(M/K+1)): ``chimera``'s idle share under unit cost, M a multiple of K.
+
+    Above the paper's (K-2)/(2M+K-2) (``chimera_paper_bubble``), which
+    assumes a backward as long as a forward: unit cost's B = 2F leaves more
+    idle in the basic unit and intermediate bubbles between units. Found by
+    simulation (``chimera_idle``).
+    """
+    return 1.0 - 3.0 * microbatches / chimera_unit_makespan(devices, microbatches)
+
+
+def chimera_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """K/2 + 1 + min(d, K-1-d) stage-micro-batches on device d, M a multiple of K: from K/2 + 1 at the ends
+    to K in the middle, the range of activations Li and Hoefler's Table 2 gives, [(D/2+1)M_a, D·M_a].
+
+    Derived: the count moves with the device's own order alone (+1 a forward,
+    -1 a backward). With a = K/2 - min(d, K-1-d) and b = K/2 - a as in
+    ``strategies/chimera.py``, a unit's first two phases add a + 2b forwards,
+    the first forward of phase 3 one more, and from there each forward is
+    followed by a backward, while phase 4 only takes away; a unit leaves a
+    forwards of its near direction in flight, and the next unit's phase 1
+    keeps that at a (one backward, one forward) before the same climb. So the
+    peak is a + 2b + 1 = K - a + 1 in every unit.
+
+    >>> [chimera_peak_inflight(6, 6, d) for d in range(6)]
+    [4, 5, 6, 6, 5, 4]
+    """
+    return devices // 2 + 1 + min(device, devices - 1 - device)
+
+
 # -- the built-in strategies' closed forms, in one table ------------------------------
 
 #: The built-ins that loop v stages over the devices (stage s on device s mod K), whose v ``--chunks`` (a
@@ -726,6 +819,14 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "K+1",
         "DeepSeek-AI, DualPipe 2025",
         runs=lambda K, M, v: dualpipe_runs(K, M),
+    ),
+    "chimera": ClosedForm(
+        lambda K, M, v: chimera_bubble(K, M) if chimera_runs(K, M) else None,
+        "(K-2)(M/K+1)/(3M+(K-2)(M/K+1)), K even, K | M (found by simulation); paper: (K-2)/(2M+K-2) at F=B",
+        lambda K, M, v, d: chimera_peak_inflight(K, M, d),
+        "K/2+1+min(d, K-1-d)",
+        "Li and Hoefler, SC 2021",
+        runs=lambda K, M, v: chimera_runs(K, M),
     ),
 }
 

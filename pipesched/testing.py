@@ -516,7 +516,8 @@ def check_strategy(
         chunks: the values of v to draw.
         microbatches_per_device: draw at least this many micro-batches per device.
         runs: keep only the draws ``runs(K, M, v)`` accepts, for a strategy that refuses some on purpose
-            (``formulas.ClosedForm.runs``: DualPipe needs K and M even); None keeps every draw.
+            (``formulas.ClosedForm.runs``: DualPipe needs K and M even, Chimera K even and K | M); None keeps
+            every draw.
         max_examples: configurations to try (derandomized: the same ones every run).
 
     Raises:

@@ -119,8 +119,8 @@ def test_strategies_lists_the_builtins(capsys):
         (["--partition", "5,6"], "--partition 5,6 has 2 stages but the schedule has 4"),
         (
             ["--strategy", "nope"],
-            "unknown strategy 'nope'; use one of 1f1b, dp, dualpipe, dualpipev, gpipe, interleaved, interleaved-zb, "
-            "looped-bfs, zb-h1, zb-h2, zb-v",
+            "unknown strategy 'nope'; use one of 1f1b, chimera, dp, dualpipe, dualpipev, gpipe, interleaved, "
+            "interleaved-zb, looped-bfs, zb-h1, zb-h2, zb-v",
         ),
         (["--remat", "sometimes"], "--remat 'sometimes' is unknown; use one of never, always, except_last"),
         (["--cost", "free"], "--cost 'free' is unknown; use one of flops, unit"),

@@ -27,6 +27,7 @@ STRATEGIES = [
     "zb-h2",
     "dp",
     "dualpipe",
+    "chimera",
 ]  # the V schedules: tests/test_frontier.py
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
@@ -103,7 +104,7 @@ def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches,
 def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, batch, remat, data):
     chunks = chunks if strategy == "interleaved" and devices > 1 else 1  # K=1 chunks share arrays
     microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
-    assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # dualpipe: K, M even; M >= 2K
+    assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # dualpipe, chimera: K even, ...
     stages = 1 if strategy == "dp" else devices * chunks
     widths = data.draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 4))
     r = run(
@@ -227,7 +228,7 @@ def test_formulas_command(capsys):
 
 def test_forms_found_by_simulation_are_marked_and_name_regression_tests_that_exist(capsys):
     marked = {name for name, form in formulas.CLOSED_FORMS.items() if "found by simulation" in form.bubble_text}
-    assert marked == {"interleaved", "interleaved-zb", "zb-h2", "zb-v", "dualpipev", "dualpipe"}
+    assert marked == {"interleaved", "interleaved-zb", "zb-h2", "zb-v", "dualpipev", "dualpipe", "chimera"}
     assert main(["formulas"]) == 0
     assert "found by simulation: read off the simulator, not derived" in capsys.readouterr().out
     named = set(re.findall(r"``(?:tests/\w+\.py::)?(test_\w+)``", inspect.getsource(formulas)))
@@ -264,6 +265,7 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
         "dualpipev": "-",
         "dp": "-",
         "dualpipe": "-",  # needs M >= 2K = 8
+        "chimera": "-",  # M = 2 is not a multiple of K = 4
     }
 
 

@@ -229,7 +229,10 @@ def test_a_torn_last_line_is_cut_off(tmp_path):
         ("[axes]\nlink_bandwidth = [1e9, 0]", "[axes].link_bandwidth: 0 is not a finite rate of at least 1 per second"),
         ("[axes]\nlink_latency = [2]", "[axes].link_latency: 2 is not between 0 and 1 second"),
         ("[model]\ndevice_flops = 0.5\n[axes]\ndevices = [2]", "[model].device_flops: 0.5 is not a finite rate"),
-        ("[axes]\nstrategy = ['gpipe', 'nope']", "[axes].strategy: unknown strategy 'nope'; use one of 1f1b, dp"),
+        (
+            "[axes]\nstrategy = ['gpipe', 'nope']",
+            "[axes].strategy: unknown strategy 'nope'; use one of 1f1b, chimera, dp",
+        ),
         ("[axes]\nstrategy = ['mine.py']", "[axes].strategy: strategy 'mine.py' names a file but no class"),
         ("[axes]\nremat = ['never', 'sometimes']", "[axes].remat: 'sometimes' is unknown; use one of never"),
         ("[axes]\noverlap = ['min']", "[axes].overlap: 'min' is unknown; use one of sum, max"),
