@@ -17,7 +17,10 @@ share no base class.
 from __future__ import annotations
 
 from collections import deque
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from .schedule import Action, Item, Overlap, expand
 
@@ -262,25 +265,23 @@ def _place_weights(slots: list[list[int]], by_chunk: bool) -> list[list[int]]:
 def _peak_held(slots: list[list[int]]) -> int:
     """The most chunk-micro-batches the device holds: +1 per F, -1 per W.
 
-    Where no Ws are placed yet, each free slot runs one pending W.
+    Where no Ws are placed yet, each free slot runs one pending W: after slot
+    s the Ws run number r_s = min(r_{s-1} + free_s, i_s), i_s the Is so far,
+    which unrolls to r_s = free'_s + min(0, min over j <= s of (i_j - free'_j)),
+    free' the free slots so far. Vectorised, as the squeeze calls this for
+    every slot it tries.
     """
-    placed = len(slots) > 4
-    events = sorted((t, kind) for kind, ts in enumerate(slots) for t in ts)
-    at = dict((t, kind) for t, kind in events)
-    held = peak = pending = 0
-    for t in range(events[-1][0] + 1):
-        kind = at.get(t)
-        if kind in (_F0, _F1):
-            held += 1
-        elif kind in (_I1, _I0):
-            pending += 1
-        elif kind is not None:  # a placed W
-            held -= 1
-        elif not placed and pending:
-            held -= 1
-            pending -= 1
-        peak = max(peak, held)
-    return peak
+    kinds = np.full(max(ts[-1] for ts in slots if ts) + 1, -1)  # each kind's slots rise with the micro-batch
+    for kind, ts in enumerate(slots):
+        kinds[np.asarray(ts, dtype=int)] = kind
+    forwards = np.cumsum((kinds == _F0) | (kinds == _F1))
+    if len(slots) > 4:
+        weights = np.cumsum(kinds >= _W)
+    else:
+        inputs = np.cumsum((kinds == _I1) | (kinds == _I0))
+        free = np.cumsum(kinds < 0)
+        weights = free + np.minimum(0, np.minimum.accumulate(inputs - free))
+    return max(0, int((forwards - weights).max()))
 
 
 def _dependencies(slots: _Slots, d: int, kind: int, m: int) -> list[int]:
@@ -375,13 +376,18 @@ def v_shape_order(devices: int, microbatches: int, memory: str) -> list[list[Act
     >>> [" ".join(map(str, row)) for row in v_shape_order(2, 2, "min")]
     ['0F0 0F1 3F0 3I0 3W0 0I0 0W0 3F1 3I1 3W1 0I1 0W1', '1F0 2F0 2I0 1I0 1F1 2F1 2W0 1W0 2I1 1I1 2W1 1W1']
     """
+    return [list(row) for row in _v_shape_order(devices, microbatches, memory)]
+
+
+@lru_cache(maxsize=32)  # the squeeze takes seconds at K = 64: plans, sweeps and reports ask for one size repeatedly
+def _v_shape_order(devices: int, microbatches: int, memory: str) -> tuple[tuple[Action, ...], ...]:
     blocks = v_block_offsets(devices, memory)
     slots = [[[t + 6 * m for m in range(microbatches)] for t in block] for block in blocks]
     slots = _squeeze(_squeeze(slots, with_weights=True), with_weights=False)
     orders = []
     for d, dev in enumerate(_place_weights(s, by_chunk=True) for s in slots):
-        stage = (d, 2 * devices - 1 - d, 2 * devices - 1 - d, d, 2 * devices - 1 - d, d)
-        op = "FFIIWW"
+        up = 2 * devices - 1 - d
+        stage, op = (d, up, up, d, up, d), "FFIIWW"  # by kind: F0, F1, I1, I0, and the Ws of chunk 1, chunk 0
         passes = sorted((t, kind, m) for kind, ts in enumerate(dev) for m, t in enumerate(ts))
-        orders.append([Action(stage[kind], op[kind], m) for _, kind, m in passes])
-    return orders
+        orders.append(tuple(Action(stage[kind], op[kind], m) for _, kind, m in passes))
+    return tuple(orders)
