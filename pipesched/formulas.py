@@ -773,15 +773,16 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
     ),
     "v-min": ClosedForm(
         lambda K, M, v: v_min_bubble(K, M),
-        "1-3M/(3M+2K-5/2), 3M+2K-7/2 where 3 | K: about 2/3 of 1F1B's, M >= (K+4)//3 (2K/3+2 where 3 | K) "
+        "1-3M/(3M+2K-c), c = 5/2 (7/2 where 3 | K): ~2/3 of 1F1B's; M >= (K+4)//3 (2K/3+2 where 3 | K) "
         "(found by simulation)",
         lambda K, M, v, d: v_min_peak_inflight(K, M, d),
-        "min(M+1+d, 2M, 2((K+4)//3)), one less on device 0 where K = 2 mod 3 (found by simulation)",
+        "min(M+1+d, 2M, 2((K+4)//3)), one less on device 0 where K = 2 mod 3, and a few (K, M, d) more "
+        "(found by simulation)",
         "Qi et al., NeurIPS 2024",
     ),
     "v-half": ClosedForm(
         lambda K, M, v: v_half_bubble(K, M),
-        "1-3M/(3M+3floor((K-1)/2)-1/2): about 1/2 of 1F1B's, M >= K+2 (found by simulation)",
+        "1-3M/(3M+3floor((K-1)/2)-1/2), K >= 3 (idle 1/2 at K = 2): ~1/2 of 1F1B's; M >= K+2 (found by simulation)",
         lambda K, M, v, d: v_half_peak_inflight(K, M, d),
         "min(M+1+d, 2M, 2((K+2)//2)) (found by simulation)",
         "Qi et al., NeurIPS 2024",

@@ -96,7 +96,7 @@ def test_passes_check_strategy_with_its_formulas(name):
     """Every remat mode, uneven micro-batches, real NumPy and tiny decoders: gradients equal the full-batch pass."""
     form = formulas.CLOSED_FORMS[name]
     check_strategy(name, bubble=True, inflight=form.inflight, chunks=(2,), max_devices=4, max_microbatches=10,
-                   max_examples=20)  # fmt: skip
+                   max_examples=40)  # fmt: skip
 
 
 @pytest.mark.parametrize("remat", ["never", "always", "except_last"])
