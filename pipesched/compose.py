@@ -17,7 +17,10 @@ share no base class.
 from __future__ import annotations
 
 from collections import deque
+from functools import lru_cache
 from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from .schedule import Action, Item, Overlap, expand
 
@@ -193,3 +196,198 @@ class Steps:
     def count(self, stage: int, kind: str) -> int:
         """How many of ``stage``'s forwards (``"F"``), backwards (``"B"``) or Ws (``"W"``) have been written."""
         return self._next.get((stage, kind), 0)
+
+
+# --- V-shape building blocks (Qi et al., "Pipeline Parallelism with Controllable Memory", NeurIPS 2024) ---
+#
+# One device's passes of one micro-batch, in the order of the paper's V-shape block: the forward of
+# its chunk 0 (stage d), the forward of its chunk 1 (stage 2K-1-d), the input-gradient of chunk 1, the
+# input-gradient of chunk 0. W is not part of the block: it fills the block's gaps.
+_F0, _F1, _I1, _I0, _W = range(5)
+
+
+def v_block_offsets(devices: int, memory: str) -> list[tuple[int, int, int, int]]:
+    """Each device's V-shape building block: the slot of its F (chunk 0), F (chunk 1), I (chunk 1), I (chunk 0).
+
+    A slot is one pass of one chunk (F = I = W); the block repeats every 6
+    slots, one micro-batch per repeat. The offsets are the authors' stable
+    patterns (``stable_pattern_v_min`` / ``stable_pattern_v_half`` in
+    sail-sg/zero-bubble-pipeline-parallelism, ``zbv_greedy.py``): V-Min's F
+    of chunk 0 one slot apart from device to device and its block lasting
+    4K - 1 - 2d slots plus a gap of 2 when 3 divides K (so that the repeats
+    do not collide), about a third of 1F1B's 6K; V-Half's two slots apart,
+    lasting about 6K - 3d, a gap of 3 when K is even.
+
+    >>> v_block_offsets(2, "min")
+    [(0, 3, 4, 7), (1, 2, 5, 6)]
+    """
+    k = devices
+    if memory == "min":
+        gap = 2 if k % 3 == 0 else 0
+        return [(d, 2 * k - 1 - d, 2 * k + gap + d, 4 * k + gap - 1 - d) for d in range(k)]
+    if memory == "half":
+        gap = 3 if k % 2 == 0 else 0
+        return [(2 * d, 3 * k - 2 - d, 3 * k + gap + 2 * d - 1, 6 * k + gap - d - 2) for d in range(k)]
+    raise ValueError(f"unknown V-shape memory setting {memory!r}; use 'min' or 'half'")
+
+
+_Slots = list[list[list[int]]]  # [device][kind][micro-batch] -> slot
+
+
+def _place_weights(slots: list[list[int]], by_chunk: bool) -> list[list[int]]:
+    """The device's F and I slots with its Ws put in its free slots, each as soon as an I has left one pending.
+
+    ``by_chunk`` keeps the two chunks' Ws apart (chunk 1's first when both
+    wait); otherwise one list of Ws whose chunk is not yet decided.
+    Leftover Ws run after the last I.
+    """
+    taken = {t: kind for kind in range(4) for t in slots[kind]}
+    last = max(taken)
+    weights: list[list[int]] = [[], []] if by_chunk else [[]]
+    pending = [0, 0]
+    for t in range(last + 1):
+        kind = taken.get(t)
+        if kind in (_I1, _I0):
+            pending[kind - _I1 if by_chunk else 0] += 1
+        elif kind is None:
+            for chunk, n in enumerate(pending):
+                if n:
+                    weights[chunk].append(t)
+                    pending[chunk] -= 1
+                    break
+    for chunk, n in enumerate(pending):
+        for _ in range(n):
+            last += 1
+            weights[chunk].append(last)
+    return [list(s) for s in slots[:4]] + weights
+
+
+def _peak_held(slots: list[list[int]]) -> int:
+    """The most chunk-micro-batches the device holds: +1 per F, -1 per W.
+
+    Where no Ws are placed yet, each free slot runs one pending W: after slot
+    s the Ws run number r_s = min(r_{s-1} + free_s, i_s), i_s the Is so far,
+    which unrolls to r_s = free'_s + min(0, min over j <= s of (i_j - free'_j)),
+    free' the free slots so far. Vectorised, as the squeeze calls this for
+    every slot it tries.
+    """
+    kinds = np.full(max(ts[-1] for ts in slots if ts) + 1, -1)  # each kind's slots rise with the micro-batch
+    for kind, ts in enumerate(slots):
+        kinds[np.asarray(ts, dtype=int)] = kind
+    forwards = np.cumsum((kinds == _F0) | (kinds == _F1))
+    if len(slots) > 4:
+        weights = np.cumsum(kinds >= _W)
+    else:
+        inputs = np.cumsum((kinds == _I1) | (kinds == _I0))
+        free = np.cumsum(kinds < 0)
+        weights = free + np.minimum(0, np.minimum.accumulate(inputs - free))
+    return max(0, int((forwards - weights).max()))
+
+
+def _dependencies(slots: _Slots, d: int, kind: int, m: int) -> list[int]:
+    """Slots that must come before pass ``kind`` of micro-batch ``m`` on device ``d``."""
+    deps = []
+    if kind in (_F0, _I1) and d > 0:  # chunk 0's forward and chunk 1's backward flow from device 0 to K-1
+        deps.append(slots[d - 1][kind][m])
+    if kind in (_F1, _I0) and d + 1 < len(slots):  # the others flow back
+        deps.append(slots[d + 1][kind][m])
+    if kind in (_F1, _I1, _I0):  # the turns of the V: F0 -> F1 -> I1 -> I0 on the same device
+        deps.append(slots[d][kind - 1][m])
+    if kind == _W:  # the m-th W after the m-th I, whichever chunk's
+        deps.append(sorted(slots[d][_I1] + slots[d][_I0])[m])
+    if m > 0:
+        deps.append(slots[d][kind][m - 1])
+    return deps
+
+
+def _in_slot_order(slots: _Slots) -> list[tuple[int, int, int, int]]:
+    """Every pass as (slot, device, kind, micro-batch), in slot order (ties by device, kind, micro-batch)."""
+    return sorted(
+        (t, d, kind, m) for d, dev in enumerate(slots) for kind, ts in enumerate(dev) for m, t in enumerate(ts)
+    )
+
+
+def _eager(slots: _Slots) -> _Slots:
+    """Each pass run as early as its inputs and its device allow, in the given order, every pass one slot."""
+    start: _Slots = [[[0] * len(ts) for ts in dev] for dev in slots]
+    free = [0] * len(slots)
+    for _, d, kind, m in _in_slot_order(slots):
+        after = [free[d]]
+        if kind in (_F0, _I1) and d > 0:
+            after.append(start[d - 1][kind][m] + 1)
+        if kind in (_F1, _I0) and d + 1 < len(slots):
+            after.append(start[d + 1][kind][m] + 1)
+        if kind in (_F1, _I1, _I0):
+            after.append(start[d][kind - 1][m] + 1)
+        if m > 0:
+            after.append(start[d][kind][m - 1] + 1)
+        start[d][kind][m] = max(after)
+        free[d] = start[d][kind][m] + 1
+    return start
+
+
+def _squeeze(slots: _Slots, with_weights: bool) -> _Slots:
+    """The paper's squeeze: passes of the warm-up and cool-down move to the earliest free slot their inputs
+    allow, unless that raises the peak memory of the repeated blocks; the steady state stays as it is.
+
+    The steady state runs from device 0's first I of chunk 0 to its last F of
+    chunk 0. The warm-up moves only in the pass that places the Ws
+    (``with_weights``); the cool-down moves in both. Returns the squeezed
+    F and I slots, run eagerly (Ws placed as ``_place_weights`` does).
+    """
+    slots = [_place_weights(dev, by_chunk=False) if with_weights else [list(ts) for ts in dev] for dev in slots]
+    budget = max(_peak_held(dev) for dev in slots)
+    taken: list[set[int]] = [set() for _ in slots]
+    phase = "warm-up"
+    last_forward = len(slots[0][_F0]) - 1
+    for t, d, kind, m in _in_slot_order(slots):
+        if phase == "warm-up" and d == 0 and kind == _I0:
+            phase = "steady"
+        if phase == "steady" or (phase == "warm-up" and not with_weights):
+            if phase == "steady" and kind == _F0 and m == last_forward:  # the first such F is device 0's
+                phase = "cool-down"
+            taken[d].add(t)
+            continue
+        earliest = max(_dependencies(slots, d, kind, m), default=-1) + 1
+        for candidate in range(earliest, t):
+            if candidate in taken[d]:
+                continue
+            slots[d][kind][m] = candidate
+            if _peak_held(slots[d]) <= budget:
+                break
+        else:
+            slots[d][kind][m] = t
+        taken[d].add(slots[d][kind][m])
+    if not with_weights:
+        slots = [_place_weights(dev, by_chunk=False) for dev in slots]
+    return [dev[:4] for dev in _eager(slots)]
+
+
+def v_shape_order(devices: int, microbatches: int, memory: str) -> list[list[Action]]:
+    """Each device's order of V-Min (``memory="min"``) or V-Half (``"half"``), built from the building block.
+
+    The paper's construction (section 4, and the authors' ``zbv_greedy.py``):
+    repeat each device's block (``v_block_offsets``) once per micro-batch,
+    6 slots apart; put the Ws in the free slots; squeeze the warm-up and the
+    cool-down without raising the peak memory, then the cool-down again with
+    the Ws taken out; put the Ws back, each chunk's in its own queue. Device d
+    holds stage d (chunk 0) and stage 2K-1-d (chunk 1), as in ZB-V.
+
+    >>> [" ".join(map(str, row)) for row in v_shape_order(2, 2, "min")]
+    ['0F0 0F1 3F0 3I0 3W0 0I0 0W0 3F1 3I1 3W1 0I1 0W1', '1F0 2F0 2I0 1I0 1F1 2F1 2W0 1W0 2I1 1I1 2W1 1W1']
+    """
+    return [list(row) for row in _v_shape_order(devices, microbatches, memory)]
+
+
+@lru_cache(maxsize=32)  # the squeeze takes seconds at K = 64: plans, sweeps and reports ask for one size repeatedly
+def _v_shape_order(devices: int, microbatches: int, memory: str) -> tuple[tuple[Action, ...], ...]:
+    blocks = v_block_offsets(devices, memory)
+    slots = [[[t + 6 * m for m in range(microbatches)] for t in block] for block in blocks]
+    slots = _squeeze(_squeeze(slots, with_weights=True), with_weights=False)
+    orders = []
+    for d, dev in enumerate(_place_weights(s, by_chunk=True) for s in slots):
+        up = 2 * devices - 1 - d
+        stage, op = (d, up, up, d, up, d), "FFIIWW"  # by kind: F0, F1, I1, I0, and the Ws of chunk 1, chunk 0
+        passes = sorted((t, kind, m) for kind, ts in enumerate(dev) for m, t in enumerate(ts))
+        orders.append(tuple(Action(stage[kind], op[kind], m) for _, kind, m in passes))
+    return tuple(orders)

@@ -8,10 +8,10 @@ et al., 2021) reports instead the ratio of bubble time to ideal time,
 
 **Found by simulation.** Most forms here come from a paper or are derived in
 their docstrings. A few were read off the simulator and are not derived: the
-interleaved bubble when K does not divide M, ZB-H2's step for M <= 2K-2, ZB-V's
-step, DualPipeV's and DualPipe's steps under either overlap rule, and Chimera's idle time when
-a backward and a forward differ in length. Their docstrings say so,
-their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
+interleaved bubble when K does not divide M, interleaved-zb's step, ZB-H2's step
+for M <= 2K-2, ZB-V's, V-Min's and V-Half's steps and peaks in flight, DualPipeV's
+and DualPipe's steps under either overlap rule, and Chimera's idle time when a
+backward and a forward differ in length. Their docstrings say so, their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
 simulation", and the tests that hold the simulator to them are regression
 checks, named in each docstring: they show when the schedule or the engine
 changes, not that either is right.
@@ -59,6 +59,12 @@ __all__ = [
     "zb_h2_peak_inflight",
     "zb_v_peak_inflight",
     "dualpipev_peak_inflight",
+    "v_min_unit_makespan",
+    "v_min_bubble",
+    "v_min_peak_inflight",
+    "v_half_unit_makespan",
+    "v_half_bubble",
+    "v_half_peak_inflight",
     "data_parallel_bubble",
     "ring_allreduce_time",
     "ring_reduce_scatter_time",
@@ -528,6 +534,112 @@ def dualpipe_peak_inflight(devices: int, microbatches: int, device: int) -> int:
     return devices + 1
 
 
+def v_min_unit_makespan(devices: int, microbatches: int) -> float | None:
+    """V-Min's step under unit cost (a chunk's F = I = W = 1/2, free links): 3M + 2K - 5/2, or 3M + 2K - 7/2
+    when 3 divides K (3M for K = 1); ``None`` for M below (K+4)//3, or below 2K/3 + 2 when 3 divides K.
+
+    Qi et al. (NeurIPS 2024) state V-Min's bubble as about 2/3 of 1F1B's
+    (the authors' README: "2B/3 + O(n) overhead", B = (K-1)/(M+K-1); their
+    table: about 2K/(3M)), that is an idle time of about 2(K-1) against
+    1F1B's 3(K-1). The simulated idle time is 1/2 less, 3/2 less when 3
+    divides K (the gap of 2 slots the block then needs; ``v_block_offsets``);
+    with the authors' 1/1000 cost per send their own generator reports a
+    bubble a little above this (0.1870 against 5.5/29.5 = 0.1864 at K=4, M=8).
+    Found by simulation over K <= 20, M from the bound to 2K + 8, not
+    derived; below the bound the warm-up's squeeze changes the idle time
+    from M to M. Regression check: ``tests/test_v_shape.py::test_unit_cost_closed_forms``.
+
+    >>> v_min_unit_makespan(4, 8), v_min_unit_makespan(6, 5)
+    (29.5, None)
+    """
+    if microbatches < ((devices + 4) // 3 if devices % 3 else 2 * devices // 3 + 2):
+        return None
+    idle = 0.0 if devices == 1 else 2 * devices - (3.5 if devices % 3 == 0 else 2.5)
+    return 3.0 * microbatches + idle
+
+
+def v_min_bubble(devices: int, microbatches: int) -> float | None:
+    """1 - 3M / ``v_min_unit_makespan``: about 2/3 of 1F1B's (K-1)/(M+K-1), as the paper states; ``None``
+    where the form does not hold (small M). Found by simulation."""
+    makespan = v_min_unit_makespan(devices, microbatches)
+    return None if makespan is None else 1.0 - 3.0 * microbatches / makespan
+
+
+def v_half_unit_makespan(devices: int, microbatches: int) -> float | None:
+    """V-Half's step under unit cost (a chunk's F = I = W = 1/2, free links): 3M + 3·floor((K-1)/2) - 1/2 for
+    K >= 3 (3M + 1/2 for K = 2, 3M for K = 1); ``None`` for M < K + 2.
+
+    Qi et al. (NeurIPS 2024) state V-Half's bubble as about half of 1F1B's
+    (the authors' README: B/2; their table: about K/(2M)), an idle time of
+    about 3(K-1)/2. The simulated idle time is 1/2 less for odd K and 2 less
+    for even K >= 4 (the gap of 3 slots the block then needs;
+    ``v_block_offsets``), 1 less for K = 2. Found by simulation over K <= 20,
+    M from K + 2 to 2K + 8 (the form holds from M = K + 1 for odd K >= 5 and
+    from M <= K + 2 for the others), not derived. Regression check:
+    ``tests/test_v_shape.py::test_unit_cost_closed_forms``.
+
+    >>> v_half_unit_makespan(4, 8), v_half_unit_makespan(5, 8)
+    (26.5, 29.5)
+    """
+    if microbatches < devices + 2:
+        return None
+    idle = {1: 0.0, 2: 0.5}.get(devices, 3 * ((devices - 1) // 2) - 0.5)
+    return 3.0 * microbatches + idle
+
+
+def v_half_bubble(devices: int, microbatches: int) -> float | None:
+    """1 - 3M / ``v_half_unit_makespan``: about half of 1F1B's (K-1)/(M+K-1), as the paper states; ``None``
+    where the form does not hold (M < K + 2). Found by simulation."""
+    makespan = v_half_unit_makespan(devices, microbatches)
+    return None if makespan is None else 1.0 - 3.0 * microbatches / makespan
+
+
+def _v_shape_peak(microbatches: int, device: int, most: int) -> int:
+    """min(M + 1 + d, 2M, most): a V-shape device's peak chunk-micro-batches in flight, found by simulation."""
+    return min(microbatches + 1 + device, 2 * microbatches, most)
+
+
+def v_min_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(M + 1 + d, 2M, P) chunk-micro-batches on device d, P = 2·((K+4)//3); where K = 2 mod 3, P - 1
+    on device 0, and for K >= 5 on device 1 too when M = P - 2 (and on device 2 for K = 5, M = 3).
+
+    The paper's V-Min memory: about 1/3 of 1F1B's, (K+4)//3 micro-batches
+    in the authors' table against 1F1B's K. A chunk holds half a 1F1B
+    stage's activations, so P chunk-micro-batches are exactly that table's
+    (K+4)//3, reached on the busiest device once M >= (K+4)//3. The
+    per-device form, its exceptions included (the squeeze of the warm-up
+    leaves them one short), is found by simulation over K <= 20, M <= 2K + 8
+    (``tests/test_v_shape.py::test_unit_cost_closed_forms``).
+
+    >>> [v_min_peak_inflight(8, 24, d) for d in range(3)], v_min_peak_inflight(8, 2, 5)
+    ([7, 8, 8], 4)
+    """
+    most = 2 * ((devices + 4) // 3)
+    if devices % 3 == 2 and (
+        device == 0
+        or (device == 1 and microbatches == most - 2 and devices > 2)
+        or (devices, microbatches, device) == (5, 3, 2)
+    ):
+        most -= 1
+    return _v_shape_peak(microbatches, device, most)
+
+
+def v_half_peak_inflight(devices: int, microbatches: int, device: int) -> int:
+    """min(M + 1 + d, 2M, 2·((K+2)//2)) chunk-micro-batches on device d.
+
+    The paper's V-Half memory: about 1/2 of 1F1B's, (K+2)//2 micro-batches in
+    the authors' table against 1F1B's K; 2·((K+2)//2) chunk-micro-batches,
+    each half a 1F1B stage's, are exactly that, reached on the busiest
+    device once M >= (K+2)//2 and on every device once M >= 2·((K+2)//2) - 1.
+    The per-device form is found by simulation over K <= 20, M <= 2K + 8
+    (``tests/test_v_shape.py::test_unit_cost_closed_forms``).
+
+    >>> [v_half_peak_inflight(4, 8, d) for d in range(4)], v_half_peak_inflight(4, 2, 0)
+    ([6, 6, 6, 6], 3)
+    """
+    return _v_shape_peak(microbatches, device, 2 * ((devices + 2) // 2))
+
+
 def interleaved_peak_inflight(devices: int, microbatches: int, device: int, chunks: int) -> int:
     """min(w_d + 1, v·M) chunk-micro-batches, w_d = 2(K-1-d) + (v-1)·g Megatron's warm-up count.
 
@@ -811,6 +923,22 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "1",
         "ring all-reduce: Patarasuk and Yuan 2009",
         runs=lambda K, M, v: M >= K,
+    ),
+    "v-min": ClosedForm(
+        lambda K, M, v: v_min_bubble(K, M),
+        "1-3M/(3M+2K-c), c = 5/2 (7/2 where 3 | K): ~2/3 of 1F1B's; M >= (K+4)//3 (2K/3+2 where 3 | K) "
+        "(found by simulation)",
+        lambda K, M, v, d: v_min_peak_inflight(K, M, d),
+        "min(M+1+d, 2M, 2((K+4)//3)), one less on device 0 where K = 2 mod 3, and a few (K, M, d) more "
+        "(found by simulation)",
+        "Qi et al., NeurIPS 2024",
+    ),
+    "v-half": ClosedForm(
+        lambda K, M, v: v_half_bubble(K, M),
+        "1-3M/(3M+3floor((K-1)/2)-1/2), K >= 3 (idle 1/2 at K = 2): ~1/2 of 1F1B's; M >= K+2 (found by simulation)",
+        lambda K, M, v, d: v_half_peak_inflight(K, M, d),
+        "min(M+1+d, 2M, 2((K+2)//2)) (found by simulation)",
+        "Qi et al., NeurIPS 2024",
     ),
     "dualpipe": ClosedForm(
         lambda K, M, v: dualpipe_bubble(K, M) if dualpipe_runs(K, M) else None,

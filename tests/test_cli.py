@@ -120,7 +120,7 @@ def test_strategies_lists_the_builtins(capsys):
         (
             ["--strategy", "nope"],
             "unknown strategy 'nope'; use one of 1f1b, chimera, dp, dualpipe, dualpipev, gpipe, interleaved, "
-            "interleaved-zb, looped-bfs, zb-h1, zb-h2, zb-v",
+            "interleaved-zb, looped-bfs, v-half, v-min, zb-h1, zb-h2, zb-v",
         ),
         (["--remat", "sometimes"], "--remat 'sometimes' is unknown; use one of never, always, except_last"),
         (["--cost", "free"], "--cost 'free' is unknown; use one of flops, unit"),

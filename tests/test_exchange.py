@@ -17,14 +17,26 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 @given(
     strategy=st.sampled_from(
-        ["gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "dualpipev"]
+        [
+            "gpipe",
+            "1f1b",
+            "interleaved",
+            "looped-bfs",
+            "interleaved-zb",
+            "zb-h1",
+            "zb-h2",
+            "zb-v",
+            "dualpipev",
+            "v-min",
+            "v-half",
+        ]
     ),
     devices=st.integers(1, 4),
     microbatches=st.integers(1, 8),
     chunks=st.integers(1, 3),
 )
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
-    chunks = chunks if strategy in LOOPED else 2 if strategy in ("zb-v", "dualpipev") else 1
+    chunks = chunks if strategy in LOOPED else 2 if strategy in ("zb-v", "dualpipev", "v-min", "v-half") else 1
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
     if strategy == "interleaved-zb":  # rounds of equal size, as PyTorch's: one round

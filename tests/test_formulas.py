@@ -26,9 +26,12 @@ STRATEGIES = [
     "zb-h1",
     "zb-h2",
     "dp",
+    "v-min",
+    "v-half",
     "dualpipe",
     "chimera",
-]  # the V schedules: tests/test_frontier.py
+]  # zb-v and dualpipev: tests/test_frontier.py
+V_SHAPES = ("v-min", "v-half")  # two stages per device, whatever --chunks
 REMAT = st.sampled_from(["never", "always", "except_last"])
 
 
@@ -40,7 +43,7 @@ REMAT = st.sampled_from(["never", "always", "except_last"])
 )
 def test_the_table_of_closed_forms_matches_the_simulator(strategy, devices, microbatches, chunks):
     """For the interleaved bubble when K does not divide M, a regression check of a form found by simulation."""
-    chunks = chunks if strategy in formulas.LOOPED else 1
+    chunks = chunks if strategy in formulas.LOOPED else 2 if strategy in V_SHAPES else 1
     assume(strategy != "dp" or microbatches >= devices)
     assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # interleaved-zb: equal rounds
     form = formulas.CLOSED_FORMS[strategy]
@@ -103,8 +106,11 @@ def test_peak_activation_bytes_closed_form(strategy, devices, per, microbatches,
 )
 def test_activation_peak_walk_matches_the_simulator(strategy, devices, chunks, batch, remat, data):
     chunks = chunks if strategy == "interleaved" and devices > 1 else 1  # K=1 chunks share arrays
+    assume(strategy not in V_SHAPES)  # a V's stages K-1 and K share device K-1, and arrays: the walk assumes none do
     microbatches = data.draw(st.integers(devices if strategy == "dp" else 1, batch))
-    assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # dualpipe, chimera: K even, ...
+    assume(
+        formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, chunks)
+    )  # interleaved-zb's rounds; dualpipe, chimera: K even
     stages = 1 if strategy == "dp" else devices * chunks
     widths = data.draw(st.lists(st.integers(1, 9), min_size=stages + 1, max_size=stages + 4))
     r = run(
@@ -228,7 +234,17 @@ def test_formulas_command(capsys):
 
 def test_forms_found_by_simulation_are_marked_and_name_regression_tests_that_exist(capsys):
     marked = {name for name, form in formulas.CLOSED_FORMS.items() if "found by simulation" in form.bubble_text}
-    assert marked == {"interleaved", "interleaved-zb", "zb-h2", "zb-v", "dualpipev", "dualpipe", "chimera"}
+    assert marked == {
+        "interleaved",
+        "interleaved-zb",
+        "zb-h2",
+        "zb-v",
+        "dualpipev",
+        "v-min",
+        "v-half",
+        "dualpipe",
+        "chimera",
+    }
     assert main(["formulas"]) == 0
     assert "found by simulation: read off the simulator, not derived" in capsys.readouterr().out
     named = set(re.findall(r"``(?:tests/\w+\.py::)?(test_\w+)``", inspect.getsource(formulas)))
@@ -264,6 +280,8 @@ def test_formulas_show_no_inflight_counts_where_a_strategy_cannot_run(capsys):
         "zb-v": "3/4/4/4",
         "dualpipev": "-",
         "dp": "-",
+        "v-min": "3/4/4/4",  # min(M+1+d, 2M, ...) with M = 2
+        "v-half": "3/4/4/4",
         "dualpipe": "-",  # needs M >= 2K = 8
         "chimera": "-",  # M = 2 is not a multiple of K = 4
     }

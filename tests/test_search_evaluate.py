@@ -26,7 +26,10 @@ from pipesched.testing import configs, measured_times
 from pipesched.times import StageTimes
 
 #: The built-in strategies of one pipeline; DualPipeV's overlapped pairs are run de-paired (see ``depaired``).
-STRATEGIES = ("gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "dualpipev")
+STRATEGIES = (
+    "gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "dualpipev", "v-min",
+    "v-half",
+)  # fmt: skip
 
 
 def depaired(schedule: Schedule) -> Schedule:
