@@ -11,7 +11,8 @@ their docstrings. A few were read off the simulator and are not derived: the
 interleaved bubble when K does not divide M, interleaved-zb's step, ZB-H2's step
 for M <= 2K-2, ZB-V's, V-Min's and V-Half's steps and peaks in flight, DualPipeV's
 and DualPipe's steps under either overlap rule, and Chimera's idle time when a
-backward and a forward differ in length. Their docstrings say so, their ``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
+backward and a forward differ in length. Their docstrings say so, their
+``CLOSED_FORMS`` labels (which ``pipesched formulas`` prints) say "found by
 simulation", and the tests that hold the simulator to them are regression
 checks, named in each docstring: they show when the schedule or the engine
 changes, not that either is right.

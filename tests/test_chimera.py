@@ -77,7 +77,7 @@ def test_pytorchs_csv_cannot_hold_it(capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "stage 0 runs on devices 0, 3; PyTorch's pipelining places each stage on one rank" in err
-    assert "bidirectional pipeline" in err and not out.exists()
+    assert "bidirectional ones (dualpipe, chimera" in err and not out.exists()
 
 
 def _idle_and_window(devices, microbatches, forward, backward):
