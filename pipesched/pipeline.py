@@ -72,7 +72,23 @@ AUTO = "auto"
 
 #: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study): every
 #: built-in, and the schedule the search finds for the same costs and memory limit beside them.
-COMPARE_DEFAULT = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp", AUTO)
+COMPARE_DEFAULT = (
+    "gpipe",
+    "1f1b",
+    "interleaved",
+    "looped-bfs",
+    "interleaved-zb",
+    "zb-h1",
+    "zb-h2",
+    "zb-v",
+    "v-half",
+    "v-min",
+    "dualpipev",
+    "dualpipe",
+    "chimera",
+    "dp",
+    AUTO,
+)
 
 
 @dataclass(frozen=True)

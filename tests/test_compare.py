@@ -75,7 +75,10 @@ def test_data_parallel_compares_the_built_ins_and_says_why_auto_is_left_out(caps
     assert main(["compare", "--data-parallel", "2", "--cost", "unit", "--no-compute"]) == 0
     out, err = capsys.readouterr()
     names = [line.split()[0] for line in out.split("\n\n")[1].splitlines()[1:]]
-    assert names == ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+    assert names == [
+        "gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "v-half", "v-min",
+        "dualpipev", "dualpipe", "chimera", "dp",
+    ]
     (note,) = [line for line in err.splitlines() if "auto" in line]
     assert note.startswith("pipesched: note: auto left out of the default comparison: ") and "--data-parallel" in note
     assert "auto: the fastest schedule" not in out

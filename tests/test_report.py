@@ -698,7 +698,10 @@ def test_a_default_list_leaves_auto_out_of_replicas_and_says_why_a_named_auto_st
     out, err = capsys.readouterr()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "auto" not in {row["strategy"] for row in metrics["compare"] + metrics["sweep_microbatches"]}
-    built_ins = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+    built_ins = [
+        "gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "v-half", "v-min",
+        "dualpipev", "dualpipe", "chimera", "dp",
+    ]
     assert [row["strategy"] for row in metrics["compare"]] == built_ins
     why = metrics["notes"]["auto"]
     assert why.startswith("auto is left out of the default comparison: ") and "--data-parallel" in why

@@ -169,7 +169,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overlap",
         default=d.overlap,
-        help="an overlapped F&B pair (dualpipev) lasts the sum or the max of its parts (default %(default)s)",
+        help="an overlapped F&B pair (dualpipev, dualpipe) lasts the sum or the max of its parts (default %(default)s)",
     )
     p.add_argument(
         "--p2p",

@@ -291,7 +291,7 @@ cost = "flops"               # or "unit", or "measured" with [cost].times
                              # pipesched run's: the MLP on the cpu preset, 36.8 GFLOP/s (73.6 peak x 0.5)
 # link_bandwidth = 1e10      # optional: bytes per second; default the cpu preset's 5.12e9 (a preset's own)
 # link_latency = 1e-6        # optional: seconds; default the cpu preset's 1e-6 (a preset's own)
-overlap = "sum"              # an overlapped F&B pair (dualpipev) lasts the sum of its parts, or "max"
+overlap = "sum"              # an overlapped F&B pair (dualpipev, dualpipe) lasts the sum of its parts, or "max"
 # device_memory = "16GB"     # optional: out-of-memory points are marked
 # preset = "h100-sxm"        # optional: a device preset or a .toml file of one (relative to this file); then
                              # device_flops is its peak (times efficiency), link_* its intra-node link and
@@ -312,7 +312,10 @@ collective = "auto"          # or "ring", "hierarchical" (intra-node then inter-
 # times = "times.toml"       # relative to this file; makes [hardware].cost "measured"
 
 [compare]                    # the main table: every strategy x every partition
-strategies = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp", "auto"]
+strategies = [
+    "gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "v-half", "v-min",
+    "dualpipev", "dualpipe", "chimera", "dp", "auto",
+]
 microbatches = 8
 chunks = 2                   # v, for strategies that interleave
 remat = "never"              # or "always", "except_last"
