@@ -76,8 +76,9 @@ OP_NAMES = {
 }
 #: A device's chunks (its stages in order: interleaved's v chunks, a V's way down and back up) by hatch.
 CHUNK_HATCHES = ["", "///", "\\\\\\", "xxx", "...", "ooo"]
-#: one per built-in and auto, so every strategy of the default comparison has its own
-MARKERS = ["o", "s", "^", ">", "d", "D", "v", "P", "p", "h", "X", "H", "8", "*", "<"]
+#: one per built-in and auto, so every strategy of the default comparison has its own; shapes alike (a circle
+#: and an octagon, two hexagons) are kept apart, as the eight colours repeat
+MARKERS = ["o", "s", "^", ">", "d", "D", "v", "P", "p", "h", "X", "x", "+", "*", "<"]
 LINE_STYLES: tuple[Any, ...] = ("-", "--", ":", "-.")
 
 # typed Any: matplotlib types rc_context's keys as a Literal of every rc name
