@@ -52,6 +52,7 @@ Metrics of a step (``evaluate``):
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -67,7 +68,7 @@ from .errors import ConfigError, PipeschedError
 from .hardware import load_hardware
 from .pipeline import AUTO, COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
 from .schedule import expand
-from .strategy import load_strategy, planned_stages
+from .strategy import load_strategy, make_plan, planned_stages
 from .sweep import Results, Sweep, pareto, point_key, sweep
 from .trace import Trace
 from .units import format_bytes
@@ -318,9 +319,13 @@ def _weights(prepared: Any, grad_sync: str) -> tuple[list[int], list[int]]:
     split = Split(config.tensor_parallel, config.sequence_parallel)  # one device's share, as the engine's
     work = DecoderShapeWorkload(prepared.layers, prepared.partition, rows, config.seq_len or 0, size, state, split)
     hosted = [sorted({a.stage for a in expand(actions)}) for actions in prepared.plan.actions]
-    d = config.data_parallel
+    # each stage's copies: D replicas of the pipeline, times the devices of one replica holding it (two in a
+    # bidirectional pipeline, DualPipe's and Chimera's), over which a sharded optimizer splits its state
+    copies = {s: config.data_parallel * len(ds) for s, ds in prepared.plan.placement().items()}
     params = [sum(work.param_bytes(s) for s in stages) for stages in hosted]
-    optimizer = [sum(optimizer_share(work.optimizer_bytes(s), d, grad_sync) for s in stages) for stages in hosted]
+    optimizer = [
+        sum(optimizer_share(work.optimizer_bytes(s), copies[s], grad_sync) for s in stages) for stages in hosted
+    ]
     return params, optimizer
 
 
@@ -370,8 +375,23 @@ def exposed_communication(trace: Trace) -> float:
 
 
 def grad_syncs(point: dict[str, Any]) -> tuple[str, ...]:
-    """The gradient synchronisations one layout stands for: both with replicas, the plain one without."""
-    return GRAD_SYNC_OPTIONS if point["data_parallel"] > 1 else GRAD_SYNC_OPTIONS[:1]
+    """The gradient synchronisations one layout stands for: both where a stage has copies to shard its
+    optimizer state over (D > 1, or a bidirectional pipeline's two copies of each stage), the plain one else."""
+    copies = point["data_parallel"] > 1 or _holds_copies(
+        point["strategy"], point["devices"], point["microbatches"], point.get("chunks") or 1
+    )
+    return GRAD_SYNC_OPTIONS if copies else GRAD_SYNC_OPTIONS[:1]
+
+
+@functools.lru_cache(maxsize=256)
+def _holds_copies(strategy: str, devices: int, microbatches: int, chunks: int) -> bool:
+    """Whether one pipeline of ``strategy`` runs some stage on two devices (DualPipe, Chimera); False where it
+    cannot plan these sizes (the run then reports why)."""
+    try:
+        schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
+    except PipeschedError:
+        return False
+    return any(len(ds) > 1 for ds in schedule.placement().values())
 
 
 def evaluate(point: dict[str, Any], prune: bool = True) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pipesched.balance import (
 from pipesched.cli import main
 from pipesched.model import Model, layers_from_widths, parse_layers
 from pipesched.partition import uniform
-from pipesched.pipeline import model_graph
+from pipesched.pipeline import COMPARE_DEFAULT, model_graph
 from pipesched.strategy import load_strategy, make_plan
 
 
@@ -38,20 +38,38 @@ def compositions(n, parts):
 
 def stated_devices(name, devices, microbatches, stages):
     """Per stage, {device: share of its micro-batches}, as each strategy's docstring and the README state it."""
-    if name == "interleaved":
+    if name in ("interleaved", "looped-bfs", "interleaved-zb"):  # looped: stage s on device s mod K
         return [{s % devices: 1.0} for s in range(stages)]
-    if name in ("zb-v", "dualpipev"):
+    if name in ("zb-v", "v-half", "v-min", "dualpipev"):  # a V
         return [{s if s < devices else 2 * devices - 1 - s: 1.0} for s in range(stages)]
+    if name in BIDIRECTIONAL:  # half the micro-batches down (stage s on device s), half up (on K-1-s)
+        return [{s: 0.5, devices - 1 - s: 0.5} for s in range(stages)]
     if name == "dp":  # device d runs micro-batches d, d+K, d+2K, ...
         return [{d: len(range(d, microbatches, devices)) / microbatches for d in range(devices)}]
     return [{s: 1.0} for s in range(stages)]
 
 
-def brute_objective(graph, order, sizes, devices, placed, bandwidth):
+def stated_traffic(placed, bidirectional=False):
+    """Per boundary, (src, dst, share of micro-batches) crossing a link: each stage on one device, or the two
+    directions of a bidirectional pipeline, whose down half goes s -> s+1 and up half K-1-s -> K-2-s."""
+    devices = 1 + max(d for row in placed for d in row)
+    traffic = []
+    for b in range(len(placed) - 1):
+        if bidirectional:
+            pairs = [(b, b + 1, 0.5), (devices - 1 - b, devices - 2 - b, 0.5)]
+        else:
+            ((src, _),) = placed[b].items()
+            ((dst, _),) = placed[b + 1].items()
+            pairs = [(src, dst, 1.0)]
+        traffic.append(tuple(p for p in pairs if p[0] != p[1]))
+    return traffic
+
+
+def brute_objective(graph, order, sizes, devices, placed, bandwidth, bidirectional=False):
     """The busiest device or link per micro-batch, straight from the definition, for the brute force.
 
     ``placed`` is ``stated_devices``'s list; each edge crossing a boundary is
-    charged on the link between the boundary's two devices, both ways.
+    charged on the links ``stated_traffic`` names, both ways, by their share.
     """
     bounds = list(itertools.accumulate([0] + list(sizes)))
     stage_of = {v: s for s, (a, b) in enumerate(zip(bounds, bounds[1:])) for v in order[a:b]}
@@ -60,15 +78,12 @@ def brute_objective(graph, order, sizes, devices, placed, bandwidth):
         for d, share in placed[stage_of[v]].items():
             device[d] += share * graph.nodes[v].get("cost", 0.0)
     links = {}
-    for boundary in range(len(sizes) - 1):
-        ((src, _),) = placed[boundary].items()
-        ((dst, _),) = placed[boundary + 1].items()
-        if src == dst:
-            continue
-        for u, v, data in graph.edges(data=True):
-            if stage_of[u] <= boundary < stage_of[v]:
-                for link in ((src, dst), (dst, src)):
-                    links[link] = links.get(link, 0.0) + data.get("bytes", 0) / bandwidth
+    for boundary, pairs in enumerate(stated_traffic(placed, bidirectional)):
+        for src, dst, share in pairs:
+            for u, v, data in graph.edges(data=True):
+                if stage_of[u] <= boundary < stage_of[v]:
+                    for link in ((src, dst), (dst, src)):
+                        links[link] = links.get(link, 0.0) + share * data.get("bytes", 0) / bandwidth
     return max(device + list(links.values()))
 
 
@@ -81,7 +96,7 @@ def brute_memory(graph, order, start, stop):
     )
 
 
-def brute_force(graph, parts, bandwidth=math.inf, cap=None, devices=None, placed=None):
+def brute_force(graph, parts, bandwidth=math.inf, cap=None, devices=None, placed=None, bidirectional=False):
     """The least objective over every partition whose stages fit ``cap`` (one stage per device by default)."""
     order = list(nx.lexicographical_topological_sort(graph, key=str))
     devices = devices or parts
@@ -91,7 +106,7 @@ def brute_force(graph, parts, bandwidth=math.inf, cap=None, devices=None, placed
         bounds = list(itertools.accumulate([0] + sizes))
         if cap is not None and any(brute_memory(graph, order, a, b) > cap for a, b in zip(bounds, bounds[1:])):
             continue
-        best = min(best, brute_objective(graph, order, sizes, devices, placed, bandwidth))
+        best = min(best, brute_objective(graph, order, sizes, devices, placed, bandwidth, bidirectional))
     return best
 
 
@@ -302,7 +317,8 @@ def test_compare_balances_each_strategy_for_its_own_stages(capsys):
     assert [len(r["partition"]) for r in rows] == [4, 8] and all(r["balance"] for r in rows)
 
 
-BUILT_IN = ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp")
+BUILT_IN = tuple(name for name in COMPARE_DEFAULT if name != "auto")  # every built-in
+BIDIRECTIONAL = ("dualpipe", "chimera")  # each stage on two devices, half its micro-batches on each
 #: The two cost models; under flops a slow device and links slow enough to matter.
 COSTS = {
     "unit": dict(cost="unit"),
@@ -334,14 +350,17 @@ def small_models(draw, stages):
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_the_placement_read_off_a_plan_is_the_strategys_stated_one(name, devices):
     microbatches = 2 * devices + 1  # dp's devices then run unequal shares
+    if name in BIDIRECTIONAL:  # K even, M a multiple of 2K: DualPipe and Chimera both plan it
+        devices = 2 * devices - 2
+        microbatches = 2 * devices
+    elif name == "interleaved-zb":  # rounds of equal size
+        microbatches = 2 * devices
     schedule = plan(name, devices, microbatches)
     placement = Placement.of(schedule)
     stated = stated_devices(name, devices, microbatches, schedule.num_stages)
     assert [{d: x for d, x in enumerate(row) if x} for row in placement.shares] == stated
-    for b, pairs in enumerate(placement.traffic):  # a boundary crosses a link unless both stages share a device
-        ((src, _),) = stated[b].items()
-        ((dst, _),) = stated[b + 1].items()
-        assert pairs == (() if src == dst else ((src, dst, 1.0),))
+    # a boundary crosses a link unless both stages share a device
+    assert list(placement.traffic) == [tuple(sorted(p)) for p in stated_traffic(stated, name in BIDIRECTIONAL)]
 
 
 @pytest.mark.parametrize("cost", sorted(COSTS))
@@ -349,18 +368,21 @@ def test_the_placement_read_off_a_plan_is_the_strategys_stated_one(name, devices
 @settings(max_examples=6, deadline=None)
 @given(data=st.data())
 def test_the_objectives_optimum_is_the_brute_force_minimum_for_every_strategy(name, cost, data):
-    devices = data.draw(st.integers(2, 3))
+    devices = 2 if name in BIDIRECTIONAL else data.draw(st.integers(2, 3))  # K even
     schedule = plan(name, devices, 2 * devices)
     layers = data.draw(small_models(schedule.num_stages))
     config = RunConfig(layers=layers, batch=8, devices=devices, microbatches=2 * devices, strategy=name, **COSTS[cost])
     graph, bandwidth = model_graph(config)
     result = balance(graph, Placement.of(schedule), link_bandwidth=bandwidth)
     placed = stated_devices(name, devices, 2 * devices, schedule.num_stages)
-    expected = brute_force(graph, schedule.num_stages, bandwidth=bandwidth, devices=devices, placed=placed)
+    two_ways = name in BIDIRECTIONAL
+    expected = brute_force(
+        graph, schedule.num_stages, bandwidth, devices=devices, placed=placed, bidirectional=two_ways
+    )
     assert result.bottleneck == pytest.approx(expected, rel=1e-12)
     order = list(graph.nodes)
     assert result.bottleneck == pytest.approx(
-        brute_objective(graph, order, result.sizes, devices, placed, bandwidth), rel=1e-12
+        brute_objective(graph, order, result.sizes, devices, placed, bandwidth, two_ways), rel=1e-12
     )
 
 
@@ -369,7 +391,7 @@ def test_the_objectives_optimum_is_the_brute_force_minimum_for_every_strategy(na
 @settings(max_examples=3, deadline=None)
 @given(data=st.data())
 def test_balanced_is_the_fastest_partition_in_simulation_so_never_slower_than_uniform(name, cost, data):
-    devices = data.draw(st.integers(2, 3))
+    devices = 2 if name in BIDIRECTIONAL else data.draw(st.integers(2, 3))  # K even
     schedule = plan(name, devices, 2 * devices)
     layers = data.draw(small_models(schedule.num_stages))
     config = RunConfig(

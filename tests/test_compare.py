@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pipesched.cli import main
+from pipesched.pipeline import COMPARE_DEFAULT
 from pipesched.units import parse_bytes
 
 #: Three devices, the last at half speed, joined by slow links (1 MB/s, 100 µs): unequal stages whose sends
@@ -75,10 +76,7 @@ def test_data_parallel_compares_the_built_ins_and_says_why_auto_is_left_out(caps
     assert main(["compare", "--data-parallel", "2", "--cost", "unit", "--no-compute"]) == 0
     out, err = capsys.readouterr()
     names = [line.split()[0] for line in out.split("\n\n")[1].splitlines()[1:]]
-    assert names == [
-        "gpipe", "1f1b", "interleaved", "looped-bfs", "interleaved-zb", "zb-h1", "zb-h2", "zb-v", "v-half", "v-min",
-        "dualpipev", "dualpipe", "chimera", "dp",
-    ]
+    assert names == [name for name in COMPARE_DEFAULT if name != "auto"]  # every built-in, in order
     (note,) = [line for line in err.splitlines() if "auto" in line]
     assert note.startswith("pipesched: note: auto left out of the default comparison: ") and "--data-parallel" in note
     assert "auto: the fastest schedule" not in out
@@ -107,3 +105,11 @@ def test_data_parallel_holds_one_micro_batch_of_its_whole_model_in_flight(capsys
         "dp": "yes",
         "auto": "yes",
     }
+
+
+def test_the_default_list_is_every_built_in_then_auto():
+    """A new strategy in strategies/ joins compare, the reports and the planner by default (issue 19)."""
+    from pipesched import available_strategies
+
+    assert sorted(COMPARE_DEFAULT[:-1]) == sorted(available_strategies()) and COMPARE_DEFAULT[-1] == "auto"
+    assert len(COMPARE_DEFAULT) == 15

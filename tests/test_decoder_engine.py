@@ -7,19 +7,25 @@ Workload protocol, as it sees the MLP.
 """
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipesched import load_strategy, make_plan
+from pipesched import available_strategies, load_strategy, make_plan
 from pipesched.cost import UnitCost
 from pipesched.decoder import DecoderConfig, DecoderModel, make_tokens
 from pipesched.decoder.workload import DecoderWorkload, full_batch_gradients, grad_rel_err
 from pipesched.engine import simulate
+from pipesched.formulas import CLOSED_FORMS, LOOPED
 from pipesched.microbatch import split
 from pipesched.partition import uniform
 
-STRATEGIES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]
+STRATEGIES = sorted(available_strategies())  # every built-in
 REMAT = ["never", "always", "except_last"]
+
+
+def _chunks(strategy):
+    """Two stages per device for the looped schedules and the V ones, else what the strategy plans."""
+    return 2 if strategy in LOOPED else getattr(load_strategy(strategy), "default_chunks", 1)
 
 
 def _config(blocks, heads, kv_heads, swiglu, tied):
@@ -43,9 +49,10 @@ def _config(blocks, heads, kv_heads, swiglu, tied):
     data=st.data(),
 )
 def test_every_schedule_gives_the_full_batch_gradients(strategy, devices, batch, remat, gqa, swiglu, tied, data):
-    chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
-    least = 2 * devices if strategy == "dualpipev" else devices if strategy == "dp" else 1
+    chunks = _chunks(strategy)
+    least = 2 * devices if strategy in ("dualpipev", "dualpipe") else devices if strategy == "dp" else 1
     microbatches = data.draw(st.integers(least, max(least, batch)))
+    assume(CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # DualPipe, Chimera: K even; rounds
     batch = max(batch, microbatches)  # uneven micro-batches whenever M does not divide the batch
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
     blocks = data.draw(st.integers(max(1, schedule.num_stages - 3), schedule.num_stages + 1))  # every stage a layer
@@ -203,8 +210,9 @@ def test_each_layers_reused_and_output_bytes_are_its_real_arrays(swiglu):
 def test_shape_only_memory_is_the_real_arrays_byte_for_byte(strategy, devices, remat, gqa, swiglu, tied, data):
     from pipesched.decoder.workload import DecoderShapeWorkload
 
-    chunks = 2 if strategy in ("interleaved", "zb-v", "dualpipev") else 1
-    microbatches = 2 * devices if strategy == "dualpipev" else devices + data.draw(st.integers(0, 2))
+    chunks = _chunks(strategy)
+    microbatches = 2 * devices if strategy in ("dualpipev", "dualpipe") else devices + data.draw(st.integers(0, 2))
+    assume(CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))
     batch = microbatches + data.draw(st.integers(0, 3))
     schedule = make_plan(load_strategy(strategy), devices, microbatches, chunks)
     config = _config(max(1, schedule.num_stages - 2), heads=4, kv_heads=2 if gqa else 4, swiglu=swiglu, tied=tied)

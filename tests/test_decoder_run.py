@@ -61,7 +61,7 @@ def test_bad_decoder_runs_are_one_sentence(capsys, argv, message):
 def test_compare_takes_a_decoder_and_every_row_is_exact(capsys):
     assert main(["compare", "--model", "tiny-gpt", "--seq-len", "8", "--batch", "8", "--cost", "unit", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 9  # the eight built-ins and auto
+    assert len(rows) == 15  # the fourteen built-ins and auto
     assert all(row["grad_rel_err"] < 1e-10 and row["model"] == "tiny-gpt" for row in rows)
     # under unit cost the schedules keep their closed-form bubbles on a decoder too
     assert all(row["bubble_fraction"] == pytest.approx(row["bubble_formula"]) for row in rows if row["bubble_formula"])

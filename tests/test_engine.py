@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipesched import DeadlockError, RunConfig, Schedule, formulas, run
@@ -108,6 +108,25 @@ def test_unit_cost_start_times_match_the_gpipe_diagram():
     assert starts == expected
 
 
+#: every built-in strategy
+BUILT_INS = [
+    "gpipe",
+    "1f1b",
+    "interleaved",
+    "looped-bfs",
+    "interleaved-zb",
+    "zb-h1",
+    "zb-h2",
+    "zb-v",
+    "v-half",
+    "v-min",
+    "dualpipev",
+    "dualpipe",
+    "chimera",
+    "dp",
+]
+
+
 def _workloads(widths, devices, microbatches, batch):
     model = Model.from_sizes(widths, seed=0)
     stages = uniform(len(widths) - 1, devices)
@@ -119,7 +138,7 @@ def _workloads(widths, devices, microbatches, batch):
 
 
 @given(
-    strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev", "dp"]),
+    strategy=st.sampled_from(BUILT_INS),
     widths=st.lists(st.integers(1, 9), min_size=7, max_size=9),
     devices=st.integers(1, 3),
     batch=st.integers(6, 11),
@@ -127,8 +146,9 @@ def _workloads(widths, devices, microbatches, batch):
 )
 def test_memory_from_real_arrays_equals_the_shape_count(strategy, widths, devices, batch, data):
     """The byte count from shapes alone (--no-compute) matches the real arrays: B, I/W and pair paths alike."""
-    fewest = {"dp": devices, "dualpipev": 2 * devices}.get(strategy, 1)
+    fewest = {"dp": devices, "dualpipev": 2 * devices, "dualpipe": 2 * devices}.get(strategy, 1)
     microbatches = data.draw(st.integers(fewest, batch))
+    assume(formulas.CLOSED_FORMS[strategy].runs(devices, microbatches, 1))  # DualPipe, Chimera: K even; rounds
     base = RunConfig(
         strategy=strategy,
         devices=devices,

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipesched.cli import main
@@ -14,7 +14,7 @@ from pipesched.compute import ShapeWorkload
 from pipesched.cost import OP_WEIGHT, UnitCost
 from pipesched.engine import simulate
 from pipesched.errors import ConfigError
-from pipesched.formulas import ring_allreduce_time
+from pipesched.formulas import CLOSED_FORMS, ring_allreduce_time
 from pipesched.layout import device_of, replicate
 from pipesched.model import layers_from_widths
 from pipesched.partition import parse_partition
@@ -51,7 +51,23 @@ def _strip(action: Action, microbatches: int) -> Action:
 class TestReplicate:
     @settings(max_examples=25, deadline=None)
     @given(
-        strategy=st.sampled_from(["gpipe", "1f1b", "interleaved", "zb-h1", "zb-v", "dualpipev", "dp"]),
+        strategy=st.sampled_from(
+            [
+                "gpipe",
+                "1f1b",
+                "interleaved",
+                "looped-bfs",
+                "interleaved-zb",
+                "zb-h1",
+                "zb-v",
+                "v-half",
+                "v-min",
+                "dualpipev",
+                "dualpipe",
+                "chimera",
+                "dp",
+            ]
+        ),  # fmt: skip
         devices=st.integers(1, 3),
         extra=st.integers(0, 3),
         data_parallel=st.integers(1, 3),
@@ -60,6 +76,7 @@ class TestReplicate:
         plug = load_strategy(strategy)
         chunks = getattr(plug, "default_chunks", 1)
         microbatches = 2 * devices + extra  # every strategy here plans 2K micro-batches or more
+        assume(CLOSED_FORMS[strategy].runs(devices, microbatches, chunks))  # DualPipe, Chimera: K even; rounds
         one = make_plan(plug, devices, microbatches, chunks)
         laid = replicate(one, data_parallel, microbatches)
         validate(laid, devices * data_parallel, data_parallel * microbatches)

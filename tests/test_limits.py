@@ -14,8 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipesched import ConfigError, RunConfig, Schedule, StrategyError, limits, load_strategy, make_plan, run
+from pipesched import (
+    ConfigError,
+    RunConfig,
+    Schedule,
+    StrategyError,
+    available_strategies,
+    limits,
+    load_strategy,
+    make_plan,
+    run,
+)
 from pipesched.cli import main
+from pipesched.formulas import LOOPED
 from pipesched.limits import MAX_ACTIONS, array_bytes
 from pipesched.model import Model
 from pipesched.pipeline import compare
@@ -164,8 +175,8 @@ def test_a_study_is_checked_by_key_before_any_run_is_prepared(tmp_path, capsys, 
     monkeypatch.setattr(limits, "machine_memory", lambda: 10**6)
     study.write_text('[model]\nlayers = "64x9"\n')
     err = _refused(capsys, "report", str(study), "-o", str(tmp_path / "out"))
-    # 2 partitions x 9 strategies (the eight built-ins and auto), and the training run
-    assert "[model].layers 64x9 with [model].batch 32 needs at least" in err and "for 19 runs prepared together" in err
+    # 2 partitions x 15 strategies (the fourteen built-ins and auto), and the training run
+    assert "[model].layers 64x9 with [model].batch 32 needs at least" in err and "for 31 runs prepared together" in err
     assert not (tmp_path / "out").exists()
 
 
@@ -174,15 +185,18 @@ def test_a_study_is_checked_by_key_before_any_run_is_prepared(tmp_path, capsys, 
 
 @settings(max_examples=40)
 @given(
-    name=st.sampled_from(BUILTINS), devices=st.integers(1, 6), microbatches=st.integers(1, 14), chunks=st.integers(1, 3)
+    name=st.sampled_from(sorted(available_strategies())),
+    devices=st.integers(1, 6),
+    microbatches=st.integers(1, 14),
+    chunks=st.integers(1, 3),
 )
 def test_every_builtin_declares_the_stages_it_plans(name, devices, microbatches, chunks):
     strategy = load_strategy(name)
-    chunks = chunks if name == "interleaved" else getattr(strategy, "default_chunks", 1)
+    chunks = chunks if name in LOOPED else getattr(strategy, "default_chunks", 1)
     try:
         schedule = make_plan(strategy, devices, microbatches, chunks)
     except StrategyError:
-        return  # a configuration the strategy refuses (dp: M < K; dualpipev: M < 2K)
+        return  # a configuration the strategy refuses (dp: M < K; dualpipev: M < 2K; dualpipe: K odd)
     assert planned_stages(strategy, devices, chunks) == schedule.num_stages
 
 

@@ -47,11 +47,20 @@ STRATEGIES = [
     ("1f1b", None),
     ("interleaved", 2),
     ("interleaved", 4),
+    ("looped-bfs", 2),
+    ("looped-bfs", 4),
+    ("interleaved-zb", 2),
+    ("interleaved-zb", 4),
     ("zb-h1", None),
     ("zb-h2", None),
     ("zb-v", 2),
+    ("v-half", 2),
+    ("v-min", 2),
     ("dualpipev", 2),
+    ("dualpipe", None),
+    ("chimera", None),
 ]
+BIDIRECTIONAL = ("dualpipe", "chimera")
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +94,9 @@ def memory(model):
 
 
 def _layout(d, t, k, strategy, chunks, remat, grad_sync):
-    # with one replica a sharded optimizer is the plain one: one layout
-    return (d, t, k, strategy, chunks or 1, remat, grad_sync if d > 1 else "allreduce")
+    # with one replica a sharded optimizer is the plain one: one layout; but a bidirectional pipeline holds
+    # two copies of each stage, over which a sharded optimizer splits its state
+    return (d, t, k, strategy, chunks or 1, remat, grad_sync if d > 1 or strategy in BIDIRECTIONAL else "allreduce")
 
 
 @pytest.fixture(scope="module")

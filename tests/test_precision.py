@@ -6,12 +6,13 @@ import pathlib
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pipesched import RunConfig, run
+from pipesched import RunConfig, available_strategies, run
 from pipesched.cli import main
 from pipesched.errors import ConfigError, OutOfMemoryError
+from pipesched.formulas import CLOSED_FORMS
 from pipesched.report.study import load_study
 from pipesched.sweep import parse_sweep, run_point
 from pipesched.trace import to_chrome
@@ -32,7 +33,7 @@ STATE = {
     ("adam", "fp32"): 8,
     ("adam", "fp64"): 16,
 }
-PIPELINES = ["gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "dualpipev"]
+PIPELINES = sorted(set(available_strategies()) - {"dp"})  # every built-in pipeline
 DTYPE = st.sampled_from(sorted(SIZES))
 OPTIMIZER = st.sampled_from(["sgd", "adam"])
 
@@ -63,13 +64,15 @@ def _device_parameters(result, widths):
 def test_every_byte_of_a_timeline_is_the_fp64_runs_scaled_by_the_dtype(strategy, widths, devices, dtype, remat):
     # Under unit cost the times do not depend on bytes, so the two timelines are sample for sample the same
     # instants, and every role's bytes are elements x 8 in one and elements x size in the other.
-    fewest = 2 * devices if strategy == "dualpipev" else 1
+    fewest = 2 * devices if strategy in ("dualpipev", "dualpipe", "chimera") else 1
+    microbatches = max(fewest, 3)
+    assume(CLOSED_FORMS[strategy].runs(devices, microbatches, 1))  # DualPipe, Chimera: K even
     config = RunConfig(
         strategy=strategy,
         layers=",".join(map(str, widths)),
         batch=6,
         devices=devices,
-        microbatches=max(fewest, 3),
+        microbatches=microbatches,
         cost="unit",
         remat=remat,
         compute=False,
@@ -159,11 +162,13 @@ def test_optimizer_state_is_its_closed_form_on_every_device_all_step(strategy, d
 def test_real_arrays_and_shapes_count_the_same_bytes_in_every_dtype(
     strategy, widths, devices, batch, dtype, optimizer, data
 ):
-    fewest = {"dp": devices, "dualpipev": 2 * devices}.get(strategy, 1)
+    fewest = {"dp": devices, "dualpipev": 2 * devices, "dualpipe": 2 * devices}.get(strategy, 1)
+    microbatches = data.draw(st.integers(fewest, max(fewest, batch)))
+    assume(CLOSED_FORMS[strategy].runs(devices, microbatches, 1))  # DualPipe, Chimera: K even; rounds
     base = RunConfig(
         strategy=strategy,
         devices=devices,
-        microbatches=data.draw(st.integers(fewest, batch)),
+        microbatches=microbatches,
         batch=batch,
         layers=",".join(map(str, widths)),
         remat=data.draw(st.sampled_from(["never", "always", "except_last"])),
