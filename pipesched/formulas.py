@@ -909,21 +909,12 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "Qi et al., ICLR 2024",
         steady=lambda K, M, v: zero_bubble_steady_bubble(K, M),
     ),
-    "dualpipev": ClosedForm(
-        lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None,
-        "(K-1)/(3M+K-1), --overlap sum, M >= 2K (found by simulation)",
-        lambda K, M, v, d: dualpipev_peak_inflight(K, M, d),
-        "2K+1",
-        "DeepSeek-AI, DualPipe 2025",
-        runs=lambda K, M, v: M >= 2 * K,
-    ),
-    "dp": ClosedForm(
-        lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None,
-        "1-M/(K*ceil(M/K)), M >= K",
-        lambda K, M, v, d: 1,
-        "1",
-        "ring all-reduce: Patarasuk and Yuan 2009",
-        runs=lambda K, M, v: M >= K,
+    "v-half": ClosedForm(
+        lambda K, M, v: v_half_bubble(K, M),
+        "1-3M/(3M+3floor((K-1)/2)-1/2), K >= 3 (idle 1/2 at K = 2): ~1/2 of 1F1B's; M >= K+2 (found by simulation)",
+        lambda K, M, v, d: v_half_peak_inflight(K, M, d),
+        "min(M+1+d, 2M, 2((K+2)//2)) (found by simulation)",
+        "Qi et al., NeurIPS 2024",
     ),
     "v-min": ClosedForm(
         lambda K, M, v: v_min_bubble(K, M),
@@ -934,12 +925,13 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "(found by simulation)",
         "Qi et al., NeurIPS 2024",
     ),
-    "v-half": ClosedForm(
-        lambda K, M, v: v_half_bubble(K, M),
-        "1-3M/(3M+3floor((K-1)/2)-1/2), K >= 3 (idle 1/2 at K = 2): ~1/2 of 1F1B's; M >= K+2 (found by simulation)",
-        lambda K, M, v, d: v_half_peak_inflight(K, M, d),
-        "min(M+1+d, 2M, 2((K+2)//2)) (found by simulation)",
-        "Qi et al., NeurIPS 2024",
+    "dualpipev": ClosedForm(
+        lambda K, M, v: dualpipev_bubble(K, M) if M >= 2 * K else None,
+        "(K-1)/(3M+K-1), --overlap sum, M >= 2K (found by simulation)",
+        lambda K, M, v, d: dualpipev_peak_inflight(K, M, d),
+        "2K+1",
+        "DeepSeek-AI, DualPipe 2025",
+        runs=lambda K, M, v: M >= 2 * K,
     ),
     "dualpipe": ClosedForm(
         lambda K, M, v: dualpipe_bubble(K, M) if dualpipe_runs(K, M) else None,
@@ -956,6 +948,14 @@ CLOSED_FORMS: dict[str, ClosedForm] = {
         "K/2+1+min(d, K-1-d)",
         "Li and Hoefler, SC 2021",
         runs=lambda K, M, v: chimera_runs(K, M),
+    ),
+    "dp": ClosedForm(
+        lambda K, M, v: data_parallel_bubble(K, M) if M >= K else None,
+        "1-M/(K*ceil(M/K)), M >= K",
+        lambda K, M, v, d: 1,
+        "1",
+        "ring all-reduce: Patarasuk and Yuan 2009",
+        runs=lambda K, M, v: M >= K,
     ),
 }
 

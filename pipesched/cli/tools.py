@@ -321,7 +321,7 @@ def _cmd_formulas(args: argparse.Namespace) -> None:
             )
         )
         return
-    print(f"K={k} devices, M={m} micro-batches, v={v} chunks for interleaved; bubble under unit cost\n")
+    print(f"K={k} devices, M={m} micro-batches, v={v} chunks for the looped schedules; bubble under unit cost\n")
     table = [("strategy", "bubble", "formula", "peak in flight", "formula", "source")]
     for name, row in rows_out.items():
         bubble = "-" if row["bubble"] is None else f"{row['bubble']:.4f}"

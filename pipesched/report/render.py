@@ -164,7 +164,7 @@ def study_text(study: Study) -> str:
     shapes = "" if m.compute else " (shapes only: no NumPy)"
     return (
         f"{model}{shapes}, seed {m.seed}; K={h.devices} devices, "
-        f"M={c.microbatches} micro-batches, v={c.chunks} chunks for interleaved, remat {c.remat}; "
+        f"M={c.microbatches} micro-batches, v={c.chunks} chunks for the looped schedules, remat {c.remat}; "
         f"cost model {h.cost}: {link}{memory}."
     )
 
