@@ -547,8 +547,9 @@ def v_min_unit_makespan(devices: int, microbatches: int) -> float | None:
     with the authors' 1/1000 cost per send their own generator reports a
     bubble a little above this (0.1870 against 5.5/29.5 = 0.1864 at K=4, M=8).
     Found by simulation over K <= 20, M from the bound to 2K + 8, not
-    derived; below the bound the warm-up's squeeze changes the idle time
-    from M to M. Regression check: ``tests/test_v_shape.py::test_unit_cost_closed_forms``.
+    derived; below the bound the idle time the warm-up's squeeze leaves
+    varies irregularly with M, so no form is stated there. Regression check:
+    ``tests/test_v_shape.py::test_unit_cost_closed_forms``.
 
     >>> v_min_unit_makespan(4, 8), v_min_unit_makespan(6, 5)
     (29.5, None)
@@ -739,8 +740,9 @@ def chimera_paper_bubble(devices: int, microbatches: int) -> float:
     The paper counts bubbles in pass slots: D - 2 idle slots per worker
     beside its N forward and N backward ones (GPipe's and DAPPLE's 2(D-1)),
     every slot alike, so the ratio is the idle share when a backward takes as
-    long as a forward. pipesched holds ``chimera`` to it with F = B
-    (``chimera_idle``), for every even K and every M a multiple of K.
+    long as a forward. pipesched's ``chimera`` meets it with F = B
+    (``chimera_idle``) wherever it was checked: even K <= 8 and up to three
+    units in the tests, K <= 12 and up to five units once by hand.
 
     >>> chimera_paper_bubble(4, 4)
     0.2

@@ -45,8 +45,8 @@ D - 2 idle pass slots per worker beside its 2N busy ones, every slot
 alike. pipesched's simulation of this order, free links, each stage's
 forward F and full backward B alike: every device idles
 (K/2 - 1)(F + B + |B - F|(2M/K - 1)) (``formulas.chimera_idle``, found by
-simulation). With F = B that is the paper's (K - 2)F and its ratio, for
-every even K and M a multiple of K; under unit cost (F = 1, B = 2) the step
+simulation). With F = B that is the paper's (K - 2)F and its ratio (held
+over even K <= 8, one to three units, in the tests); under unit cost (F = 1, B = 2) the step
 is 3M + (K - 2)(M/K + 1) (``formulas.chimera_unit_makespan``), more than
 the paper's ratio, since a backward twice a forward's length opens gaps in
 the basic unit and between units (the paper's intermediate bubbles). Peak

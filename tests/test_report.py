@@ -707,3 +707,19 @@ def test_a_default_list_leaves_auto_out_of_replicas_and_says_why_a_named_auto_st
     study.write_text(replicas)  # named, it must run: the study stops, naming it
     assert main(["report", str(study), "-o", str(tmp_path / "named")]) == 2
     assert "[compare] strategy 'auto' with partition 'uniform': " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["dualpipe", "chimera"])
+def test_a_bidirectional_train_section_is_referenced_by_one_device_of_gradient_accumulation(tmp_path, strategy):
+    """One device cannot run a pipeline fed from both ends; its reference runs GPipe, which on one device is
+    the same gradient accumulation, so the two loss curves agree to round-off."""
+    study = tmp_path / "bidirectional.toml"
+    study.write_text(
+        '[model]\nlayers = "8,16x4,4"\nbatch = 8\n[hardware]\ndevices = 2\ncost = "unit"\n'
+        f'[compare]\nstrategies = ["{strategy}"]\nmicrobatches = 4\npartitions = ["uniform"]\n'
+        f'[sweep]\nmicrobatches = [4]\ndevices = [2]\n[train]\nsteps = 3\nstrategy = "{strategy}"\n'
+    )
+    assert main(["report", str(study), "-o", str(tmp_path / "out")]) == 0
+    train = json.loads((tmp_path / "out" / "metrics.json").read_text())["train"]
+    assert len(train["pipelined"]) == 3 and train["pipelined"][-1] < train["pipelined"][0]
+    assert train["pipelined"] == pytest.approx(train["single device"], rel=1e-12)

@@ -25,7 +25,7 @@ from ..formulas import CLOSED_FORMS, LOOPED, pipeline_speedup
 from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, model_graph, prepare, train
-from ..strategy import load_strategy
+from ..strategy import load_strategy, make_plan
 from .study import Study
 from .study import trains as can_train
 
@@ -86,6 +86,20 @@ def _default_chunks(strategy: str) -> int:
     if strategy == AUTO or strategy.lower().endswith(".csv"):
         return 1
     return int(getattr(load_strategy(strategy), "default_chunks", 1))
+
+
+def _one_device(strategy: str, study: Study) -> str:
+    """The strategy the single-device training reference runs: the study's own, or GPipe where that cannot
+    plan one device (a bidirectional pipeline needs two). On one device every schedule is gradient
+    accumulation over the same micro-batches, so the reference's loss is the same either way."""
+    if strategy == AUTO or strategy.lower().endswith(".csv"):
+        return strategy
+    plug = load_strategy(strategy)
+    try:
+        make_plan(plug, 1, study.compare.microbatches, int(getattr(plug, "default_chunks", 1)))
+    except PipeschedError:
+        return "gpipe"
+    return strategy
 
 
 def _check_limits(study: Study) -> None:
@@ -194,7 +208,7 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
         config = study.run_config(
             **other_devices(study, devices),
             **alone,
-            strategy=study.train.strategy,
+            strategy=study.train.strategy if devices > 1 else _one_device(study.train.strategy, study),
             reference=False,
             device_memory=None,
             allow_oom=True,
