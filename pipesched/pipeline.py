@@ -14,13 +14,11 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
-import networkx as nx
 import numpy as np
 
 from . import layout, microbatch
-from .balance import Balance, Placement, balance, fastest, layer_graph, profile_layers
 from .collectives import check_collective, check_grad_sync
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
@@ -41,6 +39,11 @@ from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, pl
 from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
 from .units import count, format_bytes
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from .balance import Balance
 
 __all__ = [
     "AUTO",
@@ -505,6 +508,8 @@ def model_graph(config: RunConfig) -> tuple[nx.DiGraph, float]:
             f"--balance-by measured does not take --model yet (it times the MLP's layers); "
             f"use --balance-by flops with --model {config.model}"
         )
+    from .balance import layer_graph, profile_layers  # networkx: only a balanced run pays its import
+
     # the largest micro-batch, and one replica's share of the global batch (pipesched.layout)
     rows = -(-config.batch // (config.data_parallel * config.microbatches))
     flops = flops_model(config, training_precision(config)[0])  # the run's devices and intra-node link
@@ -559,6 +564,8 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
     memory check is the authority, and the search puts partitions that run
     out of memory in it last.
     """
+    from .balance import Placement, balance, fastest
+
     graph, bandwidth = model_graph(config)
     placement = Placement.of(schedule)
     stages = placement.stages

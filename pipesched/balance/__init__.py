@@ -11,11 +11,42 @@
 [1, 4, 1]
 """
 
-from .bottleneck import Balance, balance, evaluate
-from .graph import chain_graph, layer_graph
-from .placement import Placement
-from .profile import profile_layers
-from .search import Simulated, fastest
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names as the type checker sees them; at run time each loads on first use (below)
+    from .bottleneck import Balance, balance, evaluate
+    from .graph import chain_graph, layer_graph
+    from .placement import Placement
+    from .profile import profile_layers
+    from .search import Simulated, fastest
+
+#: Each public name and the submodule that defines it. They load on first use, so that a run which does not
+#: balance (every ``--partition uniform`` run, the default) never imports networkx and its ~0.1 s (issue 20).
+_HOME = {
+    "Balance": "bottleneck",
+    "balance": "bottleneck",
+    "evaluate": "bottleneck",
+    "chain_graph": "graph",
+    "layer_graph": "graph",
+    "Placement": "placement",
+    "profile_layers": "profile",
+    "Simulated": "search",
+    "fastest": "search",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: a public name's submodule imported the first time the name is asked for."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Balance",

@@ -14,12 +14,9 @@ import json
 import math
 import sys
 from dataclasses import replace
-from typing import Any, Callable, cast
-
-import networkx as nx
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from .. import formulas
-from ..balance import Balance, Placement, balance, chain_graph, evaluate
 from ..cost import FlopsCost
 from ..errors import ConfigError, PipeschedError, ScheduleError
 from ..hardware import load_hardware
@@ -30,6 +27,11 @@ from ..pipeline import _check_counts, model_graph, prepare
 from ..strategy import available_strategies, load_strategy, make_plan
 from ..units import count, format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
+
+if TYPE_CHECKING:  # networkx loads with pipesched.balance, which only `balance` needs (issue 20: start-up)
+    import networkx as nx
+
+    from ..balance import Balance, Placement
 
 __all__ = ["_cmd_balance", "_cmd_formulas", "_cmd_export", "_cmd_strategies"]
 
@@ -42,6 +44,8 @@ def _balance_table(
     ``blocks``: a decoder's block count, to name what each stage holds (its layers are embedding, blocks,
     final norm, output).
     """
+    from ..balance import Placement
+
     placement = placement or Placement.one_per_device(len(result.stages))
     rows = [("stage", "device", "layers", "size", "compute", "memory") + (("holds",) if blocks is not None else ())]
     for index, (stage, cost, memory) in enumerate(zip(result.stages, result.stage_costs, result.stage_memory)):
@@ -103,6 +107,8 @@ def _device_table(result: Balance, placement: Placement, show: Callable[[float],
 
 
 def _cmd_balance(args: argparse.Namespace) -> None:
+    from ..balance import Placement, balance, chain_graph, evaluate
+
     config = _config(args)
     if args.costs is not None:
         try:
@@ -190,6 +196,7 @@ def _cmd_balance(args: argparse.Namespace) -> None:
 
 def _busiest(result: Balance) -> str:
     """The resource that sets the bottleneck: a device, or a link as src -> dst."""
+
     for d, load in enumerate(result.device_loads):
         if load == result.bottleneck:
             return f"device {d}"

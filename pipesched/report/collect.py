@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from ..balance import Balance, evaluate
 from ..errors import PipeschedError, StrategyError
 from ..files import progress_bar
 from ..formulas import CLOSED_FORMS, LOOPED, pipeline_speedup
@@ -28,6 +27,9 @@ from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, mode
 from ..strategy import load_strategy, make_plan
 from .study import Study
 from .study import trains as can_train
+
+if TYPE_CHECKING:
+    from ..balance import Balance
 
 __all__ = ["StudyResults", "collect", "other_devices"]
 
@@ -305,6 +307,8 @@ def collect(study: Study, progress: bool = True) -> StudyResults:
 
 def _partitions(study: Study, results: StudyResults) -> None:
     """The stage costs of the uniform, the balanced and the named partitions of the MLP, for the figure."""
+    from ..balance import evaluate  # networkx, which a report without stage costs does not need
+
     graph, bandwidth = model_graph(study.run_config(device_memory=None))
     gpipe = study.run_config(strategy="gpipe", partition="balanced", compute=False, device_memory=None, allow_oom=True)
     balanced = prepare(gpipe).balance  # what GPipe's balanced run uses: the objective's optimum or a faster one
