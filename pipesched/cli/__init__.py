@@ -16,6 +16,7 @@ Bad input ends in one sentence on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
@@ -28,12 +29,8 @@ from ..hardware import DEFAULT_EFFICIENCY, preset_names
 from ..pipeline import DEFAULT_LAYERS, RunConfig
 from ..profile import DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
-from .plan import _cmd_plan, add_plan_parser
-from .profile import _cmd_profile
-from .runs import _cmd_compare, _cmd_run, _cmd_train
-from .search import _cmd_search, add_search_parser
-from .studies import _cmd_report, _cmd_sweep
-from .tools import _cmd_balance, _cmd_export, _cmd_formulas, _cmd_strategies
+from .plan import add_plan_parser
+from .search import add_search_parser
 
 __all__ = ["main"]
 
@@ -324,20 +321,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS: dict[str, Any] = {
-    "run": _cmd_run,
-    "compare": _cmd_compare,
-    "train": _cmd_train,
-    "balance": _cmd_balance,
-    "formulas": _cmd_formulas,
-    "report": _cmd_report,
-    "export": _cmd_export,
-    "sweep": _cmd_sweep,
-    "strategies": _cmd_strategies,
-    "profile": _cmd_profile,
-    "plan": _cmd_plan,
-    "search": _cmd_search,
+#: Each command's module in this package and its function. A command's module is imported when it runs, so
+#: ``run`` does not pay for the planner's, the reports' or the search's imports (issue 20: start-up).
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("runs", "_cmd_run"),
+    "compare": ("runs", "_cmd_compare"),
+    "train": ("runs", "_cmd_train"),
+    "balance": ("tools", "_cmd_balance"),
+    "formulas": ("tools", "_cmd_formulas"),
+    "report": ("studies", "_cmd_report"),
+    "export": ("tools", "_cmd_export"),
+    "sweep": ("studies", "_cmd_sweep"),
+    "strategies": ("tools", "_cmd_strategies"),
+    "profile": ("profile", "_cmd_profile"),
+    "plan": ("plan", "_cmd_plan"),
+    "search": ("search", "_cmd_search"),
 }
+
+
+def _command(name: str) -> Any:
+    """The function that runs command ``name``, its module imported now."""
+    module, function = _COMMANDS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), function)
 
 
 #: A value that starts like a negative number: argparse would read it as an option (it does so for
@@ -401,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse has printed its one line (or --help)
         return int(exc.code or 0)
     try:
-        status = _COMMANDS[args.command](args)
+        status = _command(args.command)(args)
     except PipeschedError as exc:
         print(f"pipesched: error: {exc}", file=sys.stderr)
         return 2

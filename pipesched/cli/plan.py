@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..plan import Cluster, Plan, plan
 from ..units import format_bytes, parse_bytes
 from .common import _table
-from .studies import _check_report_folder, _lock_results, _stop_on_sigterm
+
+if TYPE_CHECKING:  # the planner and its sweep machinery load when `plan` runs, not when the CLI starts
+    from ..plan import Plan
 
 __all__ = ["_cmd_plan", "add_plan_parser"]
 
@@ -158,6 +159,9 @@ def _report(folder: str, p: Plan) -> str:
 
 
 def _cmd_plan(args: argparse.Namespace) -> None:
+    from ..plan import Cluster, plan
+    from .studies import _check_report_folder, _lock_results, _stop_on_sigterm
+
     cluster = Cluster(
         gpus=args.gpus,
         model=args.model,

@@ -17,10 +17,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from ..exchange import to_torch_csv
-from ..pipeline import run
-from ..search import Fixed
-from ..search.configured import find
 from ..units import format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
 
@@ -54,6 +50,11 @@ def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> None:
+    from ..exchange import to_torch_csv
+    from ..pipeline import run
+    from ..search import Fixed
+    from ..search.configured import find
+
     if args.output is not None:
         _check_output_path("-o", args.output, "schedule.csv")
     config = _config(args)
