@@ -7,6 +7,7 @@
 - ``graph``: the adapters that turn a model, or a plain cost list, into that graph.
 - ``profile``: measured per-layer times of the real NumPy passes.
 
+>>> from pipesched.balance import balance, chain_graph  # each name loads its submodule on first use
 >>> balance(chain_graph([4, 1, 1, 1, 1, 4]), 3).sizes
 [1, 4, 1]
 """
