@@ -33,6 +33,9 @@ __all__ = [
     "require_one_chunk",
     "require_chunks",
     "Steps",
+    "deepseek_phases",
+    "v_block_offsets",
+    "v_shape_order",
 ]
 
 
@@ -196,6 +199,56 @@ class Steps:
     def count(self, stage: int, kind: str) -> int:
         """How many of ``stage``'s forwards (``"F"``), backwards (``"B"``) or Ws (``"W"``) have been written."""
         return self._next.get((stage, kind), 0)
+
+
+def deepseek_phases(chunk0: int, chunk1: int, rank: int, ranks: int, microbatches: int) -> list[Item]:
+    """One rank's order in DeepSeek's eight phases (DeepSeek-V3 report, section 3.2.1; the DualPipe repository).
+
+    ``chunk0`` and ``chunk1`` are the stages DeepSeek calls the rank's chunk 0
+    and chunk 1, ``rank`` its place among ``ranks`` (the last runs its first
+    steady pair unoverlapped, as DeepSeek's code does), ``microbatches`` how
+    many each chunk runs. DualPipeV's device d is rank d of K; each half of
+    DualPipe's devices runs it for K/2 ranks and M/2 micro-batches. Needs
+    ``microbatches >= 2 * ranks``.
+
+    >>> " ".join(map(str, deepseek_phases(0, 1, 0, 1, 2)))
+    '0F0 1F0 0F1 1B0 (1F1;0B0)OVERLAP_F_B 1B1 0I1 0W1'
+    """
+    last = rank == ranks - 1
+    s = Steps(limit=microbatches)
+    for _ in range(2 * (ranks - 1 - rank)):  # 1
+        s.forward(chunk0)
+    for _ in range(rank + 1):  # 2
+        s.forward(chunk0)
+        s.forward(chunk1)
+    for _ in range(ranks - 1 - rank):  # 3
+        s.backward(chunk1, split=True)
+        s.weight()
+        s.forward(chunk1)
+    for i in range(microbatches - 2 * ranks + rank + 1):  # 4
+        if i == 0 and last:  # DeepSeek runs the last rank's first pair unoverlapped
+            s.forward(chunk0)
+            s.backward(chunk1)
+        else:
+            s.pair(chunk0, chunk1)
+        s.pair(chunk1, chunk0)
+    for _ in range(ranks - 1 - rank):  # 5
+        s.backward(chunk1)
+        s.pair(chunk1, chunk0)
+    split = False
+    for i in range(rank + 1):  # 6: the second half splits off its Ws
+        if i == (rank + 1) // 2 and rank % 2 == 1:
+            split = True
+        s.backward(chunk1, split)
+        if i == (rank + 1) // 2 and rank % 2 == 0:
+            split = True
+        s.backward(chunk0, split)
+    for _ in range(ranks - 1 - rank):  # 7
+        s.weight()
+        s.backward(chunk0, split=True)
+    for _ in range(rank + 1):  # 8
+        s.weight()
+    return s.order
 
 
 # --- V-shape building blocks (Qi et al., "Pipeline Parallelism with Controllable Memory", NeurIPS 2024) ---

@@ -62,7 +62,7 @@ device 1: 0F2 1F0 0F3 1B0 (1F1;0B2)OVERLAP_F_B 1B1 0I3 0W3
 from __future__ import annotations
 
 from pipesched import Action, Overlap, Schedule, formulas
-from pipesched.compose import Steps, require_one_chunk
+from pipesched.compose import deepseek_phases, require_one_chunk
 from pipesched.schedule import Item
 
 __all__ = ["DualPipe"]
@@ -73,40 +73,7 @@ def _device_order(d: int, devices: int, microbatches: int) -> list[Item]:
     r = min(d, devices - 1 - d)
     down, up = d, devices - 1 - d  # stage d of the downward pipeline, stage K-1-d of the upward one
     c0, c1 = (down, up) if d < half else (up, down)  # DeepSeek's chunk 0 and chunk 1 of device d
-    middle = r == half - 1
-    s = Steps(limit=half_m)  # each stage's micro-batches counted from 0 here, the upward ones shifted below
-    for _ in range(2 * (half - 1 - r)):  # 1
-        s.forward(c0)
-    for _ in range(r + 1):  # 2
-        s.forward(c0)
-        s.forward(c1)
-    for _ in range(half - 1 - r):  # 3
-        s.backward(c1, split=True)
-        s.weight()
-        s.forward(c1)
-    for i in range(half_m - devices + r + 1):  # 4
-        if i == 0 and middle:  # DeepSeek runs the middle devices' first pair unoverlapped
-            s.forward(c0)
-            s.backward(c1)
-        else:
-            s.pair(c0, c1)
-        s.pair(c1, c0)
-    for _ in range(half - 1 - r):  # 5
-        s.backward(c1)
-        s.pair(c1, c0)
-    split = False
-    for i in range(r + 1):  # 6: the second half splits off its Ws
-        if i == (r + 1) // 2 and r % 2 == 1:
-            split = True
-        s.backward(c1, split)
-        if i == (r + 1) // 2 and r % 2 == 0:
-            split = True
-        s.backward(c0, split)
-    for _ in range(half - 1 - r):  # 7
-        s.weight()
-        s.backward(c0, split=True)
-    for _ in range(r + 1):  # 8
-        s.weight()
+    order = deepseek_phases(c0, c1, r, half, half_m)  # each stage's micro-batches from 0; the upward ones shifted
 
     def shifted(a: Action) -> Action:
         assert a.microbatch is not None  # Steps writes F, B, I and W only
@@ -114,7 +81,7 @@ def _device_order(d: int, devices: int, microbatches: int) -> list[Item]:
 
     return [
         Overlap(shifted(item.forward), shifted(item.backward)) if type(item) is Overlap else shifted(item)  # type: ignore[arg-type]
-        for item in s.order
+        for item in order
     ]
 
 

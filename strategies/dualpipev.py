@@ -51,48 +51,9 @@ device 0: 0F0 1F0 0F1 1B0 (1F1;0B0)OVERLAP_F_B 1B1 0I1 0W1
 from __future__ import annotations
 
 from pipesched import Schedule, formulas
-from pipesched.compose import Steps, require_chunks
+from pipesched.compose import deepseek_phases, require_chunks
 
 __all__ = ["DualPipeV"]
-
-
-def _device_order(d: int, devices: int, microbatches: int) -> list:
-    down, up = d, 2 * devices - 1 - d  # chunk 0 and chunk 1 of device d
-    last = d == devices - 1
-    s = Steps(limit=microbatches)
-    for _ in range(2 * (devices - 1 - d)):  # 1
-        s.forward(down)
-    for _ in range(d + 1):  # 2
-        s.forward(down)
-        s.forward(up)
-    for _ in range(devices - 1 - d):  # 3
-        s.backward(up, split=True)
-        s.weight()
-        s.forward(up)
-    for i in range(microbatches - 2 * devices + d + 1):  # 4
-        if i == 0 and last:  # DeepSeek runs the last device's first pair unoverlapped
-            s.forward(down)
-            s.backward(up)
-        else:
-            s.pair(down, up)
-        s.pair(up, down)
-    for _ in range(devices - 1 - d):  # 5
-        s.backward(up)
-        s.pair(up, down)
-    split = False
-    for i in range(d + 1):  # 6: the second half splits off its Ws
-        if i == (d + 1) // 2 and d % 2 == 1:
-            split = True
-        s.backward(up, split)
-        if i == (d + 1) // 2 and d % 2 == 0:
-            split = True
-        s.backward(down, split)
-    for _ in range(devices - 1 - d):  # 7
-        s.weight()
-        s.backward(down, split=True)
-    for _ in range(d + 1):  # 8
-        s.weight()
-    return s.order
 
 
 class DualPipeV:
@@ -108,7 +69,8 @@ class DualPipeV:
                 f"dualpipev needs at least 2K = {2 * devices} micro-batches on {devices} devices (as DeepSeek's and "
                 f"PyTorch's do), not {microbatches}; use --microbatches {2 * devices} or more"
             )
-        return Schedule([_device_order(d, devices, microbatches) for d in range(devices)])
+        # device d is DeepSeek's rank d; its chunk 0 is stage d, its chunk 1 stage 2K-1-d
+        return Schedule([deepseek_phases(d, 2 * devices - 1 - d, d, devices, microbatches) for d in range(devices)])
 
     def stages(self, devices: int, chunks: int = 2) -> int:
         """2K stages in a V, whatever ``chunks`` says (plan refuses any but 2)."""
