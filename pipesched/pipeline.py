@@ -63,6 +63,7 @@ __all__ = [
     "training_sizes",
     "DEFAULT_LAYERS",
     "BALANCE_BY",
+    "BUILT_INS",
     "COMPARE_DEFAULT",
     "SEARCH_ACTIONS",
 ]
@@ -73,9 +74,8 @@ DEFAULT_LAYERS = "128,256x10,10"
 #: The strategy name that asks for a search instead of a recipe (``pipesched.search``).
 AUTO = "auto"
 
-#: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study): every
-#: built-in, and the schedule the search finds for the same costs and memory limit beside them.
-COMPARE_DEFAULT = (
+#: The built-in strategies, in the README strategy table's order (pipesched.strategies; pyproject's entry points).
+BUILT_INS = (
     "gpipe",
     "1f1b",
     "interleaved",
@@ -90,8 +90,10 @@ COMPARE_DEFAULT = (
     "dualpipe",
     "chimera",
     "dp",
-    AUTO,
 )
+#: The strategies a comparison runs unless told otherwise (``pipesched compare``, the built-in study): every
+#: built-in, and the schedule the search finds for the same costs and memory limit beside them.
+COMPARE_DEFAULT = (*BUILT_INS, AUTO)
 
 
 @dataclass(frozen=True)

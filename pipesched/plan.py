@@ -66,7 +66,7 @@ from .decoder import assemble as decoder
 from .decoder.accounting import model_flops
 from .errors import ConfigError, PipeschedError
 from .hardware import load_hardware
-from .pipeline import AUTO, COMPARE_DEFAULT, RunConfig, execute, prepare, training_sizes
+from .pipeline import BUILT_INS, RunConfig, execute, prepare, training_sizes
 from .schedule import expand
 from .strategy import load_strategy, make_plan, planned_stages
 from .sweep import Results, Sweep, pareto, point_key, sweep
@@ -90,7 +90,7 @@ __all__ = [
 
 #: The pipeline strategies a plan tries: the built-in ones, without pure data parallelism (D covers it) and
 #: without auto, a search of its own for one pipeline that refuses D > 1 (``pipesched search``).
-PLAN_STRATEGIES = tuple(name for name in COMPARE_DEFAULT if name not in ("dp", AUTO))
+PLAN_STRATEGIES = tuple(name for name in BUILT_INS if name != "dp")
 #: Significant digits a step's makespan is kept to for ranking (``evaluate``).
 SIGNIFICANT = 12
 #: Chunks per device tried for a strategy that takes chunks, where its stage count is K times them (ZB-V and

@@ -25,7 +25,8 @@ from pipesched.balance import (
 from pipesched.cli import main
 from pipesched.model import Model, layers_from_widths, parse_layers
 from pipesched.partition import uniform
-from pipesched.pipeline import COMPARE_DEFAULT, model_graph
+from pipesched.pipeline import BUILT_INS as BUILT_IN
+from pipesched.pipeline import model_graph
 from pipesched.strategy import load_strategy, make_plan
 
 
@@ -317,7 +318,6 @@ def test_compare_balances_each_strategy_for_its_own_stages(capsys):
     assert [len(r["partition"]) for r in rows] == [4, 8] and all(r["balance"] for r in rows)
 
 
-BUILT_IN = tuple(name for name in COMPARE_DEFAULT if name != "auto")  # every built-in
 BIDIRECTIONAL = ("dualpipe", "chimera")  # each stage on two devices, half its micro-batches on each
 #: The two cost models; under flops a slow device and links slow enough to matter.
 COSTS = {

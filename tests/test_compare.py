@@ -5,7 +5,7 @@ import json
 import pytest
 
 from pipesched.cli import main
-from pipesched.pipeline import COMPARE_DEFAULT
+from pipesched.pipeline import BUILT_INS, COMPARE_DEFAULT
 from pipesched.units import parse_bytes
 
 #: Three devices, the last at half speed, joined by slow links (1 MB/s, 100 µs): unequal stages whose sends
@@ -76,7 +76,7 @@ def test_data_parallel_compares_the_built_ins_and_says_why_auto_is_left_out(caps
     assert main(["compare", "--data-parallel", "2", "--cost", "unit", "--no-compute"]) == 0
     out, err = capsys.readouterr()
     names = [line.split()[0] for line in out.split("\n\n")[1].splitlines()[1:]]
-    assert names == [name for name in COMPARE_DEFAULT if name != "auto"]  # every built-in, in order
+    assert names == list(BUILT_INS)
     (note,) = [line for line in err.splitlines() if "auto" in line]
     assert note.startswith("pipesched: note: auto left out of the default comparison: ") and "--data-parallel" in note
     assert "auto: the fastest schedule" not in out

@@ -15,6 +15,7 @@ from pipesched.engine import simulate
 from pipesched.microbatch import split
 from pipesched.model import Model, full_batch_gradients, make_data, saved_widths
 from pipesched.partition import uniform
+from pipesched.pipeline import BUILT_INS
 from pipesched.trace import to_chrome
 
 REMAT = st.sampled_from(["never", "always", "except_last"])
@@ -106,25 +107,6 @@ def test_unit_cost_start_times_match_the_gpipe_diagram():
         "0B0": 16,
     }
     assert starts == expected
-
-
-#: every built-in strategy
-BUILT_INS = [
-    "gpipe",
-    "1f1b",
-    "interleaved",
-    "looped-bfs",
-    "interleaved-zb",
-    "zb-h1",
-    "zb-h2",
-    "zb-v",
-    "v-half",
-    "v-min",
-    "dualpipev",
-    "dualpipe",
-    "chimera",
-    "dp",
-]
 
 
 def _workloads(widths, devices, microbatches, batch):

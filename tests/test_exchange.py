@@ -11,32 +11,22 @@ from pipesched import RunConfig, Schedule, ScheduleError, load_strategy, make_pl
 from pipesched.cli import main
 from pipesched.exchange import from_torch_csv, time_steps, to_torch_csv
 from pipesched.formulas import LOOPED
+from pipesched.pipeline import BUILT_INS
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+#: the built-ins PyTorch's CSV can hold: it places each stage on one rank, so neither data parallelism nor a
+#: bidirectional pipeline (every stage on two devices) exports
+EXPORTABLE = [name for name in BUILT_INS if name not in ("dp", "dualpipe", "chimera")]
 
 
 @given(
-    strategy=st.sampled_from(
-        [
-            "gpipe",
-            "1f1b",
-            "interleaved",
-            "looped-bfs",
-            "interleaved-zb",
-            "zb-h1",
-            "zb-h2",
-            "zb-v",
-            "dualpipev",
-            "v-min",
-            "v-half",
-        ]
-    ),
+    strategy=st.sampled_from(EXPORTABLE),
     devices=st.integers(1, 4),
     microbatches=st.integers(1, 8),
     chunks=st.integers(1, 3),
 )
 def test_export_then_import_gives_the_same_schedule(strategy, devices, microbatches, chunks):
-    chunks = chunks if strategy in LOOPED else 2 if strategy in ("zb-v", "dualpipev", "v-min", "v-half") else 1
+    chunks = chunks if strategy in LOOPED else getattr(load_strategy(strategy), "default_chunks", 1)
     if strategy == "dualpipev":
         microbatches = max(microbatches, 2 * devices)
     if strategy == "interleaved-zb":  # rounds of equal size, as PyTorch's: one round

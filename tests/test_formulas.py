@@ -14,23 +14,11 @@ from pipesched import OutOfMemoryError, RunConfig, formulas, load_strategy, run
 from pipesched.cli import main
 from pipesched.microbatch import split
 from pipesched.model import layers_from_widths, parse_layers
+from pipesched.pipeline import BUILT_INS
 from pipesched.units import format_bytes, parse_bytes
 
 TESTS = pathlib.Path(__file__).resolve().parent
-STRATEGIES = [
-    "gpipe",
-    "1f1b",
-    "interleaved",
-    "looped-bfs",
-    "interleaved-zb",
-    "zb-h1",
-    "zb-h2",
-    "dp",
-    "v-min",
-    "v-half",
-    "dualpipe",
-    "chimera",
-]  # zb-v and dualpipev: tests/test_frontier.py
+STRATEGIES = [name for name in BUILT_INS if name not in ("zb-v", "dualpipev")]  # those two: tests/test_frontier.py
 V_SHAPES = ("v-min", "v-half")  # two stages per device, whatever --chunks
 REMAT = st.sampled_from(["never", "always", "except_last"])
 

@@ -18,7 +18,7 @@ from pipesched.formulas import CLOSED_FORMS, ring_allreduce_time
 from pipesched.layout import device_of, replicate
 from pipesched.model import layers_from_widths
 from pipesched.partition import parse_partition
-from pipesched.pipeline import RunConfig, run
+from pipesched.pipeline import BUILT_INS, RunConfig, run
 from pipesched.schedule import Action, Schedule, expand, validate
 from pipesched.strategy import load_strategy, make_plan
 
@@ -51,23 +51,7 @@ def _strip(action: Action, microbatches: int) -> Action:
 class TestReplicate:
     @settings(max_examples=25, deadline=None)
     @given(
-        strategy=st.sampled_from(
-            [
-                "gpipe",
-                "1f1b",
-                "interleaved",
-                "looped-bfs",
-                "interleaved-zb",
-                "zb-h1",
-                "zb-v",
-                "v-half",
-                "v-min",
-                "dualpipev",
-                "dualpipe",
-                "chimera",
-                "dp",
-            ]
-        ),  # fmt: skip
+        strategy=st.sampled_from(BUILT_INS),
         devices=st.integers(1, 3),
         extra=st.integers(0, 3),
         data_parallel=st.integers(1, 3),

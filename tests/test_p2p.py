@@ -16,6 +16,7 @@ from pipesched.engine import simulate
 from pipesched.exchange import from_torch_csv, time_steps, to_torch_csv
 from pipesched.model import layers_from_widths
 from pipesched.schedule import OVERLAP, expand, parse_action, validate
+from test_exchange import EXPORTABLE
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TORCH = FIXTURES / "torch"  # written by PyTorch 2.13 itself: derive.py, run by hand in a venv with torch
@@ -129,21 +130,7 @@ def _producer(action):
 
 @settings(max_examples=60, deadline=None)
 @given(
-    strategy=st.sampled_from(
-        [
-            "gpipe",
-            "1f1b",
-            "interleaved",
-            "looped-bfs",
-            "interleaved-zb",
-            "zb-h1",
-            "zb-h2",
-            "zb-v",
-            "v-half",
-            "v-min",
-            "dualpipev",
-        ]
-    ),  # fmt: skip
+    strategy=st.sampled_from(EXPORTABLE),
     devices=st.integers(1, 5),
     microbatches=st.integers(1, 12),
 )

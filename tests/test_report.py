@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipesched.cli import main
 from pipesched.errors import ConfigError
-from pipesched.pipeline import COMPARE_DEFAULT
+from pipesched.pipeline import BUILT_INS
 from pipesched.report import collect, default_study, load_study
 from pipesched.units import format_bytes
 
@@ -699,7 +699,7 @@ def test_a_default_list_leaves_auto_out_of_replicas_and_says_why_a_named_auto_st
     out, err = capsys.readouterr()
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "auto" not in {row["strategy"] for row in metrics["compare"] + metrics["sweep_microbatches"]}
-    built_ins = [name for name in COMPARE_DEFAULT if name != "auto"]  # every built-in, in order
+    built_ins = list(BUILT_INS)
     assert [row["strategy"] for row in metrics["compare"]] == built_ins
     why = metrics["notes"]["auto"]
     assert why.startswith("auto is left out of the default comparison: ") and "--data-parallel" in why
