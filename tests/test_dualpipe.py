@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from pipesched import RunConfig, formulas, load_strategy, run
 from pipesched.cli import main
 from pipesched.testing import check_strategy
+from test_frontier import _unit  # a unit-cost, shape-only run of a strategy
 
 # DeepSeek's DualPipe.step (github.com/deepseek-ai/DualPipe, dualpipe/dualpipe.py) run unchanged by
 # tests/fixtures/torch/derive_dualpipe.py, its forward, backward and W leaves and its sends stubbed to record
@@ -74,22 +75,6 @@ DEEPSEEK = {
 
 def _orders(schedule):
     return [" ".join(map(str, device)) for device in schedule.actions]
-
-
-def _unit(strategy, devices, microbatches, **extra):
-    stages = 2 * devices if strategy == "dualpipev" else devices
-    return run(
-        RunConfig(
-            strategy=strategy,
-            devices=devices,
-            microbatches=microbatches,
-            layers=f"3x{stages + 1}",
-            batch=microbatches,
-            cost="unit",
-            compute=False,
-            **extra,
-        )
-    )
 
 
 # -- the order against DeepSeek's code ----------------------------------------------------------
