@@ -365,16 +365,9 @@ def _eager(slots: _Slots) -> _Slots:
     start: _Slots = [[[0] * len(ts) for ts in dev] for dev in slots]
     free = [0] * len(slots)
     for _, d, kind, m in _in_slot_order(slots):
-        after = [free[d]]
-        if kind in (_F0, _I1) and d > 0:
-            after.append(start[d - 1][kind][m] + 1)
-        if kind in (_F1, _I0) and d + 1 < len(slots):
-            after.append(start[d + 1][kind][m] + 1)
-        if kind in (_F1, _I1, _I0):
-            after.append(start[d][kind - 1][m] + 1)
-        if m > 0:
-            after.append(start[d][kind][m - 1] + 1)
-        start[d][kind][m] = max(after)
+        # every pass a dependency names comes earlier in slot order, so its start is already set (a W's I
+        # is on its own device, which ``free`` already keeps it after)
+        start[d][kind][m] = max([free[d]] + [t + 1 for t in _dependencies(start, d, kind, m)])
         free[d] = start[d][kind][m] + 1
     return start
 
