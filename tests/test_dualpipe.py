@@ -89,7 +89,12 @@ def test_dualpipe_is_deepseeks_order(devices, microbatches):
 def test_each_half_of_the_devices_runs_dualpipevs_order(half, extra):
     """DualPipeV is DualPipe cut in half (DualPipe README): device d of DualPipe, its chunk 0 renamed stage r and
     its chunk 1 stage 2h-1-r of a V on h = K/2 devices, the upward micro-batches renumbered from 0, runs
-    DualPipeV's order for device r = min(d, K-1-d) with M/2 micro-batches."""
+    DualPipeV's order for device r = min(d, K-1-d) with M/2 micro-batches.
+
+    Both strategies now write their phases with ``compose.deepseek_phases``, each held to DeepSeek's own
+    orders by literal tables (above, and tests/test_frontier.py); what this holds, over sizes beyond those
+    tables, is DualPipe's side of the mapping: which stage is each device's chunk 0 and 1, and the upward
+    micro-batches' numbers."""
     devices, microbatches = 2 * half, 2 * (2 * half + extra)
     dual = load_strategy("dualpipe").plan(devices, microbatches).actions
     v = load_strategy("dualpipev").plan(half, microbatches // 2).actions
