@@ -35,7 +35,7 @@ from .optimizer import MLP_OPTIMIZER, check_optimizer, distinct_arrays, make_opt
 from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
-from .strategy import Strategy, closed_form_bubble, load_strategy, make_plan, planned_stages
+from .strategy import Strategy, closed_form_bubble, default_chunks, load_strategy, make_plan, planned_stages
 from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
 from .units import count, format_bytes
@@ -349,7 +349,7 @@ def prepare(config: RunConfig) -> Prepared:
     # a named preset's memory is the default --device-memory, so out-of-memory is checked without asking
     config = replace(config, device_memory=default_memory(config))
     strategy = load_strategy(config.strategy) if isinstance(config.strategy, str) else config.strategy
-    chunks = config.chunks if config.chunks is not None else getattr(strategy, "default_chunks", 1)
+    chunks = config.chunks if config.chunks is not None else default_chunks(strategy)
     config = replace(config, chunks=chunks, dtype=dtype, optimizer=optimizer)
     check_limits(config, strategy)  # before the micro-batches, the plan and the arrays are built
     # after the limits, before any planning: nodes and per-device speeds count the devices

@@ -39,6 +39,7 @@ __all__ = [
     "available_strategies",
     "load_strategy",
     "make_plan",
+    "default_chunks",
     "planned_stages",
     "closed_form_bubble",
 ]
@@ -159,6 +160,16 @@ def _file_schedule(path: str, mtime_ns: int, size: int) -> Strategy:
 
 def _label(strategy: Strategy, devices: int, microbatches: int, chunks: int) -> str:
     return f"strategy {strategy.name!r} (devices={devices}, microbatches={microbatches}, chunks={chunks})"
+
+
+def default_chunks(strategy: Strategy) -> int:
+    """The stages per device ``strategy`` plans when ``--chunks`` is not given: its ``default_chunks`` (2 for a
+    V), else 1.
+
+    >>> default_chunks(load_strategy("zb-v")), default_chunks(load_strategy("gpipe"))
+    (2, 1)
+    """
+    return int(getattr(strategy, "default_chunks", 1))
 
 
 def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> Schedule:

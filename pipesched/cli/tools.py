@@ -24,7 +24,7 @@ from ..limits import check_actions, check_listing, check_memory
 from ..model import layers_from_widths, parse_layers
 from ..partition import uniform
 from ..pipeline import _check_counts, model_graph, prepare
-from ..strategy import available_strategies, load_strategy, make_plan
+from ..strategy import available_strategies, default_chunks, load_strategy, make_plan
 from ..units import count, format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
 
@@ -117,7 +117,7 @@ def _cmd_balance(args: argparse.Namespace) -> None:
             raise ConfigError(f"--costs {args.costs!r} is not a list of numbers; write e.g. 5,1,1,1,1,1,1,5") from None
         _check_counts(config)
         strategy = load_strategy(str(config.strategy))
-        chunks = config.chunks if config.chunks is not None else int(getattr(strategy, "default_chunks", 1))
+        chunks = config.chunks if config.chunks is not None else default_chunks(strategy)
         check_actions(config.devices, config.microbatches, chunks)  # the balancer itself says if the layers are too few
         schedule = make_plan(strategy, config.devices, config.microbatches, chunks)
         graph, bandwidth = chain_graph(costs), math.inf
@@ -424,7 +424,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.output is not None:
         _check_output_path("-o", args.output, "schedule.csv")
     strategy = load_strategy(args.strategy)
-    chunks = args.chunks or getattr(strategy, "default_chunks", 1)
+    chunks = args.chunks or default_chunks(strategy)
     check_actions(args.devices, args.microbatches, chunks)  # no arrays here: memory does not apply
     if args.model is not None:  # the schedule is the model's to run: every stage needs one of its layers
         from ..decoder import assemble

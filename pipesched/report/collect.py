@@ -24,7 +24,7 @@ from ..formulas import CLOSED_FORMS, LOOPED, pipeline_speedup
 from ..limits import check_actions, check_memory
 from ..partition import uniform
 from ..pipeline import AUTO, COMPARE_DEFAULT, Prepared, RunResult, execute, model_graph, prepare, train
-from ..strategy import load_strategy, make_plan
+from ..strategy import default_chunks, load_strategy, make_plan
 from .study import Study
 from .study import trains as can_train
 
@@ -83,22 +83,20 @@ def _label(strategy: str, chunks: int | None) -> str:
     return f"{strategy} v={chunks}" if strategy in LOOPED else strategy
 
 
-def _default_chunks(strategy: str) -> int:
-    """The stages per device a strategy plans when not told (two for a V); 1 for auto and schedule files."""
-    if strategy == AUTO or strategy.lower().endswith(".csv"):
-        return 1
-    return int(getattr(load_strategy(strategy), "default_chunks", 1))
+def _planned_by_name(strategy: str) -> bool:
+    """Whether ``strategy`` names a strategy to load, not auto's search nor a schedule file."""
+    return strategy != AUTO and not strategy.lower().endswith(".csv")
 
 
 def _one_device(strategy: str, study: Study) -> str:
     """The strategy the single-device training reference runs: the study's own, or GPipe where that cannot
     plan one device (a bidirectional pipeline needs two). On one device every schedule is gradient
     accumulation over the same micro-batches, so the reference's loss is the same either way."""
-    if strategy == AUTO or strategy.lower().endswith(".csv"):
+    if not _planned_by_name(strategy):
         return strategy
     plug = load_strategy(strategy)
     try:
-        make_plan(plug, 1, study.compare.microbatches, int(getattr(plug, "default_chunks", 1)))
+        make_plan(plug, 1, study.compare.microbatches, default_chunks(plug))
     except PipeschedError:
         return "gpipe"
     return strategy
@@ -108,7 +106,7 @@ def _check_limits(study: Study) -> None:
     """The limits of every run the study makes (``pipesched.limits``), by key, before any is prepared."""
     c, h = study.compare, study.hardware
     # the most chunks any run has: the looped schedules' [compare] and [sweep] values, two for the V schedules
-    chunked = any(s in LOOPED or _default_chunks(s) > 1 for s in c.strategies)
+    chunked = any(s in LOOPED or (_planned_by_name(s) and default_chunks(load_strategy(s)) > 1) for s in c.strategies)
     v = max(c.chunks, *study.sweep.chunks, 2) if chunked else 1
     sweeps = [("[sweep].microbatches", m) for m in study.sweep.microbatches]
     for where, m in [("[compare].microbatches", c.microbatches)] + sweeps:
