@@ -37,10 +37,13 @@ class Buffer:
     ``nbytes`` is already in the run's precision (``pipesched.precision.nbytes``).
     """
 
-    __slots__ = ("nbytes",)
+    __slots__ = ("nbytes", "account")
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
+        # the holders it has on the device that counts it (pipesched.memory), kept here rather than in a table
+        # keyed by identity: the shape-only engine holds and releases a stand-in several times per action
+        self.account: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"Buffer({self.nbytes})"

@@ -19,7 +19,7 @@ An array's bytes are its elements × the training precision's ``itemsize``
 >>> mem = DeviceMemory(params=100, optimizer=600)
 >>> x, y = Buffer(8), Buffer(16)
 >>> mem.hold([x], "buffers"); mem.hold([x, y], "activations"); mem.release([x], "buffers")
->>> mem.sample(1.0)
+>>> mem.sample(1.0); mem.timeline[-1]
 MemorySample(time=1.0, params=100, grads=0, optimizer=600, activations=24, deferred=0, buffers=0)
 """
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from .compute import Buffer
 from .precision import nbytes as _nbytes
 from .trace import MemorySample, Records
 
@@ -70,75 +71,116 @@ class DeviceMemory:
         self._bytes = [0] * len(ROLES)
         start = MemorySample(0.0, params, 0, optimizer, 0, 0, 0)
         self.timeline: Records[MemorySample] = Records(MemorySample, [start])
-        self._times = self.timeline.column("time")
+        self._last = 0.0  # the time of the timeline's last sample
         if capacity is not None and start.total_bytes > capacity:  # the weights and their state alone do not fit
             self.exceeded = start
             if on_exceed is not None:
                 on_exceed(self.exceeded)
         self.peak_activation_bytes = 0
         self.peak_total_bytes = start.total_bytes
-        self.peak_sample = start  # the state at the peak total, the first time it was reached
+        # the state at the peak total, the first time it was reached, as its fields
+        self._peak: tuple[float, int, int, int, int, int, int] = (0.0, params, 0, optimizer, 0, 0, 0)  # start's
+
+    @property
+    def peak_sample(self) -> MemorySample:
+        """The state at the peak total, the first time it was reached."""
+        return MemorySample(*self._peak)
 
     def hold(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` gain a holder in ``role``."""
         i = _INDEX[role]
-        entries, nbytes, itemsize = self._arrays, self._bytes, self.itemsize
         for array in arrays:
-            entry = entries.get(id(array))
-            if entry is None:
-                # the entry keeps the array alive, so its id cannot be reused meanwhile
-                size = _nbytes(array, itemsize)
-                entry = entries[id(array)] = [array, 0, 0, 0, i, size]
-                nbytes[i] += size
-            elif i < entry[4]:  # a role earlier in ROLES takes the bytes
-                nbytes[entry[4]] -= entry[5]
-                nbytes[i] += entry[5]
-                entry[4] = i
-            entry[1 + i] += 1
+            self.hold_one(array, i)
+
+    def hold_one(self, array: Any, i: int) -> None:
+        """``array`` gains a holder in the role ``ROLES[i]``: the engine's form, one call per array."""
+        if type(array) is Buffer:  # a stand-in keeps its own entry: [count per role..., its role, this account]
+            entry = array.account
+            if entry is None and not (self._arrays and id(array) in self._arrays):
+                array.account = [0, 0, 0, i, self]
+                array.account[i] = 1
+                self._bytes[i] += array.nbytes
+                return
+            if entry is not None and entry[4] is self:
+                if i < entry[3]:  # a role earlier in ROLES takes the bytes
+                    self._bytes[entry[3]] -= array.nbytes
+                    self._bytes[i] += array.nbytes
+                    entry[3] = i
+                entry[i] += 1
+                return
+        # an array, or a stand-in another device counts meanwhile: an entry by identity,
+        # [array, count per role..., its role, its bytes]; the entry keeps the array alive, so its id is not reused
+        entry = self._arrays.get(id(array))
+        if entry is None:
+            size = _nbytes(array, self.itemsize)
+            entry = self._arrays[id(array)] = [array, 0, 0, 0, i, size]
+            self._bytes[i] += size
+        elif i < entry[4]:
+            self._bytes[entry[4]] -= entry[5]
+            self._bytes[i] += entry[5]
+            entry[4] = i
+        entry[1 + i] += 1
 
     def release(self, arrays: Iterable[Any], role: str) -> None:
         """``arrays`` lose a holder in ``role`` (taken by a matching ``hold``)."""
         i = _INDEX[role]
-        entries, nbytes = self._arrays, self._bytes
         for array in arrays:
-            entry = entries[id(array)]
-            entry[1 + i] -= 1
-            if entry[1 + i] or entry[4] != i:
-                continue
-            nbytes[i] -= entry[5]
+            self.release_one(array, i)
+
+    def release_one(self, array: Any, i: int) -> None:
+        """``array`` loses a holder in the role ``ROLES[i]``: the engine's form, one call per array."""
+        if type(array) is Buffer and array.account is not None and array.account[4] is self:
+            entry = array.account
+            entry[i] -= 1
+            if entry[i] or entry[3] != i:
+                return
+            self._bytes[i] -= array.nbytes
             for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
-                if entry[1 + j]:
-                    nbytes[j] += entry[5]
-                    entry[4] = j
-                    break
-            else:
-                del entries[id(array)]
+                if entry[j]:
+                    self._bytes[j] += array.nbytes
+                    entry[3] = j
+                    return
+            array.account = None
+            return
+        entry = self._arrays[id(array)]
+        entry[1 + i] -= 1
+        if entry[1 + i] or entry[4] != i:
+            return
+        self._bytes[i] -= entry[5]
+        for j in (0, 1, 2):
+            if entry[1 + j]:
+                self._bytes[j] += entry[5]
+                entry[4] = j
+                return
+        del self._arrays[id(array)]
 
     def add_grads(self, nbytes: int) -> None:
         """A gradient buffer appears (it stays to the end of the step)."""
         self.grads += nbytes
         self._weights += nbytes
 
-    def sample(self, time: float) -> MemorySample:
+    def sample(self, time: float) -> None:
         """Record the state at ``time``, and the peaks.
 
         Several changes at one instant keep one sample, the last state; the
-        peaks are taken at every change, so no transient one is lost.
+        peaks are taken at every change, so no transient one is lost. This
+        runs twice per simulated action, so it gives the timeline fields
+        (``Records.add``) and keeps the peak state as plain fields.
         """
         act, deferred, buffers = self._bytes
-        sample = MemorySample(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
-        if act + deferred > self.peak_activation_bytes:
-            self.peak_activation_bytes = act + deferred
-        total = self._weights + act + deferred + buffers
+        held = act + deferred
+        if held > self.peak_activation_bytes:
+            self.peak_activation_bytes = held
+        total = self._weights + held + buffers
         if total > self.peak_total_bytes:
             self.peak_total_bytes = total
-            self.peak_sample = sample
-        if self._times[-1] == time:
-            self.timeline.replace_last(sample)
+            self._peak = (time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+        if self._last == time:
+            self.timeline.set_last(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
         else:
-            self.timeline.append(sample)
+            self.timeline.add(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+            self._last = time
         if self.capacity is not None and self.exceeded is None and total > self.capacity:
-            self.exceeded = sample
+            self.exceeded = MemorySample(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
             if self.on_exceed is not None:
-                self.on_exceed(sample)
-        return sample
+                self.on_exceed(self.exceeded)

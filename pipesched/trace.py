@@ -119,33 +119,77 @@ class Records(Generic[R]):
     tuples they would take about 100 bytes each, as columns (``array``) about
     40. Reading gives the NamedTuple back, so code reads it like a list.
 
+    Records arrive one or more per simulated action, so ``add(*fields)``
+    only appends the fields to a short list, and every ``_CHUNK`` records
+    they move into the columns at once (C loops, no Python call per value).
+    Every read moves the rest first.
+
     >>> spans = Records(Span)
     >>> spans.append(Span(0, "F", 2, 1, 0.0, 1.5))
-    >>> spans[0], len(spans), spans == [Span(0, "F", 2, 1, 0.0, 1.5)]
-    (Span(device=0, name='2F1', start=0.0, end=1.5), 1, True)
+    >>> spans.add(0, "B", 2, 1, 1.5, 4.5)
+    >>> spans[0], len(spans), spans == [Span(0, "F", 2, 1, 0.0, 1.5), Span(0, "B", 2, 1, 1.5, 4.5)]
+    (Span(device=0, name='2F1', start=0.0, end=1.5), 2, True)
     """
 
-    __slots__ = ("kind", "_columns", "_codes", "_words", "append", "replace_last")
+    __slots__ = ("kind", "_columns", "_codes", "_words", "_text", "_pending", "add")
 
     def __init__(self, kind: type[R], items: Iterable[R] = ()):
         self.kind: type[R] = kind
         self._columns = [array(t) for t in _COLUMN_TYPES[kind.__name__]]
-        self._words: list[str] = []  # text fields are stored as indexes into this list
+        self._text = _TEXT_FIELDS[kind.__name__]  # fields stored as indexes into _words
+        self._words: list[str] = []
         self._codes: dict[str, int] = {}
-        self.append, self.replace_last = _accessors(self._columns, _TEXT_FIELDS[kind.__name__], self._encode)
+        self._pending: list[tuple[Any, ...]] = []  # records not yet in the columns
+        self.add = self._adder()
         for item in items:
-            self.append(item)
+            self.add(*item)
 
-    def _encode(self, word: str) -> int:
-        code = self._codes.get(word)
-        if code is None:
-            code = self._codes[word] = len(self._words)
-            self._words.append(word)
-        return code
+    def _adder(self) -> Any:
+        """``add(*fields)``: a record from its fields, without building the NamedTuple (the engine's form)."""
+        pending, flush = self._pending, self._flush
+        keep = pending.append
+
+        def add(*fields: Any) -> None:
+            keep(fields)
+            if len(pending) >= _CHUNK:
+                flush()
+
+        return add
+
+    def append(self, item: R) -> None:
+        self.add(*item)
+
+    def set_last(self, *fields: Any) -> None:
+        """Replace the last record by one with ``fields``."""
+        if self._pending:
+            self._pending[-1] = fields
+            return
+        self._pending.append(fields)  # the last record, moved back out of the columns to be replaced
+        for column in self._columns:
+            column.pop()
+
+    def replace_last(self, item: R) -> None:
+        self.set_last(*item)
+
+    def _flush(self) -> None:
+        """Move the pending records into the columns."""
+        pending = self._pending
+        if not pending:
+            return
+        for j, (column, values) in enumerate(zip(self._columns, zip(*pending))):
+            if j in self._text:
+                for word in dict.fromkeys(values):  # new words numbered in order of first appearance
+                    if word not in self._codes:
+                        self._codes[word] = len(self._words)
+                        self._words.append(word)
+                column.extend(map(self._codes.__getitem__, values))
+            else:
+                column.extend(values)
+        pending.clear()
 
     def _row(self, i: int) -> R:
         values: list[Any] = [column[i] for column in self._columns]
-        for j in _TEXT_FIELDS[self.kind.__name__]:
+        for j in self._text:
             values[j] = self._words[values[j]]
         return self.kind(*values)
 
@@ -153,6 +197,7 @@ class Records(Generic[R]):
         return self._row(range(len(self))[i])
 
     def __len__(self) -> int:
+        self._flush()
         return len(self._columns[0])
 
     def __iter__(self) -> Iterator[R]:
@@ -161,13 +206,16 @@ class Records(Generic[R]):
 
     def code(self, word: str) -> int:
         """The number a text field's value is stored as (see ``column``)."""
+        self._flush()
         return self._codes[word]
 
     def has_word(self, word: str) -> bool:
+        self._flush()
         return word in self._codes
 
     def column(self, name: str) -> array:
         """One field's values, for fast arithmetic; text fields as codes (see ``code``)."""
+        self._flush()
         return self._columns[self.kind._fields.index(name)]
 
     def __eq__(self, other: object) -> bool:
@@ -179,28 +227,16 @@ class Records(Generic[R]):
         return f"Records({self.kind.__name__}, {len(self)} records)"
 
 
+#: Records kept as tuples before they move into the columns: enough to make the move cheap per record, few
+#: enough that their size (about 100 bytes each) never shows beside the columns'.
+_CHUNK = 4096
+
 _COLUMN_TYPES = {
     "Span": ("l", "l", "l", "l", "d", "d"),
     "Transfer": ("l", "l", "l", "l", "l", "q", "d", "d", "d"),
     "MemorySample": ("d", "q", "q", "q", "q", "q", "q"),
 }
 _TEXT_FIELDS = {"Span": (1,), "Transfer": (3,), "MemorySample": ()}
-
-
-def _accessors(columns: list[array], text: tuple[int, ...], encode: Any) -> tuple[Any, Any]:
-    """``append(item)`` and ``replace_last(item)`` written out for one kind's columns.
-
-    They run once or more per simulated action, so they are generated with
-    one statement per column, as ``collections.namedtuple`` generates its
-    classes, rather than looping and testing types per value.
-    """
-    names = {f"c{i}": column for i, column in enumerate(columns)}
-    value = [f"encode(item[{i}])" if i in text else f"item[{i}]" for i in range(len(columns))]
-    source = "def append(item):\n" + "".join(f"    c{i}.append({v})\n" for i, v in enumerate(value))
-    source += "def replace_last(item):\n" + "".join(f"    c{i}[-1] = {v}\n" for i, v in enumerate(value))
-    namespace: dict[str, Any] = {"encode": encode, **names}
-    exec(source, namespace)  # noqa: S102 - our own fixed source, no user input
-    return namespace["append"], namespace["replace_last"]
 
 
 @dataclass
