@@ -52,7 +52,9 @@ When no event is left but a device has not finished, the schedule deadlocked:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import gc
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import simpy
 
@@ -63,17 +65,20 @@ from .diagnose import deadlock_message, oom_message
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
-from .memory import DeviceMemory
+from .memory import ROLES, DeviceMemory
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .symmetry import asymmetry, one_replica
-from .trace import MemorySample, Span, Trace
+from .trace import MemorySample, Trace
 
-__all__ = ["simulate", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
+__all__ = ["simulate", "collector_paused", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
 
 #: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
 #: recomputes in backward, ``except_last`` does so for all but the last
 #: micro-batch (whose backward comes first in F-then-B), ``never`` keeps all.
 REMAT_MODES = ("never", "always", "except_last")
+
+# the memory roles' indexes, as DeviceMemory.hold_one and release_one take them
+_ACTIVATIONS, _DEFERRED, _BUFFERS = (ROLES.index(role) for role in ("activations", "deferred", "buffers"))
 
 
 def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
@@ -109,6 +114,7 @@ class _Engine(Links, Collectives):
         check_p2p(p2p)
         self.blocking = p2p == "blocking"
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
+        self.rows = work.rows
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
         check_overlap(self.overlap)
         self.allow_oom, self.device_memory = allow_oom, device_memory
@@ -122,38 +128,40 @@ class _Engine(Links, Collectives):
         self.forward_on: dict[tuple[int, int | None], int] = {}
         self.backward_on: dict[tuple[int, int | None], int] = {}
         self.backward_op: dict[tuple[int, int | None], str] = {}  # B or I: the action that consumes a gradient
-        for d, actions in enumerate(schedule.actions):
+        # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
+        self.explicit_sends: set[tuple[int, str, int | None]] = set()
+        # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
+        self.explicit_recvs: set[_Key] = set()
+        self.hosted: list[list[int]] = []
+        where: dict[int, set[int]] = {}  # the schedule's placement: stage -> devices running its forwards
+        for d, actions in enumerate(schedule.actions):  # one pass over every action: a large step has millions
+            hosted = set()
             for a in expand(actions):
-                if a.op == "F":
-                    self.forward_on[(a.stage, a.microbatch)] = d
-                elif a.op in "BI":
-                    self.backward_on[(a.stage, a.microbatch)] = d
-                    self.backward_op[(a.stage, a.microbatch)] = a.op
-        self.hosted = [sorted({a.stage for a in expand(actions)}) for actions in schedule.actions]
+                op, key = a.op, (a.stage, a.microbatch)
+                if op == "F":
+                    self.forward_on[key] = d
+                    where.setdefault(a.stage, set()).add(d)
+                elif op == "B" or op == "I":
+                    self.backward_on[key] = d
+                    self.backward_op[key] = op
+                elif op == "SEND_F" or op == "SEND_B":
+                    self.explicit_sends.add((a.stage, op[-1], a.microbatch))
+                elif op == "RECV_F" or op == "RECV_B":
+                    self.explicit_recvs.add(("x" if op == "RECV_F" else "g", a.stage, a.microbatch))
+                hosted.add(a.stage)
+            self.hosted.append(sorted(hosted))
+        placement = {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}  # as Schedule.placement gives it
         # the unit cost model's F of one stage: K / S, K the devices of one pipeline replica (pipesched.layout)
         self.stage_units = devices / schedule.replicas / self.num_stages
-        replicas = {s: ds for s, ds in schedule.placement().items() if len(ds) > 1}
-        syncs, ties = plan_collectives(schedule.placement(), work, cost, grad_sync, collective)  # checks both
+        replicas = {s: ds for s, ds in placement.items() if len(ds) > 1}
+        syncs, ties = plan_collectives(placement, work, cost, grad_sync, collective)  # checks both
         self.program = [self._program(d, actions, syncs, ties) for d, actions in enumerate(schedule.actions)]
         # replica 0 alone, the others mirrored, where they provably run alike (pipesched.symmetry)
         collectives = [c for stage in syncs.values() for c in stage]
         self.mirror = mirror and asymmetry(schedule, work, cost, self.stage_units, collectives, ties) is None
         self.running = range(0, devices, schedule.replicas) if self.mirror else range(devices)
-        # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
-        self.explicit_sends = {
-            (a.stage, a.op[-1], a.microbatch)
-            for actions in schedule.actions
-            for a in actions
-            if a.op.startswith("SEND") and isinstance(a, Action)
-        }
         self.outbox: dict[tuple[int, str, int | None], Message] = {}
-        # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
-        self.explicit_recvs = {
-            ("x" if a.op == "RECV_F" else "g", a.stage, a.microbatch)
-            for actions in schedule.actions
-            for a in actions
-            if a.op.startswith("RECV") and isinstance(a, Action)
-        }
+        self.direct = not (self.explicit_sends or self.explicit_recvs or self.blocking)
         self.posted: set[_Key] = set()  # receives posted so far
         self.parked: dict[_Key, tuple[Message, Callable[[], None] | None]] = {}  # sends waiting for their receive
         self.send_queue: list[list[Message]] = [[] for _ in range(devices)]  # blocking sends not yet issued
@@ -162,6 +170,7 @@ class _Engine(Links, Collectives):
         self.arrived: dict[_Key, Any] = {}
         self.blocked: dict[_Key, int] = {}  # an input not yet arrived -> the device waiting for it
         self.link_free: dict[tuple[int, int], float] = {}
+        self.transfer_cache: dict[tuple[int, int, int, int | None], tuple[float, float]] = {}
         self.held: dict[tuple[int, int], Held] = {}
         self.has_grads: set[tuple[int, int]] = set()
         self.position = [0] * devices  # next action (then all-reduce step) of each device
@@ -169,6 +178,7 @@ class _Engine(Links, Collectives):
         self.waiting: list[tuple[Item, _Key] | str | None] = [None] * devices
         self.finished = [False] * devices
         self.trace = Trace(devices=devices, time_unit=cost.time_unit)
+        self._add_span = self.trace.spans.add  # (device, op, stage, micro-batch, start, end)
         self.itemsize = work.itemsize
         self.memory = [
             DeviceMemory(
@@ -197,10 +207,14 @@ class _Engine(Links, Collectives):
         return on_exceed
 
     def _keep(self, device: int, held: Held) -> None:
-        self.memory[device].hold(held.buffers(), "deferred" if held.dzs else "activations")
+        hold, role = self.memory[device].hold_one, _DEFERRED if held.dzs else _ACTIVATIONS
+        for array in held.buffers():
+            hold(array, role)
 
     def _drop(self, device: int, held: Held) -> None:
-        self.memory[device].release(held.buffers(), "deferred" if held.dzs else "activations")
+        release, role = self.memory[device].release_one, _DEFERRED if held.dzs else _ACTIVATIONS
+        for array in held.buffers():
+            release(array, role)
 
     def _sample(self, device: int) -> None:
         self.memory[device].sample(self.env.now)
@@ -210,16 +224,13 @@ class _Engine(Links, Collectives):
         self.env.timeout(delay).callbacks.append(then)
 
     def _duration(self, device: int, op: str, stage: int, mb: int) -> float:
-        key = (op, stage, self.work.rows[mb], device)
-        duration = self.durations.get(key)
+        rows = self.rows[mb]
+        duration = self.durations.get((op, stage, rows, device))
         if duration is None:  # the same for every repeat of a stage, micro-batch size and device: ask once
-            duration = self.durations[key] = self.cost.compute_time(
-                op, self.work.layers[stage], self.work.rows[mb], self.stage_units, stage, device
+            duration = self.durations[(op, stage, rows, device)] = self.cost.compute_time(
+                op, self.work.layers[stage], rows, self.stage_units, stage, device
             )
         return duration
-
-    def _span(self, device: int, op: str, stage: int, mb: int, start: float) -> None:
-        self.trace.spans.append(Span(device, op, stage, mb, start, self.env.now))
 
     # -- one device, action by action ------------------------------------------
     def _advance(self, device: int) -> None:
@@ -314,6 +325,9 @@ class _Engine(Links, Collectives):
 
     def _output(self, send: Message) -> None:
         """Send a finished action's output now, or keep it for the SEND action that sends it."""
+        if self.direct:  # no SEND or RECV actions and asynchronous: every output is sent as it is made
+            self._send(send)
+            return
         stage, op, mb = send.what
         explicit = (stage, "F" if op == "F" else "B", mb)
         if self.explicit_sends and explicit in self.explicit_sends:
@@ -327,26 +341,32 @@ class _Engine(Links, Collectives):
         else:
             self._issue(send)
 
+    # Each action below runs once per simulated action: ``now`` is read once and passed on, and an action's
+    # end is now + its duration, which is exactly the time SimPy gives its timeout (the same addition).
     def _forward(self, device: int, stage: int, mb: int, x: Any) -> None:
-        y = self._start_forward(device, stage, mb, x)
-        start = self.env.now
+        now = self.env.now
+        y = self._start_forward(device, stage, mb, x, now)
+        duration = self._duration(device, "F", stage, mb)
+        end = now + duration
 
         def done(_: Any) -> None:
-            self._span(device, "F", stage, mb, start)
+            self._add_span(device, "F", stage, mb, now, end)
             self._finish_forward(device, stage, mb, y)
             self._advance(device)
 
-        self._after(self._duration(device, "F", stage, mb), done)
+        self.env.timeout(duration).callbacks.append(done)
 
-    def _start_forward(self, device: int, stage: int, mb: int, x: Any) -> Any:
+    def _start_forward(self, device: int, stage: int, mb: int, x: Any, now: float) -> Any:
         """Compute the forward and hold what its backward needs; return its output."""
-        keep = remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
+        keep = self.remat == "never" or remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[(stage, mb)] = held
-        self._keep(device, held)
+        memory = self.memory[device]
+        for array in held.acts:  # a forward's Held has no deferred part yet
+            memory.hold_one(array, _ACTIVATIONS)
         if x is not None:  # the arrived input is now held as part of ``held``
-            self.memory[device].release([x], "buffers")
-        self._sample(device)
+            memory.release_one(x, _BUFFERS)
+        memory.sample(now)
         return y
 
     def _finish_forward(self, device: int, stage: int, mb: int, y: Any) -> None:
@@ -355,17 +375,19 @@ class _Engine(Links, Collectives):
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
+        now = self.env.now
         if not held.remat:
-            self._backward_pass(device, stage, mb, dy, op, held)
+            self._backward_pass(device, stage, mb, dy, op, held, now)
             return
         full = self._recompute(device, stage, mb, held)
-        start = self.env.now
+        duration = self._duration(device, "R", stage, mb)
+        end = now + duration
 
         def recomputed(_: Any) -> None:
-            self._span(device, "R", stage, mb, start)
-            self._backward_pass(device, stage, mb, dy, op, full)
+            self._add_span(device, "R", stage, mb, now, end)
+            self._backward_pass(device, stage, mb, dy, op, full, end)
 
-        self._after(self._duration(device, "R", stage, mb), recomputed)
+        self.env.timeout(duration).callbacks.append(recomputed)
 
     def _recompute(self, device: int, stage: int, mb: int, held: Held) -> Held:
         """One micro-batch's full activations exist again during recompute and backward."""
@@ -375,16 +397,17 @@ class _Engine(Links, Collectives):
         self._sample(device)
         return full
 
-    def _backward_pass(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> None:
+    def _backward_pass(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held, now: float) -> None:
         dx, for_weights = self._start_backward(device, stage, mb, dy, op, held)
-        start = self.env.now
+        duration = self._duration(device, op, stage, mb)
+        end = now + duration
 
         def done(_: Any) -> None:
-            self._span(device, op, stage, mb, start)
+            self._add_span(device, op, stage, mb, now, end)
             self._finish_backward(device, stage, mb, op, held, for_weights, dy, dx)
             self._advance(device)
 
-        self._after(self._duration(device, op, stage, mb), done)
+        self.env.timeout(duration).callbacks.append(done)
 
     def _start_backward(self, device: int, stage: int, mb: int, dy: Any, op: str, held: Held) -> tuple[Any, Held]:
         """Compute the input gradient (and with B the weight gradient); return it and what W needs."""
@@ -401,10 +424,12 @@ class _Engine(Links, Collectives):
     ) -> None:
         if op == "I":
             self.held[(stage, mb)] = for_weights
-        self._drop(device, held)
+        memory = self.memory[device]
+        for array in held.acts:  # what the backward used (its deferred part, if any, is for_weights')
+            memory.release_one(array, _ACTIVATIONS)
         if dy is not None:
-            self.memory[device].release([dy], "buffers")
-        self._sample(device)
+            memory.release_one(dy, _BUFFERS)
+        memory.sample(self.env.now)
         if stage > 0:
             self._output(Message(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb)))
 
@@ -412,7 +437,7 @@ class _Engine(Links, Collectives):
         """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""
         (fs, _, fm), (bs, op, bm) = pair
         assert fm is not None and bm is not None  # validated: a pair's F and its B or I each name a micro-batch
-        y = self._start_forward(device, fs, fm, x)
+        y = self._start_forward(device, fs, fm, x, self.env.now)
         held = self.held.pop((bs, bm))
         parts = [("F", fs, fm, self._duration(device, "F", fs, fm))]
         if held.remat:
@@ -431,7 +456,7 @@ class _Engine(Links, Collectives):
             at = start
             for i, (part_op, stage, mb, alone) in enumerate(parts):
                 end = self.env.now if i == len(parts) - 1 else at + alone * scale
-                self.trace.spans.append(Span(device, part_op, stage, mb, at, end))
+                self.trace.spans.add(device, part_op, stage, mb, at, end)
                 at = end
             self._finish_forward(device, fs, fm, y)
             self._finish_backward(device, bs, bm, op, held, for_weights, dy, dx)
@@ -452,7 +477,7 @@ class _Engine(Links, Collectives):
         start = self.env.now
 
         def done(_: Any) -> None:
-            self._span(device, "W", stage, mb, start)
+            self._add_span(device, "W", stage, mb, start, self.env.now)
             self._drop(device, held)
             self._sample(device)
             self._advance(device)
@@ -467,6 +492,8 @@ class _Engine(Links, Collectives):
         self.trace.peak_samples = [m.peak_sample for m in self.memory]
         # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
         self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
+        for memory in self.memory:  # its callback refers to this engine: without it, no cycle outlives the run
+            memory.on_exceed = None
         blocked = [d for d in self.running if not self.finished[d]]
         if blocked:
             raise DeadlockError(deadlock_message(self, blocked))
@@ -510,5 +537,31 @@ def simulate(
     trace, whose metrics are the full step's. Shape-only work only: the other
     replicas' gradients are never computed.
     """
-    engine = _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror)
-    return engine.run()
+    with collector_paused():
+        engine = _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror)
+        return engine.run()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector for the block (as it was before, after it).
+
+    A simulation makes a few short-lived objects per action (a Held, the
+    arrays or their stand-ins, a message, the event's callback), all freed by
+    reference counting: none forms a cycle, so the collector finds nothing,
+    yet its passes, triggered by the allocations, cost a quarter of a large
+    run's time, scanning the activations in flight again and again. A test
+    holds that a simulation leaves nothing for the collector.
+
+    >>> import gc
+    >>> with collector_paused():
+    ...     gc.isenabled()
+    False
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -43,11 +43,12 @@ from typing import Any, Callable, NamedTuple
 
 import simpy
 
+from .compute import Buffer
 from .cost import CostModel
 from .errors import ConfigError
-from .memory import DeviceMemory
+from .memory import ROLES, DeviceMemory
 from .precision import nbytes
-from .trace import Trace, Transfer
+from .trace import Trace
 
 __all__ = ["P2P_MODES", "check_p2p", "Key", "Message", "Links"]
 
@@ -65,6 +66,9 @@ def check_p2p(p2p: str) -> None:
     """Raise ``ConfigError`` unless ``p2p`` is one of ``P2P_MODES``."""
     if p2p not in P2P_MODES:
         raise ConfigError(f"--p2p {p2p!r} is unknown; use one of {', '.join(P2P_MODES)}")
+
+
+_BUFFERS = ROLES.index("buffers")
 
 
 class Message(NamedTuple):
@@ -89,6 +93,7 @@ class Links:
     arrived: dict[Any, Any]
     blocked: dict[Any, int]
     link_free: dict[tuple[int, int], float]
+    transfer_cache: dict[tuple[int, int, int, int | None], tuple[float, float]]  # (bytes, src, dst, boundary)
     explicit_recvs: set[Any]
     posted: set[Any]
     parked: dict[Any, tuple[Message, Callable[[], None] | None]]
@@ -106,8 +111,9 @@ class Links:
 
     def _deliver(self, device: int, key: Any, payload: Any) -> None:
         self.arrived[key] = payload
-        self.memory[device].hold([payload], "buffers")  # an arrived buffer waits on its device
-        self._sample(device)
+        memory = self.memory[device]
+        memory.hold_one(payload, _BUFFERS)  # an arrived buffer waits on its device
+        memory.sample(self.env.now)
         waiter = self.blocked.pop(key, None)
         if waiter is not None:
             self._advance(waiter)
@@ -135,46 +141,50 @@ class Links:
         self.memory[send.src].hold([send.payload], "buffers")  # issued, still the sender's
         self._sample(send.src)
 
-    @staticmethod
-    def _boundary(what: tuple[int, str, int]) -> int | None:
-        """The stage boundary a message crosses: s for s's activation to s + 1 or s + 1's gradient back to s."""
-        stage, op = what[0], what[1]
-        if op == "F":
-            return stage
-        if op in ("B", "I"):
-            return stage - 1
-        return None  # a collective's chunk
-
     def _send(self, send: Message, on_left: Callable[[], None] | None = None, via: int | None = None) -> None:
         """Move ``send`` over its link; ``on_left`` runs once its bytes have left the sender.
 
         ``via``: the device whose link ``src -> via`` carries it, when that is not ``dst`` (a mirrored
         collective's chunk, landing back on its sender: ``pipesched.symmetry``).
         """
-        src, dst, key, payload, what = send
+        src, dst, key, payload, (stage, op, step) = send
         link = dst if via is None else via
         if src == link:
             self._deliver(dst, key, payload)
             if on_left is not None:
                 on_left()
             return
-        size = nbytes(payload, self.itemsize)
-        busy, latency = self.cost.transfer_times(size, src, link, self._boundary(what))
+        size = payload.nbytes if type(payload) is Buffer else nbytes(payload, self.itemsize)  # a stand-in's are its own
+        # the stage boundary it crosses: s for s's activation to s + 1 or s + 1's gradient back to s; None for a
+        # collective's chunk. The cost model's answer is the same for every repeat of a size, link and boundary
+        boundary = stage if op == "F" else stage - 1 if op == "B" or op == "I" else None
+        asked = (size, src, link, boundary)
+        times = self.transfer_cache.get(asked)
+        if times is None:
+            times = self.transfer_cache[asked] = self.cost.transfer_times(size, src, link, boundary)
+        busy, latency = times
         now = self.env.now
-        start = max(now, self.link_free.get((src, link), now))  # first in, first out on this link
+        free = self.link_free.get((src, link))
+        start = now if free is None or free < now else free  # first in, first out on this link
         end = start + busy
         self.link_free[(src, link)] = end
-        self.trace.transfers.append(Transfer(src, link, *what, size, start, end, end + latency))
-        if end + latency == now:  # a free transfer lands at once
-            self._deliver(dst, key, payload)
+        self.trace.transfers.add(src, link, stage, op, step, size, start, end, end + latency)
+        if end + latency == now:  # a free transfer lands at once: delivered here, as _deliver would
+            self.arrived[key] = payload
+            memory = self.memory[dst]
+            memory.hold_one(payload, _BUFFERS)
+            memory.sample(now)
+            waiter = self.blocked.pop(key, None)
+            if waiter is not None:
+                self._advance(waiter)
             if on_left is not None:
                 on_left()
             return
-        self.memory[src].hold([payload], "buffers")  # queued or on the wire, still the sender's
+        self.memory[src].hold_one(payload, _BUFFERS)  # queued or on the wire, still the sender's
         self._sample(src)
 
         def left(_: Any) -> None:
-            self.memory[src].release([payload], "buffers")  # the bytes have left the sender
+            self.memory[src].release_one(payload, _BUFFERS)  # the bytes have left the sender
             self._sample(src)
             if latency == 0:
                 self._deliver(dst, key, payload)

@@ -25,7 +25,7 @@ from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
 from .decoder.tensor import Split, check_tensor_parallel
 from .division import memory_division
-from .engine import check_p2p, check_remat, simulate
+from .engine import check_p2p, check_remat, collector_paused, simulate
 from .errors import ConfigError, PipeschedError
 from .hardware import check_hardware, cost_model, default_memory, flops_model
 from .limits import check_actions, check_memory, check_stages
@@ -608,7 +608,8 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
 
 def run(config: RunConfig) -> RunResult:
     """Simulate one training step (forward and backward of the whole batch) under ``config``."""
-    return execute(prepare(config))
+    with collector_paused():  # planning, too, makes objects per action that no cycle holds (see there)
+        return execute(prepare(config))
 
 
 def compare(
