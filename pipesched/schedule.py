@@ -144,13 +144,29 @@ class Schedule:
             the unit cost model charges a stage of one copy.
     """
 
-    __slots__ = ("actions", "replicas")
+    __slots__ = ("actions", "replicas", "_sizes")
 
     def __init__(self, per_device: Sequence[Iterable[Item | str]], replicas: int = 1):
         self.replicas = replicas
         self.actions: tuple[tuple[Item, ...], ...] = tuple(
-            tuple(a if isinstance(a, (Action, Overlap)) else parse_action(a) for a in device) for device in per_device
+            tuple(a if type(a) is Action or isinstance(a, (Action, Overlap)) else parse_action(a) for a in device)
+            for device in per_device
         )
+        # (the actions they were counted from, stages, micro-batches): asked for several times per run, counted once
+        self._sizes: tuple[object, int, int] | None = None
+
+    def _counts(self) -> tuple[int, int]:
+        """(stages, micro-batches): one more than the largest stage and micro-batch any action names."""
+        if self._sizes is None or self._sizes[0] is not self.actions:
+            stages, microbatches = -1, -1
+            for device in self.actions:
+                for a in expand(device):
+                    if a.stage > stages:
+                        stages = a.stage
+                    if a.microbatch is not None and a.microbatch > microbatches:
+                        microbatches = a.microbatch
+            self._sizes = (self.actions, 1 + stages, 1 + microbatches)
+        return self._sizes[1], self._sizes[2]
 
     @classmethod
     def parse(cls, rows: Sequence[str]) -> "Schedule":
@@ -163,7 +179,7 @@ class Schedule:
 
     @property
     def num_stages(self) -> int:
-        return 1 + max((a.stage for device in self.actions for a in expand(device)), default=-1)
+        return self._counts()[0]
 
     @property
     def stages_per_device(self) -> int:
@@ -173,9 +189,7 @@ class Schedule:
 
     @property
     def microbatches(self) -> int:
-        return 1 + max(
-            (a.microbatch for device in self.actions for a in expand(device) if a.microbatch is not None), default=-1
-        )
+        return self._counts()[1]
 
     @property
     def overlaps(self) -> bool:
@@ -230,17 +244,25 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     seen: dict[Action | tuple[Action, int], tuple[int, int]] = {}
     for d, device in enumerate(schedule.actions):
         for pos, a in _positions(device):
+            # the common case, checked without building messages: a well-formed action not seen before, and a
+            # backward after its forward (W after its I) on this device; anything else takes the long way below
             if (
                 type(a) is Action
-                and a.op == "F"
                 and a not in seen
                 and type(a.stage) is int
                 and a.stage >= 0
                 and type(a.microbatch) is int
                 and 0 <= a.microbatch < microbatches
             ):
-                seen[a] = (d, pos)  # the common case, checked without building messages
-                continue
+                op = a.op
+                if op == "F":
+                    seen[a] = (d, pos)
+                    continue
+                if op == "B" or op == "I" or op == "W":
+                    before = seen.get(Action(a.stage, "I" if op == "W" else "F", a.microbatch))
+                    if before is not None and before[0] == d:
+                        seen[a] = (d, pos)
+                        continue
             where = f"device {d}, position {pos}: {a}"
             if type(a) is Overlap:
                 _check_pair(a, where)
@@ -293,7 +315,9 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 )
     stages = schedule.num_stages
     _validate_communication(schedule, seen, stages)
-    for s in range(stages):
+    if _complete(seen, stages, microbatches):
+        return
+    for s in range(stages):  # the long way, to name the first (stage, micro-batch) that lacks an action
         for m in range(microbatches):
             which = f"stage {s}, micro-batch {m}"
             if (s, "F", m) not in seen:
@@ -306,6 +330,26 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
             if not full and not ((s, "I", m) in seen and (s, "W", m) in seen):
                 missing = f"{s}B{m}" if not split else (f"{s}W{m}" if (s, "I", m) in seen else f"{s}I{m}")
                 raise ScheduleError(f"{which} has no {missing}; every forward needs its backward")
+
+
+def _complete(seen: dict[Action | tuple[Action, int], tuple[int, int]], stages: int, microbatches: int) -> bool:
+    """Whether every (stage, micro-batch) has its F and one B or one I and one W, by counting.
+
+    ``seen`` holds distinct actions with stage < ``stages`` and micro-batch <
+    ``microbatches``, each B, I or W after its F (W after its I). So S·M
+    forwards are all of them; B's and I's on distinct pairs, S·M together,
+    cover every pair once; as many W's as I's are one per I. Counting is a
+    pass over the actions, where asking for each pair's is four look-ups.
+    """
+    count = dict.fromkeys(OPS, 0)
+    both = False  # a pair with both a B and an I
+    for a in seen:
+        if type(a) is Action and a.op in count:
+            count[a.op] += 1
+            if a.op == "I" and Action(a.stage, "B", a.microbatch) in seen:
+                both = True
+    pairs = stages * microbatches
+    return not both and count["F"] == count["B"] + count["I"] == pairs and count["I"] == count["W"]
 
 
 def _positions(device: Sequence[Item]) -> Iterator[tuple[int, Item]]:

@@ -116,3 +116,31 @@ def test_action_fields_are_checked(action, message):
 )
 def test_stages_per_device_counts_what_each_device_holds(rows, held):
     assert Schedule.parse(rows).stages_per_device == held
+
+
+# what one (stage, micro-batch) may have by the time the validator counts: its F first, W only after its I
+PAIR_ACTIONS = st.sampled_from(["", "F", "FB", "FI", "FIW", "FBI", "FBIW"])
+
+
+@given(
+    stages=st.integers(1, 3),
+    microbatches=st.integers(1, 3),
+    data=st.data(),
+)
+def test_counting_finds_a_step_complete_exactly_when_every_pair_is(stages, microbatches, data):
+    """The validator's count (``_complete``) against asking each (stage, micro-batch) for its actions."""
+    from pipesched.schedule import _complete
+
+    have = {(s, m): data.draw(PAIR_ACTIONS) for s in range(stages) for m in range(microbatches)}
+    seen = {Action(s, op, m): (0, 0) for (s, m), ops in have.items() for op in ops}
+    by_pair = all(ops in ("FB", "FIW") for ops in have.values())
+    assert _complete(seen, stages, microbatches) == by_pair
+    # and the validator agrees on the schedule of those actions, one device, in that order (its stages are
+    # those up to the last any action names)
+    schedule = Schedule([list(seen)])
+    pairs = [(s, m) for s in range(schedule.num_stages) for m in range(microbatches)]
+    if seen and all(have[pair] in ("FB", "FIW") for pair in pairs):
+        validate(schedule, 1, microbatches)
+    else:
+        with pytest.raises(ScheduleError):
+            validate(schedule, 1, microbatches)
