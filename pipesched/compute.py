@@ -222,29 +222,29 @@ class ShapeWorkload(_Stages):
         state_bytes: int = 0,
     ):
         super().__init__(layers, stages, rows, itemsize, state_bytes)
-        # per stage: widths of the inner layer inputs, the output, all outputs (the gradients)
+        # per stage: widths of the inner layer inputs, the output, all outputs (the gradients), the input, and
+        # whether the stage keeps its output; a buffer's bytes are rows x width x itemsize, as nbytes counts an array
         self._widths = [
             (
                 sum(layer.in_features for layer in ls[1:]),
                 ls[-1].out_features,
                 sum(layer.out_features for layer in ls),
                 ls[0].in_features,
+                self._keeps_output(stage),
             )
-            for ls in self.layers
+            for stage, ls in enumerate(self.layers)
         ]
 
-    def _buf(self, mb: int, width: int) -> Buffer:
-        return Buffer(self.rows[mb] * width * self.itemsize)  # elements x itemsize, as nbytes counts a real array
-
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
-        inner, out, _, first = self._widths[stage]
+        inner, out, _, first, keeps_output = self._widths[stage]
+        rows = self.rows[mb] * self.itemsize
         if x is None:
-            x = self._buf(mb, first)
-        y = self._buf(mb, out)
+            x = Buffer(rows * first)
+        y = Buffer(rows * out)
         if not keep:
             return y, Held([x], remat=True)
-        acts = [x, self._buf(mb, inner)] if inner else [x]
-        if self._keeps_output(stage):
+        acts = [x, Buffer(rows * inner)] if inner else [x]
+        if keeps_output:
             acts.append(y)
         return y, Held(acts)
 
@@ -252,9 +252,10 @@ class ShapeWorkload(_Stages):
         return self.forward(stage, mb, held.acts[0], keep=True)[1]
 
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
-        inner, _, gradients, first = self._widths[stage]
-        dx = self._buf(mb, first) if stage > 0 else None
-        return dx, Held(held.acts[: 2 if inner else 1], [self._buf(mb, gradients)])
+        inner, _, gradients, first, _ = self._widths[stage]
+        rows = self.rows[mb] * self.itemsize
+        dx = Buffer(rows * first) if stage > 0 else None
+        return dx, Held(held.acts[: 2 if inner else 1], [Buffer(rows * gradients)])
 
     def backward_weight(self, device: int, stage: int, mb: int, held: Held) -> None:
         pass

@@ -404,7 +404,7 @@ class _Engine(Links, Collectives):
 
         def done(_: Any) -> None:
             self._add_span(device, op, stage, mb, now, end)
-            self._finish_backward(device, stage, mb, op, held, for_weights, dy, dx)
+            self._finish_backward(device, stage, mb, op, held, for_weights, dy, dx, end)
             self._advance(device)
 
         self.env.timeout(duration).callbacks.append(done)
@@ -420,7 +420,7 @@ class _Engine(Links, Collectives):
         return dx, for_weights
 
     def _finish_backward(
-        self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held, dy: Any, dx: Any
+        self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held, dy: Any, dx: Any, now: float
     ) -> None:
         if op == "I":
             self.held[(stage, mb)] = for_weights
@@ -429,7 +429,7 @@ class _Engine(Links, Collectives):
             memory.release_one(array, _ACTIVATIONS)
         if dy is not None:
             memory.release_one(dy, _BUFFERS)
-        memory.sample(self.env.now)
+        memory.sample(now)
         if stage > 0:
             self._output(Message(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb)))
 
@@ -459,7 +459,7 @@ class _Engine(Links, Collectives):
                 self.trace.spans.add(device, part_op, stage, mb, at, end)
                 at = end
             self._finish_forward(device, fs, fm, y)
-            self._finish_backward(device, bs, bm, op, held, for_weights, dy, dx)
+            self._finish_backward(device, bs, bm, op, held, for_weights, dy, dx, self.env.now)
             self._advance(device)
 
         self._after(length, done)
@@ -538,8 +538,8 @@ def simulate(
     replicas' gradients are never computed.
     """
     with collector_paused():
-        engine = _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror)
-        return engine.run()
+        # the engine is dropped as the run returns: what the collector later scans is the trace alone
+        return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror).run()
 
 
 @contextmanager

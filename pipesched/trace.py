@@ -139,19 +139,19 @@ class Records(Generic[R]):
         self._text = _TEXT_FIELDS[kind.__name__]  # fields stored as indexes into _words
         self._words: list[str] = []
         self._codes: dict[str, int] = {}
-        self._pending: list[tuple[Any, ...]] = []  # records not yet in the columns
+        self._pending: list[Any] = []  # the fields of the records not yet in the columns, one after another
         self.add = self._adder()
         for item in items:
             self.add(*item)
 
     def _adder(self) -> Any:
         """``add(*fields)``: a record from its fields, without building the NamedTuple (the engine's form)."""
-        pending, flush = self._pending, self._flush
-        keep = pending.append
+        pending, flush, limit = self._pending, self._flush, _CHUNK * len(self._columns)
+        keep = pending.extend
 
         def add(*fields: Any) -> None:
             keep(fields)
-            if len(pending) >= _CHUNK:
+            if len(pending) >= limit:
                 flush()
 
         return add
@@ -161,30 +161,28 @@ class Records(Generic[R]):
 
     def set_last(self, *fields: Any) -> None:
         """Replace the last record by one with ``fields``."""
-        if self._pending:
-            self._pending[-1] = fields
-            return
-        self._pending.append(fields)  # the last record, moved back out of the columns to be replaced
-        for column in self._columns:
-            column.pop()
+        if not self._pending:  # the last record, moved back out of the columns to be replaced
+            self._pending.extend(column.pop() for column in self._columns)
+        self._pending[-len(fields) :] = fields
 
     def replace_last(self, item: R) -> None:
         self.set_last(*item)
 
     def _flush(self) -> None:
-        """Move the pending records into the columns."""
-        pending = self._pending
+        """Move the pending records (their fields one after another) into the columns."""
+        pending, n = self._pending, len(self._columns)
         if not pending:
             return
-        for j, (column, values) in enumerate(zip(self._columns, zip(*pending))):
+        for j, column in enumerate(self._columns):
+            values = pending[j::n]
             if j in self._text:
                 for word in dict.fromkeys(values):  # new words numbered in order of first appearance
                     if word not in self._codes:
                         self._codes[word] = len(self._words)
                         self._words.append(word)
-                column.extend(map(self._codes.__getitem__, values))
+                column.fromlist(list(map(self._codes.__getitem__, values)))
             else:
-                column.extend(values)
+                column.fromlist(values)  # sized once, where extend grows the array value by value
         pending.clear()
 
     def _row(self, i: int) -> R:
