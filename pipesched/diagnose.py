@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .links import Message
-from .schedule import Action, Overlap
+from .schedule import Action, Overlap, expand
 from .trace import MemorySample, Trace
 from .units import format_bytes, format_time
 
@@ -88,7 +88,17 @@ def _receive_name(key: tuple[Any, ...], engine: _Engine) -> str:
         return f"{stage}RECV_{'F' if kind == 'x' else 'B'}{mb}"
     if kind == "x":
         return f"{stage}F{mb}"
-    return f"{stage}{engine.backward_op.get((stage, mb), 'B')}{mb}"
+    device = _on(engine.backward_on, stage, mb)
+    if device is not None:  # its B, or its I: the action that consumes the gradient
+        for a in expand(engine.schedule.actions[device]):
+            if a.stage == stage and a.microbatch == mb and a.op in ("B", "I"):
+                return str(a)
+    return f"{stage}B{mb}"
+
+
+def _on(table: list[list[int | None]], stage: int, mb: int) -> int | None:
+    """The device ``engine.forward_on`` or ``backward_on`` names for (stage, micro-batch), None if none."""
+    return table[stage][mb] if 0 <= stage < len(table) and 0 <= mb < len(table[stage]) else None
 
 
 def _waits_on(device: int, engine: _Engine) -> int | None:
@@ -100,7 +110,7 @@ def _waits_on(device: int, engine: _Engine) -> int | None:
     if not isinstance(waiting, tuple):
         return None
     kind, stage, mb = waiting[1]
-    return engine.forward_on.get((stage - 1, mb)) if kind == "x" else engine.backward_on.get((stage + 1, mb))
+    return _on(engine.forward_on, stage - 1, mb) if kind == "x" else _on(engine.backward_on, stage + 1, mb)
 
 
 def _cycle(blocked: list[int], engine: _Engine) -> tuple[str, str] | None:
@@ -145,11 +155,11 @@ def _held(device: int, engine: _Engine) -> str:
 def _describe_wait(action: Action | Overlap, key: tuple[Any, ...], engine: _Engine) -> str:
     kind, stage, mb = key
     if kind == "x":
-        producer, where = f"{stage - 1}F{mb}", engine.forward_on.get((stage - 1, mb))
+        producer, where = f"{stage - 1}F{mb}", _on(engine.forward_on, stage - 1, mb)
         what = f"the activation of micro-batch {mb} from {producer}"
         held = (stage - 1, "F", mb)
     else:
-        where = engine.backward_on.get((stage + 1, mb))
+        where = _on(engine.backward_on, stage + 1, mb)
         what = f"the gradient of micro-batch {mb} from stage {stage + 1}'s backward"
         held = (stage + 1, "B", mb)
     if held in engine.outbox:  # computed, but its explicit SEND has not been reached

@@ -124,10 +124,11 @@ class _Engine(Links, Collectives):
         # M of one pipeline replica: replica r runs micro-batches r·M .. r·M + M-1 (pipesched.layout), so
         # --remat except_last keeps each replica's own last micro-batch
         self.microbatches = schedule.microbatches // schedule.replicas
-        # (stage, micro-batch) -> device, keyed as the actions hold them (F, B and I always name a micro-batch)
-        self.forward_on: dict[tuple[int, int | None], int] = {}
-        self.backward_on: dict[tuple[int, int | None], int] = {}
-        self.backward_op: dict[tuple[int, int | None], str] = {}  # B or I: the action that consumes a gradient
+        # [stage][micro-batch] -> the device of its forward, of its backward (B or I); F, B and I always name a
+        # micro-batch. Tables rather than dicts keyed by pairs: a step of 64 stages and 4096 micro-batches has
+        # 262,144 pairs, each a tuple and a dict entry, where a table holds a pointer
+        self.forward_on: list[list[int | None]] = [[None] * schedule.microbatches for _ in range(self.num_stages)]
+        self.backward_on: list[list[int | None]] = [[None] * schedule.microbatches for _ in range(self.num_stages)]
         # outputs whose send waits for an explicit SEND action: (stage, "F" or "B", micro-batch)
         self.explicit_sends: set[tuple[int, str, int | None]] = set()
         # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
@@ -137,13 +138,12 @@ class _Engine(Links, Collectives):
         for d, actions in enumerate(schedule.actions):  # one pass over every action: a large step has millions
             hosted = set()
             for a in expand(actions):
-                op, key = a.op, (a.stage, a.microbatch)
+                op = a.op
                 if op == "F":
-                    self.forward_on[key] = d
+                    self.forward_on[a.stage][a.microbatch] = d  # type: ignore[index]  # F names a micro-batch
                     where.setdefault(a.stage, set()).add(d)
                 elif op == "B" or op == "I":
-                    self.backward_on[key] = d
-                    self.backward_op[key] = op
+                    self.backward_on[a.stage][a.microbatch] = d  # type: ignore[index]
                 elif op == "SEND_F" or op == "SEND_B":
                     self.explicit_sends.add((a.stage, op[-1], a.microbatch))
                 elif op == "RECV_F" or op == "RECV_B":
@@ -371,7 +371,9 @@ class _Engine(Links, Collectives):
 
     def _finish_forward(self, device: int, stage: int, mb: int, y: Any) -> None:
         if stage + 1 < self.num_stages:
-            self._output(Message(device, self.forward_on[(stage + 1, mb)], ("x", stage + 1, mb), y, (stage, "F", mb)))
+            dst = self.forward_on[stage + 1][mb]
+            assert dst is not None  # validated: every (stage, micro-batch) has its forward
+            self._output(Message(device, dst, ("x", stage + 1, mb), y, (stage, "F", mb)))
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
@@ -431,7 +433,9 @@ class _Engine(Links, Collectives):
             memory.release_one(dy, _BUFFERS)
         memory.sample(now)
         if stage > 0:
-            self._output(Message(device, self.backward_on[(stage - 1, mb)], ("g", stage - 1, mb), dx, (stage, op, mb)))
+            dst = self.backward_on[stage - 1][mb]
+            assert dst is not None  # validated: every (stage, micro-batch) has its backward
+            self._output(Message(device, dst, ("g", stage - 1, mb), dx, (stage, op, mb)))
 
     def _overlap(self, device: int, pair: Overlap, x: Any, dy: Any) -> None:
         """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""
