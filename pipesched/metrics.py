@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -67,32 +66,25 @@ def peak_inflight(trace: Trace) -> list[int]:
     A micro-batch in two chunks of one device counts twice, as Megatron's
     warm-up count does: each chunk holds its own activations.
     """
-    # A device's spans never overlap, so in start order they are in the order the engine
-    # recorded them; the columns and the op codes save building a Span per action.
+    # Each device's spans in start order (ties in the order recorded: the engine's order), each F one more in
+    # flight and each B or W one fewer; the most at once is the largest running sum. In NumPy, on the columns:
+    # a large step has a million spans.
     spans = trace.spans
-    change = {spans.code(op): step for op, step in (("F", 1), ("B", -1), ("W", -1)) if spans.has_word(op)}
-    held = [0] * trace.devices
     peak = [0] * trace.devices
-    order = sorted(range(len(spans)), key=spans.column("start").__getitem__) if not _in_order(spans) else None
-    devices, ops = spans.column("device"), spans.column("op")
-    for i in order if order is not None else range(len(spans)):
-        step = change.get(ops[i], 0)
-        if step:
-            d = devices[i]
-            held[d] += step
-            if held[d] > peak[d]:
-                peak[d] = held[d]
+    if not len(spans):
+        return peak
+    devices, ops = np.asarray(spans.column("device")), np.asarray(spans.column("op"))
+    change = np.zeros(max(ops) + 1, dtype=np.int64)
+    for op, step in (("F", 1), ("B", -1), ("W", -1)):
+        if spans.has_word(op):
+            change[spans.code(op)] = step
+    order = np.lexsort((np.arange(len(devices)), np.asarray(spans.column("start")), devices))
+    devices, running = devices[order], np.cumsum(change[ops[order]])
+    first = np.flatnonzero(np.r_[True, devices[1:] != devices[:-1]])  # where each device's spans begin
+    before = np.r_[0, running[first[1:] - 1]]  # the running sum up to the device's first span
+    for d, most in zip(devices[first], np.maximum.reduceat(running, first) - before):
+        peak[int(d)] = max(0, int(most))
     return peak
-
-
-def _in_order(spans: Any) -> bool:
-    """Whether each device's spans are already in start order (always so for the engine's traces)."""
-    last: dict[int, float] = {}
-    for d, start in zip(spans.column("device"), spans.column("start")):
-        if start < last.get(d, start):
-            return False
-        last[d] = start
-    return True
 
 
 def grad_rel_err(grads: Params, reference: Params) -> float:

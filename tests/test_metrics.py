@@ -2,10 +2,13 @@
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipesched.compose import inflight_counts
-from pipesched.metrics import grad_rel_err
+from pipesched.metrics import grad_rel_err, peak_inflight
 from pipesched.schedule import Action
+from pipesched.trace import Span, Trace
 
 
 def test_non_finite_gradients_give_an_infinite_error():
@@ -27,3 +30,34 @@ def test_relative_error_per_tensor_takes_the_worst():
 def test_inflight_counts_a_split_backward_until_its_weights():
     order = [Action.parse(a) for a in "0F0 0F1 0I0 0F2 0W0 0I1 0B2 0W1".split()]
     assert inflight_counts(order) == [1, 2, 2, 3, 2, 2, 1, 0]
+
+
+def _inflight_by_hand(spans, devices):
+    """The count span by span, each device's spans in start order (ties as recorded)."""
+    held, peak = [0] * devices, [0] * devices
+    for span in sorted(spans, key=lambda s: s.start):  # sorted is stable: ties keep their recorded order
+        held[span.device] += {"F": 1, "B": -1, "W": -1}.get(span.op, 0)
+        peak[span.device] = max(peak[span.device], held[span.device])
+    return peak
+
+
+@given(
+    st.lists(
+        st.builds(
+            Span,
+            device=st.integers(0, 3),
+            op=st.sampled_from(["F", "B", "I", "W", "R"]),
+            stage=st.integers(0, 3),
+            microbatch=st.integers(0, 5),
+            start=st.integers(0, 12).map(float),
+            end=st.just(0.0),
+        ),
+        max_size=40,
+    )
+)
+def test_peak_in_flight_counts_each_devices_spans_in_start_order(spans):
+    """``peak_inflight`` (NumPy over the trace's columns) against the count span by span."""
+    trace = Trace(devices=4, time_unit="unit")
+    for span in spans:
+        trace.spans.append(span)
+    assert peak_inflight(trace) == _inflight_by_hand(spans, 4)
