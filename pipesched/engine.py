@@ -323,11 +323,15 @@ class _Engine(Links, Collectives):
         self.position[device] = position + 1
         self._advance(device)
 
+    def _pass_on(self, src: int, dst: int, key: _Key, payload: Any, what: tuple[int, str, int]) -> None:
+        """A finished action's output for device ``dst``, as ``key``: sent now, or as ``_output`` says."""
+        if self.direct:  # no SEND or RECV actions and asynchronous: every output is sent as it is made
+            self._move(src, dst, key, payload, what)
+        else:
+            self._output(Message(src, dst, key, payload, what))
+
     def _output(self, send: Message) -> None:
         """Send a finished action's output now, or keep it for the SEND action that sends it."""
-        if self.direct:  # no SEND or RECV actions and asynchronous: every output is sent as it is made
-            self._send(send)
-            return
         stage, op, mb = send.what
         explicit = (stage, "F" if op == "F" else "B", mb)
         if self.explicit_sends and explicit in self.explicit_sends:
@@ -373,7 +377,7 @@ class _Engine(Links, Collectives):
         if stage + 1 < self.num_stages:
             dst = self.forward_on[stage + 1][mb]
             assert dst is not None  # validated: every (stage, micro-batch) has its forward
-            self._output(Message(device, dst, ("x", stage + 1, mb), y, (stage, "F", mb)))
+            self._pass_on(device, dst, ("x", stage + 1, mb), y, (stage, "F", mb))
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
         held = self.held.pop((stage, mb))
@@ -435,7 +439,7 @@ class _Engine(Links, Collectives):
         if stage > 0:
             dst = self.backward_on[stage - 1][mb]
             assert dst is not None  # validated: every (stage, micro-batch) has its backward
-            self._output(Message(device, dst, ("g", stage - 1, mb), dx, (stage, op, mb)))
+            self._pass_on(device, dst, ("g", stage - 1, mb), dx, (stage, op, mb))
 
     def _overlap(self, device: int, pair: Overlap, x: Any, dy: Any) -> None:
         """An overlapped pair: both parts start now and end together, after the cost model's overlap rule."""

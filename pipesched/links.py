@@ -147,7 +147,20 @@ class Links:
         ``via``: the device whose link ``src -> via`` carries it, when that is not ``dst`` (a mirrored
         collective's chunk, landing back on its sender: ``pipesched.symmetry``).
         """
-        src, dst, key, payload, (stage, op, step) = send
+        self._move(*send, on_left, via)
+
+    def _move(
+        self,
+        src: int,
+        dst: int,
+        key: Key,
+        payload: Any,
+        what: tuple[int, str, int],
+        on_left: Callable[[], None] | None = None,
+        via: int | None = None,
+    ) -> None:
+        """``_send`` of a message given by its fields: the engine's form for an output sent as it is made."""
+        stage, op, step = what
         link = dst if via is None else via
         if src == link:
             self._deliver(dst, key, payload)
