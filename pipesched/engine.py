@@ -171,7 +171,8 @@ class _Engine(Links, Collectives):
         self.blocked: dict[_Key, int] = {}  # an input not yet arrived -> the device waiting for it
         self.link_free: dict[tuple[int, int], float] = {}
         self.transfer_cache: dict[tuple[int, int, int, int | None], tuple[float, float]] = {}
-        self.held: dict[tuple[int, int], Held] = {}
+        # [stage][micro-batch] -> what its forward (or I) left for its backward (or W); a table, as forward_on
+        self.held: list[list[Held | None]] = [[None] * schedule.microbatches for _ in range(self.num_stages)]
         self.has_grads: set[tuple[int, int]] = set()
         self.position = [0] * devices  # next action (then all-reduce step) of each device
         # what each device waits for: (action, key) or text
@@ -364,7 +365,7 @@ class _Engine(Links, Collectives):
         """Compute the forward and hold what its backward needs; return its output."""
         keep = self.remat == "never" or remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
-        self.held[(stage, mb)] = held
+        self.held[stage][mb] = held
         memory = self.memory[device]
         for array in held.acts:  # a forward's Held has no deferred part yet
             memory.hold_one(array, _ACTIVATIONS)
@@ -380,7 +381,7 @@ class _Engine(Links, Collectives):
             self._pass_on(device, dst, ("x", stage + 1, mb), y, (stage, "F", mb))
 
     def _backward(self, device: int, stage: int, mb: int, dy: Any, op: str) -> None:
-        held = self.held.pop((stage, mb))
+        held = self._take(stage, mb)
         now = self.env.now
         if not held.remat:
             self._backward_pass(device, stage, mb, dy, op, held, now)
@@ -394,6 +395,13 @@ class _Engine(Links, Collectives):
             self._backward_pass(device, stage, mb, dy, op, full, end)
 
         self.env.timeout(duration).callbacks.append(recomputed)
+
+    def _take(self, stage: int, mb: int) -> Held:
+        """What the forward (or I) of (stage, micro-batch) left, now taken by its backward (or W)."""
+        held = self.held[stage][mb]
+        assert held is not None  # validated: a backward follows its forward, W its I, on the same device
+        self.held[stage][mb] = None
+        return held
 
     def _recompute(self, device: int, stage: int, mb: int, held: Held) -> Held:
         """One micro-batch's full activations exist again during recompute and backward."""
@@ -429,7 +437,7 @@ class _Engine(Links, Collectives):
         self, device: int, stage: int, mb: int, op: str, held: Held, for_weights: Held, dy: Any, dx: Any, now: float
     ) -> None:
         if op == "I":
-            self.held[(stage, mb)] = for_weights
+            self.held[stage][mb] = for_weights
         memory = self.memory[device]
         for array in held.acts:  # what the backward used (its deferred part, if any, is for_weights')
             memory.release_one(array, _ACTIVATIONS)
@@ -446,7 +454,7 @@ class _Engine(Links, Collectives):
         (fs, _, fm), (bs, op, bm) = pair
         assert fm is not None and bm is not None  # validated: a pair's F and its B or I each name a micro-batch
         y = self._start_forward(device, fs, fm, x, self.env.now)
-        held = self.held.pop((bs, bm))
+        held = self._take(bs, bm)
         parts = [("F", fs, fm, self._duration(device, "F", fs, fm))]
         if held.remat:
             held = self._recompute(device, bs, bm, held)
@@ -480,7 +488,7 @@ class _Engine(Links, Collectives):
             self._sample(device)
 
     def _weight_only(self, device: int, stage: int, mb: int) -> None:
-        held = self.held.pop((stage, mb))
+        held = self._take(stage, mb)
         self._weights(device, stage, mb, held)
         start = self.env.now
 
