@@ -1,6 +1,7 @@
 """Engine overhead: ``pipesched run --no-compute`` against a hand-written SimPy loop, whole processes.
 
-Both are timed in the same run, best of ``--repeat``; the figure is the ratio.
+Both are timed in the same run, best of ``--repeat``; the figure is the ratio. The same command on the code
+before issue 20 (``revision.BEFORE``) is timed alongside, alternately, for the speed-up.
 
     python benchmarks/engine_overhead.py --devices 64 --microbatches 1024
 """
@@ -12,14 +13,16 @@ import subprocess
 import sys
 import time
 
+from revision import pipesched_command, revision
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def best_of(cmd: list[str], repeat: int) -> float:
+def best_of(cmd: list[str], repeat: int, cwd: str | None = None) -> float:
     best = float("inf")
     for _ in range(repeat):
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=cwd)
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -31,35 +34,27 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     k, m = str(args.devices), str(args.microbatches)
-    pipesched = [
-        os.path.join(os.path.dirname(sys.executable), "pipesched"),
-        "run",
-        "--strategy",
-        "gpipe",
-        "--devices",
-        k,
-        "--microbatches",
-        m,
-        "--cost",
-        "unit",
-        "--remat",
-        "never",
-        "--no-compute",
-        "--no-reference",
-        "--layers",
-        f"8x{args.devices + 1}",
-        "--batch",
-        m,
-    ]
+    args_run = [
+        "run", "--strategy", "gpipe", "--devices", k, "--microbatches", m, "--cost", "unit", "--remat", "never",
+        "--no-compute", "--no-reference", "--layers", f"8x{args.devices + 1}", "--batch", m,
+    ]  # fmt: skip
+    pipesched = [os.path.join(os.path.dirname(sys.executable), "pipesched"), *args_run]
     baseline = [sys.executable, os.path.join(HERE, "handwritten_gpipe.py"), k, m]
-    base = best_of(baseline, args.repeat)
-    ours = best_of(pipesched, args.repeat)
     actions = 2 * args.devices * args.microbatches
+    base, ours, before = [], [], []
+    with revision() as folder:
+        for _ in range(args.repeat):  # alternately, one of each at a time: the machine's speed drifts
+            base.append(best_of(baseline, 1))
+            ours.append(best_of(pipesched, 1))
+            if folder is not None:
+                before.append(best_of(pipesched_command(folder, args_run), 1, cwd=folder))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"K={k}, M={m}: {actions} actions")
-    print(f"hand-written SimPy loop  {base:8.3f} s  ({base / actions * 1e6:.1f} µs/action)")
-    print(f"pipesched run            {ours:8.3f} s  ({ours / actions * 1e6:.1f} µs/action)")
-    print(f"ratio pipesched / hand-written: {ours / base:.2f}x")
+    print(f"K={k}, M={m}: {actions} actions, best of {args.repeat}")
+    print(f"hand-written SimPy loop  {min(base):8.3f} s  ({min(base) / actions * 1e6:.1f} µs/action)")
+    print(f"pipesched run            {min(ours):8.3f} s  ({min(ours) / actions * 1e6:.1f} µs/action)")
+    print(f"ratio pipesched / hand-written: {min(ours) / min(base):.2f}x")
+    if before:
+        print(f"the code before issue 20 {min(before):8.3f} s: ratio {min(before) / min(base):.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ memory or metrics, so it is the floor a user sees, not a like-for-like peer. The
 (pipesched's plans, equal to PyTorch's for these schedules) are lowered to PyTorch's actions with its own
 ``_add_send_recv``, outside the timing; ``pipesched.run`` is timed shape-only under unit cost. Median of
 ``--repeat``, both in this process. Where torch is not installed the comparison is skipped with a note:
-torch is never a dependency of pipesched (install both in a scratch environment to run it).
+torch is never a dependency of pipesched (install both in a scratch environment to run it). The same
+``pipesched.run`` of the code before issue 20 (``revision.BEFORE``) is timed the same way in a process of its
+own, in the same run, for the speed-up.
 
     python benchmarks/torch_simulator.py --devices 32 --microbatches 512
 """
@@ -19,6 +21,21 @@ import sys
 import time
 
 from pipesched import RunConfig, load_strategy, make_plan, run
+from revision import python_in, revision
+
+#: ``pipesched.run`` timed in-process on another revision's code: the median of its runs, printed
+TIMED = """
+import statistics, time
+from pipesched import RunConfig, run
+config = RunConfig(strategy={name!r}, devices={k}, microbatches={m}, batch={m}, layers="8x{k1}", cost="unit",
+                   remat="never", compute=False, reference=False)
+times = []
+for _ in range({repeat}):
+    start = time.perf_counter()
+    run(config)
+    times.append(time.perf_counter() - start)
+print(statistics.median(times))
+"""
 
 
 def median_time(fn, repeat: int) -> float:
@@ -46,18 +63,27 @@ def main() -> None:
         return
     simulate = torch_schedules._simulate_comms_compute
     print(f"torch {torch.__version__}; K={k} ranks, M={m} micro-batches, one stage per rank")
-    for name in ("gpipe", "1f1b"):
-        schedule = make_plan(load_strategy(name), k, m)
-        compute = {d: [torch_schedules._Action.from_str(str(a)) for a in row] for d, row in enumerate(schedule.actions)}
-        lowered = torch_schedules._add_send_recv(compute, lambda s: s, k)  # stage s on rank s
-        config = RunConfig(
-            strategy=name, devices=k, microbatches=m, batch=m, layers=f"8x{k + 1}", cost="unit",
-            remat="never", compute=False, reference=False,
-        )  # fmt: skip
-        theirs = median_time(lambda order=lowered: simulate(order, lambda s: s, k), args.repeat)
-        ours = median_time(lambda config=config: run(config), args.repeat)
-        ratio = ours / theirs
-        print(f"{name:5s}  PyTorch's simulator {theirs:7.3f} s   pipesched.run {ours:7.3f} s   ratio {ratio:5.2f}x")
+    with revision() as folder:
+        for name in ("gpipe", "1f1b"):
+            compare(name, k, m, args.repeat, simulate, torch_schedules, folder)
+
+
+def compare(name: str, k: int, m: int, repeat: int, simulate, torch_schedules, folder: str | None) -> None:
+    """One schedule: PyTorch's simulator, this code's pipesched.run and (if ``folder``) the code before's."""
+    schedule = make_plan(load_strategy(name), k, m)
+    compute = {d: [torch_schedules._Action.from_str(str(a)) for a in row] for d, row in enumerate(schedule.actions)}
+    lowered = torch_schedules._add_send_recv(compute, lambda s: s, k)  # stage s on rank s
+    config = RunConfig(
+        strategy=name, devices=k, microbatches=m, batch=m, layers=f"8x{k + 1}", cost="unit",
+        remat="never", compute=False, reference=False,
+    )  # fmt: skip
+    theirs = median_time(lambda order=lowered: simulate(order, lambda s: s, k), repeat)
+    ours = median_time(lambda config=config: run(config), repeat)
+    ratio = ours / theirs
+    print(f"{name:5s}  PyTorch's simulator {theirs:7.3f} s   pipesched.run {ours:7.3f} s   ratio {ratio:5.2f}x")
+    if folder is not None:
+        before = float(python_in(folder, TIMED.format(name=name, k=k, m=m, k1=k + 1, repeat=repeat)))
+        print(f"       the code before issue 20: pipesched.run {before:7.3f} s   ratio {before / theirs:5.2f}x")
 
 
 if __name__ == "__main__":
