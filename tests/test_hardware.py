@@ -51,6 +51,25 @@ def test_the_cpu_preset_is_one_core_derived_from_its_clock_and_vector_width():
     assert DEFAULT_EFFICIENCY == 0.5  # Megatron-LM (SC21) Table 1: 44% to 52% of A100 peak
 
 
+def test_the_package_presets_pass_the_user_files_check_and_read_the_same_without_it():
+    # a run reads the presets without pydantic (issue 20: start-up); here the package's file meets the same
+    # pydantic model as a user's file, and every preset's every key must equal what the run reads
+    import dataclasses
+    from importlib import resources
+
+    from pipesched import hardware
+    from pipesched.files import read_toml
+    from pipesched.hardware_file import PresetFile
+    from pipesched.schema import validate
+
+    path = str(resources.files("pipesched").joinpath("hardware.toml"))
+    checked = validate(PresetFile, read_toml(path, "hardware"), "pipesched/hardware.toml")
+    assert (checked.efficiency, checked.efficiency_source) == (DEFAULT_EFFICIENCY, hardware.EFFICIENCY_SOURCE)
+    assert list(checked.preset) == preset_names()
+    for name, model in checked.preset.items():
+        assert dataclasses.asdict(load_hardware(name)) == {**model.model_dump(), "name": name}
+
+
 def test_the_seed_mlp_runs_on_the_cpu_preset_by_default():
     result = run(RunConfig(compute=False))
     # stage 0 is layers 128->256, 256->256, 256->256 on micro-batches of 4 rows, at 73.6 GFLOP/s x 0.5
