@@ -11,14 +11,17 @@ is the same path as the MLP's.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ConfigError
 from ..limits import machine_memory
 from ..units import format_bytes
 from . import accounting as acc
 from .config import DecoderConfig, load_config
-from .layers import DecoderLayer
-from .model import decoder_layers
-from .workload import CostedLayer
+
+if TYPE_CHECKING:
+    from .layers import DecoderLayer
+    from .workload import CostedLayer
 
 __all__ = ["resolve", "default_seq_len", "chain", "costed_chain", "check_run", "MODEL_DTYPE", "MODEL_OPTIMIZER"]
 
@@ -42,11 +45,15 @@ def default_seq_len(config: DecoderConfig) -> int:
 
 def chain(config: DecoderConfig) -> tuple[DecoderLayer, ...]:
     """The layers a partition splits: embedding, blocks, final norm, output layer."""
+    from .model import decoder_layers  # the layers' NumPy numerics: imported by a decoder's run, not the MLP's
+
     return decoder_layers(config)
 
 
 def costed_chain(config: DecoderConfig, seq_len: int) -> tuple[CostedLayer, ...]:
     """``chain`` at a sequence length, as the cost model and the balancer's layer graph read it."""
+    from .workload import CostedLayer
+
     return tuple(CostedLayer(layer, seq_len) for layer in chain(config))
 
 
