@@ -12,7 +12,6 @@ import json
 import sys
 from typing import Any
 
-from ..balance import Placement
 from ..division import causes, describe_division
 from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
@@ -22,7 +21,6 @@ from ..strategy import load_strategy
 from ..trace import to_chrome
 from ..units import count, format_bytes, format_rate, format_time
 from .common import COMPARE_DEFAULT, _check_output_path, _config, _table, _write_atomic
-from .tools import _balance_table
 
 __all__ = ["_cmd_run", "_cmd_compare", "_cmd_train"]
 
@@ -129,6 +127,9 @@ def _print_run(result: RunResult) -> None:
             )
         )
         print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
+        from ..balance import Placement  # with the balance command's table: only a balanced run imports them
+        from .tools import _balance_table
+
         print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
 
 
