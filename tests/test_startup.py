@@ -54,3 +54,20 @@ def test_a_run_that_reads_a_file_checks_it_with_pydantic(tmp_path):
     )
     for flags in (["--cost", "measured", "--times", str(times)], ["--hardware", str(hardware)]):
         assert _loaded(["run", "--no-compute", *flags]) == {"status": 0, "loaded": ["pydantic"]}
+
+
+def test_a_command_parsed_alone_has_the_flags_and_help_it_has_among_all_commands():
+    # main builds only the command it runs (start-up); that parser must be the one the whole command line holds
+    import argparse
+
+    from pipesched.cli import _COMMAND_PARSERS, _parser
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return dict(sub.choices)
+
+    every = commands(_parser())
+    assert list(every) == list(_COMMAND_PARSERS)
+    for name, whole in every.items():
+        (alone,) = commands(_parser(name)).values()
+        assert (alone.prog, alone.format_help()) == (whole.prog, whole.format_help())

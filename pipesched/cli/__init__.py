@@ -346,18 +346,19 @@ _COMMAND_PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The command line: every command by its name and help, with the flags of ``command`` (None: of all).
+    """The command line: every command with its flags, or ``command`` alone.
 
-    A run needs its own command's flags only: building every command's (about 280) cost each run about 4 ms
-    of its start-up, and ``profile``'s defaults import its timing module (issue 20).
+    A run needs its own command only: building every command's parser and its flags (about 280) cost each
+    run about 5 ms of its start-up, and ``profile``'s defaults import its timing module (issue 20). The other
+    commands appear only in the usage that lists them all, printed when the command is missing or unknown,
+    and then ``main`` builds them all.
     """
     parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
     parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (help_text, add_flags) in _COMMAND_PARSERS.items():
-        p = sub.add_parser(name, help=help_text)
         if command is None or command == name:
-            add_flags(p)
+            add_flags(sub.add_parser(name, help=help_text))
     return parser
 
 
@@ -441,9 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input exits 2; a command may return its own status (``sweep``: 1 when every point failed).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    # the first word that is not an option names the command: only its flags are built (issue 20: start-up)
-    command = next((word for word in argv if not word.startswith("-")), None)
-    parser = _parser(command if command in _COMMAND_PARSERS else None)
+    # a command first: only its parser is built (issue 20: start-up); anything else meets the whole parser
+    parser = _parser(argv[0] if argv and argv[0] in _COMMAND_PARSERS else None)
     try:
         args = parser.parse_args(_attach_negative_values(argv, parser))
     except SystemExit as exc:  # argparse has printed its one line (or --help)
