@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -196,6 +195,13 @@ def _profiled(path: str, work: Any) -> Any:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
 
 
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text: the json module loads for ``--json`` and ``--trace`` only (issue 20: start-up)."""
+    import json
+
+    return json.dumps(value, indent=indent)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     if args.trace is not None:
         _check_output_path("--trace", args.trace)
@@ -208,9 +214,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"pipesched: note: {note}", file=sys.stderr)
     result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
     if args.trace:
-        _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
+        _write_atomic(args.trace, _dumps(to_chrome(result.trace)))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(_dumps(result.to_dict(), indent=2))
     else:
         _print_run(result)
         if args.trace:
@@ -229,7 +235,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     asked = _config(args)
     results = compare(asked, names, on_skip=left_out if default else None)
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(_dumps([result.to_dict() for result in results], indent=2))
         return
     config, unit = results[0].config, results[0].trace.time_unit
     # under a memory limit (--device-memory, or a preset's), whether each fits it: only --allow-oom lets one not fit
@@ -310,7 +316,7 @@ def _within(result: RunResult, inflight: int) -> bool:
 def _cmd_train(args: argparse.Namespace) -> None:
     results = train(_config(args), steps=args.steps, lr=args.lr)
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(_dumps([result.to_dict() for result in results], indent=2))
         return
     rows = [("step", "loss", "grad rel. error")]
     for step, result in enumerate(results):
