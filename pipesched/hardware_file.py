@@ -4,6 +4,11 @@ package's own preset file in the tests.
 Apart from :mod:`pipesched.hardware` so that a run on a built-in preset never imports pydantic (issue 20:
 start-up); :func:`pipesched.hardware.load_hardware` checks a user's file with :class:`Hardware` and turns it
 into the run's plain ``pipesched.hardware.Hardware``.
+
+>>> from pipesched.schema import validate
+>>> validate(Link, {"name": "NVLink 4", "bandwidth": 4.5e11, "latency": 2}, "mine.toml", ("intra_node",))
+Traceback (most recent call last):
+pipesched.errors.ConfigError: mine.toml: [intra_node].latency: 2 is not between 0 and 1 second; give seconds, e.g. 5e-6
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Apart from :mod:`pipesched.times` so that a run without ``--times`` never
 imports pydantic (issue 20: start-up); the rules are the times file's, stated
 in that module's docstring.
+
+>>> from pipesched.schema import validate
+>>> validate(_File, {"time_unit": "ms", "default": {"F": 1.0, "B": -2.0}}, "times.toml")
+Traceback (most recent call last):
+pipesched.errors.ConfigError: times.toml: [default].B: -2.0 is not a positive time; give the measured duration \
+in time_unit, e.g. 1.5
 """
 
 from __future__ import annotations

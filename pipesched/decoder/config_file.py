@@ -4,6 +4,11 @@
 Apart from that module so that a run of the seed MLP, which imports the decoder's modules but builds no
 decoder, never imports pydantic (issue 20: start-up). The keys and the families' defaults are described in
 :mod:`pipesched.decoder.config`.
+
+>>> from pipesched.schema import validate
+>>> keys = validate(_Keys, {"n_embd": 8, "n_layer": 2, "n_head": 2, "n_positions": 4, "vocab_size": 10}, "config.json")
+>>> keys.hidden_size, keys.intermediate_size, keys.position, keys.norm  # GPT-2's keys: its family's defaults
+(8, 32, 'learned', 'layernorm')
 """
 
 from __future__ import annotations
