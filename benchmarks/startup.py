@@ -2,9 +2,13 @@
 the two libraries every run needs (NumPy and SimPy), timed in the same run, median of ``--repeat``.
 
 The floor no change to pipesched can lower is the second baseline; what is above it is pipesched's own
-modules, pydantic (which the file formats' validation loads) and the run itself.
+modules and the run itself (pydantic, which checks the files users write, loads only when a file is read).
+The commands take turns within each round, so that a shared machine's drift over minutes falls on all of
+them alike; ``--also PYTHON`` adds the ``pipesched`` installed beside another interpreter (another venv,
+e.g. the code before a change) to the same rounds.
 
     python benchmarks/startup.py --repeat 9
+    python benchmarks/startup.py --repeat 9 --also /tmp/venv-before/bin/python
 """
 
 import argparse
@@ -16,17 +20,24 @@ import sys
 import time
 
 RUN = ["run", "--devices", "2", "--microbatches", "2", "--cost", "unit", "--no-compute", "--no-reference"]
-#: what a plain run must not import (issue 20): figures and balancing load these when asked
-NOT_ON_RUN = ("networkx", "matplotlib")
+#: what a plain run must not import (issue 20): figures, balancing and the check of a file load these when asked
+NOT_ON_RUN = ("networkx", "matplotlib", "pydantic")
 
 
-def median_of(cmd: list[str], repeat: int) -> float:
-    times = []
+def medians(commands: list[list[str]], repeat: int) -> list[float]:
+    """Each command's median wall time over ``repeat`` rounds, the commands taking turns within a round."""
+    times: list[list[float]] = [[] for _ in commands]
     for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for cmd, own in zip(commands, times):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            own.append(time.perf_counter() - start)
+    return [statistics.median(own) for own in times]
+
+
+def _script(python: str) -> list[str]:
+    """The ``pipesched`` command installed beside ``python``, running the tiny run."""
+    return [os.path.join(os.path.dirname(python), "pipesched"), *RUN]
 
 
 def loaded_by_run() -> list[str]:
@@ -43,17 +54,20 @@ def loaded_by_run() -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument(
+        "--also", action="append", default=[], metavar="PYTHON", help="time the pipesched beside this Python too"
+    )
     args = parser.parse_args()
-    pipesched = [os.path.join(os.path.dirname(sys.executable), "pipesched"), *RUN]
-    empty = median_of([sys.executable, "-c", "pass"], args.repeat)
-    floor = median_of([sys.executable, "-c", "import numpy, simpy"], args.repeat)
-    ours = median_of(pipesched, args.repeat)
+    commands = [[sys.executable, "-c", "pass"], [sys.executable, "-c", "import numpy, simpy"], _script(sys.executable)]
+    empty, floor, ours, *others = medians(commands + [_script(python) for python in args.also], args.repeat)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"python -c pass              {empty:6.3f} s")
     print(f"import numpy, simpy         {floor:6.3f} s")
     print(f"pipesched {' '.join(RUN)}  {ours:6.3f} s")
     print(f"above python: {ours - empty:.3f} s; above the NumPy and SimPy floor: {ours - floor:.3f} s")
-    print(f"a run imports {', '.join(loaded_by_run()) or f'neither {NOT_ON_RUN[0]} nor {NOT_ON_RUN[1]}'}")
+    for python, other in zip(args.also, others):
+        print(f"  the pipesched beside {python}: {other:6.3f} s, {other / ours:.2f}x this one")
+    print(f"a run imports {', '.join(loaded_by_run()) or 'none of ' + ', '.join(NOT_ON_RUN)}")
 
 
 if __name__ == "__main__":

@@ -20,17 +20,15 @@ from __future__ import annotations
 import math
 import os
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, TypeVar
-
-from pydantic import AfterValidator, BaseModel
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from .cost import CostModel, FlopsCost, SpeedCost, make_cost_model, parse_device_speed
 from .errors import ConfigError
 from .files import read_toml
 from .layout import total_devices
-from .schema import STRICT, Fraction, PositiveNumber, validate
 from .topology import LinkKind, make_topology
 
 if TYPE_CHECKING:
@@ -68,77 +66,90 @@ T = TypeVar("T")
 MLP_HARDWARE = "cpu"
 
 
-def _latency(value: float) -> float:
-    if not (0 <= value <= 1):  # nan fails too
-        raise ValueError("is not between 0 and 1 second; give seconds, e.g. 5e-6")
-    return value
-
-
-def _at_least_one(value: int) -> int:
-    if value < 1:
-        raise ValueError("is not 1 or more; give the devices of one node, e.g. 8")
-    return value
-
-
-def _per_second(value: float) -> float:
-    # the flags' rule (pipesched.cost.FlopsCost): so a file's rate fails at its own key, not at a flag it never gave
-    if not (math.isfinite(value) and value >= 1):
-        raise ValueError("is not a finite rate of at least 1 per second; give e.g. 1e12")
-    return value
-
-
-Latency = Annotated[float, AfterValidator(_latency)]
-Rate = Annotated[float, AfterValidator(_per_second)]
-
-
-class Link(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Link:
     """One kind of link: bytes per second in each direction, seconds of latency, a name such as ``NVLink 4``."""
 
-    model_config = STRICT
     name: str
-    bandwidth: Rate
-    latency: Latency
+    bandwidth: float
+    latency: float
     source: str = ""
 
 
-class PeakFlops(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class PeakFlops:
     """Dense peak FLOP/s of the matrix units in each training precision (pipesched.precision's names)."""
 
-    model_config = STRICT
-    bf16: Rate
-    fp16: Rate
-    fp32: Rate
-    fp64: Rate
+    bf16: float
+    fp16: float
+    fp32: float
+    fp64: float
 
 
-class Hardware(BaseModel):
-    """One device preset: the keys of a ``[preset.NAME]`` table, or of a user's whole file."""
+@dataclass(frozen=True, kw_only=True)
+class Hardware:
+    """One device preset: the keys of a ``[preset.NAME]`` table, or of a user's whole file, once checked.
 
-    model_config = STRICT
+    A plain dataclass, so that a run on a built-in preset never imports pydantic (issue 20: start-up); a
+    user's file is checked key by key by its pydantic model (``pipesched.hardware_file``) first.
+    """
+
     description: str = ""
     source: str = ""
     fp32_kind: str = ""
     peak_flops: PeakFlops
-    memory: PositiveNumber  # bytes per device
-    devices_per_node: Annotated[int, AfterValidator(_at_least_one)]
+    memory: float  # bytes per device
+    devices_per_node: int
     intra_node: Link
     inter_node: Link
     name: str = ""  # the preset's name or the file's path, filled in by load_hardware
 
 
-class _File(BaseModel):
-    """The package's preset file."""
+def _hardware(keys: dict[str, Any], name: str) -> Hardware:
+    """``Hardware`` from one preset's keys as TOML reads them (or as its checked model dumps them).
 
-    model_config = STRICT
-    efficiency: Fraction
+    Numbers are made floats as pydantic's float fields make them, so that a preset read here equals the same
+    preset read through the file's model (tests/test_hardware.py holds the two equal for every preset).
+    """
+
+    def link(table: dict[str, Any]) -> Link:
+        return Link(
+            name=table["name"],
+            bandwidth=float(table["bandwidth"]),
+            latency=float(table["latency"]),
+            source=table.get("source", ""),
+        )
+
+    peak = keys["peak_flops"]
+    return Hardware(
+        description=keys.get("description", ""),
+        source=keys.get("source", ""),
+        fp32_kind=keys.get("fp32_kind", ""),
+        peak_flops=PeakFlops(**{dtype: float(peak[dtype]) for dtype in ("bf16", "fp16", "fp32", "fp64")}),
+        memory=float(keys["memory"]),
+        devices_per_node=int(keys["devices_per_node"]),
+        intra_node=link(keys["intra_node"]),
+        inter_node=link(keys["inter_node"]),
+        name=name,
+    )
+
+
+class _Presets(NamedTuple):
+    """The package's preset file: the default efficiency, its source, and the presets by name."""
+
+    efficiency: float
     efficiency_source: str
     preset: dict[str, Hardware]
 
 
 @lru_cache(maxsize=1)
-def _presets() -> _File:
+def _presets() -> _Presets:
+    # read without pydantic: the file is the package's own, and tests/test_hardware.py checks it through the
+    # same model as a user's file (every run reads a preset, and pydantic alone costs ~45 ms of start-up)
     text = resources.files(__package__).joinpath("hardware.toml").read_text(encoding="utf-8")
-    return validate(_File, tomllib.loads(text), "pipesched/hardware.toml")
+    data = tomllib.loads(text)
+    presets = {name: _hardware(keys, name) for name, keys in data["preset"].items()}
+    return _Presets(float(data["efficiency"]), data["efficiency_source"], presets)
 
 
 #: The fraction of peak FLOP/s that matrix multiplies reach when none is given, and its source.
@@ -159,15 +170,18 @@ def load_hardware(spec: str) -> Hardware:
     """
     presets = _presets().preset
     if spec in presets:
-        return presets[spec].model_copy(update={"name": spec})
+        return presets[spec]
     if not (spec.endswith(".toml") or os.sep in spec or os.path.exists(spec)):
         raise ConfigError(
             f"--hardware {spec!r} is not a preset; use one of {', '.join(presets)}, or the path of a .toml file "
             "with the keys of one preset"
         )
+    from .hardware_file import Hardware as HardwareFile  # pydantic: imported when a user's file is read
+    from .schema import validate
+
     data = read_toml(spec, "hardware")
-    hardware = validate(Hardware, data, os.path.basename(spec))
-    return hardware.model_copy(update={"name": spec})
+    checked = validate(HardwareFile, data, os.path.basename(spec))
+    return _hardware(checked.model_dump(), spec)
 
 
 def _check_efficiency(efficiency: float | None) -> None:

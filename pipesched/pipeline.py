@@ -23,7 +23,7 @@ from .collectives import check_collective, check_grad_sync
 from .compute import NumpyWorkload, ShapeWorkload, Workload
 from .cost import NEEDS_TIMES, CostModel, check_cost_name, parse_device_speed
 from .decoder import assemble as decoder
-from .decoder.tensor import Split, check_tensor_parallel
+from .decoder.assemble import check_tensor_parallel
 from .division import memory_division
 from .engine import check_p2p, check_remat, collector_paused, simulate
 from .errors import ConfigError, PipeschedError
@@ -460,6 +460,7 @@ def _simulate_step(p: Prepared, work: Workload) -> RunResult:
 def _execute_decoder(p: Prepared, rows: list[int], size: int, state: int) -> RunResult:
     """One step of a decoder run: real NumPy with the full-batch check, or shape-only stand-ins."""
     from .decoder.accounting import total_parameters
+    from .decoder.tensor import Split
     from .decoder.workload import DecoderShapeWorkload, DecoderWorkload, full_batch_gradients
     from .decoder.workload import grad_rel_err as decoder_grad_rel_err
 
@@ -590,6 +591,7 @@ def balance_model(config: RunConfig, schedule: Schedule) -> Balance:
         if config.model is None:
             work = ShapeWorkload(layers, partition, rows, size, state)
         else:  # the decoder's own shape-only workload, as --no-compute runs it
+            from .decoder.tensor import Split
             from .decoder.workload import DecoderShapeWorkload
 
             chain = [costed.layer for costed in layers]

@@ -51,6 +51,62 @@ def test_the_cpu_preset_is_one_core_derived_from_its_clock_and_vector_width():
     assert DEFAULT_EFFICIENCY == 0.5  # Megatron-LM (SC21) Table 1: 44% to 52% of A100 peak
 
 
+def test_the_package_presets_pass_the_user_files_check_and_read_the_same_without_it():
+    # a run reads the presets without pydantic (issue 20: start-up); here the package's file meets the same
+    # pydantic model as a user's file, and every preset's every key must equal what the run reads
+    import dataclasses
+    from importlib import resources
+
+    from pipesched import hardware
+    from pipesched.files import read_toml
+    from pipesched.hardware_file import PresetFile
+    from pipesched.schema import validate
+
+    path = str(resources.files("pipesched").joinpath("hardware.toml"))
+    checked = validate(PresetFile, read_toml(path, "hardware"), "pipesched/hardware.toml")
+    assert (checked.efficiency, checked.efficiency_source) == (DEFAULT_EFFICIENCY, hardware.EFFICIENCY_SOURCE)
+    assert list(checked.preset) == preset_names()
+    for name, model in checked.preset.items():
+        assert dataclasses.asdict(load_hardware(name)) == {**model.model_dump(), "name": name}
+
+
+_RATES = st.floats(1, 1e18)
+_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=8)  # printable: JSON's is TOML's
+_LINKS = st.fixed_dictionaries(
+    {"name": _TEXT, "bandwidth": _RATES, "latency": st.floats(0, 1)}, optional={"source": _TEXT}
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    keys=st.fixed_dictionaries(
+        {
+            "peak_flops": st.fixed_dictionaries({d: _RATES for d in ("bf16", "fp16", "fp32", "fp64")}),
+            "memory": st.floats(1, 1e15),
+            "devices_per_node": st.integers(1, 1024),
+            "intra_node": _LINKS,
+            "inter_node": _LINKS,
+        },
+        optional={k: _TEXT for k in ("description", "source", "fp32_kind")},
+    )
+)
+def test_a_users_hardware_file_reads_back_as_written(tmp_path_factory, keys):
+    # a user's file is checked by its pydantic model, then held by the run's plain Hardware: every key as written
+    import dataclasses
+    import json
+
+    def tables(table: dict, prefix: str = "") -> str:  # JSON's strings and numbers are TOML's too
+        head = f"[{prefix[:-1]}]\n" if prefix else ""
+        plain = "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items() if not isinstance(v, dict))
+        return head + plain + "".join(tables(v, f"{prefix}{k}.") for k, v in table.items() if isinstance(v, dict))
+
+    path = _write(tmp_path_factory.mktemp("hw"), tables(keys))
+    expected = {"description": "", "source": "", "fp32_kind": "", **keys, "name": path}
+    for link in ("intra_node", "inter_node"):
+        expected[link] = {"source": "", **keys[link]}
+    assert dataclasses.asdict(load_hardware(path)) == expected
+
+
 def test_the_seed_mlp_runs_on_the_cpu_preset_by_default():
     result = run(RunConfig(compute=False))
     # stage 0 is layers 128->256, 256->256, 256->256 on micro-batches of 4 rows, at 73.6 GFLOP/s x 0.5

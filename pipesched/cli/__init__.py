@@ -20,17 +20,14 @@ import importlib
 import os
 import re
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .. import __version__
 from ..cost import COST_MODELS
 from ..errors import PipeschedError
 from ..hardware import DEFAULT_EFFICIENCY, preset_names
 from ..pipeline import DEFAULT_LAYERS, RunConfig
-from ..profile import DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
 from .common import COMPARE_DEFAULT
-from .plan import add_plan_parser
-from .search import add_search_parser
 
 __all__ = ["main"]
 
@@ -197,127 +194,171 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
-    parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    strategy_help = "registered name or path/to/file.py:ClassName (default %(default)s)"
-    p_run = sub.add_parser("run", help="simulate one training step and print its metrics")
-    p_run.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
-    _add_run_flags(p_run)
-    p_run.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
-    p_run.add_argument(
-        "--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr"
-    )
-    p_run.add_argument(
-        "--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)"
-    )
-    p_compare = sub.add_parser("compare", help="run several strategies on one configuration, one row each")
-    p_compare.add_argument(
+_STRATEGY_HELP = "registered name or path/to/file.py:ClassName (default %(default)s)"
+
+
+def _run_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default=RunConfig.strategy, help=_STRATEGY_HELP)
+    _add_run_flags(p)
+    p.add_argument("--trace", metavar="FILE", help="write a Chrome trace (opens in Perfetto) to FILE")
+    p.add_argument("--profile", metavar="FILE", help="profile the run with cProfile: stats to FILE, top 15 to stderr")
+    p.add_argument("--schedule", metavar="FILE.csv", help="simulate a schedule in PyTorch's action CSV (as --strategy)")
+
+
+def _compare_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
         "--strategies", default=",".join(COMPARE_DEFAULT), help="comma-separated strategies (default %(default)s)"
     )
-    p_compare.add_argument("--schedule", metavar="FILE.csv", help="add a schedule in PyTorch's action CSV to the rows")
-    _add_run_flags(p_compare)
-    p_train = sub.add_parser("train", help="run several simulated steps with SGD or Adam and print the loss")
-    p_train.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
-    _add_run_flags(p_train)
-    p_train.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
-    p_train.add_argument(
-        "--lr", type=_number, default=0.01, help="learning rate, Adam's step size (default %(default)s)"
-    )
-    p_balance = sub.add_parser("balance", help="the partition --partition balanced runs, against uniform")
-    p_balance.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
-    p_balance.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
-    _add_run_flags(p_balance)
-    p_report = sub.add_parser("report", help="run a study and write a report folder with one HTML page")
-    p_report.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
-    p_report.add_argument(
-        "-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)"
-    )
-    p_sweep = sub.add_parser("sweep", help="run the product of a sweep file's axes, locally or on a Dask cluster")
-    p_sweep.add_argument("study", help="the sweep file (TOML): [model], [axes], [constraints]")
-    p_sweep.add_argument(
-        "-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)"
-    )
-    p_sweep.add_argument("--workers", type=_whole, help="local worker processes (default: one per core)")
-    p_sweep.add_argument(
-        "--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')"
-    )
-    p_sweep.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
-    add_plan_parser(sub, _whole, "a decoder preset (llama2-7b, gpt3-175b, tiny-gpt, ...) or config.json")
-    add_search_parser(sub, _whole, _add_run_flags)
-    p_export = sub.add_parser("export", help="write a strategy's schedule in PyTorch's action format")
-    p_export.add_argument("--strategy", default=RunConfig.strategy, help=strategy_help)
-    p_export.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
-    p_export.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
-    p_export.add_argument("--chunks", type=_whole, help="v (default: the strategy's)")
-    p_export.add_argument(
+    p.add_argument("--schedule", metavar="FILE.csv", help="add a schedule in PyTorch's action CSV to the rows")
+    _add_run_flags(p)
+
+
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default=RunConfig.strategy, help=_STRATEGY_HELP)
+    _add_run_flags(p)
+    p.add_argument("--steps", type=_whole, default=10, help="training steps (default %(default)s)")
+    p.add_argument("--lr", type=_number, default=0.01, help="learning rate, Adam's step size (default %(default)s)")
+
+
+def _balance_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--costs", help="plain per-layer costs, e.g. 5,1,1,1,1,1,1,5, instead of the model flags")
+    p.add_argument("--strategy", default=RunConfig.strategy, help="the strategy whose stages to balance")
+    _add_run_flags(p)
+
+
+def _report_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", nargs="?", help="a study TOML file (default: the built-in study)")
+    p.add_argument("-o", "--output", default="pipesched-report", help="the folder to write (default %(default)s)")
+
+
+def _sweep_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="the sweep file (TOML): [model], [axes], [constraints]")
+    p.add_argument("-o", "--output", default="results.jsonl", help="JSON-lines results file (default %(default)s)")
+    p.add_argument("--workers", type=_whole, help="local worker processes (default: one per core)")
+    p.add_argument("--scheduler", help="a Dask distributed scheduler, tcp://HOST:PORT (pip install 'pipesched[dask]')")
+    p.add_argument("--report", metavar="DIR", help="write heat maps and the Pareto plot to DIR")
+
+
+def _plan_parser(p: argparse.ArgumentParser) -> None:
+    from .plan import add_plan_flags
+
+    add_plan_flags(p, _whole, "a decoder preset (llama2-7b, gpt3-175b, tiny-gpt, ...) or config.json")
+
+
+def _search_parser(p: argparse.ArgumentParser) -> None:
+    from .search import add_search_flags
+
+    add_search_flags(p, _whole, _add_run_flags)
+
+
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strategy", default=RunConfig.strategy, help=_STRATEGY_HELP)
+    p.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p.add_argument("--chunks", type=_whole, help="v (default: the strategy's)")
+    p.add_argument(
         "--format",
         default="torch-csv",
         choices=("torch-csv", "text"),
         help="torch-csv: one row per rank; text: the step-by-rank table (default %(default)s)",
     )
-    p_export.add_argument("--model", help="a decoder (preset or config.json) whose layers the stages must cover")
-    p_export.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (checked against it)")
-    p_export.add_argument("-o", "--output", help="write to this file instead of standard output")
-    p_formulas = sub.add_parser("formulas", help="the closed forms for a configuration")
-    p_formulas.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
-    p_formulas.add_argument(
-        "--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)"
-    )
-    p_formulas.add_argument("--chunks", type=_whole, default=2, help="v for interleaved (default %(default)s)")
-    p_formulas.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
-    p_formulas.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
-    p_formulas.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
-    p_formulas.add_argument(
+    p.add_argument("--model", help="a decoder (preset or config.json) whose layers the stages must cover")
+    p.add_argument("--seq-len", type=_whole, help="tokens per sequence of --model (checked against it)")
+    p.add_argument("-o", "--output", help="write to this file instead of standard output")
+
+
+def _formulas_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--devices", type=_whole, default=RunConfig.devices, help="K (default %(default)s)")
+    p.add_argument("--microbatches", type=_whole, default=RunConfig.microbatches, help="M (default %(default)s)")
+    p.add_argument("--chunks", type=_whole, default=2, help="v for interleaved (default %(default)s)")
+    p.add_argument("--layers", default=DEFAULT_LAYERS, help="the model, for the all-reduce time")
+    p.add_argument("--link-bandwidth", type=_number, help="link bytes/s (default 1e11)")
+    p.add_argument("--link-latency", type=_number, help="link latency in seconds (default 5e-6)")
+    p.add_argument(
         "--data-parallel", type=_whole, help="D, the replicas whose gradients the collectives sum (default: K, dp's)"
     )
-    p_formulas.add_argument(
-        "--hardware", help="a preset or file: its intra-node link, and two-level collectives over its nodes"
-    )
-    p_formulas.add_argument(
+    p.add_argument("--hardware", help="a preset or file: its intra-node link, and two-level collectives over its nodes")
+    p.add_argument(
         "--model", help="a decoder preset (tiny-gpt, gpt3-175b, llama2-7b, ...) or config.json: its closed forms too"
     )
-    p_formulas.add_argument(
-        "--seq-len", type=_whole, help="tokens per sequence for --model (default: its context length)"
-    )
-    p_formulas.add_argument("--json", action="store_true", help="print one JSON object")
-    p_profile = sub.add_parser(
-        "profile", help="time the real NumPy layers on this machine and write a times file for --cost measured"
-    )
-    _add_model_flags(p_profile)
-    p_profile.add_argument(
+    p.add_argument("--seq-len", type=_whole, help="tokens per sequence for --model (default: its context length)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _profile_parser(p: argparse.ArgumentParser) -> None:
+    # the profiler's defaults live beside its timing code, which imports NumPy's timing helpers: only here
+    from ..profile import DEFAULT_REPEATS, DEFAULT_THREADS, DEFAULT_WARMUP
+
+    _add_model_flags(p)
+    p.add_argument(
         "--microbatches",
         type=_whole,
         default=RunConfig.microbatches,
         help="M: the micro-batch timed is the run's, batch/M rows (default %(default)s)",
     )
-    p_profile.add_argument(
+    p.add_argument(
         "--devices", type=_whole, help="time the stages of K devices ([stage.N] tables) instead of each layer"
     )
-    p_profile.add_argument("--chunks", type=_whole, help="v, stages per device with --devices (default 1)")
-    p_profile.add_argument(
+    p.add_argument("--chunks", type=_whole, help="v, stages per device with --devices (default 1)")
+    p.add_argument(
         "--partition", default="uniform", help="with --devices, or alone: layer counts per stage, e.g. 2,3,3,3"
     )
-    p_profile.add_argument("--loss", default=RunConfig.loss, help="cross_entropy or mse (default %(default)s)")
-    p_profile.add_argument(
+    p.add_argument("--loss", default=RunConfig.loss, help="cross_entropy or mse (default %(default)s)")
+    p.add_argument(
         "--dtype", help="training precision activation_bytes counts (default: the model's own, fp64 for the MLP)"
     )
-    p_profile.add_argument("--seed", type=_whole, default=RunConfig.seed, help="seed of weights and data (default 0)")
-    p_profile.add_argument(
-        "--warmup", type=_whole, default=DEFAULT_WARMUP, help="untimed runs first (default %(default)s)"
-    )
-    p_profile.add_argument(
+    p.add_argument("--seed", type=_whole, default=RunConfig.seed, help="seed of weights and data (default 0)")
+    p.add_argument("--warmup", type=_whole, default=DEFAULT_WARMUP, help="untimed runs first (default %(default)s)")
+    p.add_argument(
         "--repeats", type=_whole, default=DEFAULT_REPEATS, help="timed runs, of which the median (default %(default)s)"
     )
-    p_profile.add_argument(
+    p.add_argument(
         "--threads",
         type=_whole,
         default=DEFAULT_THREADS,
         help="BLAS threads while timing (default %(default)s: steady timings on shared cores)",
     )
-    p_profile.add_argument("-o", "--output", help="write the times file here instead of standard output")
-    sub.add_parser("strategies", help="list every strategy found, built-in and plug-in")
+    p.add_argument("-o", "--output", help="write the times file here instead of standard output")
+
+
+def _no_flags(p: argparse.ArgumentParser) -> None:
+    """A command without flags of its own."""
+
+
+#: Each command: its one line of help and the function adding its flags, in the order ``--help`` lists them.
+_COMMAND_PARSERS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("simulate one training step and print its metrics", _run_parser),
+    "compare": ("run several strategies on one configuration, one row each", _compare_parser),
+    "train": ("run several simulated steps with SGD or Adam and print the loss", _train_parser),
+    "balance": ("the partition --partition balanced runs, against uniform", _balance_parser),
+    "report": ("run a study and write a report folder with one HTML page", _report_parser),
+    "sweep": ("run the product of a sweep file's axes, locally or on a Dask cluster", _sweep_parser),
+    "plan": ("simulate every data x tensor x pipeline layout of a model on N GPUs and rank them", _plan_parser),
+    "search": ("synthesise the fastest schedule for this configuration and a memory limit", _search_parser),
+    "export": ("write a strategy's schedule in PyTorch's action format", _export_parser),
+    "formulas": ("the closed forms for a configuration", _formulas_parser),
+    "profile": (
+        "time the real NumPy layers on this machine and write a times file for --cost measured",
+        _profile_parser,
+    ),
+    "strategies": ("list every strategy found, built-in and plug-in", _no_flags),
+}
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line: every command with its flags, or ``command`` alone.
+
+    A run needs its own command only: building every command's parser and its flags (about 280) cost each
+    run about 5 ms of its start-up, and ``profile``'s defaults import its timing module (issue 20). The other
+    commands appear only in the usage that lists them all, printed when the command is missing or unknown,
+    and then ``main`` builds them all.
+    """
+    parser = _Parser(prog="pipesched", description="Simulate pipeline-parallel training schedules.")
+    parser.add_argument("--version", action="version", version=f"pipesched {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_text, add_flags) in _COMMAND_PARSERS.items():
+        if command is None or command == name:
+            add_flags(sub.add_parser(name, help=help_text))
     return parser
 
 
@@ -400,9 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Bad input exits 2; a command may return its own status (``sweep``: 1 when every point failed).
     """
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # a command first: only its parser is built (issue 20: start-up); anything else meets the whole parser
+    parser = _parser(argv[0] if argv and argv[0] in _COMMAND_PARSERS else None)
     try:
-        args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else argv, parser))
+        args = parser.parse_args(_attach_negative_values(argv, parser))
     except SystemExit as exc:  # argparse has printed its one line (or --help)
         return int(exc.code or 0)
     try:

@@ -17,15 +17,14 @@ from .common import _table
 if TYPE_CHECKING:  # the planner and its sweep machinery load when `plan` runs, not when the CLI starts
     from ..plan import Plan
 
-__all__ = ["_cmd_plan", "add_plan_parser"]
+__all__ = ["_cmd_plan", "add_plan_flags"]
 
 #: Configurations the table shows unless --top says otherwise.
 TOP = 10
 
 
-def add_plan_parser(sub: Any, whole: Any, model_help: str) -> None:
+def add_plan_flags(p: Any, whole: Any, model_help: str) -> None:
     """The ``plan`` command's flags (``whole``: the parser's whole-number type)."""
-    p = sub.add_parser("plan", help="simulate every data x tensor x pipeline layout of a model on N GPUs and rank them")
     p.add_argument("--gpus", type=whole, required=True, help="N: every GPU of the cluster")
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument("--hardware", required=True, help="a device preset or a .toml file of one: its peak, memory, links")

@@ -8,12 +8,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import operator
 import sys
 from typing import Any
 
-from ..balance import Placement
 from ..division import causes, describe_division
 from ..hardware import describe
 from ..optimizer import MLP_OPTIMIZER
@@ -23,7 +21,6 @@ from ..strategy import load_strategy
 from ..trace import to_chrome
 from ..units import count, format_bytes, format_rate, format_time
 from .common import COMPARE_DEFAULT, _check_output_path, _config, _table, _write_atomic
-from .tools import _balance_table
 
 __all__ = ["_cmd_run", "_cmd_compare", "_cmd_train"]
 
@@ -130,6 +127,9 @@ def _print_run(result: RunResult) -> None:
             )
         )
         print(f"\nbalanced by {config.balance_by}: busiest device or link {bottleneck} per micro-batch{chosen}")
+        from ..balance import Placement  # with the balance command's table: only a balanced run imports them
+        from .tools import _balance_table
+
         print(_balance_table(result.balance, in_seconds=True, placement=Placement.of(result.schedule)))
 
 
@@ -198,6 +198,13 @@ def _profiled(path: str, work: Any) -> Any:
         pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(15)
 
 
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text: the json module loads for ``--json`` and ``--trace`` only (issue 20: start-up)."""
+    import json
+
+    return json.dumps(value, indent=indent)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     if args.trace is not None:
         _check_output_path("--trace", args.trace)
@@ -210,9 +217,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
             print(f"pipesched: note: {note}", file=sys.stderr)
     result = _profiled(args.profile, lambda: run(config)) if args.profile else run(config)
     if args.trace:
-        _write_atomic(args.trace, json.dumps(to_chrome(result.trace)))
+        _write_atomic(args.trace, _dumps(to_chrome(result.trace)))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(_dumps(result.to_dict(), indent=2))
     else:
         _print_run(result)
         if args.trace:
@@ -231,7 +238,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     asked = _config(args)
     results = compare(asked, names, on_skip=left_out if default else None)
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(_dumps([result.to_dict() for result in results], indent=2))
         return
     config, unit = results[0].config, results[0].trace.time_unit
     # under a memory limit (--device-memory, or a preset's), whether each fits it: only --allow-oom lets one not fit
@@ -312,7 +319,7 @@ def _within(result: RunResult, inflight: int) -> bool:
 def _cmd_train(args: argparse.Namespace) -> None:
     results = train(_config(args), steps=args.steps, lr=args.lr)
     if args.json:
-        print(json.dumps([result.to_dict() for result in results], indent=2))
+        print(_dumps([result.to_dict() for result in results], indent=2))
         return
     rows = [("step", "loss", "grad rel. error")]
     for step, result in enumerate(results):

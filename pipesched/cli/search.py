@@ -20,12 +20,11 @@ from typing import Any
 from ..units import format_bytes, format_time
 from .common import _check_output_path, _config, _table, _write_atomic
 
-__all__ = ["_cmd_search", "add_search_parser"]
+__all__ = ["_cmd_search", "add_search_flags"]
 
 
-def add_search_parser(sub: Any, whole: Any, add_run_flags: Any) -> None:
+def add_search_flags(p: Any, whole: Any, add_run_flags: Any) -> None:
     """The ``search`` command's flags: ``run``'s, the in-flight limit, the output file."""
-    p = sub.add_parser("search", help="synthesise the fastest schedule for this configuration and a memory limit")
     add_run_flags(p)  # --max-inflight among them
     p.add_argument(
         "--time-limit",

@@ -32,10 +32,49 @@ summed across their two devices before the step.
 True
 """
 
-from .accounting import adam_bytes_per_parameter, total_parameters
-from .config import DecoderConfig, load_config, preset, preset_names
-from .layers import Block, DecoderLayer, Embedding, FinalNorm, Output, cross_entropy
-from .model import DecoderModel, Tie, full_batch_gradients, make_tokens
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names as the type checker sees them; at run time each loads on first use (below)
+    from .accounting import adam_bytes_per_parameter, total_parameters
+    from .config import DecoderConfig, load_config, preset, preset_names
+    from .layers import Block, DecoderLayer, Embedding, FinalNorm, Output, cross_entropy
+    from .model import DecoderModel, Tie, full_batch_gradients, make_tokens
+
+#: Each public name and the submodule that defines it. They load on first use, so that a run of the seed MLP,
+#: which imports ``decoder.assemble`` and ``decoder.tensor`` to check its flags, does not import the layers,
+#: the model and their NumPy numerics (issue 20: start-up), as ``pipesched.balance`` does for networkx.
+_HOME = {
+    "adam_bytes_per_parameter": "accounting",
+    "total_parameters": "accounting",
+    "DecoderConfig": "config",
+    "load_config": "config",
+    "preset": "config",
+    "preset_names": "config",
+    "Block": "layers",
+    "DecoderLayer": "layers",
+    "Embedding": "layers",
+    "FinalNorm": "layers",
+    "Output": "layers",
+    "cross_entropy": "layers",
+    "DecoderModel": "model",
+    "Tie": "model",
+    "full_batch_gradients": "model",
+    "make_tokens": "model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """PEP 562: a public name's submodule imported the first time the name is asked for."""
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DecoderConfig",

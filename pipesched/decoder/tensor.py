@@ -75,7 +75,6 @@ from typing import Any, Sequence
 
 from .. import formulas
 from ..cost import WrappedCost
-from ..errors import ConfigError
 from . import accounting as acc
 from .config import DecoderConfig
 from .layers import Block, DecoderLayer, Embedding, FinalNorm, Output
@@ -85,7 +84,6 @@ __all__ = [
     "WHOLE",
     "padded_vocab",
     "korthikanti_tp_block_bytes",
-    "check_tensor_parallel",
     "layer_collectives",
     "TensorParallelCost",
 ]
@@ -206,46 +204,6 @@ class Split:
         if isinstance(layer, Embedding):
             return batch * seq_len * acc.TOKEN_ID_BYTES
         return self._share(batch * seq_len * layer.config.hidden_size, 0) * itemsize
-
-
-def check_tensor_parallel(
-    tensor_parallel: object, sequence_parallel: bool, config: DecoderConfig | None, seq_len: int
-) -> None:
-    """Refuse a tensor-parallel size that cannot split ``config`` (None: the MLP), each in one sentence."""
-    t = tensor_parallel
-    if not isinstance(t, int) or isinstance(t, bool):
-        raise ConfigError(f"--tensor-parallel {t!r} is not a whole number; give e.g. 2")
-    if t < 1:
-        raise ConfigError(f"--tensor-parallel {t} is not allowed; use 1 (no tensor parallelism) or more")
-    if config is None:
-        if t > 1 or sequence_parallel:
-            flag = f"--tensor-parallel {t}" if t > 1 else "--sequence-parallel"
-            raise ConfigError(
-                f"{flag} splits a decoder's heads and MLP; the seed MLP has no heads to split: give --model, "
-                "or drop the flag"
-            )
-        return
-    if sequence_parallel and t == 1:
-        raise ConfigError(
-            "--sequence-parallel splits activations over a tensor-parallel group; add --tensor-parallel 2 or "
-            "more, or drop it"
-        )
-    for what, count in (
-        ("attention heads", config.num_heads),
-        ("key/value heads", config.num_kv_heads),
-        ("hidden size", config.hidden_size),
-        ("MLP width", config.intermediate_size),
-    ):
-        if count % t:
-            raise ConfigError(
-                f"--tensor-parallel {t} does not divide --model {config.name}'s {count} {what}; give a divisor "
-                f"of {count}"
-            )
-    if sequence_parallel and seq_len % t:
-        raise ConfigError(
-            f"--sequence-parallel splits the {seq_len} tokens of a sequence over --tensor-parallel {t}, which "
-            "does not divide them; give a --seq-len that is a multiple of it"
-        )
 
 
 def layer_collectives(
