@@ -24,7 +24,7 @@ Overlap('(0F1;3B0)OVERLAP_F_B')
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, NamedTuple, Sequence, Union
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence, Union
 
 from .errors import ScheduleError
 
@@ -226,6 +226,10 @@ class Schedule:
         return f"Schedule(devices={self.devices}, stages={self.num_stages}, microbatches={self.microbatches})"
 
 
+#: What the validator has seen: each action (or REDUCE_GRAD with its device) -> (device, position).
+_Seen = dict[Union[Action, tuple[Any, ...]], tuple[int, int]]
+
+
 def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
     """Raise ``ScheduleError`` naming device, position, action and rule if ``schedule`` is invalid.
 
@@ -240,10 +244,13 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
         )
     if not any(schedule.actions):
         raise ScheduleError("the schedule has no actions; plan each stage's forward and backward")
-    # each action -> (device, position) where it runs; a REDUCE_GRAD is keyed with its device
-    seen: dict[Action | tuple[Action, int], tuple[int, int]] = {}
+    # each action -> (device, position) where it runs; a REDUCE_GRAD is keyed with its device. Keys are
+    # Actions, looked up by plain tuples too (equal, and hashed alike): building an Action costs a Python call
+    seen: _Seen = {}
+    pairs = schedule.overlaps  # without overlapped pairs, each device's list is its actions as they are
+    communicates = False
     for d, device in enumerate(schedule.actions):
-        for pos, a in _positions(device):
+        for pos, a in _positions(device) if pairs else enumerate(device):
             # the common case, checked without building messages: a well-formed action not seen before, and a
             # backward after its forward (W after its I) on this device; anything else takes the long way below
             if (
@@ -259,7 +266,7 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                     seen[a] = (d, pos)
                     continue
                 if op == "B" or op == "I" or op == "W":
-                    before = seen.get(Action(a.stage, "I" if op == "W" else "F", a.microbatch))
+                    before = seen.get((a.stage, "I" if op == "W" else "F", a.microbatch))
                     if before is not None and before[0] == d:
                         seen[a] = (d, pos)
                         continue
@@ -291,6 +298,7 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 )
             seen[key] = (d, pos)
             if a.op in COMM_OPS:
+                communicates = True
                 continue  # checked once every compute action is known, below
             if a.op == "F":
                 continue
@@ -314,7 +322,8 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                     "on the device that holds its forward's activations"
                 )
     stages = schedule.num_stages
-    _validate_communication(schedule, seen, stages)
+    if communicates:  # SEND, RECV and REDUCE_GRAD actions never take the fast path: none seen, none to check
+        _validate_communication(schedule, seen, stages)
     if _complete(seen, stages, microbatches):
         return
     for s in range(stages):  # the long way, to name the first (stage, micro-batch) that lacks an action
@@ -332,7 +341,7 @@ def validate(schedule: Schedule, devices: int, microbatches: int) -> None:
                 raise ScheduleError(f"{which} has no {missing}; every forward needs its backward")
 
 
-def _complete(seen: dict[Action | tuple[Action, int], tuple[int, int]], stages: int, microbatches: int) -> bool:
+def _complete(seen: _Seen, stages: int, microbatches: int) -> bool:
     """Whether every (stage, micro-batch) has its F and one B or one I and one W, by counting.
 
     ``seen`` holds distinct actions with stage < ``stages`` and micro-batch <
@@ -346,7 +355,7 @@ def _complete(seen: dict[Action | tuple[Action, int], tuple[int, int]], stages: 
     for a in seen:
         if type(a) is Action and a.op in count:
             count[a.op] += 1
-            if a.op == "I" and Action(a.stage, "B", a.microbatch) in seen:
+            if a.op == "I" and (a.stage, "B", a.microbatch) in seen:
                 both = True
     pairs = stages * microbatches
     return not both and count["F"] == count["B"] + count["I"] == pairs and count["I"] == count["W"]
@@ -384,9 +393,7 @@ def _check_pair(pair: Overlap, where: str) -> None:
         )
 
 
-def _validate_communication(
-    schedule: Schedule, seen: dict[Action | tuple[Action, int], tuple[int, int]], stages: int
-) -> None:
+def _validate_communication(schedule: Schedule, seen: _Seen, stages: int) -> None:
     """Each SEND after what it sends, each RECV before what needs it, on that action's device."""
     for d, device in enumerate(schedule.actions):
         for pos, a in enumerate(device):
