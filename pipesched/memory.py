@@ -15,6 +15,14 @@ made, as autograd does, so they are not counted; an I's stay for W and are.
 An array's bytes are its elements × the training precision's ``itemsize``
 (``pipesched.precision.nbytes``), taken once when a device first holds it.
 
+Where the count is kept: an array's holders on a device are an entry in the
+device's table keyed by the array's identity; a shape-only stand-in
+(``pipesched.compute.Buffer``) keeps its entry on itself instead, which saves
+the table's look-ups on the engine's hottest path, and falls back to the
+table on a second device that holds it meanwhile (a stage's output kept for
+its own backward while the next device holds it as an arrived input). Both
+count the same (property-tested against each other).
+
 >>> from pipesched.compute import Buffer
 >>> mem = DeviceMemory(params=100, optimizer=600)
 >>> x, y = Buffer(8), Buffer(16)
