@@ -14,8 +14,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_attributes
 
 if TYPE_CHECKING:  # the names as the type checker sees them; at run time each loads on first use (below)
     from .bottleneck import Balance, balance, evaluate
@@ -39,14 +40,8 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """PEP 562: a public name's submodule imported the first time the name is asked for."""
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
-    globals()[name] = value
-    return value
+#: PEP 562: a public name's submodule imported the first time the name is asked for
+__getattr__ = lazy_attributes(__name__, _HOME)
 
 
 __all__ = [
