@@ -26,7 +26,7 @@ import inspect
 import os
 import re
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, PipeschedError, ScheduleError, StrategyError
@@ -60,7 +60,23 @@ class Strategy(Protocol):
 
 def available_strategies() -> dict[str, str]:
     """Registered strategy names, each with the ``module:attr`` it loads from."""
-    return {ep.name: ep.value for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)}
+    return {ep.name: ep.value for ep in sorted(_registered(), key=lambda e: e.name)}
+
+
+def _registered() -> tuple[EntryPoint, ...]:
+    """The group's entry points in discovery order, found once for each ``sys.path``.
+
+    Finding them reads the metadata of every installed distribution, a few
+    milliseconds, as long as simulating a small point; a sweep, a plan or a
+    search loads a strategy for every point it runs. A plug-in installed while
+    a process runs is seen once ``sys.path`` changes, or by the next process.
+    """
+    return _registered_on(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_on(path: tuple[str, ...]) -> tuple[EntryPoint, ...]:
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
 
 
 def _check(obj: object, label: str) -> Strategy:
@@ -127,7 +143,7 @@ def load_strategy(spec: str) -> Strategy:
             f"unknown strategy {spec!r}; use one of {', '.join(known) or '(none registered)'}, "
             "or path/to/file.py:ClassName"
         )
-    ep = next(e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == spec)
+    ep = next(e for e in _registered() if e.name == spec)
     try:
         obj = ep.load()
     except ModuleNotFoundError as exc:

@@ -10,6 +10,31 @@ def test_builtin_gpipe_is_found_through_the_entry_point_group():
     assert load_strategy("gpipe").name == "gpipe"
 
 
+def test_the_entry_points_are_read_once_and_again_when_the_path_changes(tmp_path, monkeypatch):
+    """Reading every distribution's metadata costs a small run's time: a sweep must not pay it per point. A plug-in
+    installed on a new path entry is still found."""
+    import pipesched.strategy as strategy
+
+    reads = []
+    real = strategy.entry_points
+    monkeypatch.setattr(strategy, "entry_points", lambda **kw: reads.append(kw) or real(**kw))
+    strategy._registered_on.cache_clear()
+    for name in ("gpipe", "1f1b", "gpipe"):
+        assert load_strategy(name).name == name
+    assert "zb-h1" in available_strategies() and len(reads) == 1
+    with pytest.raises(StrategyError, match="unknown strategy 'mirror'"):
+        load_strategy("mirror")
+    # a distribution on a new sys.path entry, declaring a strategy in the group, as pip would install it
+    (tmp_path / "mirror_plugin.py").write_text(PLUGIN.replace('"reverse"', '"mirror"'))
+    info = tmp_path / "mirror_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mirror-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pipesched.strategies]\nmirror = mirror_plugin:Reverse\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_strategy("mirror").name == "mirror" and len(reads) == 2
+    assert available_strategies()["mirror"] == "mirror_plugin:Reverse"
+
+
 def test_no_global_strategies_module_is_installed(tmp_path):
     # Whatever the install (a wheel, or pip install -e), a fresh interpreter outside the checkout
     # finds the built-ins under pipesched.strategies and no top-level `strategies` at all.
