@@ -26,6 +26,7 @@ import inspect
 import os
 import re
 import sys
+import threading
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +40,8 @@ __all__ = [
     "available_strategies",
     "load_strategy",
     "make_plan",
+    "remembered_plan",
+    "REMEMBERED_ACTIONS",
     "default_chunks",
     "planned_stages",
     "closed_form_bubble",
@@ -49,7 +52,11 @@ ENTRY_POINT_GROUP = "pipesched.strategies"
 
 @runtime_checkable
 class Strategy(Protocol):
-    """What a strategy plug-in provides."""
+    """What a strategy plug-in provides.
+
+    ``plan`` is a function of its arguments: a registered strategy's plan is kept for the next call with the
+    same sizes in the same process (``remembered_plan``).
+    """
 
     name: str
 
@@ -217,6 +224,43 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
         validate(schedule, devices, microbatches)
     except ScheduleError as exc:
         raise StrategyError(f"{label} planned an invalid schedule: {exc}") from exc
+    return schedule
+
+
+#: The most actions, over all plans, ``remembered_plan`` keeps (a few megabytes); a larger plan is made again.
+REMEMBERED_ACTIONS = 200_000
+_remembered: dict[tuple[str, type, int, int, int], tuple[Schedule, int]] = {}  # oldest first
+_remembered_lock = threading.Lock()  # a Dask worker runs tasks in threads
+
+
+def remembered_plan(spec: object, strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+    """``make_plan``, the plan kept for the next call with the same arguments where ``spec`` is a registered name.
+
+    A sweep or a plan asks for one plan for many points, which differ in
+    what planning does not read (recomputation, links, memory, costs);
+    planning and validating are a tenth of a small point's time. A registered
+    strategy (``strategy`` is what ``load_strategy(spec)`` gave) plans from
+    its arguments alone, and a ``Schedule`` is immutable, so its plan is
+    kept, the least recently used dropped past ``REMEMBERED_ACTIONS``
+    actions in all. A file's strategy or schedule (``path.py:Class``, a
+    CSV) and an instance are planned every time: a file may change, an
+    instance may hold state.
+    """
+    if not (isinstance(spec, str) and any(ep.name == spec for ep in _registered())):
+        return make_plan(strategy, devices, microbatches, chunks)
+    key = (spec, type(strategy), devices, microbatches, chunks)
+    with _remembered_lock:
+        kept = _remembered.pop(key, None)
+        if kept is not None:
+            _remembered[key] = kept  # now the newest
+            return kept[0]
+    schedule = make_plan(strategy, devices, microbatches, chunks)  # raises before anything is kept
+    actions = sum(len(device) for device in schedule.actions)
+    with _remembered_lock:
+        if actions <= REMEMBERED_ACTIONS:
+            _remembered[key] = (schedule, actions)
+        while sum(n for _, n in _remembered.values()) > REMEMBERED_ACTIONS:
+            del _remembered[next(iter(_remembered))]
     return schedule
 
 

@@ -110,6 +110,34 @@ class _Returns:
         return self.value
 
 
+def test_a_registered_strategy_s_plan_is_kept_for_the_same_sizes_within_a_budget(tmp_path, monkeypatch):
+    import pipesched.strategy as strategy
+
+    monkeypatch.setattr(strategy, "_remembered", {})
+    monkeypatch.setattr(strategy, "REMEMBERED_ACTIONS", 60)  # GPipe on 2 devices: 4 M actions
+    gpipe = load_strategy("gpipe")
+
+    def plan(m, name="gpipe"):
+        return strategy.remembered_plan(name, gpipe, 2, m)
+
+    first = plan(4)
+    assert first == make_plan(gpipe, 2, 4) and plan(4) is first  # kept: the same object
+    assert plan(8) is plan(8) and plan(8) != first  # 16 + 32 actions kept
+    assert plan(4) is first  # used again: now the newest, so M = 8 is the oldest
+    eight, twelve = plan(8), plan(12)  # 48 more: past 60, so M = 4 and M = 8 (the oldest) go
+    assert plan(12) is twelve and plan(8) is not eight  # planned again, pushing M = 12 out
+    assert plan(16) is not plan(16)  # 64 actions: larger than the budget alone, never kept
+    # an instance and a file's class are planned every time: they may hold state or change
+    assert plan(4, gpipe) is not plan(4, gpipe)
+    path = tmp_path / "mine.py"
+    path.write_text(PLUGIN)
+    spec = f"{path}:Reverse"
+    assert plan(4, spec) is not plan(4, spec)
+    with pytest.raises(StrategyError, match="cannot plan"):  # a refusal is raised each time, never kept
+        strategy.remembered_plan("gpipe", gpipe, 2, 4, chunks=2)
+    assert [key[2:] for key in strategy._remembered] == [(2, 8, 1)]  # (K, M, chunks)
+
+
 @pytest.mark.parametrize(
     "value, message",
     [
