@@ -237,6 +237,20 @@ def test_a_sigterm_stops_the_sweep_loses_nothing_and_a_rerun_finishes_each_point
     assert records[: len(partial)] == partial and all(r["ok"] for r in records)
 
 
+def test_a_task_s_lines_go_to_the_file_whole_in_one_write(tmp_path, monkeypatch):
+    path = str(tmp_path / "r.jsonl")
+    results = Results(path)
+    writes = []
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(data) or real(fd, data))
+    records = [{"key": f"k{i}", "point": {"devices": i}, "ok": True, "makespan": i / 3} for i in range(3)]
+    results.extend(records)
+    results.append({"key": "k3", "point": {}, "ok": False, "error": "no"})
+    expected = [json.dumps(r, sort_keys=True) + "\n" for r in records]
+    assert writes == ["".join(expected).encode(), b'{"error": "no", "key": "k3", "ok": false, "point": {}}\n']
+    assert Results(path).records == results.records and list(results.records) == ["k0", "k1", "k2", "k3"]
+
+
 def test_a_torn_last_line_is_cut_off(tmp_path):
     out = tmp_path / "r.jsonl"
     study = load_sweep(_write(tmp_path))
