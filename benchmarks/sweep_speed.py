@@ -5,12 +5,12 @@ results file, each run a fresh process of the same Python: with ``--workers 1``
 and with one worker per core, for this source tree and for the baseline
 revision (``BASELINE``, the last commit before issue 20's work, taken out of
 the repository with ``git archive`` into a temporary folder), alternately,
-three times each (``--repeat``), keeping each one's best rate (single runs vary by a fifth
-on a shared machine, and the machine's speed drifts by a third over minutes,
-so only figures of the same run compare). A run's rate is its points over
+three times each (``--repeat``), keeping each one's best rate (single runs
+vary by a fifth on a shared machine, and the machine's speed drifts by a
+third over minutes, so only figures of the same run compare). A run's rate is its points over
 the time of the ``sweep`` call: the pool's start-up is in it, the
 interpreter's is not. The results files of the two codes' single-process runs
-are compared byte for byte.
+are compared byte for byte, their pools' line for line.
 
 Goals: this code at least 1.5x the baseline's points per second (issue 20),
 and the pool at least 1.7x one process on 2 cores. The baseline is skipped
@@ -128,8 +128,18 @@ def main(repeat: int) -> None:
         for workers in sorted({1, cores}):
             ratio = best["this code", workers] / best[f"baseline {BASELINE}", workers]
             print(f"ratio this code / baseline {BASELINE}, {workers} worker{'s' * (workers > 1)}: {ratio:.2f}x")
-        same = filecmp.cmp(os.path.join(scratch, "this-1.jsonl"), os.path.join(scratch, "baseline-1.jsonl"), False)
+        ours, theirs = (os.path.join(scratch, f"{code}-1.jsonl") for code in ("this", "baseline"))
+        same = filecmp.cmp(ours, theirs, shallow=False)
         print(f"single-process results files {'byte for byte the same' if same else 'DIFFER'} for both codes")
+        if cores > 1:  # a pool writes each chunk as it finishes: the same lines, in the order they came
+            ours, theirs = (os.path.join(scratch, f"{code}-{cores}.jsonl") for code in ("this", "baseline"))
+            same = sorted_lines(ours) == sorted_lines(theirs)
+            print(f"pool results files: {'the same lines' if same else 'DIFFERENT LINES'} for both codes")
+
+
+def sorted_lines(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        return sorted(f)
 
 
 if __name__ == "__main__":
