@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import threading
+from collections import OrderedDict
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
@@ -229,8 +230,37 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
 
 #: The most actions, over all plans, ``remembered_plan`` keeps (a few megabytes); a larger plan is made again.
 REMEMBERED_ACTIONS = 200_000
-_remembered: dict[tuple[str, type, int, int, int], tuple[Schedule, int]] = {}  # oldest first
-_remembered_lock = threading.Lock()  # a Dask worker runs tasks in threads
+
+
+class _Plans:
+    """Plans by (name, class, devices, micro-batches, chunks), least recently used first, and their actions."""
+
+    def __init__(self) -> None:
+        self.plans: OrderedDict[tuple[str, type, int, int, int], tuple[Schedule, int]] = OrderedDict()
+        self.actions = 0
+        self.lock = threading.Lock()  # a Dask worker runs tasks in threads
+
+    def get(self, key: tuple[str, type, int, int, int]) -> Schedule | None:
+        with self.lock:
+            kept = self.plans.get(key)
+            if kept is None:
+                return None
+            self.plans.move_to_end(key)
+            return kept[0]
+
+    def keep(self, key: tuple[str, type, int, int, int], schedule: Schedule, actions: int) -> None:
+        if actions > REMEMBERED_ACTIONS:
+            return
+        with self.lock:
+            if key in self.plans:  # planned meanwhile in another thread
+                return
+            self.plans[key] = (schedule, actions)
+            self.actions += actions
+            while self.actions > REMEMBERED_ACTIONS:
+                self.actions -= self.plans.popitem(last=False)[1][1]
+
+
+_remembered = _Plans()
 
 
 def remembered_plan(spec: object, strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
@@ -249,18 +279,10 @@ def remembered_plan(spec: object, strategy: Strategy, devices: int, microbatches
     if not (isinstance(spec, str) and any(ep.name == spec for ep in _registered())):
         return make_plan(strategy, devices, microbatches, chunks)
     key = (spec, type(strategy), devices, microbatches, chunks)
-    with _remembered_lock:
-        kept = _remembered.pop(key, None)
-        if kept is not None:
-            _remembered[key] = kept  # now the newest
-            return kept[0]
-    schedule = make_plan(strategy, devices, microbatches, chunks)  # raises before anything is kept
-    actions = sum(len(device) for device in schedule.actions)
-    with _remembered_lock:
-        if actions <= REMEMBERED_ACTIONS:
-            _remembered[key] = (schedule, actions)
-        while sum(n for _, n in _remembered.values()) > REMEMBERED_ACTIONS:
-            del _remembered[next(iter(_remembered))]
+    schedule = _remembered.get(key)
+    if schedule is None:
+        schedule = make_plan(strategy, devices, microbatches, chunks)  # raises before anything is kept
+        _remembered.keep(key, schedule, sum(len(device) for device in schedule.actions))
     return schedule
 
 

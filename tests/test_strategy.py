@@ -113,7 +113,7 @@ class _Returns:
 def test_a_registered_strategy_s_plan_is_kept_for_the_same_sizes_within_a_budget(tmp_path, monkeypatch):
     import pipesched.strategy as strategy
 
-    monkeypatch.setattr(strategy, "_remembered", {})
+    monkeypatch.setattr(strategy, "_remembered", strategy._Plans())
     monkeypatch.setattr(strategy, "REMEMBERED_ACTIONS", 60)  # GPipe on 2 devices: 4 M actions
     gpipe = load_strategy("gpipe")
 
@@ -135,7 +135,8 @@ def test_a_registered_strategy_s_plan_is_kept_for_the_same_sizes_within_a_budget
     assert plan(4, spec) is not plan(4, spec)
     with pytest.raises(StrategyError, match="cannot plan"):  # a refusal is raised each time, never kept
         strategy.remembered_plan("gpipe", gpipe, 2, 4, chunks=2)
-    assert [key[2:] for key in strategy._remembered] == [(2, 8, 1)]  # (K, M, chunks)
+    assert [key[2:] for key in strategy._remembered.plans] == [(2, 8, 1)]  # (K, M, chunks)
+    assert strategy._remembered.actions == 32
 
 
 @pytest.mark.parametrize(
