@@ -35,7 +35,7 @@ from .optimizer import MLP_OPTIMIZER, check_optimizer, distinct_arrays, make_opt
 from .partition import Partition, explicit, parse_partition
 from .precision import MLP_DTYPE, check_dtype, itemsize
 from .schedule import Schedule, expand
-from .strategy import Strategy, closed_form_bubble, default_chunks, load_strategy, make_plan, planned_stages
+from .strategy import Strategy, closed_form_bubble, default_chunks, load_strategy, planned_stages, remembered_plan
 from .times import STAGE_TIMES_ONLY, Times, load_times
 from .trace import Trace
 from .units import count, format_bytes
@@ -356,7 +356,8 @@ def prepare(config: RunConfig) -> Prepared:
     check_hardware(config, dtype)
     # the global batch in D·M micro-batches: replica r runs r·M .. r·M + M-1 (pipesched.layout)
     slices = microbatch.split(config.batch, config.data_parallel * config.microbatches)
-    schedule = make_plan(strategy, config.devices, config.microbatches, chunks)  # one replica's plan
+    # one replica's plan; a registered strategy's kept for the next point with the same sizes (a sweep's)
+    schedule = remembered_plan(config.strategy, strategy, config.devices, config.microbatches, chunks)
     # the plan itself, for a plug-in whose stages() (or the default of v per device) undercounts
     check_stages(strategy.name, schedule.num_stages, config.devices, chunks, len(layers),
                  config.layers if model_config is None else f"--model {config.model}")  # fmt: skip

@@ -26,7 +26,9 @@ import inspect
 import os
 import re
 import sys
-from importlib.metadata import entry_points
+import threading
+from collections import OrderedDict
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, runtime_checkable
 
 from .errors import ConfigError, PipeschedError, ScheduleError, StrategyError
@@ -39,6 +41,8 @@ __all__ = [
     "available_strategies",
     "load_strategy",
     "make_plan",
+    "remembered_plan",
+    "REMEMBERED_ACTIONS",
     "default_chunks",
     "planned_stages",
     "closed_form_bubble",
@@ -49,7 +53,11 @@ ENTRY_POINT_GROUP = "pipesched.strategies"
 
 @runtime_checkable
 class Strategy(Protocol):
-    """What a strategy plug-in provides."""
+    """What a strategy plug-in provides.
+
+    ``plan`` is a function of its arguments: a registered strategy's plan is kept for the next call with the
+    same sizes in the same process (``remembered_plan``).
+    """
 
     name: str
 
@@ -60,7 +68,23 @@ class Strategy(Protocol):
 
 def available_strategies() -> dict[str, str]:
     """Registered strategy names, each with the ``module:attr`` it loads from."""
-    return {ep.name: ep.value for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)}
+    return {ep.name: ep.value for ep in sorted(_registered(), key=lambda e: e.name)}
+
+
+def _registered() -> tuple[EntryPoint, ...]:
+    """The group's entry points in discovery order, found once for each ``sys.path``.
+
+    Finding them reads the metadata of every installed distribution, a few
+    milliseconds, as long as simulating a small point; a sweep, a plan or a
+    search loads a strategy for every point it runs. A plug-in installed while
+    a process runs is seen once ``sys.path`` changes, or by the next process.
+    """
+    return _registered_on(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=4)
+def _registered_on(path: tuple[str, ...]) -> tuple[EntryPoint, ...]:
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
 
 
 def _check(obj: object, label: str) -> Strategy:
@@ -127,7 +151,7 @@ def load_strategy(spec: str) -> Strategy:
             f"unknown strategy {spec!r}; use one of {', '.join(known) or '(none registered)'}, "
             "or path/to/file.py:ClassName"
         )
-    ep = next(e for e in entry_points(group=ENTRY_POINT_GROUP) if e.name == spec)
+    ep = next(e for e in _registered() if e.name == spec)
     try:
         obj = ep.load()
     except ModuleNotFoundError as exc:
@@ -201,6 +225,64 @@ def make_plan(strategy: Strategy, devices: int, microbatches: int, chunks: int =
         validate(schedule, devices, microbatches)
     except ScheduleError as exc:
         raise StrategyError(f"{label} planned an invalid schedule: {exc}") from exc
+    return schedule
+
+
+#: The most actions, over all plans, ``remembered_plan`` keeps (a few megabytes); a larger plan is made again.
+REMEMBERED_ACTIONS = 200_000
+
+
+class _Plans:
+    """Plans by (name, class, devices, micro-batches, chunks), least recently used first, and their actions."""
+
+    def __init__(self) -> None:
+        self.plans: OrderedDict[tuple[str, type, int, int, int], tuple[Schedule, int]] = OrderedDict()
+        self.actions = 0
+        self.lock = threading.Lock()  # a Dask worker runs tasks in threads
+
+    def get(self, key: tuple[str, type, int, int, int]) -> Schedule | None:
+        with self.lock:
+            kept = self.plans.get(key)
+            if kept is None:
+                return None
+            self.plans.move_to_end(key)
+            return kept[0]
+
+    def keep(self, key: tuple[str, type, int, int, int], schedule: Schedule, actions: int) -> None:
+        if actions > REMEMBERED_ACTIONS:
+            return
+        with self.lock:
+            if key in self.plans:  # planned meanwhile in another thread
+                return
+            self.plans[key] = (schedule, actions)
+            self.actions += actions
+            while self.actions > REMEMBERED_ACTIONS:
+                self.actions -= self.plans.popitem(last=False)[1][1]
+
+
+_remembered = _Plans()
+
+
+def remembered_plan(spec: object, strategy: Strategy, devices: int, microbatches: int, chunks: int = 1) -> Schedule:
+    """``make_plan``, the plan kept for the next call with the same arguments where ``spec`` is a registered name.
+
+    A sweep or a plan asks for one plan for many points, which differ in
+    what planning does not read (recomputation, links, memory, costs);
+    planning and validating are a tenth of a small point's time. A registered
+    strategy (``strategy`` is what ``load_strategy(spec)`` gave) plans from
+    its arguments alone, and a ``Schedule`` is immutable, so its plan is
+    kept, the least recently used dropped past ``REMEMBERED_ACTIONS``
+    actions in all. A file's strategy or schedule (``path.py:Class``, a
+    CSV) and an instance are planned every time: a file may change, an
+    instance may hold state.
+    """
+    if not (isinstance(spec, str) and any(ep.name == spec for ep in _registered())):
+        return make_plan(strategy, devices, microbatches, chunks)
+    key = (spec, type(strategy), devices, microbatches, chunks)
+    schedule = _remembered.get(key)
+    if schedule is None:
+        schedule = make_plan(strategy, devices, microbatches, chunks)  # raises before anything is kept
+        _remembered.keep(key, schedule, sum(len(device) for device in schedule.actions))
     return schedule
 
 

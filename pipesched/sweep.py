@@ -24,7 +24,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Callable, Iterable, Iterator
+from typing import Annotated, Any, Callable, Iterator
 
 from pydantic import BaseModel
 
@@ -432,8 +432,9 @@ def run_chunk(
 class Results:
     """The JSON-lines results file: read what is there, append each finished point at once.
 
-    Only one sweep may write a file at a time (a lock says so). Each line is
-    written with one system call as soon as its point is done,
+    Only one sweep may write a file at a time (a lock says so). The lines of
+    the points a task finished (one point in a single process, a worker's
+    chunk in a pool) are written with one system call as soon as it is done,
     so a killed sweep (Ctrl-C, SIGTERM) leaves whole lines in the file; a torn
     last line (a machine crash mid-write) is cut off when the file is next
     opened. Lines are not synced one by one: that would serialise the sweep
@@ -472,13 +473,21 @@ class Results:
                 f.truncate(good)
 
     def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, sort_keys=True) + "\n").encode()
+        """Write one point's line (see ``extend``)."""
+        self.extend([record])
+
+    def extend(self, records: list[dict[str, Any]]) -> None:
+        """Write the points' lines at the end of the file, all in one system call."""
+        lines = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
+            written = os.write(fd, lines)
+            while written < len(lines):  # short only on a full disk, where the next write raises
+                written += os.write(fd, lines[written:])
         finally:
             os.close(fd)
-        self.records[record["key"]] = record
+        for record in records:
+            self.records[record["key"]] = record
 
 
 def _chunks(points: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
@@ -513,10 +522,10 @@ def sweep(
     bar = progress_bar(len(todo), "pipesched sweep", "point", progress)
     done = 0
 
-    def finished(records: Iterable[dict[str, Any]]) -> None:
+    def finished(records: list[dict[str, Any]]) -> None:
         nonlocal done
+        results.extend(records)  # a task's lines in one write
         for record in records:
-            results.append(record)
             if on_record:
                 on_record(record)
             done += 1

@@ -62,11 +62,11 @@ class _NoWork:
 
 @pytest.fixture
 def no_planning(monkeypatch):
-    """Planning fails the test, wherever a command plans from."""
+    """Planning fails the test, wherever a command plans from (a run through strategy.remembered_plan)."""
     import pipesched.cli.tools
-    import pipesched.pipeline
+    import pipesched.strategy
 
-    for module in (pipesched.pipeline, pipesched.cli.tools):
+    for module in (pipesched.strategy, pipesched.cli.tools):
         monkeypatch.setattr(module, "make_plan", _NoWork("planning"))
 
 
@@ -98,7 +98,7 @@ def test_balance_with_more_devices_than_layers_is_refused_before_planning(capsys
 
 
 def test_compare_plans_only_what_passes_the_checks(capsys, monkeypatch):
-    import pipesched.pipeline
+    import pipesched.strategy
 
     planned = []
 
@@ -106,7 +106,7 @@ def test_compare_plans_only_what_passes_the_checks(capsys, monkeypatch):
         planned.append(strategy.name)
         return make_plan(strategy, devices, microbatches, chunks)
 
-    monkeypatch.setattr(pipesched.pipeline, "make_plan", spy)
+    monkeypatch.setattr(pipesched.strategy, "make_plan", spy)
     status, out, err = _run(capsys, "compare", "--devices", "100000", "--no-compute")
     assert status == 2 and out == ""
     assert err.splitlines()[-1] == "pipesched: error: no strategy can run this configuration; see the notes above"

@@ -10,6 +10,31 @@ def test_builtin_gpipe_is_found_through_the_entry_point_group():
     assert load_strategy("gpipe").name == "gpipe"
 
 
+def test_the_entry_points_are_read_once_and_again_when_the_path_changes(tmp_path, monkeypatch):
+    """Reading every distribution's metadata costs a small run's time: a sweep must not pay it per point. A plug-in
+    installed on a new path entry is still found."""
+    import pipesched.strategy as strategy
+
+    reads = []
+    real = strategy.entry_points
+    monkeypatch.setattr(strategy, "entry_points", lambda **kw: reads.append(kw) or real(**kw))
+    strategy._registered_on.cache_clear()
+    for name in ("gpipe", "1f1b", "gpipe"):
+        assert load_strategy(name).name == name
+    assert "zb-h1" in available_strategies() and len(reads) == 1
+    with pytest.raises(StrategyError, match="unknown strategy 'mirror'"):
+        load_strategy("mirror")
+    # a distribution on a new sys.path entry, declaring a strategy in the group, as pip would install it
+    (tmp_path / "mirror_plugin.py").write_text(PLUGIN.replace('"reverse"', '"mirror"'))
+    info = tmp_path / "mirror_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mirror-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pipesched.strategies]\nmirror = mirror_plugin:Reverse\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_strategy("mirror").name == "mirror" and len(reads) == 2
+    assert available_strategies()["mirror"] == "mirror_plugin:Reverse"
+
+
 def test_no_global_strategies_module_is_installed(tmp_path):
     # Whatever the install (a wheel, or pip install -e), a fresh interpreter outside the checkout
     # finds the built-ins under pipesched.strategies and no top-level `strategies` at all.
@@ -83,6 +108,35 @@ class _Returns:
         if isinstance(self.value, BaseException):
             raise self.value
         return self.value
+
+
+def test_a_registered_strategy_s_plan_is_kept_for_the_same_sizes_within_a_budget(tmp_path, monkeypatch):
+    import pipesched.strategy as strategy
+
+    monkeypatch.setattr(strategy, "_remembered", strategy._Plans())
+    monkeypatch.setattr(strategy, "REMEMBERED_ACTIONS", 60)  # GPipe on 2 devices: 4 M actions
+    gpipe = load_strategy("gpipe")
+
+    def plan(m, name="gpipe"):
+        return strategy.remembered_plan(name, gpipe, 2, m)
+
+    first = plan(4)
+    assert first == make_plan(gpipe, 2, 4) and plan(4) is first  # kept: the same object
+    assert plan(8) is plan(8) and plan(8) != first  # 16 + 32 actions kept
+    assert plan(4) is first  # used again: now the newest, so M = 8 is the oldest
+    eight, twelve = plan(8), plan(12)  # 48 more: past 60, so M = 4 and M = 8 (the oldest) go
+    assert plan(12) is twelve and plan(8) is not eight  # planned again, pushing M = 12 out
+    assert plan(16) is not plan(16)  # 64 actions: larger than the budget alone, never kept
+    # an instance and a file's class are planned every time: they may hold state or change
+    assert plan(4, gpipe) is not plan(4, gpipe)
+    path = tmp_path / "mine.py"
+    path.write_text(PLUGIN)
+    spec = f"{path}:Reverse"
+    assert plan(4, spec) is not plan(4, spec)
+    with pytest.raises(StrategyError, match="cannot plan"):  # a refusal is raised each time, never kept
+        strategy.remembered_plan("gpipe", gpipe, 2, 4, chunks=2)
+    assert [key[2:] for key in strategy._remembered.plans] == [(2, 8, 1)]  # (K, M, chunks)
+    assert strategy._remembered.actions == 32
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,53 @@ def test_pool_and_single_process_agree_point_for_point(tmp_path):
     assert record["ok"] and 0 < record["bubble_fraction"] < 1
 
 
+def test_each_record_is_its_point_s_own_run(tmp_path):
+    """A sweep's record of each point holds what pipesched.run gives for that point alone, run here in the
+    opposite order: nothing one point leaves behind (a loaded strategy, a plan) changes another's numbers."""
+    from pipesched import RunConfig, run
+
+    study = parse_sweep(
+        {
+            "model": {"layers": "16x7", "batch": 16},
+            "axes": {
+                "strategy": ["gpipe", "zb-h1", "interleaved"],
+                "devices": [2, 3, 4],
+                "microbatches": [2, 4],
+                "remat": ["never", "always"],
+                "link_latency": [1e-6, 2e-5],
+            },
+        },
+        "s.toml",
+    )
+    results = Results(str(tmp_path / "r.jsonl"))
+    assert sweep(study, results, workers=1, progress=False) == 72
+    lines = _lines(tmp_path / "r.jsonl")
+    assert [r["point"] for r in lines] == list(study.points())  # one line per point, in the study's order
+    for record in reversed(lines):
+        point = record["point"]
+        try:
+            result = run(RunConfig(compute=False, reference=False, allow_oom=True, **point))
+        except Exception as exc:  # interleaved on 4 devices: 8 stages of 6 layers
+            assert record == {"key": point_key(point), "point": point, "ok": False, "error": str(exc)}
+            continue
+        m = result.metrics
+        assert record == {
+            "key": point_key(point),
+            "point": point,
+            "ok": True,
+            "oom": result.trace.oom is not None,
+            "makespan": m.makespan,
+            "bubble_fraction": m.bubble_fraction,
+            "steady_bubble_fraction": m.steady_bubble_fraction,
+            "throughput": m.throughput,
+            "peak_memory_bytes": max(m.peak_memory_bytes),
+            "peak_activation_bytes": max(m.peak_activation_bytes),
+            "grad_rel_err": None,
+            "time_unit": result.trace.time_unit,
+        }
+    assert sum(not r["ok"] for r in lines) == 8  # interleaved, K = 4: each M, remat and latency
+
+
 def test_a_failing_point_is_recorded_and_the_others_complete(tmp_path, capsys):
     text = SMALL.replace("devices = [2, 4]", "devices = [2, 7]")  # 7 devices: more than the 6 layers
     out = tmp_path / "r.jsonl"
@@ -188,6 +235,20 @@ def test_a_sigterm_stops_the_sweep_loses_nothing_and_a_rerun_finishes_each_point
     keys = [r["key"] for r in records]
     assert sorted(keys) == sorted(set(keys)) and len(keys) == total  # every point exactly once
     assert records[: len(partial)] == partial and all(r["ok"] for r in records)
+
+
+def test_a_task_s_lines_go_to_the_file_whole_in_one_write(tmp_path, monkeypatch):
+    path = str(tmp_path / "r.jsonl")
+    results = Results(path)
+    writes = []
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(data) or real(fd, data))
+    records = [{"key": f"k{i}", "point": {"devices": i}, "ok": True, "makespan": i / 3} for i in range(3)]
+    results.extend(records)
+    results.append({"key": "k3", "point": {}, "ok": False, "error": "no"})
+    expected = [json.dumps(r, sort_keys=True) + "\n" for r in records]
+    assert writes == ["".join(expected).encode(), b'{"error": "no", "key": "k3", "ok": false, "point": {}}\n']
+    assert Results(path).records == results.records and list(results.records) == ["k0", "k1", "k2", "k3"]
 
 
 def test_a_torn_last_line_is_cut_off(tmp_path):
