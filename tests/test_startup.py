@@ -1,7 +1,7 @@
 """Start-up (issue 20): a plain ``pipesched run`` imports neither matplotlib nor networkx, which only figures
-and balancing need, nor pydantic, which only a file's check needs, nor numpy.ma (which np.unique loads); a balanced run still finds networkx, and a
-run that reads a file still checks it with pydantic. Each check is a fresh process, since this test session has
-imported everything long before."""
+and balancing need, nor pydantic, which only a file's check needs, nor numpy.ma (which np.unique loads); a
+balanced run still finds networkx, and a run that reads a file still checks it with pydantic. Each check is a
+fresh process, since this test session has imported everything long before."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import json, sys, io, contextlib
 from pipesched.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     status = main(ARGV)
-print(json.dumps({"status": status, "loaded": [m for m in ("networkx", "matplotlib", "pydantic", "numpy.ma") if m in sys.modules]}))
+WATCHED = ("networkx", "matplotlib", "pydantic", "numpy.ma")
+print(json.dumps({"status": status, "loaded": [m for m in WATCHED if m in sys.modules]}))
 """
 
 
