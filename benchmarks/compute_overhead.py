@@ -2,7 +2,8 @@
 
 All three are whole processes, timed in the same run, best of ``--repeat``:
 ratio = run / (numpy loop + run --no-compute). At 1.0 pipesched adds nothing
-to the arithmetic beyond the simulation itself.
+to the arithmetic beyond the simulation itself. The code before issue 20
+(``revision.BEFORE``) is timed the same way in the same run: nothing regresses.
 
     python benchmarks/compute_overhead.py
 """
@@ -13,6 +14,7 @@ import platform
 import sys
 
 from engine_overhead import best_of
+from revision import pipesched_command, revision
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -25,21 +27,11 @@ def main() -> None:
     parser.add_argument("--microbatches", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    pipesched = [
-        os.path.join(os.path.dirname(sys.executable), "pipesched"),
-        "run",
-        "--layers",
-        args.layers,
-        "--batch",
-        str(args.batch),
-        "--devices",
-        str(args.devices),
-        "--microbatches",
-        str(args.microbatches),
-        "--remat",
-        "never",
-        "--no-reference",
-    ]
+    args_run = [
+        "run", "--layers", args.layers, "--batch", str(args.batch), "--devices", str(args.devices),
+        "--microbatches", str(args.microbatches), "--remat", "never", "--no-reference",
+    ]  # fmt: skip
+    pipesched = [os.path.join(os.path.dirname(sys.executable), "pipesched"), *args_run]
     loop = [sys.executable, os.path.join(HERE, "numpy_loop.py"), args.layers, str(args.batch), str(args.microbatches)]
     t_loop = best_of(loop, args.repeat)
     t_shape = best_of(pipesched + ["--no-compute"], args.repeat)
@@ -50,6 +42,12 @@ def main() -> None:
     print(f"pipesched --no-compute     {t_shape:8.3f} s")
     print(f"pipesched with compute     {t_run:8.3f} s")
     print(f"ratio run / (loop + no-compute): {t_run / (t_loop + t_shape):.3f}")
+    with revision() as folder:
+        if folder is not None:
+            before = pipesched_command(folder, args_run)
+            b_shape = best_of(before + ["--no-compute"], args.repeat, cwd=folder)
+            b_run = best_of(before, args.repeat, cwd=folder)
+            print(f"the code before issue 20: {b_shape:.3f} s, {b_run:.3f} s; ratio {b_run / (t_loop + b_shape):.3f}")
 
 
 if __name__ == "__main__":
