@@ -37,13 +37,14 @@ class Buffer:
     ``nbytes`` is already in the run's precision (``pipesched.precision.nbytes``).
     """
 
-    __slots__ = ("nbytes", "account")
+    __slots__ = ("nbytes", "entry")
 
     def __init__(self, nbytes: int):
         self.nbytes = nbytes
-        # the holders it has on the device that counts it (pipesched.memory), kept here rather than in a table
-        # keyed by identity: the shape-only engine holds and releases a stand-in several times per action
-        self.account: list[Any] | None = None
+        # its count on the device that counts it (pipesched.memory: which device, holders per role, the role of
+        # its bytes), kept here rather than in a table keyed by identity: the shape-only engine holds and
+        # releases a stand-in several times per action
+        self.entry: list[Any] | None = None
 
     def __repr__(self) -> str:
         return f"Buffer({self.nbytes})"
@@ -88,11 +89,15 @@ class Workload(Protocol):
     def optimizer_bytes(self, stage: int) -> int: ...
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
-        """The stage output and what to hold; ``x`` is None for stage 0 (the data)."""
+        """The stage output and what to hold; ``x`` is None for stage 0 (the data).
+
+        What to hold is activations only (``Held.dzs`` None): the engine counts
+        a forward's ``acts`` as activations and frees them after the backward.
+        """
         ...
 
     def recompute(self, stage: int, mb: int, held: Held) -> Held:
-        """Full activations again from a re-materialized ``held``."""
+        """Full activations again from a re-materialized ``held`` (activations only, as ``forward``'s)."""
         ...
 
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:

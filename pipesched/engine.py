@@ -58,6 +58,7 @@ large run, scanning the activations in flight again and again.
 from __future__ import annotations
 
 import gc
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -479,7 +480,7 @@ class _Engine(Links, Collectives):
             at = start
             for i, (part_op, stage, mb, alone) in enumerate(parts):
                 end = self.env.now if i == len(parts) - 1 else at + alone * scale
-                self.trace.spans.add(device, part_op, stage, mb, at, end)
+                self._add_span(device, part_op, stage, mb, at, end)
                 at = end
             self._finish_forward(device, fs, fm, y)
             self._finish_backward(device, bs, bm, op, held, for_weights, dy, dx, self.env.now)
@@ -515,7 +516,9 @@ class _Engine(Links, Collectives):
         self.trace.peak_samples = [m.peak_sample for m in self.memory]
         # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
         self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
-        for memory in self.memory:  # its callback refers to this engine: without it, no cycle outlives the run
+        # its callback refers to this engine: without it, no cycle outlives a run that finishes (one that raises
+        # OutOfMemoryError from the callback keeps it, and the collector frees it later)
+        for memory in self.memory:
             memory.on_exceed = None
         blocked = [d for d in self.running if not self.finished[d]]
         if blocked:
@@ -567,24 +570,35 @@ def simulate(
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector for the block (as it was before, after it).
+    """Pause Python's cyclic garbage collector for the block; it runs again once the last paused block ends.
 
     A simulation makes a few short-lived objects per action (a Held, the
     arrays or their stand-ins, a message, the event's callback), all freed by
     reference counting: none forms a cycle, so the collector finds nothing,
     yet its passes, triggered by the allocations, cost a quarter of a large
     run's time, scanning the activations in flight again and again. A test
-    holds that a simulation leaves nothing for the collector.
+    holds that what a run leaves for the collector does not grow with the run.
+    The collector's switch is the process's: blocks in several threads count
+    as one pause, and it is switched back on (if it was on) when the last ends.
 
     >>> import gc
     >>> with collector_paused():
     ...     gc.isenabled()
     False
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    with _pause_lock:
+        if _pauses[0] == 0:
+            _pauses[1] = gc.isenabled()
+            gc.disable()
+        _pauses[0] += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _pause_lock:
+            _pauses[0] -= 1
+            if _pauses[0] == 0 and _pauses[1]:
+                gc.enable()
+
+
+_pause_lock = threading.Lock()
+_pauses: list[Any] = [0, False]  # blocks paused now, and whether the collector was on before the first

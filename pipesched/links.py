@@ -93,7 +93,8 @@ class Links:
     arrived: dict[Any, Any]
     blocked: dict[Any, int]
     link_free: dict[tuple[int, int], float]
-    transfer_cache: dict[tuple[int, int, int, int | None], tuple[float, float]]  # (bytes, src, dst, boundary)
+    # (bytes, src, link, boundary) -> (busy, latency); the link's end is dst, or the device a mirrored chunk goes via
+    transfer_cache: dict[tuple[int, int, int, int | None], tuple[float, float]]
     explicit_recvs: set[Any]
     posted: set[Any]
     parked: dict[Any, tuple[Message, Callable[[], None] | None]]
@@ -182,14 +183,8 @@ class Links:
         end = start + busy
         self.link_free[(src, link)] = end
         self.trace.transfers.add(src, link, stage, op, step, size, start, end, end + latency)
-        if end + latency == now:  # a free transfer lands at once: delivered here, as _deliver would
-            self.arrived[key] = payload
-            memory = self.memory[dst]
-            memory.hold_one(payload, _BUFFERS)
-            memory.sample(now)
-            waiter = self.blocked.pop(key, None)
-            if waiter is not None:
-                self._advance(waiter)
+        if end + latency == now:  # a free transfer lands at once
+            self._deliver(dst, key, payload)
             if on_left is not None:
                 on_left()
             return

@@ -100,30 +100,24 @@ class DeviceMemory:
         for array in arrays:
             self.hold_one(array, i)
 
+    # An array's entry: [who, count per role (3), the role its bytes are in, its bytes]. A stand-in keeps its
+    # own (``Buffer.entry``), ``who`` being the device that counts it; an array, or a stand-in another device
+    # counts meanwhile, has one in this device's table by identity, ``who`` being the array itself (which
+    # keeps it alive, so its id is not reused while counted). Both are counted by the same lines below.
     def hold_one(self, array: Any, i: int) -> None:
         """``array`` gains a holder in the role ``ROLES[i]``: the engine's form, one call per array."""
-        if type(array) is Buffer:  # a stand-in keeps its own entry: [count per role..., its role, this account]
-            entry = array.account
-            if entry is None and not (self._arrays and id(array) in self._arrays):
-                array.account = [0, 0, 0, i, self]
-                array.account[i] = 1
-                self._bytes[i] += array.nbytes
-                return
-            if entry is not None and entry[4] is self:
-                if i < entry[3]:  # a role earlier in ROLES takes the bytes
-                    self._bytes[entry[3]] -= array.nbytes
-                    self._bytes[i] += array.nbytes
-                    entry[3] = i
-                entry[i] += 1
-                return
-        # an array, or a stand-in another device counts meanwhile: an entry by identity,
-        # [array, count per role..., its role, its bytes]; the entry keeps the array alive, so its id is not reused
-        entry = self._arrays.get(id(array))
-        if entry is None:
-            size = _nbytes(array, self.itemsize)
-            entry = self._arrays[id(array)] = [array, 0, 0, 0, i, size]
-            self._bytes[i] += size
-        elif i < entry[4]:
+        entry = array.entry if type(array) is Buffer else None
+        if entry is None or entry[0] is not self:
+            if entry is None and type(array) is Buffer and not (self._arrays and id(array) in self._arrays):
+                entry = array.entry = [self, 0, 0, 0, i, array.nbytes]
+                self._bytes[i] += array.nbytes  # new: its bytes appear, in this role
+            else:
+                entry = self._arrays.get(id(array))
+                if entry is None:
+                    size = _nbytes(array, self.itemsize)
+                    entry = self._arrays[id(array)] = [array, 0, 0, 0, i, size]
+                    self._bytes[i] += size
+        if i < entry[4]:  # a role earlier in ROLES takes the bytes
             self._bytes[entry[4]] -= entry[5]
             self._bytes[i] += entry[5]
             entry[4] = i
@@ -137,30 +131,23 @@ class DeviceMemory:
 
     def release_one(self, array: Any, i: int) -> None:
         """``array`` loses a holder in the role ``ROLES[i]``: the engine's form, one call per array."""
-        if type(array) is Buffer and array.account is not None and array.account[4] is self:
-            entry = array.account
-            entry[i] -= 1
-            if entry[i] or entry[3] != i:
-                return
-            self._bytes[i] -= array.nbytes
-            for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
-                if entry[j]:
-                    self._bytes[j] += array.nbytes
-                    entry[3] = j
-                    return
-            array.account = None
-            return
-        entry = self._arrays[id(array)]
+        entry: Any = array.entry if type(array) is Buffer else None
+        own = entry is not None and entry[0] is self
+        if not own:
+            entry = self._arrays[id(array)]
         entry[1 + i] -= 1
         if entry[1 + i] or entry[4] != i:
             return
         self._bytes[i] -= entry[5]
-        for j in (0, 1, 2):
+        for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
             if entry[1 + j]:
                 self._bytes[j] += entry[5]
                 entry[4] = j
                 return
-        del self._arrays[id(array)]
+        if own:
+            array.entry = None
+        else:
+            del self._arrays[id(array)]
 
     def add_grads(self, nbytes: int) -> None:
         """A gradient buffer appears (it stays to the end of the step)."""

@@ -122,7 +122,9 @@ class Records(Generic[R]):
     Records arrive one or more per simulated action, so ``add(*fields)``
     only appends the fields to a short list, and every ``_CHUNK`` records
     they move into the columns at once (C loops, no Python call per value).
-    Every read moves the rest first.
+    Every read moves the rest first. A text field's codes number its words in
+    the order they reached the columns: they compare within one ``Records``,
+    never across two.
 
     >>> spans = Records(Span)
     >>> spans.append(Span(0, "F", 2, 1, 0.0, 1.5))
@@ -157,33 +159,50 @@ class Records(Generic[R]):
         return add
 
     def append(self, item: R) -> None:
+        self._check(item)
         self.add(*item)
 
     def set_last(self, *fields: Any) -> None:
         """Replace the last record by one with ``fields``."""
+        self._check(fields)
         if not self._pending:  # the last record, moved back out of the columns to be replaced
             self._pending.extend(column.pop() for column in self._columns)
         self._pending[-len(fields) :] = fields
+
+    def _check(self, fields: Sequence[Any]) -> None:
+        """A record's field count, checked where a caller hands one over (``add``, the engine's, trusts it)."""
+        if len(fields) != len(self._columns):
+            raise TypeError(f"a {self.kind.__name__} has {len(self._columns)} fields, not {len(fields)}")
 
     def replace_last(self, item: R) -> None:
         self.set_last(*item)
 
     def _flush(self) -> None:
-        """Move the pending records (their fields one after another) into the columns."""
+        """Move the pending records (their fields one after another) into the columns.
+
+        All or nothing: every column's values are converted before any column
+        grows, so a value of the wrong type raises here (at the first read after
+        it was added) and leaves the columns as they were, the pending records
+        dropped.
+        """
         pending, n = self._pending, len(self._columns)
         if not pending:
             return
-        for j, column in enumerate(self._columns):
-            values = pending[j::n]
-            if j in self._text:
-                for word in dict.fromkeys(values):  # new words numbered in order of first appearance
-                    if word not in self._codes:
-                        self._codes[word] = len(self._words)
-                        self._words.append(word)
-                column.fromlist(list(map(self._codes.__getitem__, values)))
-            else:
-                column.fromlist(values)  # sized once, where extend grows the array value by value
-        pending.clear()
+        try:
+            converted: list[array] = []
+            for j, column in enumerate(self._columns):
+                values = pending[j::n]
+                if j in self._text:
+                    for word in dict.fromkeys(values):  # new words numbered in order of first appearance
+                        if word not in self._codes:
+                            self._codes[word] = len(self._words)
+                            self._words.append(word)
+                    values = list(map(self._codes.__getitem__, values))
+                converted.append(array(column.typecode, values))  # sized once, as extend would not
+            for column, part in zip(self._columns, converted):
+                column.extend(part)
+        finally:
+            pending.clear()
 
     def _row(self, i: int) -> R:
         values: list[Any] = [column[i] for column in self._columns]

@@ -70,9 +70,13 @@ RECORD = st.tuples(
 
 @settings(max_examples=100, deadline=None)
 @given(steps=st.lists(st.tuples(st.sampled_from(["add", "append", "set_last", "read"]), RECORD), max_size=40))
-def test_records_kept_in_chunks_read_as_the_list_of_what_was_added(steps, monkeypatch_chunk):
+def test_records_kept_in_chunks_read_as_the_list_of_what_was_added(steps):
     """``add`` keeps records aside and moves them into the columns every few (here 3); any read sees them all."""
-    records, model = Records(Span), []
+    saved, trace_module._CHUNK = trace_module._CHUNK, 3  # read when a Records is made: this one alone
+    try:
+        records, model = Records(Span), []
+    finally:
+        trace_module._CHUNK = saved
     for what, fields in steps:
         if what == "add":
             records.add(*fields)
@@ -91,12 +95,16 @@ def test_records_kept_in_chunks_read_as_the_list_of_what_was_added(steps, monkey
     assert records == model and len(records) == len(model)
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_chunk():
-    saved = trace_module._CHUNK
-    trace_module._CHUNK = 3
-    yield
-    trace_module._CHUNK = saved
+def test_a_record_of_the_wrong_shape_is_refused_and_a_bad_value_leaves_the_columns_whole():
+    records = Records(Span)
+    records.append(Span(0, "F", 0, 0, 0.0, 1.0))
+    assert len(records) == 1  # a read: the record is in the columns now
+    with pytest.raises(TypeError):
+        records.set_last(0, "F", 0, 0, 0.0, 1.0, 2.0)  # seven fields for a six-field record
+    records.add(0, "B", 0, None, 1.0, 3.0)  # the engine's form is trusted: the bad value shows at the next read
+    with pytest.raises(TypeError):
+        len(records)
+    assert list(records) == [Span(0, "F", 0, 0, 0.0, 1.0)]  # all columns as they were, none half grown
 
 
 def test_a_memory_timeline_replaces_the_last_sample_of_an_instant_across_a_chunk():
@@ -133,3 +141,32 @@ def test_what_a_run_leaves_for_the_garbage_collector_does_not_grow_with_its_size
             found.append(gc.collect())
         assert result.metrics.makespan > 0
     assert found[1] == found[2]
+
+
+def test_pauses_overlapping_in_two_threads_keep_the_collector_off_until_the_last_ends():
+    import threading
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with collector_paused():
+            a_in.set()
+            b_in.wait()
+        a_out.set()
+
+    def b():
+        a_in.wait()
+        with collector_paused():
+            b_in.set()
+            a_out.wait()
+            seen["after a's end"] = gc.isenabled()
+        seen["after b's end"] = gc.isenabled()
+
+    assert gc.isenabled()
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert seen == {"after a's end": False, "after b's end": True}
