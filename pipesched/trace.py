@@ -146,6 +146,17 @@ class Records(Generic[R]):
         for item in items:
             self.add(*item)
 
+    def __getstate__(self) -> tuple[Any, ...]:
+        """Copies and pickles hold the records, not ``add``, which writes into this object's own list."""
+        self._flush()
+        return (self.kind, self._columns, self._words, self._codes)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.kind, self._columns, self._words, self._codes = state
+        self._text = _TEXT_FIELDS[self.kind.__name__]
+        self._pending = []
+        self.add = self._adder()
+
     def _adder(self) -> Any:
         """``add(*fields)``: a record from its fields, without building the NamedTuple (the engine's form)."""
         pending, flush, limit = self._pending, self._flush, _CHUNK * len(self._columns)

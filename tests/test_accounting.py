@@ -170,3 +170,15 @@ def test_pauses_overlapping_in_two_threads_keep_the_collector_off_until_the_last
     for t in threads:
         t.join(timeout=10)
     assert seen == {"after a's end": False, "after b's end": True}
+
+
+def test_a_copy_of_records_is_its_own_and_they_pickle():
+    import copy
+    import pickle
+
+    records = Records(Span)
+    records.add(0, "F", 0, 0, 0.0, 1.0)
+    for twin in (copy.deepcopy(records), pickle.loads(pickle.dumps(records))):
+        twin.add(0, "B", 0, 0, 1.0, 3.0)
+        assert list(twin) == [Span(0, "F", 0, 0, 0.0, 1.0), Span(0, "B", 0, 0, 1.0, 3.0)]
+    assert list(records) == [Span(0, "F", 0, 0, 0.0, 1.0)]
