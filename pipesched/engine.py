@@ -140,14 +140,12 @@ class _Engine(Links, Collectives):
         # inputs whose receive is posted by an explicit RECV action: until then their message cannot move
         self.explicit_recvs: set[_Key] = set()
         self.hosted: list[list[int]] = []
-        where: dict[int, set[int]] = {}  # the schedule's placement: stage -> devices running its forwards
         for d, actions in enumerate(schedule.actions):  # one pass over every action: a large step has millions
-            hosted, forwards = set(), set()  # the stages this device holds, and those it runs forwards of
+            hosted = set()
             for a in expand(actions):
                 op = a.op
                 if op == "F":
                     self.forward_on[a.stage][a.microbatch] = d  # type: ignore[index]  # F names a micro-batch
-                    forwards.add(a.stage)
                 elif op == "B" or op == "I":
                     self.backward_on[a.stage][a.microbatch] = d  # type: ignore[index]
                 elif op == "SEND_F" or op == "SEND_B":
@@ -156,9 +154,7 @@ class _Engine(Links, Collectives):
                     self.explicit_recvs.add(("x" if op == "RECV_F" else "g", a.stage, a.microbatch))
                 hosted.add(a.stage)
             self.hosted.append(sorted(hosted))
-            for stage in forwards:
-                where.setdefault(stage, set()).add(d)
-        placement = {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}  # as Schedule.placement gives it
+        placement = schedule.placement()  # read once per schedule, in the pass that counts its stages
         # the unit cost model's F of one stage: K / S, K the devices of one pipeline replica (pipesched.layout)
         self.stage_units = devices / schedule.replicas / self.num_stages
         replicas = {s: ds for s, ds in placement.items() if len(ds) > 1}

@@ -144,7 +144,7 @@ class Schedule:
             the unit cost model charges a stage of one copy.
     """
 
-    __slots__ = ("actions", "replicas", "_sizes")
+    __slots__ = ("actions", "replicas", "_facts")
 
     def __init__(self, per_device: Sequence[Iterable[Item | str]], replicas: int = 1):
         self.replicas = replicas
@@ -152,21 +152,29 @@ class Schedule:
             tuple(a if type(a) is Action or isinstance(a, (Action, Overlap)) else parse_action(a) for a in device)
             for device in per_device
         )
-        # (the actions they were counted from, stages, micro-batches): asked for several times per run, counted once
-        self._sizes: tuple[object, int, int] | None = None
+        # (the actions they were read from, stages, micro-batches, placement): asked for several times per run
+        # (planning, validation, the engine, the memory division), read in one pass over the actions, once
+        self._facts: tuple[object, int, int, dict[int, tuple[int, ...]]] | None = None
 
-    def _counts(self) -> tuple[int, int]:
-        """(stages, micro-batches): one more than the largest stage and micro-batch any action names."""
-        if self._sizes is None or self._sizes[0] is not self.actions:
+    def _read(self) -> tuple[object, int, int, dict[int, tuple[int, ...]]]:
+        """One more than the largest stage and micro-batch any action names, and the placement (see there)."""
+        if self._facts is None or self._facts[0] is not self.actions:
             stages, microbatches = -1, -1
-            for device in self.actions:
+            where: dict[int, set[int]] = {}
+            for d, device in enumerate(self.actions):
+                forwards = set()
                 for a in expand(device):
                     if a.stage > stages:
                         stages = a.stage
                     if a.microbatch is not None and a.microbatch > microbatches:
                         microbatches = a.microbatch
-            self._sizes = (self.actions, 1 + stages, 1 + microbatches)
-        return self._sizes[1], self._sizes[2]
+                    if a.op == "F":
+                        forwards.add(a.stage)
+                for stage in forwards:
+                    where.setdefault(stage, set()).add(d)
+            placement = {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}
+            self._facts = (self.actions, 1 + stages, 1 + microbatches, placement)
+        return self._facts
 
     @classmethod
     def parse(cls, rows: Sequence[str]) -> "Schedule":
@@ -179,7 +187,7 @@ class Schedule:
 
     @property
     def num_stages(self) -> int:
-        return self._counts()[0]
+        return self._read()[1]
 
     @property
     def stages_per_device(self) -> int:
@@ -189,7 +197,7 @@ class Schedule:
 
     @property
     def microbatches(self) -> int:
-        return self._counts()[1]
+        return self._read()[2]
 
     @property
     def overlaps(self) -> bool:
@@ -197,13 +205,8 @@ class Schedule:
         return any(type(a) is Overlap for device in self.actions for a in device)
 
     def placement(self) -> dict[int, tuple[int, ...]]:
-        """For each stage, the devices that run its forwards (several means replicas)."""
-        where: dict[int, set[int]] = {}
-        for d, device in enumerate(self.actions):
-            for a in expand(device):
-                if a.op == "F":
-                    where.setdefault(a.stage, set()).add(d)
-        return {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}
+        """For each stage, the devices that run its forwards (several means replicas), stages in order."""
+        return dict(self._read()[3])  # a copy: the caller may change it
 
     def table(self) -> str:
         """Step-by-device grid, one column per device, as in the papers' diagrams."""
