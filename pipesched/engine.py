@@ -71,7 +71,7 @@ from .diagnose import deadlock_message, oom_message
 from .errors import ConfigError, DeadlockError, OutOfMemoryError
 from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
-from .memory import ROLES, DeviceMemory
+from .memory import ACTIVATIONS, BUFFERS, DEFERRED, DeviceMemory
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .symmetry import asymmetry, one_replica
 from .trace import MemorySample, Trace
@@ -82,9 +82,6 @@ __all__ = ["simulate", "collector_paused", "check_remat", "check_p2p", "remat_ke
 #: recomputes in backward, ``except_last`` does so for all but the last
 #: micro-batch (whose backward comes first in F-then-B), ``never`` keeps all.
 REMAT_MODES = ("never", "always", "except_last")
-
-# the memory roles' indexes, as DeviceMemory.hold_one and release_one take them
-_ACTIVATIONS, _DEFERRED, _BUFFERS = (ROLES.index(role) for role in ("activations", "deferred", "buffers"))
 
 
 def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
@@ -212,12 +209,12 @@ class _Engine(Links, Collectives):
         return on_exceed
 
     def _keep(self, device: int, held: Held) -> None:
-        hold, role = self.memory[device].hold_one, _DEFERRED if held.dzs else _ACTIVATIONS
+        hold, role = self.memory[device].hold_one, DEFERRED if held.dzs else ACTIVATIONS
         for array in held.buffers():
             hold(array, role)
 
     def _drop(self, device: int, held: Held) -> None:
-        release, role = self.memory[device].release_one, _DEFERRED if held.dzs else _ACTIVATIONS
+        release, role = self.memory[device].release_one, DEFERRED if held.dzs else ACTIVATIONS
         for array in held.buffers():
             release(array, role)
 
@@ -372,9 +369,9 @@ class _Engine(Links, Collectives):
         self.held[stage][mb] = held
         memory = self.memory[device]
         for array in held.acts:  # a forward's Held has no deferred part yet
-            memory.hold_one(array, _ACTIVATIONS)
+            memory.hold_one(array, ACTIVATIONS)
         if x is not None:  # the arrived input is now held as part of ``held``
-            memory.release_one(x, _BUFFERS)
+            memory.release_one(x, BUFFERS)
         memory.sample(now)
         return y
 
@@ -444,9 +441,9 @@ class _Engine(Links, Collectives):
             self.held[stage][mb] = for_weights
         memory = self.memory[device]
         for array in held.acts:  # what the backward used (its deferred part, if any, is for_weights')
-            memory.release_one(array, _ACTIVATIONS)
+            memory.release_one(array, ACTIVATIONS)
         if dy is not None:
-            memory.release_one(dy, _BUFFERS)
+            memory.release_one(dy, BUFFERS)
         memory.sample(now)
         if stage > 0:
             dst = self.backward_on[stage - 1][mb]

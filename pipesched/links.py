@@ -43,10 +43,9 @@ from typing import Any, Callable, NamedTuple
 
 import simpy
 
-from .compute import Buffer
 from .cost import CostModel
 from .errors import ConfigError
-from .memory import ROLES, DeviceMemory
+from .memory import BUFFERS, DeviceMemory
 from .precision import nbytes
 from .trace import Trace
 
@@ -66,9 +65,6 @@ def check_p2p(p2p: str) -> None:
     """Raise ``ConfigError`` unless ``p2p`` is one of ``P2P_MODES``."""
     if p2p not in P2P_MODES:
         raise ConfigError(f"--p2p {p2p!r} is unknown; use one of {', '.join(P2P_MODES)}")
-
-
-_BUFFERS = ROLES.index("buffers")
 
 
 class Message(NamedTuple):
@@ -113,7 +109,7 @@ class Links:
     def _deliver(self, device: int, key: Any, payload: Any) -> None:
         self.arrived[key] = payload
         memory = self.memory[device]
-        memory.hold_one(payload, _BUFFERS)  # an arrived buffer waits on its device
+        memory.hold_one(payload, BUFFERS)  # an arrived buffer waits on its device
         memory.sample(self.env.now)
         waiter = self.blocked.pop(key, None)
         if waiter is not None:
@@ -168,7 +164,7 @@ class Links:
             if on_left is not None:
                 on_left()
             return
-        size = payload.nbytes if type(payload) is Buffer else nbytes(payload, self.itemsize)  # a stand-in's are its own
+        size = nbytes(payload, self.itemsize)
         # the stage boundary it crosses: s for s's activation to s + 1 or s + 1's gradient back to s; None for a
         # collective's chunk. The cost model's answer is the same for every repeat of a size, link and boundary
         boundary = stage if op == "F" else stage - 1 if op == "B" or op == "I" else None
@@ -178,8 +174,7 @@ class Links:
             times = self.transfer_cache[asked] = self.cost.transfer_times(size, src, link, boundary)
         busy, latency = times
         now = self.env.now
-        free = self.link_free.get((src, link))
-        start = now if free is None or free < now else free  # first in, first out on this link
+        start = max(now, self.link_free.get((src, link), now))  # first in, first out on this link
         end = start + busy
         self.link_free[(src, link)] = end
         self.trace.transfers.add(src, link, stage, op, step, size, start, end, end + latency)
@@ -188,11 +183,11 @@ class Links:
             if on_left is not None:
                 on_left()
             return
-        self.memory[src].hold_one(payload, _BUFFERS)  # queued or on the wire, still the sender's
+        self.memory[src].hold_one(payload, BUFFERS)  # queued or on the wire, still the sender's
         self._sample(src)
 
         def left(_: Any) -> None:
-            self.memory[src].release_one(payload, _BUFFERS)  # the bytes have left the sender
+            self.memory[src].release_one(payload, BUFFERS)  # the bytes have left the sender
             self._sample(src)
             if latency == 0:
                 self._deliver(dst, key, payload)

@@ -39,11 +39,13 @@ from .compute import Buffer
 from .precision import nbytes as _nbytes
 from .trace import MemorySample, Records
 
-__all__ = ["DeviceMemory", "ROLES"]
+__all__ = ["DeviceMemory", "ROLES", "ACTIVATIONS", "DEFERRED", "BUFFERS"]
 
 #: The roles an array can have on a device, in the order its bytes are attributed.
 ROLES = ("activations", "deferred", "buffers")
 _INDEX = {role: i for i, role in enumerate(ROLES)}
+#: Each role's index, as ``hold_one`` and ``release_one`` take it.
+ACTIVATIONS, DEFERRED, BUFFERS = (_INDEX[role] for role in ROLES)
 
 
 class DeviceMemory:
