@@ -89,15 +89,11 @@ class Workload(Protocol):
     def optimizer_bytes(self, stage: int) -> int: ...
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
-        """The stage output and what to hold; ``x`` is None for stage 0 (the data).
-
-        What to hold is activations only (``Held.dzs`` None): the engine counts
-        a forward's ``acts`` as activations and frees them after the backward.
-        """
+        """The stage output and what to hold; ``x`` is None for stage 0 (the data)."""
         ...
 
     def recompute(self, stage: int, mb: int, held: Held) -> Held:
-        """Full activations again from a re-materialized ``held`` (activations only, as ``forward``'s)."""
+        """Full activations again from a re-materialized ``held``."""
         ...
 
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:

@@ -364,15 +364,13 @@ class _Engine(Links, Collectives):
 
     def _start_forward(self, device: int, stage: int, mb: int, x: Any, now: float) -> Any:
         """Compute the forward and hold what its backward needs; return its output."""
-        keep = self.remat == "never" or remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
+        keep = remat_keeps(self.remat, mb % self.microbatches, self.microbatches)
         y, held = self.work.forward(stage, mb, x, keep)
         self.held[stage][mb] = held
-        memory = self.memory[device]
-        for array in held.acts:  # a forward's Held has no deferred part yet
-            memory.hold_one(array, ACTIVATIONS)
+        self._keep(device, held)
         if x is not None:  # the arrived input is now held as part of ``held``
-            memory.release_one(x, BUFFERS)
-        memory.sample(now)
+            self.memory[device].release_one(x, BUFFERS)
+        self.memory[device].sample(now)
         return y
 
     def _finish_forward(self, device: int, stage: int, mb: int, y: Any) -> None:
@@ -439,12 +437,10 @@ class _Engine(Links, Collectives):
     ) -> None:
         if op == "I":
             self.held[stage][mb] = for_weights
-        memory = self.memory[device]
-        for array in held.acts:  # what the backward used (its deferred part, if any, is for_weights')
-            memory.release_one(array, ACTIVATIONS)
+        self._drop(device, held)
         if dy is not None:
-            memory.release_one(dy, BUFFERS)
-        memory.sample(now)
+            self.memory[device].release_one(dy, BUFFERS)
+        self.memory[device].sample(now)
         if stage > 0:
             dst = self.backward_on[stage - 1][mb]
             assert dst is not None  # validated: every (stage, micro-batch) has its backward
