@@ -144,7 +144,7 @@ class Records(Generic[R]):
         self._pending: list[Any] = []  # the fields of the records not yet in the columns, one after another
         self.add = self._adder()
         for item in items:
-            self.add(*item)
+            self.append(item)
 
     def __getstate__(self) -> tuple[Any, ...]:
         """Copies and pickles hold the records, not ``add``, which writes into this object's own list."""
@@ -184,9 +184,6 @@ class Records(Generic[R]):
         """A record's field count, checked where a caller hands one over (``add``, the engine's, trusts it)."""
         if len(fields) != len(self._columns):
             raise TypeError(f"a {self.kind.__name__} has {len(self._columns)} fields, not {len(fields)}")
-
-    def replace_last(self, item: R) -> None:
-        self.set_last(*item)
 
     def _flush(self) -> None:
         """Move the pending records (their fields one after another) into the columns.
