@@ -21,14 +21,14 @@ weight-gradient (W) still needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
 from . import model as nn
 from .model import Layer, Model, Params
 
-__all__ = ["Held", "Buffer", "Workload", "NumpyWorkload", "ShapeWorkload"]
+__all__ = ["Held", "Buffer", "Workload", "NumpyWorkload", "ShapeWorkload", "StageWidths"]
 
 
 class Buffer:
@@ -204,6 +204,16 @@ class NumpyWorkload(_Stages):
         return total
 
 
+class StageWidths(NamedTuple):
+    """Per stage, the widths (elements per row) of what its shape-only stand-ins hold, and one rule."""
+
+    inner: int  # the inputs of its layers after the first, together
+    out: int  # its output
+    gradients: int  # every layer's output together: the pre-activation gradients an I keeps for W
+    first: int  # its input
+    keeps_output: bool  # whether a kept forward holds its output too (a ReLU mask, or the loss's input)
+
+
 class ShapeWorkload(_Stages):
     """Byte-exact stand-ins for ``NumpyWorkload``: no arithmetic, no weights.
 
@@ -223,10 +233,9 @@ class ShapeWorkload(_Stages):
         state_bytes: int = 0,
     ):
         super().__init__(layers, stages, rows, itemsize, state_bytes)
-        # per stage: widths of the inner layer inputs, the output, all outputs (the gradients), the input, and
-        # whether the stage keeps its output; a buffer's bytes are rows x width x itemsize, as nbytes counts an array
-        self._widths = [
-            (
+        # a buffer's bytes are rows x width x itemsize, as nbytes counts an array
+        self.widths = [
+            StageWidths(
                 sum(layer.in_features for layer in ls[1:]),
                 ls[-1].out_features,
                 sum(layer.out_features for layer in ls),
@@ -237,7 +246,7 @@ class ShapeWorkload(_Stages):
         ]
 
     def forward(self, stage: int, mb: int, x: Any, keep: bool) -> tuple[Any, Held]:
-        inner, out, _, first, keeps_output = self._widths[stage]
+        inner, out, _, first, keeps_output = self.widths[stage]
         rows = self.rows[mb] * self.itemsize
         if x is None:
             x = Buffer(rows * first)
@@ -253,7 +262,7 @@ class ShapeWorkload(_Stages):
         return self.forward(stage, mb, held.acts[0], keep=True)[1]
 
     def backward_input(self, stage: int, mb: int, held: Held, dy: Any) -> tuple[Any, Held]:
-        inner, _, gradients, first, _ = self._widths[stage]
+        inner, _, gradients, first, _ = self.widths[stage]
         rows = self.rows[mb] * self.itemsize
         dx = Buffer(rows * first) if stage > 0 else None
         return dx, Held(held.acts[: 2 if inner else 1], [Buffer(rows * gradients)])

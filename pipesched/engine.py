@@ -64,39 +64,21 @@ from typing import Any, Callable, Iterator
 
 import simpy
 
-from .collectives import Collectives, ReduceStep, optimizer_share, plan_collectives
-from .compute import Held, Workload
-from .cost import CostModel, check_overlap, link_of, overlapped_time
+from .collectives import Collectives, ReduceStep, check_collective, check_grad_sync, optimizer_share, plan_collectives
+from .compute import Held, ShapeWorkload, Workload
+from .cost import CostModel, check_overlap, overlapped_time
 from .diagnose import deadlock_message, oom_message
-from .errors import ConfigError, DeadlockError, OutOfMemoryError
+from .errors import DeadlockError, OutOfMemoryError
+from .fastpath import finish_trace, simulate_shapes
 from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
 from .memory import ACTIVATIONS, BUFFERS, DEFERRED, DeviceMemory
+from .remat import REMAT_MODES, check_remat, remat_keeps
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .symmetry import asymmetry, one_replica
 from .trace import MemorySample, Trace
 
 __all__ = ["simulate", "collector_paused", "check_remat", "check_p2p", "remat_keeps", "REMAT_MODES", "P2P_MODES"]
-
-#: torchgpipe's checkpoint modes: ``always`` keeps only each stage input and
-#: recomputes in backward, ``except_last`` does so for all but the last
-#: micro-batch (whose backward comes first in F-then-B), ``never`` keeps all.
-REMAT_MODES = ("never", "always", "except_last")
-
-
-def remat_keeps(remat: str, microbatch: int, microbatches: int) -> bool:
-    """Whether a forward keeps its activations (else only its input, recomputed in backward).
-
-    >>> remat_keeps("except_last", 3, 4), remat_keeps("except_last", 2, 4), remat_keeps("always", 3, 4)
-    (True, False, False)
-    """
-    return remat == "never" or (remat == "except_last" and microbatch == microbatches - 1)
-
-
-def check_remat(remat: str) -> None:
-    """Raise ``ConfigError`` unless ``remat`` is one of ``REMAT_MODES``."""
-    if remat not in REMAT_MODES:
-        raise ConfigError(f"--remat {remat!r} is unknown; use one of {', '.join(REMAT_MODES)}")
 
 
 class _Engine(Links, Collectives):
@@ -501,10 +483,7 @@ class _Engine(Links, Collectives):
         for device in self.running:
             self._advance(device)
         self.env.run()
-        self.trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in self.memory]
-        self.trace.peak_samples = [m.peak_sample for m in self.memory]
-        # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
-        self.trace.links = {(src, dst): link_of(self.cost, src, dst) for src, dst in self.trace.link_pairs()}
+        finish_trace(self.trace, self.memory, self.cost)
         # its callback refers to this engine: without it, no cycle outlives a run that finishes (one that raises
         # OutOfMemoryError from the callback keeps it, and the collector frees it later)
         for memory in self.memory:
@@ -526,6 +505,7 @@ def simulate(
     grad_sync: str = "allreduce",
     collective: str = "auto",
     mirror: bool = False,
+    fast: bool = True,
 ) -> Trace:
     """Run a validated ``schedule`` on ``work`` (a ``NumpyWorkload`` or ``ShapeWorkload``).
 
@@ -551,8 +531,22 @@ def simulate(
     (``pipesched.symmetry``; else all of them) and returns its K devices'
     trace, whose metrics are the full step's. Shape-only work only: the other
     replicas' gradients are never computed.
+
+    A shape-only step that ``pipesched.fastpath`` can run exactly runs there
+    (the same events, memory counted by arithmetic: the same trace, field for
+    field); ``fast=False`` runs the engine itself, as its tests do.
     """
+    # the checks the engine makes, before either path runs
+    check_remat(remat)
+    check_p2p(p2p)
+    check_overlap(getattr(cost, "overlap", "sum"))
+    check_grad_sync(grad_sync)
+    check_collective(collective)
     with collector_paused():
+        if fast and isinstance(work, ShapeWorkload):
+            trace = simulate_shapes(schedule, work, cost, remat, device_memory, p2p, grad_sync)
+            if trace is not None:
+                return trace
         # the engine is dropped as the run returns: what the collector later scans is the trace alone
         return _Engine(schedule, work, cost, remat, device_memory, allow_oom, p2p, grad_sync, collective, mirror).run()
 

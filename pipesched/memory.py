@@ -78,7 +78,9 @@ class DeviceMemory:
         self.exceeded: MemorySample | None = None
         # id -> [array, count per role..., the role its bytes are in, its bytes]
         self._arrays: dict[int, list[Any]] = {}
-        self._bytes = [0] * len(ROLES)
+        #: bytes now held in each role, in ``ROLES`` order; ``pipesched.fastpath`` counts shape-only runs by
+        #: arithmetic and changes these in place, then samples as the engine does
+        self.by_role = [0] * len(ROLES)
         start = MemorySample(0.0, params, 0, optimizer, 0, 0, 0)
         self.timeline: Records[MemorySample] = Records(MemorySample, [start])
         self._last = 0.0  # the time of the timeline's last sample
@@ -112,16 +114,16 @@ class DeviceMemory:
         if entry is None or entry[0] is not self:
             if entry is None and type(array) is Buffer and not (self._arrays and id(array) in self._arrays):
                 entry = array.entry = [self, 0, 0, 0, i, array.nbytes]
-                self._bytes[i] += array.nbytes  # new: its bytes appear, in this role
+                self.by_role[i] += array.nbytes  # new: its bytes appear, in this role
             else:
                 entry = self._arrays.get(id(array))
                 if entry is None:
                     size = _nbytes(array, self.itemsize)
                     entry = self._arrays[id(array)] = [array, 0, 0, 0, i, size]
-                    self._bytes[i] += size
+                    self.by_role[i] += size
         if i < entry[4]:  # a role earlier in ROLES takes the bytes
-            self._bytes[entry[4]] -= entry[5]
-            self._bytes[i] += entry[5]
+            self.by_role[entry[4]] -= entry[5]
+            self.by_role[i] += entry[5]
             entry[4] = i
         entry[1 + i] += 1
 
@@ -140,10 +142,10 @@ class DeviceMemory:
         entry[1 + i] -= 1
         if entry[1 + i] or entry[4] != i:
             return
-        self._bytes[i] -= entry[5]
+        self.by_role[i] -= entry[5]
         for j in (0, 1, 2):  # the next role still holding it, if any, takes the bytes
             if entry[1 + j]:
-                self._bytes[j] += entry[5]
+                self.by_role[j] += entry[5]
                 entry[4] = j
                 return
         if own:
@@ -164,7 +166,7 @@ class DeviceMemory:
         runs twice per simulated action, so it gives the timeline fields
         (``Records.add``) and keeps the peak state as plain fields.
         """
-        act, deferred, buffers = self._bytes
+        act, deferred, buffers = self.by_role
         held = act + deferred
         if held > self.peak_activation_bytes:
             self.peak_activation_bytes = held

@@ -152,15 +152,17 @@ class Schedule:
             tuple(a if type(a) is Action or isinstance(a, (Action, Overlap)) else parse_action(a) for a in device)
             for device in per_device
         )
-        # (the actions they were read from, stages, micro-batches, placement): asked for several times per run
+        # (the actions they were read from, stages, micro-batches, placement, ops): asked for several times per run
         # (planning, validation, the engine, the memory division), read in one pass over the actions, once
-        self._facts: tuple[object, int, int, dict[int, tuple[int, ...]]] | None = None
+        self._facts: tuple[object, int, int, dict[int, tuple[int, ...]], frozenset[str]] | None = None
 
-    def _read(self) -> tuple[object, int, int, dict[int, tuple[int, ...]]]:
-        """One more than the largest stage and micro-batch any action names, and the placement (see there)."""
+    def _read(self) -> tuple[object, int, int, dict[int, tuple[int, ...]], frozenset[str]]:
+        """One more than the largest stage and micro-batch any action names, the placement (see there), and
+        the ops named."""
         if self._facts is None or self._facts[0] is not self.actions:
             stages, microbatches = -1, -1
             where: dict[int, set[int]] = {}
+            ops: set[str] = set()
             for d, device in enumerate(self.actions):
                 forwards = set()
                 for a in expand(device):
@@ -168,12 +170,14 @@ class Schedule:
                         stages = a.stage
                     if a.microbatch is not None and a.microbatch > microbatches:
                         microbatches = a.microbatch
-                    if a.op == "F":
+                    op = a.op
+                    ops.add(op)
+                    if op == "F":
                         forwards.add(a.stage)
                 for stage in forwards:
                     where.setdefault(stage, set()).add(d)
             placement = {s: tuple(sorted(ds)) for s, ds in sorted(where.items())}
-            self._facts = (self.actions, 1 + stages, 1 + microbatches, placement)
+            self._facts = (self.actions, 1 + stages, 1 + microbatches, placement, frozenset(ops))
         return self._facts
 
     @classmethod
@@ -203,6 +207,15 @@ class Schedule:
     def overlaps(self) -> bool:
         """Whether any device runs an overlapped pair (whose length the cost model's overlap rule sets)."""
         return any(type(a) is Overlap for device in self.actions for a in device)
+
+    @property
+    def ops(self) -> frozenset[str]:
+        """Every op an action names, an overlapped pair's by its two parts' (``F``, ``B``, ``SEND_F`` ...).
+
+        >>> sorted(Schedule.parse(["0F0 0I0 0W0"]).ops)
+        ['F', 'I', 'W']
+        """
+        return self._read()[4]
 
     def placement(self) -> dict[int, tuple[int, ...]]:
         """For each stage, the devices that run its forwards (several means replicas), stages in order."""

@@ -1,0 +1,342 @@
+"""The engine's fast path for shape-only runs: the same SimPy events, memory counted by arithmetic.
+
+Under ``--no-compute`` nothing is computed: the engine (``pipesched.engine``)
+moves stand-ins (``pipesched.compute.Buffer``) between devices and counts
+them one by one, by reference, in each device's ``DeviceMemory``. For a
+plain pipeline every stand-in's bytes are known in advance, so this path
+keeps the engine's events and drops its objects: each action is the same
+SimPy timeout, made in the same order, whose callback records the same span,
+issues the same transfer and changes each device's bytes per role by the
+amounts the engine's stand-ins would have moved (a ``ShapeWorkload``'s
+widths times the micro-batch's rows; see ``ShapeWorkload``), then samples
+memory exactly as the engine does. SimPy orders events by (time, order
+made), so ties at one instant fall in the same order too: the trace, its
+memory timelines and peaks are the engine's, field for field, which a
+property test holds on every built-in strategy, random schedules, every
+remat mode and every cost model (``tests/test_fastpath.py``).
+
+What a stand-in's identity decides, arithmetic can only follow where no
+array is counted twice on one device, so the path runs where it holds:
+
+- the work is a ``ShapeWorkload`` (no tied weights), sends are asynchronous
+  (``--p2p async``) and the schedule names only F, B, I and W (no SEND, RECV,
+  REDUCE_GRAD or overlapped pairs);
+- every stage runs on one device (no data-parallel replicas, so no
+  collectives);
+- no stage whose kept forward holds its output (a ReLU mask, the loss)
+  hands that output to the next stage on the same device, where the engine
+  counts the one array once in two roles (a V-shaped schedule's turn).
+
+Elsewhere ``simulate_shapes`` returns None and the engine runs the step, as
+it does to explain a deadlock or a device out of memory: the fast path then
+stops and leaves the run, and its message, to the engine.
+
+The rules, per (stage s, micro-batch m), with ``X`` the input's bytes, ``N``
+the inner layer inputs', ``Y`` the output's if the stage keeps it, ``G`` the
+pre-activation gradients' (``pipesched.memory`` gives the roles):
+
+- F: activations += X (+ N + Y if the forward keeps them); an arrived input
+  leaves the buffers (it is now an activation);
+- R, a re-materialized backward's recompute: activations += N + Y;
+- B: a device's first B or W of a stage adds its gradients; at its end
+  activations -= X + N + Y and the arrived gradient leaves the buffers;
+- I: deferred += G at its start; at its end X and N move from activations to
+  deferred, Y leaves, the gradient leaves the buffers; W: deferred -= X + N + G;
+- a message is a buffer on its receiver from arrival until used, and on its
+  sender while queued or on the wire, unless the sender keeps it anyway.
+
+>>> from pipesched.model import layers_from_widths
+>>> from pipesched.compute import ShapeWorkload
+>>> from pipesched.cost import UnitCost
+>>> from pipesched.schedule import Schedule
+>>> schedule = Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"])
+>>> work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2, 2])
+>>> simulate_shapes(schedule, work, UnitCost(), "never").makespan  # (M + K - 1) * (F + B) = 3 * 3
+9.0
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import simpy
+
+from .collectives import optimizer_share
+from .compute import ShapeWorkload
+from .cost import CostModel, link_of
+from .memory import DeviceMemory
+from .remat import remat_keeps
+from .schedule import Schedule
+from .trace import Trace
+
+__all__ = ["simulate_shapes", "applies", "finish_trace"]
+
+#: The ops the fast path runs: compute actions only
+FAST_OPS = frozenset({"F", "B", "I", "W"})
+
+
+def applies(schedule: Schedule, work: Any, remat: str, p2p: str = "async") -> bool:
+    """Whether the fast path runs this step exactly as the engine would (see the module's text)."""
+    if type(work) is not ShapeWorkload or p2p != "async" or not schedule.ops <= FAST_OPS or schedule.overlaps:
+        return False
+    placement = schedule.placement()
+    if any(len(devices) != 1 for devices in placement.values()):
+        return False
+    if remat == "always":  # no forward keeps its output: nothing is counted twice
+        return True
+    on = [placement[s][0] for s in range(schedule.num_stages)]
+    return not any(on[s] == on[s + 1] and work.widths[s].keeps_output for s in range(len(on) - 1))
+
+
+class _Stop(Exception):
+    """A device ran out of memory: the engine runs the step again and reports it."""
+
+
+def simulate_shapes(
+    schedule: Schedule,
+    work: ShapeWorkload,
+    cost: CostModel,
+    remat: str,
+    device_memory: int | None = None,
+    p2p: str = "async",
+    grad_sync: str = "allreduce",
+) -> Trace | None:
+    """The engine's trace of ``schedule`` on shape-only ``work``, or None where the engine must run it.
+
+    None where the fast path does not apply (``applies``), where the
+    schedule deadlocks and where a device exceeds ``device_memory`` bytes:
+    ``pipesched.engine.simulate`` then runs the engine, which raises or
+    records as it always has. ``remat`` must be one of ``REMAT_MODES``.
+    """
+    if not applies(schedule, work, remat, p2p):
+        return None
+    try:
+        return _run(schedule, work, cost, remat, device_memory, grad_sync)
+    except _Stop:
+        return None
+
+
+def _run(
+    schedule: Schedule, work: ShapeWorkload, cost: CostModel, remat: str, capacity: int | None, grad_sync: str
+) -> Trace | None:
+    env = simpy.Environment()
+    timeout = env.timeout
+    devices, stages, total = schedule.devices, schedule.num_stages, schedule.microbatches
+    microbatches = total // schedule.replicas  # one replica's M, as the engine's remat rule counts it
+    placement = schedule.placement()
+    on = [placement[s][0] for s in range(stages)]  # the device of each stage
+    stage_units = devices / schedule.replicas / stages
+    layers, itemsize = work.layers, work.itemsize
+    row_bytes = [rows * itemsize for rows in work.rows]
+    widths = work.widths
+    # per stage, in elements per row: the input (the previous stage's output, or the data), the inner layer
+    # inputs, the output where a kept forward holds it, the pre-activation gradients, the input gradient
+    x_w = [widths[0].first] + [w.out for w in widths[:-1]]
+    n_w = [w.inner for w in widths]
+    y_w = [w.out if w.keeps_output else 0 for w in widths]
+    g_w = [w.gradients for w in widths]
+    dx_w = [w.first for w in widths]
+    out_w = [w.out for w in widths]
+    kept_w = [x + n + y for x, n, y in zip(x_w, n_w, y_w)]
+    keeps = [remat_keeps(remat, m % microbatches, microbatches) for m in range(total)]
+
+    hosted: list[set[int]] = [set() for _ in range(devices)]
+    for s, d in enumerate(on):
+        hosted[d].add(s)
+    on_exceed = None if capacity is None else _stop
+    memory = [
+        DeviceMemory(
+            sum(work.param_bytes(s) for s in stages_of),
+            capacity,
+            on_exceed,
+            optimizer=sum(optimizer_share(work.optimizer_bytes(s), 1, grad_sync) for s in stages_of),
+            itemsize=itemsize,
+        )
+        for stages_of in hosted
+    ]
+    by_role = [m.by_role for m in memory]  # [activations, deferred, buffers] per device, changed in place
+    sample = [m.sample for m in memory]
+    trace = Trace(devices=devices, time_unit=cost.time_unit)
+    trace.memory = [m.timeline for m in memory]
+    add_span, add_transfer = trace.spans.add, trace.transfers.add
+    has_grads = [False] * stages
+
+    durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time; a stage has one device
+
+    def duration(op: str, s: int, m: int) -> float:
+        rows = work.rows[m]
+        time = durations.get((op, s, rows))
+        if time is None:
+            time = durations[(op, s, rows)] = cost.compute_time(op, layers[s], rows, stage_units, s, on[s])
+        return time
+
+    # applies(): actions of F, B, I and W only, each naming a micro-batch
+    programs = cast("tuple[tuple[tuple[int, str, int], ...], ...]", schedule.actions)
+    position = [0] * devices
+    # an input is key 2(s·M + m) (an activation into stage s) or that + 1 (the gradient into it)
+    arrived = bytearray(2 * stages * total)
+    waiting = [-1] * devices  # the input each device waits for, -1 for none
+    link_free: dict[tuple[int, int], float] = {}
+    transfer_cache: dict[tuple[int, int, int, int], tuple[float, float]] = {}
+
+    def advance(d: int) -> None:
+        program, i = programs[d], position[d]
+        if i >= len(program):
+            return
+        s, op, m = program[i]
+        if op == "F":
+            key = 2 * (s * total + m) if s > 0 else -1
+        elif op == "W":
+            key = -1
+        else:
+            key = 2 * (s * total + m) + 1 if s < stages - 1 else -1
+        if key >= 0:
+            if not arrived[key]:
+                waiting[d] = key
+                return
+            arrived[key] = 0
+        waiting[d] = -1
+        position[d] = i + 1
+        now = env.now
+        if op == "F":
+            forward(d, s, m, now)
+        elif op == "W":
+            weights_only(d, s, m, now)
+        elif keeps[m]:
+            backward(d, s, m, op, now)
+        else:
+            recompute(d, s, m, op, now)
+
+    def forward(d: int, s: int, m: int, now: float) -> None:
+        rb, counts = row_bytes[m], by_role[d]
+        keep = keeps[m]
+        counts[0] += rb * (kept_w[s] if keep else x_w[s])
+        if s > 0:
+            counts[2] -= rb * x_w[s]  # the arrived input is an activation now
+        sample[d](now)
+        time = duration("F", s, m)
+        end = now + time
+
+        def done(_: Any) -> None:
+            add_span(d, "F", s, m, now, end)
+            if s + 1 < stages:
+                send(d, on[s + 1], 2 * ((s + 1) * total + m), rb * out_w[s], s, "F", m, s, end, keep and y_w[s] > 0)
+            advance(d)
+
+        timeout(time).callbacks.append(done)
+
+    def recompute(d: int, s: int, m: int, op: str, now: float) -> None:
+        by_role[d][0] += row_bytes[m] * (n_w[s] + y_w[s])  # the input is held already
+        sample[d](now)
+        time = duration("R", s, m)
+        end = now + time
+
+        def recomputed(_: Any) -> None:
+            add_span(d, "R", s, m, now, end)
+            backward(d, s, m, op, end)
+
+        timeout(time).callbacks.append(recomputed)
+
+    def grads(d: int, s: int, now: float) -> None:
+        if not has_grads[s]:  # the gradient buffer appears with the stage's first B or W
+            has_grads[s] = True
+            memory[d].add_grads(work.param_bytes(s))
+            sample[d](now)
+
+    def backward(d: int, s: int, m: int, op: str, now: float) -> None:
+        rb, counts = row_bytes[m], by_role[d]
+        if op == "B":
+            grads(d, s, now)
+        else:  # I: the pre-activation gradients appear, and stay with the layer inputs for W
+            counts[1] += rb * g_w[s]
+            sample[d](now)
+        time = duration(op, s, m)
+        end = now + time
+
+        def done(_: Any) -> None:
+            add_span(d, op, s, m, now, end)
+            counts[0] -= rb * kept_w[s]
+            if op == "I":
+                counts[1] += rb * (x_w[s] + n_w[s])
+            if s < stages - 1:
+                counts[2] -= rb * dx_w[s + 1]  # the arrived gradient, used
+            sample[d](end)
+            if s > 0:
+                send(d, on[s - 1], 2 * ((s - 1) * total + m) + 1, rb * dx_w[s], s, op, m, s - 1, end, False)
+            advance(d)
+
+        timeout(time).callbacks.append(done)
+
+    def weights_only(d: int, s: int, m: int, now: float) -> None:
+        grads(d, s, now)
+        rb, counts = row_bytes[m], by_role[d]
+
+        def done(_: Any) -> None:
+            add_span(d, "W", s, m, now, env.now)
+            counts[1] -= rb * (x_w[s] + n_w[s] + g_w[s])
+            sample[d](env.now)
+            advance(d)
+
+        timeout(duration("W", s, m)).callbacks.append(done)
+
+    def send(
+        src: int, dst: int, key: int, size: int, s: int, op: str, m: int, boundary: int, now: float, kept: bool
+    ) -> None:
+        """As ``pipesched.links.Links._move`` moves an output sent as it is made; ``kept``: the sender holds it."""
+        if src == dst:
+            deliver(dst, key, size, now)
+            return
+        asked = (size, src, dst, boundary)
+        times = transfer_cache.get(asked)
+        if times is None:
+            times = transfer_cache[asked] = cost.transfer_times(size, src, dst, boundary)
+        busy, latency = times
+        link = (src, dst)
+        start = max(now, link_free.get(link, now))  # first in, first out on this link
+        end = start + busy
+        link_free[link] = end
+        add_transfer(src, dst, s, op, m, size, start, end, end + latency)
+        if end + latency == now:  # a free transfer lands at once
+            deliver(dst, key, size, now)
+            return
+        if not kept:
+            by_role[src][2] += size  # queued or on the wire, still the sender's
+        sample[src](now)
+
+        def left(_: Any) -> None:
+            if not kept:
+                by_role[src][2] -= size  # the bytes have left the sender
+            sample[src](env.now)
+            if latency == 0:
+                deliver(dst, key, size, env.now)
+            else:
+                timeout(latency).callbacks.append(lambda _: deliver(dst, key, size, env.now))
+
+        timeout(end - now).callbacks.append(left)
+
+    def deliver(d: int, key: int, size: int, now: float) -> None:
+        arrived[key] = 1
+        by_role[d][2] += size  # an arrived buffer waits on its device
+        sample[d](now)
+        if waiting[d] == key:
+            advance(d)
+
+    for d in range(devices):
+        advance(d)
+    env.run()
+    if any(position[d] < len(programs[d]) for d in range(devices)):
+        return None  # a deadlock: the engine finds and explains it
+    finish_trace(trace, memory, cost)
+    return trace
+
+
+def _stop(_: Any) -> None:
+    raise _Stop
+
+
+def finish_trace(trace: Trace, memory: list[DeviceMemory], cost: CostModel) -> None:
+    """Give a finished run's ``trace`` each device's peaks and which links are which (both paths do)."""
+    trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in memory]
+    trace.peak_samples = [m.peak_sample for m in memory]
+    # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
+    trace.links = {(src, dst): link_of(cost, src, dst) for src, dst in trace.link_pairs()}
