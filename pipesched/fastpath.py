@@ -161,23 +161,49 @@ def _run(
     add_span, add_transfer = trace.spans.add, trace.transfers.add
     has_grads = [False] * stages
 
-    durations: dict[tuple[str, int, int], float] = {}  # (op, stage, rows) -> time; a stage has one device
+    # durations by (stage, micro-batch size): a micro-batch's size is one of a few (``pipesched.microbatch``), so
+    # each op's are a table indexed stage · sizes + the size's index, filled as first asked
+    sizes = list(dict.fromkeys(work.rows))
+    kinds = len(sizes)
+    kind = [sizes.index(rows) for rows in work.rows]
+    f_times: list[float | None] = [None] * (stages * kinds)
+    by_op = {op: f_times if op == "F" else [None] * (stages * kinds) for op in ("F", "B", "I", "W", "R")}
 
-    def duration(op: str, s: int, m: int) -> float:
-        rows = work.rows[m]
-        time = durations.get((op, s, rows))
+    def timed(op: str, s: int, m: int) -> float:
+        """The duration of ``op`` of (stage s, micro-batch m), asked of the cost model once per stage and size."""
+        table, j = by_op[op], s * kinds + kind[m]
+        time = table[j]
         if time is None:
-            time = durations[(op, s, rows)] = cost.compute_time(op, layers[s], rows, stage_units, s, on[s])
+            time = table[j] = cost.compute_time(op, layers[s], work.rows[m], stage_units, s, on[s])
         return time
+
+    # Each stage sends on two routes, its output forward (route 2s) and its input gradient back (2s + 1): per
+    # route the receiving device, the message's width, the boundary it crosses, the first input key it fills
+    # (an input is key 2(s·M + m), an activation into stage s, or that + 1, the gradient into it), and its
+    # link's index (-1 within a device); the link's busy time and latency by route and size, as first asked
+    dst_of, width_of, boundary_of, key_of, link_of_route = (
+        [0] * 2 * stages,
+        [0] * 2 * stages,
+        [0] * 2 * stages,
+        [0] * 2 * stages,
+        [-1] * 2 * stages,
+    )
+    links: dict[tuple[int, int], int] = {}
+    for s in range(stages):
+        for route, to, width in ((2 * s, s + 1, out_w[s]), (2 * s + 1, s - 1, dx_w[s])):
+            if 0 <= to < stages:
+                dst_of[route], width_of[route], boundary_of[route] = on[to], width, min(s, to)
+                key_of[route] = 2 * to * total + route % 2
+                if on[to] != on[s]:
+                    link_of_route[route] = links.setdefault((on[s], on[to]), len(links))
+    link_free = [0.0] * len(links)  # when each link is next free; times start at 0
+    link_times: list[tuple[float, float] | None] = [None] * (2 * stages * kinds)
 
     # applies(): actions of F, B, I and W only, each naming a micro-batch
     programs = cast("tuple[tuple[tuple[int, str, int], ...], ...]", schedule.actions)
     position = [0] * devices
-    # an input is key 2(s·M + m) (an activation into stage s) or that + 1 (the gradient into it)
-    arrived = bytearray(2 * stages * total)
+    arrived = bytearray(2 * stages * total)  # by input key, as key_of numbers them
     waiting = [-1] * devices  # the input each device waits for, -1 for none
-    link_free: dict[tuple[int, int], float] = {}
-    transfer_cache: dict[tuple[int, int, int, int], tuple[float, float]] = {}
 
     def advance(d: int) -> None:
         program, i = programs[d], position[d]
@@ -214,13 +240,16 @@ def _run(
         if s > 0:
             counts[2] -= rb * x_w[s]  # the arrived input is an activation now
         sample[d](now)
-        time = duration("F", s, m)
+        j = s * kinds + kind[m]
+        time = f_times[j]
+        if time is None:
+            time = timed("F", s, m)
         end = now + time
 
         def done(_: Any) -> None:
             add_span(d, "F", s, m, now, end)
             if s + 1 < stages:
-                send(d, on[s + 1], 2 * ((s + 1) * total + m), rb * out_w[s], s, "F", m, s, end, keep and y_w[s] > 0)
+                send(d, 2 * s, "F", m, end, keep and y_w[s] > 0)
             advance(d)
 
         timeout(time).callbacks.append(done)
@@ -228,7 +257,7 @@ def _run(
     def recompute(d: int, s: int, m: int, op: str, now: float) -> None:
         by_role[d][0] += row_bytes[m] * (n_w[s] + y_w[s])  # the input is held already
         sample[d](now)
-        time = duration("R", s, m)
+        time = timed("R", s, m)
         end = now + time
 
         def recomputed(_: Any) -> None:
@@ -246,11 +275,12 @@ def _run(
     def backward(d: int, s: int, m: int, op: str, now: float) -> None:
         rb, counts = row_bytes[m], by_role[d]
         if op == "B":
-            grads(d, s, now)
+            if not has_grads[s]:
+                grads(d, s, now)
         else:  # I: the pre-activation gradients appear, and stay with the layer inputs for W
             counts[1] += rb * g_w[s]
             sample[d](now)
-        time = duration(op, s, m)
+        time = timed(op, s, m)
         end = now + time
 
         def done(_: Any) -> None:
@@ -262,7 +292,7 @@ def _run(
                 counts[2] -= rb * dx_w[s + 1]  # the arrived gradient, used
             sample[d](end)
             if s > 0:
-                send(d, on[s - 1], 2 * ((s - 1) * total + m) + 1, rb * dx_w[s], s, op, m, s - 1, end, False)
+                send(d, 2 * s + 1, op, m, end, False)
             advance(d)
 
         timeout(time).callbacks.append(done)
@@ -277,27 +307,34 @@ def _run(
             sample[d](env.now)
             advance(d)
 
-        timeout(duration("W", s, m)).callbacks.append(done)
+        timeout(timed("W", s, m)).callbacks.append(done)
 
-    def send(
-        src: int, dst: int, key: int, size: int, s: int, op: str, m: int, boundary: int, now: float, kept: bool
-    ) -> None:
+    def send(src: int, route: int, op: str, m: int, now: float, kept: bool) -> None:
         """As ``pipesched.links.Links._move`` moves an output sent as it is made; ``kept``: the sender holds it."""
-        if src == dst:
+        dst, size, key, link = (
+            dst_of[route],
+            row_bytes[m] * width_of[route],
+            key_of[route] + 2 * m,
+            link_of_route[route],
+        )
+        if link < 0:  # within the device
             deliver(dst, key, size, now)
             return
-        asked = (size, src, dst, boundary)
-        times = transfer_cache.get(asked)
+        j = route * kinds + kind[m]
+        times = link_times[j]
         if times is None:
-            times = transfer_cache[asked] = cost.transfer_times(size, src, dst, boundary)
+            times = link_times[j] = cost.transfer_times(size, src, dst, boundary_of[route])
         busy, latency = times
-        link = (src, dst)
-        start = max(now, link_free.get(link, now))  # first in, first out on this link
-        end = start + busy
-        link_free[link] = end
-        add_transfer(src, dst, s, op, m, size, start, end, end + latency)
+        free = link_free[link]
+        start = free if free > now else now  # first in, first out on this link
+        end = link_free[link] = start + busy
+        add_transfer(src, dst, route // 2, op, m, size, start, end, end + latency)
         if end + latency == now:  # a free transfer lands at once
-            deliver(dst, key, size, now)
+            arrived[key] = 1
+            by_role[dst][2] += size  # an arrived buffer waits on its device
+            sample[dst](now)
+            if waiting[dst] == key:
+                advance(dst)
             return
         if not kept:
             by_role[src][2] += size  # queued or on the wire, still the sender's
