@@ -177,7 +177,6 @@ class _Engine(Links, Collectives):
             )
             for d, hosted in enumerate(self.hosted)
         ]
-        self.trace.memory = [m.timeline for m in self.memory]
         self.durations: dict[tuple[str, int, int, int], float] = {}  # (op, stage, rows, device) -> time
 
     # -- bookkeeping -------------------------------------------------------

@@ -157,7 +157,6 @@ def _run(
     by_role = [m.by_role for m in memory]  # [activations, deferred, buffers] per device, changed in place
     sample = [m.sample for m in memory]
     trace = Trace(devices=devices, time_unit=cost.time_unit)
-    trace.memory = [m.timeline for m in memory]
     add_span, add_transfer = trace.spans.add, trace.transfers.add
     has_grads = [False] * stages
 
@@ -372,7 +371,9 @@ def _stop(_: Any) -> None:
 
 
 def finish_trace(trace: Trace, memory: list[DeviceMemory], cost: CostModel) -> None:
-    """Give a finished run's ``trace`` each device's peaks and which links are which (both paths do)."""
+    """Give a finished run's ``trace`` each device's timeline and peaks, and which links are which (both paths
+    do)."""
+    trace.memory = [m.timeline for m in memory]  # each timeline with its last instant written
     trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in memory]
     trace.peak_samples = [m.peak_sample for m in memory]
     # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)

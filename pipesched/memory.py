@@ -82,8 +82,11 @@ class DeviceMemory:
         #: arithmetic and changes these in place, then samples as the engine does
         self.by_role = [0] * len(ROLES)
         start = MemorySample(0.0, params, 0, optimizer, 0, 0, 0)
-        self.timeline: Records[MemorySample] = Records(MemorySample, [start])
-        self._last = 0.0  # the time of the timeline's last sample
+        self._timeline: Records[MemorySample] = Records(MemorySample)
+        # the last sample's fields, written to the timeline once a later instant is sampled or the timeline is
+        # read: a change at the same instant then replaces a tuple instead of the timeline's last record
+        self._state: tuple[Any, ...] | None = tuple(start)
+        self._last = 0.0  # the time of the last sample
         if capacity is not None and start.total_bytes > capacity:  # the weights and their state alone do not fit
             self.exceeded = start
             if on_exceed is not None:
@@ -92,6 +95,14 @@ class DeviceMemory:
         self.peak_total_bytes = start.total_bytes
         # the state at the peak total, the first time it was reached, as its fields
         self._peak: tuple[float, int, int, int, int, int, int] = (0.0, params, 0, optimizer, 0, 0, 0)  # start's
+
+    @property
+    def timeline(self) -> Records[MemorySample]:
+        """The samples so far: the state at each instant something changed, the last state of the instant."""
+        if self._state is not None:
+            self._timeline.add(*self._state)
+            self._state = None
+        return self._timeline
 
     @property
     def peak_sample(self) -> MemorySample:
@@ -163,23 +174,30 @@ class DeviceMemory:
 
         Several changes at one instant keep one sample, the last state; the
         peaks are taken at every change, so no transient one is lost. This
-        runs twice per simulated action, so it gives the timeline fields
-        (``Records.add``) and keeps the peak state as plain fields.
+        runs several times per simulated action, so the instant's state is a
+        tuple, written to the timeline once a later instant is sampled (or the
+        timeline read), and the peak state is kept as that tuple.
         """
         act, deferred, buffers = self.by_role
         held = act + deferred
         if held > self.peak_activation_bytes:
             self.peak_activation_bytes = held
         total = self._weights + held + buffers
+        state = (time, self.params, self.grads, self.optimizer, act, deferred, buffers)
         if total > self.peak_total_bytes:
             self.peak_total_bytes = total
-            self._peak = (time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+            self._peak = state
         if self._last == time:
-            self.timeline.set_last(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+            if self._state is None:  # the timeline was read meanwhile: its last record is this instant's
+                self._timeline.set_last(*state)
+            else:
+                self._state = state
         else:
-            self.timeline.add(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+            if self._state is not None:
+                self._timeline.add(*self._state)
+            self._state = state
             self._last = time
         if self.capacity is not None and self.exceeded is None and total > self.capacity:
-            self.exceeded = MemorySample(time, self.params, self.grads, self.optimizer, act, deferred, buffers)
+            self.exceeded = MemorySample(*state)
             if self.on_exceed is not None:
                 self.on_exceed(self.exceeded)
