@@ -357,9 +357,14 @@ def _run(
         if waiting[d] == key:
             advance(d)
 
-    for d in range(devices):
-        advance(d)
-    env.run()
+    try:
+        for d in range(devices):
+            advance(d)
+        env.run()
+    finally:
+        # the functions above call each other through their cells, a cycle only the collector would free (with
+        # the tables they hold): emptied, reference counting frees them as the run returns
+        del advance, forward, recompute, grads, backward, weights_only, send, deliver, timed
     if any(position[d] < len(programs[d]) for d in range(devices)):
         return None  # a deadlock: the engine finds and explains it
     finish_trace(trace, memory, cost)
