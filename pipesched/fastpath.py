@@ -57,7 +57,7 @@ pre-activation gradients' (``pipesched.memory`` gives the roles):
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import simpy
 
@@ -166,7 +166,8 @@ def _run(
     kinds = len(sizes)
     kind = [sizes.index(rows) for rows in work.rows]
     f_times: list[float | None] = [None] * (stages * kinds)
-    by_op = {op: f_times if op == "F" else [None] * (stages * kinds) for op in ("F", "B", "I", "W", "R")}
+    by_op: dict[str, list[float | None]] = {"F": f_times}
+    by_op.update((op, [None] * (stages * kinds)) for op in ("B", "I", "W", "R"))
 
     def timed(op: str, s: int, m: int) -> float:
         """The duration of ``op`` of (stage s, micro-batch m), asked of the cost model once per stage and size."""
@@ -230,12 +231,16 @@ def _run(
         elif keeps[m]:
             backward(d, s, m, op, now)
         else:
-            recompute(d, s, m, op, now)
+            recompute(d, s, m, now)
+
+    # A device runs one action at a time, so what its running action's callback needs is kept per device (when
+    # it began, when it ends; the action itself is the one before its position), and each device has one
+    # callback per kind of action, made once, instead of a closure made per action
+    begun, ending = [0.0] * devices, [0.0] * devices
 
     def forward(d: int, s: int, m: int, now: float) -> None:
         rb, counts = row_bytes[m], by_role[d]
-        keep = keeps[m]
-        counts[0] += rb * (kept_w[s] if keep else x_w[s])
+        counts[0] += rb * (kept_w[s] if keeps[m] else x_w[s])
         if s > 0:
             counts[2] -= rb * x_w[s]  # the arrived input is an activation now
         sample[d](now)
@@ -243,27 +248,15 @@ def _run(
         time = f_times[j]
         if time is None:
             time = timed("F", s, m)
-        end = now + time
+        begun[d], ending[d] = now, now + time
+        timeout(time).callbacks.append(forward_done[d])
 
-        def done(_: Any) -> None:
-            add_span(d, "F", s, m, now, end)
-            if s + 1 < stages:
-                send(d, 2 * s, "F", m, end, keep and y_w[s] > 0)
-            advance(d)
-
-        timeout(time).callbacks.append(done)
-
-    def recompute(d: int, s: int, m: int, op: str, now: float) -> None:
+    def recompute(d: int, s: int, m: int, now: float) -> None:
         by_role[d][0] += row_bytes[m] * (n_w[s] + y_w[s])  # the input is held already
         sample[d](now)
         time = timed("R", s, m)
-        end = now + time
-
-        def recomputed(_: Any) -> None:
-            add_span(d, "R", s, m, now, end)
-            backward(d, s, m, op, end)
-
-        timeout(time).callbacks.append(recomputed)
+        begun[d], ending[d] = now, now + time
+        timeout(time).callbacks.append(recomputed[d])
 
     def grads(d: int, s: int, now: float) -> None:
         if not has_grads[s]:  # the gradient buffer appears with the stage's first B or W
@@ -272,41 +265,67 @@ def _run(
             sample[d](now)
 
     def backward(d: int, s: int, m: int, op: str, now: float) -> None:
-        rb, counts = row_bytes[m], by_role[d]
         if op == "B":
             if not has_grads[s]:
                 grads(d, s, now)
         else:  # I: the pre-activation gradients appear, and stay with the layer inputs for W
-            counts[1] += rb * g_w[s]
+            by_role[d][1] += row_bytes[m] * g_w[s]
             sample[d](now)
         time = timed(op, s, m)
-        end = now + time
+        begun[d], ending[d] = now, now + time
+        timeout(time).callbacks.append(backward_done[d])
 
-        def done(_: Any) -> None:
-            add_span(d, op, s, m, now, end)
+    def weights_only(d: int, s: int, m: int, now: float) -> None:
+        grads(d, s, now)
+        time = timed("W", s, m)
+        begun[d], ending[d] = now, now + time
+        timeout(time).callbacks.append(weights_done[d])
+
+    def callbacks(d: int) -> tuple[Callable[[Any], None], ...]:
+        """Device d's callbacks, one per kind of action: each finishes the action the device is running."""
+        program, counts, sample_d = programs[d], by_role[d], sample[d]
+
+        def forward_done(_: Any) -> None:
+            s, _, m = program[position[d] - 1]
+            end = ending[d]
+            add_span(d, "F", s, m, begun[d], end)
+            if s + 1 < stages:
+                send(d, 2 * s, "F", m, end, keeps[m] and y_w[s] > 0)
+            advance(d)
+
+        def recomputed(_: Any) -> None:
+            s, op, m = program[position[d] - 1]
+            end = ending[d]
+            add_span(d, "R", s, m, begun[d], end)
+            backward(d, s, m, op, end)
+
+        def backward_done(_: Any) -> None:
+            s, op, m = program[position[d] - 1]
+            rb, end = row_bytes[m], ending[d]
+            add_span(d, op, s, m, begun[d], end)
             counts[0] -= rb * kept_w[s]
             if op == "I":
                 counts[1] += rb * (x_w[s] + n_w[s])
             if s < stages - 1:
                 counts[2] -= rb * dx_w[s + 1]  # the arrived gradient, used
-            sample[d](end)
+            sample_d(end)
             if s > 0:
                 send(d, 2 * s + 1, op, m, end, False)
             advance(d)
 
-        timeout(time).callbacks.append(done)
-
-    def weights_only(d: int, s: int, m: int, now: float) -> None:
-        grads(d, s, now)
-        rb, counts = row_bytes[m], by_role[d]
-
-        def done(_: Any) -> None:
-            add_span(d, "W", s, m, now, env.now)
-            counts[1] -= rb * (x_w[s] + n_w[s] + g_w[s])
-            sample[d](env.now)
+        def weights_done(_: Any) -> None:
+            s, _, m = program[position[d] - 1]
+            end = ending[d]
+            add_span(d, "W", s, m, begun[d], end)
+            counts[1] -= row_bytes[m] * (x_w[s] + n_w[s] + g_w[s])
+            sample_d(end)
             advance(d)
 
-        timeout(timed("W", s, m)).callbacks.append(done)
+        return forward_done, recomputed, backward_done, weights_done
+
+    forward_done, recomputed, backward_done, weights_done = (
+        list(kind) for kind in zip(*map(callbacks, range(devices)))
+    )
 
     def send(src: int, route: int, op: str, m: int, now: float, kept: bool) -> None:
         """As ``pipesched.links.Links._move`` moves an output sent as it is made; ``kept``: the sender holds it."""
@@ -361,14 +380,21 @@ def _run(
         for d in range(devices):
             advance(d)
         env.run()
+        if any(position[d] < len(programs[d]) for d in range(devices)):
+            return None  # a deadlock: the engine finds and explains it
+        finish_trace(trace, memory, cost)
+        return trace
     finally:
-        # the functions above call each other through their cells, a cycle only the collector would free (with
-        # the tables they hold): emptied, reference counting frees them as the run returns
-        del advance, forward, recompute, grads, backward, weights_only, send, deliver, timed
-    if any(position[d] < len(programs[d]) for d in range(devices)):
-        return None  # a deadlock: the engine finds and explains it
-    finish_trace(trace, memory, cost)
-    return trace
+        # the functions above call each other through their closures' cells, cycles only the collector would
+        # free, with the tables they hold: emptied, reference counting frees them as the run returns
+        _empty_cells(advance, forward, recompute, grads, backward, weights_only, callbacks, send, deliver, timed)
+
+
+def _empty_cells(*functions: Callable[..., Any]) -> None:
+    """Empty every cell of ``functions``' closures (the enclosing function's variables they share)."""
+    for function in functions:
+        for cell in function.__closure__ or ():
+            cell.cell_contents = None
 
 
 def _stop(_: Any) -> None:
