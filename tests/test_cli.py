@@ -230,3 +230,18 @@ def test_profile_writes_stats_that_pstats_reads(tmp_path, capsys):
     assert "cumulative" in capsys.readouterr().err
     stats = pstats.Stats(str(path))
     assert any("simulate" in name for _, _, name in stats.stats)  # the engine ran under the profiler
+
+
+def test_the_command_returns_mains_status_and_freezes_what_is_left_for_the_shutdown(monkeypatch):
+    """``console`` (the ``pipesched`` script) is ``main`` with the collector's shutdown passes spared: its
+    status is main's, and every object alive as it returns is frozen, so those passes skip them."""
+    import gc
+
+    from pipesched import cli
+
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    monkeypatch.setattr(sys, "argv", ["pipesched", "run", "--devices", "0"])
+    assert cli.console() == 2 and frozen == [True]
+    monkeypatch.setattr(sys, "argv", ["pipesched", "run", "--devices", "2", "--microbatches", "2", "--no-compute"])
+    assert cli.console() == 0 and frozen == [True, True]
