@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from revision import pipesched_command, revision
+from revision import PROCESS_ENV, pipesched_command, revision
 
 
 def run(devices: int, microbatches: int, folder: str | None = None) -> tuple[float, float]:
@@ -31,7 +31,7 @@ def run(devices: int, microbatches: int, folder: str | None = None) -> tuple[flo
         else [os.path.join(os.path.dirname(sys.executable), "pipesched"), *args]
     )
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=folder)
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, cwd=folder, env=PROCESS_ENV)
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest of all children so far
     elapsed = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
@@ -42,6 +42,7 @@ def run(devices: int, microbatches: int, folder: str | None = None) -> tuple[flo
 
 def scale(devices: int, repeat: int, folder: str | None = None) -> tuple[float, float, float]:
     """(M=1024 seconds, M=4096 seconds, the M=4096 run's peak RSS in MiB), best of ``repeat``."""
+    run(devices, 2, folder)  # once, untimed: Python caches the bytecode, as after a user's first command
     small = min(run(devices, 1024, folder)[0] for _ in range(repeat))
     large_runs = [run(devices, 4096, folder) for _ in range(repeat)]
     return small, min(t for t, _ in large_runs), max(r for _, r in large_runs)
