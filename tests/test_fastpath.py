@@ -25,13 +25,14 @@ from pipesched.strategy import load_strategy
 from pipesched.testing import configs, schedules
 from test_search_evaluate import problems, reorder
 
-#: Cost models as a user picks them: unit; FLOPs with links that take time, on one node or two; another
-#: precision; and measured times (``problems``, drawn separately)
+#: Cost models as a user picks them: unit; FLOPs with links that take time, on one node or two, with a slower
+#: device; another precision; and measured times (``problems``, drawn separately)
 COSTS = (
     {"cost": "unit"},
     {"cost": "flops", "link_bandwidth": 3e4, "link_latency": 0.0},
     {"cost": "flops", "link_bandwidth": 1e3, "link_latency": 1e-3, "dtype": "bf16", "optimizer": "adam"},
     {"cost": "flops", "hardware": "h100-sxm", "devices_per_node": 2, "inter_node_bandwidth": 1e4},
+    {"cost": "flops", "device_speed": "1=0.5", "link_latency": 1e-4},  # a slower device: SpeedCost
 )
 
 
@@ -59,7 +60,7 @@ def prepared(config: RunConfig) -> tuple[Schedule, ShapeWorkload, CostModel]:
 
 
 @pytest.mark.parametrize("name", BUILT_INS)
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_equals_the_engine_on_every_built_in_strategy(name: str, data: st.DataObject) -> None:
     fewest = 2 if name in ("dualpipev", "dualpipe", "chimera") else 0
@@ -79,7 +80,7 @@ def test_equals_the_engine_on_every_built_in_strategy(name: str, data: st.DataOb
 
 
 @pytest.mark.parametrize("name", ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "v-half"))
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1), local=st.booleans())
 def test_equals_the_engine_on_measured_times_and_random_orders(
     name: str, data: st.DataObject, seed: int, local: bool
@@ -90,7 +91,7 @@ def test_equals_the_engine_on_measured_times_and_random_orders(
     both(reorder(schedule, random.Random(seed), local), work, cost, remat)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_equals_the_engine_on_random_schedules(data: st.DataObject) -> None:
     """``pipesched.testing.schedules``: any valid order, full or split backwards, looped stages."""
