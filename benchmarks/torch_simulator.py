@@ -5,7 +5,8 @@ actions, sends and receives included, one unit step at a time, and flags deadloc
 memory or metrics, so it is the floor a user sees, not a like-for-like peer. The same GPipe and 1F1B orders
 (pipesched's plans, equal to PyTorch's for these schedules) are lowered to PyTorch's actions with its own
 ``_add_send_recv``, outside the timing; ``pipesched.run`` is timed shape-only under unit cost. Median of
-``--repeat``, both in this process. Where torch is not installed the comparison is skipped with a note:
+``--repeat`` rounds, both in this process, taking turns within each round (the machine's speed drifts).
+Where torch is not installed the comparison is skipped with a note:
 torch is never a dependency of pipesched (install both in a scratch environment to run it). The same
 ``pipesched.run`` of the code before issue 20 (``revision.BEFORE``) is timed the same way in a process of its
 own, in the same run, for the speed-up.
@@ -38,13 +39,15 @@ print(statistics.median(times))
 """
 
 
-def median_time(fn, repeat: int) -> float:
-    times = []
+def medians(fns, repeat: int) -> list[float]:
+    """Each function's median time over ``repeat`` rounds, the functions taking turns within a round."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn, own in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            own.append(time.perf_counter() - start)
+    return [statistics.median(own) for own in times]
 
 
 def main() -> None:
@@ -77,8 +80,7 @@ def compare(name: str, k: int, m: int, repeat: int, simulate, torch_schedules, f
         strategy=name, devices=k, microbatches=m, batch=m, layers=f"8x{k + 1}", cost="unit",
         remat="never", compute=False, reference=False,
     )  # fmt: skip
-    theirs = median_time(lambda order=lowered: simulate(order, lambda s: s, k), repeat)
-    ours = median_time(lambda config=config: run(config), repeat)
+    theirs, ours = medians([lambda: simulate(lowered, lambda s: s, k), lambda: run(config)], repeat)
     ratio = ours / theirs
     print(f"{name:5s}  PyTorch's simulator {theirs:7.3f} s   pipesched.run {ours:7.3f} s   ratio {ratio:5.2f}x")
     if folder is not None:

@@ -61,3 +61,27 @@ def test_peak_in_flight_counts_each_devices_spans_in_start_order(spans):
     for span in spans:
         trace.spans.append(span)
     assert peak_inflight(trace) == _inflight_by_hand(spans, 4)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3), st.floats(0, 1e6, allow_subnormal=False), st.floats(0, 1e3)), max_size=60
+    ),
+    st.lists(st.floats(0, 2e6), max_size=5),
+)
+def test_busy_time_and_makespan_are_the_plain_loops_to_the_last_bit(spans, arrivals):
+    """``busy_time`` (NumPy's bincount) adds each device's span lengths in their order, as a loop over the spans
+    does, so the sums agree bit for bit; the makespan is the latest end or arrival."""
+    from pipesched.trace import Transfer
+
+    trace = Trace(
+        devices=4,
+        time_unit="s",
+        spans=[Span(d, "F", 0, i, start, start + length) for i, (d, start, length) in enumerate(spans)],
+        transfers=[Transfer(0, 1, 0, "F", 0, 8, t, t, t) for t in arrivals],
+    )
+    busy = [0.0] * 4
+    for d, start, length in spans:
+        busy[d] += (start + length) - start
+    assert trace.busy_time() == busy
+    assert trace.makespan == max([start + length for _, start, length in spans] + arrivals, default=0.0)
