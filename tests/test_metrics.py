@@ -64,9 +64,7 @@ def test_peak_in_flight_counts_each_devices_spans_in_start_order(spans):
 
 
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 3), st.floats(0, 1e6, allow_subnormal=False), st.floats(0, 1e3)), max_size=60
-    ),
+    st.lists(st.tuples(st.integers(0, 3), st.floats(0, 1e6, allow_subnormal=False), st.floats(0, 1e3)), max_size=60),
     st.lists(st.floats(0, 2e6), max_size=5),
 )
 def test_busy_time_and_makespan_are_the_plain_loops_to_the_last_bit(spans, arrivals):
