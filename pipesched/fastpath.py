@@ -45,14 +45,17 @@ pre-activation gradients' (``pipesched.memory`` gives the roles):
 - a message is a buffer on its receiver from arrival until used, and on its
   sender while queued or on the wire, unless the sender keeps it anyway.
 
+Two micro-batches of 2 rows through widths 4, 4, 4 (a ReLU between), 8 bytes
+an element: device 0 keeps each micro-batch's input and output (the mask),
+2 · 2·4·8 = 128 bytes, so 256 with both in flight:
+
 >>> from pipesched.model import layers_from_widths
->>> from pipesched.compute import ShapeWorkload
 >>> from pipesched.cost import UnitCost
->>> from pipesched.schedule import Schedule
->>> schedule = Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"])
+>>> gpipe = Schedule.parse(["0F0 0F1 0B1 0B0", "1F0 1F1 1B1 1B0"])
 >>> work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2, 2])
->>> simulate_shapes(schedule, work, UnitCost(), "never").makespan  # (M + K - 1) * (F + B) = 3 * 3
-9.0
+>>> trace = simulate_shapes(gpipe, work, UnitCost(), "never")
+>>> [sample.activations for sample in trace.memory[0]], trace.peaks[0][0]
+([128, 256, 256, 128, 0], 256)
 """
 
 from __future__ import annotations
