@@ -69,10 +69,10 @@ from .compute import Held, ShapeWorkload, Workload
 from .cost import CostModel, check_overlap, overlapped_time
 from .diagnose import deadlock_message, oom_message
 from .errors import DeadlockError, OutOfMemoryError
-from .fastpath import finish_trace, simulate_shapes
+from .fastpath import simulate_shapes
 from .links import P2P_MODES, Links, Message, check_p2p
 from .links import Key as _Key
-from .memory import ACTIVATIONS, BUFFERS, DEFERRED, DeviceMemory
+from .memory import ACTIVATIONS, BUFFERS, DEFERRED, DeviceMemory, finish_trace
 from .remat import REMAT_MODES, check_remat, remat_keeps
 from .schedule import Action, Item, Overlap, Schedule, expand
 from .symmetry import asymmetry, one_replica
@@ -543,7 +543,7 @@ def simulate(
     check_collective(collective)
     with collector_paused():
         if fast and isinstance(work, ShapeWorkload):
-            trace = simulate_shapes(schedule, work, cost, remat, device_memory, p2p, grad_sync)
+            trace = simulate_shapes(schedule, work, cost, remat, device_memory, p2p, grad_sync, allow_oom)
             if trace is not None:
                 return trace
         # the engine is dropped as the run returns: what the collector later scans is the trace alone

@@ -28,8 +28,10 @@ array is counted twice on one device, so the path runs where it holds:
   counts the one array once in two roles (a V-shaped schedule's turn).
 
 Elsewhere ``simulate_shapes`` returns None and the engine runs the step, as
-it does to explain a deadlock or a device out of memory: the fast path then
-stops and leaves the run, and its message, to the engine.
+it does to explain a deadlock, or a device out of memory that is an error
+(without ``allow_oom``): the fast path then stops and leaves the run, and
+its message, to the engine. With ``allow_oom`` it records the first device
+over its memory, and when, in ``trace.oom``, as the engine does.
 
 The rules, per (stage s, micro-batch m), with ``X`` the input's bytes, ``N``
 the inner layer inputs', ``Y`` the output's if the stage keeps it, ``G`` the
@@ -66,21 +68,37 @@ import simpy
 
 from .collectives import optimizer_share
 from .compute import ShapeWorkload
-from .cost import CostModel, link_of
-from .memory import DeviceMemory
+from .cost import CostModel
+from .memory import DeviceMemory, finish_trace
 from .remat import remat_keeps
 from .schedule import Schedule
-from .trace import Trace
+from .trace import MemorySample, Trace
 
-__all__ = ["simulate_shapes", "applies", "finish_trace"]
+__all__ = ["simulate_shapes", "applies"]
 
 #: The ops the fast path runs: compute actions only
 FAST_OPS = frozenset({"F", "B", "I", "W"})
 
 
 def applies(schedule: Schedule, work: Any, remat: str, p2p: str = "async") -> bool:
-    """Whether the fast path runs this step exactly as the engine would (see the module's text)."""
-    if type(work) is not ShapeWorkload or p2p != "async" or not schedule.ops <= FAST_OPS or schedule.overlaps:
+    """Whether the fast path runs this step exactly as the engine would (see the module's text).
+
+    >>> from pipesched.model import layers_from_widths
+    >>> work = ShapeWorkload(layers_from_widths([4, 4, 4]), (range(0, 1), range(1, 2)), rows=[2])
+    >>> applies(Schedule.parse(["0F0 0B0", "1F0 1B0"]), work, "never")
+    True
+    >>> applies(Schedule.parse(["0F0 1F0 1B0 0B0"]), work, "never")  # stage 0 hands its kept mask to stage 1
+    False
+    >>> applies(Schedule.parse(["0F0 1F0 1B0 0B0"]), work, "always")  # no forward keeps its output
+    True
+    """
+    if (
+        type(work) is not ShapeWorkload
+        or p2p != "async"
+        or schedule.replicas != 1
+        or not schedule.ops <= FAST_OPS
+        or schedule.overlaps
+    ):
         return False
     placement = schedule.placement()
     if any(len(devices) != 1 for devices in placement.values()):
@@ -103,25 +121,40 @@ def simulate_shapes(
     device_memory: int | None = None,
     p2p: str = "async",
     grad_sync: str = "allreduce",
+    allow_oom: bool = False,
 ) -> Trace | None:
     """The engine's trace of ``schedule`` on shape-only ``work``, or None where the engine must run it.
 
     None where the fast path does not apply (``applies``), where the
-    schedule deadlocks and where a device exceeds ``device_memory`` bytes:
-    ``pipesched.engine.simulate`` then runs the engine, which raises or
-    records as it always has. ``remat`` must be one of ``REMAT_MODES``.
+    schedule deadlocks and where a device exceeds ``device_memory`` bytes
+    without ``allow_oom``: ``pipesched.engine.simulate`` then runs the
+    engine, which raises with its message. With ``allow_oom`` the first
+    device over its memory is recorded in ``trace.oom``, as the engine
+    records it. ``remat`` must be one of ``REMAT_MODES``.
     """
     if not applies(schedule, work, remat, p2p):
         return None
     try:
-        return _run(schedule, work, cost, remat, device_memory, grad_sync)
+        return _run(schedule, work, cost, remat, device_memory, grad_sync, allow_oom)
     except _Stop:
         return None
 
 
 def _run(
-    schedule: Schedule, work: ShapeWorkload, cost: CostModel, remat: str, capacity: int | None, grad_sync: str
+    schedule: Schedule,
+    work: ShapeWorkload,
+    cost: CostModel,
+    remat: str,
+    capacity: int | None,
+    grad_sync: str,
+    allow_oom: bool,
 ) -> Trace | None:
+    """``simulate_shapes`` once it applies: the step's trace, None on a deadlock; raises ``_Stop`` past memory.
+
+    The functions below are closures over tables built here (per stage, per
+    micro-batch, per route), the engine's state machine with its state in
+    lists indexed by device, stage, micro-batch or input key.
+    """
     env = simpy.Environment()
     timeout = env.timeout
     devices, stages, total = schedule.devices, schedule.num_stages, schedule.microbatches
@@ -146,20 +179,32 @@ def _run(
     hosted: list[set[int]] = [set() for _ in range(devices)]
     for s, d in enumerate(on):
         hosted[d].add(s)
-    on_exceed = None if capacity is None else _stop
+    trace = Trace(devices=devices, time_unit=cost.time_unit)
+
+    def exceeded(d: int) -> Callable[[MemorySample], None]:
+        """What device d does past its memory: as the engine's ``_exceeded``, except that it stops instead of
+        raising, so that the engine runs the step and raises with its message."""
+
+        def on_exceed(sample: MemorySample) -> None:
+            if not allow_oom:
+                raise _Stop
+            if trace.oom is None:
+                trace.oom = (d, sample)
+
+        return on_exceed
+
     memory = [
         DeviceMemory(
             sum(work.param_bytes(s) for s in stages_of),
             capacity,
-            on_exceed,
+            None if capacity is None else exceeded(d),
             optimizer=sum(optimizer_share(work.optimizer_bytes(s), 1, grad_sync) for s in stages_of),
             itemsize=itemsize,
         )
-        for stages_of in hosted
+        for d, stages_of in enumerate(hosted)
     ]
     by_role = [m.by_role for m in memory]  # [activations, deferred, buffers] per device, changed in place
     sample = [m.sample for m in memory]
-    trace = Trace(devices=devices, time_unit=cost.time_unit)
     add_span, add_transfer = trace.spans.add, trace.transfers.add
     has_grads = [False] * stages
 
@@ -184,7 +229,7 @@ def _run(
     # route the receiving device, the message's width, the boundary it crosses, the first input key it fills
     # (an input is key 2(s·M + m), an activation into stage s, or that + 1, the gradient into it), and its
     # link's index (-1 within a device); the link's busy time and latency by route and size, as first asked
-    dst_of, width_of, boundary_of, key_of, link_of_route = (
+    dst_of, width_of, boundary_of, key_of, route_link = (
         [0] * 2 * stages,
         [0] * 2 * stages,
         [0] * 2 * stages,
@@ -198,7 +243,7 @@ def _run(
                 dst_of[route], width_of[route], boundary_of[route] = on[to], width, min(s, to)
                 key_of[route] = 2 * to * total + route % 2
                 if on[to] != on[s]:
-                    link_of_route[route] = links.setdefault((on[s], on[to]), len(links))
+                    route_link[route] = links.setdefault((on[s], on[to]), len(links))
     link_free = [0.0] * len(links)  # when each link is next free; times start at 0
     link_times: list[tuple[float, float] | None] = [None] * (2 * stages * kinds)
 
@@ -247,8 +292,7 @@ def _run(
         if s > 0:
             counts[2] -= rb * x_w[s]  # the arrived input is an activation now
         sample[d](now)
-        j = s * kinds + kind[m]
-        time = f_times[j]
+        time = f_times[s * kinds + kind[m]]  # ``timed``'s table read inline: forwards are half of all actions
         if time is None:
             time = timed("F", s, m)
         begun[d], ending[d] = now, now + time
@@ -336,7 +380,7 @@ def _run(
             dst_of[route],
             row_bytes[m] * width_of[route],
             key_of[route] + 2 * m,
-            link_of_route[route],
+            route_link[route],
         )
         if link < 0:  # within the device
             deliver(dst, key, size, now)
@@ -351,11 +395,7 @@ def _run(
         end = link_free[link] = start + busy
         add_transfer(src, dst, route // 2, op, m, size, start, end, end + latency)
         if end + latency == now:  # a free transfer lands at once
-            arrived[key] = 1
-            by_role[dst][2] += size  # an arrived buffer waits on its device
-            sample[dst](now)
-            if waiting[dst] == key:
-                advance(dst)
+            deliver(dst, key, size, now)
             return
         if not kept:
             by_role[src][2] += size  # queued or on the wire, still the sender's
@@ -398,17 +438,3 @@ def _empty_cells(*functions: Callable[..., Any]) -> None:
     for function in functions:
         for cell in function.__closure__ or ():
             cell.cell_contents = None
-
-
-def _stop(_: Any) -> None:
-    raise _Stop
-
-
-def finish_trace(trace: Trace, memory: list[DeviceMemory], cost: CostModel) -> None:
-    """Give a finished run's ``trace`` each device's timeline and peaks, and which links are which (both paths
-    do)."""
-    trace.memory = [m.timeline for m in memory]  # each timeline with its last instant written
-    trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in memory]
-    trace.peak_samples = [m.peak_sample for m in memory]
-    # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
-    trace.links = {(src, dst): link_of(cost, src, dst) for src, dst in trace.link_pairs()}

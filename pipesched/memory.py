@@ -36,10 +36,11 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable
 
 from .compute import Buffer
+from .cost import CostModel, link_of
 from .precision import nbytes as _nbytes
-from .trace import MemorySample, Records
+from .trace import MemorySample, Records, Trace
 
-__all__ = ["DeviceMemory", "ROLES", "ACTIVATIONS", "DEFERRED", "BUFFERS"]
+__all__ = ["DeviceMemory", "ROLES", "ACTIVATIONS", "DEFERRED", "BUFFERS", "finish_trace"]
 
 #: The roles an array can have on a device, in the order its bytes are attributed.
 ROLES = ("activations", "deferred", "buffers")
@@ -201,3 +202,15 @@ class DeviceMemory:
             self.exceeded = MemorySample(*state)
             if self.on_exceed is not None:
                 self.on_exceed(self.exceeded)
+
+
+def finish_trace(trace: Trace, memory: list[DeviceMemory], cost: CostModel) -> None:
+    """Give a finished run's ``trace`` each device's timeline and peaks, and which links are which.
+
+    Both the engine and its fast path (``pipesched.fastpath``) end a run with it.
+    """
+    trace.memory = [m.timeline for m in memory]  # each timeline with its last instant written
+    trace.peaks = [(m.peak_activation_bytes, m.peak_total_bytes) for m in memory]
+    trace.peak_samples = [m.peak_sample for m in memory]
+    # which links are which (intra- or inter-node), for the trace's readers (Perfetto, the Gantt chart)
+    trace.links = {(src, dst): link_of(cost, src, dst) for src, dst in trace.link_pairs()}

@@ -115,6 +115,24 @@ def test_a_memory_timeline_replaces_the_last_sample_of_an_instant_across_a_chunk
     assert list(timeline) == [MemorySample(0.0, 1, 0, 0, 5, 0, 0)]
 
 
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50), st.booleans()), max_size=30))
+def test_a_device_timeline_is_the_last_state_of_each_instant_however_often_it_is_read(steps):
+    """A device keeps its last instant's state aside until a later one comes (``DeviceMemory.sample``); reading
+    the timeline writes it. Read at any points, the timeline is still, instant by instant, the last state the
+    device was sampled in: the rule stated on ``sample``, checked against a dict of instant -> last state."""
+    memory = DeviceMemory(params=7)
+    last: dict[float, MemorySample] = {0.0: MemorySample(0.0, 7, 0, 0, 0, 0, 0)}
+    now = 0.0
+    for later, activations, read in steps:
+        now += later  # times never go back, as in a run
+        memory.by_role[0] = activations
+        memory.sample(now)
+        last[now] = MemorySample(now, 7, 0, 0, activations, 0, 0)
+        if read:
+            assert list(memory.timeline) == list(last.values())
+    assert list(memory.timeline) == list(last.values())
+
+
 @pytest.mark.parametrize(
     "options",
     [

@@ -17,7 +17,7 @@ from pipesched.engine import simulate
 from pipesched.errors import DeadlockError, OutOfMemoryError, PipeschedError
 from pipesched.fastpath import applies, simulate_shapes
 from pipesched.microbatch import split
-from pipesched.model import layers_from_widths
+from pipesched.model import Layer, layers_from_widths
 from pipesched.partition import uniform
 from pipesched.pipeline import BUILT_INS, prepare, training_sizes
 from pipesched.schedule import Action, expand
@@ -37,19 +37,35 @@ COSTS = (
 
 
 def both(schedule: Schedule, work: ShapeWorkload, cost: CostModel, remat: str, **options) -> None:
-    """``simulate`` with and without the fast path: the same trace, or the same error."""
+    """``simulate`` with and without the fast path: the same trace, or the same error; and where the fast path
+    applies, it ran (a trace, or None for the engine to explain a deadlock or a device out of memory)."""
     note(str(schedule))
+    runs = applies(schedule, work, remat)
+    own = {key: options[key] for key in ("device_memory", "allow_oom") if key in options}
     try:
         engine = simulate(schedule, work, cost, remat, fast=False, **options)
     except (DeadlockError, OutOfMemoryError) as error:
         with pytest.raises(type(error)) as raised:
             simulate(schedule, work, cost, remat, **options)
         assert str(raised.value) == str(error)
+        assert simulate_shapes(schedule, work, cost, remat, **own) is None  # it leaves the message to the engine
         return
     fast = simulate(schedule, work, cost, remat, **options)
     assert fast == engine  # every field: spans, transfers, memory timelines, oom, peaks, peak samples, links
+    if runs:
+        assert simulate_shapes(schedule, work, cost, remat, **own) == engine
     actions = sum(1 for row in schedule.actions for _ in expand(row))
     assert fast.memory and len(fast.spans) == actions + sum(1 for span in fast.spans if span.op == "R")
+
+
+def with_relus(work: ShapeWorkload, relus: list[bool]) -> ShapeWorkload:
+    """``work`` with each layer but the last followed by a ReLU or not, as ``relus`` says."""
+    layers = [layer for stage in work.layers for layer in stage]
+    mixed = [
+        Layer(a.in_features, a.out_features, relu and i < len(layers) - 1)
+        for i, (a, relu) in enumerate(zip(layers, relus))
+    ]
+    return ShapeWorkload(mixed, work.stages, work.rows, work.itemsize, work.state_bytes)
 
 
 def prepared(config: RunConfig) -> tuple[Schedule, ShapeWorkload, CostModel]:
@@ -77,6 +93,10 @@ def test_equals_the_engine_on_every_built_in_strategy(name: str, data: st.DataOb
     except PipeschedError:  # this strategy cannot plan this K, M or these layers
         assume(False)
     both(schedule, work, cost, config.remat)
+    # the same, with some stages ending without a ReLU: they keep no output, so a V's turn runs the fast path
+    both(
+        schedule, with_relus(work, data.draw(st.lists(st.booleans(), min_size=len(config.widths)))), cost, config.remat
+    )
 
 
 @pytest.mark.parametrize("name", ("gpipe", "1f1b", "interleaved", "zb-h1", "zb-h2", "zb-v", "v-half"))
@@ -100,6 +120,7 @@ def test_equals_the_engine_on_random_schedules(data: st.DataObject) -> None:
     rows = [s.stop - s.start for s in split(config.batch, config.microbatches)]
     stages = schedule.num_stages
     work = ShapeWorkload(layers_from_widths(config.widths), uniform(len(config.widths) - 1, stages), rows, 2, 12)
+    work = with_relus(work, data.draw(st.lists(st.booleans(), min_size=len(config.widths))))
     try:
         cost = prepared(RunConfig(devices=config.devices, **data.draw(st.sampled_from(COSTS))))[2]
     except PipeschedError:  # K devices that do not fill whole nodes
@@ -133,6 +154,8 @@ def test_runs_where_its_text_says() -> None:
     assert not applies(schedule, work, "never") and not applies(schedule, work, "except_last")
     assert applies(schedule, work, "always")
     assert not applies(*step("gpipe", data_parallel=2), "never")  # replicas: all-reduces
+    schedule, work = step("gpipe")
+    assert not applies(Schedule(schedule.actions, replicas=2), work, "never")  # a replica's devices, however placed
     assert not applies(*step("dualpipev"), "never")  # overlapped pairs
     schedule, work = step("gpipe")
     assert not applies(schedule, work, "never", p2p="blocking")

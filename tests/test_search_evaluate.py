@@ -116,7 +116,7 @@ def assert_same(schedule: Schedule, work: ShapeWorkload, cost: MeasuredCost, rem
     got = evaluate(schedule, times)
     note(str(schedule))
     try:
-        trace = simulate(schedule, work, cost, remat)
+        trace = simulate(schedule, work, cost, remat, fast=False)  # the engine itself, not its shape-only fast path
     except DeadlockError:
         assert got.deadlock is not None and got.makespan == float("inf")
         return
