@@ -99,7 +99,11 @@ class DeviceMemory:
 
     @property
     def timeline(self) -> Records[MemorySample]:
-        """The samples so far: the state at each instant something changed, the last state of the instant."""
+        """The samples so far: the state at each instant something changed, the last state of the instant.
+
+        Reading it writes the last instant's state, kept aside until then (see ``sample``): a ``Records``
+        read earlier lacks what was sampled since, until this is read again (a run's end does).
+        """
         if self._state is not None:
             self._timeline.add(*self._state)
             self._state = None
