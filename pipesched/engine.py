@@ -95,13 +95,11 @@ class _Engine(Links, Collectives):
         collective: str = "auto",
         mirror: bool = False,
     ):
-        check_remat(remat)
-        check_p2p(p2p)
+        # remat, p2p, the overlap rule, grad_sync and collective are checked by simulate, before either path
         self.blocking = p2p == "blocking"
         self.schedule, self.work, self.cost, self.remat = schedule, work, cost, remat
         self.rows = work.rows
         self.overlap = getattr(cost, "overlap", "sum")  # a cost model without the rule runs pairs in sequence
-        check_overlap(self.overlap)
         self.allow_oom, self.device_memory = allow_oom, device_memory
         self.env = simpy.Environment()
         devices = schedule.devices
@@ -535,7 +533,7 @@ def simulate(
     (the same events, memory counted by arithmetic: the same trace, field for
     field); ``fast=False`` runs the engine itself, as its tests do.
     """
-    # the checks the engine makes, before either path runs
+    # what both paths need checked, before either runs: cheap checks first
     check_remat(remat)
     check_p2p(p2p)
     check_overlap(getattr(cost, "overlap", "sum"))
