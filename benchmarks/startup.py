@@ -14,29 +14,28 @@ e.g. the code before a change) to the same rounds.
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 from revision import PROCESS_ENV
+from rounds import medians
 
 RUN = ["run", "--devices", "2", "--microbatches", "2", "--cost", "unit", "--no-compute", "--no-reference"]
 #: what a plain run must not import (issue 20): figures, balancing and the check of a file load these when asked
 NOT_ON_RUN = ("networkx", "matplotlib", "pydantic")
 
 
-def medians(commands: list[list[str]], repeat: int) -> list[float]:
-    """Each command's median wall time over ``repeat`` rounds, the commands taking turns within a round."""
-    times: list[list[float]] = [[] for _ in commands]
+def whole_processes(commands: list[list[str]], repeat: int) -> list[float]:
+    """Each command's median wall time as a whole process over ``repeat`` rounds, taking turns (``rounds``)."""
     for cmd in commands:  # once each, untimed: Python caches the bytecode, as after a user's first command
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=PROCESS_ENV)
-    for _ in range(repeat):
-        for cmd, own in zip(commands, times):
-            start = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=PROCESS_ENV)
-            own.append(time.perf_counter() - start)
-    return [statistics.median(own) for own in times]
+    return medians(
+        [
+            lambda cmd=cmd: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=PROCESS_ENV)
+            for cmd in commands
+        ],
+        repeat,
+    )
 
 
 def _script(python: str) -> list[str]:
@@ -63,7 +62,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     commands = [[sys.executable, "-c", "pass"], [sys.executable, "-c", "import numpy, simpy"], _script(sys.executable)]
-    empty, floor, ours, *others = medians(commands + [_script(python) for python in args.also], args.repeat)
+    empty, floor, ours, *others = whole_processes(commands + [_script(python) for python in args.also], args.repeat)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"python -c pass              {empty:6.3f} s")
     print(f"import numpy, simpy         {floor:6.3f} s")

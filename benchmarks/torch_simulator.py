@@ -17,12 +17,11 @@ own, in the same run, for the speed-up.
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 from pipesched import RunConfig, load_strategy, make_plan, run
 from revision import python_in, revision
+from rounds import medians
 
 #: ``pipesched.run`` timed in-process on another revision's code: the median of its runs, printed
 TIMED = """
@@ -37,17 +36,6 @@ for _ in range({repeat}):
     times.append(time.perf_counter() - start)
 print(statistics.median(times))
 """
-
-
-def medians(fns, repeat: int) -> list[float]:
-    """Each function's median time over ``repeat`` rounds, the functions taking turns within a round."""
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for fn, own in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            own.append(time.perf_counter() - start)
-    return [statistics.median(own) for own in times]
 
 
 def main() -> None:
